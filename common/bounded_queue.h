@@ -1,0 +1,88 @@
+// A bounded multi-producer queue whose bound is a total weight (usually bytes),
+// so that memory stays bounded whatever the item sizes.
+//
+// Producers never block: try_push() either accepts the item or refuses it and
+// the caller counts the refusal (drop-newest) or retries later (back-pressure).
+// Consumers take everything queued at once with pop_all(), which waits up to a
+// timeout. close() wakes every waiter; after it, try_push() refuses and
+// pop_all() drains what is left, then returns false.
+//
+// Thread safety: every method may be called from any thread.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+namespace sidetrace {
+
+template <typename T>
+class BoundedQueue {
+ public:
+  explicit BoundedQueue(size_t max_weight) : max_weight_(max_weight) {}
+
+  BoundedQueue(const BoundedQueue&) = delete;
+  BoundedQueue& operator=(const BoundedQueue&) = delete;
+
+  // Queues `item` of the given weight. Returns false, leaving `item` untouched,
+  // when the queue is closed or the item would take the total past the bound.
+  // An item heavier than the whole bound is accepted only into an empty queue,
+  // so that nothing is refused forever.
+  bool try_push(T& item, size_t weight) {
+    {
+      std::lock_guard lock(mu_);
+      if (closed_) return false;
+      if (weight_ + weight > max_weight_ && !items_.empty()) return false;
+      items_.emplace_back(std::move(item), weight);
+      weight_ += weight;
+    }
+    cv_.notify_one();
+    return true;
+  }
+  bool try_push(T&& item, size_t weight) { return try_push(item, weight); }
+
+  // Moves every queued item into `out` (appending), waiting up to `timeout` for
+  // the first one. Returns false once the queue is closed and empty.
+  template <typename Rep, typename Period>
+  bool pop_all(std::vector<T>& out, std::chrono::duration<Rep, Period> timeout) {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, timeout, [&] { return closed_ || !items_.empty(); });
+    if (items_.empty()) return !closed_;
+    for (auto& [item, w] : items_) out.push_back(std::move(item));
+    items_.clear();
+    weight_ = 0;
+    return true;
+  }
+
+  void close() {
+    {
+      std::lock_guard lock(mu_);
+      closed_ = true;
+    }
+    cv_.notify_all();
+  }
+
+  size_t weight() const {
+    std::lock_guard lock(mu_);
+    return weight_;
+  }
+  size_t size() const {
+    std::lock_guard lock(mu_);
+    return items_.size();
+  }
+  size_t max_weight() const { return max_weight_; }
+
+ private:
+  const size_t max_weight_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::pair<T, size_t>> items_;
+  size_t weight_ = 0;
+  bool closed_ = false;
+};
+
+}  // namespace sidetrace

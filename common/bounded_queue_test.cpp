@@ -1,0 +1,71 @@
+#include "common/bounded_queue.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <thread>
+
+namespace sidetrace {
+namespace {
+
+TEST(BoundedQueue, RefusesPastTheBoundAndKeepsTheItem) {
+  BoundedQueue<std::string> q(10);
+  std::string a = "aaaa", b = "bbbbbbb";
+  EXPECT_TRUE(q.try_push(a, a.size()));
+  EXPECT_FALSE(q.try_push(b, b.size()));
+  EXPECT_EQ(b, "bbbbbbb");  // a refused item is not moved from
+  EXPECT_EQ(q.weight(), 4u);
+}
+
+TEST(BoundedQueue, AcceptsOversizedItemOnlyWhenEmpty) {
+  BoundedQueue<int> q(10);
+  EXPECT_TRUE(q.try_push(1, 100));
+  EXPECT_FALSE(q.try_push(2, 1));
+  std::vector<int> out;
+  ASSERT_TRUE(q.pop_all(out, std::chrono::milliseconds(0)));
+  EXPECT_EQ(out, std::vector<int>{1});
+  EXPECT_EQ(q.weight(), 0u);
+  EXPECT_TRUE(q.try_push(2, 1));
+}
+
+TEST(BoundedQueue, PopAllTimesOutEmptyAndDrainsAfterClose) {
+  BoundedQueue<int> q(10);
+  std::vector<int> out;
+  EXPECT_TRUE(q.pop_all(out, std::chrono::milliseconds(1)));
+  EXPECT_TRUE(out.empty());
+  EXPECT_TRUE(q.try_push(7, 1));
+  q.close();
+  EXPECT_FALSE(q.try_push(8, 1));
+  EXPECT_TRUE(q.pop_all(out, std::chrono::milliseconds(0)));
+  EXPECT_EQ(out, std::vector<int>{7});
+  EXPECT_FALSE(q.pop_all(out, std::chrono::milliseconds(0)));
+}
+
+TEST(BoundedQueue, ManyProducersLoseNothingAccepted) {
+  BoundedQueue<int> q(1 << 20);
+  constexpr int kPerThread = 20000;
+  std::vector<std::thread> producers;
+  for (int t = 0; t < 4; ++t) {
+    producers.emplace_back([&q] {
+      for (int i = 0; i < kPerThread; ++i) {
+        while (!q.try_push(i, 1)) {
+        }
+      }
+    });
+  }
+  std::vector<int> out;
+  long long sum = 0;
+  size_t count = 0;
+  while (count < 4u * kPerThread) {
+    out.clear();
+    q.pop_all(out, std::chrono::milliseconds(10));
+    for (int v : out) sum += v;
+    count += out.size();
+  }
+  for (auto& p : producers) p.join();
+  EXPECT_EQ(count, 4u * kPerThread);
+  EXPECT_EQ(sum, 4LL * kPerThread * (kPerThread - 1) / 2);
+}
+
+}  // namespace
+}  // namespace sidetrace

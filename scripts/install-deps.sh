@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs every Debian package that sidetrace's build, tests and benchmarks need.
+# Idempotent: packages already present are skipped, and the package lists are
+# refreshed at most once per run. Uses sudo when not run as root.
+set -euo pipefail
+
+packages=(
+  build-essential cmake make pkg-config git
+  libboost-dev libboost-system-dev
+  libmsgpack-cxx-dev librocksdb-dev
+  libspdlog-dev libfmt-dev
+  libtomlplusplus-dev libcli11-dev
+  libssl-dev openssl zlib1g-dev libzstd-dev
+  libgtest-dev libgmock-dev
+  python3 python3-msgpack python3-pytest
+  clang-format
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+# Node.js runs the Node SDK's tests; a machine that already has it (with its own
+# npm) keeps it, since Debian's npm conflicts with other Node.js builds.
+if ! command -v node >/dev/null 2>&1; then
+  missing+=(nodejs npm)
+fi
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  sudo="sudo"
+fi
+
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
