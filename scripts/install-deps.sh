@@ -13,6 +13,7 @@ packages=(
   libssl-dev openssl zlib1g-dev libzstd-dev
   libgtest-dev libgmock-dev
   python3 python3-msgpack python3-pytest
+  nlohmann-json3-dev
   clang-format
 )
 
