@@ -52,7 +52,8 @@ class BoundedQueue {
     std::unique_lock lock(mu_);
     cv_.wait_for(lock, timeout, [&] { return closed_ || !items_.empty(); });
     if (items_.empty()) return !closed_;
-    for (auto& [item, w] : items_) out.push_back(std::move(item));
+    for (auto& [item, w] : items_)
+      out.push_back(std::move(item));
     items_.clear();
     weight_ = 0;
     return true;

@@ -59,10 +59,12 @@ TEST(BoundedQueue, ManyProducersLoseNothingAccepted) {
   while (count < 4u * kPerThread) {
     out.clear();
     q.pop_all(out, std::chrono::milliseconds(10));
-    for (int v : out) sum += v;
+    for (int v : out)
+      sum += v;
     count += out.size();
   }
-  for (auto& p : producers) p.join();
+  for (auto& p : producers)
+    p.join();
   EXPECT_EQ(count, 4u * kPerThread);
   EXPECT_EQ(sum, 4LL * kPerThread * (kPerThread - 1) / 2);
 }

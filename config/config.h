@@ -1,0 +1,145 @@
+// The agent's configuration: one TOML file, environment overrides and
+// command-line overrides, applied in that order over built-in defaults
+// (precedence: command line > environment > file > defaults).
+//
+// Every key has one descriptor (name, type, range, whether it is secret); the
+// file, the environment (`SIDETRACE_<SECTION>_<KEY>`, or `SIDETRACE_<KEY>` for
+// top-level keys) and `--set section.key=value` all go through it, so a key
+// is checked the same way wherever it comes from.
+//
+// Errors are reported as ConfigError exceptions (configuration is read only
+// at start-up and on reload); the message names the source, the line when the
+// source is a file, and the key.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace sidetrace::config {
+
+struct Config {
+  std::string data_dir = "/var/lib/sidetrace";
+
+  struct Listen {
+    std::string unix_stream = "/run/sidetrace/agent.sock";  // "" disables
+    std::string unix_dgram = "/run/sidetrace/agent.dgram.sock";
+    std::string udp = "127.0.0.1:7717";
+    uint32_t socket_mode = 0660;
+    uint64_t rcvbuf_bytes = 8ull << 20;
+    uint64_t max_message_bytes = 1ull << 20;
+    int64_t max_connections = 1024;
+  } listen;
+
+  struct Intake {
+    uint64_t queue_bytes = 64ull << 20;  // decoded messages waiting for the store
+  } intake;
+
+  struct Admin {
+    std::string listen = "127.0.0.1:7718";  // "" disables
+  } admin;
+
+  struct Upstream {
+    std::string endpoint;  // "" = no upstream: the local file exporter
+    std::string format = "native";
+    std::string compression = "gzip";
+    std::string api_key_env;
+    std::string api_key_file;
+    std::string api_key_header;  // "" = Authorization: Bearer <key>
+    std::map<std::string, std::string> headers;
+    std::string ca_file;
+    std::string client_cert;
+    std::string client_key;
+    bool tls_verify = true;
+    int64_t batch_max_events = 2000;
+    uint64_t batch_max_bytes = 4ull << 20;
+    int64_t flush_interval_ms = 200;
+    int64_t max_in_flight = 4;
+    int64_t connect_timeout_ms = 5000;
+    int64_t request_timeout_ms = 30000;
+    int64_t retry_initial_ms = 500;
+    int64_t retry_max_ms = 60000;
+    int64_t retry_deadline_s = 0;  // 0 = retry for as long as the quota allows
+    uint64_t deadletter_max_bytes = 256ull << 20;
+  } upstream;
+
+  struct Trace {
+    int64_t quiet_period_ms = 1000;
+    int64_t max_open_s = 600;
+    int64_t retain_s = 86400;
+    int64_t max_open_traces = 100000;
+  } trace;
+
+  struct Buffer {
+    uint64_t max_bytes = 2ull << 30;
+    std::string sync = "fsync";
+    std::string when_full = "drop_oldest";
+  } buffer;
+
+  struct Exporter {
+    std::string file;  // "" = data_dir/traces.jsonl
+    uint64_t rotate_bytes = 64ull << 20;
+    int64_t keep_files = 5;
+    bool print = false;  // also print each finished trace to stdout
+  } exporter;
+
+  struct Log {
+    std::string level = "info";
+  } log;
+};
+
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Reads `path` over `config`. Throws ConfigError on a missing or unparsable
+// file, an unknown key, a wrong type or an out-of-range value.
+void apply_file(Config& config, const std::string& path);
+
+// Applies every `SIDETRACE_<SECTION>_<KEY>` variable of `environ`-style
+// "NAME=value" entries that names a key. Variables that name no key are
+// ignored (they belong to emitters or tools). Throws ConfigError on a bad value.
+void apply_env(Config& config, const std::vector<std::string>& environment);
+
+// The process environment, as apply_env() takes it.
+std::vector<std::string> process_environment();
+
+// Applies one "section.key=value" override (from `--set`). Throws ConfigError.
+void apply_override(Config& config, std::string_view assignment);
+
+// Sets one key from its text form (as the environment and `--set` give it).
+// `source` names where the value came from, for the error message.
+void set_value(Config& config, std::string_view key, std::string_view value,
+               std::string_view source);
+
+// Checks relations between keys that no single key can (e.g. retry_initial_ms
+// <= retry_max_ms). Throws ConfigError.
+void validate(const Config& config);
+
+// The effective configuration as TOML, with secrets masked.
+std::string to_toml(const Config& config, bool mask_secrets = true);
+
+// Every key name, "section.key" (or "key" at the top level), in file order.
+std::vector<std::string> key_names();
+
+// Keys whose new value only takes effect after a restart.
+bool needs_restart(std::string_view key);
+
+// The keys whose values differ between `a` and `b`.
+std::vector<std::string> changed_keys(const Config& a, const Config& b);
+
+// Parses "2GiB", "512MiB", "64k", "1000" (bytes). Returns nullopt if invalid.
+std::optional<uint64_t> parse_size(std::string_view text);
+
+// Loads defaults, then `file` (if not empty), then the environment, then the
+// overrides, and validates the result.
+Config load(const std::string& file, const std::vector<std::string>& environment,
+            const std::vector<std::string>& overrides);
+
+}  // namespace sidetrace::config

@@ -1,0 +1,242 @@
+#include "config/config.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace sidetrace::config {
+namespace {
+
+class ConfigFileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("sidetrace-config-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::string write(const std::string& text) {
+    auto path = (dir_ / "sidetrace.toml").string();
+    std::ofstream(path) << text;
+    return path;
+  }
+
+  // The message of the ConfigError that loading `text` throws, or "" if none.
+  std::string error_of(const std::string& text) {
+    auto path = write(text);
+    try {
+      load(path, {}, {});
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+    return "";
+  }
+
+  std::filesystem::path dir_;
+};
+
+TEST(ConfigDefaults, MatchTheDocumentedValues) {
+  Config c;
+  EXPECT_EQ(c.data_dir, "/var/lib/sidetrace");
+  EXPECT_EQ(c.listen.unix_stream, "/run/sidetrace/agent.sock");
+  EXPECT_EQ(c.listen.unix_dgram, "/run/sidetrace/agent.dgram.sock");
+  EXPECT_EQ(c.listen.udp, "127.0.0.1:7717");
+  EXPECT_EQ(c.listen.socket_mode, 0660u);
+  EXPECT_EQ(c.admin.listen, "127.0.0.1:7718");
+  EXPECT_EQ(c.upstream.endpoint, "");
+  EXPECT_EQ(c.upstream.format, "native");
+  EXPECT_EQ(c.trace.quiet_period_ms, 1000);
+  EXPECT_EQ(c.trace.max_open_s, 600);
+  EXPECT_EQ(c.buffer.max_bytes, 2ull << 30);
+  EXPECT_EQ(c.buffer.sync, "fsync");
+  EXPECT_EQ(c.buffer.when_full, "drop_oldest");
+  EXPECT_EQ(c.log.level, "info");
+  EXPECT_NO_THROW(validate(c));
+}
+
+TEST_F(ConfigFileTest, ReadsEveryDocumentedKey) {
+  auto path = write(R"(
+data_dir = "/tmp/st"
+[listen]
+unix_stream = "/tmp/st/a.sock"
+unix_dgram  = ""
+udp         = "127.0.0.1:9999"
+socket_mode = "0600"
+[admin]
+listen = "127.0.0.1:0"
+[upstream]
+endpoint = "https://collector.example:4318"
+format   = "otlp"
+headers  = { "X-Team" = "llm", "Authorization" = "Bearer s3cret" }
+[trace]
+quiet_period_ms = 250
+max_open_s = 30
+[buffer]
+max_bytes = "512MiB"
+sync = "os"
+[log]
+level = "debug"
+)");
+  Config c = load(path, {}, {});
+  EXPECT_EQ(c.data_dir, "/tmp/st");
+  EXPECT_EQ(c.listen.unix_stream, "/tmp/st/a.sock");
+  EXPECT_EQ(c.listen.unix_dgram, "");
+  EXPECT_EQ(c.listen.udp, "127.0.0.1:9999");
+  EXPECT_EQ(c.listen.socket_mode, 0600u);
+  EXPECT_EQ(c.upstream.format, "otlp");
+  EXPECT_EQ(c.upstream.headers.at("X-Team"), "llm");
+  EXPECT_EQ(c.trace.quiet_period_ms, 250);
+  EXPECT_EQ(c.trace.max_open_s, 30);
+  EXPECT_EQ(c.buffer.max_bytes, 512ull << 20);
+  EXPECT_EQ(c.buffer.sync, "os");
+  EXPECT_EQ(c.log.level, "debug");
+}
+
+TEST_F(ConfigFileTest, UnknownKeyNamesKeyFileAndLine) {
+  std::string err = error_of("[trace]\nquiet_period_ms = 5\nquiet_perod_ms = 10\n");
+  EXPECT_NE(err.find("trace.quiet_perod_ms"), std::string::npos) << err;
+  EXPECT_NE(err.find("sidetrace.toml:3"), std::string::npos) << err;
+  EXPECT_NE(err.find("unknown key"), std::string::npos) << err;
+}
+
+TEST_F(ConfigFileTest, UnknownSectionIsAnError) {
+  std::string err = error_of("[tracing]\nx = 1\n");
+  EXPECT_NE(err.find("tracing"), std::string::npos) << err;
+  EXPECT_NE(err.find("sidetrace.toml:1"), std::string::npos) << err;
+}
+
+TEST_F(ConfigFileTest, WrongTypeNamesKeyAndTypes) {
+  std::string err = error_of("[trace]\nquiet_period_ms = \"soon\"\n");
+  EXPECT_NE(err.find("trace.quiet_period_ms"), std::string::npos) << err;
+  EXPECT_NE(err.find("expected an integer, got a string"), std::string::npos) << err;
+  EXPECT_NE(err.find(":2"), std::string::npos) << err;
+}
+
+TEST_F(ConfigFileTest, OutOfRangeValueIsAnError) {
+  std::string err = error_of("[upstream]\nmax_in_flight = 0\n");
+  EXPECT_NE(err.find("upstream.max_in_flight"), std::string::npos) << err;
+  EXPECT_NE(err.find("out of range"), std::string::npos) << err;
+}
+
+TEST_F(ConfigFileTest, BadEnumListsTheChoices) {
+  std::string err = error_of("[buffer]\nsync = \"sometimes\"\n");
+  EXPECT_NE(err.find("buffer.sync"), std::string::npos) << err;
+  EXPECT_NE(err.find("\"fsync\", \"os\""), std::string::npos) << err;
+}
+
+TEST_F(ConfigFileTest, SyntaxErrorNamesFileAndLine) {
+  std::string err = error_of("[trace]\nquiet_period_ms = = 3\n");
+  EXPECT_NE(err.find("sidetrace.toml:2"), std::string::npos) << err;
+}
+
+TEST_F(ConfigFileTest, MissingFileIsAnError) {
+  EXPECT_THROW(load((dir_ / "absent.toml").string(), {}, {}), ConfigError);
+}
+
+TEST_F(ConfigFileTest, PrecedenceIsCliOverEnvOverFileOverDefaults) {
+  auto path = write("[trace]\nquiet_period_ms = 10\nmax_open_s = 20\nretain_s = 30\n");
+  Config c = load(path,
+                  {"SIDETRACE_TRACE_MAX_OPEN_S=21", "SIDETRACE_TRACE_RETAIN_S=31",
+                   "SIDETRACE_ENDPOINT=unix:///ignored", "PATH=/bin"},
+                  {"trace.retain_s=32"});
+  EXPECT_EQ(c.trace.quiet_period_ms, 10);                              // file
+  EXPECT_EQ(c.trace.max_open_s, 21);                                   // env over file
+  EXPECT_EQ(c.trace.retain_s, 32);                                     // CLI over env
+  EXPECT_EQ(c.trace.max_open_traces, Config{}.trace.max_open_traces);  // default
+}
+
+TEST(ConfigEnv, TopLevelAndSectionKeys) {
+  Config c;
+  apply_env(c, {"SIDETRACE_DATA_DIR=/d", "SIDETRACE_LISTEN_UNIX_STREAM=/d/s.sock",
+                "SIDETRACE_UPSTREAM_TLS_VERIFY=false", "SIDETRACE_BUFFER_MAX_BYTES=1GiB",
+                "SIDETRACE_UPSTREAM_HEADERS=X-A=1, X-B=2"});
+  EXPECT_EQ(c.data_dir, "/d");
+  EXPECT_EQ(c.listen.unix_stream, "/d/s.sock");
+  EXPECT_FALSE(c.upstream.tls_verify);
+  EXPECT_EQ(c.buffer.max_bytes, 1ull << 30);
+  EXPECT_EQ(c.upstream.headers.at("X-A"), "1");
+  EXPECT_EQ(c.upstream.headers.at("X-B"), "2");
+}
+
+TEST(ConfigEnv, BadValueNamesTheVariable) {
+  Config c;
+  try {
+    apply_env(c, {"SIDETRACE_TRACE_QUIET_PERIOD_MS=abc"});
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    std::string msg = e.what();
+    EXPECT_NE(msg.find("SIDETRACE_TRACE_QUIET_PERIOD_MS"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("trace.quiet_period_ms"), std::string::npos) << msg;
+  }
+}
+
+TEST(ConfigOverride, UnknownKeyAndMalformedAssignment) {
+  Config c;
+  EXPECT_THROW(apply_override(c, "trace.nope=1"), ConfigError);
+  EXPECT_THROW(apply_override(c, "trace.quiet_period_ms"), ConfigError);
+  apply_override(c, "listen.socket_mode=0600");
+  EXPECT_EQ(c.listen.socket_mode, 0600u);
+}
+
+TEST(ConfigValidate, CrossKeyRules) {
+  Config c;
+  c.upstream.retry_initial_ms = 10'000;
+  c.upstream.retry_max_ms = 1'000;
+  EXPECT_THROW(validate(c), ConfigError);
+  Config d;
+  d.upstream.endpoint = "ftp://x";
+  EXPECT_THROW(validate(d), ConfigError);
+  Config e;
+  e.listen.unix_stream = e.listen.unix_dgram = e.listen.udp = "";
+  EXPECT_THROW(validate(e), ConfigError);
+}
+
+TEST(ConfigToml, MasksSecretsAndRoundTrips) {
+  Config c;
+  c.upstream.endpoint = "https://user:hunter2@collector:4318";
+  c.upstream.headers = {{"Authorization", "Bearer abc"}, {"X-Team", "llm"}};
+  std::string text = to_toml(c);
+  EXPECT_EQ(text.find("hunter2"), std::string::npos) << text;
+  EXPECT_EQ(text.find("Bearer abc"), std::string::npos) << text;
+  EXPECT_NE(text.find("\"llm\""), std::string::npos) << text;
+  EXPECT_NE(text.find("socket_mode = \"0660\""), std::string::npos) << text;
+
+  // Unmasked output reads back to the same configuration.
+  auto dir =
+      std::filesystem::temp_directory_path() / ("sidetrace-rt-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto path = (dir / "rt.toml").string();
+  std::ofstream(path) << to_toml(c, false);
+  Config back = load(path, {}, {});
+  EXPECT_TRUE(changed_keys(c, back).empty());
+  std::filesystem::remove_all(dir);
+}
+
+TEST(ConfigSizes, ParseUnits) {
+  EXPECT_EQ(parse_size("2GiB"), 2ull << 30);
+  EXPECT_EQ(parse_size("512 MiB"), 512ull << 20);
+  EXPECT_EQ(parse_size("64k"), 64ull << 10);
+  EXPECT_EQ(parse_size("1000"), 1000u);
+  EXPECT_FALSE(parse_size("lots"));
+  EXPECT_FALSE(parse_size("-1"));
+  EXPECT_FALSE(parse_size("5 parsecs"));
+}
+
+TEST(ConfigReload, ChangedKeysAndRestartKeys) {
+  Config a, b;
+  b.log.level = "debug";
+  b.data_dir = "/elsewhere";
+  auto changed = changed_keys(a, b);
+  ASSERT_EQ(changed.size(), 2u);
+  EXPECT_EQ(changed[0], "data_dir");
+  EXPECT_EQ(changed[1], "log.level");
+  EXPECT_TRUE(needs_restart("data_dir"));
+  EXPECT_FALSE(needs_restart("log.level"));
+}
+
+}  // namespace
+}  // namespace sidetrace::config
