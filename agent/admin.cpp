@@ -50,12 +50,14 @@ class Session : public std::enable_shared_from_this<Session> {
     res_.version(req.version());
     res_.keep_alive(req.keep_alive());
     res_.set(http::field::server, "sidetrace");
-    if (req.method() != http::verb::get && req.method() != http::verb::head) {
+    if (req.method() != http::verb::get && req.method() != http::verb::head &&
+        req.method() != http::verb::post) {
       res_.result(http::status::method_not_allowed);
       res_.set(http::field::content_type, "text/plain");
-      res_.body() = "only GET is supported\n";
+      res_.body() = "only GET, HEAD and POST are supported\n";
     } else {
-      AdminResponse r = (*handler_)(std::string(req.target()));
+      std::string method = req.method() == http::verb::post ? "POST" : "GET";
+      AdminResponse r = (*handler_)(method, std::string(req.target()));
       res_.result(r.status);
       res_.set(http::field::content_type, r.content_type);
       res_.set(http::field::cache_control, "no-store");
@@ -179,8 +181,9 @@ void AdminServer::stop() {
   });
 }
 
-bool admin_get(const std::string& host_port, const std::string& target, unsigned* status,
-               std::string* body, std::string* error) {
+bool admin_request(const std::string& host_port, const std::string& method,
+                   const std::string& target, unsigned* status, std::string* body,
+                   std::string* error) {
   std::string host;
   unsigned short port = 0;
   if (!split_host_port(host_port, &host, &port)) {
@@ -193,7 +196,9 @@ bool admin_get(const std::string& host_port, const std::string& target, unsigned
     beast::tcp_stream stream(io);
     stream.expires_after(std::chrono::seconds(5));
     stream.connect(resolver.resolve(host, std::to_string(port)));
-    http::request<http::empty_body> req{http::verb::get, target, 11};
+    http::request<http::string_body> req{method == "POST" ? http::verb::post : http::verb::get,
+                                         target, 11};
+    req.prepare_payload();
     req.set(http::field::host, host);
     req.set(http::field::connection, "close");
     http::write(stream, req);

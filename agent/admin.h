@@ -25,9 +25,10 @@ struct AdminResponse {
   std::string body;
 };
 
-// Handles one GET request: `target` is the path with its query string.
-// Returns nullopt-like 404 by setting status 404.
-using AdminHandler = std::function<AdminResponse(const std::string& target)>;
+// Handles one request: `method` is "GET", "HEAD" or "POST"; `target` is the
+// path with its query string. Unknown routes answer 404.
+using AdminHandler =
+    std::function<AdminResponse(const std::string& method, const std::string& target)>;
 
 class AdminServer {
  public:
@@ -50,9 +51,14 @@ class AdminServer {
 // Splits "host:port" ("[::1]:80" for IPv6). Returns false if malformed.
 bool split_host_port(const std::string& host_port, std::string* host, unsigned short* port);
 
-// A blocking GET against an admin endpoint for the command-line tools
+// A blocking request against an admin endpoint for the command-line tools
 // (`sidetrace status`). Returns false with `error` set when unreachable.
-bool admin_get(const std::string& host_port, const std::string& target, unsigned* status,
-               std::string* body, std::string* error);
+bool admin_request(const std::string& host_port, const std::string& method,
+                   const std::string& target, unsigned* status, std::string* body,
+                   std::string* error);
+inline bool admin_get(const std::string& host_port, const std::string& target, unsigned* status,
+                      std::string* body, std::string* error) {
+  return admin_request(host_port, "GET", target, status, body, error);
+}
 
 }  // namespace sidetrace::agent

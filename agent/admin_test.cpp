@@ -16,19 +16,20 @@ namespace {
 class AdminTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    server_ = std::make_unique<AdminServer>(io_, [this](const std::string& target) {
-      ++calls_;
-      AdminResponse r;
-      if (target == "/healthz") {
-        r.body = "ok\n";
-      } else if (target.starts_with("/echo")) {
-        r.body = target;
-      } else {
-        r.status = 404;
-        r.body = "not found\n";
-      }
-      return r;
-    });
+    server_ = std::make_unique<AdminServer>(
+        io_, [this](const std::string& method, const std::string& target) {
+          ++calls_;
+          AdminResponse r;
+          if (target == "/healthz") {
+            r.body = "ok\n";
+          } else if (target.starts_with("/echo")) {
+            r.body = method + " " + target;
+          } else {
+            r.status = 404;
+            r.body = "not found\n";
+          }
+          return r;
+        });
     std::string err;
     ASSERT_FALSE(server_->listen("127.0.0.1:0", &err)) << err;
     ASSERT_NE(server_->port(), 0);
@@ -54,7 +55,9 @@ TEST_F(AdminTest, ServesRoutesAndNotFound) {
   EXPECT_EQ(status, 200u);
   EXPECT_EQ(body, "ok\n");
   ASSERT_TRUE(admin_get(addr(), "/echo?q=1", &status, &body, &err)) << err;
-  EXPECT_EQ(body, "/echo?q=1");
+  EXPECT_EQ(body, "GET /echo?q=1");
+  ASSERT_TRUE(admin_request(addr(), "POST", "/echo", &status, &body, &err)) << err;
+  EXPECT_EQ(body, "POST /echo");
   ASSERT_TRUE(admin_get(addr(), "/nope", &status, &body, &err)) << err;
   EXPECT_EQ(status, 404u);
 }
@@ -90,7 +93,7 @@ TEST_F(AdminTest, MalformedRequestClosesOnlyThatConnection) {
 
 TEST(AdminListen, RejectsBadAddresses) {
   boost::asio::io_context io;
-  AdminServer server(io, [](const std::string&) { return AdminResponse{}; });
+  AdminServer server(io, [](const std::string&, const std::string&) { return AdminResponse{}; });
   std::string err;
   EXPECT_TRUE(server.listen("nonsense", &err));
   EXPECT_NE(err.find("admin.listen"), std::string::npos);

@@ -1,0 +1,327 @@
+#include "agent/agent.h"
+
+#include <fmt/format.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+#include "agent/admin.h"
+#include "agent/tools.h"
+#include "agent/wiring.h"
+#include "buffer/store.h"
+#include "buffer/writer.h"
+#include "common/bounded_queue.h"
+#include "common/clock.h"
+#include "ipc/intake.h"
+#include "trace/assembler.h"
+#include "upstream/upstream.h"
+
+namespace sidetrace::agent {
+
+namespace net = boost::asio;
+
+namespace {
+
+// How long a shutdown may take before the process gives up waiting for the
+// exporter (whose unacknowledged work stays in the store for the next start).
+constexpr auto kShutdownDeadline = std::chrono::seconds(20);
+
+}  // namespace
+
+struct Agent::Impl {
+  Impl(config::Config c, AgentOptions o) : cfg(std::move(c)), opts(std::move(o)) {}
+
+  config::Config cfg;
+  AgentOptions opts;
+  const Clock& clock = system_clock();
+
+  net::io_context io;
+  std::unique_ptr<buffer::Store> store;
+  std::unique_ptr<BoundedQueue<ipc::MessageBatch>> queue;
+  std::unique_ptr<trace::Assembler> assembler;
+  std::unique_ptr<buffer::Writer> writer;
+  std::unique_ptr<upstream::Exporter> exporter;
+  std::unique_ptr<ipc::Intake> intake;
+  std::unique_ptr<AdminServer> admin;
+  std::atomic<bool> is_ready{false};
+  std::atomic<bool> stopping{false};
+  std::atomic<unsigned short> admin_port{0};
+  uint64_t started_ns = 0;
+
+  void start();
+  void shutdown();
+  // Re-reads the configuration; returns what happened, for the log and the caller.
+  std::string reload();
+  AdminResponse handle(const std::string& method, const std::string& target);
+  Components components() const;
+};
+
+Agent::Agent(config::Config config, AgentOptions options)
+    : impl_(std::make_unique<Impl>(std::move(config), std::move(options))) {}
+
+Agent::~Agent() = default;
+
+bool Agent::ready() const {
+  return impl_->is_ready.load();
+}
+unsigned short Agent::admin_port() const {
+  return impl_->admin_port.load();
+}
+
+void Agent::request_stop() {
+  net::post(impl_->io, [impl = impl_.get()] {
+    if (!impl->stopping.exchange(true)) impl->io.stop();
+  });
+}
+
+void Agent::request_reload() {
+  net::post(impl_->io, [impl = impl_.get()] { impl->reload(); });
+}
+
+Components Agent::Impl::components() const {
+  return Components{cfg,          store.get(),     queue.get(),    intake.get(),
+                    writer.get(), assembler.get(), exporter.get(), is_ready.load(),
+                    started_ns};
+}
+
+void Agent::Impl::start() {
+  started_ns = clock.now_ns();
+  std::error_code ec;
+  std::filesystem::create_directories(cfg.data_dir, ec);
+  if (ec) {
+    throw std::runtime_error("data_dir: cannot create " + cfg.data_dir + ": " + ec.message());
+  }
+
+  // Store first: nothing is accepted that cannot be kept.
+  std::string quarantined;
+  buffer::Status s = buffer::open_or_quarantine(store_options(cfg), &store, &quarantined);
+  if (!s.ok()) {
+    throw std::runtime_error("cannot open the store in " + cfg.data_dir + ": " + s.ToString());
+  }
+  if (!quarantined.empty()) {
+    spdlog::error(
+        "the store could not be opened and was moved aside to {}; started on a fresh store "
+        "(see docs/operations.md, \"A corrupt store\")",
+        quarantined);
+  }
+
+  queue = std::make_unique<BoundedQueue<ipc::MessageBatch>>(cfg.intake.queue_bytes);
+  assembler = std::make_unique<trace::Assembler>(*store, clock, assembler_options(cfg));
+  s = assembler->recover();
+  if (!s.ok()) {
+    throw std::runtime_error("cannot read the store's pending messages: " + s.ToString());
+  }
+  writer = std::make_unique<buffer::Writer>(
+      *store, *queue,
+      [a = assembler.get()](std::span<const buffer::Committed> c) { a->on_committed(c); }, clock);
+  exporter = upstream::make_exporter(*store, upstream_options(cfg), clock);
+
+  assembler->start();
+  writer->start();
+  exporter->start();
+
+  intake = ipc::Intake::create(io, intake_options(cfg), *queue, clock);
+  std::string err;
+  if (intake->start(&err)) throw std::runtime_error(err);
+
+  if (!cfg.admin.listen.empty()) {
+    admin = std::make_unique<AdminServer>(
+        io, [this](const std::string& m, const std::string& t) { return handle(m, t); });
+    if (admin->listen(cfg.admin.listen, &err)) throw std::runtime_error(err);
+    admin_port = admin->port();
+  }
+  is_ready = true;
+  spdlog::info("sidetrace ready: unix_stream={} unix_dgram={} udp={} admin={} upstream={}",
+               cfg.listen.unix_stream.empty() ? "off" : cfg.listen.unix_stream,
+               cfg.listen.unix_dgram.empty() ? "off" : cfg.listen.unix_dgram,
+               cfg.listen.udp.empty() ? "off" : cfg.listen.udp,
+               cfg.admin.listen.empty() ? "off" : cfg.admin.listen,
+               cfg.upstream.endpoint.empty() ? "local file" : "http");
+}
+
+void Agent::Impl::shutdown() {
+  is_ready = false;
+  // A watchdog: if a stage hangs, exit anyway; what is stored stays stored.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::thread watchdog([&] {
+    std::unique_lock lock(mu);
+    if (!cv.wait_for(lock, kShutdownDeadline, [&] { return done; })) {
+      spdlog::error("shutdown took longer than {}s; exiting with work left in the store",
+                    kShutdownDeadline.count());
+      spdlog::shutdown();
+      std::_Exit(1);
+    }
+  });
+
+  if (admin) admin->stop();
+  if (intake) intake->stop();  // stop accepting
+  // The io_context was stopped to leave run(); let the closes complete.
+  io.restart();
+  io.poll();
+  if (writer) writer->stop();  // commits everything already queued
+  if (assembler) assembler->stop();
+  if (exporter) exporter->stop();
+  store.reset();
+  {
+    std::lock_guard lock(mu);
+    done = true;
+  }
+  cv.notify_all();
+  watchdog.join();
+  spdlog::info("sidetrace stopped");
+}
+
+std::string Agent::Impl::reload() {
+  if (!opts.reload) {
+    spdlog::warn("reload requested but the agent runs on embedded defaults; nothing to re-read");
+    return "refused: the agent was started without --config or --set";
+  }
+  config::Config next;
+  try {
+    next = opts.reload();
+  } catch (const std::exception& e) {
+    spdlog::error("reload refused, keeping the running configuration: {}", e.what());
+    return std::string("refused: ") + e.what();
+  }
+  auto changed = config::changed_keys(cfg, next);
+  if (changed.empty()) {
+    spdlog::info("reload: no change");
+    return "no change";
+  }
+  for (const auto& key : changed) {
+    if (config::needs_restart(key)) {
+      spdlog::warn("reload: {} changed but takes effect only after a restart", key);
+    }
+  }
+  try {
+    exporter->update_options(upstream_options(next));
+  } catch (const std::exception& e) {
+    spdlog::error("reload refused, keeping the running configuration: {}", e.what());
+    return std::string("refused: ") + e.what();
+  }
+  spdlog::set_level(spdlog::level::from_str(next.log.level));
+  // Keys that need a restart keep their running values.
+  for (const auto& key : changed) {
+    if (!config::needs_restart(key)) {
+      spdlog::info("reload: {} applied", key);
+    }
+  }
+  config::Config applied = next;
+  applied.data_dir = cfg.data_dir;
+  applied.listen = cfg.listen;
+  applied.intake = cfg.intake;
+  applied.admin = cfg.admin;
+  applied.exporter = cfg.exporter;
+  applied.buffer.sync = cfg.buffer.sync;
+  applied.trace.max_open_traces = cfg.trace.max_open_traces;
+  cfg = std::move(applied);
+  return fmt::format("reloaded: {} key(s) changed", changed.size());
+}
+
+AdminResponse Agent::Impl::handle(const std::string& method, const std::string& target) {
+  std::string path = target.substr(0, target.find('?'));
+  AdminResponse r;
+  if (path == "/healthz") {
+    r.body = "ok\n";
+  } else if (path == "/readyz") {
+    std::string why = not_ready_reason(components());
+    if (why.empty()) {
+      r.body = "ready\n";
+    } else {
+      r.status = 503;
+      r.body = why + "\n";
+    }
+  } else if (path == "/metrics") {
+    r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    r.body = render_metrics(components(), clock);
+  } else if (path == "/status") {
+    r.body = render_status(components(), clock);
+  } else if (path == "/deadletter" && method == "GET") {
+    if (!deadletter_action(*store, "list", &r.body)) r.status = 500;
+  } else if ((path == "/deadletter/replay" || path == "/deadletter/purge") && method == "POST") {
+    auto* delivery = dynamic_cast<upstream::Delivery*>(exporter.get());
+    if (path == "/deadletter/replay" && delivery) {
+      r.body = fmt::format("replayed {} dead-lettered batch(es)\n", delivery->replay_deadletters());
+    } else if (!deadletter_action(*store, path.substr(path.rfind('/') + 1), &r.body)) {
+      r.status = 500;
+    }
+  } else if (path == "/reload" && method == "POST") {
+    std::string result = reload();
+    r.body = result + "\n";
+    if (!result.starts_with("reloaded") && !result.starts_with("no change")) r.status = 409;
+  } else {
+    r.status = 404;
+    r.body = "not found\n";
+  }
+  return r;
+}
+
+int Agent::run() {
+  Impl& d = *impl_;
+  d.start();
+
+  net::signal_set signals(d.io, SIGINT, SIGTERM);
+  std::function<void(const boost::system::error_code&, int)> on_signal =
+      [&](const boost::system::error_code& ec, int sig) {
+        if (ec) return;
+        spdlog::info("received signal {}; stopping", sig);
+        d.stopping = true;
+        d.io.stop();
+      };
+  signals.async_wait(on_signal);
+  net::signal_set hup(d.io, SIGHUP);
+  std::function<void(const boost::system::error_code&, int)> on_hup =
+      [&](const boost::system::error_code& ec, int) {
+        if (ec) return;
+        spdlog::info("received SIGHUP; reloading the configuration");
+        d.reload();
+        hup.async_wait(on_hup);
+      };
+  hup.async_wait(on_hup);
+
+  // One more thread for intake decoding when the machine has the cores.
+  std::thread second;
+  if (std::thread::hardware_concurrency() > 2) {
+    second = std::thread([&] { d.io.run(); });
+  }
+  d.io.run();
+  if (second.joinable()) {
+    d.io.stop();
+    second.join();
+  }
+  signals.cancel();
+  hup.cancel();
+  d.shutdown();
+  return 0;
+}
+
+void setup_logging(const std::string& level) {
+  auto sink = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
+  auto logger = std::make_shared<spdlog::logger>("sidetrace", sink);
+  // Under systemd the journal stamps each line; elsewhere include the time.
+  if (std::getenv("JOURNAL_STREAM") != nullptr || std::getenv("INVOCATION_ID") != nullptr) {
+    logger->set_pattern("%l %v");
+  } else {
+    logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  }
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(spdlog::level::from_str(level));
+  spdlog::flush_on(spdlog::level::warn);
+  spdlog::flush_every(std::chrono::seconds(1));
+}
+
+}  // namespace sidetrace::agent

@@ -1,0 +1,155 @@
+// sidetrace: the command line. Parses arguments and hands over to the
+// components; all behaviour lives in the libraries.
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "agent/admin.h"
+#include "agent/agent.h"
+#include "agent/tools.h"
+#include "config/config.h"
+#include "ipc/emit.h"
+
+namespace {
+
+using sidetrace::config::Config;
+using sidetrace::config::ConfigError;
+
+constexpr int kExitConfig = 2;
+
+void add_emit_flags(CLI::App& cmd, sidetrace::ipc::EmitOptions& o) {
+  cmd.add_option("--endpoint", o.endpoint,
+                 "unix://PATH, unixgram://PATH or udp://HOST:PORT (default: $SIDETRACE_ENDPOINT)");
+  cmd.add_flag("--stdin", o.json_lines, "Read one JSON message per line from stdin");
+  cmd.add_option("--kind", o.kind, "trace, start, end, event or feedback")->capture_default_str();
+  cmd.add_option("--trace-id", o.trace_id, "The trace id");
+  cmd.add_option("--id", o.id, "The event id");
+  cmd.add_option("--parent-id", o.parent_id, "The parent event's id");
+  cmd.add_option("--type", o.type,
+                 "MESSAGE, TOOL, GENERATION, AGENT, RETRIEVAL, ROUTER, SYSTEM, ...");
+  cmd.add_option("--name", o.name, "A short label");
+  cmd.add_option("--input", o.input, "What went in (text, or JSON with --json)");
+  cmd.add_option("--output", o.output, "What came out (text, or JSON with --json)");
+  cmd.add_flag("--json", o.json_values, "Parse --input and --output as JSON");
+  cmd.add_option("--status", o.status, "ok or error");
+  cmd.add_option("--error", o.error, "Error text");
+  cmd.add_option("--ts", o.ts_ns, "When it happened, ns since the Unix epoch");
+  cmd.add_option("--end-ts", o.end_ts_ns, "When it ended, ns since the Unix epoch");
+  cmd.add_option("--latency-ms", o.latency_ms, "How long it took");
+  cmd.add_option("--attrs", o.attrs_json, "Attributes as a JSON object");
+  cmd.add_option("--conversation-id", o.conversation_id, "kind trace: the conversation");
+  cmd.add_option("--session-id", o.session_id, "kind trace: the session");
+  cmd.add_option("--user-id", o.user_id, "kind trace: the user's id");
+  cmd.add_option("--tag", o.tag, "kind feedback: e.g. THUMBS_UP");
+  cmd.add_option("--text", o.text, "kind feedback: free text");
+  cmd.add_option("--target-id", o.target_id, "kind feedback: the event it is about");
+  cmd.add_option("--score", o.score, "kind feedback: a number");
+}
+
+Config load_config(const std::string& file, const std::vector<std::string>& sets) {
+  return sidetrace::config::load(file, sidetrace::config::process_environment(), sets);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"sidetrace: a local sidecar agent for tracing LLM applications"};
+  app.require_subcommand(1);
+
+  std::string config_file;
+  std::vector<std::string> sets;
+  auto add_config_options = [&](CLI::App* cmd) {
+    cmd->add_option("-c,--config", config_file, "TOML configuration file");
+    cmd->add_option("--set", sets, "Override one key, section.key=value (repeatable)");
+  };
+
+  // sidetrace agent
+  bool print = false;
+  CLI::App* agent_cmd = app.add_subcommand("agent", "Run the agent in the foreground");
+  add_config_options(agent_cmd);
+  agent_cmd->add_flag("--print", print, "Also print every finished trace to stdout");
+
+  // sidetrace config check FILE
+  CLI::App* config_cmd = app.add_subcommand("config", "Configuration tools");
+  config_cmd->require_subcommand(1);
+  CLI::App* check_cmd = config_cmd->add_subcommand(
+      "check", "Validate a configuration and print the effective one, secrets masked");
+  std::string check_file;
+  check_cmd->add_option("file", check_file, "TOML configuration file")->required();
+  check_cmd->add_option("--set", sets, "Override one key, section.key=value (repeatable)");
+
+  // sidetrace emit
+  sidetrace::ipc::EmitOptions emit;
+  CLI::App* emit_cmd = app.add_subcommand(
+      "emit", "Send events to the agent: one from flags, or JSON lines from stdin");
+  add_emit_flags(*emit_cmd, emit);
+
+  // sidetrace status
+  std::string admin_addr;
+  bool status_metrics = false;
+  CLI::App* status_cmd = app.add_subcommand("status", "Show the running agent's state");
+  add_config_options(status_cmd);
+  status_cmd->add_option("--admin", admin_addr, "Admin endpoint host:port (default: admin.listen)");
+  status_cmd->add_flag("--metrics", status_metrics, "Print the raw Prometheus metrics instead");
+
+  // sidetrace deadletter list|replay|purge
+  CLI::App* dl_cmd = app.add_subcommand("deadletter", "Inspect, replay or purge dead letters");
+  dl_cmd->require_subcommand(1);
+  add_config_options(dl_cmd);
+  CLI::App* dl_list = dl_cmd->add_subcommand("list", "List dead-lettered batches");
+  CLI::App* dl_replay = dl_cmd->add_subcommand("replay", "Send dead-lettered batches again");
+  CLI::App* dl_purge = dl_cmd->add_subcommand("purge", "Delete every dead-lettered batch");
+  for (CLI::App* sub : {dl_list, dl_replay, dl_purge})
+    add_config_options(sub);
+
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    if (*agent_cmd) {
+      Config cfg = load_config(config_file, sets);
+      if (print) cfg.exporter.print = true;
+      sidetrace::agent::setup_logging(cfg.log.level);
+      sidetrace::agent::AgentOptions opts;
+      if (!config_file.empty() || !sets.empty()) {
+        opts.reload = [config_file, sets, print] {
+          Config next = load_config(config_file, sets);
+          if (print) next.exporter.print = true;
+          return next;
+        };
+      }
+      sidetrace::agent::Agent agent(std::move(cfg), std::move(opts));
+      int rc = agent.run();
+      spdlog::shutdown();
+      return rc;
+    }
+    if (*check_cmd) {
+      Config cfg = load_config(check_file, sets);
+      std::cout << "# " << check_file << ": valid\n" << sidetrace::config::to_toml(cfg);
+      return 0;
+    }
+    if (*emit_cmd) {
+      return sidetrace::ipc::run_emit(emit, std::cin, std::cerr);
+    }
+    if (*status_cmd) {
+      if (admin_addr.empty()) admin_addr = load_config(config_file, sets).admin.listen;
+      return sidetrace::agent::run_status(admin_addr, status_metrics, std::cout, std::cerr);
+    }
+    if (*dl_cmd) {
+      Config cfg = load_config(config_file, sets);
+      std::string action = *dl_list ? "list" : *dl_replay ? "replay" : "purge";
+      return sidetrace::agent::run_deadletter(cfg, action, std::cout, std::cerr);
+    }
+  } catch (const ConfigError& e) {
+    std::cerr << "sidetrace: configuration error: " << e.what() << "\n";
+    return kExitConfig;
+  } catch (const std::exception& e) {
+    std::cerr << "sidetrace: " << e.what() << "\n";
+    spdlog::shutdown();
+    return 1;
+  }
+  return 0;
+}

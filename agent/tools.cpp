@@ -1,0 +1,105 @@
+#include "agent/tools.h"
+
+#include <fmt/format.h>
+
+#include "agent/admin.h"
+#include "agent/wiring.h"
+#include "upstream/upstream.h"
+
+namespace sidetrace::agent {
+
+int run_status(const std::string& admin_addr, bool raw_metrics, std::ostream& out,
+               std::ostream& err) {
+  unsigned status = 0;
+  std::string body, error;
+  if (!admin_get(admin_addr, raw_metrics ? "/metrics" : "/status", &status, &body, &error)) {
+    err << "sidetrace status: " << error << "\n";
+    return 3;
+  }
+  out << body;
+  if (status != 200) return 1;
+  if (raw_metrics) return 0;
+  unsigned ready = 0;
+  std::string why;
+  if (!admin_get(admin_addr, "/readyz", &ready, &why, &error)) return 3;
+  return ready == 200 ? 0 : 1;
+}
+
+bool deadletter_action(buffer::Store& store, const std::string& action, std::string* text) {
+  if (action == "list") {
+    std::vector<upstream::DeadLetter> records;
+    buffer::Status s = upstream::deadletter_list(store, &records);
+    if (!s.ok()) {
+      *text = "cannot list dead letters: " + s.ToString() + "\n";
+      return false;
+    }
+    std::string out;
+    for (const auto& r : records) {
+      std::string ids;
+      for (size_t i = 0; i < r.trace_ids.size() && i < 3; ++i) {
+        ids += (i ? "," : "") + r.trace_ids[i];
+      }
+      if (r.trace_ids.size() > 3) ids += ",...";
+      out += fmt::format("{}  ts={}  status={}  traces={}  bytes={}  reason={}  trace_ids={}\n",
+                         r.id, r.ts_ns, r.http_status, r.traces, r.bytes, r.reason, ids);
+    }
+    out += fmt::format("{} dead-lettered batch(es)\n", records.size());
+    *text = std::move(out);
+    return true;
+  }
+  size_t n = 0;
+  buffer::Status s = action == "replay" ? upstream::deadletter_replay(store, &n)
+                                        : upstream::deadletter_purge(store, &n);
+  if (!s.ok()) {
+    *text = fmt::format("cannot {} dead letters: {}\n", action, s.ToString());
+    return false;
+  }
+  *text =
+      fmt::format("{} {} dead-lettered batch(es)\n", action == "replay" ? "replayed" : "purged", n);
+  return true;
+}
+
+int run_deadletter(const config::Config& cfg, const std::string& action, std::ostream& out,
+                   std::ostream& err) {
+  std::unique_ptr<buffer::Store> store;
+  buffer::Status s = buffer::Store::open(store_options(cfg), &store);
+  if (s.ok()) {
+    std::string text;
+    bool ok = deadletter_action(*store, action, &text);
+    (ok ? out : err) << text;
+    return ok ? 0 : 1;
+  }
+  if (s.code() != buffer::Status::Code::kBusy || cfg.admin.listen.empty()) {
+    err << "sidetrace deadletter: cannot open the store in " << cfg.data_dir << ": " << s.ToString()
+        << "\n";
+    return 1;
+  }
+  // A running agent holds the store: ask it.
+  unsigned status = 0;
+  std::string body, error;
+  bool reached = action == "list"
+                     ? admin_get(cfg.admin.listen, "/deadletter", &status, &body, &error)
+                     : admin_request(cfg.admin.listen, "POST", "/deadletter/" + action, &status,
+                                     &body, &error);
+  if (!reached) {
+    err << "sidetrace deadletter: the store is in use and the agent's admin endpoint is "
+           "unreachable: "
+        << error << "\n";
+    return 1;
+  }
+  (status == 200 ? out : err) << body;
+  return status == 200 ? 0 : 1;
+}
+
+int run_reload(const std::string& admin_addr, std::ostream& out, std::ostream& err) {
+  unsigned status = 0;
+  std::string body, error;
+  if (!admin_request(admin_addr, "POST", "/reload", &status, &body, &error)) {
+    err << "sidetrace reload: " << error << "\n";
+    return 3;
+  }
+  (status == 200 ? out : err) << body;
+  return status == 200 ? 0 : 1;
+}
+
+}  // namespace sidetrace::agent

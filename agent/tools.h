@@ -1,0 +1,33 @@
+// Command-line tools that talk to a running agent (through its admin
+// endpoint) or to its store directly when no agent holds it.
+#pragma once
+
+#include <ostream>
+#include <string>
+
+#include "buffer/store.h"
+#include "config/config.h"
+
+namespace sidetrace::agent {
+
+// `sidetrace status`: prints the agent's summary (or its raw metrics).
+// Returns 0 when the agent answered and is ready, 1 when it is not ready,
+// 3 when it cannot be reached.
+int run_status(const std::string& admin_addr, bool raw_metrics, std::ostream& out,
+               std::ostream& err);
+
+// `sidetrace deadletter list|replay|purge`: works on the store in
+// cfg.data_dir when no agent runs, and through the running agent's admin
+// endpoint when one holds the store. Returns 0 on success.
+int run_deadletter(const config::Config& cfg, const std::string& action, std::ostream& out,
+                   std::ostream& err);
+
+// `sidetrace reload`: asks the running agent to re-read its configuration.
+int run_reload(const std::string& admin_addr, std::ostream& out, std::ostream& err);
+
+// The dead-letter actions on an open store, as text (shared by the CLI and
+// the admin endpoint). `action` is "list", "replay" or "purge". Returns false
+// on a store error, with the reason in the text.
+bool deadletter_action(buffer::Store& store, const std::string& action, std::string* text);
+
+}  // namespace sidetrace::agent

@@ -1,0 +1,55 @@
+// Wiring helpers: the mapping from the configuration to each component's
+// options, and the views over all components that the admin endpoint serves
+// (Prometheus metrics, a human status summary, readiness).
+//
+// Thread safety: the option mappers are pure. The renderers read counters
+// and may run on any thread while the components run.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "buffer/store.h"
+#include "common/bounded_queue.h"
+#include "common/clock.h"
+#include "config/config.h"
+#include "ipc/intake.h"
+#include "ipc/message.h"
+#include "trace/assembler.h"
+#include "upstream/upstream.h"
+
+namespace sidetrace::buffer {
+class Writer;
+}
+
+namespace sidetrace::agent {
+
+buffer::StoreOptions store_options(const config::Config& c);
+trace::AssemblerOptions assembler_options(const config::Config& c);
+upstream::Options upstream_options(const config::Config& c);
+ipc::IntakeOptions intake_options(const config::Config& c);
+
+// Borrowed views of the running components; any pointer may be null.
+struct Components {
+  const config::Config& cfg;
+  buffer::Store* store = nullptr;
+  const BoundedQueue<ipc::MessageBatch>* queue = nullptr;
+  const ipc::Intake* intake = nullptr;
+  const buffer::Writer* writer = nullptr;
+  const trace::Assembler* assembler = nullptr;
+  const upstream::Exporter* exporter = nullptr;
+  bool started = false;
+  uint64_t started_ns = 0;
+};
+
+// The Prometheus text exposition of every counter, gauge and histogram.
+std::string render_metrics(const Components& c, const Clock& clock);
+
+// A short human summary (what `sidetrace status` prints).
+std::string render_status(const Components& c, const Clock& clock);
+
+// Empty when ready; otherwise why not (store closed, sockets not bound, the
+// upstream refusing our credentials).
+std::string not_ready_reason(const Components& c);
+
+}  // namespace sidetrace::agent
