@@ -141,6 +141,10 @@ void Agent::Impl::start() {
         io, [this](const std::string& m, const std::string& t) { return handle(m, t); });
     if (admin->listen(cfg.admin.listen, &err)) throw std::runtime_error(err);
     admin_port = admin->port();
+    std::string host;
+    unsigned short configured = 0;
+    split_host_port(cfg.admin.listen, &host, &configured);
+    spdlog::info("admin: listening on {}:{}", host, admin_port.load());
   }
   is_ready = true;
   spdlog::info("sidetrace ready: unix_stream={} unix_dgram={} udp={} admin={} upstream={}",

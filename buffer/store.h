@@ -5,9 +5,11 @@
 //   events   (len(trace_id), trace_id, seq) -> recv_ns, raw msgpack message.
 //            A trace's messages are one key range; kept after emission for
 //            trace.retain_s so that late messages can rebuild the whole trace.
-//   pending  seq -> trace_id. Committed messages not yet folded into an emitted
-//            revision; the source of truth for what the assembler still owes.
-//   traces   trace_id -> per-trace state (last emitted revision, times, ...).
+//   pending  seq -> recv_ns, trace_id. Committed messages not yet folded into
+//            an emitted revision; the source of truth for what the assembler
+//            still owes.
+//   traces   trace_id -> per-trace state (last emitted revision, times, ...),
+//            plus the retention index and the store's own counters.
 //   outbox   outbox seq -> finished trace revision (JSON document) waiting for
 //            delivery, in emission order.
 //   meta     free-form keys for other components (delivery batches, dead
@@ -15,6 +17,9 @@
 //
 // Thread safety: every method may be called from any thread; RocksDB provides
 // the synchronisation. Sequence numbers are assigned by the store.
+//
+// Errors: no method throws. Every method returns a Status; NoSpace means the
+// disk (or the quota) is full and the same call may succeed later.
 //
 // NOTE TO IMPLEMENTERS: the outbox and meta sections below are a contract that
 // upstream/ codes against; keep their signatures and semantics. The rest of
@@ -30,6 +35,12 @@
 #include <vector>
 
 #include "buffer/status.h"
+#include "common/clock.h"
+#include "ipc/message.h"
+
+namespace rocksdb {
+class Env;
+}
 
 namespace sidetrace::buffer {
 
@@ -39,6 +50,83 @@ struct OutboxEntry {
   uint32_t revision = 0;
   uint64_t emitted_ns = 0;  // wall clock at emission
   std::string document;     // the trace document, JSON (docs/trace-document.md)
+};
+
+enum class SyncMode {
+  kFsync,  // every commit is fsync'ed before it counts as persisted (default)
+  kOs,     // commits are handed to the OS: survive kill -9, not a power loss
+};
+
+enum class WhenFull {
+  kDropOldest,  // make room: retained events of emitted traces, then the outbox
+  kDropNewest,  // refuse new events
+};
+
+struct StoreOptions {
+  // The store lives in `data_dir`/store; created when absent.
+  std::string data_dir;
+  // Bound on the logical size (keys + values before compression) of what the
+  // store holds, excluding meta. Disk use stays close to it; RocksDB needs
+  // some transient room on top for compactions.
+  uint64_t max_bytes = 2ull << 30;
+  SyncMode sync = SyncMode::kFsync;
+  WhenFull when_full = WhenFull::kDropOldest;
+  // Memory: the block cache, and the total of all memtables (a
+  // WriteBufferManager). Together they bound the store's RAM use.
+  size_t block_cache_bytes = 8 << 20;
+  size_t memtable_budget_bytes = 48 << 20;
+  // Bound on the write-ahead log before memtables are flushed to free it.
+  uint64_t max_wal_bytes = 128 << 20;
+  // Filesystem access; nullptr = the default Env. Tests inject faults here.
+  // Not owned; must outlive the store.
+  rocksdb::Env* env = nullptr;
+  // Wall clock for emission and retention times; nullptr = the system clock.
+  // Not owned; must outlive the store.
+  const Clock* clock = nullptr;
+};
+
+// One message as committed: its store sequence and where it belongs.
+struct Committed {
+  std::string trace_id;
+  uint64_t seq = 0;
+  uint64_t recv_ns = 0;
+};
+
+// One stored message of a trace.
+struct StoredEvent {
+  uint64_t seq = 0;
+  uint64_t recv_ns = 0;
+  std::string raw;
+};
+
+// What the store keeps per trace once it has been emitted.
+struct TraceState {
+  uint32_t revision = 0;        // last emitted revision; 0 = never emitted
+  uint64_t first_emit_ns = 0;   // wall clock of revision 1
+  uint64_t last_emit_ns = 0;    // wall clock of the last revision
+  uint64_t max_seq = 0;         // highest event seq folded into a revision
+  bool events_deleted = false;  // events up to max_seq were deleted (retention/quota)
+  uint64_t deleted_ns = 0;      // when they were deleted (store-maintained)
+  uint64_t generation = 0;      // bumped by every change; guards read-modify-write
+};
+
+// One revision to emit, written atomically by Store::emit().
+struct Emission {
+  std::string trace_id;
+  uint64_t expected_generation = 0;    // TraceState::generation read before building
+  TraceState state;                    // the new state (generation is set by the store)
+  std::vector<uint64_t> pending_seqs;  // pending entries folded into this revision
+  std::string document;
+  uint64_t emitted_ns = 0;
+};
+
+struct StoreCounters {
+  uint64_t live_bytes = 0;               // logical bytes held (quota measure)
+  uint64_t dropped_retained_traces = 0;  // traces whose retained events went for room
+  uint64_t dropped_retained_events = 0;
+  uint64_t dropped_outbox_entries = 0;  // undelivered revisions dropped for room
+  uint64_t expired_traces = 0;          // traces whose events passed retain_s
+  uint64_t forgotten_traces = 0;        // state records removed after their keep time
 };
 
 class Store {
@@ -74,6 +162,70 @@ class Store {
   // Every key starting with `prefix`, in key order, at most `limit`.
   virtual Status meta_scan(std::string_view prefix, size_t limit,
                            std::vector<std::pair<std::string, std::string>>* out) = 0;
+
+  // ---- events (used by buffer::Writer) -----------------------------------
+
+  // Persists `msgs` in one atomic, group-committed write (events + pending),
+  // assigning consecutive sequence numbers; appends one Committed per message
+  // to `out` once the write is durable (per StoreOptions::sync). Writes are
+  // serialised: sequence numbers become visible in increasing order.
+  // NoSpace when the disk is full; nothing of `msgs` is stored then.
+  // The quota is not checked here (see ensure_room()).
+  virtual Status append(std::span<const ipc::Message> msgs, std::vector<Committed>* out) = 0;
+
+  // Quota: whether `bytes` more fit under max_bytes. With kDropOldest, makes
+  // room first (retained events of emitted traces, oldest emission first;
+  // then the oldest outbox entries). Returns NoSpace when they do not fit.
+  virtual Status ensure_room(uint64_t bytes) = 0;
+
+  // After a failed write (NoSpace, IOError), asks RocksDB to leave its
+  // background-error state. Ok once writes may succeed again.
+  virtual Status resume() = 0;
+
+  // ---- traces (used by trace::Assembler) ---------------------------------
+
+  // Every stored message of `trace_id` in seq order, appended to `out`.
+  virtual Status read_trace(std::string_view trace_id, std::vector<StoredEvent>* out) = 0;
+
+  // The pending entries with seq >= `from_seq`, at most `limit`, in seq order.
+  virtual Status scan_pending(uint64_t from_seq, size_t limit, std::vector<Committed>* out) = 0;
+
+  // The trace's state; NotFound when it was never emitted (or forgotten).
+  virtual Status get_state(std::string_view trace_id, TraceState* out) = 0;
+
+  // Emits one revision in ONE atomic write: the outbox entry, the new trace
+  // state, the retention index, the deletion of `pending_seqs`. Busy when the
+  // state changed since it was read (expected_generation): read again and
+  // rebuild. On success sets `*outbox_seq` and calls the outbox listener.
+  virtual Status emit(const Emission& e, uint64_t* outbox_seq) = 0;
+
+  // Retention: deletes the events (up to their state's max_seq) of at most
+  // `max_traces` traces whose last emission is older than `emitted_before_ns`,
+  // keeping their state with events_deleted set; removes state records whose
+  // events were deleted before `forget_before_ns`. Counts in counters().
+  virtual Status expire(uint64_t emitted_before_ns, uint64_t forget_before_ns,
+                        size_t max_traces) = 0;
+
+  // Asks RocksDB to compact away deleted data now (tests and tooling).
+  virtual Status compact() = 0;
+
+  virtual StoreCounters counters() const = 0;
+
+  // ---- opening -------------------------------------------------------------
+
+  // Opens (or creates) the store. RocksDB recovers a torn WAL tail itself
+  // (point-in-time recovery). Corruption or IOError when the store cannot be
+  // opened (see open_or_quarantine()); Busy when another process holds it.
+  static Status open(const StoreOptions& options, std::unique_ptr<Store>* out);
 };
+
+// The start-up policy for a store that cannot be opened: when open() fails
+// with Corruption or IOError, the directory `data_dir`/store is renamed to
+// `data_dir`/store.corrupt-<unix seconds> (never deleted, so that its data can
+// be examined or salvaged), an error is logged, and a fresh store is opened.
+// `quarantined` (optional) receives the new path of the moved directory, empty
+// when nothing was moved. Busy and InvalidArgument are returned as they are.
+Status open_or_quarantine(const StoreOptions& options, std::unique_ptr<Store>* out,
+                          std::string* quarantined = nullptr);
 
 }  // namespace sidetrace::buffer

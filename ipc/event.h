@@ -17,16 +17,16 @@ namespace sidetrace::ipc {
 
 // Why a message was refused. Every value is counted per transport.
 enum class Reject : uint8_t {
-  kNotMap = 0,     // the msgpack value is not a map
-  kKeyNotString,   // a map key is not a string
-  kMissingKey,     // a required key is absent
-  kWrongType,      // a known key holds a value of the wrong msgpack type
-  kBadVersion,     // `v` is not a supported protocol version
-  kBadKind,        // `kind` is not one of the protocol's kinds
-  kBadValue,       // right type, value out of range (empty id, status not ok/error, ...)
-  kTooLarge,       // the message exceeds the size cap
-  kMalformed,      // the bytes are not valid msgpack
-  kCount_,         // number of reasons; not a reason
+  kNotMap = 0,    // the msgpack value is not a map
+  kKeyNotString,  // a map key is not a string
+  kMissingKey,    // a required key is absent
+  kWrongType,     // a known key holds a value of the wrong msgpack type
+  kBadVersion,    // `v` is not a supported protocol version
+  kBadKind,       // `kind` is not one of the protocol's kinds
+  kBadValue,      // right type, value out of range (empty id, status not ok/error, ...)
+  kTooLarge,      // the message exceeds the size cap
+  kMalformed,     // the bytes are not valid msgpack
+  kCount_,        // number of reasons; not a reason
 };
 
 std::string_view reject_name(Reject r);
@@ -63,7 +63,25 @@ struct DecodeLimits {
 // Validates `bytes`, which must hold exactly one msgpack map, and fills `out`.
 // On refusal returns false with the reason and a short human detail (the key
 // at fault). Never throws. Thread-safe (no shared state).
+//
+// Validation rules beyond the protocol table:
+//  - a key whose value is nil is treated as absent (SDKs emit nil for "unset");
+//  - signed and unsigned msgpack integers are interchangeable; `ts`, `end_ts`
+//    and `latency_ms` must not be negative (kBadValue);
+//  - ids (trace_id, id, parent_id, target_id) and `type` must be non-empty
+//    and at most limits.max_id_bytes (kBadValue);
+//  - keys of other kinds (e.g. `end_ts` on a `start`) are validated and kept;
+//  - a repeated key: the last occurrence wins;
+//  - bytes after the map, or a map cut short, are kMalformed.
+// `detail` and `reason` may be null.
 bool decode_event(std::string_view bytes, const DecodeLimits& limits, Event* out, Reject* reason,
                   std::string* detail);
+
+// The routing decode used by intake: applies exactly the validation of
+// decode_event() but copies out only kind, trace_id and id into `out`
+// (raw and recv_ns are left untouched). Allocation-free on success apart from
+// the two id strings. Never throws. Thread-safe.
+bool decode_message(std::string_view bytes, const DecodeLimits& limits, Message* out,
+                    Reject* reason, std::string* detail);
 
 }  // namespace sidetrace::ipc

@@ -1,0 +1,374 @@
+// The `sidetrace` binary as a user runs it: real processes, real sockets, a
+// real store in a temp dir. Waits poll a condition with a deadline.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "agent/admin.h"
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+namespace {
+
+const char* kBin = SIDETRACE_BIN;
+
+bool wait_until(const std::function<bool()>& cond, std::chrono::milliseconds limit = 15s) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (cond()) return true;
+    std::this_thread::yield();
+    ::usleep(2000);  // a poll interval, not a wait for an outcome
+  }
+  return cond();
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+struct Result {
+  int status = -1;
+  std::string out, err;
+};
+
+// Runs the binary to completion with `args` and extra environment.
+Result run(const std::vector<std::string>& args, const std::vector<std::string>& env = {},
+           const std::string& stdin_text = {}) {
+  fs::path dir = fs::temp_directory_path() / ("sidetrace-run-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  fs::path out = dir / "out", err = dir / "err", in = dir / "in";
+  std::ofstream(in) << stdin_text;
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    int fi = ::open(in.c_str(), O_RDONLY);
+    int fo = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    int fe = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ::dup2(fi, 0);
+    ::dup2(fo, 1);
+    ::dup2(fe, 2);
+    for (const auto& e : env) ::putenv(const_cast<char*>(e.c_str()));
+    std::vector<char*> argv{const_cast<char*>(kBin)};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(kBin, argv.data());
+    ::_exit(127);
+  }
+  Result r;
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  r.out = slurp(out);
+  r.err = slurp(err);
+  fs::remove_all(dir);
+  return r;
+}
+
+// A running agent in its own temp dir.
+class AgentProcess {
+ public:
+  explicit AgentProcess(fs::path dir, std::vector<std::string> extra_env = {},
+                        std::vector<std::string> args = {})
+      : dir_(std::move(dir)) {
+    fs::create_directories(dir_);
+    env_ = {"SIDETRACE_DATA_DIR=" + (dir_ / "data").string(),
+            "SIDETRACE_LISTEN_UNIX_STREAM=" + stream_path(),
+            "SIDETRACE_LISTEN_UNIX_DGRAM=" + dgram_path(),
+            "SIDETRACE_LISTEN_UDP=127.0.0.1:0",
+            "SIDETRACE_ADMIN_LISTEN=127.0.0.1:0",
+            "SIDETRACE_TRACE_QUIET_PERIOD_MS=50",
+            "SIDETRACE_BUFFER_SYNC=os"};
+    for (auto& e : extra_env) env_.push_back(e);
+    args_ = std::move(args);
+  }
+  ~AgentProcess() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+
+  std::string stream_path() const { return (dir_ / "agent.sock").string(); }
+  std::string dgram_path() const { return (dir_ / "agent.dgram.sock").string(); }
+  fs::path traces_file() const { return dir_ / "data" / "traces.jsonl"; }
+  std::string log() const { return slurp(dir_ / "agent.err"); }
+
+  void start() {
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      int fo = ::open((dir_ / "agent.out").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+      int fe = ::open((dir_ / "agent.err").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+      ::dup2(fo, 1);
+      ::dup2(fe, 2);
+      for (const auto& e : env_) ::putenv(const_cast<char*>(e.c_str()));
+      std::vector<char*> argv{const_cast<char*>(kBin), const_cast<char*>("agent")};
+      for (const auto& a : args_) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      ::execv(kBin, argv.data());
+      ::_exit(127);
+    }
+  }
+
+  bool wait_ready() {
+    return wait_until([&] { return log().find("sidetrace ready") != std::string::npos || exited(); });
+  }
+
+  bool exited() {
+    if (pid_ <= 0) return true;
+    int st = 0;
+    pid_t r = ::waitpid(pid_, &st, WNOHANG);
+    if (r == pid_) {
+      exit_status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+      pid_ = -1;
+      return true;
+    }
+    return false;
+  }
+
+  // Sends `sig` and waits for the exit; returns the exit status or -1.
+  int signal_and_wait(int sig, std::chrono::milliseconds limit = 15s) {
+    ::kill(pid_, sig);
+    if (!wait_until([&] { return exited(); }, limit)) return -1;
+    return exit_status_;
+  }
+
+  void kill9() {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+
+  std::vector<nlohmann::json> traces() const {
+    std::vector<nlohmann::json> out;
+    std::ifstream in(traces_file());
+    std::string line;
+    while (std::getline(in, line)) {
+      if (!line.empty()) out.push_back(nlohmann::json::parse(line));
+    }
+    return out;
+  }
+
+  // The admin port, read from the log line the agent prints at start.
+  std::string admin_addr() const {
+    std::string l = log();
+    size_t p = l.find("admin: listening on ");
+    if (p == std::string::npos) return {};
+    size_t e = l.find('\n', p);
+    return l.substr(p + 20, e - p - 20);
+  }
+
+  const std::vector<std::string>& env() const { return env_; }
+  int exit_status() const { return exit_status_; }
+
+ private:
+  fs::path dir_;
+  std::vector<std::string> env_;
+  std::vector<std::string> args_;
+  pid_t pid_ = -1;
+  int exit_status_ = -1;
+};
+
+class AgentProcessTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("sidetrace-agent-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  Result emit(const AgentProcess& a, const std::string& endpoint,
+              const std::vector<std::string>& args) {
+    std::vector<std::string> full = {"emit", "--endpoint", endpoint};
+    full.insert(full.end(), args.begin(), args.end());
+    (void)a;
+    return run(full);
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(AgentProcessTest, AcceptsAllThreeTransportsAndStopsCleanlyOnSigterm) {
+  AgentProcess agent(dir_);
+  agent.start();
+  ASSERT_TRUE(agent.wait_ready()) << agent.log();
+  ASSERT_FALSE(agent.exited()) << agent.log();
+
+  std::string l = agent.log();
+  size_t p = l.find("listening on udp://");
+  ASSERT_NE(p, std::string::npos) << l;
+  std::string udp = l.substr(p + 13, l.find('\n', p) - p - 13);
+
+  const std::vector<std::string> endpoints = {"unix://" + agent.stream_path(),
+                                              "unixgram://" + agent.dgram_path(), udp};
+  for (size_t i = 0; i < endpoints.size(); ++i) {
+    std::string tid = "trace-" + std::to_string(i);
+    Result r = emit(agent, endpoints[i],
+                    {"--kind", "event", "--trace-id", tid, "--id", "e1", "--type", "MESSAGE",
+                     "--input", "hello", "--output", "world", "--latency-ms", "5"});
+    ASSERT_EQ(r.status, 0) << r.err;
+  }
+  ASSERT_TRUE(wait_until([&] { return agent.traces().size() >= 3; })) << agent.log();
+  std::set<std::string> ids;
+  for (const auto& t : agent.traces()) {
+    ids.insert(t["trace_id"].get<std::string>());
+    EXPECT_EQ(t["events"][0]["input"], "hello");
+    EXPECT_EQ(t["events"][0]["duration_ms"], 5);
+  }
+  EXPECT_EQ(ids, (std::set<std::string>{"trace-0", "trace-1", "trace-2"}));
+
+  EXPECT_EQ(agent.signal_and_wait(SIGTERM), 0) << agent.log();
+  EXPECT_FALSE(fs::exists(agent.stream_path()));
+  EXPECT_FALSE(fs::exists(agent.dgram_path()));
+  EXPECT_NE(agent.log().find("sidetrace stopped"), std::string::npos);
+}
+
+TEST_F(AgentProcessTest, SocketFilesGetTheConfiguredMode) {
+  AgentProcess agent(dir_, {"SIDETRACE_LISTEN_SOCKET_MODE=0600"});
+  agent.start();
+  ASSERT_TRUE(agent.wait_ready()) << agent.log();
+  struct stat st {};
+  ASSERT_EQ(::stat(agent.stream_path().c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  EXPECT_EQ(agent.signal_and_wait(SIGINT), 0);
+}
+
+TEST_F(AgentProcessTest, ReplacesAStaleSocketButRefusesALiveOne) {
+  // A stale socket file: bound, then its owner went away.
+  fs::create_directories(dir_);
+  std::string path = (dir_ / "agent.sock").string();
+  {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+    ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    ::close(fd);
+  }
+  AgentProcess first(dir_);
+  first.start();
+  ASSERT_TRUE(first.wait_ready()) << first.log();
+  ASSERT_FALSE(first.exited()) << first.log();
+
+  // A second agent on the same socket path must not steal it.
+  AgentProcess second(dir_ / "second", {"SIDETRACE_LISTEN_UNIX_STREAM=" + path});
+  second.start();
+  ASSERT_TRUE(wait_until([&] { return second.exited(); })) << second.log();
+  EXPECT_NE(second.exit_status(), 0);
+  EXPECT_TRUE(fs::exists(path));
+  EXPECT_EQ(first.signal_and_wait(SIGTERM), 0);
+}
+
+TEST_F(AgentProcessTest, PersistedEventsSurviveKill9) {
+  {
+    // A long quiet period: the trace cannot be emitted before the kill.
+    AgentProcess agent(dir_, {"SIDETRACE_TRACE_QUIET_PERIOD_MS=600000"});
+    agent.start();
+    ASSERT_TRUE(agent.wait_ready()) << agent.log();
+    std::string lines;
+    for (int i = 0; i < 50; ++i) {
+      lines += R"({"kind":"event","trace_id":"crash","id":"e)" + std::to_string(i) +
+               R"(","type":"TOOL","input":"x","latency_ms":1})" + "\n";
+    }
+    Result r = run({"emit", "--endpoint", "unix://" + agent.stream_path(), "--stdin"}, {}, lines);
+    ASSERT_EQ(r.status, 0) << r.err;
+    std::string addr = agent.admin_addr();
+    ASSERT_FALSE(addr.empty()) << agent.log();
+    ASSERT_TRUE(wait_until([&] {
+      unsigned st = 0;
+      std::string body, err;
+      return sidetrace::agent::admin_get(addr, "/metrics", &st, &body, &err) &&
+             body.find("sidetrace_persisted_messages_total 50\n") != std::string::npos;
+    }));
+    agent.kill9();
+  }
+  AgentProcess again(dir_);
+  again.start();
+  ASSERT_TRUE(again.wait_ready()) << again.log();
+  ASSERT_TRUE(wait_until([&] { return !again.traces().empty(); })) << again.log();
+  auto t = again.traces().at(0);
+  EXPECT_EQ(t["trace_id"], "crash");
+  EXPECT_EQ(t["events"].size(), 50u);
+  EXPECT_EQ(again.signal_and_wait(SIGTERM), 0);
+}
+
+TEST_F(AgentProcessTest, BadConfigExitsNonZeroNamingKeyFileAndLine) {
+  fs::path cfg = dir_ / "bad.toml";
+  std::ofstream(cfg) << "data_dir = \"/tmp/x\"\n[trace]\nquiet_period_ms = \"soon\"\n";
+  Result r = run({"agent", "--config", cfg.string()});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("trace.quiet_period_ms"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(cfg.string() + ":3"), std::string::npos) << r.err;
+
+  std::ofstream(cfg) << "[upstream]\nendpoint = \"x\"\nbogus = 1\n";
+  r = run({"config", "check", cfg.string()});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("upstream.bogus"), std::string::npos) << r.err;
+
+  r = run({"agent"}, {"SIDETRACE_BUFFER_MAX_BYTES=lots"});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("SIDETRACE_BUFFER_MAX_BYTES"), std::string::npos) << r.err;
+}
+
+TEST_F(AgentProcessTest, ConfigCheckPrintsTheEffectiveConfigWithSecretsMasked) {
+  fs::path cfg = dir_ / "good.toml";
+  std::ofstream(cfg) << "[upstream]\nendpoint = \"https://u:pw@collector:4318\"\n"
+                        "headers = { Authorization = \"Bearer topsecret\" }\n";
+  Result r = run({"config", "check", cfg.string()}, {"SIDETRACE_TRACE_MAX_OPEN_S=42"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("max_open_s = 42"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("topsecret"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find(":pw@"), std::string::npos) << r.out;
+}
+
+TEST_F(AgentProcessTest, StatusAndHealthEndpoints) {
+  AgentProcess agent(dir_);
+  agent.start();
+  ASSERT_TRUE(agent.wait_ready()) << agent.log();
+  std::string addr = agent.admin_addr();
+  ASSERT_FALSE(addr.empty()) << agent.log();
+  unsigned st = 0;
+  std::string body, err;
+  ASSERT_TRUE(sidetrace::agent::admin_get(addr, "/healthz", &st, &body, &err)) << err;
+  EXPECT_EQ(st, 200u);
+  ASSERT_TRUE(sidetrace::agent::admin_get(addr, "/readyz", &st, &body, &err)) << err;
+  EXPECT_EQ(st, 200u) << body;
+  Result r = run({"status", "--admin", addr});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("state                  ready"), std::string::npos) << r.out;
+  r = run({"status", "--admin", "127.0.0.1:1"});
+  EXPECT_EQ(r.status, 3);
+  EXPECT_EQ(agent.signal_and_wait(SIGTERM), 0);
+}
+
+TEST_F(AgentProcessTest, EmitNeverHangsWithoutAnAgent) {
+  auto t0 = std::chrono::steady_clock::now();
+  Result r = run({"emit", "--endpoint", "unix://" + (dir_ / "nobody.sock").string(), "--kind",
+                  "event", "--trace-id", "t", "--id", "e", "--type", "TOOL"});
+  EXPECT_NE(r.status, 0);
+  r = run({"emit", "--endpoint", "udp://127.0.0.1:9", "--kind", "event", "--trace-id", "t",
+           "--id", "e", "--type", "TOOL"});
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s);
+}
+
+}  // namespace

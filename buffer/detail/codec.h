@@ -1,0 +1,184 @@
+// Key and value encodings of the store's column families. Integers in keys are
+// big-endian so that RocksDB's bytewise order is numeric order.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "buffer/store.h"
+
+namespace sidetrace::buffer::detail {
+
+inline void put_be64(std::string* out, uint64_t v) {
+  char b[8];
+  for (int i = 7; i >= 0; --i) {
+    b[i] = static_cast<char>(v & 0xff);
+    v >>= 8;
+  }
+  out->append(b, 8);
+}
+
+inline uint64_t get_be64(std::string_view s) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < 8; ++i)
+    v = (v << 8) | static_cast<uint8_t>(s[i]);
+  return v;
+}
+
+inline void put_be32(std::string* out, uint32_t v) {
+  char b[4];
+  for (int i = 3; i >= 0; --i) {
+    b[i] = static_cast<char>(v & 0xff);
+    v >>= 8;
+  }
+  out->append(b, 4);
+}
+
+inline uint32_t get_be32(std::string_view s) {
+  uint32_t v = 0;
+  for (size_t i = 0; i < 4; ++i)
+    v = (v << 8) | static_cast<uint8_t>(s[i]);
+  return v;
+}
+
+inline std::string be64(uint64_t v) {
+  std::string s;
+  put_be64(&s, v);
+  return s;
+}
+
+// ---- events: [u8 len][trace_id][be64 seq] -> [be64 recv_ns][raw] ----------
+
+constexpr size_t kMaxTraceIdBytes = 255;
+
+inline std::string event_prefix(std::string_view trace_id) {
+  std::string k;
+  k.reserve(1 + trace_id.size() + 8);
+  k.push_back(static_cast<char>(trace_id.size()));
+  k.append(trace_id);
+  return k;
+}
+
+inline std::string event_key(std::string_view trace_id, uint64_t seq) {
+  std::string k = event_prefix(trace_id);
+  put_be64(&k, seq);
+  return k;
+}
+
+inline uint64_t event_key_seq(std::string_view key) {
+  return get_be64(key.substr(key.size() - 8));
+}
+
+// ---- pending: [be64 seq] -> [be64 recv_ns][trace_id] ------------------------
+
+inline std::string pending_value(uint64_t recv_ns, std::string_view trace_id) {
+  std::string v;
+  v.reserve(8 + trace_id.size());
+  put_be64(&v, recv_ns);
+  v.append(trace_id);
+  return v;
+}
+
+inline size_t pending_bytes(std::string_view trace_id) {
+  return 8 + 8 + trace_id.size();
+}
+
+// ---- traces ------------------------------------------------------------------
+// 'S' trace_id                  -> TraceState
+// 'R' be64 last_emit_ns trace_id -> ""   emitted, events retained
+// 'X' be64 deleted_ns trace_id   -> ""   events deleted, state kept a while
+// 'C' name                      -> counters
+
+constexpr char kStatePrefix = 'S';
+constexpr char kRetainedPrefix = 'R';
+constexpr char kDeletedPrefix = 'X';
+
+inline std::string state_key(std::string_view trace_id) {
+  std::string k(1, kStatePrefix);
+  k.append(trace_id);
+  return k;
+}
+
+inline std::string index_key(char prefix, uint64_t ns, std::string_view trace_id) {
+  std::string k(1, prefix);
+  put_be64(&k, ns);
+  k.append(trace_id);
+  return k;
+}
+
+constexpr size_t kStateBytes = 4 + 8 * 6 + 1;
+
+inline std::string encode_state(const TraceState& s) {
+  std::string v;
+  v.reserve(kStateBytes);
+  put_be32(&v, s.revision);
+  put_be64(&v, s.first_emit_ns);
+  put_be64(&v, s.last_emit_ns);
+  put_be64(&v, s.max_seq);
+  put_be64(&v, s.deleted_ns);
+  put_be64(&v, s.generation);
+  put_be64(&v, 0);  // reserved
+  v.push_back(s.events_deleted ? 1 : 0);
+  return v;
+}
+
+inline bool decode_state(std::string_view v, TraceState* s) {
+  if (v.size() != kStateBytes) return false;
+  s->revision = get_be32(v);
+  s->first_emit_ns = get_be64(v.substr(4));
+  s->last_emit_ns = get_be64(v.substr(12));
+  s->max_seq = get_be64(v.substr(20));
+  s->deleted_ns = get_be64(v.substr(28));
+  s->generation = get_be64(v.substr(36));
+  s->events_deleted = v[52] != 0;
+  return true;
+}
+
+inline const std::string kCounterEventNext = "Cevent_next";    // Put: next event seq
+inline const std::string kCounterOutboxNext = "Coutbox_next";  // Put: next outbox seq
+inline const std::string kCounterLive = "Clive_bytes";         // Merge: int64 add
+inline const std::string kCounterOutboxN = "Coutbox_entries";  // Merge: int64 add
+inline const std::string kCounterOutboxB = "Coutbox_bytes";    // Merge: int64 add
+
+inline std::string encode_i64(int64_t v) {
+  std::string s(8, '\0');
+  std::memcpy(s.data(), &v, 8);
+  return s;
+}
+
+inline int64_t decode_i64(std::string_view s) {
+  int64_t v = 0;
+  if (s.size() == 8) std::memcpy(&v, s.data(), 8);
+  return v;
+}
+
+// ---- outbox: [be64 seq] -> [be32 revision][be64 emitted_ns][u8 len][trace_id][document]
+
+inline std::string encode_outbox(uint32_t revision, uint64_t emitted_ns, std::string_view trace_id,
+                                 std::string_view document) {
+  std::string v;
+  v.reserve(13 + trace_id.size() + document.size());
+  put_be32(&v, revision);
+  put_be64(&v, emitted_ns);
+  v.push_back(static_cast<char>(trace_id.size()));
+  v.append(trace_id);
+  v.append(document);
+  return v;
+}
+
+inline bool decode_outbox(uint64_t seq, std::string_view v, OutboxEntry* e) {
+  if (v.size() < 13) return false;
+  size_t len = static_cast<uint8_t>(v[12]);
+  if (v.size() < 13 + len) return false;
+  e->seq = seq;
+  e->revision = get_be32(v);
+  e->emitted_ns = get_be64(v.substr(4));
+  e->trace_id.assign(v.substr(13, len));
+  e->document.assign(v.substr(13 + len));
+  return true;
+}
+
+}  // namespace sidetrace::buffer::detail

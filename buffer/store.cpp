@@ -1,0 +1,712 @@
+#include "buffer/store.h"
+
+#include <rocksdb/cache.h>
+#include <rocksdb/db.h>
+#include <rocksdb/merge_operator.h>
+#include <rocksdb/options.h>
+#include <rocksdb/table.h>
+#include <rocksdb/write_batch.h>
+#include <rocksdb/write_buffer_manager.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <filesystem>
+#include <mutex>
+#include <shared_mutex>
+#include <system_error>
+
+#include "buffer/detail/codec.h"
+
+namespace sidetrace::buffer {
+
+std::string Status::ToString() const {
+  const char* name = "OK";
+  switch (code_) {
+    case Code::kOk:
+      return "OK";
+    case Code::kNotFound:
+      name = "NotFound";
+      break;
+    case Code::kNoSpace:
+      name = "NoSpace";
+      break;
+    case Code::kIOError:
+      name = "IOError";
+      break;
+    case Code::kCorruption:
+      name = "Corruption";
+      break;
+    case Code::kBusy:
+      name = "Busy";
+      break;
+    case Code::kInvalidArgument:
+      name = "InvalidArgument";
+      break;
+  }
+  return message_.empty() ? std::string(name) : std::string(name) + ": " + message_;
+}
+
+namespace {
+
+using namespace detail;
+
+Status from_rocks(const rocksdb::Status& s, std::string_view what) {
+  if (s.ok()) return Status::Ok();
+  std::string m = std::string(what) + ": " + s.ToString();
+  if (s.IsNotFound()) return Status::NotFound(std::move(m));
+  if (s.IsNoSpace()) return Status::NoSpace(std::move(m));
+  if (s.IsCorruption()) return Status::Corruption(std::move(m));
+  if (s.IsBusy() || s.IsTryAgain() || s.IsTimedOut()) return Status::Busy(std::move(m));
+  if (s.IsInvalidArgument() || s.IsNotSupported()) return Status::InvalidArgument(std::move(m));
+  if (s.IsIOError()) {
+    // RocksDB reports "no space" sometimes only through the errno text.
+    if (s.ToString().find("No space left") != std::string::npos) {
+      return Status::NoSpace(std::move(m));
+    }
+    if (s.ToString().find("lock") != std::string::npos) return Status::Busy(std::move(m));
+  }
+  return Status::IOError(std::move(m));
+}
+
+// int64 addition for the store's counters.
+class AddOperator final : public rocksdb::AssociativeMergeOperator {
+ public:
+  bool Merge(const rocksdb::Slice&, const rocksdb::Slice* existing, const rocksdb::Slice& value,
+             std::string* out, rocksdb::Logger*) const override {
+    int64_t base = existing ? decode_i64(existing->ToStringView()) : 0;
+    *out = encode_i64(base + decode_i64(value.ToStringView()));
+    return true;
+  }
+  const char* Name() const override { return "sidetrace.add_i64"; }
+};
+
+enum Cf : size_t { kEvents = 0, kPending, kTraces, kOutbox, kMeta, kCfCount };
+constexpr const char* kCfNames[kCfCount] = {"events", "pending", "traces", "outbox", "meta"};
+
+Status open_db(const StoreOptions& o, std::unique_ptr<rocksdb::DB>* out,
+               std::vector<rocksdb::ColumnFamilyHandle*>* handles_out) {
+  if (o.data_dir.empty()) return Status::InvalidArgument("data_dir is empty");
+  std::error_code ec;
+  std::filesystem::create_directories(o.data_dir, ec);
+  if (ec) {
+    return Status::IOError("cannot create data_dir " + o.data_dir + ": " + ec.message());
+  }
+  std::string path = (std::filesystem::path(o.data_dir) / "store").string();
+
+  rocksdb::DBOptions db;
+  db.create_if_missing = true;
+  db.create_missing_column_families = true;
+  db.paranoid_checks = true;
+  db.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
+  db.max_total_wal_size = o.max_wal_bytes;
+  db.write_buffer_manager = std::make_shared<rocksdb::WriteBufferManager>(o.memtable_budget_bytes);
+  db.max_background_jobs = 2;
+  db.max_open_files = 512;
+  db.keep_log_file_num = 3;
+  db.max_log_file_size = 4 << 20;
+  db.bytes_per_sync = 1 << 20;
+  db.wal_bytes_per_sync = 0;
+  if (o.env) db.env = o.env;
+
+  auto cache = rocksdb::NewLRUCache(o.block_cache_bytes);
+  rocksdb::BlockBasedTableOptions table;
+  table.block_cache = cache;
+  table.cache_index_and_filter_blocks = true;
+  table.block_size = 16 << 10;
+
+  std::vector<rocksdb::ColumnFamilyDescriptor> descs;
+  for (size_t i = 0; i < kCfCount; ++i) {
+    rocksdb::ColumnFamilyOptions cf;
+    cf.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+    cf.level_compaction_dynamic_level_bytes = true;
+    cf.write_buffer_size = i == kEvents ? (o.memtable_budget_bytes / 3) : (4 << 20);
+    cf.max_write_buffer_number = 3;
+    cf.compression =
+        (i == kEvents || i == kOutbox) ? rocksdb::kLZ4Compression : rocksdb::kNoCompression;
+    if (i == kTraces) {
+      cf.merge_operator = std::make_shared<AddOperator>();
+      cf.max_successive_merges = 32;
+    }
+    descs.emplace_back(kCfNames[i], cf);
+  }
+  // Extra column families (written by a newer version) must be opened too.
+  std::vector<std::string> existing;
+  if (rocksdb::DB::ListColumnFamilies(db, path, &existing).ok()) {
+    for (const std::string& name : existing) {
+      bool known = name == rocksdb::kDefaultColumnFamilyName;
+      for (const auto& d : descs)
+        known = known || d.name == name;
+      if (!known) descs.emplace_back(name, rocksdb::ColumnFamilyOptions());
+    }
+  }
+  descs.emplace_back(rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions());
+
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(db, path, descs, &handles, &raw);
+  if (!s.ok()) return from_rocks(s, "opening the store at " + path);
+  out->reset(raw);
+  *handles_out = std::move(handles);
+  return Status::Ok();
+}
+
+class RocksStore final : public Store {
+ public:
+  RocksStore(const StoreOptions& o, std::unique_ptr<rocksdb::DB> db,
+             std::vector<rocksdb::ColumnFamilyHandle*> cfs)
+      : opts_(o), clock_(o.clock ? *o.clock : system_clock()), db_(std::move(db)), cfs_(cfs) {
+    wo_.sync = o.sync == SyncMode::kFsync;
+  }
+
+  ~RocksStore() override {
+    for (auto* h : cfs_)
+      db_->DestroyColumnFamilyHandle(h);
+    rocksdb::Status s = db_->Close();
+    if (!s.ok()) spdlog::warn("buffer: closing the store: {}", s.ToString());
+  }
+
+  Status load_counters() {
+    uint64_t v;
+    Status s = get_u64(kCounterEventNext, &next_seq_, true);
+    if (!s.ok()) return s;
+    s = get_u64(kCounterOutboxNext, &next_outbox_, true);
+    if (!s.ok()) return s;
+    if (next_seq_ == 0) next_seq_ = 1;
+    if (next_outbox_ == 0) next_outbox_ = 1;
+    s = get_u64(kCounterLive, &v, false);
+    if (!s.ok()) return s;
+    live_.store(v);
+    s = get_u64(kCounterOutboxN, &v, false);
+    if (!s.ok()) return s;
+    outbox_n_.store(v);
+    s = get_u64(kCounterOutboxB, &v, false);
+    if (!s.ok()) return s;
+    outbox_b_.store(v);
+    return Status::Ok();
+  }
+
+  // ---- outbox ----
+
+  Status read_outbox(uint64_t from_seq, size_t max_entries, size_t max_bytes,
+                     std::vector<OutboxEntry>* out) override {
+    std::shared_lock db_lock(db_mu_);
+    if (!db_) return unavailable();
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cfs_[kOutbox]));
+    size_t n = 0, bytes = 0;
+    for (it->Seek(be64(from_seq)); it->Valid() && n < max_entries; it->Next()) {
+      OutboxEntry e;
+      if (it->key().size() != 8 ||
+          !decode_outbox(get_be64(it->key().ToStringView()), it->value().ToStringView(), &e)) {
+        return Status::Corruption("outbox entry with a malformed key or value");
+      }
+      if (n > 0 && bytes + e.document.size() > max_bytes) break;
+      bytes += e.document.size();
+      out->push_back(std::move(e));
+      ++n;
+    }
+    return from_rocks(it->status(), "reading the outbox");
+  }
+
+  Status ack_outbox(std::span<const uint64_t> seqs) override {
+    std::shared_lock db_lock(db_mu_);
+    if (!db_) return unavailable();
+    std::lock_guard lock(outbox_mu_);
+    rocksdb::WriteBatch b;
+    int64_t n = 0, doc_bytes = 0, live = 0;
+    for (uint64_t seq : seqs) {
+      std::string k = be64(seq), v;
+      rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), cfs_[kOutbox], k, &v);
+      if (s.IsNotFound()) continue;
+      if (!s.ok()) return from_rocks(s, "acknowledging outbox entries");
+      b.Delete(cfs_[kOutbox], k);
+      OutboxEntry e;
+      decode_outbox(seq, v, &e);
+      ++n;
+      doc_bytes += static_cast<int64_t>(e.document.size());
+      live += static_cast<int64_t>(k.size() + v.size());
+    }
+    if (n == 0) return Status::Ok();
+    return commit_outbox_removal(b, n, doc_bytes, live, "acknowledging outbox entries");
+  }
+
+  uint64_t outbox_entries() const override { return outbox_n_.load(); }
+  uint64_t outbox_bytes() const override { return outbox_b_.load(); }
+
+  void set_outbox_listener(std::function<void()> fn) override {
+    std::lock_guard lock(listener_mu_);
+    listener_ = std::move(fn);
+  }
+
+  // ---- meta ----
+
+  Status meta_put(std::string_view key, std::string_view value) override {
+    std::shared_lock db_lock(db_mu_);
+    if (!db_) return unavailable();
+    return from_rocks(db_->Put(wo_, cfs_[kMeta], key, value), "meta_put");
+  }
+  Status meta_get(std::string_view key, std::string* value) override {
+    std::shared_lock db_lock(db_mu_);
+    if (!db_) return unavailable();
+    return from_rocks(db_->Get(rocksdb::ReadOptions(), cfs_[kMeta], key, value), "meta_get");
+  }
+  Status meta_delete(std::string_view key) override {
+    std::shared_lock db_lock(db_mu_);
+    if (!db_) return unavailable();
+    return from_rocks(db_->Delete(wo_, cfs_[kMeta], key), "meta_delete");
+  }
+  Status meta_scan(std::string_view prefix, size_t limit,
+                   std::vector<std::pair<std::string, std::string>>* out) override {
+    std::shared_lock db_lock(db_mu_);
+    if (!db_) return unavailable();
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cfs_[kMeta]));
+    size_t n = 0;
+    for (it->Seek(prefix); it->Valid() && n < limit && it->key().starts_with(prefix); it->Next()) {
+      out->emplace_back(it->key().ToString(), it->value().ToString());
+      ++n;
+    }
+    return from_rocks(it->status(), "meta_scan");
+  }
+
+  // ---- events ----
+
+  Status append(std::span<const ipc::Message> msgs, std::vector<Committed>* out) override {
+    std::shared_lock db_lock(db_mu_);
+    if (!db_) return unavailable();
+    if (msgs.empty()) return Status::Ok();
+    std::lock_guard lock(append_mu_);
+    rocksdb::WriteBatch b(static_cast<size_t>(msgs.size()) * 600);
+    uint64_t seq = next_seq_;
+    int64_t live = 0;
+    std::string key, value, pkey;
+    for (const ipc::Message& m : msgs) {
+      if (m.trace_id.empty() || m.trace_id.size() > kMaxTraceIdBytes) {
+        return Status::InvalidArgument("a message's trace_id is empty or longer than 255 bytes");
+      }
+      key = event_key(m.trace_id, seq);
+      value.clear();
+      put_be64(&value, m.recv_ns);
+      value.append(m.raw);
+      b.Put(cfs_[kEvents], key, value);
+      pkey = be64(seq);
+      b.Put(cfs_[kPending], pkey, pending_value(m.recv_ns, m.trace_id));
+      live += static_cast<int64_t>(key.size() + value.size() + pending_bytes(m.trace_id));
+      ++seq;
+    }
+    b.Put(cfs_[kTraces], kCounterEventNext, be64(seq));
+    b.Merge(cfs_[kTraces], kCounterLive, encode_i64(live));
+    rocksdb::Status s = db_->Write(wo_, &b);
+    if (!s.ok()) return from_rocks(s, "persisting events");
+    uint64_t first = next_seq_;
+    next_seq_ = seq;
+    live_.fetch_add(static_cast<uint64_t>(live));
+    out->reserve(out->size() + msgs.size());
+    for (const ipc::Message& m : msgs)
+      out->push_back(Committed{m.trace_id, first++, m.recv_ns});
+    return Status::Ok();
+  }
+
+  Status ensure_room(uint64_t bytes) override {
+    std::shared_lock db_lock(db_mu_);
+    if (!db_) return unavailable();
+    if (live_.load() + bytes <= opts_.max_bytes) return Status::Ok();
+    if (opts_.when_full == WhenFull::kDropNewest) {
+      return Status::NoSpace("buffer.max_bytes reached (drop_newest)");
+    }
+    // Make a little more room than asked so that this does not run on every
+    // commit while the store sits at its bound.
+    uint64_t slack = std::min<uint64_t>(opts_.max_bytes / 64, 16 << 20);
+    uint64_t target = opts_.max_bytes > bytes + slack ? opts_.max_bytes - bytes - slack : 0;
+    while (live_.load() > target) {
+      std::vector<std::string> idx;
+      Status s = scan_index(kRetainedPrefix, UINT64_MAX, 64, &idx);
+      if (!s.ok()) return s;
+      if (idx.empty()) break;
+      for (const std::string& k : idx) {
+        uint64_t events = 0;
+        s = drop_trace_events(k, &events);
+        if (!s.ok()) return s;
+        counters_.dropped_retained_traces.fetch_add(1);
+        counters_.dropped_retained_events.fetch_add(events);
+        if (live_.load() <= target) break;
+      }
+    }
+    while (live_.load() > target) {
+      uint64_t dropped = 0;
+      Status s = drop_oldest_outbox(64, live_.load() - target, &dropped);
+      if (!s.ok()) return s;
+      if (dropped == 0) break;
+      counters_.dropped_outbox_entries.fetch_add(dropped);
+    }
+    if (live_.load() + bytes <= opts_.max_bytes) return Status::Ok();
+    return Status::NoSpace("buffer.max_bytes reached: only pending events remain");
+  }
+
+  Status resume() override {
+    {
+      std::shared_lock db_lock(db_mu_);
+      if (db_) {
+        rocksdb::Status rs = db_->Resume();
+        if (rs.ok()) return Status::Ok();
+        if (rs.IsBusy()) return from_rocks(rs, "resuming the store");
+        // A failed WAL write leaves RocksDB in a fatal state that only a
+        // reopen clears; everything acknowledged is in the WAL or SSTs.
+        spdlog::warn("buffer: the store cannot resume in place ({}); reopening it", rs.ToString());
+      }
+    }
+    std::unique_lock db_lock(db_mu_);
+    close_db();
+    Status s = open_db(opts_, &db_, &cfs_);
+    if (!s.ok()) return s;
+    return load_counters();
+  }
+
+  // ---- traces ----
+
+  Status read_trace(std::string_view trace_id, std::vector<StoredEvent>* out) override {
+    std::shared_lock db_lock(db_mu_);
+    if (!db_) return unavailable();
+    std::string prefix = event_prefix(trace_id);
+    std::string upper = prefix;
+    put_be64(&upper, UINT64_MAX);
+    rocksdb::Slice ub(upper);
+    rocksdb::ReadOptions ro;
+    ro.iterate_upper_bound = &ub;
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, cfs_[kEvents]));
+    for (it->Seek(prefix); it->Valid(); it->Next()) {
+      rocksdb::Slice k = it->key(), v = it->value();
+      if (k.size() != prefix.size() + 8 || v.size() < 8) {
+        return Status::Corruption("events entry with a malformed key or value");
+      }
+      out->push_back(StoredEvent{event_key_seq(k.ToStringView()), get_be64(v.ToStringView()),
+                                 std::string(v.data() + 8, v.size() - 8)});
+    }
+    return from_rocks(it->status(), "reading a trace");
+  }
+
+  Status scan_pending(uint64_t from_seq, size_t limit, std::vector<Committed>* out) override {
+    std::shared_lock db_lock(db_mu_);
+    if (!db_) return unavailable();
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cfs_[kPending]));
+    size_t n = 0;
+    for (it->Seek(be64(from_seq)); it->Valid() && n < limit; it->Next(), ++n) {
+      rocksdb::Slice k = it->key(), v = it->value();
+      if (k.size() != 8 || v.size() < 9) return Status::Corruption("malformed pending entry");
+      out->push_back(Committed{std::string(v.data() + 8, v.size() - 8), get_be64(k.ToStringView()),
+                               get_be64(v.ToStringView())});
+    }
+    return from_rocks(it->status(), "scanning pending");
+  }
+
+  Status get_state(std::string_view trace_id, TraceState* out) override {
+    std::shared_lock db_lock(db_mu_);
+    if (!db_) return unavailable();
+    return get_state_nolock(trace_id, out);
+  }
+
+  Status get_state_nolock(std::string_view trace_id, TraceState* out) {
+    std::string v;
+    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), cfs_[kTraces], state_key(trace_id), &v);
+    if (!s.ok()) return from_rocks(s, "reading a trace state");
+    if (!decode_state(v, out)) return Status::Corruption("malformed trace state");
+    return Status::Ok();
+  }
+
+  Status emit(const Emission& e, uint64_t* outbox_seq) override {
+    std::shared_lock db_lock(db_mu_);
+    if (!db_) return unavailable();
+    if (e.trace_id.empty() || e.trace_id.size() > kMaxTraceIdBytes) {
+      return Status::InvalidArgument("emit: bad trace_id");
+    }
+    {
+      std::lock_guard lock(state_mu_);
+      TraceState cur;
+      Status s = get_state_nolock(e.trace_id, &cur);
+      bool existed = s.ok();
+      if (!s.ok() && !s.IsNotFound()) return s;
+      if (cur.generation != e.expected_generation) {
+        return Status::Busy("trace state changed while its revision was built");
+      }
+      TraceState next = e.state;
+      next.generation = cur.generation + 1;
+      next.deleted_ns = cur.deleted_ns;
+      if (cur.events_deleted) next.events_deleted = true;
+      rocksdb::WriteBatch b;
+      std::string obk = be64(next_outbox_);
+      std::string obv = encode_outbox(next.revision, e.emitted_ns, e.trace_id, e.document);
+      b.Put(cfs_[kOutbox], obk, obv);
+      b.Put(cfs_[kTraces], kCounterOutboxNext, be64(next_outbox_ + 1));
+      if (existed) {
+        b.Delete(cfs_[kTraces], index_key(kRetainedPrefix, cur.last_emit_ns, e.trace_id));
+        if (cur.events_deleted) {
+          b.Delete(cfs_[kTraces], index_key(kDeletedPrefix, cur.deleted_ns, e.trace_id));
+        }
+      }
+      b.Put(cfs_[kTraces], state_key(e.trace_id), encode_state(next));
+      b.Put(cfs_[kTraces], index_key(kRetainedPrefix, next.last_emit_ns, e.trace_id), "");
+      int64_t live = static_cast<int64_t>(obk.size() + obv.size());
+      if (!existed) live += static_cast<int64_t>(1 + e.trace_id.size() + kStateBytes);
+      for (uint64_t seq : e.pending_seqs) {
+        b.Delete(cfs_[kPending], be64(seq));
+        live -= static_cast<int64_t>(pending_bytes(e.trace_id));
+      }
+      b.Merge(cfs_[kTraces], kCounterLive, encode_i64(live));
+      b.Merge(cfs_[kTraces], kCounterOutboxN, encode_i64(1));
+      b.Merge(cfs_[kTraces], kCounterOutboxB, encode_i64(static_cast<int64_t>(e.document.size())));
+      rocksdb::Status rs = db_->Write(wo_, &b);
+      if (!rs.ok()) return from_rocks(rs, "emitting a trace revision");
+      *outbox_seq = next_outbox_++;
+      live_.fetch_add(static_cast<uint64_t>(live));
+      outbox_n_.fetch_add(1);
+      outbox_b_.fetch_add(e.document.size());
+    }
+    std::lock_guard lock(listener_mu_);
+    if (listener_) listener_();
+    return Status::Ok();
+  }
+
+  Status expire(uint64_t emitted_before_ns, uint64_t forget_before_ns, size_t max_traces) override {
+    std::shared_lock db_lock(db_mu_);
+    if (!db_) return unavailable();
+    std::vector<std::string> idx;
+    Status s = scan_index(kRetainedPrefix, emitted_before_ns, max_traces, &idx);
+    if (!s.ok()) return s;
+    for (const std::string& k : idx) {
+      uint64_t events = 0;
+      s = drop_trace_events(k, &events);
+      if (!s.ok()) return s;
+      counters_.expired_traces.fetch_add(1);
+    }
+    idx.clear();
+    s = scan_index(kDeletedPrefix, forget_before_ns, max_traces, &idx);
+    if (!s.ok()) return s;
+    for (const std::string& k : idx) {
+      std::lock_guard lock(state_mu_);
+      std::string trace_id = k.substr(9);
+      TraceState st;
+      rocksdb::WriteBatch b;
+      b.Delete(cfs_[kTraces], k);
+      int64_t live = 0;
+      s = get_state_nolock(trace_id, &st);
+      if (s.ok() && st.events_deleted && st.deleted_ns == get_be64(std::string_view(k).substr(1))) {
+        b.Delete(cfs_[kTraces], state_key(trace_id));
+        live = -static_cast<int64_t>(1 + trace_id.size() + kStateBytes);
+        b.Merge(cfs_[kTraces], kCounterLive, encode_i64(live));
+      } else if (!s.ok() && !s.IsNotFound()) {
+        return s;
+      }
+      rocksdb::Status rs = db_->Write(wo_, &b);
+      if (!rs.ok()) return from_rocks(rs, "forgetting a trace state");
+      live_.fetch_add(static_cast<uint64_t>(live));
+      if (live != 0) counters_.forgotten_traces.fetch_add(1);
+    }
+    return Status::Ok();
+  }
+
+  Status compact() override {
+    std::shared_lock db_lock(db_mu_);
+    if (!db_) return unavailable();
+    for (auto* h : cfs_) {
+      rocksdb::Status s = db_->CompactRange(rocksdb::CompactRangeOptions(), h, nullptr, nullptr);
+      if (!s.ok()) return from_rocks(s, "compacting");
+    }
+    return Status::Ok();
+  }
+
+  StoreCounters counters() const override {
+    StoreCounters c;
+    c.live_bytes = live_.load();
+    c.dropped_retained_traces = counters_.dropped_retained_traces.load();
+    c.dropped_retained_events = counters_.dropped_retained_events.load();
+    c.dropped_outbox_entries = counters_.dropped_outbox_entries.load();
+    c.expired_traces = counters_.expired_traces.load();
+    c.forgotten_traces = counters_.forgotten_traces.load();
+    return c;
+  }
+
+ private:
+  static Status unavailable() {
+    return Status::IOError("the store is closed after a write failure; waiting to reopen it");
+  }
+
+  // Requires db_mu_ held exclusively (or no other user).
+  void close_db() {
+    if (!db_) return;
+    for (auto* h : cfs_)
+      db_->DestroyColumnFamilyHandle(h);
+    cfs_.clear();
+    rocksdb::Status s = db_->Close();
+    if (!s.ok()) spdlog::warn("buffer: closing the store: {}", s.ToString());
+    db_.reset();
+  }
+
+  Status get_u64(const std::string& key, uint64_t* v, bool big_endian) {
+    std::string s;
+    rocksdb::Status rs = db_->Get(rocksdb::ReadOptions(), cfs_[kTraces], key, &s);
+    *v = 0;
+    if (rs.IsNotFound()) return Status::Ok();
+    if (!rs.ok()) return from_rocks(rs, "reading the store counters");
+    if (s.size() != 8) return Status::Corruption("malformed store counter " + key);
+    if (big_endian) {
+      *v = get_be64(s);
+    } else {
+      int64_t i = decode_i64(s);
+      *v = i < 0 ? 0 : static_cast<uint64_t>(i);
+    }
+    return Status::Ok();
+  }
+
+  // Index keys (whole keys) with the given prefix whose time is < `before_ns`.
+  Status scan_index(char prefix, uint64_t before_ns, size_t limit, std::vector<std::string>* out) {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cfs_[kTraces]));
+    std::string p(1, prefix);
+    for (it->Seek(p); it->Valid() && out->size() < limit; it->Next()) {
+      rocksdb::Slice k = it->key();
+      if (k.empty() || k[0] != prefix || k.size() < 10) break;
+      if (get_be64(std::string_view(k.data() + 1, 8)) >= before_ns) break;
+      out->push_back(k.ToString());
+    }
+    return from_rocks(it->status(), "scanning the retention index");
+  }
+
+  // Deletes the retained events (seq <= max_seq) of the trace named by the
+  // retention index key `rkey`, keeping its state with events_deleted set.
+  Status drop_trace_events(const std::string& rkey, uint64_t* events) {
+    std::lock_guard lock(state_mu_);
+    std::string trace_id = rkey.substr(9);
+    uint64_t emit_ns = get_be64(std::string_view(rkey).substr(1));
+    TraceState st;
+    Status s = get_state_nolock(trace_id, &st);
+    rocksdb::WriteBatch b;
+    b.Delete(cfs_[kTraces], rkey);
+    int64_t live = 0;
+    if (!s.ok() && !s.IsNotFound()) return s;
+    if (s.ok() && st.last_emit_ns == emit_ns) {
+      std::string prefix = event_prefix(trace_id);
+      std::string upper = prefix;
+      put_be64(&upper, st.max_seq + 1);
+      rocksdb::Slice ub(upper);
+      rocksdb::ReadOptions ro;
+      ro.iterate_upper_bound = &ub;
+      std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, cfs_[kEvents]));
+      for (it->Seek(prefix); it->Valid(); it->Next()) {
+        b.Delete(cfs_[kEvents], it->key());
+        live -= static_cast<int64_t>(it->key().size() + it->value().size());
+        ++*events;
+      }
+      if (!it->status().ok()) return from_rocks(it->status(), "dropping retained events");
+      st.events_deleted = true;
+      st.deleted_ns = clock_.now_ns();
+      ++st.generation;
+      b.Put(cfs_[kTraces], state_key(trace_id), encode_state(st));
+      b.Put(cfs_[kTraces], index_key(kDeletedPrefix, st.deleted_ns, trace_id), "");
+      b.Merge(cfs_[kTraces], kCounterLive, encode_i64(live));
+    }
+    rocksdb::Status rs = db_->Write(wo_, &b);
+    if (!rs.ok()) return from_rocks(rs, "dropping retained events");
+    live_.fetch_add(static_cast<uint64_t>(live));
+    return Status::Ok();
+  }
+
+  // Drops up to `limit` of the oldest entries, stopping once `enough` bytes went.
+  Status drop_oldest_outbox(size_t limit, uint64_t enough, uint64_t* dropped) {
+    std::lock_guard lock(outbox_mu_);
+    rocksdb::WriteBatch b;
+    int64_t n = 0, doc_bytes = 0, live = 0;
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cfs_[kOutbox]));
+    for (it->SeekToFirst();
+         it->Valid() && static_cast<size_t>(n) < limit && static_cast<uint64_t>(live) < enough;
+         it->Next()) {
+      OutboxEntry e;
+      decode_outbox(0, it->value().ToStringView(), &e);
+      b.Delete(cfs_[kOutbox], it->key());
+      ++n;
+      doc_bytes += static_cast<int64_t>(e.document.size());
+      live += static_cast<int64_t>(it->key().size() + it->value().size());
+    }
+    if (!it->status().ok()) return from_rocks(it->status(), "dropping outbox entries");
+    if (n == 0) return Status::Ok();
+    Status s = commit_outbox_removal(b, n, doc_bytes, live, "dropping outbox entries");
+    if (s.ok()) *dropped = static_cast<uint64_t>(n);
+    return s;
+  }
+
+  // Requires outbox_mu_.
+  Status commit_outbox_removal(rocksdb::WriteBatch& b, int64_t n, int64_t doc_bytes, int64_t live,
+                               std::string_view what) {
+    b.Merge(cfs_[kTraces], kCounterLive, encode_i64(-live));
+    b.Merge(cfs_[kTraces], kCounterOutboxN, encode_i64(-n));
+    b.Merge(cfs_[kTraces], kCounterOutboxB, encode_i64(-doc_bytes));
+    rocksdb::Status s = db_->Write(wo_, &b);
+    if (!s.ok()) return from_rocks(s, what);
+    live_.fetch_sub(static_cast<uint64_t>(live));
+    outbox_n_.fetch_sub(static_cast<uint64_t>(n));
+    outbox_b_.fetch_sub(static_cast<uint64_t>(doc_bytes));
+    return Status::Ok();
+  }
+
+  const StoreOptions opts_;
+  const Clock& clock_;
+  // Shared by every operation; exclusive only to reopen after a fatal error.
+  mutable std::shared_mutex db_mu_;
+  std::unique_ptr<rocksdb::DB> db_;  // null while a reopen is failing
+  std::vector<rocksdb::ColumnFamilyHandle*> cfs_;
+  rocksdb::WriteOptions wo_;
+
+  std::mutex append_mu_;  // serialises append(): seqs become visible in order
+  uint64_t next_seq_ = 1;
+  std::mutex state_mu_;  // serialises trace-state read-modify-writes
+  uint64_t next_outbox_ = 1;
+  std::mutex outbox_mu_;  // serialises outbox removals (exact counters)
+  std::mutex listener_mu_;
+  std::function<void()> listener_;
+
+  std::atomic<uint64_t> live_{0}, outbox_n_{0}, outbox_b_{0};
+  struct {
+    std::atomic<uint64_t> dropped_retained_traces{0}, dropped_retained_events{0},
+        dropped_outbox_entries{0}, expired_traces{0}, forgotten_traces{0};
+  } counters_;
+};
+
+}  // namespace
+
+Status Store::open(const StoreOptions& o, std::unique_ptr<Store>* out) {
+  std::unique_ptr<rocksdb::DB> db;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  Status s = open_db(o, &db, &handles);
+  if (!s.ok()) return s;
+  auto store = std::make_unique<RocksStore>(o, std::move(db), std::move(handles));
+  s = store->load_counters();
+  if (!s.ok()) return s;
+  *out = std::move(store);
+  return Status::Ok();
+}
+
+Status open_or_quarantine(const StoreOptions& o, std::unique_ptr<Store>* out,
+                          std::string* quarantined) {
+  if (quarantined) quarantined->clear();
+  Status s = Store::open(o, out);
+  if (s.ok() || !(s.IsCorruption() || s.code() == Status::Code::kIOError)) return s;
+  namespace fs = std::filesystem;
+  const Clock& clock = o.clock ? *o.clock : system_clock();
+  fs::path from = fs::path(o.data_dir) / "store";
+  std::error_code ec;
+  if (!fs::exists(from, ec)) return s;  // nothing to move aside: the error is elsewhere
+  std::string base = (fs::path(o.data_dir) / "store.corrupt-").string() +
+                     std::to_string(clock.now_ns() / 1'000'000'000ull);
+  fs::path to = base;
+  for (int i = 1; fs::exists(to, ec); ++i)
+    to = base + "." + std::to_string(i);
+  fs::rename(from, to, ec);
+  if (ec) {
+    return Status::IOError("the store cannot be opened (" + s.ToString() +
+                           ") and cannot be moved aside: " + ec.message());
+  }
+  spdlog::error(
+      "buffer: the store at {} cannot be opened ({}); it was moved to {} and a new, empty "
+      "store is started. The old data is kept there for inspection.",
+      from.string(), s.ToString(), to.string());
+  if (quarantined) *quarantined = to.string();
+  return Store::open(o, out);
+}
+
+}  // namespace sidetrace::buffer

@@ -1,0 +1,385 @@
+#include "buffer/store.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "buffer/testing/temp_dir.h"
+
+namespace sidetrace::buffer {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::TempDir;
+
+ipc::Message msg(std::string trace_id, std::string raw, uint64_t recv_ns = 1000) {
+  ipc::Message m;
+  m.trace_id = std::move(trace_id);
+  m.raw = std::move(raw);
+  m.recv_ns = recv_ns;
+  return m;
+}
+
+std::unique_ptr<Store> open_store(const StoreOptions& o) {
+  std::unique_ptr<Store> s;
+  Status st = Store::open(o, &s);
+  EXPECT_TRUE(st.ok()) << st.ToString();
+  return s;
+}
+
+StoreOptions options(const TempDir& dir) {
+  StoreOptions o;
+  o.data_dir = dir.str();
+  o.sync = SyncMode::kOs;
+  return o;
+}
+
+// Emits the trace's pending messages as the next revision.
+uint64_t emit_all(Store& s, const std::string& trace_id, uint64_t now_ns,
+                  const std::string& doc = "{}") {
+  TraceState cur;
+  Status st = s.get_state(trace_id, &cur);
+  EXPECT_TRUE(st.ok() || st.IsNotFound());
+  std::vector<StoredEvent> events;
+  EXPECT_TRUE(s.read_trace(trace_id, &events).ok());
+  Emission e;
+  e.trace_id = trace_id;
+  e.expected_generation = cur.generation;
+  e.state = cur;
+  e.state.revision = cur.revision + 1;
+  if (cur.revision == 0) e.state.first_emit_ns = now_ns;
+  e.state.last_emit_ns = now_ns;
+  for (const auto& ev : events) {
+    if (ev.seq > cur.max_seq) e.pending_seqs.push_back(ev.seq);
+    e.state.max_seq = std::max(e.state.max_seq, ev.seq);
+  }
+  e.document = doc;
+  e.emitted_ns = now_ns;
+  uint64_t seq = 0;
+  st = s.emit(e, &seq);
+  EXPECT_TRUE(st.ok()) << st.ToString();
+  return seq;
+}
+
+TEST(StoreTest, AppendAssignsSeqsAndReadsBackPerTraceAcrossReopen) {
+  TempDir dir;
+  {
+    auto s = open_store(options(dir));
+    std::vector<ipc::Message> in = {msg("a", "a1", 10), msg("b", "b1", 11), msg("a", "a2", 12)};
+    std::vector<Committed> out;
+    ASSERT_TRUE(s->append(in, &out).ok());
+    ASSERT_EQ(out.size(), 3u);
+    EXPECT_EQ(out[0].seq, 1u);
+    EXPECT_EQ(out[2].seq, 3u);
+    EXPECT_EQ(out[1].trace_id, "b");
+    EXPECT_GT(s->counters().live_bytes, 0u);
+  }
+  auto s = open_store(options(dir));
+  std::vector<Committed> out;
+  std::vector<ipc::Message> more = {msg("a", "a3", 13)};
+  ASSERT_TRUE(s->append(more, &out).ok());
+  EXPECT_EQ(out[0].seq, 4u);  // the sequence continues after a reopen
+  std::vector<StoredEvent> a;
+  ASSERT_TRUE(s->read_trace("a", &a).ok());
+  ASSERT_EQ(a.size(), 3u);
+  EXPECT_EQ(a[0].raw, "a1");
+  EXPECT_EQ(a[0].recv_ns, 10u);
+  EXPECT_EQ(a[2].raw, "a3");
+  EXPECT_EQ(a[2].seq, 4u);
+  // A trace id that is a prefix of another does not see the other's events.
+  std::vector<ipc::Message> ab = {msg("ab", "x")};
+  ASSERT_TRUE(s->append(ab, &out).ok());
+  a.clear();
+  ASSERT_TRUE(s->read_trace("a", &a).ok());
+  EXPECT_EQ(a.size(), 3u);
+  std::vector<Committed> pending;
+  ASSERT_TRUE(s->scan_pending(0, 100, &pending).ok());
+  ASSERT_EQ(pending.size(), 5u);
+  EXPECT_EQ(pending[1].trace_id, "b");
+  EXPECT_EQ(pending[1].recv_ns, 11u);
+  pending.clear();
+  ASSERT_TRUE(s->scan_pending(3, 1, &pending).ok());
+  ASSERT_EQ(pending.size(), 1u);
+  EXPECT_EQ(pending[0].seq, 3u);
+}
+
+TEST(StoreTest, EmitIsAtomicAndSurvivesReopen) {
+  TempDir dir;
+  uint64_t live_after = 0;
+  {
+    auto s = open_store(options(dir));
+    int notified = 0;
+    s->set_outbox_listener([&] { ++notified; });
+    std::vector<Committed> out;
+    std::vector<ipc::Message> in = {msg("t1", "x"), msg("t2", "y"), msg("t1", "z")};
+    ASSERT_TRUE(s->append(in, &out).ok());
+    EXPECT_EQ(emit_all(*s, "t1", 5000, "{\"doc\":1}"), 1u);
+    EXPECT_EQ(notified, 1);
+    EXPECT_EQ(s->outbox_entries(), 1u);
+    EXPECT_EQ(s->outbox_bytes(), 9u);
+    live_after = s->counters().live_bytes;
+  }
+  auto s = open_store(options(dir));
+  EXPECT_EQ(s->outbox_entries(), 1u);
+  EXPECT_EQ(s->outbox_bytes(), 9u);
+  EXPECT_EQ(s->counters().live_bytes, live_after);
+  std::vector<OutboxEntry> ob;
+  ASSERT_TRUE(s->read_outbox(0, 10, 1 << 20, &ob).ok());
+  ASSERT_EQ(ob.size(), 1u);
+  EXPECT_EQ(ob[0].trace_id, "t1");
+  EXPECT_EQ(ob[0].revision, 1u);
+  EXPECT_EQ(ob[0].emitted_ns, 5000u);
+  EXPECT_EQ(ob[0].document, "{\"doc\":1}");
+  TraceState st;
+  ASSERT_TRUE(s->get_state("t1", &st).ok());
+  EXPECT_EQ(st.revision, 1u);
+  EXPECT_EQ(st.max_seq, 3u);
+  std::vector<Committed> pending;
+  ASSERT_TRUE(s->scan_pending(0, 100, &pending).ok());
+  ASSERT_EQ(pending.size(), 1u);  // only t2's message is still owed
+  EXPECT_EQ(pending[0].trace_id, "t2");
+  // The events stay for retention.
+  std::vector<StoredEvent> ev;
+  ASSERT_TRUE(s->read_trace("t1", &ev).ok());
+  EXPECT_EQ(ev.size(), 2u);
+  // Outbox seqs keep increasing after acks and reopen.
+  uint64_t seqs[] = {1, 42};
+  ASSERT_TRUE(s->ack_outbox(seqs).ok());
+  EXPECT_EQ(s->outbox_entries(), 0u);
+  EXPECT_EQ(s->outbox_bytes(), 0u);
+  EXPECT_EQ(emit_all(*s, "t2", 6000), 2u);
+}
+
+TEST(StoreTest, EmitRefusesAStaleGeneration) {
+  TempDir dir;
+  auto s = open_store(options(dir));
+  std::vector<Committed> out;
+  std::vector<ipc::Message> in = {msg("t", "x")};
+  ASSERT_TRUE(s->append(in, &out).ok());
+  emit_all(*s, "t", 100);
+  Emission e;
+  e.trace_id = "t";
+  e.expected_generation = 0;  // read before the first emission
+  e.state.revision = 1;
+  uint64_t seq = 0;
+  EXPECT_EQ(s->emit(e, &seq).code(), Status::Code::kBusy);
+  EXPECT_EQ(s->outbox_entries(), 1u);
+}
+
+TEST(StoreTest, ReadOutboxHonoursEntryAndByteLimits) {
+  TempDir dir;
+  auto s = open_store(options(dir));
+  for (int i = 0; i < 5; ++i) {
+    std::string t = "t" + std::to_string(i);
+    std::vector<Committed> out;
+    std::vector<ipc::Message> in = {msg(t, "x")};
+    ASSERT_TRUE(s->append(in, &out).ok());
+    emit_all(*s, t, 100, std::string(100, 'd'));
+  }
+  std::vector<OutboxEntry> ob;
+  ASSERT_TRUE(s->read_outbox(2, 10, 250, &ob).ok());
+  ASSERT_EQ(ob.size(), 2u);
+  EXPECT_EQ(ob[0].seq, 2u);
+  ob.clear();
+  ASSERT_TRUE(s->read_outbox(1, 10, 10, &ob).ok());
+  EXPECT_EQ(ob.size(), 1u);  // at least one entry
+  ob.clear();
+  ASSERT_TRUE(s->read_outbox(1, 3, 1 << 20, &ob).ok());
+  EXPECT_EQ(ob.size(), 3u);
+  ob.clear();
+  ASSERT_TRUE(s->read_outbox(6, 3, 1 << 20, &ob).ok());
+  EXPECT_TRUE(ob.empty());
+}
+
+TEST(StoreTest, ExpireDeletesRetainedEventsThenForgetsTheState) {
+  TempDir dir;
+  auto s = open_store(options(dir));
+  std::vector<Committed> out;
+  std::vector<ipc::Message> in = {msg("old", "1"), msg("new", "2")};
+  ASSERT_TRUE(s->append(in, &out).ok());
+  emit_all(*s, "old", 1000);
+  emit_all(*s, "new", 5000);
+  // A late message for "old" is pending: retention must not touch it.
+  std::vector<ipc::Message> late = {msg("old", "late")};
+  ASSERT_TRUE(s->append(late, &out).ok());
+
+  ASSERT_TRUE(s->expire(2000, 0, 100).ok());
+  EXPECT_EQ(s->counters().expired_traces, 1u);
+  std::vector<StoredEvent> ev;
+  ASSERT_TRUE(s->read_trace("old", &ev).ok());
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].raw, "late");
+  TraceState st;
+  ASSERT_TRUE(s->get_state("old", &st).ok());
+  EXPECT_TRUE(st.events_deleted);
+  EXPECT_EQ(st.revision, 1u);
+  ev.clear();
+  ASSERT_TRUE(s->read_trace("new", &ev).ok());
+  EXPECT_EQ(ev.size(), 1u);
+
+  // The state record goes once its keep time has passed too.
+  ASSERT_TRUE(s->expire(2000, UINT64_MAX, 100).ok());
+  EXPECT_TRUE(s->get_state("old", &st).IsNotFound());
+  EXPECT_EQ(s->counters().forgotten_traces, 1u);
+  EXPECT_TRUE(s->get_state("new", &st).ok());
+}
+
+TEST(StoreTest, DropOldestMakesRoomFromRetainedEventsThenTheOutbox) {
+  TempDir dir;
+  StoreOptions o = options(dir);
+  o.max_bytes = 64 << 10;
+  auto s = open_store(o);
+  std::vector<Committed> out;
+  // 8 emitted traces of ~4 KiB each, oldest first.
+  for (int i = 0; i < 8; ++i) {
+    std::string t = "t" + std::to_string(i);
+    std::vector<ipc::Message> in = {msg(t, std::string(4000, 'x'))};
+    ASSERT_TRUE(s->ensure_room(4100).ok());
+    ASSERT_TRUE(s->append(in, &out).ok());
+    emit_all(*s, t, 1000 + static_cast<uint64_t>(i), std::string(2000, 'd'));
+  }
+  uint64_t before = s->counters().live_bytes;
+  EXPECT_LT(before, o.max_bytes);
+  ASSERT_TRUE(s->ensure_room(30000).ok());
+  StoreCounters c = s->counters();
+  EXPECT_LE(c.live_bytes + 30000, o.max_bytes);
+  EXPECT_GT(c.dropped_retained_traces, 0u);
+  EXPECT_EQ(c.dropped_outbox_entries, 0u);
+  TraceState st;
+  ASSERT_TRUE(s->get_state("t0", &st).ok());
+  EXPECT_TRUE(st.events_deleted);  // the oldest went first
+  ASSERT_TRUE(s->get_state("t7", &st).ok());
+  EXPECT_FALSE(st.events_deleted);
+  // Asking for more than retained events can free drops outbox entries.
+  ASSERT_TRUE(s->ensure_room(50000).ok());
+  EXPECT_GT(s->counters().dropped_outbox_entries, 0u);
+  std::vector<OutboxEntry> ob;
+  ASSERT_TRUE(s->read_outbox(0, 100, 1 << 30, &ob).ok());
+  EXPECT_EQ(ob.size(), s->outbox_entries());
+  ASSERT_FALSE(ob.empty());
+  EXPECT_EQ(ob.back().trace_id, "t7");  // the newest entries stay
+  // Pending messages are never dropped to make room.
+  std::vector<ipc::Message> big = {msg("p", std::string(40000, 'p'))};
+  ASSERT_TRUE(s->append(big, &out).ok());
+  EXPECT_TRUE(s->ensure_room(40000).IsNoSpace());
+  std::vector<StoredEvent> ev;
+  ASSERT_TRUE(s->read_trace("p", &ev).ok());
+  EXPECT_EQ(ev.size(), 1u);
+}
+
+TEST(StoreTest, DropNewestRefusesWhenFull) {
+  TempDir dir;
+  StoreOptions o = options(dir);
+  o.max_bytes = 10000;
+  o.when_full = WhenFull::kDropNewest;
+  auto s = open_store(o);
+  std::vector<Committed> out;
+  std::vector<ipc::Message> in = {msg("t", std::string(8000, 'x'))};
+  ASSERT_TRUE(s->ensure_room(8100).ok());
+  ASSERT_TRUE(s->append(in, &out).ok());
+  emit_all(*s, "t", 100);
+  EXPECT_TRUE(s->ensure_room(5000).IsNoSpace());
+  EXPECT_EQ(s->counters().dropped_retained_traces, 0u);
+}
+
+TEST(StoreTest, MetaPutGetScanDelete) {
+  TempDir dir;
+  auto s = open_store(options(dir));
+  ASSERT_TRUE(s->meta_put("up/a", "1").ok());
+  ASSERT_TRUE(s->meta_put("up/b", "2").ok());
+  ASSERT_TRUE(s->meta_put("uq", "3").ok());
+  std::string v;
+  ASSERT_TRUE(s->meta_get("up/b", &v).ok());
+  EXPECT_EQ(v, "2");
+  EXPECT_TRUE(s->meta_get("nope", &v).IsNotFound());
+  std::vector<std::pair<std::string, std::string>> kv;
+  ASSERT_TRUE(s->meta_scan("up/", 10, &kv).ok());
+  ASSERT_EQ(kv.size(), 2u);
+  EXPECT_EQ(kv[0].first, "up/a");
+  ASSERT_TRUE(s->meta_delete("up/a").ok());
+  kv.clear();
+  ASSERT_TRUE(s->meta_scan("up/", 10, &kv).ok());
+  EXPECT_EQ(kv.size(), 1u);
+}
+
+TEST(StoreTest, SecondOpenOfTheSameStoreIsBusyAndNotQuarantined) {
+  TempDir dir;
+  auto s = open_store(options(dir));
+  std::unique_ptr<Store> other;
+  std::string moved;
+  Status st = open_or_quarantine(options(dir), &other, &moved);
+  EXPECT_EQ(st.code(), Status::Code::kBusy) << st.ToString();
+  EXPECT_TRUE(moved.empty());
+}
+
+void fill_and_close(const TempDir& dir) {
+  auto s = open_store(options(dir));
+  std::vector<Committed> out;
+  std::vector<ipc::Message> in;
+  for (int i = 0; i < 2000; ++i)
+    in.push_back(msg("t" + std::to_string(i % 7), std::string(300, 'q')));
+  ASSERT_TRUE(s->append(in, &out).ok());
+  ASSERT_TRUE(s->compact().ok());  // flush everything into SST files
+}
+
+void expect_quarantined_and_fresh(const TempDir& dir) {
+  std::unique_ptr<Store> s;
+  Status plain = Store::open(options(dir), &s);
+  EXPECT_FALSE(plain.ok());
+  EXPECT_FALSE(plain.message().empty());
+  s.reset();
+  std::string moved;
+  Status st = open_or_quarantine(options(dir), &s, &moved);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  ASSERT_FALSE(moved.empty());
+  EXPECT_NE(moved.find("store.corrupt-"), std::string::npos);
+  EXPECT_TRUE(fs::exists(fs::path(moved) / "CURRENT"));  // the old data is kept aside
+  std::vector<Committed> pending;
+  ASSERT_TRUE(s->scan_pending(0, 10, &pending).ok());
+  EXPECT_TRUE(pending.empty());  // a fresh store
+  std::vector<Committed> out;
+  std::vector<ipc::Message> in = {msg("t", "x")};
+  EXPECT_TRUE(s->append(in, &out).ok());
+}
+
+TEST(StoreTest, CorruptManifestIsQuarantined) {
+  TempDir dir;
+  fill_and_close(dir);
+  for (const auto& e : fs::directory_iterator(dir.path() / "store")) {
+    if (e.path().filename().string().rfind("MANIFEST-", 0) == 0) {
+      std::ofstream(e.path(), std::ios::binary | std::ios::trunc) << "garbage, not a manifest";
+    }
+  }
+  expect_quarantined_and_fresh(dir);
+}
+
+TEST(StoreTest, TruncatedSstIsQuarantined) {
+  TempDir dir;
+  fill_and_close(dir);
+  bool truncated = false;
+  for (const auto& e : fs::directory_iterator(dir.path() / "store")) {
+    if (e.path().extension() == ".sst" && fs::file_size(e.path()) > 100) {
+      fs::resize_file(e.path(), fs::file_size(e.path()) / 2);
+      truncated = true;
+    }
+  }
+  ASSERT_TRUE(truncated);
+  expect_quarantined_and_fresh(dir);
+}
+
+TEST(StoreTest, ProblemsOutsideTheStoreAreNotQuarantined) {
+  TempDir dir;
+  fs::path file = dir.path() / "not-a-dir";
+  std::ofstream(file) << "x";
+  StoreOptions o;
+  o.data_dir = file.string();
+  std::unique_ptr<Store> s;
+  std::string moved;
+  EXPECT_FALSE(open_or_quarantine(o, &s, &moved).ok());
+  EXPECT_TRUE(moved.empty());
+  EXPECT_TRUE(fs::exists(file));
+}
+
+}  // namespace
+}  // namespace sidetrace::buffer

@@ -1,0 +1,125 @@
+#include "buffer/writer.h"
+
+#include <fmt/format.h>
+
+namespace sidetrace::buffer {
+
+Writer::Writer(Store& store, BoundedQueue<ipc::MessageBatch>& queue, Sink sink, const Clock& clock,
+               WriterOptions options)
+    : store_(store),
+      queue_(queue),
+      sink_(std::move(sink)),
+      clock_(clock),
+      opts_(options),
+      log_(10, std::chrono::seconds(10), clock) {}
+
+Writer::~Writer() {
+  stop();
+}
+
+void Writer::start() {
+  if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
+}
+
+void Writer::stop() {
+  queue_.close();
+  if (thread_.joinable()) thread_.join();
+}
+
+WriterStats Writer::stats() const {
+  WriterStats s;
+  s.persisted = persisted_.load();
+  s.commits = commits_.load();
+  s.dropped_full = dropped_full_.load();
+  s.dropped_no_space = dropped_no_space_.load();
+  s.dropped_io_error = dropped_io_error_.load();
+  s.dropped_invalid = dropped_invalid_.load();
+  s.degraded = degraded_.load();
+  return s;
+}
+
+void Writer::run() {
+  std::vector<ipc::MessageBatch> batches;
+  std::vector<ipc::Message> group;
+  for (;;) {
+    batches.clear();
+    bool open = queue_.pop_all(batches, std::chrono::milliseconds(100));
+    size_t bytes = 0;
+    for (auto& batch : batches) {
+      for (auto& m : batch) {
+        if (m.trace_id.empty() || m.trace_id.size() > 255) {
+          dropped_invalid_.fetch_add(1);
+          log_.log(spdlog::level::warn,
+                   "buffer: dropped a message whose trace_id cannot be stored");
+          continue;
+        }
+        bytes += m.trace_id.size() + m.raw.size() + 40;
+        group.push_back(std::move(m));
+        if (group.size() >= opts_.max_group_messages || bytes >= opts_.max_group_bytes) {
+          commit(group, bytes);
+          group.clear();
+          bytes = 0;
+        }
+      }
+    }
+    if (!group.empty()) commit(group, bytes);
+    group.clear();
+    if (!open) return;
+  }
+}
+
+void Writer::commit(std::span<const ipc::Message> group, size_t bytes) {
+  uint64_t n = group.size();
+  if (degraded_.load()) {
+    uint64_t now = clock_.mono_ns();
+    if (now < next_resume_ns_) {
+      dropped_no_space_.fetch_add(n);
+      return;
+    }
+    backoff_ = std::min<std::chrono::nanoseconds>(backoff_ * 2, opts_.max_resume_interval);
+    next_resume_ns_ = now + static_cast<uint64_t>(backoff_.count());
+    Status r = store_.resume();
+    if (!r.ok()) {
+      dropped_no_space_.fetch_add(n);
+      log_.log(spdlog::level::warn,
+               fmt::format("buffer: the store is still failing ({}); dropped {} messages",
+                           r.ToString(), n));
+      return;
+    }
+    degraded_.store(false);
+    log_.log(spdlog::level::info, "buffer: the store accepts writes again");
+  }
+  Status s = store_.ensure_room(bytes);
+  if (s.IsNoSpace()) {
+    dropped_full_.fetch_add(n);
+    log_.log(spdlog::level::warn,
+             fmt::format("buffer: full ({}); dropped {} new messages", s.message(), n));
+    return;
+  }
+  committed_.clear();
+  if (s.ok()) s = store_.append(group, &committed_);
+  if (!s.ok()) {
+    if (s.code() == Status::Code::kInvalidArgument) {
+      dropped_invalid_.fetch_add(n);
+    } else if (s.IsNoSpace()) {
+      dropped_no_space_.fetch_add(n);
+      degraded_.store(true);
+    } else {
+      dropped_io_error_.fetch_add(n);
+      degraded_.store(true);
+    }
+    backoff_ = opts_.resume_interval;
+    next_resume_ns_ = clock_.mono_ns() + static_cast<uint64_t>(backoff_.count());
+    log_.log(spdlog::level::err,
+             fmt::format("buffer: write failed ({}); dropped {} messages", s.ToString(), n));
+    return;
+  }
+  uint64_t now = clock_.now_ns();
+  for (const ipc::Message& m : group)
+    latency_.record(now > m.recv_ns ? now - m.recv_ns : 0);
+  persisted_.fetch_add(n);
+  commits_.fetch_add(1);
+  if (sink_) sink_(committed_);
+}
+
+}  // namespace sidetrace::buffer

@@ -1,0 +1,99 @@
+// The writer: the one thread that moves accepted messages from the intake
+// queue into the durable store.
+//
+// It takes everything queued at once (BoundedQueue::pop_all), and commits it
+// in group commits of at most `max_group_messages` messages: one atomic
+// RocksDB write per group, fsync'ed per write in SyncMode::kFsync (the group
+// bounds the cost). After each commit it counts the messages persisted,
+// records the receive->durable latency of each (wall clock at commit minus
+// Message::recv_ns), and hands the committed (trace_id, seq, recv_ns) to the
+// sink (the trace assembler).
+//
+// Refusals, each counted and logged (rate limited):
+//   - the quota is reached (Store::ensure_room() says NoSpace): the group is
+//     dropped (drop_newest, or drop_oldest with nothing left to drop);
+//   - the disk is full or failing (append() returns NoSpace/IOError): the group
+//     is dropped, and the writer calls Store::resume() before each later group
+//     (with a growing back-off), dropping groups until it succeeds.
+//     Writing resumes by itself once space returns.
+//
+// Thread safety: start()/stop() from one owning thread; stats() from any.
+// The sink runs on the writer thread and must not block.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <thread>
+
+#include "buffer/histogram.h"
+#include "buffer/store.h"
+#include "common/bounded_queue.h"
+#include "common/clock.h"
+#include "common/rate_limited_log.h"
+#include "ipc/message.h"
+
+namespace sidetrace::buffer {
+
+struct WriterOptions {
+  size_t max_group_messages = 8192;
+  size_t max_group_bytes = 8 << 20;
+  // After a write failure, Store::resume() is tried after `resume_interval`,
+  // then at doubling intervals up to `max_resume_interval`.
+  std::chrono::milliseconds resume_interval{100};
+  std::chrono::milliseconds max_resume_interval{5000};
+};
+
+struct WriterStats {
+  uint64_t persisted = 0;         // messages committed
+  uint64_t commits = 0;           // group commits
+  uint64_t dropped_full = 0;      // refused: quota reached
+  uint64_t dropped_no_space = 0;  // lost: the disk was full
+  uint64_t dropped_io_error = 0;  // lost: another write error
+  uint64_t dropped_invalid = 0;   // refused: not storable (trace_id too long)
+  bool degraded = false;          // the last write failed; waiting to resume
+};
+
+class Writer {
+ public:
+  using Sink = std::function<void(std::span<const Committed>)>;
+
+  // Borrows `store`, `queue` and `clock`; they must outlive the writer.
+  Writer(Store& store, BoundedQueue<ipc::MessageBatch>& queue, Sink sink,
+         const Clock& clock = system_clock(), WriterOptions options = {});
+  ~Writer();  // stops
+
+  Writer(const Writer&) = delete;
+  Writer& operator=(const Writer&) = delete;
+
+  void start();
+  // Closes the queue, commits what is left in it, joins the thread.
+  void stop();
+
+  WriterStats stats() const;
+  const LatencyHistogram& latency() const { return latency_; }
+
+ private:
+  void run();
+  void commit(std::span<const ipc::Message> group, size_t bytes);
+
+  Store& store_;
+  BoundedQueue<ipc::MessageBatch>& queue_;
+  Sink sink_;
+  const Clock& clock_;
+  const WriterOptions opts_;
+  std::thread thread_;
+  RateLimitedLog log_;
+  LatencyHistogram latency_;
+  std::vector<Committed> committed_;
+  uint64_t next_resume_ns_ = 0;
+  std::chrono::nanoseconds backoff_{0};
+
+  std::atomic<uint64_t> persisted_{0}, commits_{0}, dropped_full_{0}, dropped_no_space_{0},
+      dropped_io_error_{0}, dropped_invalid_{0};
+  std::atomic<bool> degraded_{false};
+};
+
+}  // namespace sidetrace::buffer

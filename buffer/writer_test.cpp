@@ -1,0 +1,178 @@
+#include "buffer/writer.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "buffer/testing/fault_env.h"
+#include "buffer/testing/temp_dir.h"
+
+namespace sidetrace::buffer {
+namespace {
+
+using testing::TempDir;
+
+ipc::MessageBatch batch(const std::string& trace_id, int n, size_t size = 100) {
+  ipc::MessageBatch b;
+  for (int i = 0; i < n; ++i) {
+    ipc::Message m;
+    m.trace_id = trace_id;
+    m.raw = std::string(size, 'r');
+    m.recv_ns = system_clock().now_ns();
+    b.push_back(std::move(m));
+  }
+  return b;
+}
+
+template <typename F>
+bool eventually(F&& cond, std::chrono::seconds limit = std::chrono::seconds(10)) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (cond()) return true;
+    std::this_thread::yield();
+  }
+  return cond();
+}
+
+struct Sink {
+  std::mutex mu;
+  std::vector<Committed> all;
+  void operator()(std::span<const Committed> c) {
+    std::lock_guard lock(mu);
+    all.insert(all.end(), c.begin(), c.end());
+  }
+  size_t size() {
+    std::lock_guard lock(mu);
+    return all.size();
+  }
+};
+
+TEST(WriterTest, PersistsEverythingFromSeveralProducersAndReportsCommits) {
+  TempDir dir;
+  StoreOptions o;
+  o.data_dir = dir.str();  // fsync mode
+  std::unique_ptr<Store> store;
+  ASSERT_TRUE(Store::open(o, &store).ok());
+  BoundedQueue<ipc::MessageBatch> q(64 << 20);
+  Sink sink;
+  Writer w(*store, q, [&](std::span<const Committed> c) { sink(c); });
+  w.start();
+  std::vector<std::thread> producers;
+  for (int p = 0; p < 3; ++p) {
+    producers.emplace_back([&, p] {
+      for (int i = 0; i < 50; ++i) {
+        auto b = batch("trace-" + std::to_string(p), 20);
+        while (!q.try_push(b, 4096))
+          std::this_thread::yield();
+      }
+    });
+  }
+  for (auto& t : producers)
+    t.join();
+  w.stop();
+  WriterStats st = w.stats();
+  EXPECT_EQ(st.persisted, 3000u);
+  EXPECT_LE(st.commits, 3000u);
+  ASSERT_EQ(sink.size(), 3000u);
+  std::set<uint64_t> seqs;
+  for (const auto& c : sink.all)
+    seqs.insert(c.seq);
+  EXPECT_EQ(seqs.size(), 3000u);
+  EXPECT_EQ(w.latency().count(), 3000u);
+  EXPECT_GT(w.latency().quantile_ns(0.99), 0u);
+  std::vector<StoredEvent> ev;
+  ASSERT_TRUE(store->read_trace("trace-1", &ev).ok());
+  EXPECT_EQ(ev.size(), 1000u);
+}
+
+TEST(WriterTest, DropNewestCountsRefusals) {
+  TempDir dir;
+  StoreOptions o;
+  o.data_dir = dir.str();
+  o.sync = SyncMode::kOs;
+  o.max_bytes = 20000;
+  o.when_full = WhenFull::kDropNewest;
+  std::unique_ptr<Store> store;
+  ASSERT_TRUE(Store::open(o, &store).ok());
+  BoundedQueue<ipc::MessageBatch> q(64 << 20);
+  Writer w(*store, q, nullptr);
+  w.start();
+  for (int i = 0; i < 40; ++i) {
+    auto b = batch("t", 1, 1000);
+    ASSERT_TRUE(q.try_push(b, 1));
+    // One message per group: wait until each is handled.
+    ASSERT_TRUE(eventually([&] {
+      auto s = w.stats();
+      return s.persisted + s.dropped_full == static_cast<uint64_t>(i + 1);
+    }));
+  }
+  w.stop();
+  WriterStats st = w.stats();
+  EXPECT_GT(st.persisted, 10u);
+  EXPECT_GT(st.dropped_full, 10u);
+  EXPECT_LE(store->counters().live_bytes, o.max_bytes);
+}
+
+TEST(WriterTest, FullDiskDropsCountedAndResumesByItself) {
+  TempDir dir;
+  auto fs = std::make_shared<testing::NoSpaceFileSystem>();
+  auto env = testing::make_env(fs);
+  StoreOptions o;
+  o.data_dir = dir.str();
+  o.env = env.get();
+  std::unique_ptr<Store> store;
+  ASSERT_TRUE(Store::open(o, &store).ok());
+  BoundedQueue<ipc::MessageBatch> q(64 << 20);
+  Sink sink;
+  WriterOptions wo;
+  wo.resume_interval = std::chrono::milliseconds(1);
+  wo.max_resume_interval = std::chrono::milliseconds(20);
+  Writer w(
+      *store, q, [&](std::span<const Committed> c) { sink(c); }, system_clock(), wo);
+  w.start();
+
+  auto push = [&](const std::string& t) {
+    auto b = batch(t, 10);
+    ASSERT_TRUE(q.try_push(b, 1));
+  };
+  push("before");
+  ASSERT_TRUE(eventually([&] { return w.stats().persisted == 10; }));
+
+  fs->set_full(true);
+  push("during");
+  ASSERT_TRUE(eventually([&] { return w.stats().dropped_no_space >= 10; }));
+  EXPECT_TRUE(w.stats().degraded);
+  EXPECT_GT(fs->failures(), 0u);
+  for (int i = 0; i < 5; ++i)
+    push("during");
+  ASSERT_TRUE(eventually([&] { return w.stats().dropped_no_space == 60; }));
+
+  fs->set_full(false);
+  // Writing resumes by itself: keep offering until a message is persisted.
+  ASSERT_TRUE(eventually([&] {
+    if (q.size() == 0) push("after");
+    return w.stats().persisted > 10;
+  }));
+  EXPECT_FALSE(w.stats().degraded);
+  w.stop();
+
+  // Nothing stored was corrupted: the store reopens with what was persisted.
+  uint64_t persisted = w.stats().persisted;
+  store.reset();
+  ASSERT_TRUE(Store::open(o, &store).ok());
+  std::vector<Committed> pending;
+  ASSERT_TRUE(store->scan_pending(0, 100000, &pending).ok());
+  EXPECT_EQ(pending.size(), persisted);
+  std::vector<StoredEvent> ev;
+  ASSERT_TRUE(store->read_trace("before", &ev).ok());
+  EXPECT_EQ(ev.size(), 10u);
+  ev.clear();
+  ASSERT_TRUE(store->read_trace("during", &ev).ok());
+  EXPECT_TRUE(ev.empty());
+}
+
+}  // namespace
+}  // namespace sidetrace::buffer

@@ -1,0 +1,142 @@
+// Event intake: receives protocol-v1 messages on a Unix stream socket, a Unix
+// datagram socket and UDP, validates each one fully (ipc::decode_message) and
+// hands the valid ones, in batches, to a bounded queue. See docs/protocol.md.
+//
+// Data path:
+//  - Unix stream: one session per connection reads into a StreamSplitter; every
+//    read yields at most one MessageBatch. A message over limits.max_message_bytes
+//    is skipped (kTooLarge) and the connection keeps going; bytes that are not
+//    msgpack close the connection (closed_garbage) after the messages before
+//    them have been queued.
+//  - Unix datagram and UDP: each datagram holds one or more whole messages;
+//    datagrams are received in batches with recvmmsg() and every recvmmsg()
+//    call yields at most one MessageBatch. A datagram larger than
+//    max_datagram_bytes is truncated by the kernel and rejected as kTooLarge;
+//    trailing bytes that are not a whole msgpack value are rejected as
+//    kMalformed, the messages before them kept.
+//
+// Overflow of the output queue (weight = sum of Message::weight()):
+//  - datagram and UDP batches are dropped whole (drop-newest) and their
+//    messages counted in queue_full_drops: datagram senders never wait;
+//  - a stream connection applies back-pressure: the session keeps its batch,
+//    stops reading (the kernel socket buffer then fills and the sender's writes
+//    block or fail with EAGAIN), and retries the push every
+//    `backpressure_retry` until the queue takes it. Each pause is counted in
+//    backpressure_pauses. Nothing from a stream is dropped, except a batch
+//    still held when the intake stops (counted in queue_full_drops).
+// Every refused message is counted per transport and reason, and logged at a
+// limited rate with reason, transport and detail.
+//
+// Socket files: parent directories are created; an existing socket file is
+// replaced only if nothing accepts a connection on it (a stale leftover); if a
+// live process answers, or the path is not a socket, start() fails. The file
+// gets `socket_mode` and is unlinked by stop() if it is still the one bound.
+//
+// Threading: handlers run on the io_context given at creation, which may be run
+// by one or several threads (each connection and each socket has its own
+// strand). stats() may be read from any thread at any time. start() and stop()
+// must be called from a thread running the io_context or while no thread runs
+// it. The queue and the clock must outlive the io_context's pending handlers.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <system_error>
+
+#include "common/bounded_queue.h"
+#include "common/clock.h"
+#include "ipc/event.h"
+#include "ipc/message.h"
+
+namespace sidetrace::ipc {
+
+// The documented UDP default: loopback only.
+inline constexpr std::string_view kDefaultUdpAddress = "127.0.0.1:7717";
+
+struct IntakeOptions {
+  // Where to listen. An empty string disables the transport (unless the
+  // matching *_fd is set).
+  std::string unix_stream;      // socket file path
+  std::string unix_dgram;       // socket file path
+  std::string udp;              // "HOST:PORT", "[V6]:PORT"; port 0 picks a free port
+  uint32_t socket_mode = 0660;  // permissions of the socket files
+  int rcvbuf_bytes = 0;         // SO_RCVBUF of the datagram and UDP sockets; 0: system default
+  DecodeLimits limits;
+  size_t max_connections = 1024;          // further stream connections are closed and counted
+  size_t conn_buffer_bytes = 64 * 1024;   // read size per stream connection; its buffer stays
+                                          // below limits.max_message_bytes + this
+  size_t max_datagram_bytes = 64 * 1024;  // largest datagram accepted whole
+  size_t recv_batch = 32;                 // datagrams per recvmmsg() call
+  std::chrono::milliseconds backpressure_retry{2};
+  // Already-bound sockets to adopt instead of creating one (e.g. from systemd
+  // socket activation): a listening AF_UNIX stream socket, a bound AF_UNIX
+  // datagram socket, a bound UDP socket. -1: none. The intake takes ownership
+  // and never unlinks an adopted socket's file.
+  int stream_fd = -1;
+  int dgram_fd = -1;
+  int udp_fd = -1;
+};
+
+// Counters of one transport. Monotonic unless noted; relaxed atomics.
+struct TransportStats {
+  std::atomic<uint64_t> received{0};  // messages seen: accepted + rejected
+  std::atomic<uint64_t> accepted{0};  // validated and queued
+  std::array<std::atomic<uint64_t>, static_cast<size_t>(Reject::kCount_)> rejected{};
+  std::atomic<uint64_t> bytes{0};             // bytes read
+  std::atomic<uint64_t> datagrams{0};         // datagrams read (datagram transports)
+  std::atomic<uint64_t> connections_open{0};  // gauge (stream)
+  std::atomic<uint64_t> connections_total{0};
+  std::atomic<uint64_t> connections_refused{0};  // over max_connections
+  std::atomic<uint64_t> closed_garbage{0};       // closed for bytes that are not msgpack
+  std::atomic<uint64_t> queue_full_drops{0};     // valid messages dropped on a full queue
+  std::atomic<uint64_t> backpressure_pauses{0};  // stream reads paused on a full queue
+  std::atomic<uint64_t> kernel_drops{0};         // datagrams the kernel dropped (SO_RXQ_OVFL)
+  std::atomic<uint64_t> read_errors{0};          // socket errors other than a normal close
+
+  uint64_t rejected_of(Reject r) const {
+    return rejected[static_cast<size_t>(r)].load(std::memory_order_relaxed);
+  }
+  uint64_t rejected_total() const {
+    uint64_t n = 0;
+    for (const auto& r : rejected)
+      n += r.load(std::memory_order_relaxed);
+    return n;
+  }
+};
+
+struct IntakeStats {
+  std::array<TransportStats, 3> transport;
+  const TransportStats& of(Transport t) const { return transport[static_cast<size_t>(t)]; }
+  TransportStats& of(Transport t) { return transport[static_cast<size_t>(t)]; }
+};
+
+class Intake {
+ public:
+  virtual ~Intake() = default;
+
+  // Never throws; nothing is opened before start(). `out` and `clock` are
+  // borrowed (see the threading note above).
+  static std::unique_ptr<Intake> create(boost::asio::io_context& ioc, IntakeOptions options,
+                                        BoundedQueue<MessageBatch>& out, const Clock& clock);
+
+  // Opens every enabled transport and starts receiving. On failure nothing is
+  // left open, and `err` (if given) names the transport and the cause.
+  virtual std::error_code start(std::string* err) = 0;
+
+  // Closes every socket and connection and unlinks the socket files this
+  // intake created. Idempotent; also done by the destructor.
+  virtual void stop() = 0;
+
+  virtual const IntakeStats& stats() const = 0;
+
+  // The bound UDP port (useful with port 0); 0 when UDP is off.
+  virtual uint16_t udp_port() const = 0;
+};
+
+}  // namespace sidetrace::ipc

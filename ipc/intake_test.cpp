@@ -1,0 +1,481 @@
+#include "ipc/intake.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <boost/asio/post.hpp>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "ipc/test_support.h"
+
+namespace sidetrace::ipc {
+namespace {
+
+namespace asio = boost::asio;
+using namespace std::chrono_literals;
+
+// Polls `cond` until it holds or the deadline passes.
+bool eventually(const std::function<bool()>& cond, std::chrono::milliseconds limit = 10s) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!cond()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+sockaddr_un unix_addr(const std::string& path) {
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::memcpy(a.sun_path, path.data(), path.size());
+  return a;
+}
+
+int connect_unix(const std::string& path, int type = SOCK_STREAM) {
+  int fd = ::socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
+  auto a = unix_addr(path);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+void write_all(int fd, std::string_view data) {
+  while (!data.empty()) {
+    ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    ASSERT_GT(n, 0) << std::strerror(errno);
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+}
+
+void send_udp(uint16_t port, std::string_view data) {
+  int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::sendto(fd, data.data(), data.size(), 0, reinterpret_cast<sockaddr*>(&a), sizeof a),
+            static_cast<ssize_t>(data.size()));
+  ::close(fd);
+}
+
+void send_dgram(const std::string& path, std::string_view data) {
+  int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  auto a = unix_addr(path);
+  ASSERT_EQ(::sendto(fd, data.data(), data.size(), 0, reinterpret_cast<sockaddr*>(&a), sizeof a),
+            static_cast<ssize_t>(data.size()))
+      << std::strerror(errno);
+  ::close(fd);
+}
+
+class IntakeTest : public ::testing::Test {
+ protected:
+  IntakeTest() {
+    char tmpl[] = "/tmp/st-ipc-XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+  }
+  ~IntakeTest() override {
+    stop();
+    std::filesystem::remove_all(dir_);
+  }
+
+  IntakeOptions options() {
+    IntakeOptions o;
+    o.unix_stream = dir_ + "/run/stream.sock";
+    o.unix_dgram = dir_ + "/run/dgram.sock";
+    o.udp = "127.0.0.1:0";
+    return o;
+  }
+
+  void start(IntakeOptions o, size_t queue_bytes = 0) {
+    if (queue_bytes > 0) queue_ = std::make_unique<BoundedQueue<MessageBatch>>(queue_bytes);
+    opts_ = o;
+    intake_ = Intake::create(ioc_, std::move(o), *queue_, clock_);
+    std::string err;
+    ASSERT_FALSE(intake_->start(&err)) << err;
+    thread_ = std::thread([this] { ioc_.run(); });
+  }
+
+  void stop() {
+    if (!thread_.joinable()) return;
+    asio::post(ioc_, [this] { intake_->stop(); });
+    thread_.join();
+  }
+
+  // Collects messages from the queue until `n` have arrived or time is up.
+  std::vector<Message> take(size_t n, std::chrono::milliseconds limit = 10s) {
+    std::vector<Message> out;
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (out.size() < n && std::chrono::steady_clock::now() < deadline) {
+      std::vector<MessageBatch> batches;
+      queue_->pop_all(batches, 20ms);
+      for (auto& b : batches) {
+        for (auto& m : b)
+          out.push_back(std::move(m));
+      }
+    }
+    return out;
+  }
+
+  const TransportStats& st(Transport t) { return intake_->stats().of(t); }
+
+  std::string dir_;
+  ManualClock clock_;
+  asio::io_context ioc_;
+  std::unique_ptr<BoundedQueue<MessageBatch>> queue_ =
+      std::make_unique<BoundedQueue<MessageBatch>>(64 << 20);
+  IntakeOptions opts_;
+  std::unique_ptr<Intake> intake_;
+  std::thread thread_;
+};
+
+std::string msg(uint64_t n) {
+  return testing::realistic_event(n, 300);
+}
+
+std::vector<std::string> every_kind() {
+  using testing::MapBuilder;
+  auto base = [](std::string_view k) {
+    MapBuilder b;
+    b.uint("v", 1).str("kind", k).str("trace_id", "abc");
+    return b;
+  };
+  return {base("trace").str("session_id", "s").build(),
+          base("start").str("id", "e1").str("type", "TOOL").build(),
+          base("end").str("id", "e1").build(), msg(1), base("feedback").dbl("score", 1).build()};
+}
+
+TEST_F(IntakeTest, EveryKindThroughEveryTransport) {
+  start(options());
+  const auto kinds = every_kind();
+  std::string all;
+  for (auto& k : kinds)
+    all += k;
+  int fd = connect_unix(opts_.unix_stream);
+  ASSERT_GE(fd, 0);
+  write_all(fd, all);
+  send_dgram(opts_.unix_dgram, all);  // several messages in one datagram
+  send_udp(intake_->udp_port(), all);
+  auto got = take(15);
+  ::close(fd);
+  ASSERT_EQ(got.size(), 15u);
+  size_t per_kind[5] = {};
+  for (auto& m : got) {
+    ++per_kind[static_cast<size_t>(m.kind)];
+    if (m.kind != Kind::kEvent) {
+      EXPECT_EQ(m.trace_id, "abc");
+    }
+    EXPECT_EQ(m.recv_ns, clock_.now_ns());
+    EXPECT_NE(std::find(kinds.begin(), kinds.end(), m.raw), kinds.end());
+  }
+  for (size_t k : per_kind)
+    EXPECT_EQ(k, 3u);
+  for (auto t : {Transport::kUnixStream, Transport::kUnixDgram, Transport::kUdp}) {
+    EXPECT_TRUE(eventually([&] { return st(t).accepted == 5; })) << transport_name(t);
+    EXPECT_EQ(st(t).received.load(), 5u);
+    EXPECT_EQ(st(t).bytes.load(), all.size());
+  }
+  EXPECT_EQ(st(Transport::kUnixDgram).datagrams.load(), 1u);
+  EXPECT_EQ(st(Transport::kUdp).datagrams.load(), 1u);
+  EXPECT_TRUE(eventually([&] { return st(Transport::kUnixStream).connections_open == 0; }));
+  EXPECT_EQ(st(Transport::kUnixStream).connections_total.load(), 1u);
+}
+
+TEST_F(IntakeTest, ManyConnectionsWritingInTinyPieces) {
+  start(options());
+  constexpr int kConns = 24, kPerConn = 40;
+  std::vector<std::thread> senders;
+  for (int c = 0; c < kConns; ++c) {
+    senders.emplace_back([&, c] {
+      int fd = connect_unix(opts_.unix_stream);
+      ASSERT_GE(fd, 0);
+      std::string stream;
+      for (int i = 0; i < kPerConn; ++i)
+        stream += msg(static_cast<uint64_t>(c * 1000 + i));
+      // Pieces of 1..13 bytes: messages are split at every kind of boundary.
+      size_t pos = 0, piece = 1 + static_cast<size_t>(c) % 13;
+      while (pos < stream.size()) {
+        write_all(fd, std::string_view(stream).substr(pos, piece));
+        pos += piece;
+        piece = piece % 13 + 1;
+      }
+      ::close(fd);
+    });
+  }
+  for (auto& t : senders)
+    t.join();
+  auto got = take(kConns * kPerConn);
+  EXPECT_EQ(got.size(), static_cast<size_t>(kConns * kPerConn));
+  std::set<std::string> ids;
+  for (auto& m : got)
+    ids.insert(m.id);
+  EXPECT_EQ(ids.size(), static_cast<size_t>(kConns * kPerConn));
+  EXPECT_EQ(st(Transport::kUnixStream).connections_total.load(), static_cast<uint64_t>(kConns));
+  EXPECT_EQ(st(Transport::kUnixStream).rejected_total(), 0u);
+}
+
+TEST_F(IntakeTest, GarbageClosesTheStreamAndKeepsEarlierMessages) {
+  start(options());
+  int fd = connect_unix(opts_.unix_stream);
+  write_all(fd, msg(1) + msg(2) + std::string("\xc1\xc1 not msgpack") + msg(3));
+  // The agent closes the connection: the client reads EOF.
+  char c;
+  pollfd p{fd, POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 10000), 1);
+  EXPECT_LE(::recv(fd, &c, 1, 0), 0);
+  ::close(fd);
+  auto got = take(2);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].raw, msg(1));
+  EXPECT_EQ(got[1].raw, msg(2));
+  EXPECT_EQ(st(Transport::kUnixStream).closed_garbage.load(), 1u);
+  EXPECT_EQ(st(Transport::kUnixStream).rejected_of(Reject::kMalformed), 1u);
+}
+
+TEST_F(IntakeTest, FloodOfOversizedAndRandomBytesLeavesTheIntakeServing) {
+  IntakeOptions o = options();
+  o.limits.max_message_bytes = 4096;
+  o.conn_buffer_bytes = 4096;
+  o.max_datagram_bytes = 2048;
+  start(o);
+  std::mt19937_64 rng(11);
+  const std::string big = testing::MapBuilder().str("blob", std::string(100'000, 'b')).build();
+  std::vector<std::thread> flooders;
+  for (int c = 0; c < 6; ++c) {
+    flooders.emplace_back([&, c] {
+      int fd = connect_unix(opts_.unix_stream);
+      std::mt19937_64 r(static_cast<uint64_t>(c));
+      for (int i = 0; i < 20; ++i) {
+        if (c % 2 == 0) {
+          if (::send(fd, big.data(), big.size(), MSG_NOSIGNAL) < 0) break;  // closed: fine
+        } else {
+          std::string junk(8192, '\0');
+          for (auto& ch : junk)
+            ch = static_cast<char>(r());
+          if (::send(fd, junk.data(), junk.size(), MSG_NOSIGNAL) < 0) break;
+        }
+      }
+      ::close(fd);
+    });
+  }
+  for (int i = 0; i < 50; ++i) {
+    std::string junk(1 + rng() % 1500, '\0');
+    for (auto& ch : junk)
+      ch = static_cast<char>(rng());
+    send_udp(intake_->udp_port(), junk);
+    send_dgram(opts_.unix_dgram, junk);
+  }
+  send_udp(intake_->udp_port(), std::string(4000, 'x'));  // over max_datagram_bytes
+  for (auto& t : flooders)
+    t.join();
+  const auto& s = st(Transport::kUnixStream);
+  EXPECT_TRUE(eventually([&] { return s.connections_open == 0; }));
+  EXPECT_GE(s.rejected_of(Reject::kTooLarge), 20u);  // every oversized message counted
+  EXPECT_EQ(st(Transport::kUdp).datagrams.load(), 51u);
+  EXPECT_GE(st(Transport::kUdp).rejected_of(Reject::kTooLarge), 1u);
+  EXPECT_GT(st(Transport::kUdp).rejected_total(), 0u);
+  // Nothing from the flood was a valid message; a good one afterwards is.
+  int fd = connect_unix(opts_.unix_stream);
+  write_all(fd, msg(77));
+  send_udp(intake_->udp_port(), msg(78));
+  send_dgram(opts_.unix_dgram, msg(79));
+  auto got = take(3);
+  ::close(fd);
+  std::set<std::string> ids;
+  for (auto& m : got)
+    ids.insert(m.raw);
+  EXPECT_EQ(ids, (std::set<std::string>{msg(77), msg(78), msg(79)}));
+}
+
+TEST_F(IntakeTest, StaleSocketIsReplacedLiveOneRefused) {
+  IntakeOptions o = options();
+  std::filesystem::create_directories(dir_ + "/run");
+  // A stale socket file: bound, then its owner went away without unlinking.
+  for (const auto& [path, type] :
+       {std::pair{o.unix_stream, SOCK_STREAM}, {o.unix_dgram, SOCK_DGRAM}}) {
+    int fd = ::socket(AF_UNIX, type, 0);
+    auto a = unix_addr(path);
+    ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    ::close(fd);
+    ASSERT_TRUE(std::filesystem::exists(path));
+  }
+  start(o);
+  int fd = connect_unix(o.unix_stream);
+  ASSERT_GE(fd, 0);
+  write_all(fd, msg(5));
+  send_dgram(o.unix_dgram, msg(6));
+  EXPECT_EQ(take(2).size(), 2u);
+  ::close(fd);
+
+  // A second intake on the same live paths must refuse to start.
+  for (bool stream : {true, false}) {
+    IntakeOptions o2;
+    (stream ? o2.unix_stream : o2.unix_dgram) = stream ? o.unix_stream : o.unix_dgram;
+    asio::io_context ioc2;
+    BoundedQueue<MessageBatch> q2(1 << 20);
+    auto second = Intake::create(ioc2, o2, q2, clock_);
+    std::string err;
+    EXPECT_TRUE(second->start(&err));
+    EXPECT_NE(err.find("in use"), std::string::npos) << err;
+  }
+  // The live intake is unaffected, and stop() removes its files.
+  send_dgram(o.unix_dgram, msg(7));
+  EXPECT_EQ(take(1).size(), 1u);
+  stop();
+  EXPECT_FALSE(std::filesystem::exists(o.unix_stream));
+  EXPECT_FALSE(std::filesystem::exists(o.unix_dgram));
+}
+
+TEST_F(IntakeTest, RefusesToReplaceAFileThatIsNotASocket) {
+  IntakeOptions o;
+  o.unix_stream = dir_ + "/plain";
+  std::ofstream(o.unix_stream) << "keep me";
+  auto intake = Intake::create(ioc_, o, *queue_, clock_);
+  std::string err;
+  EXPECT_TRUE(intake->start(&err));
+  EXPECT_NE(err.find("not a socket"), std::string::npos) << err;
+  EXPECT_TRUE(std::filesystem::exists(o.unix_stream));
+}
+
+TEST_F(IntakeTest, SocketModeIsApplied) {
+  IntakeOptions o = options();
+  o.socket_mode = 0600;
+  start(o);
+  struct stat s1, s2;
+  ASSERT_EQ(::stat(o.unix_stream.c_str(), &s1), 0);
+  ASSERT_EQ(::stat(o.unix_dgram.c_str(), &s2), 0);
+  EXPECT_EQ(s1.st_mode & 0777, 0600u);
+  EXPECT_EQ(s2.st_mode & 0777, 0600u);
+}
+
+TEST_F(IntakeTest, FullQueueDropsDatagramsAndCountsThem) {
+  IntakeOptions o = options();
+  o.unix_stream.clear();
+  start(o, /*queue_bytes=*/1);  // holds one batch at a time
+  constexpr int kN = 40;
+  for (int i = 0; i < kN; ++i) {
+    send_udp(intake_->udp_port(), msg(static_cast<uint64_t>(i)));
+    send_dgram(opts_.unix_dgram, msg(static_cast<uint64_t>(i)));
+  }
+  for (auto t : {Transport::kUdp, Transport::kUnixDgram}) {
+    const auto& s = st(t);
+    ASSERT_TRUE(eventually([&] {
+      return s.accepted + s.queue_full_drops + s.kernel_drops == static_cast<uint64_t>(kN);
+    })) << transport_name(t)
+        << " accepted=" << s.accepted << " drops=" << s.queue_full_drops;
+    EXPECT_GT(s.queue_full_drops.load(), 0u);
+  }
+  EXPECT_EQ(take(1000, 200ms).size(),
+            st(Transport::kUdp).accepted + st(Transport::kUnixDgram).accepted);
+}
+
+TEST_F(IntakeTest, FullQueuePausesAStreamWithoutLosingAnything) {
+  IntakeOptions o = options();
+  o.unix_dgram.clear();
+  o.udp.clear();
+  o.conn_buffer_bytes = 1024;
+  start(o, /*queue_bytes=*/4096);
+  constexpr int kN = 300;
+  std::thread sender([&] {
+    int fd = connect_unix(opts_.unix_stream);
+    for (int i = 0; i < kN; ++i)
+      write_all(fd, msg(static_cast<uint64_t>(i)));
+    ::close(fd);
+  });
+  const auto& s = st(Transport::kUnixStream);
+  ASSERT_TRUE(eventually([&] { return s.backpressure_pauses > 0; }));
+  auto got = take(kN);
+  sender.join();
+  ASSERT_EQ(got.size(), static_cast<size_t>(kN));
+  for (int i = 0; i < kN; ++i)
+    EXPECT_EQ(got[static_cast<size_t>(i)].raw, msg(static_cast<uint64_t>(i)));
+  EXPECT_TRUE(eventually([&] { return s.accepted == static_cast<uint64_t>(kN); }));
+  EXPECT_EQ(s.queue_full_drops.load(), 0u);
+}
+
+TEST_F(IntakeTest, RejectionsAreCountedPerReason) {
+  start(options());
+  using testing::MapBuilder;
+  send_udp(intake_->udp_port(), testing::pack(std::vector<int>{1}));
+  send_udp(intake_->udp_port(),
+           MapBuilder().uint("v", 9).str("kind", "trace").str("trace_id", "t").build());
+  send_udp(intake_->udp_port(),
+           MapBuilder().uint("v", 1).str("kind", "nope").str("trace_id", "t").build());
+  send_udp(intake_->udp_port(), msg(1) + "\xc1");
+  const auto& s = st(Transport::kUdp);
+  ASSERT_TRUE(eventually([&] { return s.received == 5; }));
+  EXPECT_EQ(s.rejected_of(Reject::kNotMap), 1u);
+  EXPECT_EQ(s.rejected_of(Reject::kBadVersion), 1u);
+  EXPECT_EQ(s.rejected_of(Reject::kBadKind), 1u);
+  EXPECT_EQ(s.rejected_of(Reject::kMalformed), 1u);
+  EXPECT_EQ(s.accepted.load(), 1u);
+}
+
+TEST_F(IntakeTest, ConnectionsOverTheLimitAreRefused) {
+  IntakeOptions o = options();
+  o.max_connections = 2;
+  start(o);
+  int a = connect_unix(o.unix_stream), b = connect_unix(o.unix_stream);
+  const auto& s = st(Transport::kUnixStream);
+  ASSERT_TRUE(eventually([&] { return s.connections_open == 2; }));
+  int c = connect_unix(o.unix_stream);
+  ASSERT_TRUE(eventually([&] { return s.connections_refused == 1; }));
+  char ch;
+  pollfd p{c, POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 10000), 1);
+  EXPECT_LE(::recv(c, &ch, 1, 0), 0);
+  for (int fd : {a, b, c})
+    ::close(fd);
+}
+
+TEST_F(IntakeTest, AdoptsAlreadyBoundSockets) {
+  IntakeOptions o;
+  const std::string path = dir_ + "/adopted.sock";
+  int lfd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  auto a = unix_addr(path);
+  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(lfd, 16), 0);
+  int ufd = ::socket(AF_INET, SOCK_DGRAM, 0);
+  sockaddr_in in{};
+  in.sin_family = AF_INET;
+  in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(ufd, reinterpret_cast<sockaddr*>(&in), sizeof in), 0);
+  o.stream_fd = lfd;
+  o.udp_fd = ufd;
+  start(o);
+  ASSERT_NE(intake_->udp_port(), 0);
+  int fd = connect_unix(path);
+  write_all(fd, msg(1));
+  send_udp(intake_->udp_port(), msg(2));
+  EXPECT_EQ(take(2).size(), 2u);
+  ::close(fd);
+  stop();
+  EXPECT_TRUE(std::filesystem::exists(path));  // an adopted socket's file is not ours
+}
+
+TEST_F(IntakeTest, BadUdpAddressFailsAtStart) {
+  IntakeOptions o;
+  o.udp = "127.0.0.1";
+  auto intake = Intake::create(ioc_, o, *queue_, clock_);
+  std::string err;
+  EXPECT_TRUE(intake->start(&err));
+  EXPECT_NE(err.find("udp"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace sidetrace::ipc

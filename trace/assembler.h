@@ -1,0 +1,152 @@
+// The trace assembler: decides when a trace is finished and emits it, as a
+// new revision, into the store's outbox.
+//
+// It learns about committed messages from the writer (on_committed(), fed by
+// buffer::Writer's sink) and keeps a bounded in-memory index of open traces:
+// first and last activity, the highest seq seen, and a deadline, in a timer
+// order. The durable `pending` column family is the truth; the index is only
+// a cache of it, rebuilt by recover() at start and by a rescan whenever
+// notifications were lost (queue overflow) or entries were spilled (index
+// full).
+//
+// Rules, with the injected Clock (wall-clock readings, ns):
+//   - a trace quiet for `quiet_period` is read from the store and built with
+//     trace::build_trace(); it is emitted when complete, or at once when it was
+//     emitted before (a late message: revision + 1 of the whole trace);
+//   - otherwise it waits for more messages, or until `max_open` after its
+//     first message, then is emitted with unfinished events marked;
+//   - emitting = one atomic store write (buffer::Store::emit): outbox entry,
+//     trace state, retention index, deletion of the folded pending entries;
+//   - a trace's events are kept `retain` after its last emission, then
+//     deleted (the small state record stays `forget_after` more); a late
+//     message for such a trace yields a revision with what is known, marked
+//     partial.
+//
+// Driving: poll() does one round of work (take notifications, emit due
+// traces, retention) and never sleeps; tests call it with a ManualClock.
+// start() runs poll() on an owned thread, waking on notifications or every
+// `tick`.
+//
+// Thread safety: on_committed() and stats() may be called from any thread;
+// recover()/poll() from one thread at a time, and not while start()ed.
+// Errors: store errors are counted, logged (rate limited) and retried on a
+// later round; nothing is lost, since pending stays until an emission commits.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <set>
+#include <span>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "buffer/store.h"
+#include "common/bounded_queue.h"
+#include "common/clock.h"
+#include "common/rate_limited_log.h"
+
+namespace sidetrace::trace {
+
+struct AssemblerOptions {
+  std::chrono::milliseconds quiet_period{1000};  // trace.quiet_period_ms
+  std::chrono::seconds max_open{600};            // trace.max_open_s
+  std::chrono::seconds retain{86400};            // trace.retain_s
+  // How long the state record (last revision) of a trace whose events were
+  // deleted is kept, so that a very late message still gets revision + 1.
+  std::chrono::seconds forget_after{7 * 86400};
+  size_t max_open_traces = 100000;  // bound of the in-memory index
+  // Bound of the notification queue (bytes); overflow = drop + rescan.
+  size_t queue_bytes = 16 << 20;
+  // A failed emission or a rescan need is retried this often.
+  std::chrono::milliseconds retry_interval{1000};
+  // Retention runs at most this often, deleting at most `expire_batch` traces.
+  std::chrono::milliseconds retention_interval{10000};
+  size_t expire_batch = 1000;
+  std::chrono::milliseconds tick{100};  // the owned thread's longest sleep
+};
+
+struct AssemblerStats {
+  uint64_t notifications = 0;          // committed messages received
+  uint64_t notifications_dropped = 0;  // queue overflow (triggers a rescan)
+  uint64_t rescans = 0;
+  uint64_t spilled = 0;             // open traces dropped from memory (index full)
+  uint64_t open_traces = 0;         // in the index now
+  uint64_t emitted = 0;             // revisions emitted
+  uint64_t emitted_unfinished = 0;  // ... of which at max_open with open events
+  uint64_t emitted_partial = 0;     // ... of which missing retention-deleted events
+  uint64_t late_revisions = 0;      // ... of which revision > 1
+  uint64_t store_errors = 0;
+};
+
+class Assembler {
+ public:
+  // Borrows `store` and `clock`; they must outlive the assembler.
+  Assembler(buffer::Store& store, const Clock& clock, AssemblerOptions options = {});
+  ~Assembler();  // stops
+
+  Assembler(const Assembler&) = delete;
+  Assembler& operator=(const Assembler&) = delete;
+
+  // Called by the writer after each commit. Never blocks: on overflow the
+  // notifications are dropped (counted) and a rescan of pending is scheduled.
+  void on_committed(std::span<const buffer::Committed> committed);
+
+  // Rebuilds the index from the store's pending entries. Call once before
+  // poll()/start() after opening the store.
+  buffer::Status recover();
+
+  // One round of work; returns the number of revisions emitted.
+  size_t poll();
+
+  void start();
+  void stop();
+
+  AssemblerStats stats() const;
+
+ private:
+  struct Open {
+    uint64_t first_ns = 0;     // earliest receive time of its unemitted messages
+    uint64_t last_ns = 0;      // latest receive time of its messages
+    uint64_t max_seq = 0;      // highest seq notified
+    uint64_t deadline_ns = 0;  // next look at it
+  };
+
+  void take(const buffer::Committed& c, uint64_t now);
+  void schedule(const std::string& trace_id, Open& o, uint64_t deadline);
+  void forget(const std::string& trace_id);
+  bool rescan(uint64_t now);
+  // Looks at a due trace; true when a revision was emitted.
+  bool process(const std::string& trace_id, uint64_t now);
+  void store_error(const buffer::Status& s, const char* what);
+
+  buffer::Store& store_;
+  const Clock& clock_;
+  const AssemblerOptions opts_;
+  RateLimitedLog log_;
+
+  BoundedQueue<std::vector<buffer::Committed>> queue_;
+  std::atomic<bool> resync_{false};
+
+  // Owned by the polling thread.
+  std::unordered_map<std::string, Open> open_;
+  std::set<std::pair<uint64_t, std::string>> timers_;  // (deadline, trace_id)
+  std::set<std::pair<uint64_t, std::string>> age_;     // (first_ns, trace_id)
+  bool spilled_ = false;
+  bool need_rescan_ = false;
+  uint64_t next_rescan_ns_ = 0;
+  uint64_t next_retention_ns_ = 0;
+  std::vector<std::vector<buffer::Committed>> inbox_;
+
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+
+  std::atomic<uint64_t> notifications_{0}, notifications_dropped_{0}, rescans_{0}, spilled_n_{0},
+      open_n_{0}, emitted_{0}, emitted_unfinished_{0}, emitted_partial_{0}, late_{0},
+      store_errors_{0};
+};
+
+}  // namespace sidetrace::trace

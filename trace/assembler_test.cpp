@@ -1,0 +1,278 @@
+#include "trace/assembler.h"
+
+#include <gtest/gtest.h>
+#include <msgpack.hpp>
+#include <nlohmann/json.hpp>
+
+#include <map>
+
+#include "buffer/testing/temp_dir.h"
+#include "common/clock.h"
+
+namespace sidetrace::trace {
+namespace {
+
+using namespace std::chrono_literals;
+using buffer::testing::TempDir;
+using json = nlohmann::json;
+
+// A protocol-v1 message: {v:1, kind, trace_id, id?, type?, <extra string keys>}.
+std::string pack(const std::string& kind, const std::string& trace_id, const std::string& id,
+                 std::map<std::string, std::string> extra = {}) {
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk(buf);
+  size_t n = 3 + (id.empty() ? 0 : 1) + (kind == "start" || kind == "event" ? 1 : 0) + extra.size();
+  pk.pack_map(static_cast<uint32_t>(n));
+  pk.pack("v");
+  pk.pack(1);
+  pk.pack("kind");
+  pk.pack(kind);
+  pk.pack("trace_id");
+  pk.pack(trace_id);
+  if (!id.empty()) {
+    pk.pack("id");
+    pk.pack(id);
+  }
+  if (kind == "start" || kind == "event") {
+    pk.pack("type");
+    pk.pack("TOOL");
+  }
+  for (const auto& [k, v] : extra) {
+    pk.pack(k);
+    pk.pack(v);
+  }
+  return std::string(buf.data(), buf.size());
+}
+
+class AssemblerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    opts_.quiet_period = 1000ms;
+    opts_.max_open = 600s;
+    opts_.retain = 3600s;
+    opts_.forget_after = 7200s;
+    opts_.retention_interval = 1s;
+    reopen();
+  }
+
+  void reopen() {
+    assembler_.reset();
+    store_.reset();
+    buffer::StoreOptions so;
+    so.data_dir = dir_.str();
+    so.sync = buffer::SyncMode::kOs;
+    so.clock = &clock_;
+    ASSERT_TRUE(buffer::Store::open(so, &store_).ok());
+    store_->set_outbox_listener([this] { ++listener_calls_; });
+    assembler_ = std::make_unique<Assembler>(*store_, clock_, opts_);
+    ASSERT_TRUE(assembler_->recover().ok());
+  }
+
+  // Persists messages as the writer does and notifies the assembler.
+  void send(std::vector<std::string> raws, const std::string& trace_id, bool notify = true) {
+    std::vector<ipc::Message> msgs;
+    for (auto& r : raws) {
+      ipc::Message m;
+      m.trace_id = trace_id;
+      m.raw = std::move(r);
+      m.recv_ns = clock_.now_ns();
+      msgs.push_back(std::move(m));
+    }
+    std::vector<buffer::Committed> committed;
+    ASSERT_TRUE(store_->append(msgs, &committed).ok());
+    if (notify) assembler_->on_committed(committed);
+  }
+
+  std::vector<buffer::OutboxEntry> outbox() {
+    std::vector<buffer::OutboxEntry> out;
+    EXPECT_TRUE(store_->read_outbox(0, 100000, SIZE_MAX, &out).ok());
+    return out;
+  }
+
+  void advance_and_poll(std::chrono::nanoseconds d) {
+    clock_.advance(d);
+    assembler_->poll();
+  }
+
+  ManualClock clock_;
+  TempDir dir_;
+  AssemblerOptions opts_;
+  std::unique_ptr<buffer::Store> store_;
+  std::unique_ptr<Assembler> assembler_;
+  int listener_calls_ = 0;
+};
+
+TEST_F(AssemblerTest, CompleteTraceIsEmittedAfterTheQuietPeriod) {
+  send({pack("trace", "t1", ""), pack("start", "t1", "e1")}, "t1");
+  advance_and_poll(500ms);
+  send({pack("end", "t1", "e1")}, "t1");
+  advance_and_poll(900ms);  // quiet for 900 ms only
+  EXPECT_TRUE(outbox().empty());
+  advance_and_poll(100ms);
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 1u);
+  EXPECT_EQ(ob[0].trace_id, "t1");
+  EXPECT_EQ(ob[0].revision, 1u);
+  EXPECT_EQ(listener_calls_, 1);
+  json doc = json::parse(ob[0].document);
+  EXPECT_EQ(doc["revision"], 1);
+  EXPECT_EQ(doc["status"], "ok");
+  EXPECT_EQ(doc["partial"], false);
+  std::vector<buffer::Committed> pending;
+  ASSERT_TRUE(store_->scan_pending(0, 100, &pending).ok());
+  EXPECT_TRUE(pending.empty());
+  EXPECT_EQ(assembler_->stats().open_traces, 0u);
+  // Nothing more happens later.
+  advance_and_poll(10s);
+  EXPECT_EQ(outbox().size(), 1u);
+}
+
+TEST_F(AssemblerTest, IncompleteTraceWaitsThenEmitsUnfinishedAtMaxOpen) {
+  send({pack("start", "t", "a"), pack("start", "t", "b"), pack("end", "t", "a")}, "t");
+  advance_and_poll(2s);
+  EXPECT_TRUE(outbox().empty());
+  advance_and_poll(500s);
+  EXPECT_TRUE(outbox().empty());
+  advance_and_poll(98s);  // 600 s after the first message
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 1u);
+  json doc = json::parse(ob[0].document);
+  EXPECT_EQ(doc["status"], "unfinished");
+  EXPECT_EQ(assembler_->stats().emitted_unfinished, 1u);
+  // The missing end arrives: revision 2, complete.
+  send({pack("end", "t", "b")}, "t");
+  advance_and_poll(1s);
+  ob = outbox();
+  ASSERT_EQ(ob.size(), 2u);
+  EXPECT_EQ(ob[1].revision, 2u);
+  EXPECT_EQ(json::parse(ob[1].document)["status"], "ok");
+}
+
+TEST_F(AssemblerTest, ACompletingMessageEndsTheWaitEarly) {
+  send({pack("start", "t", "a")}, "t");
+  advance_and_poll(5s);
+  EXPECT_TRUE(outbox().empty());
+  send({pack("end", "t", "a")}, "t");
+  advance_and_poll(1s);
+  EXPECT_EQ(outbox().size(), 1u);
+}
+
+TEST_F(AssemblerTest, LateFeedbackProducesRevisionTwoOfTheWholeTrace) {
+  send({pack("event", "t", "e1")}, "t");
+  advance_and_poll(1s);
+  ASSERT_EQ(outbox().size(), 1u);
+  advance_and_poll(300s);
+  send({pack("feedback", "t", "", {{"tag", "thumbs"}, {"text", "great"}})}, "t");
+  advance_and_poll(1s);
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 2u);
+  EXPECT_EQ(ob[1].revision, 2u);
+  json doc = json::parse(ob[1].document);
+  EXPECT_EQ(doc["revision"], 2);
+  EXPECT_EQ(doc["events"].size(), 1u);  // the whole trace, not just the feedback
+  ASSERT_EQ(doc["feedback"].size(), 1u);
+  EXPECT_EQ(doc["partial"], false);
+  EXPECT_EQ(assembler_->stats().late_revisions, 1u);
+}
+
+TEST_F(AssemblerTest, AfterRetentionALateMessageGivesAPartialRevision) {
+  send({pack("event", "t", "e1")}, "t");
+  advance_and_poll(1s);
+  ASSERT_EQ(outbox().size(), 1u);
+  advance_and_poll(3601s);  // retention passed: events deleted
+  std::vector<buffer::StoredEvent> ev;
+  ASSERT_TRUE(store_->read_trace("t", &ev).ok());
+  EXPECT_TRUE(ev.empty());
+  buffer::TraceState st;
+  ASSERT_TRUE(store_->get_state("t", &st).ok());
+  EXPECT_TRUE(st.events_deleted);
+  send({pack("feedback", "t", "", {{"tag", "late"}})}, "t");
+  advance_and_poll(1s);
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 2u);
+  EXPECT_EQ(ob[1].revision, 2u);
+  json doc = json::parse(ob[1].document);
+  EXPECT_EQ(doc["partial"], true);
+  EXPECT_EQ(doc["feedback"].size(), 1u);
+  EXPECT_EQ(assembler_->stats().emitted_partial, 1u);
+  // After retention and the keep time the state record is forgotten.
+  advance_and_poll(3601s);
+  advance_and_poll(7201s);
+  EXPECT_TRUE(store_->get_state("t", &st).IsNotFound());
+}
+
+TEST_F(AssemblerTest, RestartInTheMiddleEmitsOnceFromPending) {
+  send({pack("start", "t", "a"), pack("end", "t", "a")}, "t");
+  send({pack("start", "u", "a")}, "u");
+  advance_and_poll(200ms);
+  reopen();  // the in-memory index is gone; pending is not
+  EXPECT_EQ(assembler_->stats().open_traces, 2u);
+  advance_and_poll(1s);
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 1u);
+  EXPECT_EQ(ob[0].trace_id, "t");
+  reopen();
+  advance_and_poll(10s);
+  EXPECT_EQ(outbox().size(), 1u);  // t is not emitted again
+  send({pack("end", "u", "a")}, "u");
+  advance_and_poll(1s);
+  ob = outbox();
+  ASSERT_EQ(ob.size(), 2u);
+  EXPECT_EQ(ob[1].trace_id, "u");
+  EXPECT_EQ(ob[1].revision, 1u);
+}
+
+TEST_F(AssemblerTest, EmissionIsAtomicAcrossReopen) {
+  send({pack("event", "t", "e1"), pack("event", "t", "e2")}, "t");
+  advance_and_poll(1s);
+  reopen();
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 1u);
+  buffer::TraceState st;
+  ASSERT_TRUE(store_->get_state("t", &st).ok());
+  EXPECT_EQ(st.revision, ob[0].revision);
+  EXPECT_EQ(st.last_emit_ns, ob[0].emitted_ns);
+  std::vector<buffer::StoredEvent> ev;
+  ASSERT_TRUE(store_->read_trace("t", &ev).ok());
+  ASSERT_EQ(ev.size(), 2u);
+  EXPECT_EQ(st.max_seq, ev.back().seq);
+  std::vector<buffer::Committed> pending;
+  ASSERT_TRUE(store_->scan_pending(0, 100, &pending).ok());
+  EXPECT_TRUE(pending.empty());
+  EXPECT_EQ(json::parse(ob[0].document)["events"].size(), 2u);
+}
+
+TEST_F(AssemblerTest, ManyTracesWithASmallIndexSpillAndAreAllEmittedOnce) {
+  opts_.max_open_traces = 16;
+  opts_.retry_interval = 100ms;
+  reopen();
+  for (int i = 0; i < 200; ++i) {
+    std::string t = "trace-" + std::to_string(i);
+    send({pack("start", t, "a"), pack("end", t, "a")}, t);
+  }
+  EXPECT_LE(assembler_->stats().open_traces, 16u);
+  for (int round = 0; round < 100 && outbox().size() < 200; ++round)
+    advance_and_poll(1s);
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 200u);
+  std::set<std::string> ids;
+  for (const auto& e : ob)
+    ids.insert(e.trace_id);
+  EXPECT_EQ(ids.size(), 200u);
+  EXPECT_GT(assembler_->stats().spilled, 0u);
+}
+
+TEST_F(AssemblerTest, LostNotificationsAreFoundByARescan) {
+  opts_.queue_bytes = 1;  // every push beyond the first is refused
+  reopen();
+  send({pack("event", "a", "x")}, "a");
+  send({pack("event", "b", "x")}, "b");
+  EXPECT_GT(assembler_->stats().notifications_dropped, 0u);
+  advance_and_poll(10ms);
+  advance_and_poll(2s);
+  advance_and_poll(2s);
+  EXPECT_EQ(outbox().size(), 2u);
+}
+
+}  // namespace
+}  // namespace sidetrace::trace
