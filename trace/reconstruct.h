@@ -37,6 +37,7 @@ struct BuildResult {
   size_t unfinished = 0;   // events with a start but no end
   size_t orphans = 0;      // events whose parent is not in the trace
   size_t undecodable = 0;  // messages skipped because they failed to decode
+  size_t foreign = 0;      // messages skipped because they name another trace_id
   uint64_t start_ts_ns = 0;
   uint64_t end_ts_ns = 0;
 };
