@@ -24,7 +24,7 @@
 
 namespace sidetrace::ipc {
 
-inline constexpr std::string_view kDefaultEndpoint = "udp://127.0.0.1:7717";
+inline constexpr std::string_view kDefaultEndpoint = "unix:///run/sidetrace/agent.sock";
 inline constexpr const char* kEndpointEnv = "SIDETRACE_ENDPOINT";
 
 struct Endpoint {

@@ -1,0 +1,163 @@
+// Type declarations for the sidetrace Node.js SDK.
+//
+// Contract: no method throws into the application or blocks on the network;
+// events that cannot be delivered are dropped and counted in Client.stats().
+// Sockets and timers never keep the process alive, except while flush() or
+// the bounded flush run when the event loop empties is waiting.
+
+export declare const PROTOCOL_VERSION: 1;
+export declare const DEFAULT_ENDPOINT: string;
+
+export interface ClientOptions {
+  /** unix://PATH or udp://HOST:PORT (unixgram:// is not available in Node.js).
+   *  Default: $SIDETRACE_ENDPOINT, else unix:///run/sidetrace/agent.sock. */
+  endpoint?: string;
+  /** Messages waiting for the agent; past this, new ones are dropped (counted). Default 10000. */
+  maxQueue?: number;
+  /** Bytes waiting for the agent; past this, new ones are dropped (counted). Default 16 MiB. */
+  maxQueueBytes?: number;
+  /** A larger message has its input/output truncated, or is dropped. Default 1 MiB. */
+  maxMessageBytes?: number;
+  /** Bound of the flush run when the event loop empties. Default 2000. */
+  exitFlushMs?: number;
+}
+
+export interface TraceContext {
+  conversationId?: string;
+  sessionId?: string;
+  interactionId?: string;
+  channelId?: string;
+  metadata?: Record<string, unknown> | Metadata;
+  user?: ({ id: string } & Record<string, unknown>) | User;
+  /** Continue an existing trace instead of starting a new one. */
+  traceId?: string;
+}
+
+/** ns since the Unix epoch (bigint or number), or a Date. */
+export type Timestamp = bigint | number | Date;
+
+export interface StartOptions {
+  name?: string;
+  attrs?: Record<string, unknown>;
+  ts?: Timestamp;
+}
+
+export interface EndOptions {
+  /** 'ok' (default) or 'error'; giving `error` implies 'error'. */
+  status?: 'ok' | 'error';
+  error?: string;
+  /** Merged into the event's attributes (model, input_tokens, ...). */
+  attrs?: Record<string, unknown>;
+  ts?: Timestamp;
+}
+
+export interface FeedbackOptions {
+  feedbackTag?: string;
+  feedbackText?: string;
+  score?: number;
+  ts?: Timestamp;
+}
+
+export interface SendOptions extends EndOptions {
+  /** MESSAGE, TOOL, GENERATION, AGENT, RETRIEVAL, ROUTER, SYSTEM, CUSTOM (any case) or a custom name. */
+  eventType?: string;
+  input?: unknown;
+  output?: unknown;
+  /** Milliseconds. */
+  latency?: number;
+  name?: string;
+  parent?: Event | string;
+}
+
+export interface ClientStats {
+  enqueued: number;
+  sent: number;
+  droppedQueueFull: number;
+  droppedNoAgent: number;
+  droppedSendError: number;
+  droppedTooLarge: number;
+  droppedClosed: number;
+  droppedBadEndpoint: number;
+  droppedUnsupportedEndpoint: number;
+  degradedValues: number;
+  truncated: number;
+  internalErrors: number;
+  connects: number;
+  connectFailures: number;
+  queued: number;
+  dropped: number;
+}
+
+export declare class Client {
+  constructor(options?: ClientOptions);
+  readonly endpoint: string;
+  exitFlushMs: number;
+  trace(context?: TraceContext): Trace;
+  /** Resolves true when everything emitted so far reached the agent's socket. Never rejects. */
+  flush(timeoutMs?: number): Promise<boolean>;
+  /** Flushes, then closes; later emits are dropped (counted). Never rejects. */
+  close(timeoutMs?: number): Promise<boolean>;
+  stats(): ClientStats;
+}
+
+interface EventFactory {
+  tool(input?: unknown, opts?: StartOptions): Event;
+  generation(input?: unknown, opts?: StartOptions): Event;
+  agent(input?: unknown, opts?: StartOptions): Event;
+  retrieval(input?: unknown, opts?: StartOptions): Event;
+  router(input?: unknown, opts?: StartOptions): Event;
+  message(input?: unknown, opts?: StartOptions): Event;
+  system(input?: unknown, opts?: StartOptions): Event;
+  custom(name: string, input?: unknown, opts?: StartOptions): Event;
+}
+
+export declare class Trace implements EventFactory {
+  readonly client: Client;
+  readonly traceId: string;
+  update(context: Omit<TraceContext, 'traceId'>): void;
+  tool(input?: unknown, opts?: StartOptions): Event;
+  generation(input?: unknown, opts?: StartOptions): Event;
+  agent(input?: unknown, opts?: StartOptions): Event;
+  retrieval(input?: unknown, opts?: StartOptions): Event;
+  router(input?: unknown, opts?: StartOptions): Event;
+  message(input?: unknown, opts?: StartOptions): Event;
+  system(input?: unknown, opts?: StartOptions): Event;
+  custom(name: string, input?: unknown, opts?: StartOptions): Event;
+  feedback(feedback: FeedbackOptions & { target?: Event | string }): void;
+  send(event: SendOptions): Event;
+}
+
+export declare class Event implements EventFactory {
+  readonly trace: Trace;
+  readonly traceId: string;
+  readonly id: string;
+  readonly type: string;
+  readonly parentId: string | undefined;
+  readonly ended: boolean;
+  tool(input?: unknown, opts?: StartOptions): Event;
+  generation(input?: unknown, opts?: StartOptions): Event;
+  agent(input?: unknown, opts?: StartOptions): Event;
+  retrieval(input?: unknown, opts?: StartOptions): Event;
+  router(input?: unknown, opts?: StartOptions): Event;
+  message(input?: unknown, opts?: StartOptions): Event;
+  system(input?: unknown, opts?: StartOptions): Event;
+  custom(name: string, input?: unknown, opts?: StartOptions): Event;
+  send(event: Omit<SendOptions, 'parent'>): Event;
+  /** Only the first end() is sent. */
+  end(output?: unknown, opts?: EndOptions): void;
+  feedback(feedback: FeedbackOptions): void;
+  /** Runs fn and ends the event when it returns or its promise settles; a
+   *  throw or rejection ends it with status 'error' and is passed on. */
+  run<T>(fn: (event: Event) => T): T;
+}
+
+export declare class Metadata {
+  constructor(fields?: Record<string, unknown>);
+  [key: string]: unknown;
+}
+
+export declare class User {
+  constructor(fields: { id: string } & Record<string, unknown>);
+  id: string;
+  [key: string]: unknown;
+}

@@ -1,0 +1,3 @@
+'use strict';
+// sidetrace: emit LLM application traces to the local sidetrace agent.
+module.exports = require('./lib/client');

@@ -1,0 +1,90 @@
+'use strict';
+// End to end: the page's nested example through the real agent binary, read
+// back as a finished trace document from $SIDETRACE_DATA_DIR/traces.jsonl.
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const path = require('node:path');
+const { spawn } = require('node:child_process');
+const { Client, Metadata, User } = require('..');
+const { waitUntil, tempDir } = require('./fake_agent');
+
+const REPO = path.join(__dirname, '..', '..', '..');
+const binary = process.env.SIDETRACE_BIN || path.join(REPO, 'build', 'release', 'agent', 'sidetrace');
+let executable = false;
+try {
+  fs.accessSync(binary, fs.constants.X_OK);
+  executable = true;
+} catch (e) {
+  executable = false;
+}
+const skip = executable ? false : `the agent binary is not built yet (${binary}; set SIDETRACE_BIN)`;
+
+function documents(file, traceId) {
+  let text;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    return [];
+  }
+  return text.split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l)).filter((d) => d.trace_id === traceId);
+}
+
+test('the nested example becomes a trace tree in the real agent', { skip }, async () => {
+  const dir = tempDir();
+  const env = {
+    ...process.env,
+    SIDETRACE_DATA_DIR: path.join(dir, 'data'),
+    SIDETRACE_LISTEN_UNIX_STREAM: path.join(dir, 'a.sock'),
+    SIDETRACE_LISTEN_UNIX_DGRAM: path.join(dir, 'a.dgram'),
+    SIDETRACE_LISTEN_UDP: '127.0.0.1:0',
+    SIDETRACE_ADMIN_LISTEN: '127.0.0.1:0',
+    SIDETRACE_TRACE_QUIET_PERIOD_MS: '100',
+  };
+  const log = fs.openSync(path.join(dir, 'agent.log'), 'w');
+  const agent = spawn(binary, ['agent', '--print'], { env, stdio: ['ignore', log, log] });
+  let exited = false;
+  agent.on('exit', () => { exited = true; });
+  try {
+    const up = await waitUntil(() => exited || fs.existsSync(env.SIDETRACE_LISTEN_UNIX_STREAM), 15000, 20);
+    assert.ok(up && !exited, `the agent did not start: ${fs.readFileSync(path.join(dir, 'agent.log'), 'utf8').slice(-2000)}`);
+    const client = new Client({ endpoint: `unix://${env.SIDETRACE_LISTEN_UNIX_STREAM}` });
+    const trace = client.trace({
+      conversationId: 'conv_123',
+      metadata: new Metadata({ environment: 'production' }),
+      user: new User({ id: 'user_123' }),
+    });
+    const message = trace.message('User: Tell me about neural networks');
+    const retrieval = message.retrieval('Searching documentation');
+    retrieval.end('Found 2 relevant articles');
+    const generation = message.generation('Creating explanation');
+    generation.end('Generated response about neural networks');
+    message.end('Bot: Neural networks are...');
+    assert.equal(await client.close(5000), true);
+
+    const jsonl = path.join(env.SIDETRACE_DATA_DIR, 'traces.jsonl');
+    const docs = await waitUntil(() => documents(jsonl, trace.traceId).length && documents(jsonl, trace.traceId), 15000, 50);
+    assert.ok(docs, `no document for ${trace.traceId} in ${jsonl}`);
+    const doc = docs.reduce((a, b) => (b.revision > a.revision ? b : a));
+    assert.equal(doc.conversation_id, 'conv_123');
+    assert.deepEqual(doc.metadata, { environment: 'production' });
+    assert.equal(doc.user.id, 'user_123');
+    assert.equal(doc.status, 'ok');
+    assert.equal(doc.events.length, 1);
+    const root = doc.events[0];
+    assert.equal(root.id, message.id);
+    assert.equal(root.type, 'MESSAGE');
+    assert.equal(root.output, 'Bot: Neural networks are...');
+    const kids = Object.fromEntries(root.children.map((c) => [c.type, c]));
+    assert.deepEqual(Object.keys(kids).sort(), ['GENERATION', 'RETRIEVAL']);
+    assert.equal(kids.RETRIEVAL.id, retrieval.id);
+    assert.equal(kids.GENERATION.output, 'Generated response about neural networks');
+  } finally {
+    agent.kill('SIGTERM');
+    await waitUntil(() => exited, 10000, 20);
+    if (!exited) agent.kill('SIGKILL');
+    fs.closeSync(log);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
