@@ -1,0 +1,54 @@
+// The dead-letter functions for the CLI (upstream/upstream.h).
+#include <vector>
+
+#include "upstream/detail/records.h"
+#include "upstream/upstream.h"
+
+namespace sidetrace::upstream {
+
+buffer::Status deadletter_list(buffer::Store& store, std::vector<DeadLetter>* out, size_t limit) {
+  std::vector<std::pair<std::string, std::string>> rows;
+  buffer::Status s = store.meta_scan(detail::kDeadLetterPrefix, limit, &rows);
+  if (!s.ok()) return s;
+  for (auto& [k, v] : rows) {
+    detail::DeadLetterRecord r;
+    DeadLetter d;
+    d.id = k.substr(detail::kDeadLetterPrefix.size());
+    if (detail::decode_deadletter(v, &r)) {
+      d.ts_ns = r.ts_ns;
+      d.http_status = r.http_status;
+      d.reason = std::move(r.reason);
+      d.traces = r.docs.size();
+      for (auto& doc : r.docs)
+        d.bytes += doc.size();
+      d.trace_ids = std::move(r.trace_ids);
+    } else {
+      d.reason = "malformed record";
+    }
+    out->push_back(std::move(d));
+  }
+  return s;
+}
+
+buffer::Status deadletter_replay(buffer::Store& store, size_t* replayed) {
+  uint64_t next = 0;
+  buffer::Status s = detail::max_batch_id(store, &next);
+  if (!s.ok()) return s;
+  ++next;
+  return detail::replay_deadletters(store, &next, nullptr, replayed);
+}
+
+buffer::Status deadletter_purge(buffer::Store& store, size_t* purged) {
+  *purged = 0;
+  std::vector<std::pair<std::string, std::string>> rows;
+  buffer::Status s = store.meta_scan(detail::kDeadLetterPrefix, SIZE_MAX, &rows);
+  if (!s.ok()) return s;
+  for (auto& row : rows) {
+    s = store.meta_delete(row.first);
+    if (!s.ok()) return s;
+    ++*purged;
+  }
+  return s;
+}
+
+}  // namespace sidetrace::upstream

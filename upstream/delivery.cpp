@@ -1,0 +1,794 @@
+// Delivery: the HTTP(S) exporter. One io_context thread runs a dispatcher
+// coroutine (forms batches from persisted records and the outbox) and one
+// worker coroutine per in-flight batch (send, classify, retry, ack).
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <cstdlib>
+#include <deque>
+#include <fstream>
+#include <future>
+#include <map>
+#include <mutex>
+#include <set>
+#include <stdexcept>
+#include <thread>
+#include <unordered_map>
+
+#include "common/rate_limited_log.h"
+#include "upstream/detail/encode.h"
+#include "upstream/detail/http_client.h"
+#include "upstream/detail/policy.h"
+#include "upstream/detail/records.h"
+#include "upstream/upstream.h"
+
+namespace sidetrace::upstream {
+
+namespace net = boost::asio;
+namespace http = boost::beast::http;
+using detail::BatchRecord;
+using detail::Outcome;
+using detail::OutcomeKind;
+
+Format parse_format(const std::string& s) {
+  if (s == "native") return Format::kNative;
+  if (s == "otlp") return Format::kOtlp;
+  throw std::invalid_argument("upstream.format must be native or otlp, not '" + s + "'");
+}
+
+Compression parse_compression(const std::string& s) {
+  if (s == "gzip") return Compression::kGzip;
+  if (s == "zstd") return Compression::kZstd;
+  if (s == "none") return Compression::kNone;
+  throw std::invalid_argument("upstream.compression must be gzip, zstd or none, not '" + s + "'");
+}
+
+namespace {
+
+// Everything derived from Options that can fail; built before it replaces
+// the running configuration.
+struct Config {
+  Options options;
+  std::shared_ptr<const detail::ConnectionConfig> connection;
+  std::vector<std::pair<std::string, std::string>> headers;  // includes the API key header
+};
+
+std::string trim_key(std::string s) {
+  while (!s.empty() &&
+         (s.back() == '\n' || s.back() == '\r' || s.back() == ' ' || s.back() == '\t')) {
+    s.pop_back();
+  }
+  return s;
+}
+
+std::shared_ptr<const Config> build_config(const Options& o) {
+  auto c = std::make_shared<Config>();
+  c->options = o;
+  if (o.batch_max_events == 0 || o.batch_max_bytes == 0) {
+    throw std::invalid_argument("upstream.batch_max_events and batch_max_bytes must be positive");
+  }
+  if (c->options.max_in_flight == 0) c->options.max_in_flight = 1;
+  auto conn = std::make_shared<detail::ConnectionConfig>();
+  conn->endpoint = detail::parse_endpoint(o.endpoint);
+  if (conn->endpoint.tls) conn->tls = detail::make_tls_context(o);
+  conn->tls_verify = o.tls_verify;
+  conn->connect_timeout_ms = o.connect_timeout_ms;
+  conn->request_timeout_ms = o.request_timeout_ms;
+  c->connection = std::move(conn);
+  std::string key;
+  if (!o.api_key_env.empty()) {
+    const char* v = std::getenv(o.api_key_env.c_str());
+    if (v != nullptr) key = trim_key(v);
+  }
+  if (key.empty() && !o.api_key_file.empty()) {
+    std::ifstream in(o.api_key_file);
+    if (!in) throw std::runtime_error("upstream.api_key_file " + o.api_key_file + " unreadable");
+    key = trim_key(std::string(std::istreambuf_iterator<char>(in), {}));
+  }
+  if (key.empty() && (!o.api_key_env.empty() || !o.api_key_file.empty())) {
+    throw std::runtime_error("upstream API key configured but empty (api_key_env " + o.api_key_env +
+                             ", api_key_file " + o.api_key_file + ")");
+  }
+  c->headers = o.headers;
+  if (!key.empty()) {
+    if (o.api_key_header.empty()) {
+      c->headers.emplace_back("Authorization", "Bearer " + key);
+    } else {
+      c->headers.emplace_back(o.api_key_header, key);
+    }
+  }
+  return c;
+}
+
+// A batch being delivered. Documents are held in memory only while it is in
+// flight (at most max_in_flight batches).
+struct Batch {
+  BatchRecord record;
+  std::vector<std::string> docs;
+  std::vector<uint64_t> emitted_ns;  // 0 when unknown (inline)
+  size_t events = 0;
+};
+
+}  // namespace
+
+struct Delivery::Impl {
+  Impl(buffer::Store& s, Options o, const Clock& c)
+      : store(s), pending_options(std::move(o)), clock(c) {}
+
+  buffer::Store& store;
+  Options pending_options;  // used by start()
+  const Clock& clock;
+  RateLimitedLog log{10, std::chrono::seconds(10)};
+  RateLimitedLog auth_log{3, std::chrono::seconds(60)};
+
+  mutable std::mutex stats_mu;
+  Stats stats_;
+  uint64_t last_success_mono = 0;
+
+  // Wakes the dispatcher from the store's emitting thread.
+  struct Waker {
+    std::mutex mu;
+    Impl* impl = nullptr;
+    net::io_context* io = nullptr;
+    std::atomic<bool> pending{false};
+  };
+  std::shared_ptr<Waker> waker = std::make_shared<Waker>();
+
+  std::mutex life_mu;  // serialises start/stop
+  std::unique_ptr<net::io_context> io;
+  std::unique_ptr<net::thread_pool> encoder;  // one thread: body encoding + compression
+  std::thread thread;
+  bool running = false;
+
+  // ---- io thread state ----
+  std::shared_ptr<const Config> config;
+  uint64_t config_generation = 0;
+  bool stopping = false;
+  bool woken = false;
+  std::unique_ptr<net::steady_timer> wake_timer;
+  std::unique_ptr<net::steady_timer> auth_timer;
+  std::deque<BatchRecord> pending;  // persisted batches waiting, in order
+  uint64_t cursor = 0;              // next outbox seq to read
+  uint64_t next_id = 1;             // next batch record id
+  uint32_t in_flight = 0;
+  std::unordered_map<std::string, uint32_t> busy_traces;  // trace ids in flight
+  bool auth_failed = false;
+  std::vector<std::pair<uint64_t, std::unique_ptr<detail::HttpConnection>>>
+      idle;  // (generation, conn)
+  std::mt19937_64 rng{std::random_device{}()};
+
+  void update_stats(const std::function<void(Stats&)>& fn) {
+    std::lock_guard lock(stats_mu);
+    fn(stats_);
+  }
+
+  void wake() {
+    woken = true;
+    if (wake_timer) wake_timer->cancel();
+  }
+
+  void log_line(spdlog::level::level_enum lvl, const std::string& msg) { log.log(lvl, msg); }
+
+  // ---- start-up -------------------------------------------------------------
+
+  void load_persisted() {
+    std::vector<std::pair<std::string, std::string>> rows;
+    buffer::Status s = store.meta_scan(detail::kBatchPrefix, SIZE_MAX, &rows);
+    if (!s.ok()) {
+      log_line(spdlog::level::err, "upstream: cannot read persisted batches: " + s.message());
+      return;
+    }
+    std::vector<BatchRecord> records;
+    for (auto& [k, v] : rows) {
+      BatchRecord r;
+      if (!detail::decode_batch(k, v, &r)) {
+        log_line(spdlog::level::err, "upstream: deleting malformed batch record " + k);
+        store.meta_delete(k);
+        continue;
+      }
+      next_id = std::max(next_id, r.id + 1);
+      records.push_back(std::move(r));
+    }
+    // A split writes the halves before deleting the parent: a record whose
+    // seqs all belong to later records is such a parent.
+    std::map<uint64_t, uint64_t> owner;  // seq -> latest record id
+    for (auto& r : records) {
+      for (uint64_t seq : r.seqs)
+        owner[seq] = r.id;
+    }
+    for (auto& r : records) {
+      bool superseded = !r.is_inline();
+      for (uint64_t seq : r.seqs)
+        superseded = superseded && owner[seq] != r.id;
+      if (superseded) {
+        store.meta_delete(detail::batch_meta_key(r.id));
+        continue;
+      }
+      for (uint64_t seq : r.seqs)
+        cursor = std::max(cursor, seq + 1);
+      pending.push_back(std::move(r));
+    }
+    if (!pending.empty()) {
+      spdlog::info("upstream: resuming {} persisted batches", pending.size());
+    }
+  }
+
+  // ---- dispatcher -----------------------------------------------------------
+
+  bool conflicts(const std::vector<std::string>& ids, const std::set<std::string>& blocked) const {
+    for (auto& id : ids) {
+      if (busy_traces.count(id) != 0 || blocked.count(id) != 0) return true;
+    }
+    return false;
+  }
+
+  // Loads the documents of a persisted batch. Entries already acked are
+  // dropped from it; false when none is left.
+  bool load_batch(BatchRecord r, Batch* b) {
+    b->record = std::move(r);
+    if (b->record.is_inline()) {
+      b->docs = b->record.docs;
+      b->emitted_ns.assign(b->docs.size(), 0);
+    } else {
+      BatchRecord& rec = b->record;
+      std::vector<uint64_t> seqs;
+      std::vector<std::string> ids;
+      for (size_t i = 0; i < rec.seqs.size(); ++i) {
+        std::vector<buffer::OutboxEntry> got;
+        buffer::Status s = store.read_outbox(rec.seqs[i], 1, SIZE_MAX, &got);
+        if (!s.ok()) {
+          log_line(spdlog::level::err, "upstream: outbox read failed: " + s.message());
+          return false;
+        }
+        if (got.empty() || got[0].seq != rec.seqs[i]) continue;  // already acked
+        seqs.push_back(rec.seqs[i]);
+        ids.push_back(rec.trace_ids[i]);
+        b->emitted_ns.push_back(got[0].emitted_ns);
+        b->docs.push_back(std::move(got[0].document));
+      }
+      if (seqs.size() != rec.seqs.size()) {
+        rec.seqs = std::move(seqs);
+        rec.trace_ids = std::move(ids);
+        if (rec.seqs.empty()) {
+          store.meta_delete(detail::batch_meta_key(rec.id));
+          return false;
+        }
+        store.meta_put(detail::batch_meta_key(rec.id), detail::encode_batch(rec));
+      }
+    }
+    for (auto& d : b->docs)
+      b->events += detail::count_events(d);
+    return true;
+  }
+
+  // Picks the next batch to send, or sets *wait_ms (0: until woken).
+  std::optional<Batch> next_batch(uint64_t* wait_ms) {
+    *wait_ms = 0;
+    const Options& o = config->options;
+    std::set<std::string> blocked;
+    for (auto it = pending.begin(); it != pending.end();) {
+      if (conflicts(it->trace_ids, blocked)) {
+        blocked.insert(it->trace_ids.begin(), it->trace_ids.end());
+        ++it;
+        continue;
+      }
+      BatchRecord r = std::move(*it);
+      it = pending.erase(it);
+      Batch b;
+      if (load_batch(std::move(r), &b)) return b;
+    }
+    std::vector<buffer::OutboxEntry> entries;
+    buffer::Status s = store.read_outbox(cursor, o.batch_max_events, o.batch_max_bytes, &entries);
+    if (!s.ok()) {
+      log_line(spdlog::level::err, "upstream: outbox read failed: " + s.message());
+      *wait_ms = 1000;
+      return std::nullopt;
+    }
+    if (entries.empty()) return std::nullopt;
+    size_t bytes = 0;
+    size_t n = 0;
+    bool cut = false;
+    std::set<std::string> seen;
+    for (; n < entries.size(); ++n) {
+      const std::string& id = entries[n].trace_id;
+      if (busy_traces.count(id) != 0 || blocked.count(id) != 0) {
+        cut = true;
+        break;
+      }
+      bytes += entries[n].document.size();
+    }
+    if (n == 0) return std::nullopt;  // woken when the conflicting batch finishes
+    bool full = cut || n >= o.batch_max_events || bytes >= o.batch_max_bytes / 2;
+    if (!full) {
+      uint64_t now = clock.now_ns();
+      uint64_t emitted = entries[0].emitted_ns;
+      uint64_t age_ms = now > emitted ? (now - emitted) / 1'000'000 : 0;
+      if (age_ms < o.flush_interval_ms) {
+        *wait_ms = o.flush_interval_ms - age_ms;
+        return std::nullopt;
+      }
+    }
+    Batch b;
+    b.record.id = next_id++;
+    b.record.key = detail::new_idempotency_key();
+    for (size_t i = 0; i < n; ++i) {
+      b.record.seqs.push_back(entries[i].seq);
+      b.record.trace_ids.push_back(entries[i].trace_id);
+      b.emitted_ns.push_back(entries[i].emitted_ns);
+      b.events += detail::count_events(entries[i].document);
+      b.docs.push_back(std::move(entries[i].document));
+    }
+    // Persist the composition and key before the first send.
+    s = store.meta_put(detail::batch_meta_key(b.record.id), detail::encode_batch(b.record));
+    if (!s.ok()) {
+      log_line(spdlog::level::err, "upstream: cannot persist batch record: " + s.message());
+      *wait_ms = 1000;
+      return std::nullopt;
+    }
+    cursor = b.record.seqs.back() + 1;
+    return b;
+  }
+
+  net::awaitable<void> dispatcher() {
+    load_persisted();
+    while (!stopping) {
+      woken = false;
+      uint64_t wait_ms = 0;
+      if (!auth_failed && in_flight < config->options.max_in_flight) {
+        std::optional<Batch> b = next_batch(&wait_ms);
+        if (b) {
+          ++in_flight;
+          for (auto& id : b->record.trace_ids)
+            ++busy_traces[id];
+          update_stats([&](Stats& s) { s.in_flight = in_flight; });
+          net::co_spawn(*io, worker(std::move(*b)), net::detached);
+          continue;
+        }
+      }
+      if (woken) continue;
+      if (wait_ms == 0) {
+        wake_timer->expires_at(net::steady_timer::time_point::max());
+      } else {
+        wake_timer->expires_after(std::chrono::milliseconds(wait_ms));
+      }
+      boost::system::error_code ec;
+      co_await wake_timer->async_wait(net::redirect_error(net::use_awaitable, ec));
+    }
+  }
+
+  // ---- worker ---------------------------------------------------------------
+
+  std::unique_ptr<detail::HttpConnection> take_connection() {
+    while (!idle.empty()) {
+      auto [gen, c] = std::move(idle.back());
+      idle.pop_back();
+      if (gen == config_generation) return std::move(c);
+    }
+    return std::make_unique<detail::HttpConnection>(io->get_executor(), config->connection);
+  }
+
+  void give_connection(std::unique_ptr<detail::HttpConnection> c, uint64_t gen) {
+    if (gen == config_generation && !stopping) idle.emplace_back(gen, std::move(c));
+  }
+
+  // Encodes and compresses; runs on the encoder pool.
+  static bool build_request(const Config& c, const Batch& b, http::request<http::string_body>* req,
+                            std::string* error) {
+    std::vector<std::string_view> views(b.docs.begin(), b.docs.end());
+    std::string raw;
+    if (c.options.format == Format::kNative) {
+      detail::append_native_body(views, &raw);
+    } else if (!detail::append_otlp_body(views, &raw, error)) {
+      return false;
+    }
+    std::string body;
+    if (!detail::compress(c.options.compression, c.options.compression_level, raw, &body)) {
+      *error = "compression failed";
+      return false;
+    }
+    *req = http::request<http::string_body>(http::verb::post, c.connection->endpoint.target, 11);
+    req->set(http::field::host, c.connection->endpoint.host_header);
+    req->set(http::field::user_agent, "sidetrace/0.1");
+    req->set(http::field::content_type, "application/json");
+    auto enc = detail::content_encoding(c.options.compression);
+    if (!enc.empty()) req->set(http::field::content_encoding, std::string(enc));
+    req->set("Idempotency-Key", b.record.key);
+    for (auto& [k, v] : c.headers)
+      req->set(k, v);
+    req->keep_alive(true);
+    req->body() = std::move(body);
+    req->prepare_payload();
+    return true;
+  }
+
+  net::awaitable<void> sleep_ms(uint64_t ms) {
+    net::steady_timer t(*io, std::chrono::milliseconds(ms));
+    boost::system::error_code ec;
+    co_await t.async_wait(net::redirect_error(net::use_awaitable, ec));
+  }
+
+  void finish(Batch& b) {
+    for (auto& id : b.record.trace_ids) {
+      auto it = busy_traces.find(id);
+      if (it != busy_traces.end() && --it->second == 0) busy_traces.erase(it);
+    }
+    --in_flight;
+    update_stats([&](Stats& s) { s.in_flight = in_flight; });
+    wake();
+  }
+
+  // Retries a store write until it succeeds or the delivery stops.
+  net::awaitable<bool> store_retry(const std::function<buffer::Status()>& op, const char* what) {
+    for (uint32_t attempt = 0; !stopping; ++attempt) {
+      buffer::Status s = op();
+      if (s.ok()) co_return true;
+      log_line(spdlog::level::err, fmt::format("upstream: {} failed: {}", what, s.message()));
+      co_await sleep_ms(detail::backoff_ms(attempt, 100, 5000, rng));
+    }
+    co_return false;
+  }
+
+  net::awaitable<void> on_success(Batch& b, const Outcome& o, size_t body_bytes) {
+    if (config->options.format == Format::kOtlp) {
+      std::string msg;
+      uint64_t rejected = detail::otlp_rejected_spans(o.body, &msg);
+      if (rejected > 0) {
+        log_line(spdlog::level::warn,
+                 fmt::format("upstream: partial success, {} spans rejected: {}", rejected, msg));
+        update_stats([&](Stats& s) { s.spans_rejected += rejected; });
+      }
+    }
+    if (!b.record.is_inline()) {
+      if (!co_await store_retry([&] { return store.ack_outbox(b.record.seqs); }, "outbox ack")) {
+        co_return;
+      }
+    }
+    co_await store_retry([&] { return store.meta_delete(detail::batch_meta_key(b.record.id)); },
+                         "batch record delete");
+    uint64_t now = clock.now_ns();
+    last_success_mono = clock.mono_ns();
+    if (auth_failed) {
+      auth_failed = false;
+      spdlog::info("upstream: authentication accepted again, sending resumed");
+      wake();
+    }
+    update_stats([&](Stats& s) {
+      ++s.batches_sent;
+      s.traces_delivered += b.docs.size();
+      s.events_delivered += b.events;
+      s.bytes_sent += body_bytes;
+      s.auth_failed = false;
+      for (uint64_t e : b.emitted_ns) {
+        if (e == 0) continue;
+        uint64_t ms = now > e ? (now - e) / 1'000'000 : 0;
+        size_t i = 0;
+        while (ms > kLatencyBoundsMs[i])
+          ++i;
+        ++s.latency_buckets[i];
+        s.latency_sum_ms += ms;
+        ++s.latency_count;
+      }
+    });
+  }
+
+  net::awaitable<void> deadletter(Batch& b, int status, const std::string& reason) {
+    detail::DeadLetterRecord d;
+    d.ts_ns = clock.now_ns();
+    d.http_status = status;
+    d.reason = reason;
+    d.key = b.record.key;
+    d.trace_ids = b.record.trace_ids;
+    d.docs = b.docs;
+    uint64_t evicted = 0, evicted_docs = 0;
+    const Options& o = config->options;
+    if (!co_await store_retry(
+            [&] {
+              return detail::deadletter_add(store, d, o.deadletter_max_bytes,
+                                            o.deadletter_max_count, &evicted, &evicted_docs);
+            },
+            "dead-letter write")) {
+      co_return;
+    }
+    if (!b.record.is_inline()) {
+      if (!co_await store_retry([&] { return store.ack_outbox(b.record.seqs); }, "outbox ack")) {
+        co_return;
+      }
+    }
+    co_await store_retry([&] { return store.meta_delete(detail::batch_meta_key(b.record.id)); },
+                         "batch record delete");
+    log_line(spdlog::level::err,
+             fmt::format("upstream: {} trace documents dead-lettered ({})", b.docs.size(), reason));
+    if (evicted > 0) {
+      log_line(spdlog::level::err,
+               fmt::format("upstream: dead-letter store full, {} oldest records ({} documents) "
+                           "evicted and lost",
+                           evicted, evicted_docs));
+    }
+    update_stats([&](Stats& s) {
+      s.deadlettered += b.docs.size();
+      s.deadletter_evicted += evicted;
+      s.dropped += evicted_docs;
+    });
+  }
+
+  // 413 on a multi-document batch: two halves with new keys, persisted,
+  // first in line.
+  net::awaitable<void> split(Batch& b) {
+    BatchRecord halves[2];
+    size_t mid = b.record.trace_ids.size() / 2;
+    for (int h = 0; h < 2; ++h) {
+      size_t lo = h == 0 ? 0 : mid, hi = h == 0 ? mid : b.record.trace_ids.size();
+      BatchRecord& r = halves[h];
+      r.id = next_id++;
+      r.key = detail::new_idempotency_key();
+      r.trace_ids.assign(b.record.trace_ids.begin() + lo, b.record.trace_ids.begin() + hi);
+      if (b.record.is_inline()) {
+        r.docs.assign(b.docs.begin() + lo, b.docs.begin() + hi);
+      } else {
+        r.seqs.assign(b.record.seqs.begin() + lo, b.record.seqs.begin() + hi);
+      }
+      if (!co_await store_retry(
+              [&] { return store.meta_put(detail::batch_meta_key(r.id), detail::encode_batch(r)); },
+              "batch record write")) {
+        co_return;
+      }
+    }
+    co_await store_retry([&] { return store.meta_delete(detail::batch_meta_key(b.record.id)); },
+                         "batch record delete");
+    pending.push_front(std::move(halves[1]));
+    pending.push_front(std::move(halves[0]));
+    update_stats([](Stats& s) { ++s.batches_split; });
+  }
+
+  net::awaitable<void> worker(Batch b) {
+    uint64_t first_try = clock.mono_ns();
+    uint32_t attempt = 0;
+    http::request<http::string_body> req;
+    bool need_build = true;
+    while (!stopping) {
+      std::shared_ptr<const Config> cfg = config;  // a reload must not pull it away mid-await
+      const Options& o = cfg->options;
+      if (need_build) {
+        // Encoding and compression run on the encoder thread so that the
+        // io thread keeps reading the outbox and serving other batches.
+        std::string error;
+        bool built = co_await net::co_spawn(
+            encoder->get_executor(),
+            [&]() -> net::awaitable<bool> { co_return build_request(*cfg, b, &req, &error); },
+            net::use_awaitable);
+        if (stopping) break;
+        if (!built) {
+          co_await deadletter(b, 0, "unencodable batch: " + error);
+          finish(b);
+          co_return;
+        }
+        need_build = false;
+      }
+      uint64_t gen = config_generation;
+      std::unique_ptr<detail::HttpConnection> conn = take_connection();
+      // Headers may have changed with a reload.
+      Outcome out = co_await conn->post(req, clock.now_ns());
+      if (stopping) break;
+      give_connection(std::move(conn), gen);
+      if (gen != config_generation) need_build = true;
+      switch (out.kind) {
+        case OutcomeKind::kSuccess:
+          co_await on_success(b, out, req.body().size());
+          finish(b);
+          co_return;
+        case OutcomeKind::kPermanent:
+          update_stats([](Stats& s) { ++s.failed_permanent; });
+          co_await deadletter(b, out.http_status, out.detail);
+          finish(b);
+          co_return;
+        case OutcomeKind::kTooLarge:
+          update_stats([](Stats& s) { ++s.failed_too_large; });
+          if (b.docs.size() > 1) {
+            co_await split(b);
+            finish(b);
+            co_return;
+          }
+          if (detail::truncate_largest_field(&b.docs[0])) {
+            update_stats([](Stats& s) { ++s.documents_truncated; });
+            need_build = true;
+            continue;
+          }
+          co_await deadletter(b, out.http_status, out.detail + " (cannot shrink further)");
+          finish(b);
+          co_return;
+        case OutcomeKind::kAuth: {
+          update_stats([](Stats& s) {
+            ++s.failed_auth;
+            s.auth_failed = true;
+          });
+          auth_failed = true;
+          auth_log.log(spdlog::level::err,
+                       fmt::format("upstream: authentication rejected ({}); sending paused, data "
+                                   "kept on disk; fix the API key and reload",
+                                   out.detail));
+          // Workers share one probe timer; the first to fail arms it.
+          if (auth_timer->expiry() <= net::steady_timer::clock_type::now()) {
+            auth_timer->expires_after(std::chrono::milliseconds(o.auth_probe_interval_ms));
+          }
+          boost::system::error_code ec;
+          co_await auth_timer->async_wait(net::redirect_error(net::use_awaitable, ec));
+          continue;
+        }
+        case OutcomeKind::kRetryable:
+          break;
+      }
+      update_stats([](Stats& s) {
+        ++s.failed_retryable;
+        ++s.batches_retried;
+      });
+      uint64_t elapsed_ms = (clock.mono_ns() - first_try) / 1'000'000;
+      if (o.retry_deadline_s > 0 && elapsed_ms >= uint64_t{o.retry_deadline_s} * 1000) {
+        co_await deadletter(b, out.http_status, "retry deadline passed: " + out.detail);
+        finish(b);
+        co_return;
+      }
+      uint64_t delay = detail::backoff_ms(attempt++, o.retry_initial_ms, o.retry_max_ms, rng);
+      if (out.retry_after_ms) {
+        delay = std::max(delay, std::min<uint64_t>(*out.retry_after_ms, o.retry_after_max_ms));
+      }
+      log_line(spdlog::level::warn, fmt::format("upstream: batch of {} failed ({}), retry in {} ms",
+                                                b.docs.size(), out.detail, delay));
+      co_await sleep_ms(delay);
+    }
+    // Stopping: the batch record stays; the next start resends it.
+  }
+
+  // ---- control (io thread) --------------------------------------------------
+
+  void do_reset_auth() {
+    if (auth_failed) spdlog::info("upstream: probing the upstream after an auth reset");
+    if (auth_timer) auth_timer->expires_at(net::steady_timer::time_point::min());
+    wake();
+  }
+
+  void shutdown() {
+    stopping = true;
+    if (wake_timer) wake_timer->cancel();
+    if (auth_timer) auth_timer->cancel();
+    idle.clear();
+    io->stop();
+  }
+};
+
+Delivery::Delivery(buffer::Store& store, Options options, const Clock& clock)
+    : impl_(std::make_shared<Impl>(store, std::move(options), clock)) {}
+
+Delivery::~Delivery() {
+  stop();
+}
+
+void Delivery::start() {
+  std::lock_guard lock(impl_->life_mu);
+  if (impl_->running) return;
+  Impl& m = *impl_;
+  m.config = build_config(m.pending_options);
+  ++m.config_generation;
+  m.io = std::make_unique<net::io_context>(1);
+  m.encoder = std::make_unique<net::thread_pool>(1);
+  m.wake_timer = std::make_unique<net::steady_timer>(*m.io);
+  m.auth_timer = std::make_unique<net::steady_timer>(*m.io);
+  m.stopping = false;
+  m.pending.clear();
+  m.busy_traces.clear();
+  m.in_flight = 0;
+  m.cursor = 0;
+  m.auth_failed = false;
+  {
+    std::lock_guard wl(m.waker->mu);
+    m.waker->impl = &m;
+    m.waker->io = m.io.get();
+  }
+  std::weak_ptr<Impl::Waker> weak = m.waker;
+  m.store.set_outbox_listener([weak] {
+    auto w = weak.lock();
+    if (!w || w->pending.exchange(true)) return;
+    std::lock_guard wl(w->mu);
+    if (w->io == nullptr) return;
+    Impl* impl = w->impl;
+    net::post(*w->io, [impl, w] {
+      w->pending.store(false);
+      impl->wake();
+    });
+  });
+  net::co_spawn(*m.io, m.dispatcher(), net::detached);
+  m.thread = std::thread([&m] { m.io->run(); });
+  m.running = true;
+}
+
+void Delivery::stop() {
+  std::lock_guard lock(impl_->life_mu);
+  Impl& m = *impl_;
+  if (!m.running) return;
+  {
+    std::lock_guard wl(m.waker->mu);
+    m.waker->io = nullptr;
+  }
+  m.store.set_outbox_listener({});
+  net::post(*m.io, [&m] { m.shutdown(); });
+  m.thread.join();
+  m.encoder->join();  // encodings in progress finish; their results are discarded
+  // Destroys the suspended coroutines (and their connections) while the rest
+  // of the state is still alive.
+  m.idle.clear();
+  m.wake_timer.reset();
+  m.auth_timer.reset();
+  m.io.reset();
+  m.encoder.reset();
+  m.running = false;
+  m.update_stats([](Stats& s) { s.in_flight = 0; });
+}
+
+Stats Delivery::stats() const {
+  std::lock_guard lock(impl_->stats_mu);
+  Stats s = impl_->stats_;
+  if (impl_->last_success_mono != 0) {
+    s.seconds_since_success =
+        static_cast<double>(impl_->clock.mono_ns() - impl_->last_success_mono) / 1e9;
+  }
+  return s;
+}
+
+void Delivery::reset_auth() {
+  std::lock_guard lock(impl_->life_mu);
+  if (!impl_->running) return;
+  Impl* m = impl_.get();
+  net::post(*m->io, [m] { m->do_reset_auth(); });
+}
+
+void Delivery::update_options(const Options& options) {
+  std::shared_ptr<const Config> c = build_config(options);  // throws, keeping the old one
+  std::lock_guard lock(impl_->life_mu);
+  impl_->pending_options = options;
+  if (!impl_->running) return;
+  Impl* m = impl_.get();
+  net::post(*m->io, [m, c] {
+    m->config = c;
+    ++m->config_generation;
+    m->idle.clear();
+    m->do_reset_auth();
+  });
+}
+
+size_t Delivery::replay_deadletters() {
+  std::lock_guard lock(impl_->life_mu);
+  Impl* m = impl_.get();
+  if (!m->running) {
+    size_t n = 0;
+    deadletter_replay(m->store, &n);
+    return n;
+  }
+  std::promise<size_t> done;
+  auto fut = done.get_future();
+  net::post(*m->io, [m, &done] {
+    std::vector<BatchRecord> created;
+    size_t n = 0;
+    buffer::Status s = detail::replay_deadletters(m->store, &m->next_id, &created, &n);
+    if (!s.ok()) m->log_line(spdlog::level::err, "upstream: replay failed: " + s.message());
+    for (auto& r : created)
+      m->pending.push_back(std::move(r));
+    m->wake();
+    done.set_value(n);
+  });
+  return fut.get();
+}
+
+std::unique_ptr<Exporter> make_exporter(buffer::Store& store, const Options& options,
+                                        const Clock& clock) {
+  if (options.endpoint.empty()) return std::make_unique<FileExporter>(store, options, clock);
+  return std::make_unique<Delivery>(store, options, clock);
+}
+
+}  // namespace sidetrace::upstream

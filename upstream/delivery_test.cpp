@@ -1,0 +1,533 @@
+// Delivery against a real RocksDB store in a temp dir and a real HTTP(S)
+// server on loopback.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "upstream/detail/records.h"
+#include "upstream/testing/http_server.h"
+#include "upstream/testing/store_helpers.h"
+#include "upstream/testing/tls_files.h"
+#include "upstream/upstream.h"
+
+namespace sidetrace::upstream {
+namespace {
+
+using nlohmann::json;
+using testing::emit_doc;
+using testing::HttpServer;
+using testing::make_doc;
+using testing::RecordedRequest;
+using testing::Reply;
+using testing::wait_until;
+
+class UpstreamDeliveryTest : public ::testing::Test {
+ protected:
+  void SetUp() override { store_ = testing::open_store(dir_.str()); }
+
+  Options options(const std::string& endpoint) {
+    Options o;
+    o.endpoint = endpoint;
+    o.flush_interval_ms = 0;
+    o.retry_initial_ms = 1;
+    o.retry_max_ms = 5;
+    o.retry_after_max_ms = 100;
+    o.connect_timeout_ms = 2000;
+    o.request_timeout_ms = 2000;
+    o.auth_probe_interval_ms = 60000;
+    return o;
+  }
+
+  bool drained() { return store_->outbox_entries() == 0; }
+
+  // Trace ids of the documents in a native body.
+  static std::vector<std::string> traces_in(const RecordedRequest& r) {
+    std::vector<std::string> ids;
+    json j = json::parse(r.decoded, nullptr, false);
+    if (j.is_discarded()) return ids;
+    for (auto& t : j["traces"])
+      ids.push_back(t["trace_id"].get<std::string>() + "#" +
+                    std::to_string(t["revision"].get<int>()));
+    return ids;
+  }
+
+  buffer::testing::TempDir dir_;
+  std::unique_ptr<buffer::Store> store_;
+};
+
+TEST_F(UpstreamDeliveryTest, GzipBodyIsTheNativeBodyAndHeadersAreSet) {
+  HttpServer server;
+  std::string d1 = make_doc("t1", 1), d2 = make_doc("t2", 1);
+  emit_doc(*store_, "t1", d1);
+  emit_doc(*store_, "t2", d2);
+  Options o = options(server.url() + "/base/");
+  o.headers = {{"X-Tenant", "acme"}};
+  ::setenv("SIDETRACE_TEST_KEY", "sekrit\n", 1);
+  o.api_key_env = "SIDETRACE_TEST_KEY";
+  Delivery d(*store_, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  d.stop();
+  auto reqs = server.requests();
+  ASSERT_EQ(reqs.size(), 1u);
+  const auto& r = reqs[0];
+  EXPECT_EQ(r.method, "POST");
+  EXPECT_EQ(r.target, "/base/v1/traces");
+  EXPECT_EQ(r.header("content-encoding"), "gzip");
+  EXPECT_EQ(r.header("content-type"), "application/json");
+  EXPECT_EQ(r.header("authorization"), "Bearer sekrit");
+  EXPECT_EQ(r.header("x-tenant"), "acme");
+  EXPECT_EQ(r.header("idempotency-key").size(), 32u);
+  ASSERT_TRUE(r.decode_ok);
+  EXPECT_EQ(r.decoded, "{\"traces\":[" + d1 + "," + d2 + "]}");
+  Stats s = d.stats();
+  EXPECT_EQ(s.batches_sent, 1u);
+  EXPECT_EQ(s.traces_delivered, 2u);
+  EXPECT_EQ(s.events_delivered, 4u);
+  EXPECT_EQ(s.bytes_sent, r.body.size());
+  EXPECT_EQ(s.latency_count, 2u);
+  EXPECT_GE(s.seconds_since_success, 0.0);
+  // Persisted batch records are gone once acked.
+  std::vector<std::pair<std::string, std::string>> rows;
+  ASSERT_TRUE(store_->meta_scan(detail::kBatchPrefix, 100, &rows).ok());
+  EXPECT_TRUE(rows.empty());
+}
+
+TEST_F(UpstreamDeliveryTest, ZstdAndApiKeyHeaderFromFile) {
+  HttpServer server;
+  std::string d1 = make_doc("t1", 1);
+  emit_doc(*store_, "t1", d1);
+  Options o = options(server.url());
+  o.compression = Compression::kZstd;
+  std::string key_file = dir_.str() + "/key";
+  std::ofstream(key_file) << "k-123\n";
+  o.api_key_file = key_file;
+  o.api_key_header = "X-Api-Key";
+  Delivery d(*store_, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  auto r = server.requests().at(0);
+  EXPECT_EQ(r.header("content-encoding"), "zstd");
+  EXPECT_EQ(r.header("x-api-key"), "k-123");
+  EXPECT_EQ(r.header("authorization"), "");
+  EXPECT_EQ(r.decoded, "{\"traces\":[" + d1 + "]}");
+}
+
+TEST_F(UpstreamDeliveryTest, UpstreamDownAtStartThenUp) {
+  uint16_t port;
+  {
+    HttpServer probe;
+    port = probe.port();
+  }
+  emit_doc(*store_, "t1", make_doc("t1", 1));
+  Delivery d(*store_, options("http://127.0.0.1:" + std::to_string(port)));
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return d.stats().failed_retryable >= 3; }));
+  EXPECT_FALSE(drained());
+  HttpServer server(port);
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  EXPECT_EQ(d.stats().traces_delivered, 1u);
+}
+
+TEST_F(UpstreamDeliveryTest, Honours503RetryAfterWithTheSameKey) {
+  HttpServer server;
+  std::atomic<int> n{0};
+  server.set_handler([&](const RecordedRequest&) {
+    Reply r;
+    if (n++ == 0) {
+      r.status = 503;
+      r.headers = {{"Retry-After", "1"}};  // 1 s, capped to retry_after_max_ms = 100
+    }
+    return r;
+  });
+  emit_doc(*store_, "t1", make_doc("t1", 1));
+  Delivery d(*store_, options(server.url()));
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  auto reqs = server.requests();
+  ASSERT_EQ(reqs.size(), 2u);
+  EXPECT_GE(reqs[1].at - reqs[0].at, std::chrono::milliseconds(95));
+  EXPECT_EQ(reqs[0].header("idempotency-key"), reqs[1].header("idempotency-key"));
+  EXPECT_EQ(d.stats().batches_retried, 1u);
+}
+
+TEST_F(UpstreamDeliveryTest, Retries429) {
+  HttpServer server;
+  std::atomic<int> n{0};
+  server.set_handler([&](const RecordedRequest&) {
+    Reply r;
+    if (n++ < 3) r.status = 429;
+    return r;
+  });
+  emit_doc(*store_, "t1", make_doc("t1", 1));
+  Delivery d(*store_, options(server.url()));
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  EXPECT_EQ(server.request_count(), 4u);
+  EXPECT_EQ(d.stats().failed_retryable, 3u);
+}
+
+TEST_F(UpstreamDeliveryTest, SlowUpstreamHitsTheDeadlineThenRecovers) {
+  HttpServer server;
+  std::atomic<int> n{0};
+  server.set_handler([&](const RecordedRequest&) {
+    Reply r;
+    if (n++ == 0) r.delay_ms = 1000;
+    return r;
+  });
+  emit_doc(*store_, "t1", make_doc("t1", 1));
+  Options o = options(server.url());
+  o.request_timeout_ms = 50;
+  Delivery d(*store_, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  EXPECT_GE(d.stats().failed_retryable, 1u);
+  EXPECT_EQ(server.request_count(), 2u);
+}
+
+TEST_F(UpstreamDeliveryTest, ConnectionResetMidBodyIsRetried) {
+  HttpServer server;
+  std::atomic<int> n{0};
+  server.set_handler([&](const RecordedRequest&) {
+    Reply r;
+    if (n++ == 0) {
+      r.action = Reply::Action::kResetMidBody;
+      r.body = std::string(2000, 'z');
+    } else if (n == 2) {
+      r.action = Reply::Action::kCloseBeforeReply;
+    }
+    return r;
+  });
+  emit_doc(*store_, "t1", make_doc("t1", 1));
+  Delivery d(*store_, options(server.url()));
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  EXPECT_GE(d.stats().failed_retryable, 2u);
+  EXPECT_EQ(d.stats().traces_delivered, 1u);
+}
+
+TEST_F(UpstreamDeliveryTest, TooLargeSplitsInHalvesWithNewKeys) {
+  HttpServer server;
+  server.set_handler([&](const RecordedRequest& req) {
+    Reply r;
+    if (traces_in(req).size() > 1) r.status = 413;
+    return r;
+  });
+  for (int i = 0; i < 4; ++i)
+    emit_doc(*store_, "t" + std::to_string(i), make_doc("t" + std::to_string(i), 1));
+  Options o = options(server.url());
+  o.max_in_flight = 1;
+  Delivery d(*store_, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  auto reqs = server.requests();
+  // 4 -> 413, 2 -> 413, 1, 1, 2 -> 413, 1, 1.
+  ASSERT_EQ(reqs.size(), 7u);
+  std::vector<std::string> delivered;
+  std::set<std::string> keys;
+  for (auto& r : reqs) {
+    keys.insert(r.header("idempotency-key"));
+    auto ids = traces_in(r);
+    if (ids.size() == 1) delivered.push_back(ids[0]);
+  }
+  EXPECT_EQ(keys.size(), 7u);
+  EXPECT_EQ(delivered, (std::vector<std::string>{"t0#1", "t1#1", "t2#1", "t3#1"}));
+  EXPECT_EQ(d.stats().batches_split, 3u);
+}
+
+TEST_F(UpstreamDeliveryTest, SingleTooLargeDocumentIsTruncated) {
+  HttpServer server;
+  server.set_handler([&](const RecordedRequest& req) {
+    Reply r;
+    if (req.decoded.size() > 4000) r.status = 413;
+    return r;
+  });
+  emit_doc(*store_, "t1", make_doc("t1", 1, 1, std::string(10000, 'p')));
+  Delivery d(*store_, options(server.url()));
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  auto reqs = server.requests();
+  ASSERT_EQ(reqs.size(), 2u);
+  json body = json::parse(reqs[1].decoded);
+  EXPECT_EQ(body["traces"][0]["events"][0]["input"], "[truncated 10002 bytes]");
+  EXPECT_EQ(d.stats().documents_truncated, 1u);
+}
+
+TEST_F(UpstreamDeliveryTest, BadRequestGoesToDeadLetterAndReplays) {
+  HttpServer server;
+  std::atomic<bool> reject{true};
+  server.set_handler([&](const RecordedRequest&) {
+    Reply r;
+    if (reject) r.status = 400;
+    return r;
+  });
+  std::string doc = make_doc("t1", 1);
+  emit_doc(*store_, "t1", doc);
+  Delivery d(*store_, options(server.url()));
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained() && d.stats().deadlettered == 1; }));
+  std::vector<DeadLetter> dl;
+  ASSERT_TRUE(deadletter_list(*store_, &dl).ok());
+  ASSERT_EQ(dl.size(), 1u);
+  EXPECT_EQ(dl[0].http_status, 400);
+  EXPECT_EQ(dl[0].traces, 1u);
+  EXPECT_EQ(dl[0].trace_ids, std::vector<std::string>{"t1"});
+  EXPECT_EQ(d.stats().failed_permanent, 1u);
+  reject = false;
+  EXPECT_EQ(d.replay_deadletters(), 1u);
+  ASSERT_TRUE(wait_until([&] { return d.stats().traces_delivered == 1; }));
+  auto reqs = server.requests();
+  ASSERT_EQ(reqs.size(), 2u);
+  EXPECT_EQ(reqs[1].decoded, "{\"traces\":[" + doc + "]}");
+  EXPECT_NE(reqs[0].header("idempotency-key"), reqs[1].header("idempotency-key"));
+  dl.clear();
+  ASSERT_TRUE(deadletter_list(*store_, &dl).ok());
+  EXPECT_TRUE(dl.empty());
+}
+
+TEST_F(UpstreamDeliveryTest, DeadLetterStoreIsBoundedAndPurgeable) {
+  HttpServer server;
+  server.set_handler([](const RecordedRequest&) { return Reply{400}; });
+  for (int i = 0; i < 5; ++i)
+    emit_doc(*store_, "t" + std::to_string(i), make_doc("t" + std::to_string(i), 1));
+  Options o = options(server.url());
+  o.batch_max_events = 1;
+  o.max_in_flight = 1;
+  o.deadletter_max_count = 3;
+  Delivery d(*store_, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained() && d.stats().deadlettered == 5; }));
+  d.stop();
+  std::vector<DeadLetter> dl;
+  ASSERT_TRUE(deadletter_list(*store_, &dl).ok());
+  ASSERT_EQ(dl.size(), 3u);
+  EXPECT_EQ(dl[0].trace_ids[0], "t2");  // the two oldest were evicted
+  EXPECT_EQ(d.stats().deadletter_evicted, 2u);
+  EXPECT_EQ(d.stats().dropped, 2u);
+  size_t purged = 0;
+  ASSERT_TRUE(deadletter_purge(*store_, &purged).ok());
+  EXPECT_EQ(purged, 3u);
+}
+
+TEST_F(UpstreamDeliveryTest, OfflineReplayIsSentAtNextStart) {
+  HttpServer server;
+  std::atomic<bool> reject{true};
+  server.set_handler([&](const RecordedRequest&) {
+    Reply r;
+    if (reject) r.status = 422;
+    return r;
+  });
+  emit_doc(*store_, "t1", make_doc("t1", 1));
+  {
+    Delivery d(*store_, options(server.url()));
+    d.start();
+    ASSERT_TRUE(wait_until([&] { return d.stats().deadlettered == 1; }));
+  }
+  size_t n = 0;
+  ASSERT_TRUE(deadletter_replay(*store_, &n).ok());
+  EXPECT_EQ(n, 1u);
+  reject = false;
+  Delivery d(*store_, options(server.url()));
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return d.stats().traces_delivered == 1; }));
+}
+
+TEST_F(UpstreamDeliveryTest, AuthFailurePausesUntilReset) {
+  HttpServer server;
+  std::atomic<bool> auth_ok{false};
+  server.set_handler([&](const RecordedRequest&) {
+    Reply r;
+    if (!auth_ok) r.status = 401;
+    return r;
+  });
+  emit_doc(*store_, "t1", make_doc("t1", 1));
+  Delivery d(*store_, options(server.url()));
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return d.stats().auth_failed; }));
+  emit_doc(*store_, "t2", make_doc("t2", 1));  // keeps buffering
+  EXPECT_EQ(server.request_count(), 1u);
+  EXPECT_EQ(store_->outbox_entries(), 2u);
+  auth_ok = true;
+  d.reset_auth();
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  EXPECT_FALSE(d.stats().auth_failed);
+  EXPECT_EQ(d.stats().failed_auth, 1u);
+}
+
+TEST_F(UpstreamDeliveryTest, IdempotencyKeySurvivesARestart) {
+  HttpServer server;
+  std::atomic<bool> fail{true};
+  server.set_handler([&](const RecordedRequest&) {
+    Reply r;
+    if (fail) r.status = 503;
+    return r;
+  });
+  for (int i = 0; i < 3; ++i)
+    emit_doc(*store_, "t" + std::to_string(i), make_doc("t" + std::to_string(i), 1));
+  Options o = options(server.url());
+  o.retry_initial_ms = 20;
+  o.retry_max_ms = 20;
+  {
+    Delivery d(*store_, o);
+    d.start();
+    ASSERT_TRUE(wait_until([&] { return server.request_count() >= 1; }));
+  }
+  emit_doc(*store_, "t9", make_doc("t9", 1));
+  fail = false;
+  size_t before = server.request_count();
+  Delivery d(*store_, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  auto reqs = server.requests();
+  ASSERT_GT(reqs.size(), before);
+  EXPECT_EQ(reqs[before].header("idempotency-key"), reqs[0].header("idempotency-key"));
+  EXPECT_EQ(reqs[before].decoded, reqs[0].decoded);
+  EXPECT_EQ(traces_in(reqs.back()), std::vector<std::string>{"t9#1"});
+}
+
+TEST_F(UpstreamDeliveryTest, RevisionsOfOneTraceArriveInOrder) {
+  HttpServer server;
+  std::atomic<int> n{0};
+  std::mutex mu;
+  std::map<std::string, int> in_flight;
+  std::atomic<bool> overlap{false};
+  server.set_handler([&](const RecordedRequest&) {
+    Reply r;
+    r.delay_ms = static_cast<uint32_t>((n++ * 7) % 5);
+    if (n % 3 == 0) r.status = 503;
+    return r;
+  });
+  Options o = options(server.url());
+  o.max_in_flight = 4;
+  o.batch_max_events = 2;
+  Delivery d(*store_, o);
+  d.start();
+  for (int rev = 1; rev <= 10; ++rev) {
+    for (const char* t : {"a", "b", "c"})
+      emit_doc(*store_, t, make_doc(t, static_cast<uint32_t>(rev)));
+  }
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  std::map<std::string, int> last;
+  for (auto& r : server.requests()) {
+    // Only count 2xx deliveries: the handler replied 503 to every third.
+    (void)r;
+  }
+  // Reconstruct successful deliveries from order of keys: the last request of
+  // each key is its successful one.
+  std::map<std::string, size_t> last_of_key;
+  auto reqs = server.requests();
+  for (size_t i = 0; i < reqs.size(); ++i)
+    last_of_key[reqs[i].header("idempotency-key")] = i;
+  std::vector<size_t> order;
+  for (auto& [k, i] : last_of_key)
+    order.push_back(i);
+  std::sort(order.begin(), order.end());
+  for (size_t i : order) {
+    for (auto& id : traces_in(reqs[i])) {
+      std::string t = id.substr(0, id.find('#'));
+      int rev = std::stoi(id.substr(id.find('#') + 1));
+      EXPECT_EQ(rev, last[t] + 1) << t;
+      last[t] = rev;
+    }
+  }
+  EXPECT_EQ(last["a"], 10);
+  EXPECT_EQ(last["b"], 10);
+  EXPECT_EQ(last["c"], 10);
+  (void)overlap;
+  (void)in_flight;
+  (void)mu;
+}
+
+TEST_F(UpstreamDeliveryTest, OtlpFormatAndPartialSuccess) {
+  HttpServer server;
+  server.set_handler([](const RecordedRequest&) {
+    Reply r;
+    r.body = R"({"partialSuccess":{"rejectedSpans":"1","errorMessage":"nope"}})";
+    return r;
+  });
+  emit_doc(*store_, "t1", make_doc("t1", 1));
+  Options o = options(server.url());
+  o.format = Format::kOtlp;
+  o.compression = Compression::kNone;
+  Delivery d(*store_, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  auto r = server.requests().at(0);
+  EXPECT_EQ(r.target, "/v1/traces");
+  EXPECT_EQ(r.header("content-encoding"), "");
+  json body = json::parse(r.decoded);
+  EXPECT_EQ(body["resourceSpans"][0]["scopeSpans"][0]["spans"].size(), 2u);
+  EXPECT_EQ(d.stats().spans_rejected, 1u);
+  EXPECT_EQ(server.request_count(), 1u);  // not retried
+}
+
+class UpstreamDeliveryTlsTest : public UpstreamDeliveryTest {
+ protected:
+  void SetUp() override {
+    UpstreamDeliveryTest::SetUp();
+    pki_ = testing::make_test_pki(dir_.str());
+  }
+  testing::TestPki pki_;
+};
+
+TEST_F(UpstreamDeliveryTlsTest, VerifiedMutualTls) {
+  HttpServer server(0, testing::ServerTls{pki_.server_cert, pki_.server_key, pki_.ca_cert});
+  emit_doc(*store_, "t1", make_doc("t1", 1));
+  Options o = options(server.url());
+  o.ca_file = pki_.ca_cert;
+  o.client_cert = pki_.client_cert;
+  o.client_key = pki_.client_key;
+  Delivery d(*store_, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  EXPECT_EQ(server.tls_failures(), 0u);
+}
+
+TEST_F(UpstreamDeliveryTlsTest, WrongCaIsRejected) {
+  HttpServer server(0, testing::ServerTls{pki_.server_cert, pki_.server_key, ""});
+  emit_doc(*store_, "t1", make_doc("t1", 1));
+  Options o = options(server.url());
+  o.ca_file = pki_.other_ca_cert;
+  Delivery d(*store_, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return d.stats().failed_retryable >= 2; }));
+  EXPECT_EQ(server.request_count(), 0u);
+  EXPECT_FALSE(drained());
+  // A reload with the right CA recovers.
+  o.ca_file = pki_.ca_cert;
+  d.update_options(o);
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+}
+
+TEST_F(UpstreamDeliveryTlsTest, WrongHostNameIsRejected) {
+  HttpServer server(0, testing::ServerTls{pki_.wrong_host_cert, pki_.wrong_host_key, ""});
+  emit_doc(*store_, "t1", make_doc("t1", 1));
+  Options o = options(server.url());
+  o.ca_file = pki_.ca_cert;
+  Delivery d(*store_, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return d.stats().failed_retryable >= 2; }));
+  EXPECT_EQ(server.request_count(), 0u);
+  EXPECT_GE(server.tls_failures(), 1u);
+}
+
+TEST_F(UpstreamDeliveryTest, BadConfigurationThrowsAtStart) {
+  Options o = options("ftp://x");
+  Delivery d(*store_, o);
+  EXPECT_THROW(d.start(), std::invalid_argument);
+  o = options("https://127.0.0.1:1");
+  o.ca_file = "/nonexistent/ca.pem";
+  Delivery d2(*store_, o);
+  EXPECT_THROW(d2.start(), std::runtime_error);
+  o = options("http://127.0.0.1:1");
+  o.api_key_env = "SIDETRACE_TEST_UNSET_VARIABLE";
+  Delivery d3(*store_, o);
+  EXPECT_THROW(d3.start(), std::runtime_error);
+}
+
+}  // namespace
+}  // namespace sidetrace::upstream

@@ -1,0 +1,47 @@
+// Request bodies: the native and OTLP formats, compression, and the 413
+// truncation of oversized documents.
+//
+// Thread safety: free functions without shared state.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "upstream/upstream.h"
+
+namespace sidetrace::upstream::detail {
+
+// {"traces":[doc,doc,...]} with the documents copied verbatim. Appends to *out.
+void append_native_body(std::span<const std::string_view> docs, std::string* out);
+
+// An OTLP/HTTP JSON ExportTraceServiceRequest holding every document (one
+// resourceSpans per document). Returns false (and sets *error) when a document
+// is not valid JSON.
+bool append_otlp_body(std::span<const std::string_view> docs, std::string* out, std::string* error);
+
+// Compresses `in` into *out (replacing it). kNone copies. Returns false on a
+// compressor failure.
+bool compress(Compression c, int level, std::string_view in, std::string* out);
+// The inverse (for tests and the benchmark server); bounded by `limit` bytes.
+bool decompress(Compression c, std::string_view in, std::string* out, size_t limit = 1u << 30);
+// The Content-Encoding value, empty for kNone.
+std::string_view content_encoding(Compression c);
+
+// Replaces the largest `input` or `output` value of any event in the document
+// with the string "[truncated N bytes]" (N: the JSON size of the value).
+// Returns false when no such field is worth truncating (all are absent, null
+// or already shorter than the marker) or the document is not valid JSON.
+bool truncate_largest_field(std::string* doc);
+
+// Number of events in a document (counts event objects by their "children"
+// array; fast, no parse).
+size_t count_events(std::string_view doc);
+
+// OTLP ids: `id` itself (lowercased) when it already is `hex_len` hex digits
+// and not all zero, otherwise the first hex_len digits of SHA-256(id).
+std::string otlp_id(std::string_view id, size_t hex_len);
+
+}  // namespace sidetrace::upstream::detail

@@ -1,0 +1,214 @@
+#include "upstream/detail/http_client.h"
+
+#include <openssl/ssl.h>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/ssl/host_name_verification.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/write.hpp>
+#include <chrono>
+#include <stdexcept>
+
+namespace sidetrace::upstream::detail {
+
+namespace ssl = net::ssl;
+using tcp = net::ip::tcp;
+
+Endpoint parse_endpoint(std::string_view url) {
+  Endpoint ep;
+  std::string_view rest;
+  if (url.starts_with("http://")) {
+    rest = url.substr(7);
+  } else if (url.starts_with("https://")) {
+    ep.tls = true;
+    rest = url.substr(8);
+  } else {
+    throw std::invalid_argument("upstream.endpoint must start with http:// or https://");
+  }
+  size_t slash = rest.find('/');
+  std::string_view authority = rest.substr(0, slash);
+  std::string_view path = slash == std::string_view::npos ? std::string_view() : rest.substr(slash);
+  if (authority.empty()) throw std::invalid_argument("upstream.endpoint has no host");
+  if (authority.find('@') != std::string_view::npos) {
+    throw std::invalid_argument("upstream.endpoint must not contain credentials");
+  }
+  std::string_view port;
+  if (authority.front() == '[') {
+    size_t close = authority.find(']');
+    if (close == std::string_view::npos) throw std::invalid_argument("bad IPv6 endpoint host");
+    ep.host = std::string(authority.substr(1, close - 1));
+    std::string_view after = authority.substr(close + 1);
+    if (!after.empty()) {
+      if (after.front() != ':') throw std::invalid_argument("bad endpoint port");
+      port = after.substr(1);
+    }
+  } else {
+    size_t colon = authority.rfind(':');
+    ep.host = std::string(authority.substr(0, colon));
+    if (colon != std::string_view::npos) port = authority.substr(colon + 1);
+  }
+  if (ep.host.empty()) throw std::invalid_argument("upstream.endpoint has no host");
+  if (!port.empty()) {
+    for (char c : port) {
+      if (c < '0' || c > '9') throw std::invalid_argument("bad endpoint port");
+    }
+    ep.port = std::string(port);
+  } else {
+    ep.port = ep.tls ? "443" : "80";
+  }
+  while (!path.empty() && path.back() == '/')
+    path.remove_suffix(1);
+  ep.target = std::string(path) + "/v1/traces";
+  ep.host_header = std::string(authority);
+  return ep;
+}
+
+std::shared_ptr<ssl::context> make_tls_context(const Options& o) {
+  auto ctx = std::make_shared<ssl::context>(ssl::context::tls_client);
+  boost::system::error_code ec;
+  ctx->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
+                   ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
+  if (o.tls_verify) {
+    ctx->set_verify_mode(ssl::verify_peer);
+    ctx->set_default_verify_paths(ec);  // no system CAs is not fatal when ca_file is given
+    if (!o.ca_file.empty()) {
+      ctx->load_verify_file(o.ca_file, ec);
+      if (ec) throw std::runtime_error("upstream.ca_file " + o.ca_file + ": " + ec.message());
+    }
+  } else {
+    ctx->set_verify_mode(ssl::verify_none);
+  }
+  if (!o.client_cert.empty() || !o.client_key.empty()) {
+    if (o.client_cert.empty() || o.client_key.empty()) {
+      throw std::runtime_error("upstream.client_cert and upstream.client_key go together");
+    }
+    ctx->use_certificate_chain_file(o.client_cert, ec);
+    if (ec) throw std::runtime_error("upstream.client_cert " + o.client_cert + ": " + ec.message());
+    ctx->use_private_key_file(o.client_key, ssl::context::pem, ec);
+    if (ec) throw std::runtime_error("upstream.client_key " + o.client_key + ": " + ec.message());
+  }
+  return ctx;
+}
+
+HttpConnection::HttpConnection(net::any_io_executor ex,
+                               std::shared_ptr<const ConnectionConfig> config)
+    : ex_(std::move(ex)), config_(std::move(config)) {}
+
+HttpConnection::~HttpConnection() {
+  close();
+}
+
+void HttpConnection::close() {
+  beast::error_code ec;
+  if (tcp_) {
+    tcp_->socket().shutdown(tcp::socket::shutdown_both, ec);
+    tcp_->close();
+    tcp_.reset();
+  }
+  if (tls_) {
+    // No TLS close_notify: the peer treats the closed socket as the end.
+    beast::get_lowest_layer(*tls_).close();
+    tls_.reset();
+  }
+  buffer_.clear();
+}
+
+net::awaitable<beast::error_code> HttpConnection::connect() {
+  beast::error_code ec;
+  const auto& ep = config_->endpoint;
+  auto timeout = std::chrono::milliseconds(config_->connect_timeout_ms);
+  tcp::resolver resolver(ex_);
+  auto results = co_await resolver.async_resolve(ep.host, ep.port,
+                                                 net::redirect_error(net::use_awaitable, ec));
+  if (ec) co_return ec;
+  beast::tcp_stream stream(ex_);
+  stream.expires_after(timeout);
+  co_await stream.async_connect(results, net::redirect_error(net::use_awaitable, ec));
+  if (ec) co_return ec;
+  stream.socket().set_option(tcp::no_delay(true), ec);
+  if (!config_->tls) {
+    tcp_.emplace(std::move(stream));
+    co_return beast::error_code{};
+  }
+  beast::ssl_stream<beast::tcp_stream> s(std::move(stream), *config_->tls);
+  if (!SSL_set_tlsext_host_name(s.native_handle(), ep.host.c_str())) {
+    co_return beast::error_code(static_cast<int>(::ERR_get_error()),
+                                net::error::get_ssl_category());
+  }
+  if (config_->tls_verify) s.set_verify_callback(ssl::host_name_verification(ep.host));
+  beast::get_lowest_layer(s).expires_after(timeout);
+  co_await s.async_handshake(ssl::stream_base::client, net::redirect_error(net::use_awaitable, ec));
+  if (ec) co_return ec;
+  tls_.emplace(std::move(s));
+  co_return beast::error_code{};
+}
+
+template <typename Stream>
+net::awaitable<beast::error_code> HttpConnection::exchange(
+    Stream& s, const http::request<http::string_body>& req, http::response<http::string_body>* res,
+    bool* got_bytes) {
+  beast::error_code ec;
+  beast::get_lowest_layer(s).expires_after(std::chrono::milliseconds(config_->request_timeout_ms));
+  co_await http::async_write(s, req, net::redirect_error(net::use_awaitable, ec));
+  if (ec) co_return ec;
+  http::response_parser<http::string_body> parser;
+  parser.body_limit(1u << 20);
+  parser.header_limit(64u << 10);
+  co_await http::async_read(s, buffer_, parser, net::redirect_error(net::use_awaitable, ec));
+  *got_bytes = parser.got_some() || buffer_.size() > 0;
+  if (ec) co_return ec;
+  *res = parser.release();
+  beast::get_lowest_layer(s).expires_never();
+  co_return beast::error_code{};
+}
+
+net::awaitable<Outcome> HttpConnection::post(const http::request<http::string_body>& req,
+                                             uint64_t now_ns) {
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    bool reused = connected();
+    beast::error_code ec;
+    if (!reused) {
+      ec = co_await connect();
+      if (ec) {
+        close();
+        Outcome o;
+        o.kind = OutcomeKind::kRetryable;
+        o.detail = "connect " + config_->endpoint.host + ":" + config_->endpoint.port + ": " +
+                   ec.message();
+        co_return o;
+      }
+    }
+    http::response<http::string_body> res;
+    bool got_bytes = false;
+    if (tls_) {
+      ec = co_await exchange(*tls_, req, &res, &got_bytes);
+    } else {
+      ec = co_await exchange(*tcp_, req, &res, &got_bytes);
+    }
+    if (ec) {
+      close();
+      // The server may have closed an idle keep-alive connection: try once
+      // more on a fresh one before calling it a failure.
+      if (reused && !got_bytes && ec != beast::error::timeout) continue;
+      Outcome o;
+      o.kind = OutcomeKind::kRetryable;
+      o.detail = ec == beast::error::timeout ? std::string("request timed out") : ec.message();
+      co_return o;
+    }
+    auto retry_after = res[http::field::retry_after];
+    Outcome o = classify(static_cast<int>(res.result_int()),
+                         std::string_view(retry_after.data(), retry_after.size()), now_ns);
+    auto reason = res.reason();
+    o.detail = std::to_string(res.result_int()) + " " + std::string(reason.data(), reason.size());
+    o.body = std::move(res.body());
+    if (!res.keep_alive()) close();
+    co_return o;
+  }
+  Outcome o;
+  o.detail = "connection closed by upstream";
+  co_return o;
+}
+
+}  // namespace sidetrace::upstream::detail

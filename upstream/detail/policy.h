@@ -1,0 +1,49 @@
+// Outcome classification and retry timing: the types that drive the retry
+// policy (docs/upstream.md).
+//
+// Thread safety: free functions without shared state.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <random>
+#include <string>
+#include <string_view>
+
+namespace sidetrace::upstream::detail {
+
+enum class OutcomeKind {
+  kSuccess,    // 2xx: ack
+  kRetryable,  // connection error, timeout, 3xx, 408, 429, 5xx except 501/505: back off, retry
+  kTooLarge,   // 413: split or truncate
+  kAuth,       // 401, 403: pause, probe
+  kPermanent,  // other 4xx, 501, 505: dead-letter
+};
+
+const char* to_string(OutcomeKind k);
+
+struct Outcome {
+  OutcomeKind kind = OutcomeKind::kRetryable;
+  int http_status = 0;                     // 0: no response (transport error)
+  std::optional<uint64_t> retry_after_ms;  // from Retry-After, when given
+  std::string detail;                      // error text or status line, for logs
+  std::string body;                        // response body (bounded), for partial_success
+};
+
+// Classifies an HTTP status; `retry_after` is the header value (maybe empty),
+// interpreted against wall-clock `now_ns`.
+Outcome classify(int status, std::string_view retry_after, uint64_t now_ns);
+
+// Retry-After: delta-seconds or an HTTP-date (IMF-fixdate, RFC 850 or asctime).
+// Returns the delay in ms (0 for a date in the past), nullopt when unparsable.
+std::optional<uint64_t> parse_retry_after(std::string_view value, uint64_t now_ns);
+
+// Exponential backoff with full jitter: uniform in [0, min(max, initial * 2^attempt)],
+// at least 1 ms. `attempt` counts from 0.
+uint64_t backoff_ms(uint32_t attempt, uint64_t initial_ms, uint64_t max_ms, std::mt19937_64& rng);
+
+// rejectedSpans of an OTLP partial_success response body (0 when absent or
+// the body is not JSON).
+uint64_t otlp_rejected_spans(std::string_view body, std::string* message);
+
+}  // namespace sidetrace::upstream::detail

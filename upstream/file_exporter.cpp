@@ -1,0 +1,242 @@
+// FileExporter: each trace revision as one JSON line in data_dir/traces.jsonl,
+// rotated by size; outbox entries are acked once their lines are flushed and
+// synced.
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+#include "common/rate_limited_log.h"
+#include "upstream/detail/encode.h"
+#include "upstream/upstream.h"
+
+namespace sidetrace::upstream {
+
+namespace fs = std::filesystem;
+
+struct FileExporter::Impl {
+  Impl(buffer::Store& s, Options o, const Clock& c) : store(s), options(std::move(o)), clock(c) {}
+
+  buffer::Store& store;
+  Options options;  // guarded by mu
+  const Clock& clock;
+  RateLimitedLog log{10, std::chrono::seconds(10)};
+
+  std::mutex mu;  // guards options, stop flag, notified, stats
+  std::condition_variable cv;
+  bool stop_requested = false;
+  bool notified = false;
+  Stats stats;
+  uint64_t last_success_mono = 0;
+
+  std::mutex life_mu;
+  std::thread thread;
+  bool running = false;
+
+  // Writer-thread state.
+  std::FILE* file = nullptr;
+  uint64_t file_size = 0;
+  std::string path;
+
+  void open_file() {
+    file = std::fopen(path.c_str(), "ab");
+    if (file == nullptr) {
+      throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
+    }
+    std::setvbuf(file, nullptr, _IOFBF, 1 << 20);
+    std::error_code ec;
+    file_size = fs::exists(path, ec) ? fs::file_size(path, ec) : 0;
+  }
+
+  // traces.jsonl -> .1 -> .2 ... ; the oldest beyond `keep` is deleted.
+  bool rotate(uint32_t keep) {
+    std::fclose(file);
+    file = nullptr;
+    std::error_code ec;
+    if (keep == 0) {
+      fs::remove(path, ec);
+    } else {
+      fs::remove(fmt::format("{}.{}", path, keep), ec);
+      for (uint32_t i = keep; i > 1; --i) {
+        fs::rename(fmt::format("{}.{}", path, i - 1), fmt::format("{}.{}", path, i), ec);
+      }
+      fs::rename(path, path + ".1", ec);
+      if (ec) log.log(spdlog::level::err, "upstream: cannot rotate " + path + ": " + ec.message());
+    }
+    try {
+      open_file();
+    } catch (const std::exception& e) {
+      log.log(spdlog::level::err, std::string("upstream: ") + e.what());
+      return false;
+    }
+    return true;
+  }
+
+  bool write_all(const std::vector<buffer::OutboxEntry>& entries, const Options& o) {
+    for (auto& e : entries) {
+      if (file == nullptr && !rotate(o.file_keep)) return false;
+      if (file_size > 0 && file_size + e.document.size() + 1 > o.file_max_bytes) {
+        if (std::fflush(file) != 0 || ::fdatasync(::fileno(file)) != 0) return false;
+        if (!rotate(o.file_keep)) return false;
+      }
+      if (std::fwrite(e.document.data(), 1, e.document.size(), file) != e.document.size() ||
+          std::fputc('\n', file) == EOF) {
+        return false;
+      }
+      file_size += e.document.size() + 1;
+      if (o.print) {
+        std::fwrite(e.document.data(), 1, e.document.size(), stdout);
+        std::fputc('\n', stdout);
+      }
+    }
+    if (o.print) std::fflush(stdout);
+    return std::fflush(file) == 0 && ::fdatasync(::fileno(file)) == 0;
+  }
+
+  void run() {
+    std::vector<buffer::OutboxEntry> entries;
+    uint32_t failures = 0;
+    for (;;) {
+      Options o;
+      {
+        std::unique_lock lock(mu);
+        if (stop_requested) break;
+        o = options;
+        notified = false;
+      }
+      entries.clear();
+      buffer::Status s = store.read_outbox(0, 1024, 4u << 20, &entries);
+      bool ok = s.ok();
+      if (!ok) log.log(spdlog::level::err, "upstream: outbox read failed: " + s.message());
+      if (ok && !entries.empty()) {
+        if (!write_all(entries, o)) {
+          log.log(spdlog::level::err,
+                  fmt::format("upstream: writing {} failed: {}", path, std::strerror(errno)));
+          if (file != nullptr) {
+            std::fclose(file);
+            file = nullptr;
+          }
+          ok = false;
+        } else {
+          std::vector<uint64_t> seqs;
+          size_t events = 0, bytes = 0;
+          for (auto& e : entries) {
+            seqs.push_back(e.seq);
+            events += detail::count_events(e.document);
+            bytes += e.document.size() + 1;
+          }
+          s = store.ack_outbox(seqs);
+          if (!s.ok()) {
+            // The lines are written; acking again later may duplicate them
+            // in the file, never lose them.
+            log.log(spdlog::level::err, "upstream: outbox ack failed: " + s.message());
+            ok = false;
+          } else {
+            uint64_t now = clock.now_ns();
+            std::lock_guard lock(mu);
+            ++stats.batches_sent;
+            stats.traces_delivered += entries.size();
+            stats.events_delivered += events;
+            stats.bytes_sent += bytes;
+            last_success_mono = clock.mono_ns();
+            for (auto& e : entries) {
+              uint64_t ms = now > e.emitted_ns ? (now - e.emitted_ns) / 1'000'000 : 0;
+              size_t i = 0;
+              while (ms > kLatencyBoundsMs[i])
+                ++i;
+              ++stats.latency_buckets[i];
+              stats.latency_sum_ms += ms;
+              ++stats.latency_count;
+            }
+            failures = 0;
+            continue;  // there may be more
+          }
+        }
+      }
+      if (!ok) {
+        std::lock_guard lock(mu);
+        ++stats.failed_retryable;
+        ++failures;
+      }
+      std::unique_lock lock(mu);
+      auto wait = ok ? std::chrono::milliseconds(o.flush_interval_ms)
+                     : std::chrono::milliseconds(std::min<uint64_t>(
+                           uint64_t{o.retry_initial_ms} << std::min<uint32_t>(failures, 10),
+                           o.retry_max_ms));
+      cv.wait_for(lock, wait, [&] { return stop_requested || (ok && notified); });
+    }
+    if (file != nullptr) {
+      std::fclose(file);
+      file = nullptr;
+    }
+  }
+};
+
+FileExporter::FileExporter(buffer::Store& store, Options options, const Clock& clock)
+    : impl_(std::make_unique<Impl>(store, std::move(options), clock)) {}
+
+FileExporter::~FileExporter() {
+  stop();
+}
+
+void FileExporter::start() {
+  std::lock_guard lock(impl_->life_mu);
+  if (impl_->running) return;
+  Impl& m = *impl_;
+  if (m.options.data_dir.empty()) throw std::invalid_argument("file exporter needs a data_dir");
+  m.path = (fs::path(m.options.data_dir) / "traces.jsonl").string();
+  m.open_file();
+  m.stop_requested = false;
+  m.store.set_outbox_listener([&m] {
+    {
+      std::lock_guard l(m.mu);
+      m.notified = true;
+    }
+    m.cv.notify_one();
+  });
+  m.thread = std::thread([&m] { m.run(); });
+  m.running = true;
+}
+
+void FileExporter::stop() {
+  std::lock_guard lock(impl_->life_mu);
+  Impl& m = *impl_;
+  if (!m.running) return;
+  m.store.set_outbox_listener({});
+  {
+    std::lock_guard l(m.mu);
+    m.stop_requested = true;
+  }
+  m.cv.notify_one();
+  m.thread.join();
+  m.running = false;
+}
+
+Stats FileExporter::stats() const {
+  std::lock_guard lock(impl_->mu);
+  Stats s = impl_->stats;
+  if (impl_->last_success_mono != 0) {
+    s.seconds_since_success =
+        static_cast<double>(impl_->clock.mono_ns() - impl_->last_success_mono) / 1e9;
+  }
+  return s;
+}
+
+void FileExporter::update_options(const Options& options) {
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->options = options;
+    impl_->notified = true;
+  }
+  impl_->cv.notify_one();
+}
+
+}  // namespace sidetrace::upstream

@@ -1,0 +1,217 @@
+// Upstream delivery: consumes finished trace revisions from the durable
+// store's outbox and forwards them, never losing one.
+//
+//   * Delivery sends batches over HTTP(S) to `Options::endpoint`, retrying
+//     transient failures forever by default (data waits on disk), pausing on
+//     authentication failures and dead-lettering batches the upstream rejects
+//     permanently. An outbox entry is acked only after a 2xx (or after it was
+//     written to the dead-letter store).
+//   * FileExporter writes each revision as one JSON line to
+//     `data_dir/traces.jsonl` (rotated by size), for when no endpoint is set.
+//   * deadletter_list/replay/purge operate on the dead-letter store (meta keys
+//     under `upstream/deadletter/`), for the CLI.
+//
+// The policy (retry, ordering, formats, OTLP mapping) is documented in
+// docs/upstream.md.
+//
+// Thread safety: every public method of Delivery and FileExporter may be called
+// from any thread. Each exporter runs on its own thread between start() and
+// stop(). The store must outlive the exporter. Only one exporter may consume a
+// store's outbox at a time.
+//
+// Errors: start() throws std::invalid_argument / std::runtime_error for a bad
+// configuration (unparsable endpoint, unreadable CA or key file, missing API
+// key); nothing else throws. Run-time failures are counted in Stats and logged
+// with a rate limit. The API key is never logged.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "buffer/status.h"
+#include "buffer/store.h"
+#include "common/clock.h"
+
+namespace sidetrace::upstream {
+
+enum class Format { kNative, kOtlp };
+enum class Compression { kGzip, kZstd, kNone };
+
+// Parses "native"/"otlp" and "gzip"/"zstd"/"none"; throw std::invalid_argument.
+Format parse_format(const std::string& s);
+Compression parse_compression(const std::string& s);
+
+struct Options {
+  // "http://host[:port][/base]" or "https://...". Requests go to
+  // `{endpoint}/v1/traces`. Empty: use the FileExporter instead.
+  std::string endpoint;
+  Format format = Format::kNative;
+  Compression compression = Compression::kGzip;
+  int compression_level = 1;  // gzip 1..9, zstd 1..19; low levels favour throughput
+
+  // A batch closes at whichever comes first: this many trace documents, this
+  // many document bytes, or its oldest document being this old.
+  size_t batch_max_events = 500;
+  size_t batch_max_bytes = 4u << 20;
+  uint32_t flush_interval_ms = 1000;
+
+  uint32_t max_in_flight = 2;           // concurrent batches = pooled keep-alive connections
+  uint32_t connect_timeout_ms = 5000;   // resolve + connect + TLS handshake
+  uint32_t request_timeout_ms = 30000;  // write request + read response
+
+  // Retries: exponential backoff with full jitter between retry_initial_ms
+  // and retry_max_ms. A Retry-After header is honoured up to
+  // retry_after_max_ms. retry_deadline_s = 0: retry forever; otherwise a batch
+  // still failing after that long goes to the dead-letter store.
+  uint32_t retry_initial_ms = 500;
+  uint32_t retry_max_ms = 60000;
+  uint32_t retry_after_max_ms = 300000;
+  uint32_t retry_deadline_s = 0;
+  // While authentication fails (401/403) sending pauses and is probed again
+  // this often (and at once on reset_auth() or update_options()).
+  uint32_t auth_probe_interval_ms = 30000;
+
+  // TLS (https endpoints). Verification (chain and host name) is on by
+  // default against the system CAs, plus `ca_file` when set. SNI is always
+  // sent. `client_cert` + `client_key` (PEM) enable mutual TLS.
+  std::string ca_file;
+  std::string client_cert;
+  std::string client_key;
+  bool tls_verify = true;
+
+  // API key from an environment variable or a file (first non-empty wins);
+  // sent as "Authorization: Bearer <key>", or as `<api_key_header>: <key>`.
+  std::string api_key_env;
+  std::string api_key_file;
+  std::string api_key_header;
+  std::vector<std::pair<std::string, std::string>> headers;  // extra request headers
+
+  // Dead-letter store bounds; the oldest records are evicted (and counted).
+  uint64_t deadletter_max_bytes = 64u << 20;
+  uint32_t deadletter_max_count = 10000;
+
+  // FileExporter.
+  std::string data_dir;                 // traces.jsonl goes here
+  uint64_t file_max_bytes = 64u << 20;  // rotate when the file reaches this size
+  uint32_t file_keep = 5;               // rotated files kept: traces.jsonl.1 .. .N
+  bool print = false;                   // also write every line to stdout
+};
+
+// Delivery-latency histogram bucket upper bounds (emitted_ns -> ack), in ms;
+// the last bucket is unbounded.
+inline constexpr std::array<uint64_t, 12> kLatencyBoundsMs = {
+    1, 5, 10, 50, 100, 250, 500, 1000, 5000, 10000, 60000, UINT64_MAX};
+
+struct Stats {
+  uint64_t batches_sent = 0;      // batches acknowledged with 2xx (or written by the file exporter)
+  uint64_t batches_retried = 0;   // retry attempts (any retryable outcome)
+  uint64_t failed_retryable = 0;  // attempts that failed: connection, timeout, 408/429/5xx
+  uint64_t failed_too_large = 0;  // 413 responses
+  uint64_t failed_auth = 0;       // 401/403 responses
+  uint64_t failed_permanent = 0;  // other 4xx
+  uint64_t batches_split = 0;     // 413 batches split in halves
+  uint64_t documents_truncated = 0;  // single documents whose fields were truncated after 413
+  uint64_t traces_delivered = 0;     // trace documents acked
+  uint64_t events_delivered = 0;     // events inside those documents
+  uint64_t bytes_sent = 0;          // request body bytes (after compression) of successful requests
+  uint64_t deadlettered = 0;        // trace documents moved to the dead-letter store
+  uint64_t deadletter_evicted = 0;  // dead-letter records evicted by the bounds
+  uint64_t dropped = 0;             // trace documents lost (only by dead-letter eviction)
+  uint64_t spans_rejected = 0;      // OTLP partial_success rejected spans (logged, not retried)
+  uint64_t in_flight = 0;           // batches currently being sent or waiting to retry
+  bool auth_failed = false;         // sending is paused on 401/403
+  double seconds_since_success = -1;                                // -1: never succeeded
+  std::array<uint64_t, kLatencyBoundsMs.size()> latency_buckets{};  // non-cumulative counts
+  uint64_t latency_sum_ms = 0;
+  uint64_t latency_count = 0;
+};
+
+// Something that consumes the outbox: Delivery or FileExporter.
+class Exporter {
+ public:
+  virtual ~Exporter() = default;
+  // Starts the exporter thread. Throws on a bad configuration.
+  virtual void start() = 0;
+  // Stops and joins the thread. Unacked work stays in the store and is
+  // resumed by the next start (with the same idempotency keys). Idempotent.
+  virtual void stop() = 0;
+  virtual Stats stats() const = 0;
+  // Leaves the auth_failed pause and probes the upstream at once.
+  virtual void reset_auth() = 0;
+  // Applies a reloaded configuration (connections are re-established).
+  // Throws like start() on a bad configuration, keeping the old one.
+  virtual void update_options(const Options& options) = 0;
+};
+
+class Delivery final : public Exporter {
+ public:
+  Delivery(buffer::Store& store, Options options, const Clock& clock = system_clock());
+  ~Delivery() override;  // stops
+  Delivery(const Delivery&) = delete;
+  Delivery& operator=(const Delivery&) = delete;
+
+  void start() override;
+  void stop() override;
+  Stats stats() const override;
+  void reset_auth() override;
+  void update_options(const Options& options) override;
+  // Moves every dead-letter record back into delivery (as new batches).
+  // Returns the number of records replayed.
+  size_t replay_deadletters();
+
+  struct Impl;
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+class FileExporter final : public Exporter {
+ public:
+  FileExporter(buffer::Store& store, Options options, const Clock& clock = system_clock());
+  ~FileExporter() override;
+  FileExporter(const FileExporter&) = delete;
+  FileExporter& operator=(const FileExporter&) = delete;
+
+  void start() override;  // throws std::runtime_error when the file cannot be opened
+  void stop() override;
+  Stats stats() const override;
+  void reset_auth() override {}
+  void update_options(const Options& options) override;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Delivery when options.endpoint is set, FileExporter otherwise.
+std::unique_ptr<Exporter> make_exporter(buffer::Store& store, const Options& options,
+                                        const Clock& clock = system_clock());
+
+// ---- dead-letter store (meta keys "upstream/deadletter/<id>") -------------
+
+struct DeadLetter {
+  std::string id;       // record id (the part of the key after the prefix)
+  uint64_t ts_ns = 0;   // when it was dead-lettered
+  int http_status = 0;  // the response that caused it (0: retry deadline)
+  std::string reason;   // short text: status line or error
+  size_t traces = 0;    // trace documents in the record
+  size_t bytes = 0;     // document bytes
+  std::vector<std::string> trace_ids;
+};
+
+// Lists up to `limit` records, oldest first.
+buffer::Status deadletter_list(buffer::Store& store, std::vector<DeadLetter>* out,
+                               size_t limit = SIZE_MAX);
+// Turns every record into a pending delivery batch (meta "upstream/batch/")
+// with a new idempotency key and deletes it; a running Delivery picks these up
+// at its next start (use Delivery::replay_deadletters() while it runs).
+buffer::Status deadletter_replay(buffer::Store& store, size_t* replayed);
+// Deletes every record.
+buffer::Status deadletter_purge(buffer::Store& store, size_t* purged);
+
+}  // namespace sidetrace::upstream
