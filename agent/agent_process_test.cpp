@@ -65,9 +65,11 @@ Result run(const std::vector<std::string>& args, const std::vector<std::string>&
     ::dup2(fi, 0);
     ::dup2(fo, 1);
     ::dup2(fe, 2);
-    for (const auto& e : env) ::putenv(const_cast<char*>(e.c_str()));
+    for (const auto& e : env)
+      ::putenv(const_cast<char*>(e.c_str()));
     std::vector<char*> argv{const_cast<char*>(kBin)};
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    for (const auto& a : args)
+      argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
     ::execv(kBin, argv.data());
     ::_exit(127);
@@ -96,7 +98,8 @@ class AgentProcess {
             "SIDETRACE_ADMIN_LISTEN=127.0.0.1:0",
             "SIDETRACE_TRACE_QUIET_PERIOD_MS=50",
             "SIDETRACE_BUFFER_SYNC=os"};
-    for (auto& e : extra_env) env_.push_back(e);
+    for (auto& e : extra_env)
+      env_.push_back(e);
     args_ = std::move(args);
   }
   ~AgentProcess() {
@@ -118,9 +121,11 @@ class AgentProcess {
       int fe = ::open((dir_ / "agent.err").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
       ::dup2(fo, 1);
       ::dup2(fe, 2);
-      for (const auto& e : env_) ::putenv(const_cast<char*>(e.c_str()));
+      for (const auto& e : env_)
+        ::putenv(const_cast<char*>(e.c_str()));
       std::vector<char*> argv{const_cast<char*>(kBin), const_cast<char*>("agent")};
-      for (const auto& a : args_) argv.push_back(const_cast<char*>(a.c_str()));
+      for (const auto& a : args_)
+        argv.push_back(const_cast<char*>(a.c_str()));
       argv.push_back(nullptr);
       ::execv(kBin, argv.data());
       ::_exit(127);
@@ -128,7 +133,8 @@ class AgentProcess {
   }
 
   bool wait_ready() {
-    return wait_until([&] { return log().find("sidetrace ready") != std::string::npos || exited(); });
+    return wait_until(
+        [&] { return log().find("sidetrace ready") != std::string::npos || exited(); });
   }
 
   bool exited() {
@@ -176,6 +182,7 @@ class AgentProcess {
   }
 
   const std::vector<std::string>& env() const { return env_; }
+  pid_t pid() const { return pid_; }
   int exit_status() const { return exit_status_; }
 
  private:
@@ -361,13 +368,55 @@ TEST_F(AgentProcessTest, StatusAndHealthEndpoints) {
   EXPECT_EQ(agent.signal_and_wait(SIGTERM), 0);
 }
 
+TEST_F(AgentProcessTest, ReloadAppliesGoodConfigRefusesBadAndLosesNothing) {
+  fs::path cfg = dir_ / "agent.toml";
+  std::ofstream(cfg) << "[log]\nlevel = \"info\"\n";
+  AgentProcess agent(dir_, {}, {"--config", cfg.string()});
+  agent.start();
+  ASSERT_TRUE(agent.wait_ready()) << agent.log();
+  std::string endpoint = "unix://" + agent.stream_path();
+  auto send = [&](const std::string& trace) {
+    Result r = run({"emit", "--endpoint", endpoint, "--kind", "event", "--trace-id", trace, "--id",
+                    "e", "--type", "TOOL", "--latency-ms", "1"});
+    ASSERT_EQ(r.status, 0) << r.err;
+  };
+  send("before");
+
+  // A good change, by SIGHUP: applied, and named in the log.
+  std::ofstream(cfg) << "[log]\nlevel = \"debug\"\n[upstream]\nbatch_max_events = 10\n";
+  ::kill(agent.pid(), SIGHUP);
+  ASSERT_TRUE(wait_until([&] {
+    return agent.log().find("reload: log.level applied") != std::string::npos;
+  })) << agent.log();
+  send("between");
+
+  // A key that needs a restart is named as such.
+  std::ofstream(cfg) << "[log]\nlevel = \"debug\"\n[listen]\nmax_connections = 7\n";
+  Result r = run({"reload", "--admin", agent.admin_addr()});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(
+      agent.log().find("listen.max_connections changed but takes effect only after a restart"),
+      std::string::npos)
+      << agent.log();
+
+  // A bad file is refused with the reason; the agent keeps serving.
+  std::ofstream(cfg) << "[log]\nlevel = \"loud\"\n";
+  r = run({"reload", "--admin", agent.admin_addr()});
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("log.level"), std::string::npos) << r.err;
+  ASSERT_TRUE(wait_until([&] { return agent.log().find("reload refused") != std::string::npos; }));
+  send("after");
+  ASSERT_TRUE(wait_until([&] { return agent.traces().size() >= 3; })) << agent.log();
+  EXPECT_EQ(agent.signal_and_wait(SIGTERM), 0);
+}
+
 TEST_F(AgentProcessTest, EmitNeverHangsWithoutAnAgent) {
   auto t0 = std::chrono::steady_clock::now();
   Result r = run({"emit", "--endpoint", "unix://" + (dir_ / "nobody.sock").string(), "--kind",
                   "event", "--trace-id", "t", "--id", "e", "--type", "TOOL"});
   EXPECT_NE(r.status, 0);
-  r = run({"emit", "--endpoint", "udp://127.0.0.1:9", "--kind", "event", "--trace-id", "t",
-           "--id", "e", "--type", "TOOL"});
+  r = run({"emit", "--endpoint", "udp://127.0.0.1:9", "--kind", "event", "--trace-id", "t", "--id",
+           "e", "--type", "TOOL"});
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s);
 }
 

@@ -96,6 +96,12 @@ int main(int argc, char** argv) {
   status_cmd->add_option("--admin", admin_addr, "Admin endpoint host:port (default: admin.listen)");
   status_cmd->add_flag("--metrics", status_metrics, "Print the raw Prometheus metrics instead");
 
+  // sidetrace reload
+  CLI::App* reload_cmd =
+      app.add_subcommand("reload", "Ask the running agent to re-read its configuration");
+  add_config_options(reload_cmd);
+  reload_cmd->add_option("--admin", admin_addr, "Admin endpoint host:port (default: admin.listen)");
+
   // sidetrace deadletter list|replay|purge
   CLI::App* dl_cmd = app.add_subcommand("deadletter", "Inspect, replay or purge dead letters");
   dl_cmd->require_subcommand(1);
@@ -137,6 +143,10 @@ int main(int argc, char** argv) {
     if (*status_cmd) {
       if (admin_addr.empty()) admin_addr = load_config(config_file, sets).admin.listen;
       return sidetrace::agent::run_status(admin_addr, status_metrics, std::cout, std::cerr);
+    }
+    if (*reload_cmd) {
+      if (admin_addr.empty()) admin_addr = load_config(config_file, sets).admin.listen;
+      return sidetrace::agent::run_reload(admin_addr, std::cout, std::cerr);
     }
     if (*dl_cmd) {
       Config cfg = load_config(config_file, sets);

@@ -37,7 +37,7 @@ struct Config {
   } listen;
 
   struct Intake {
-    uint64_t queue_bytes = 64ull << 20;  // decoded messages waiting for the store
+    uint64_t queue_bytes = 16ull << 20;  // decoded messages waiting for the store
   } intake;
 
   struct Admin {
