@@ -5,7 +5,7 @@ BUILD ?= build/release
 VAR ?= $(CURDIR)/var
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build run test bench test-sanitize format clean
+.PHONY: all deps build run test bench test-sanitize format clean install package
 
 all: build
 
@@ -30,7 +30,8 @@ run: build
 # Installs dependencies, builds, and runs every test.
 test: build
 	ctest --test-dir $(BUILD) -j$(JOBS) --output-on-failure --timeout 600
-	@if [ -f tests/run-sdk-tests.sh ]; then bash tests/run-sdk-tests.sh $(BUILD); fi
+	bash tests/run-sdk-tests.sh $(BUILD)
+	bash tests/ui/run.sh $(BUILD)
 
 bench: build
 	@bash bench/run.sh $(BUILD)
@@ -39,6 +40,19 @@ test-sanitize: deps
 	cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSIDETRACE_SANITIZE=ON
 	cmake --build build/asan -j$(JOBS)
 	ctest --test-dir build/asan -j$(JOBS) --output-on-failure --timeout 900
+
+PREFIX ?= /usr/local
+install: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=$(PREFIX) $(CMAKE_FLAGS)
+	cmake --build $(BUILD) -j$(JOBS) --target sidetrace
+	cmake --install $(BUILD)
+
+# A Debian package of the agent (build/pkg/*.deb).
+package: deps
+	cmake -S . -B build/pkg -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=/usr \
+	  -DSIDETRACE_BUILD_TESTS=OFF -DSIDETRACE_BUILD_BENCH=OFF
+	cmake --build build/pkg -j$(JOBS) --target sidetrace
+	cd build/pkg && cpack -G DEB
 
 format:
 	git ls-files '*.cpp' '*.h' | xargs clang-format -i

@@ -18,7 +18,9 @@
 #include <thread>
 
 #include "agent/admin.h"
+#include "agent/systemd.h"
 #include "agent/tools.h"
+#include "agent/viewer.h"
 #include "agent/wiring.h"
 #include "buffer/store.h"
 #include "buffer/writer.h"
@@ -48,6 +50,11 @@ struct Agent::Impl {
   const Clock& clock = system_clock();
 
   net::io_context io;
+  // The viewer's recent traces; declared before the assembler that feeds it.
+  RecentTraces recent;
+  // Redaction on the writer thread; swapped atomically by a reload.
+  ipc::RedactorSlot redactor;
+  ipc::RedactStats redact_stats;
   std::unique_ptr<buffer::Store> store;
   std::unique_ptr<BoundedQueue<ipc::MessageBatch>> queue;
   std::unique_ptr<trace::Assembler> assembler;
@@ -91,13 +98,26 @@ void Agent::request_reload() {
 }
 
 Components Agent::Impl::components() const {
-  return Components{cfg,          store.get(),     queue.get(),    intake.get(),
-                    writer.get(), assembler.get(), exporter.get(), is_ready.load(),
-                    started_ns};
+  Components c{cfg};
+  c.store = store.get();
+  c.queue = queue.get();
+  c.intake = intake.get();
+  c.writer = writer.get();
+  c.assembler = assembler.get();
+  c.exporter = exporter.get();
+  c.redact = &redact_stats;
+  c.started = is_ready.load();
+  c.started_ns = started_ns;
+  return c;
 }
 
 void Agent::Impl::start() {
   started_ns = clock.now_ns();
+  // Sockets passed by systemd (socket activation). First, while this is the
+  // only thread: it unsets the LISTEN_* variables.
+  systemd::ListenFds activated;
+  std::string activation_err;
+  if (systemd::listen_fds(&activated, &activation_err)) throw std::runtime_error(activation_err);
   std::error_code ec;
   std::filesystem::create_directories(cfg.data_dir, ec);
   if (ec) {
@@ -118,21 +138,47 @@ void Agent::Impl::start() {
   }
 
   queue = std::make_unique<BoundedQueue<ipc::MessageBatch>>(cfg.intake.queue_bytes);
-  assembler = std::make_unique<trace::Assembler>(*store, clock, assembler_options(cfg));
+  trace::AssemblerOptions assembler_opts = assembler_options(cfg);
+  assembler_opts.on_emitted = [this](const std::string& id, uint32_t revision,
+                                     const std::string& document) {
+    recent.add(id, revision, document);
+  };
+  assembler = std::make_unique<trace::Assembler>(*store, clock, assembler_opts);
   s = assembler->recover();
   if (!s.ok()) {
     throw std::runtime_error("cannot read the store's pending messages: " + s.ToString());
   }
+  redactor.store(make_redactor(cfg));
+  buffer::WriterOptions writer_opts;
+  writer_opts.transform = [this](ipc::Message& m) { return redactor.apply(m, &redact_stats); };
   writer = std::make_unique<buffer::Writer>(
       *store, *queue,
-      [a = assembler.get()](std::span<const buffer::Committed> c) { a->on_committed(c); }, clock);
+      [a = assembler.get()](std::span<const buffer::Committed> c) { a->on_committed(c); }, clock,
+      writer_opts);
   exporter = upstream::make_exporter(*store, upstream_options(cfg), clock);
 
   assembler->start();
   writer->start();
   exporter->start();
 
-  intake = ipc::Intake::create(io, intake_options(cfg), *queue, clock);
+  ipc::IntakeOptions intake_opts = intake_options(cfg);
+  // An adopted socket replaces the configured path of its transport.
+  if (activated.stream_fd >= 0) {
+    intake_opts.stream_fd = activated.stream_fd;
+    intake_opts.unix_stream.clear();
+  }
+  if (activated.dgram_fd >= 0) {
+    intake_opts.dgram_fd = activated.dgram_fd;
+    intake_opts.unix_dgram.clear();
+  }
+  if (activated.udp_fd >= 0) {
+    intake_opts.udp_fd = activated.udp_fd;
+    intake_opts.udp.clear();
+  }
+  if (activated.passed > 0) {
+    spdlog::info("socket activation: adopted {} socket(s) from systemd", activated.passed);
+  }
+  intake = ipc::Intake::create(io, std::move(intake_opts), *queue, clock);
   std::string err;
   if (intake->start(&err)) throw std::runtime_error(err);
 
@@ -153,10 +199,12 @@ void Agent::Impl::start() {
                cfg.listen.udp.empty() ? "off" : cfg.listen.udp,
                cfg.admin.listen.empty() ? "off" : cfg.admin.listen,
                cfg.upstream.endpoint.empty() ? "local file" : "http");
+  systemd::notify("READY=1\nSTATUS=serving");
 }
 
 void Agent::Impl::shutdown() {
   is_ready = false;
+  systemd::notify("STOPPING=1\nSTATUS=stopping: committing what was accepted");
   // A watchdog: if a stage hangs, exit anyway; what is stored stays stored.
   std::mutex mu;
   std::condition_variable cv;
@@ -211,12 +259,15 @@ std::string Agent::Impl::reload() {
       spdlog::warn("reload: {} changed but takes effect only after a restart", key);
     }
   }
+  std::shared_ptr<const ipc::Redactor> next_redactor;
   try {
+    next_redactor = make_redactor(next);
     exporter->update_options(upstream_options(next));
   } catch (const std::exception& e) {
     spdlog::error("reload refused, keeping the running configuration: {}", e.what());
     return std::string("refused: ") + e.what();
   }
+  redactor.store(std::move(next_redactor));
   spdlog::set_level(spdlog::level::from_str(next.log.level));
   // Keys that need a restart keep their running values.
   for (const auto& key : changed) {
@@ -237,8 +288,9 @@ std::string Agent::Impl::reload() {
 }
 
 AdminResponse Agent::Impl::handle(const std::string& method, const std::string& target) {
-  std::string path = target.substr(0, target.find('?'));
   AdminResponse r;
+  if (handle_viewer(recent, method, target, &r)) return r;
+  std::string path = target.substr(0, target.find('?'));
   if (path == "/healthz") {
     r.body = "ok\n";
   } else if (path == "/readyz") {
@@ -292,10 +344,15 @@ int Agent::run() {
       [&](const boost::system::error_code& ec, int) {
         if (ec) return;
         spdlog::info("received SIGHUP; reloading the configuration");
-        d.reload();
+        systemd::notify_reloading();
+        std::string result = d.reload();
+        systemd::notify("READY=1\nSTATUS=serving; last reload: " + result);
         hup.async_wait(on_hup);
       };
   hup.async_wait(on_hup);
+  // Pings systemd's watchdog from the loop (when WatchdogSec= is set).
+  systemd::Watchdog watchdog(d.io);
+  watchdog.start();
 
   // One more thread for intake decoding when the machine has the cores.
   std::thread second;
@@ -307,6 +364,7 @@ int Agent::run() {
     d.io.stop();
     second.join();
   }
+  watchdog.stop();
   signals.cancel();
   hup.cancel();
   d.shutdown();

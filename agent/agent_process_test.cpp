@@ -9,11 +9,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -112,9 +117,11 @@ class AgentProcess {
   std::string stream_path() const { return (dir_ / "agent.sock").string(); }
   std::string dgram_path() const { return (dir_ / "agent.dgram.sock").string(); }
   fs::path traces_file() const { return dir_ / "data" / "traces.jsonl"; }
-  std::string log() const { return slurp(dir_ / "agent.err"); }
+  // This run's log (a data dir may hold the logs of earlier runs).
+  std::string log() const { return slurp(dir_ / "agent.err").substr(log_offset_); }
 
   void start() {
+    log_offset_ = slurp(dir_ / "agent.err").size();
     pid_ = ::fork();
     if (pid_ == 0) {
       int fo = ::open((dir_ / "agent.out").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
@@ -175,7 +182,7 @@ class AgentProcess {
   // The admin port, read from the log line the agent prints at start.
   std::string admin_addr() const {
     std::string l = log();
-    size_t p = l.find("admin: listening on ");
+    size_t p = l.rfind("admin: listening on ");
     if (p == std::string::npos) return {};
     size_t e = l.find('\n', p);
     return l.substr(p + 20, e - p - 20);
@@ -191,6 +198,7 @@ class AgentProcess {
   std::vector<std::string> args_;
   pid_t pid_ = -1;
   int exit_status_ = -1;
+  size_t log_offset_ = 0;
 };
 
 class AgentProcessTest : public ::testing::Test {
@@ -319,6 +327,118 @@ TEST_F(AgentProcessTest, PersistedEventsSurviveKill9) {
   EXPECT_EQ(again.signal_and_wait(SIGTERM), 0);
 }
 
+// Reads sidetrace_persisted_messages_total from the admin endpoint; -1 if unreachable.
+long long persisted_count(const std::string& addr) {
+  unsigned st = 0;
+  std::string body, err;
+  if (!sidetrace::agent::admin_get(addr, "/metrics", &st, &body, &err)) return -1;
+  const std::string key = "sidetrace_persisted_messages_total ";
+  size_t p = body.find("\n" + key);
+  if (p == std::string::npos) return -1;
+  return std::stoll(body.substr(p + 1 + key.size()));
+}
+
+// Streams messages over one Unix stream connection until stopped; message n is
+// event e<n%10> of trace <prefix>-t<n/10>.
+class StreamEmitter {
+ public:
+  StreamEmitter(const std::string& path, std::string prefix) : prefix_(std::move(prefix)) {
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+    thread_ = std::thread([this] { loop(); });
+  }
+  ~StreamEmitter() {
+    stop_ = true;
+    thread_.join();
+    ::close(fd_);
+  }
+  bool connected() const { return connected_; }
+
+ private:
+  void loop() {
+    for (uint64_t n = 0; connected_ && !stop_; ++n) {
+      nlohmann::json m = {{"v", 1},
+                          {"kind", "event"},
+                          {"trace_id", prefix_ + "-t" + std::to_string(n / 10)},
+                          {"id", "e" + std::to_string(n % 10)},
+                          {"type", "TOOL"},
+                          {"input", std::string(200, 'x')},
+                          {"latency_ms", 1}};
+      std::vector<uint8_t> bytes = nlohmann::json::to_msgpack(m);
+      size_t off = 0;
+      while (off < bytes.size() && !stop_) {
+        ssize_t w = ::send(fd_, bytes.data() + off, bytes.size() - off, MSG_NOSIGNAL);
+        if (w <= 0) return;  // the agent died
+        off += static_cast<size_t>(w);
+      }
+    }
+  }
+  std::string prefix_;
+  int fd_ = -1;
+  bool connected_ = false;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+TEST_F(AgentProcessTest, KillNineLoopLosesNoPersistedEvent) {
+  constexpr int kRounds = 5;
+  std::mt19937 rng(20261127);
+  std::vector<long long> persisted_at_kill;
+  for (int round = 0; round < kRounds; ++round) {
+    AgentProcess agent(dir_, {"SIDETRACE_TRACE_QUIET_PERIOD_MS=200"});
+    agent.start();
+    ASSERT_TRUE(agent.wait_ready()) << agent.log();
+    std::string addr = agent.admin_addr();
+    long long base = persisted_count(addr);
+    ASSERT_GE(base, 0) << addr << "\n" << agent.log();
+    long long target = std::uniform_int_distribution<long long>(200, 5000)(rng);
+    StreamEmitter emitter(agent.stream_path(), "r" + std::to_string(round));
+    ASSERT_TRUE(emitter.connected());
+    long long seen = 0;
+    ASSERT_TRUE(wait_until([&] {
+      seen = persisted_count(addr) - base;
+      return seen >= target;
+    })) << agent.log();
+    agent.kill9();
+    persisted_at_kill.push_back(seen);
+  }
+
+  // Drain: a clean run emits whatever was persisted but not yet emitted.
+  AgentProcess agent(dir_, {"SIDETRACE_TRACE_QUIET_PERIOD_MS=50"});
+  agent.start();
+  ASSERT_TRUE(agent.wait_ready()) << agent.log();
+  // Latest revision of every trace.
+  std::map<std::string, nlohmann::json> latest;
+  auto complete = [&] {
+    latest.clear();
+    for (const auto& t : agent.traces()) {
+      std::string id = t["trace_id"];
+      if (!latest.count(id) || latest[id]["revision"] < t["revision"]) latest[id] = t;
+      std::set<std::string> ids;
+      for (const auto& e : t["events"]) {
+        EXPECT_TRUE(ids.insert(e["id"].get<std::string>()).second) << "twice in one revision";
+      }
+    }
+    for (int round = 0; round < kRounds; ++round) {
+      for (long long n = 0; n < persisted_at_kill[round]; ++n) {
+        std::string tid = "r" + std::to_string(round) + "-t" + std::to_string(n / 10);
+        auto it = latest.find(tid);
+        if (it == latest.end()) return false;
+        bool found = false;
+        for (const auto& e : it->second["events"])
+          found = found || e["id"] == "e" + std::to_string(n % 10);
+        if (!found) return false;
+      }
+    }
+    return true;
+  };
+  EXPECT_TRUE(wait_until(complete, 30s)) << agent.log();
+  EXPECT_EQ(agent.signal_and_wait(SIGTERM), 0);
+}
+
 TEST_F(AgentProcessTest, BadConfigExitsNonZeroNamingKeyFileAndLine) {
   fs::path cfg = dir_ / "bad.toml";
   std::ofstream(cfg) << "data_dir = \"/tmp/x\"\n[trace]\nquiet_period_ms = \"soon\"\n";
@@ -408,6 +528,40 @@ TEST_F(AgentProcessTest, ReloadAppliesGoodConfigRefusesBadAndLosesNothing) {
   send("after");
   ASSERT_TRUE(wait_until([&] { return agent.traces().size() >= 3; })) << agent.log();
   EXPECT_EQ(agent.signal_and_wait(SIGTERM), 0);
+}
+
+TEST_F(AgentProcessTest, SecretsAreRedactedBeforeTheyAreStored) {
+  fs::path cfg = dir_ / "agent.toml";
+  std::ofstream(cfg) << "[redact]\ndetectors = [\"emails\", \"bearer_tokens\"]\n"
+                        "[[redact.rules]]\nname = \"ticket\"\npattern = \"TICKET-[0-9]+\"\n";
+  AgentProcess agent(dir_, {}, {"--config", cfg.string()});
+  agent.start();
+  ASSERT_TRUE(agent.wait_ready()) << agent.log();
+  Result r = run({"emit", "--endpoint", "unix://" + agent.stream_path(), "--kind", "event",
+                  "--trace-id", "secret", "--id", "e", "--type", "TOOL", "--input",
+                  "mail bob@example.com about TICKET-1234", "--output",
+                  "Authorization: Bearer abcdef0123456789abcdef", "--latency-ms", "1"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  ASSERT_TRUE(wait_until([&] { return !agent.traces().empty(); })) << agent.log();
+  EXPECT_EQ(agent.signal_and_wait(SIGTERM), 0);
+  // Neither the emitted trace nor any file of the store holds the secrets.
+  std::string doc = agent.traces().at(0).dump();
+  EXPECT_EQ(doc.find("bob@example.com"), std::string::npos) << doc;
+  EXPECT_EQ(doc.find("TICKET-1234"), std::string::npos) << doc;
+  EXPECT_EQ(doc.find("abcdef0123456789abcdef"), std::string::npos) << doc;
+  EXPECT_NE(doc.find("[REDACTED:ticket]"), std::string::npos) << doc;
+  for (const auto& f : fs::recursive_directory_iterator(dir_ / "data" / "store")) {
+    if (!f.is_regular_file()) continue;
+    EXPECT_EQ(slurp(f.path()).find("bob@example.com"), std::string::npos) << f.path();
+  }
+}
+
+TEST_F(AgentProcessTest, BadRedactionRuleIsAConfigurationError) {
+  fs::path cfg = dir_ / "agent.toml";
+  std::ofstream(cfg) << "[[redact.rules]]\nname = \"broken\"\npattern = \"([a-\"\n";
+  Result r = run({"config", "check", cfg.string()});
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.err.find("broken"), std::string::npos) << r.err;
 }
 
 TEST_F(AgentProcessTest, EmitNeverHangsWithoutAnAgent) {

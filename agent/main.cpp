@@ -2,7 +2,10 @@
 // components; all behaviour lives in the libraries.
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -10,7 +13,9 @@
 
 #include "agent/admin.h"
 #include "agent/agent.h"
+#include "agent/tail.h"
 #include "agent/tools.h"
+#include "agent/wiring.h"
 #include "config/config.h"
 #include "ipc/emit.h"
 
@@ -112,6 +117,27 @@ int main(int argc, char** argv) {
   for (CLI::App* sub : {dl_list, dl_replay, dl_purge})
     add_config_options(sub);
 
+  // sidetrace tail
+  sidetrace::agent::TailOptions tail;
+  int64_t tail_interval_ms = 1000;
+  bool tail_no_color = false;
+  CLI::App* tail_cmd =
+      app.add_subcommand("tail", "Print the running agent's traces as they finish");
+  add_config_options(tail_cmd);
+  tail_cmd->add_option("--admin", tail.admin, "Admin endpoint host:port (default: admin.listen)");
+  tail_cmd->add_option("--interval-ms", tail_interval_ms, "Time between polls")
+      ->capture_default_str();
+  tail_cmd->add_option("-n,--last", tail.last, "Print this many recent traces first")
+      ->capture_default_str();
+  tail_cmd->add_option("--count", tail.count, "Stop after this many traces (0: never)");
+  tail_cmd->add_option("--session", tail.session, "Only this session");
+  tail_cmd->add_option("--conversation", tail.conversation, "Only this conversation");
+  tail_cmd->add_option("--user", tail.user, "Only this user id");
+  tail_cmd->add_option("--query", tail.query,
+                       "Only traces whose ids, names, inputs or outputs contain this text");
+  tail_cmd->add_flag("--errors", tail.errors_only, "Only traces with an error");
+  tail_cmd->add_flag("--no-color", tail_no_color, "Plain text, no ANSI colors");
+
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -134,6 +160,7 @@ int main(int argc, char** argv) {
     }
     if (*check_cmd) {
       Config cfg = load_config(check_file, sets);
+      sidetrace::agent::make_redactor(cfg);  // rules and detectors must compile
       std::cout << "# " << check_file << ": valid\n" << sidetrace::config::to_toml(cfg);
       return 0;
     }
@@ -147,6 +174,12 @@ int main(int argc, char** argv) {
     if (*reload_cmd) {
       if (admin_addr.empty()) admin_addr = load_config(config_file, sets).admin.listen;
       return sidetrace::agent::run_reload(admin_addr, std::cout, std::cerr);
+    }
+    if (*tail_cmd) {
+      if (tail.admin.empty()) tail.admin = load_config(config_file, sets).admin.listen;
+      tail.interval = std::chrono::milliseconds(tail_interval_ms);
+      tail.color = !tail_no_color && ::isatty(STDOUT_FILENO) != 0;
+      return sidetrace::agent::run_tail(tail, std::cout, std::cerr);
     }
     if (*dl_cmd) {
       Config cfg = load_config(config_file, sets);

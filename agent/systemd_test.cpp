@@ -55,10 +55,11 @@ std::string slurp(const fs::path& p) {
   return ss.str();
 }
 
+// Short names: socket paths must fit in 108 bytes.
 fs::path temp_dir(const std::string& tag) {
-  fs::path d =
-      fs::temp_directory_path() / ("sidetrace-sd-" + std::to_string(::getpid()) + "-" + tag + "-" +
-                                   ::testing::UnitTest::GetInstance()->current_test_info()->name());
+  static int n = 0;
+  fs::path d = fs::temp_directory_path() /
+               ("sidetrace-sd-" + std::to_string(::getpid()) + "-" + tag + std::to_string(n++));
   fs::remove_all(d);
   fs::create_directories(d);
   return d;

@@ -75,6 +75,21 @@ ipc::IntakeOptions intake_options(const config::Config& c) {
   return o;
 }
 
+std::shared_ptr<const ipc::Redactor> make_redactor(const config::Config& c) {
+  const auto& r = c.redact;
+  if (r.detectors.empty() && r.rules.empty() && r.max_field_bytes == 0) return nullptr;
+  ipc::RedactOptions o;
+  o.detectors = r.detectors;
+  o.fields = r.fields;
+  o.max_field_bytes = r.max_field_bytes;
+  for (const auto& rule : r.rules)
+    o.rules.push_back({rule.name, rule.pattern, rule.replacement});
+  std::string error;
+  auto redactor = ipc::Redactor::create(o, &error);
+  if (!redactor) throw config::ConfigError("redact: " + error);
+  return redactor;
+}
+
 namespace {
 
 constexpr std::array<ipc::Transport, 3> kTransports = {
@@ -239,6 +254,22 @@ std::string render_metrics(const Components& c, const Clock& clock) {
     w.sample("sidetrace_assembler_rescans_total", as.rescans);
     w.family("sidetrace_assembler_store_errors_total", "counter", "Store errors while assembling.");
     w.sample("sidetrace_assembler_store_errors_total", as.store_errors);
+  }
+  if (c.redact) {
+    ipc::RedactCounters rc = c.redact->snapshot();
+    w.family("sidetrace_redacted_messages_total", "counter",
+             "Messages in which redaction changed something.");
+    w.sample("sidetrace_redacted_messages_total", rc.messages_redacted);
+    w.family("sidetrace_redaction_matches_total", "counter", "Redaction matches, by rule.");
+    for (const auto& [rule, n] : rc.matches) {
+      w.sample("sidetrace_redaction_matches_total", n, {{"rule", rule}});
+    }
+    w.family("sidetrace_truncated_fields_total", "counter",
+             "Fields cut at redact.max_field_bytes.");
+    w.sample("sidetrace_truncated_fields_total", rc.fields_truncated);
+    w.family("sidetrace_redaction_failures_total", "counter",
+             "Messages stored unredacted because redaction failed on them.");
+    w.sample("sidetrace_redaction_failures_total", rc.failures);
   }
   if (c.exporter) exporter_metrics(w, c.exporter->stats(), !c.cfg.upstream.endpoint.empty());
   return w.take();

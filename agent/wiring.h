@@ -15,6 +15,7 @@
 #include "config/config.h"
 #include "ipc/intake.h"
 #include "ipc/message.h"
+#include "ipc/redact.h"
 #include "trace/assembler.h"
 #include "upstream/upstream.h"
 
@@ -28,6 +29,9 @@ buffer::StoreOptions store_options(const config::Config& c);
 trace::AssemblerOptions assembler_options(const config::Config& c);
 upstream::Options upstream_options(const config::Config& c);
 ipc::IntakeOptions intake_options(const config::Config& c);
+// The redactor for c.redact (nullptr when nothing is configured). Throws
+// config::ConfigError naming the key when a rule or detector is invalid.
+std::shared_ptr<const ipc::Redactor> make_redactor(const config::Config& c);
 
 // Borrowed views of the running components; any pointer may be null.
 struct Components {
@@ -38,6 +42,7 @@ struct Components {
   const buffer::Writer* writer = nullptr;
   const trace::Assembler* assembler = nullptr;
   const upstream::Exporter* exporter = nullptr;
+  const ipc::RedactStats* redact = nullptr;
   bool started = false;
   uint64_t started_ns = 0;
 };

@@ -34,6 +34,8 @@ WriterStats Writer::stats() const {
   s.dropped_no_space = dropped_no_space_.load();
   s.dropped_io_error = dropped_io_error_.load();
   s.dropped_invalid = dropped_invalid_.load();
+  s.transformed = transformed_.load();
+  s.transform_errors = transform_errors_.load();
   s.degraded = degraded_.load();
   return s;
 }
@@ -52,6 +54,14 @@ void Writer::run() {
           log_.log(spdlog::level::warn,
                    "buffer: dropped a message whose trace_id cannot be stored");
           continue;
+        }
+        if (opts_.transform) {
+          try {
+            if (opts_.transform(m)) transformed_.fetch_add(1);
+          } catch (const std::exception& e) {
+            transform_errors_.fetch_add(1);
+            log_.log(spdlog::level::err, fmt::format("buffer: the transform failed: {}", e.what()));
+          }
         }
         bytes += m.trace_id.size() + m.raw.size() + 40;
         group.push_back(std::move(m));

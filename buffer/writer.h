@@ -17,8 +17,12 @@
 //     (with a growing back-off), dropping groups until it succeeds.
 //     Writing resumes by itself once space returns.
 //
+// Before a message joins a group, the optional `transform` (redaction, see
+// ipc/redact.h) may rewrite it on the writer thread: nothing it removes ever
+// reaches the store. Messages it changed are counted.
+//
 // Thread safety: start()/stop() from one owning thread; stats() from any.
-// The sink runs on the writer thread and must not block.
+// The sink and the transform run on the writer thread and must not block.
 #pragma once
 
 #include <atomic>
@@ -44,6 +48,10 @@ struct WriterOptions {
   // then at doubling intervals up to `max_resume_interval`.
   std::chrono::milliseconds resume_interval{100};
   std::chrono::milliseconds max_resume_interval{5000};
+  // Applied to each message before it is stored; returns whether it changed
+  // the message. Must not throw (a throw is counted and the message stored as
+  // the transform left it). Must keep trace_id; empty = no transform.
+  std::function<bool(ipc::Message&)> transform;
 };
 
 struct WriterStats {
@@ -53,6 +61,8 @@ struct WriterStats {
   uint64_t dropped_no_space = 0;  // lost: the disk was full
   uint64_t dropped_io_error = 0;  // lost: another write error
   uint64_t dropped_invalid = 0;   // refused: not storable (trace_id too long)
+  uint64_t transformed = 0;       // messages the transform changed
+  uint64_t transform_errors = 0;  // transform calls that threw
   bool degraded = false;          // the last write failed; waiting to resume
 };
 
@@ -92,7 +102,7 @@ class Writer {
   std::chrono::nanoseconds backoff_{0};
 
   std::atomic<uint64_t> persisted_{0}, commits_{0}, dropped_full_{0}, dropped_no_space_{0},
-      dropped_io_error_{0}, dropped_invalid_{0};
+      dropped_io_error_{0}, dropped_invalid_{0}, transformed_{0}, transform_errors_{0};
   std::atomic<bool> degraded_{false};
 };
 

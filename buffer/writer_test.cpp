@@ -9,6 +9,9 @@
 
 #include "buffer/testing/fault_env.h"
 #include "buffer/testing/temp_dir.h"
+#include "ipc/event.h"
+#include "ipc/redact.h"
+#include "ipc/test_support.h"
 
 namespace sidetrace::buffer {
 namespace {
@@ -172,6 +175,109 @@ TEST(WriterTest, FullDiskDropsCountedAndResumesByItself) {
   ev.clear();
   ASSERT_TRUE(store->read_trace("during", &ev).ok());
   EXPECT_TRUE(ev.empty());
+}
+
+TEST(WriterTest, TransformRedactsBeforeAnythingReachesTheStore) {
+  TempDir dir;
+  StoreOptions o;
+  o.data_dir = dir.str();
+  o.sync = SyncMode::kOs;
+  std::unique_ptr<Store> store;
+  ASSERT_TRUE(Store::open(o, &store).ok());
+  ipc::RedactOptions ro;
+  ro.detectors = {"api_keys", "emails"};
+  std::string error;
+  ipc::RedactorSlot slot(ipc::Redactor::create(ro, &error));
+  ASSERT_TRUE(slot.load()) << error;
+  ipc::RedactStats rstats;
+  WriterOptions wo;
+  wo.transform = [&](ipc::Message& m) { return slot.apply(m, &rstats); };
+  BoundedQueue<ipc::MessageBatch> q(64 << 20);
+  Writer w(*store, q, nullptr, system_clock(), wo);
+  w.start();
+
+  const std::string secret = "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXyz0";
+  auto event = [](const std::string& id, const std::string& input) {
+    ipc::Message m;
+    m.trace_id = "redacted-trace";
+    m.id = id;
+    m.recv_ns = system_clock().now_ns();
+    m.raw = ipc::testing::MapBuilder()
+                .uint("v", 1)
+                .str("kind", "event")
+                .str("trace_id", "redacted-trace")
+                .str("id", id)
+                .str("type", "TOOL")
+                .str("input", input)
+                .build();
+    return m;
+  };
+  ipc::MessageBatch b;
+  b.push_back(event("e1", "key " + secret + " for jane@example.com"));
+  b.push_back(event("e2", "nothing secret"));
+  const std::string clean_raw = b[1].raw;
+  ASSERT_TRUE(q.try_push(b, 2));
+  w.stop();
+
+  WriterStats st = w.stats();
+  EXPECT_EQ(st.persisted, 2u);
+  EXPECT_EQ(st.transformed, 1u);
+  EXPECT_EQ(st.transform_errors, 0u);
+  ipc::RedactCounters rc = rstats.snapshot();
+  EXPECT_EQ(rc.messages_checked, 2u);
+  EXPECT_EQ(rc.matches["api_keys"], 1u);
+  EXPECT_EQ(rc.matches["emails"], 1u);
+
+  std::vector<StoredEvent> ev;
+  ASSERT_TRUE(store->read_trace("redacted-trace", &ev).ok());
+  ASSERT_EQ(ev.size(), 2u);
+  bool saw_redacted = false;
+  for (const StoredEvent& e : ev) {
+    EXPECT_EQ(e.raw.find(secret), std::string::npos);
+    EXPECT_EQ(e.raw.find("jane@example.com"), std::string::npos);
+    ipc::Event decoded;
+    ASSERT_TRUE(ipc::decode_event(e.raw, ipc::DecodeLimits{}, &decoded, nullptr, nullptr));
+    if (decoded.id == "e1") {
+      saw_redacted = true;
+      EXPECT_EQ(decoded.input,
+                ipc::testing::pack(std::string("key [REDACTED:api_keys] for [REDACTED:emails]")));
+    } else {
+      EXPECT_EQ(e.raw, clean_raw);
+    }
+  }
+  EXPECT_TRUE(saw_redacted);
+}
+
+TEST(WriterTest, ThrowingTransformIsCountedAndTheMessageStillStored) {
+  TempDir dir;
+  StoreOptions o;
+  o.data_dir = dir.str();
+  o.sync = SyncMode::kOs;
+  std::unique_ptr<Store> store;
+  ASSERT_TRUE(Store::open(o, &store).ok());
+  WriterOptions wo;
+  wo.transform = [](ipc::Message& m) -> bool {
+    if (m.raw.size() > 100) throw std::runtime_error("too big to transform");
+    m.raw = "small";
+    return true;
+  };
+  BoundedQueue<ipc::MessageBatch> q(64 << 20);
+  Writer w(*store, q, nullptr, system_clock(), wo);
+  w.start();
+  auto b = batch("t", 1, 10);
+  auto big = batch("t", 1, 500);
+  b.push_back(std::move(big[0]));
+  ASSERT_TRUE(q.try_push(b, 2));
+  w.stop();
+  WriterStats st = w.stats();
+  EXPECT_EQ(st.persisted, 2u);
+  EXPECT_EQ(st.transformed, 1u);
+  EXPECT_EQ(st.transform_errors, 1u);
+  std::vector<StoredEvent> ev;
+  ASSERT_TRUE(store->read_trace("t", &ev).ok());
+  ASSERT_EQ(ev.size(), 2u);
+  EXPECT_EQ(ev[0].raw, "small");
+  EXPECT_EQ(ev[1].raw, std::string(500, 'r'));
 }
 
 }  // namespace

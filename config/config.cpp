@@ -15,7 +15,7 @@ extern char** environ;
 namespace sidetrace::config {
 namespace {
 
-enum class Type { kString, kBool, kInt, kSize, kMode, kEnum, kStringMap };
+enum class Type { kString, kBool, kInt, kSize, kMode, kEnum, kStringMap, kStringList, kRules };
 
 struct Key {
   Key(std::string_view n, Type t, std::function<void*(Config&)> f)
@@ -160,6 +160,12 @@ const std::vector<Key>& keys() {
           .range(1, 1000)
           .restart(),
       Key("exporter.print", Type::kBool, at([](Config& c) { return &c.exporter.print; })).restart(),
+      Key("redact.detectors", Type::kStringList, at([](Config& c) { return &c.redact.detectors; })),
+      Key("redact.fields", Type::kStringList, at([](Config& c) { return &c.redact.fields; })),
+      Key("redact.max_field_bytes", Type::kSize,
+          at([](Config& c) { return &c.redact.max_field_bytes; }))
+          .range(0, 1LL << 30),
+      Key("redact.rules", Type::kRules, at([](Config& c) { return &c.redact.rules; })),
       Key("log.level", Type::kEnum, at([](Config& c) { return &c.log.level; }))
           .one_of({"trace", "debug", "info", "warn", "error", "critical", "off"}),
   };
@@ -279,6 +285,21 @@ void set_text(Config& c, const Key& k, std::string_view text, std::string_view s
       set_integer(c, k, v, source);
       return;
     }
+    case Type::kStringList: {
+      // "a,b,c"
+      std::vector<std::string> items;
+      std::string_view rest = text;
+      while (!rest.empty()) {
+        size_t comma = rest.find(',');
+        std::string item = trim(rest.substr(0, comma));
+        rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+        if (!item.empty()) items.push_back(std::move(item));
+      }
+      *static_cast<std::vector<std::string>*>(f) = std::move(items);
+      return;
+    }
+    case Type::kRules:
+      fail(source, k.name, "rules can only be set in the configuration file ([[redact.rules]])");
     case Type::kStringMap: {
       // "Name=value,Other=value"
       std::map<std::string, std::string> m;
@@ -356,6 +377,52 @@ void set_from_toml(Config& c, const Key& k, const toml::node& node, const std::s
         type_error(k.type == Type::kSize ? "a size (integer or string)" : "an octal string");
       }
       return;
+    case Type::kStringList: {
+      const toml::array* a = node.as_array();
+      if (!a) type_error("an array of strings");
+      std::vector<std::string> items;
+      for (const auto& v : *a) {
+        if (!v.is_string()) {
+          fail(file_source(path, v.source()), k.name, "expected an array of strings");
+        }
+        items.push_back(*v.value<std::string>());
+      }
+      *static_cast<std::vector<std::string>*>(k.field(c)) = std::move(items);
+      return;
+    }
+    case Type::kRules: {
+      const toml::array* a = node.as_array();
+      if (!a) type_error("an array of tables ([[redact.rules]])");
+      std::vector<Config::RedactRule> rules;
+      for (const auto& v : *a) {
+        const toml::table* t = v.as_table();
+        std::string where = file_source(path, v.source());
+        if (!t) fail(where, k.name, "expected tables with name, pattern and replacement");
+        Config::RedactRule r;
+        for (const auto& [name, value] : *t) {
+          std::string field(name.str());
+          std::string full = fmt::format("{}.{}", k.name, field);
+          if (!value.is_string())
+            fail(file_source(path, value.source()), full, "expected a string");
+          std::string text = *value.value<std::string>();
+          if (field == "name") {
+            r.name = text;
+          } else if (field == "pattern") {
+            r.pattern = text;
+          } else if (field == "replacement") {
+            r.replacement = text;
+          } else {
+            fail(file_source(path, value.source()), full, "unknown key");
+          }
+        }
+        if (r.name.empty() || r.pattern.empty()) {
+          fail(where, k.name, "every rule needs a name and a pattern");
+        }
+        rules.push_back(std::move(r));
+      }
+      *static_cast<std::vector<Config::RedactRule>*>(k.field(c)) = std::move(rules);
+      return;
+    }
     case Type::kStringMap: {
       const toml::table* t = node.as_table();
       if (!t) type_error("a table of strings");
@@ -440,6 +507,25 @@ std::string render_value(Config& c, const Key& k, bool mask) {
       return std::to_string(*static_cast<uint64_t*>(f));
     case Type::kMode:
       return quote(fmt::format("{:04o}", *static_cast<uint32_t*>(f)));
+    case Type::kStringList: {
+      std::string out = "[";
+      bool first = true;
+      for (const auto& item : *static_cast<std::vector<std::string>*>(f)) {
+        out += fmt::format("{}{}", first ? "" : ", ", quote(item));
+        first = false;
+      }
+      return out + "]";
+    }
+    case Type::kRules: {
+      std::string out = "[";
+      bool first = true;
+      for (const auto& r : *static_cast<std::vector<Config::RedactRule>*>(f)) {
+        out += fmt::format("{}\n  {{ name = {}, pattern = {}, replacement = {} }}",
+                           first ? "" : ",", quote(r.name), quote(r.pattern), quote(r.replacement));
+        first = false;
+      }
+      return out + (first ? "]" : "\n]");
+    }
     case Type::kStringMap: {
       std::string out = "{";
       bool first = true;

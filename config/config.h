@@ -91,6 +91,20 @@ struct Config {
   struct Log {
     std::string level = "info";
   } log;
+
+  // Redaction, applied before anything is stored (docs/redaction.md).
+  struct RedactRule {
+    std::string name;
+    std::string pattern;      // a regular expression
+    std::string replacement;  // "" = "[REDACTED:<name>]"
+    bool operator==(const RedactRule&) const = default;
+  };
+  struct Redact {
+    std::vector<std::string> detectors;  // api_keys, bearer_tokens, emails, card_numbers
+    std::vector<std::string> fields = {"input", "output", "attrs", "metadata", "error", "text"};
+    uint64_t max_field_bytes = 0;  // 0 = no limit
+    std::vector<RedactRule> rules;
+  } redact;
 };
 
 class ConfigError : public std::runtime_error {

@@ -149,6 +149,45 @@ TEST_F(ConfigFileTest, PrecedenceIsCliOverEnvOverFileOverDefaults) {
   EXPECT_EQ(c.trace.max_open_traces, Config{}.trace.max_open_traces);  // default
 }
 
+TEST_F(ConfigFileTest, RedactListsAndRules) {
+  auto path = write(R"(
+[redact]
+detectors = ["emails", "api_keys"]
+max_field_bytes = "4k"
+
+[[redact.rules]]
+name = "ticket"
+pattern = "TICKET-[0-9]+"
+
+[[redact.rules]]
+name = "phone"
+pattern = "\\+[0-9]{11}"
+replacement = "[phone]"
+)");
+  Config c = load(path, {"SIDETRACE_REDACT_FIELDS=input, output"}, {});
+  EXPECT_EQ(c.redact.detectors, (std::vector<std::string>{"emails", "api_keys"}));
+  EXPECT_EQ(c.redact.fields, (std::vector<std::string>{"input", "output"}));
+  EXPECT_EQ(c.redact.max_field_bytes, 4096u);
+  ASSERT_EQ(c.redact.rules.size(), 2u);
+  EXPECT_EQ(c.redact.rules[1].name, "phone");
+  EXPECT_EQ(c.redact.rules[1].replacement, "[phone]");
+
+  // The effective configuration reads back to the same rules.
+  auto again = write(to_toml(c, false));
+  EXPECT_TRUE(changed_keys(c, load(again, {}, {})).empty());
+}
+
+TEST_F(ConfigFileTest, RedactRuleErrorsNameTheKey) {
+  std::string err = error_of("[[redact.rules]]\nname = \"x\"\npattern = \"y\"\ncolour = \"z\"\n");
+  EXPECT_NE(err.find("redact.rules.colour"), std::string::npos) << err;
+  EXPECT_NE(err.find(":4"), std::string::npos) << err;
+  err = error_of("[redact]\ndetectors = \"emails\"\n");
+  EXPECT_NE(err.find("redact.detectors"), std::string::npos) << err;
+  EXPECT_NE(err.find("an array of strings"), std::string::npos) << err;
+  Config c;
+  EXPECT_THROW(apply_env(c, {"SIDETRACE_REDACT_RULES=x"}), ConfigError);
+}
+
 TEST(ConfigEnv, TopLevelAndSectionKeys) {
   Config c;
   apply_env(c, {"SIDETRACE_DATA_DIR=/d", "SIDETRACE_LISTEN_UNIX_STREAM=/d/s.sock",

@@ -6,7 +6,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake make pkg-config git
-  libboost-dev libboost-system-dev
+  libboost-dev libboost-system-dev libboost-regex-dev
   libmsgpack-cxx-dev librocksdb-dev
   libspdlog-dev libfmt-dev
   libtomlplusplus-dev libcli11-dev
@@ -15,6 +15,8 @@ packages=(
   python3 python3-msgpack python3-pytest
   nlohmann-json3-dev
   clang-format
+  systemd
+  chromium
 )
 
 missing=()

@@ -209,6 +209,7 @@ bool Assembler::process(const std::string& trace_id, uint64_t now) {
     return false;
   }
   emitted_.fetch_add(1);
+  if (opts_.on_emitted) opts_.on_emitted(trace_id, bo.revision, e.document);
   if (bo.mark_unfinished) emitted_unfinished_.fetch_add(1);
   if (bo.partial) emitted_partial_.fetch_add(1);
   if (bo.revision > 1) late_.fetch_add(1);

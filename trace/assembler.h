@@ -36,6 +36,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <set>
 #include <span>
@@ -67,6 +68,11 @@ struct AssemblerOptions {
   std::chrono::milliseconds retention_interval{10000};
   size_t expire_batch = 1000;
   std::chrono::milliseconds tick{100};  // the owned thread's longest sleep
+  // Called after each successful emission, on the thread that runs poll(),
+  // with the emitted revision's document (borrowed for the call). It must be
+  // quick and must not call back into the assembler; empty: not called.
+  std::function<void(const std::string& trace_id, uint32_t revision, const std::string& document)>
+      on_emitted;
 };
 
 struct AssemblerStats {

@@ -127,6 +127,38 @@ TEST_F(AssemblerTest, CompleteTraceIsEmittedAfterTheQuietPeriod) {
   EXPECT_EQ(outbox().size(), 1u);
 }
 
+TEST_F(AssemblerTest, OnEmittedSeesEachCommittedRevisionAndItsDocument) {
+  struct Seen {
+    std::string trace_id;
+    uint32_t revision;
+    std::string document;
+  };
+  std::vector<Seen> seen;
+  opts_.on_emitted = [&](const std::string& id, uint32_t rev, const std::string& doc) {
+    // Called after the commit: the outbox already holds this revision.
+    auto ob = outbox();
+    ASSERT_FALSE(ob.empty());
+    EXPECT_EQ(ob.back().revision, rev);
+    seen.push_back({id, rev, doc});
+  };
+  reopen();
+  send({pack("start", "t", "a")}, "t");
+  advance_and_poll(2s);
+  EXPECT_TRUE(seen.empty());  // incomplete: nothing emitted, no call
+  send({pack("end", "t", "a")}, "t");
+  advance_and_poll(1s);
+  send({pack("feedback", "t", "", {{"tag", "late"}})}, "t");
+  advance_and_poll(1s);
+  auto ob = outbox();
+  ASSERT_EQ(seen.size(), 2u);
+  ASSERT_EQ(ob.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(seen[i].trace_id, "t");
+    EXPECT_EQ(seen[i].revision, i + 1);
+    EXPECT_EQ(seen[i].document, ob[i].document);
+  }
+}
+
 TEST_F(AssemblerTest, IncompleteTraceWaitsThenEmitsUnfinishedAtMaxOpen) {
   send({pack("start", "t", "a"), pack("start", "t", "b"), pack("end", "t", "a")}, "t");
   advance_and_poll(2s);
