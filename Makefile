@@ -20,7 +20,8 @@ build: deps $(BUILD)/CMakeCache.txt
 
 # Runs the agent in the foreground on its embedded defaults, with its sockets
 # and data under ./var and finished traces printed to stdout.
-run: build
+run: deps $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j$(JOBS) --target sidetrace
 	@mkdir -p $(VAR)
 	SIDETRACE_DATA_DIR=$(VAR)/data \
 	SIDETRACE_LISTEN_UNIX_STREAM=$(VAR)/agent.sock \

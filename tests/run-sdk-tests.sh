@@ -32,4 +32,7 @@ else
   node --test --test-reporter=tap test/*.test.js || status=1
 fi
 
+echo "== Cross-language (tests/crosslang)"
+(cd "$root" && /usr/bin/python3 -m pytest -q -rs -p no:cacheprovider tests/crosslang) || status=1
+
 exit $status

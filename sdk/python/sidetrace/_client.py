@@ -77,7 +77,8 @@ class User(dict):
     """The end user a trace belongs to: ``User(id="user_123", plan="pro")``."""
 
     def __init__(self, id: str, **fields: Any):  # noqa: A002 - the page's name
-        super().__init__(fields)
+        super().__init__(id=id)  # id first, as the other SDKs send it
+        self.update(fields)
         self["id"] = id
 
     @property
