@@ -4,6 +4,8 @@
 
 #include <unistd.h>
 
+#include <malloc.h>
+
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
@@ -62,6 +64,9 @@ Config load_config(const std::string& file, const std::vector<std::string>& sets
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Few malloc arenas: RocksDB's and the agent's threads would otherwise each
+  // keep freed memory in an arena of their own, and RSS would drift upwards.
+  mallopt(M_ARENA_MAX, 2);
   CLI::App app{"sidetrace: a local sidecar agent for tracing LLM applications"};
   app.require_subcommand(1);
 

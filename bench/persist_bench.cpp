@@ -5,6 +5,7 @@
 // Environment: PERSIST_BENCH_DIR (default: the system temp dir),
 // PERSIST_BENCH_EVENTS (throughput runs, default 400000),
 // PERSIST_BENCH_BACKLOG (backlog run, default 10000000).
+#include <malloc.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -248,6 +249,7 @@ void backlog(uint64_t events) {
 }  // namespace
 
 int main() {
+  mallopt(M_ARENA_MAX, 2);  // as the agent does
   uint64_t events = env_u64("PERSIST_BENCH_EVENTS", 400000);
   // The backlog first, so that its peak RSS is not inflated by memory the
   // allocator keeps from the other runs.

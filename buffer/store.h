@@ -74,7 +74,7 @@ struct StoreOptions {
   // Memory: the block cache, and the total of all memtables (a
   // WriteBufferManager). Together they bound the store's RAM use.
   size_t block_cache_bytes = 8 << 20;
-  size_t memtable_budget_bytes = 48 << 20;
+  size_t memtable_budget_bytes = 32 << 20;
   // Bound on the write-ahead log before memtables are flushed to free it.
   uint64_t max_wal_bytes = 128 << 20;
   // Filesystem access; nullptr = the default Env. Tests inject faults here.
