@@ -134,14 +134,16 @@ struct Env {
     std::vector<std::vector<std::pair<ipc::MessageBatch, size_t>>> work(threads);
     uint64_t per = total / static_cast<uint64_t>(threads);
     for (int t = 0; t < threads; ++t) {
-      for (uint64_t i = 0; i < per;) work[t].push_back(make_batch(t, per, i, batch));
+      for (uint64_t i = 0; i < per;)
+        work[t].push_back(make_batch(t, per, i, batch));
     }
     auto t0 = std::chrono::steady_clock::now();
     std::vector<std::thread> ts;
     for (int t = 0; t < threads; ++t) {
       ts.emplace_back([&, t] {
         for (auto& [b, w] : work[t]) {
-          for (auto& m : b) m.recv_ns = system_clock().now_ns();
+          for (auto& m : b)
+            m.recv_ns = system_clock().now_ns();
           while (!queue.try_push(b, w))
             std::this_thread::yield();
         }

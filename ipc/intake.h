@@ -72,7 +72,7 @@ struct IntakeOptions {
   size_t conn_buffer_bytes = 64 * 1024;   // read size per stream connection; its buffer stays
                                           // below limits.max_message_bytes + this
   size_t max_datagram_bytes = 64 * 1024;  // largest datagram accepted whole
-  size_t recv_batch = 32;                 // datagrams per recvmmsg() call
+  size_t recv_batch = 64;                 // datagrams per recvmmsg() call
   std::chrono::milliseconds backpressure_retry{2};
   // Already-bound sockets to adopt instead of creating one (e.g. from systemd
   // socket activation): a listening AF_UNIX stream socket, a bound AF_UNIX
