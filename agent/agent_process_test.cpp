@@ -398,10 +398,14 @@ TEST_F(AgentProcessTest, KillNineLoopLosesNoPersistedEvent) {
     StreamEmitter emitter(agent.stream_path(), "r" + std::to_string(round));
     ASSERT_TRUE(emitter.connected());
     long long seen = 0;
-    ASSERT_TRUE(wait_until([&] {
-      seen = persisted_count(addr) - base;
-      return seen >= target;
-    })) << agent.log();
+    ASSERT_TRUE(wait_until(
+        [&] {
+          seen = persisted_count(addr) - base;
+          return seen >= target;
+        },
+        60s))
+        << "round " << round << ": " << seen << " of " << target << " persisted\n"
+        << agent.log();
     agent.kill9();
     persisted_at_kill.push_back(seen);
   }
@@ -435,7 +439,7 @@ TEST_F(AgentProcessTest, KillNineLoopLosesNoPersistedEvent) {
     }
     return true;
   };
-  EXPECT_TRUE(wait_until(complete, 30s)) << agent.log();
+  EXPECT_TRUE(wait_until(complete, 60s)) << agent.log();
   EXPECT_EQ(agent.signal_and_wait(SIGTERM), 0);
 }
 

@@ -54,9 +54,8 @@ upstream::Options upstream_options(const config::Config& c) {
   o.api_key_header = u.api_key_header;
   o.headers.assign(u.headers.begin(), u.headers.end());
   o.deadletter_max_bytes = u.deadletter_max_bytes;
-  o.data_dir = c.exporter.file.empty()
-                   ? c.data_dir
-                   : std::filesystem::path(c.exporter.file).parent_path().string();
+  o.data_dir = c.data_dir;
+  o.file_path = c.exporter.file;
   o.file_max_bytes = c.exporter.rotate_bytes;
   o.file_keep = static_cast<uint32_t>(c.exporter.keep_files);
   o.print = c.exporter.print;

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <condition_variable>
@@ -46,7 +47,41 @@ struct FileExporter::Impl {
   uint64_t file_size = 0;
   std::string path;
 
+  // A line cut short by a crash (kill -9 mid-write) is removed: its outbox
+  // entry was not acknowledged, so it is written again, whole.
+  void drop_torn_tail() {
+    int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0) return;  // absent: nothing to repair
+    struct stat st {};
+    off_t end = ::fstat(fd, &st) == 0 ? st.st_size : 0;
+    off_t keep = end;
+    char buf[4096];
+    while (keep > 0) {
+      off_t from =
+          keep > static_cast<off_t>(sizeof(buf)) ? keep - static_cast<off_t>(sizeof(buf)) : 0;
+      ssize_t n = ::pread(fd, buf, static_cast<size_t>(keep - from), from);
+      if (n <= 0) break;
+      ssize_t i = n;
+      while (i > 0 && buf[i - 1] != '\n')
+        --i;
+      if (i > 0) {
+        keep = from + i;
+        break;
+      }
+      keep = from;
+    }
+    if (keep < end) {
+      if (::ftruncate(fd, keep) == 0) {
+        log.log(spdlog::level::warn,
+                fmt::format("upstream: removed a partial last line ({} bytes) from {}", end - keep,
+                            path));
+      }
+    }
+    ::close(fd);
+  }
+
   void open_file() {
+    drop_torn_tail();
     file = std::fopen(path.c_str(), "ab");
     if (file == nullptr) {
       throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
@@ -192,7 +227,8 @@ void FileExporter::start() {
   if (impl_->running) return;
   Impl& m = *impl_;
   if (m.options.data_dir.empty()) throw std::invalid_argument("file exporter needs a data_dir");
-  m.path = (fs::path(m.options.data_dir) / "traces.jsonl").string();
+  m.path = m.options.file_path.empty() ? (fs::path(m.options.data_dir) / "traces.jsonl").string()
+                                       : m.options.file_path;
   m.open_file();
   m.stop_requested = false;
   m.store.set_outbox_listener([&m] {

@@ -48,6 +48,26 @@ TEST(UpstreamFileExporter, WritesLinesRotatesAndAcks) {
   EXPECT_EQ(s.events_delivered, 14u);
 }
 
+TEST(UpstreamFileExporter, APartialLastLineFromACrashIsRemovedAndWrittenAgain) {
+  buffer::testing::TempDir dir;
+  auto store = testing::open_store(dir.str());
+  std::string done = testing::make_doc("done", 1);
+  std::string cut = testing::make_doc("cut", 1);
+  // A crash after "done" was acked and while "cut" was half written: "cut"
+  // is still in the outbox.
+  std::string path = dir.str() + "/out.jsonl";
+  std::ofstream(path) << done << "\n" << cut.substr(0, cut.size() / 2);
+  testing::emit_doc(*store, "cut", cut);
+  Options o;
+  o.data_dir = dir.str();
+  o.file_path = path;
+  auto exporter = make_exporter(*store, o);
+  exporter->start();
+  ASSERT_TRUE(testing::wait_until([&] { return store->outbox_entries() == 0; }));
+  exporter->stop();
+  EXPECT_EQ(lines_of(path), (std::vector<std::string>{done, cut}));
+}
+
 TEST(UpstreamFileExporter, UnwritableDirectoryThrowsAtStart) {
   buffer::testing::TempDir dir;
   auto store = testing::open_store(dir.str());

@@ -96,6 +96,7 @@ struct Options {
 
   // FileExporter.
   std::string data_dir;                 // traces.jsonl goes here
+  std::string file_path;                // overrides data_dir/traces.jsonl when set
   uint64_t file_max_bytes = 64u << 20;  // rotate when the file reaches this size
   uint32_t file_keep = 5;               // rotated files kept: traces.jsonl.1 .. .N
   bool print = false;                   // also write every line to stdout
