@@ -2,8 +2,6 @@
 
 #include <fmt/format.h>
 
-#include <filesystem>
-
 #include "agent/metrics.h"
 #include "buffer/writer.h"
 
@@ -137,7 +135,7 @@ void intake_metrics(MetricsWriter& w, const ipc::Intake& intake) {
                 [](const TS& s) { return s.closed_garbage.load(); });
 }
 
-void exporter_metrics(MetricsWriter& w, const upstream::Stats& u, bool http) {
+void exporter_metrics(MetricsWriter& w, const upstream::Stats& u) {
   w.family("sidetrace_batches_total", "counter", "Delivery attempts by outcome.");
   w.sample("sidetrace_batches_total", u.batches_sent, {{"outcome", "sent"}});
   w.sample("sidetrace_batches_total", u.failed_retryable, {{"outcome", "retryable"}});
@@ -175,7 +173,6 @@ void exporter_metrics(MetricsWriter& w, const upstream::Stats& u, bool http) {
            "From a revision's emission to its acknowledgement.");
   w.histogram("sidetrace_delivery_latency_seconds", bounds, u.latency_buckets,
               static_cast<double>(u.latency_sum_ms) / 1000.0);
-  (void)http;
 }
 
 }  // namespace
@@ -270,7 +267,7 @@ std::string render_metrics(const Components& c, const Clock& clock) {
              "Messages stored unredacted because redaction failed on them.");
     w.sample("sidetrace_redaction_failures_total", rc.failures);
   }
-  if (c.exporter) exporter_metrics(w, c.exporter->stats(), !c.cfg.upstream.endpoint.empty());
+  if (c.exporter) exporter_metrics(w, c.exporter->stats());
   return w.take();
 }
 
