@@ -5,7 +5,7 @@ BUILD ?= build/release
 VAR ?= $(CURDIR)/var
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build run test bench test-sanitize format clean install package
+.PHONY: all deps build run test bench test-sanitize fuzz format clean install package
 
 all: build
 
@@ -33,6 +33,7 @@ test: build
 	ctest --test-dir $(BUILD) -j$(JOBS) --output-on-failure --timeout 600
 	bash tests/run-sdk-tests.sh $(BUILD)
 	bash tests/ui/run.sh $(BUILD)
+	bash tests/fuzz/run.sh 15
 
 bench: build
 	@bash bench/run.sh $(BUILD)
@@ -41,6 +42,10 @@ test-sanitize: deps
 	cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSIDETRACE_SANITIZE=ON
 	cmake --build build/asan -j$(JOBS)
 	ctest --test-dir build/asan -j$(JOBS) --output-on-failure --timeout 900
+
+# The libFuzzer harnesses (tests/fuzz), five minutes each; make test runs them briefly.
+fuzz: deps
+	bash tests/fuzz/run.sh 300
 
 PREFIX ?= /usr/local
 install: deps

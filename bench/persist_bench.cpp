@@ -4,7 +4,8 @@
 //
 // Environment: PERSIST_BENCH_DIR (default: the system temp dir),
 // PERSIST_BENCH_EVENTS (throughput runs, default 400000),
-// PERSIST_BENCH_BACKLOG (backlog run, default 10000000).
+// PERSIST_BENCH_BACKLOG (backlog run, default 10000000), PERSIST_BENCH_ONLY
+// (a comma-separated subset of backlog,os,fsync,latency; default all).
 #include <malloc.h>
 #include <unistd.h>
 
@@ -27,6 +28,13 @@ using namespace sidetrace;
 namespace fs = std::filesystem;
 
 namespace {
+
+bool selected(const char* part) {
+  const char* only = std::getenv("PERSIST_BENCH_ONLY");
+  if (!only || !*only) return true;
+  std::string list = std::string(",") + only + ",";
+  return list.find(std::string(",") + part + ",") != std::string::npos;
+}
 
 uint64_t env_u64(const char* name, uint64_t def) {
   const char* v = std::getenv(name);
@@ -117,8 +125,7 @@ struct Env {
         uint64_t per = total / static_cast<uint64_t>(threads);
         for (uint64_t i = 0; i < per;) {
           auto [b, w] = make_batch(t, per, i, batch);
-          while (!queue.try_push(b, w))
-            std::this_thread::yield();
+          push(b, w);
         }
       });
     }
@@ -144,14 +151,20 @@ struct Env {
         for (auto& [b, w] : work[t]) {
           for (auto& m : b)
             m.recv_ns = system_clock().now_ns();
-          while (!queue.try_push(b, w))
-            std::this_thread::yield();
+          push(b, w);
         }
       });
     }
     for (auto& th : ts)
       th.join();
     return t0;
+  }
+
+  // Waits as the stream intake does when the queue is full: a short timer,
+  // not a spin that would take the writer's CPU.
+  void push(ipc::MessageBatch& b, size_t w) {
+    while (!queue.try_push(b, w))
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
 
   static std::pair<ipc::MessageBatch, size_t> make_batch(int t, uint64_t per, uint64_t& i,
@@ -209,8 +222,7 @@ void latency(uint64_t offered_per_s, double seconds) {
       w += m.weight();
       b.push_back(std::move(m));
     }
-    while (!env.queue.try_push(b, w))
-      std::this_thread::yield();
+    env.push(b, w);
   }
   env.wait_for(20000 + per_tick * ticks);
   const auto& h = env.writer->latency();
@@ -255,9 +267,9 @@ int main() {
   uint64_t events = env_u64("PERSIST_BENCH_EVENTS", 400000);
   // The backlog first, so that its peak RSS is not inflated by memory the
   // allocator keeps from the other runs.
-  backlog(env_u64("PERSIST_BENCH_BACKLOG", 10'000'000));
-  throughput(buffer::SyncMode::kOs, "os", events);
-  throughput(buffer::SyncMode::kFsync, "fsync", events);
-  latency(50000, 3.0);
+  if (selected("backlog")) backlog(env_u64("PERSIST_BENCH_BACKLOG", 10'000'000));
+  if (selected("os")) throughput(buffer::SyncMode::kOs, "os", events);
+  if (selected("fsync")) throughput(buffer::SyncMode::kFsync, "fsync", events);
+  if (selected("latency")) latency(50000, 3.0);
   return 0;
 }

@@ -1,5 +1,7 @@
 #include "buffer/store.h"
 
+#include "buffer/crc32c.h"
+
 #include <rocksdb/cache.h>
 #include <rocksdb/db.h>
 #include <rocksdb/merge_operator.h>
@@ -690,6 +692,8 @@ Status Store::open(const StoreOptions& o, std::unique_ptr<Store>* out) {
   auto store = std::make_unique<RocksStore>(o, std::move(db), std::move(handles));
   s = store->load_counters();
   if (!s.ok()) return s;
+  spdlog::debug("buffer: store opened at {} (CRC32C in {})", o.data_dir,
+                crc32c_hardware() ? "hardware" : "software");
   *out = std::move(store);
   return Status::Ok();
 }

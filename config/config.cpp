@@ -457,7 +457,8 @@ std::string quote(std::string_view s) {
         out += "\\t";
         break;
       default:
-        if (static_cast<unsigned char>(ch) < 0x20) {
+        // TOML allows no control character in a basic string: C0 and DEL.
+        if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) {
           out += fmt::format("\\u{:04x}", static_cast<int>(ch));
         } else {
           out += ch;
@@ -577,17 +578,10 @@ void set_value(Config& config, std::string_view key, std::string_view value,
   set_text(config, *k, value, source);
 }
 
-void apply_file(Config& config, const std::string& path) {
-  toml::table root;
-  try {
-    root = toml::parse_file(path);
-  } catch (const toml::parse_error& e) {
-    const auto& where = e.source();
-    if (where.path) {
-      throw ConfigError(fmt::format("{}:{}: {}", path, where.begin.line, e.description()));
-    }
-    throw ConfigError(fmt::format("{}: {}", path, e.description()));
-  }
+namespace {
+
+// Applies a parsed document; `path` names it in error messages.
+void apply_table(Config& config, const toml::table& root, const std::string& path) {
   for (const auto& [name, node] : root) {
     std::string top(name.str());
     const Key* k = find_key(top);
@@ -610,6 +604,37 @@ void apply_file(Config& config, const std::string& path) {
       set_from_toml(config, *sk, value, path);
     }
   }
+}
+
+ConfigError parse_failure(const std::string& path, const toml::parse_error& e) {
+  const auto& where = e.source();
+  if (where.path) {
+    return ConfigError(fmt::format("{}:{}: {}", path, where.begin.line, e.description()));
+  }
+  return ConfigError(fmt::format("{}: {}", path, e.description()));
+}
+
+}  // namespace
+
+void apply_file(Config& config, const std::string& path) {
+  toml::table root;
+  try {
+    root = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    throw parse_failure(path, e);
+  }
+  apply_table(config, root, path);
+}
+
+void apply_toml_string(Config& config, std::string_view text, std::string_view source_name) {
+  const std::string path(source_name);
+  toml::table root;
+  try {
+    root = toml::parse(text, path);
+  } catch (const toml::parse_error& e) {
+    throw parse_failure(path, e);
+  }
+  apply_table(config, root, path);
 }
 
 void apply_env(Config& config, const std::vector<std::string>& environment) {

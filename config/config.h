@@ -116,6 +116,10 @@ class ConfigError : public std::runtime_error {
 // file, an unknown key, a wrong type or an out-of-range value.
 void apply_file(Config& config, const std::string& path);
 
+// Reads TOML `text` over `config`, exactly as apply_file() reads a file;
+// `source_name` stands for the file name in error messages. Throws ConfigError.
+void apply_toml_string(Config& config, std::string_view text, std::string_view source_name);
+
 // Applies every `SIDETRACE_<SECTION>_<KEY>` variable of `environ`-style
 // "NAME=value" entries that names a key. Variables that name no key are
 // ignored (they belong to emitters or tools). Throws ConfigError on a bad value.

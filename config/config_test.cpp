@@ -96,6 +96,50 @@ level = "debug"
   EXPECT_EQ(c.log.level, "debug");
 }
 
+TEST_F(ConfigFileTest, StringAndFileReadTheSameWay) {
+  const std::string text =
+      "data_dir = \"/tmp/st\"\n[listen]\nsocket_mode = \"0600\"\n[buffer]\nmax_bytes = "
+      "\"64MiB\"\n";
+  Config from_file;
+  apply_file(from_file, write(text));
+  Config from_string;
+  apply_toml_string(from_string, text, "inline.toml");
+  EXPECT_TRUE(changed_keys(from_file, from_string).empty());
+  EXPECT_EQ(from_string.data_dir, "/tmp/st");
+  EXPECT_EQ(from_string.listen.socket_mode, 0600u);
+  EXPECT_EQ(from_string.buffer.max_bytes, 64ull << 20);
+}
+
+TEST(ConfigToml, ControlCharactersRoundTrip) {
+  Config c;
+  apply_toml_string(c, "data_dir = \"a\\u007fb\\u0001c\\td\\ne\"\n", "inline.toml");
+  ASSERT_EQ(c.data_dir,
+            "a\x7f"
+            "b\x01"
+            "c\td\ne");
+  Config back;
+  apply_toml_string(back, to_toml(c, false), "printed");
+  EXPECT_EQ(back.data_dir, c.data_dir);
+  EXPECT_TRUE(changed_keys(c, back).empty());
+}
+
+TEST(ConfigString, ErrorsNameTheSourceAndLine) {
+  Config c;
+  try {
+    apply_toml_string(c, "[trace]\nquiet_period_ms = 5\nbogus = 1\n", "inline.toml");
+    ADD_FAILURE() << "an unknown key was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("inline.toml:3"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("trace.bogus"), std::string::npos) << e.what();
+  }
+  try {
+    apply_toml_string(c, "[trace\nx = ", "inline.toml");
+    ADD_FAILURE() << "unparsable TOML was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("inline.toml:1"), std::string::npos) << e.what();
+  }
+}
+
 TEST_F(ConfigFileTest, UnknownKeyNamesKeyFileAndLine) {
   std::string err = error_of("[trace]\nquiet_period_ms = 5\nquiet_perod_ms = 10\n");
   EXPECT_NE(err.find("trace.quiet_perod_ms"), std::string::npos) << err;

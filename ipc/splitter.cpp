@@ -95,6 +95,10 @@ StreamSplitter::Result StreamSplitter::next(std::string_view* msg) {
         failed_ = true;
         return Result::kMalformed;
       }
+      // The size bound is checked after every header, so an oversized value
+      // is reported at the same header however the stream is chunked (and
+      // before any bad bytes that follow it).
+      if (!discarding_ && (scan_ - begin_) + skip_ + pending_ > max_message_) break;
     }
     const bool complete = pending_ == 0 && skip_ == 0;
     if (!discarding_) {

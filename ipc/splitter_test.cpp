@@ -111,6 +111,25 @@ TEST(IpcSplitter, GarbageEndsTheStreamAfterTheGoodMessages) {
   }
 }
 
+TEST(IpcSplitter, OversizeIsReportedBeforeLaterGarbageHoweverChunked) {
+  // An array declaring 65535 elements is over the cap (one message) as soon
+  // as its header is read; the reserved byte after it ends the stream. Every
+  // chunking reports the same: the oversize first, then the bad bytes.
+  const std::string m = testing::realistic_event(2);
+  const std::string stream = m + std::string("\xdc\xff\xff\xc1", 4) + m;
+  for (size_t chunk : {size_t{1}, size_t{3}, stream.size()}) {
+    SCOPED_TRACE(chunk);
+    StreamSplitter s(m.size(), 64);
+    std::vector<std::string_view> chunks;
+    for (size_t i = 0; i < stream.size(); i += chunk)
+      chunks.push_back(std::string_view(stream).substr(i, chunk));
+    auto c = feed_chunks(s, chunks);
+    EXPECT_EQ(c.messages, std::vector<std::string>{m});
+    EXPECT_EQ(c.too_large, 1u);
+    EXPECT_TRUE(c.malformed);
+  }
+}
+
 TEST(IpcSplitter, RandomBytesKeepMemoryBounded) {
   std::mt19937_64 rng(7);
   const size_t max_msg = 8192, read = 1024;

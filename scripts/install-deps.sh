@@ -14,7 +14,7 @@ packages=(
   libgtest-dev libgmock-dev
   python3 python3-msgpack python3-pytest
   nlohmann-json3-dev
-  clang-format
+  clang-format clang libclang-rt-14-dev
   systemd
   chromium
 )
