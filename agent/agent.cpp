@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -13,6 +14,8 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
+#include <future>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
@@ -39,6 +42,8 @@ namespace {
 // How long a shutdown may take before the process gives up waiting for the
 // exporter (whose unacknowledged work stays in the store for the next start).
 constexpr auto kShutdownDeadline = std::chrono::seconds(20);
+// How long an admin /reload waits for the intake's thread to run it.
+constexpr auto kReloadWait = std::chrono::seconds(10);
 
 }  // namespace
 
@@ -61,6 +66,10 @@ struct Agent::Impl {
   std::unique_ptr<buffer::Writer> writer;
   std::unique_ptr<upstream::Exporter> exporter;
   std::unique_ptr<ipc::Intake> intake;
+  // The admin endpoint has a thread of its own, so that health checks answer
+  // while the intake's thread is busy with a flood.
+  net::io_context admin_io;
+  std::thread admin_thread;
   std::unique_ptr<AdminServer> admin;
   std::atomic<bool> is_ready{false};
   std::atomic<bool> stopping{false};
@@ -184,9 +193,13 @@ void Agent::Impl::start() {
 
   if (!cfg.admin.listen.empty()) {
     admin = std::make_unique<AdminServer>(
-        io, [this](const std::string& m, const std::string& t) { return handle(m, t); });
+        admin_io, [this](const std::string& m, const std::string& t) { return handle(m, t); });
     if (admin->listen(cfg.admin.listen, &err)) throw std::runtime_error(err);
     admin_port = admin->port();
+    admin_thread = std::thread([this] {
+      auto work = net::make_work_guard(admin_io);
+      admin_io.run();
+    });
     std::string host;
     unsigned short configured = 0;
     split_host_port(cfg.admin.listen, &host, &configured);
@@ -220,6 +233,8 @@ void Agent::Impl::shutdown() {
   });
 
   if (admin) admin->stop();
+  admin_io.stop();
+  if (admin_thread.joinable()) admin_thread.join();
   if (intake) intake->stop();  // stop accepting
   // The io_context was stopped to leave run(); let the closes complete.
   io.restart();
@@ -316,7 +331,16 @@ AdminResponse Agent::Impl::handle(const std::string& method, const std::string& 
       r.status = 500;
     }
   } else if (path == "/reload" && method == "POST") {
-    std::string result = reload();
+    // Reloads run on the intake's thread, as a SIGHUP does.
+    auto done = std::make_shared<std::promise<std::string>>();
+    std::future<std::string> result_of = done->get_future();
+    net::post(io, [this, done] { done->set_value(reload()); });
+    if (stopping || result_of.wait_for(kReloadWait) != std::future_status::ready) {
+      r.status = 503;
+      r.body = "the agent did not take the reload in time (stopping or overloaded)\n";
+      return r;
+    }
+    std::string result = result_of.get();
     r.body = result + "\n";
     if (!result.starts_with("reloaded") && !result.starts_with("no change")) r.status = 409;
   } else {

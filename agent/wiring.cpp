@@ -133,6 +133,17 @@ void intake_metrics(MetricsWriter& w, const ipc::Intake& intake) {
   per_transport("sidetrace_connections_closed_garbage_total", "counter",
                 "Stream connections closed for bytes that are not msgpack.",
                 [](const TS& s) { return s.closed_garbage.load(); });
+  per_transport("sidetrace_connections_total", "counter", "Stream connections accepted.",
+                [](const TS& s) { return s.connections_total.load(); });
+  per_transport("sidetrace_connections_refused_total", "counter",
+                "Stream connections closed at once because listen.max_connections were open.",
+                [](const TS& s) { return s.connections_refused.load(); });
+  per_transport("sidetrace_received_datagrams_total", "counter",
+                "Datagrams read (datagram transports).",
+                [](const TS& s) { return s.datagrams.load(); });
+  per_transport("sidetrace_read_errors_total", "counter",
+                "Socket read errors other than a normal close.",
+                [](const TS& s) { return s.read_errors.load(); });
 }
 
 void exporter_metrics(MetricsWriter& w, const upstream::Stats& u) {

@@ -519,8 +519,8 @@ struct Delivery::Impl {
     });
   }
 
-  // 413 on a multi-document batch: two halves with new keys, persisted,
-  // first in line.
+  // 413 (or content refused with 400/422) on a multi-document batch: two
+  // halves with new keys, persisted, first in line.
   net::awaitable<void> split(Batch& b) {
     BatchRecord halves[2];
     size_t mid = b.record.trace_ids.size() / 2;
@@ -586,6 +586,14 @@ struct Delivery::Impl {
           co_return;
         case OutcomeKind::kPermanent:
           update_stats([](Stats& s) { ++s.failed_permanent; });
+          // The upstream refused the content: halve the batch until the
+          // documents it refuses are alone, so that one bad document does not
+          // take its neighbours to the dead letters.
+          if ((out.http_status == 400 || out.http_status == 422) && b.docs.size() > 1) {
+            co_await split(b);
+            finish(b);
+            co_return;
+          }
           co_await deadletter(b, out.http_status, out.detail);
           finish(b);
           co_return;

@@ -289,6 +289,31 @@ TEST_F(UpstreamDeliveryTest, BadRequestGoesToDeadLetterAndReplays) {
   EXPECT_TRUE(dl.empty());
 }
 
+// One document the upstream refuses (400) goes to the dead letters alone; the
+// batch is halved until it is, and its neighbours are delivered.
+TEST_F(UpstreamDeliveryTest, BadRequestIsolatesTheRefusedDocument) {
+  HttpServer server;
+  server.set_handler([&](const RecordedRequest& req) {
+    Reply r;
+    if (req.decoded.find("\"t2\"") != std::string::npos) r.status = 400;
+    return r;
+  });
+  for (int i = 0; i < 5; ++i)
+    emit_doc(*store_, "t" + std::to_string(i), make_doc("t" + std::to_string(i), 1));
+  Options o = options(server.url());
+  o.max_in_flight = 1;
+  Delivery d(*store_, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained() && d.stats().deadlettered == 1; }));
+  EXPECT_EQ(d.stats().traces_delivered, 4u);
+  std::vector<DeadLetter> dl;
+  ASSERT_TRUE(deadletter_list(*store_, &dl).ok());
+  ASSERT_EQ(dl.size(), 1u);
+  EXPECT_EQ(dl[0].trace_ids, std::vector<std::string>{"t2"});
+  EXPECT_EQ(dl[0].http_status, 400);
+  EXPECT_GE(d.stats().batches_split, 2u);
+}
+
 TEST_F(UpstreamDeliveryTest, DeadLetterStoreIsBoundedAndPurgeable) {
   HttpServer server;
   server.set_handler([](const RecordedRequest&) { return Reply{400}; });
