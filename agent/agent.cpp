@@ -266,7 +266,15 @@ std::string Agent::Impl::reload() {
   }
   auto changed = config::changed_keys(cfg, next);
   if (changed.empty()) {
-    spdlog::info("reload: no change");
+    // The API key may live outside the configuration (api_key_file): read it
+    // again, and let a sending paused by a 401/403 try at once.
+    try {
+      exporter->update_options(upstream_options(cfg));
+    } catch (const std::exception& e) {
+      spdlog::error("reload refused, keeping the running configuration: {}", e.what());
+      return std::string("refused: ") + e.what();
+    }
+    spdlog::info("reload: no change in the configuration; credentials read again");
     return "no change";
   }
   for (const auto& key : changed) {

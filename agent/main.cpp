@@ -67,6 +67,10 @@ int main(int argc, char** argv) {
   // Few malloc arenas: RocksDB's and the agent's threads would otherwise each
   // keep freed memory in an arena of their own, and RSS would drift upwards.
   mallopt(M_ARENA_MAX, 2);
+  // A fixed threshold (glibc otherwise raises it as large blocks are freed):
+  // blocks of 256 KiB and more, such as the store's memtable arenas, are
+  // mapped and unmapped on their own, so freeing them returns the memory.
+  mallopt(M_MMAP_THRESHOLD, 256 << 10);
   CLI::App app{"sidetrace: a local sidecar agent for tracing LLM applications"};
   app.require_subcommand(1);
 

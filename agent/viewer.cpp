@@ -133,67 +133,12 @@ bool parse_query(const std::string& query, TraceQuery* q, std::string* error) {
   return true;
 }
 
-}  // namespace
-
-bool url_decode(const std::string& in, std::string* out) {
-  out->clear();
-  out->reserve(in.size());
-  auto hex = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
-  for (size_t i = 0; i < in.size(); ++i) {
-    char c = in[i];
-    if (c == '+') {
-      out->push_back(' ');
-    } else if (c == '%') {
-      if (i + 2 >= in.size()) return false;
-      int hi = hex(in[i + 1]), lo = hex(in[i + 2]);
-      if (hi < 0 || lo < 0) return false;
-      out->push_back(static_cast<char>(hi * 16 + lo));
-      i += 2;
-    } else {
-      out->push_back(c);
-    }
-  }
-  return true;
-}
-
-std::string summary_json(const TraceSummary& s) {
-  return dump(summary_object(s));
-}
-
-RecentTraces::RecentTraces(RecentTracesOptions options) : opts_(options) {}
-
-bool RecentTraces::add(const std::string& trace_id, uint32_t revision,
-                       const std::string& document) {
-  {
-    // Cheap checks first: a stale revision is not worth parsing.
-    std::lock_guard lock(mu_);
-    auto it = by_id_.find(trace_id);
-    if (it != by_id_.end() && by_seq_.at(it->second)->summary.revision >= revision) {
-      ++stats_.stale;
-      return false;
-    }
-    if (document.size() + kEntryOverhead > opts_.max_bytes) {
-      ++stats_.rejected;
-      return false;
-    }
-  }
-
+// Fills the summary fields and the lowercase search text of a document;
+// false when it is not a JSON object.
+bool summarise(const std::string& document, TraceSummary* summary, std::string* haystack) {
   json doc = json::parse(document, nullptr, false);
-  if (doc.is_discarded() || !doc.is_object()) {
-    std::lock_guard lock(mu_);
-    ++stats_.rejected;
-    return false;
-  }
-
-  auto entry = std::make_shared<Entry>();
-  TraceSummary& s = entry->summary;
-  s.trace_id = trace_id;
-  s.revision = revision;
+  if (doc.is_discarded() || !doc.is_object()) return false;
+  TraceSummary& s = *summary;
   if (auto it = doc.find("start_ts"); it != doc.end() && it->is_number_integer())
     s.start_ts = it->get<uint64_t>();
   if (auto it = doc.find("duration_ms"); it != doc.end() && it->is_number())
@@ -210,7 +155,7 @@ bool RecentTraces::add(const std::string& trace_id, uint32_t revision,
     s.feedback = it->size();
   }
 
-  std::string& hay = entry->haystack;
+  std::string& hay = *haystack;
   for (const std::string* field : {&s.trace_id, &s.session_id, &s.conversation_id, &s.user_id}) {
     hay += *field;
     hay += '\n';
@@ -253,26 +198,76 @@ bool RecentTraces::add(const std::string& trace_id, uint32_t revision,
     }
   }
   to_lower_ascii(&hay);
-  entry->document = std::make_shared<const std::string>(document);
-  entry->bytes = document.size() + hay.size() + kEntryOverhead;
-  if (entry->bytes > opts_.max_bytes) {
-    std::lock_guard lock(mu_);
+  return true;
+}
+
+// A document that cannot be a JSON object is refused at once; the rest is
+// parsed when first listed.
+bool looks_like_object(const std::string& document) {
+  size_t first = document.find_first_not_of(" \t\r\n");
+  size_t last = document.find_last_not_of(" \t\r\n");
+  return first != std::string::npos && document[first] == '{' && document[last] == '}';
+}
+
+}  // namespace
+
+bool url_decode(const std::string& in, std::string* out) {
+  out->clear();
+  out->reserve(in.size());
+  auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  for (size_t i = 0; i < in.size(); ++i) {
+    char c = in[i];
+    if (c == '+') {
+      out->push_back(' ');
+    } else if (c == '%') {
+      if (i + 2 >= in.size()) return false;
+      int hi = hex(in[i + 1]), lo = hex(in[i + 2]);
+      if (hi < 0 || lo < 0) return false;
+      out->push_back(static_cast<char>(hi * 16 + lo));
+      i += 2;
+    } else {
+      out->push_back(c);
+    }
+  }
+  return true;
+}
+
+std::string summary_json(const TraceSummary& s) {
+  return dump(summary_object(s));
+}
+
+RecentTraces::RecentTraces(RecentTracesOptions options) : opts_(options) {}
+
+bool RecentTraces::add(const std::string& trace_id, uint32_t revision,
+                       const std::string& document) {
+  // Only cheap work here, on the assembler's thread: parsing waits until the
+  // viewer lists the entry (see list()).
+  auto entry = std::make_shared<Entry>();
+  entry->summary.trace_id = trace_id;
+  entry->summary.revision = revision;
+  entry->bytes = document.size() + kEntryOverhead;
+  std::lock_guard lock(mu_);
+  auto it = by_id_.find(trace_id);
+  if (it != by_id_.end() && by_seq_.at(it->second)->summary.revision >= revision) {
+    ++stats_.stale;
+    return false;
+  }
+  if (entry->bytes > opts_.max_bytes || !looks_like_object(document)) {
     ++stats_.rejected;
     return false;
   }
-
-  std::lock_guard lock(mu_);
-  auto it = by_id_.find(trace_id);
+  entry->document = std::make_shared<const std::string>(document);
   if (it != by_id_.end()) {
     auto old = by_seq_.find(it->second);
-    if (old->second->summary.revision >= revision) {
-      // A newer revision was added while this one was parsed.
-      ++stats_.stale;
-      return false;
-    }
     bytes_ -= old->second->bytes;
     by_seq_.erase(old);
   }
+  TraceSummary& s = entry->summary;
   s.seq = next_seq_++;
   by_id_[trace_id] = s.seq;
   bytes_ += entry->bytes;
@@ -282,7 +277,7 @@ bool RecentTraces::add(const std::string& trace_id, uint32_t revision,
   return true;
 }
 
-void RecentTraces::evict_locked() {
+void RecentTraces::evict_locked() const {
   while (!by_seq_.empty() && (by_seq_.size() > opts_.max_traces || bytes_ > opts_.max_bytes)) {
     auto oldest = by_seq_.begin();
     bytes_ -= oldest->second->bytes;
@@ -302,10 +297,41 @@ TraceList RecentTraces::list(const TraceQuery& query) const {
       candidates.push_back(it->second);
     }
   }
+  // Entries are summarised the first time they are listed, outside the lock;
+  // the summarised copy replaces the entry unless it was replaced meanwhile.
+  std::vector<std::pair<std::shared_ptr<const Entry>, std::shared_ptr<const Entry>>> parsed;
+  for (auto& e : candidates) {
+    if (e->summarised) continue;
+    auto p = std::make_shared<Entry>(*e);
+    p->summarised = true;
+    p->malformed = !summarise(*e->document, &p->summary, &p->haystack);
+    if (!p->malformed) p->bytes += p->haystack.size();
+    parsed.emplace_back(e, p);
+    e = p;
+  }
+  if (!parsed.empty()) {
+    std::lock_guard lock(mu_);
+    for (auto& [old, p] : parsed) {
+      auto it = by_seq_.find(old->summary.seq);
+      if (it == by_seq_.end() || it->second != old) continue;
+      bytes_ -= old->bytes;
+      if (p->malformed) {
+        by_id_.erase(old->summary.trace_id);
+        by_seq_.erase(it);
+        ++stats_.rejected;
+        --stats_.added;
+        continue;
+      }
+      bytes_ += p->bytes;
+      it->second = p;
+    }
+    evict_locked();
+  }
   // Filtering happens outside the lock: entries are immutable.
   std::string needle = query.q;
   to_lower_ascii(&needle);
   for (const auto& e : candidates) {
+    if (e->malformed) continue;
     const TraceSummary& s = e->summary;
     if (!query.session.empty() && s.session_id != query.session) continue;
     if (!query.conversation.empty() && s.conversation_id != query.conversation) continue;

@@ -8,7 +8,8 @@
 // so a client that remembers the highest number it has seen can ask for what
 // is newer ("since" polling). A new revision of a trace replaces the old one
 // and gets a new sequence number; an older or equal revision is ignored.
-// The summary fields are parsed once, in add().
+// add() only copies the document (it runs on the assembler's thread); its
+// summary fields are parsed once, the first time list() meets it.
 //
 // Routes (handle_viewer):
 //   GET /ui                   the page (text/html, self-contained)
@@ -27,11 +28,12 @@
 //
 // Ownership: add() copies what it keeps; get() hands out shared, immutable
 // document text that stays valid after eviction.
-// Thread safety: every method may be called from any thread; add() (the
-// assembler thread) parses outside the lock, readers (the admin thread) only
-// copy summaries and pointers under it.
-// Errors: a document that is not a JSON object, or is larger than the byte
-// bound, is rejected: add() returns false and it is counted.
+// Thread safety: every method may be called from any thread; list() parses
+// outside the lock; under it, only summaries and pointers are copied.
+// Errors: a document that cannot be a JSON object (not within braces), or is
+// larger than the byte bound, is rejected: add() returns false and it is
+// counted. One that is within braces but not JSON is dropped and counted as
+// rejected when list() parses it.
 #pragma once
 
 #include <cstddef>
@@ -50,7 +52,7 @@ namespace sidetrace::agent {
 
 struct RecentTracesOptions {
   size_t max_traces = 1000;
-  size_t max_bytes = 32u << 20;  // document text plus its search text
+  size_t max_bytes = 8u << 20;  // document text plus its search text
 };
 
 // What the list shows of a trace. Strings are empty when the document has
@@ -115,21 +117,24 @@ class RecentTraces {
 
  private:
   struct Entry {
-    TraceSummary summary;
+    TraceSummary summary;  // trace_id, revision and seq only until summarised
     std::shared_ptr<const std::string> document;
     std::string haystack;  // lowercase search text
     size_t bytes = 0;
+    bool summarised = false;
+    bool malformed = false;
   };
 
-  void evict_locked();
+  void evict_locked() const;
 
   const RecentTracesOptions opts_;
+  // Mutable: list() replaces entries with their summarised copies.
   mutable std::mutex mu_;
-  std::map<uint64_t, std::shared_ptr<const Entry>> by_seq_;
-  std::unordered_map<std::string, uint64_t> by_id_;
+  mutable std::map<uint64_t, std::shared_ptr<const Entry>> by_seq_;
+  mutable std::unordered_map<std::string, uint64_t> by_id_;
   uint64_t next_seq_ = 1;
-  size_t bytes_ = 0;
-  RecentTracesStats stats_;
+  mutable size_t bytes_ = 0;
+  mutable RecentTracesStats stats_;
 };
 
 // Serves the viewer's routes (see above) into `out`. Returns false, leaving

@@ -182,6 +182,24 @@ TEST(RecentTraces, MalformedDocumentsAreRejectedAndCounted) {
   EXPECT_EQ(r.list({}).last_seq, 0u);
 }
 
+// add() does not parse (it runs on the assembler's thread); a document within
+// braces that is not JSON is dropped, and counted, when first listed.
+TEST(RecentTraces, BracedNonJsonIsDroppedWhenListed) {
+  RecentTraces r;
+  ASSERT_TRUE(r.add("bad", 1, "{\"events\": [}"));
+  ASSERT_TRUE(r.add("good", 1, doc("good", 1)));
+  EXPECT_EQ(r.stats().traces, 2u);
+  TraceList l = r.list({});
+  ASSERT_EQ(l.traces.size(), 1u);
+  EXPECT_EQ(l.traces[0].trace_id, "good");
+  EXPECT_EQ(r.stats().rejected, 1u);
+  EXPECT_EQ(r.stats().traces, 1u);
+  EXPECT_EQ(r.get("bad"), nullptr);
+  // Summaries are kept: a second listing parses nothing again.
+  EXPECT_EQ(r.list({}).traces.size(), 1u);
+  EXPECT_EQ(r.stats().rejected, 1u);
+}
+
 TEST(RecentTraces, SinceReturnsOnlyNewerEntries) {
   RecentTraces r;
   ASSERT_TRUE(r.add("a", 1, doc("a", 1)));

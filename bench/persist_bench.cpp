@@ -264,6 +264,7 @@ void backlog(uint64_t events) {
 
 int main() {
   mallopt(M_ARENA_MAX, 2);  // as the agent does
+  mallopt(M_MMAP_THRESHOLD, 256 << 10);
   uint64_t events = env_u64("PERSIST_BENCH_EVENTS", 400000);
   // The backlog first, so that its peak RSS is not inflated by memory the
   // allocator keeps from the other runs.

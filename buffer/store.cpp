@@ -101,11 +101,19 @@ Status open_db(const StoreOptions& o, std::unique_ptr<rocksdb::DB>* out,
   db.create_missing_column_families = true;
   db.paranoid_checks = true;
   db.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
+  // The writer owns recovery from write errors (resume, else reopen), so
+  // RocksDB's own background retries, which keep Resume() answering Busy,
+  // are off.
+  db.max_bgerror_resume_count = 0;
   db.max_total_wal_size = o.max_wal_bytes;
   // Reusing WAL files means a group commit's fdatasync writes data only, not
   // the metadata of a growing file: the fsync mode's latency.
   db.recycle_log_file_num = 4;
-  db.write_buffer_manager = std::make_shared<rocksdb::WriteBufferManager>(o.memtable_budget_bytes);
+  // A hard budget: when the memtables of all column families reach it, the
+  // writer waits for a flush instead of growing them (the queue in front of
+  // it then applies back-pressure), so memory does not follow the load.
+  db.write_buffer_manager = std::make_shared<rocksdb::WriteBufferManager>(
+      o.memtable_budget_bytes, /*cache=*/nullptr, /*allow_stall=*/true);
   db.max_background_jobs = 2;
   db.max_open_files = 512;
   db.keep_log_file_num = 3;
@@ -167,6 +175,13 @@ class RocksStore final : public Store {
              std::vector<rocksdb::ColumnFamilyHandle*> cfs)
       : opts_(o), clock_(o.clock ? *o.clock : system_clock()), db_(std::move(db)), cfs_(cfs) {
     wo_.sync = o.sync == SyncMode::kFsync;
+    // Writes derived from stored events (a revision's emission, forgetting or
+    // dropping retained state) are not synced on their own: the events they
+    // come from are durable already, and the WAL keeps a prefix of writes, so
+    // a power loss can only undo such a write whole, and the trace is then
+    // assembled and emitted again (at least once). Any later synced write
+    // makes them durable too.
+    wo_derived_.sync = false;
   }
 
   ~RocksStore() override {
@@ -285,7 +300,9 @@ class RocksStore final : public Store {
     if (!db_) return unavailable();
     if (msgs.empty()) return Status::Ok();
     std::lock_guard lock(append_mu_);
-    rocksdb::WriteBatch b(static_cast<size_t>(msgs.size()) * 600);
+    // One batch reused for every group commit: its buffer is allocated once.
+    rocksdb::WriteBatch& b = append_batch_;
+    b.Clear();
     uint64_t seq = next_seq_;
     int64_t live = 0;
     std::string key, recv, pkey;
@@ -362,9 +379,9 @@ class RocksStore final : public Store {
       if (db_) {
         rocksdb::Status rs = db_->Resume();
         if (rs.ok()) return Status::Ok();
-        if (rs.IsBusy()) return from_rocks(rs, "resuming the store");
         // A failed WAL write leaves RocksDB in a fatal state that only a
-        // reopen clears; everything acknowledged is in the WAL or SSTs.
+        // reopen clears, and a recovery that stays "in progress" (Busy) is
+        // no better; everything acknowledged is in the WAL or SSTs.
         spdlog::warn("buffer: the store cannot resume in place ({}); reopening it", rs.ToString());
       }
     }
@@ -467,7 +484,7 @@ class RocksStore final : public Store {
       b.Merge(cfs_[kTraces], kCounterLive, encode_i64(live));
       b.Merge(cfs_[kTraces], kCounterOutboxN, encode_i64(1));
       b.Merge(cfs_[kTraces], kCounterOutboxB, encode_i64(static_cast<int64_t>(e.document.size())));
-      rocksdb::Status rs = db_->Write(wo_, &b);
+      rocksdb::Status rs = db_->Write(wo_derived_, &b);
       if (!rs.ok()) return from_rocks(rs, "emitting a trace revision");
       *outbox_seq = next_outbox_++;
       live_.fetch_add(static_cast<uint64_t>(live));
@@ -509,7 +526,7 @@ class RocksStore final : public Store {
       } else if (!s.ok() && !s.IsNotFound()) {
         return s;
       }
-      rocksdb::Status rs = db_->Write(wo_, &b);
+      rocksdb::Status rs = db_->Write(wo_derived_, &b);
       if (!rs.ok()) return from_rocks(rs, "forgetting a trace state");
       live_.fetch_add(static_cast<uint64_t>(live));
       if (live != 0) counters_.forgotten_traces.fetch_add(1);
@@ -616,7 +633,7 @@ class RocksStore final : public Store {
       b.Put(cfs_[kTraces], index_key(kDeletedPrefix, st.deleted_ns, trace_id), "");
       b.Merge(cfs_[kTraces], kCounterLive, encode_i64(live));
     }
-    rocksdb::Status rs = db_->Write(wo_, &b);
+    rocksdb::Status rs = db_->Write(wo_derived_, &b);
     if (!rs.ok()) return from_rocks(rs, "dropping retained events");
     live_.fetch_add(static_cast<uint64_t>(live));
     return Status::Ok();
@@ -666,8 +683,10 @@ class RocksStore final : public Store {
   std::unique_ptr<rocksdb::DB> db_;  // null while a reopen is failing
   std::vector<rocksdb::ColumnFamilyHandle*> cfs_;
   rocksdb::WriteOptions wo_;
+  rocksdb::WriteOptions wo_derived_;
 
-  std::mutex append_mu_;  // serialises append(): seqs become visible in order
+  std::mutex append_mu_;              // serialises append(): seqs become visible in order
+  rocksdb::WriteBatch append_batch_;  // guarded by append_mu_
   uint64_t next_seq_ = 1;
   std::mutex state_mu_;  // serialises trace-state read-modify-writes
   uint64_t next_outbox_ = 1;

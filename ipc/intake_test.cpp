@@ -418,7 +418,8 @@ TEST_F(IntakeTest, RejectionsAreCountedPerReason) {
            MapBuilder().uint("v", 1).str("kind", "nope").str("trace_id", "t").build());
   send_udp(intake_->udp_port(), msg(1) + "\xc1");
   const auto& s = st(Transport::kUdp);
-  ASSERT_TRUE(eventually([&] { return s.received == 5; }));
+  // `accepted` is counted once the batch is queued, after `received`.
+  ASSERT_TRUE(eventually([&] { return s.received == 5 && s.accepted == 1; }));
   EXPECT_EQ(s.rejected_of(Reject::kNotMap), 1u);
   EXPECT_EQ(s.rejected_of(Reject::kBadVersion), 1u);
   EXPECT_EQ(s.rejected_of(Reject::kBadKind), 1u);

@@ -195,7 +195,9 @@ bool Assembler::process(const std::string& trace_id, uint64_t now) {
   e.state.max_seq = max_seq;
   e.pending_seqs = std::move(fresh);
   e.document = std::move(r.document);
-  e.emitted_ns = now;
+  // The time of this write, not of the round's start: the exporter batches
+  // by it, and a round may last a while.
+  e.emitted_ns = clock_.now_ns();
   uint64_t outbox_seq = 0;
   s = store_.emit(e, &outbox_seq);
   if (s.code() == buffer::Status::Code::kBusy) {

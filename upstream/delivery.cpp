@@ -553,9 +553,13 @@ struct Delivery::Impl {
     uint32_t attempt = 0;
     http::request<http::string_body> req;
     bool need_build = true;
+    uint64_t built_gen = 0;  // the configuration the request was built with
     while (!stopping) {
       std::shared_ptr<const Config> cfg = config;  // a reload must not pull it away mid-await
+      const uint64_t cfg_gen = config_generation;
       const Options& o = cfg->options;
+      // Headers (the API key above all) may have changed with a reload.
+      if (built_gen != cfg_gen) need_build = true;
       if (need_build) {
         // Encoding and compression run on the encoder thread so that the
         // io thread keeps reading the outbox and serving other batches.
@@ -571,10 +575,10 @@ struct Delivery::Impl {
           co_return;
         }
         need_build = false;
+        built_gen = cfg_gen;
       }
       uint64_t gen = config_generation;
       std::unique_ptr<detail::HttpConnection> conn = take_connection();
-      // Headers may have changed with a reload.
       Outcome out = co_await conn->post(req, clock.now_ns());
       if (stopping) break;
       give_connection(std::move(conn), gen);
