@@ -5,7 +5,7 @@ BUILD ?= build/release
 VAR ?= $(CURDIR)/var
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build run test bench test-sanitize fuzz format clean install package
+.PHONY: all deps build run test bench bench-compare soak test-sanitize fuzz format clean install package
 
 all: build
 
@@ -34,14 +34,46 @@ test: build
 	bash tests/run-sdk-tests.sh $(BUILD)
 	bash tests/ui/run.sh $(BUILD)
 	bash tests/fuzz/run.sh 15
+	bash tests/system/run.sh $(BUILD)
 
 bench: build
 	@bash bench/run.sh $(BUILD)
 
+# sidetrace and syslog-ng side by side on the same durable-delivery job,
+# including a 60 s upstream outage (docs/benchmarks.md).
+bench-compare: build
+	@bash bench/compare/run.sh
+
+# The reliability suite's long form (tests/system): 20 kill -9 cycles, long
+# outages, a minute of floods per transport; make test runs its short form.
+soak: build
+	SIDETRACE_SOAK=1 bash tests/system/run.sh $(BUILD)
+
+# The whole ctest suite under ASan+UBSan (build/asan) and under TSan (build/tsan);
+# tests that spawn the agent run the sanitized binary. Both suites run even if
+# the first fails; the target fails if either did. TSan reads its suppressions
+# for the uninstrumented Debian libraries from tests/sanitize/tsan.supp.
+SANITIZE_JOBS ?= 2
+# -O1: the optimisation level the sanitizers are designed for, and a much
+# shorter build than -O2.
+SANITIZE_CMAKE := -DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g -DNDEBUG" \
+                  -DSIDETRACE_BUILD_BENCH=OFF $(CMAKE_FLAGS)
+SANITIZE_CTEST := ctest -j$(SANITIZE_JOBS) --output-on-failure --timeout 900
 test-sanitize: deps
-	cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSIDETRACE_SANITIZE=ON
+	cmake -S . -B build/asan $(SANITIZE_CMAKE) -DSIDETRACE_SANITIZE=ON -DSIDETRACE_TSAN=OFF
 	cmake --build build/asan -j$(JOBS)
-	ctest --test-dir build/asan -j$(JOBS) --output-on-failure --timeout 900
+	cmake -S . -B build/tsan $(SANITIZE_CMAKE) -DSIDETRACE_TSAN=ON -DSIDETRACE_SANITIZE=OFF
+	cmake --build build/tsan -j$(JOBS)
+	@rc=0; \
+	echo "== ASan+UBSan: build/asan"; \
+	ASAN_OPTIONS=detect_leaks=1:check_initialization_order=1:strict_init_order=1 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 SIDETRACE_TEST_TIME_SCALE=2 \
+	  $(SANITIZE_CTEST) --test-dir build/asan || rc=1; \
+	echo "== TSan: build/tsan"; \
+	TSAN_OPTIONS=suppressions=$(CURDIR)/tests/sanitize/tsan.supp:second_deadlock_stack=1 \
+	SIDETRACE_TEST_TIME_SCALE=5 \
+	  $(SANITIZE_CTEST) --test-dir build/tsan || rc=1; \
+	exit $$rc
 
 # The libFuzzer harnesses (tests/fuzz), five minutes each; make test runs them briefly.
 fuzz: deps

@@ -4,9 +4,11 @@
 
 #include <rocksdb/cache.h>
 #include <rocksdb/db.h>
+#include <rocksdb/filter_policy.h>
 #include <rocksdb/merge_operator.h>
 #include <rocksdb/options.h>
 #include <rocksdb/rate_limiter.h>
+#include <rocksdb/slice_transform.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
 #include <rocksdb/write_buffer_manager.h>
@@ -83,6 +85,17 @@ class AddOperator final : public rocksdb::AssociativeMergeOperator {
   const char* Name() const override { return "sidetrace.add_i64"; }
 };
 
+// The prefix of an events key that names its trace: [u8 len][trace_id],
+// everything but the 8-byte sequence number.
+class TracePrefix final : public rocksdb::SliceTransform {
+ public:
+  const char* Name() const override { return "sidetrace.trace_prefix"; }
+  rocksdb::Slice Transform(const rocksdb::Slice& key) const override {
+    return rocksdb::Slice(key.data(), key.size() - 8);
+  }
+  bool InDomain(const rocksdb::Slice& key) const override { return key.size() > 8; }
+};
+
 enum Cf : size_t { kEvents = 0, kPending, kTraces, kOutbox, kMeta, kCfCount };
 constexpr const char* kCfNames[kCfCount] = {"events", "pending", "traces", "outbox", "meta"};
 
@@ -136,7 +149,19 @@ Status open_db(const StoreOptions& o, std::unique_ptr<rocksdb::DB>* out,
   std::vector<rocksdb::ColumnFamilyDescriptor> descs;
   for (size_t i = 0; i < kCfCount; ++i) {
     rocksdb::ColumnFamilyOptions cf;
-    cf.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+    rocksdb::BlockBasedTableOptions t = table;
+    if (i == kEvents) {
+      // A trace's events are read by prefix: a prefix filter lets the read
+      // skip every file that holds none of them.
+      cf.prefix_extractor = std::make_shared<TracePrefix>();
+      t.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+      t.whole_key_filtering = false;
+    } else if (i == kTraces) {
+      // Most lookups of a new trace's state find nothing: a filter answers
+      // them without reading blocks.
+      t.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+    }
+    cf.table_factory.reset(rocksdb::NewBlockBasedTableFactory(t));
     cf.level_compaction_dynamic_level_bytes = true;
     cf.write_buffer_size = i == kEvents ? (o.memtable_budget_bytes / 3) : (4 << 20);
     cf.max_write_buffer_number = 3;
@@ -403,8 +428,9 @@ class RocksStore final : public Store {
     rocksdb::Slice ub(upper);
     rocksdb::ReadOptions ro;
     ro.iterate_upper_bound = &ub;
+    ro.prefix_same_as_start = true;
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, cfs_[kEvents]));
-    for (it->Seek(prefix); it->Valid(); it->Next()) {
+    for (it->Seek(event_key(trace_id, 0)); it->Valid(); it->Next()) {
       rocksdb::Slice k = it->key(), v = it->value();
       if (k.size() != prefix.size() + 8 || v.size() < 8) {
         return Status::Corruption("events entry with a malformed key or value");
@@ -444,55 +470,80 @@ class RocksStore final : public Store {
   }
 
   Status emit(const Emission& e, uint64_t* outbox_seq) override {
+    Status result;
+    Status s = emit_many({&e, 1}, {&result, 1}, {outbox_seq, 1});
+    return s.ok() ? result : s;
+  }
+
+  Status emit_many(std::span<const Emission> es, std::span<Status> results,
+                   std::span<uint64_t> outbox_seqs) override {
     std::shared_lock db_lock(db_mu_);
     if (!db_) return unavailable();
-    if (e.trace_id.empty() || e.trace_id.size() > kMaxTraceIdBytes) {
-      return Status::InvalidArgument("emit: bad trace_id");
-    }
+    size_t written = 0;
     {
       std::lock_guard lock(state_mu_);
-      TraceState cur;
-      Status s = get_state_nolock(e.trace_id, &cur);
-      bool existed = s.ok();
-      if (!s.ok() && !s.IsNotFound()) return s;
-      if (cur.generation != e.expected_generation) {
-        return Status::Busy("trace state changed while its revision was built");
-      }
-      TraceState next = e.state;
-      next.generation = cur.generation + 1;
-      next.deleted_ns = cur.deleted_ns;
-      if (cur.events_deleted) next.events_deleted = true;
       rocksdb::WriteBatch b;
-      std::string obk = be64(next_outbox_);
-      std::string obv = encode_outbox(next.revision, e.emitted_ns, e.trace_id, e.document);
-      b.Put(cfs_[kOutbox], obk, obv);
-      b.Put(cfs_[kTraces], kCounterOutboxNext, be64(next_outbox_ + 1));
-      if (existed) {
-        b.Delete(cfs_[kTraces], index_key(kRetainedPrefix, cur.last_emit_ns, e.trace_id));
-        if (cur.events_deleted) {
-          b.Delete(cfs_[kTraces], index_key(kDeletedPrefix, cur.deleted_ns, e.trace_id));
-        }
+      int64_t live = 0, docs_bytes = 0;
+      uint64_t next = next_outbox_;
+      for (size_t i = 0; i < es.size(); ++i) {
+        results[i] = add_emission_locked(es[i], next, &b, &live);
+        if (!results[i].ok()) continue;
+        outbox_seqs[i] = next++;
+        docs_bytes += static_cast<int64_t>(es[i].document.size());
+        ++written;
       }
-      b.Put(cfs_[kTraces], state_key(e.trace_id), encode_state(next));
-      b.Put(cfs_[kTraces], index_key(kRetainedPrefix, next.last_emit_ns, e.trace_id), "");
-      int64_t live = static_cast<int64_t>(obk.size() + obv.size());
-      if (!existed) live += static_cast<int64_t>(1 + e.trace_id.size() + kStateBytes);
-      for (uint64_t seq : e.pending_seqs) {
-        b.Delete(cfs_[kPending], be64(seq));
-        live -= static_cast<int64_t>(pending_bytes(e.trace_id));
-      }
+      if (written == 0) return Status::Ok();
+      b.Put(cfs_[kTraces], kCounterOutboxNext, be64(next));
       b.Merge(cfs_[kTraces], kCounterLive, encode_i64(live));
-      b.Merge(cfs_[kTraces], kCounterOutboxN, encode_i64(1));
-      b.Merge(cfs_[kTraces], kCounterOutboxB, encode_i64(static_cast<int64_t>(e.document.size())));
+      b.Merge(cfs_[kTraces], kCounterOutboxN, encode_i64(static_cast<int64_t>(written)));
+      b.Merge(cfs_[kTraces], kCounterOutboxB, encode_i64(docs_bytes));
       rocksdb::Status rs = db_->Write(wo_derived_, &b);
-      if (!rs.ok()) return from_rocks(rs, "emitting a trace revision");
-      *outbox_seq = next_outbox_++;
+      if (!rs.ok()) return from_rocks(rs, "emitting trace revisions");
+      next_outbox_ = next;
       live_.fetch_add(static_cast<uint64_t>(live));
-      outbox_n_.fetch_add(1);
-      outbox_b_.fetch_add(e.document.size());
+      outbox_n_.fetch_add(written);
+      outbox_b_.fetch_add(static_cast<uint64_t>(docs_bytes));
     }
     std::lock_guard lock(listener_mu_);
     if (listener_) listener_();
+    return Status::Ok();
+  }
+
+  // Adds one revision's writes to `b` as outbox entry `outbox_seq`. Busy when
+  // the trace's state changed since the revision was built.
+  Status add_emission_locked(const Emission& e, uint64_t outbox_seq, rocksdb::WriteBatch* b,
+                             int64_t* live) {
+    if (e.trace_id.empty() || e.trace_id.size() > kMaxTraceIdBytes) {
+      return Status::InvalidArgument("emit: bad trace_id");
+    }
+    TraceState cur;
+    Status s = get_state_nolock(e.trace_id, &cur);
+    bool existed = s.ok();
+    if (!s.ok() && !s.IsNotFound()) return s;
+    if (cur.generation != e.expected_generation) {
+      return Status::Busy("trace state changed while its revision was built");
+    }
+    TraceState next = e.state;
+    next.generation = cur.generation + 1;
+    next.deleted_ns = cur.deleted_ns;
+    if (cur.events_deleted) next.events_deleted = true;
+    std::string obk = be64(outbox_seq);
+    std::string obv = encode_outbox(next.revision, e.emitted_ns, e.trace_id, e.document);
+    b->Put(cfs_[kOutbox], obk, obv);
+    if (existed) {
+      b->Delete(cfs_[kTraces], index_key(kRetainedPrefix, cur.last_emit_ns, e.trace_id));
+      if (cur.events_deleted) {
+        b->Delete(cfs_[kTraces], index_key(kDeletedPrefix, cur.deleted_ns, e.trace_id));
+      }
+    }
+    b->Put(cfs_[kTraces], state_key(e.trace_id), encode_state(next));
+    b->Put(cfs_[kTraces], index_key(kRetainedPrefix, next.last_emit_ns, e.trace_id), "");
+    *live += static_cast<int64_t>(obk.size() + obv.size());
+    if (!existed) *live += static_cast<int64_t>(1 + e.trace_id.size() + kStateBytes);
+    for (uint64_t seq : e.pending_seqs) {
+      b->Delete(cfs_[kPending], be64(seq));
+      *live -= static_cast<int64_t>(pending_bytes(e.trace_id));
+    }
     return Status::Ok();
   }
 
@@ -619,8 +670,9 @@ class RocksStore final : public Store {
       rocksdb::Slice ub(upper);
       rocksdb::ReadOptions ro;
       ro.iterate_upper_bound = &ub;
+      ro.prefix_same_as_start = true;
       std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, cfs_[kEvents]));
-      for (it->Seek(prefix); it->Valid(); it->Next()) {
+      for (it->Seek(event_key(trace_id, 0)); it->Valid(); it->Next()) {
         b.Delete(cfs_[kEvents], it->key());
         live -= static_cast<int64_t>(it->key().size() + it->value().size());
         ++*events;

@@ -199,6 +199,14 @@ class Store {
   // rebuild. On success sets `*outbox_seq` and calls the outbox listener.
   virtual Status emit(const Emission& e, uint64_t* outbox_seq) = 0;
 
+  // Emits several revisions (of distinct traces) in one atomic write. Each
+  // gets its own outcome in results[i] (Ok, Busy as for emit(), or an error
+  // of its own) and, when Ok, its outbox_seqs[i]. The returned status is an
+  // error only when the write itself failed: then nothing was emitted. The
+  // spans have equal sizes.
+  virtual Status emit_many(std::span<const Emission> es, std::span<Status> results,
+                           std::span<uint64_t> outbox_seqs) = 0;
+
   // Retention: deletes the events (up to their state's max_seq) of at most
   // `max_traces` traces whose last emission is older than `emitted_before_ns`,
   // keeping their state with events_deleted set; removes state records whose

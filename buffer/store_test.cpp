@@ -167,6 +167,48 @@ TEST(StoreTest, EmitRefusesAStaleGeneration) {
   EXPECT_EQ(s->outbox_entries(), 1u);
 }
 
+// Several revisions in one write: each has its own outcome, the stale one is
+// refused alone, and the others get consecutive outbox entries.
+TEST(StoreTest, EmitManyWritesTogetherAndRefusesOnlyTheStale) {
+  TempDir dir;
+  auto s = open_store(options(dir));
+  int notified = 0;
+  s->set_outbox_listener([&] { ++notified; });
+  std::vector<Committed> out;
+  std::vector<ipc::Message> in = {msg("a", "x"), msg("b", "y"), msg("c", "z")};
+  ASSERT_TRUE(s->append(in, &out).ok());
+  emit_all(*s, "b", 100);  // b's state moves to generation 1
+  notified = 0;
+  Emission es[3];
+  const char* ids[] = {"a", "b", "c"};
+  for (int i = 0; i < 3; ++i) {
+    es[i].trace_id = ids[i];
+    es[i].expected_generation = 0;  // stale for b
+    es[i].state.revision = 1;
+    es[i].state.max_seq = out[i].seq;
+    es[i].pending_seqs = {out[i].seq};
+    es[i].document = std::string("{\"t\":\"") + ids[i] + "\"}";
+    es[i].emitted_ns = 200;
+  }
+  Status results[3];
+  uint64_t seqs[3] = {0, 0, 0};
+  ASSERT_TRUE(s->emit_many(es, results, seqs).ok());
+  EXPECT_TRUE(results[0].ok());
+  EXPECT_EQ(results[1].code(), Status::Code::kBusy);
+  EXPECT_TRUE(results[2].ok());
+  EXPECT_EQ(seqs[2], seqs[0] + 1);
+  EXPECT_EQ(notified, 1);
+  EXPECT_EQ(s->outbox_entries(), 3u);  // b's first revision, then a and c
+  std::vector<OutboxEntry> ob;
+  ASSERT_TRUE(s->read_outbox(seqs[0], 10, 1 << 20, &ob).ok());
+  ASSERT_EQ(ob.size(), 2u);
+  EXPECT_EQ(ob[0].trace_id, "a");
+  EXPECT_EQ(ob[1].trace_id, "c");
+  std::vector<Committed> pending;
+  ASSERT_TRUE(s->scan_pending(0, 100, &pending).ok());
+  EXPECT_TRUE(pending.empty());
+}
+
 TEST(StoreTest, ReadOutboxHonoursEntryAndByteLimits) {
   TempDir dir;
   auto s = open_store(options(dir));

@@ -452,7 +452,7 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
   using Socket = typename Protocol::socket;
 
   DgramReceiver(asio::io_context& ioc, std::shared_ptr<Shared> sh, Transport t)
-      : sh_(std::move(sh)), t_(t), sock_(asio::make_strand(ioc)) {}
+      : sh_(std::move(sh)), t_(t), sock_(asio::make_strand(ioc)), timer_(sock_.get_executor()) {}
 
   Socket& socket() { return sock_; }
 
@@ -499,6 +499,11 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
     asio::dispatch(sock_.get_executor(), [self = this->shared_from_this()] {
       error_code ignored;
       self->sock_.close(ignored);
+      self->timer_.cancel();
+      if (!self->held_.empty()) {
+        self->stats().queue_full_drops.fetch_add(self->held_.size(), std::memory_order_relaxed);
+        self->held_.clear();
+      }
     });
   }
 
@@ -523,9 +528,32 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
     if (ec) return;  // aborted by stop()
     for (int round = 0; round < kRoundsPerWake; ++round) {
       const int got = receive();
+      if (!held_.empty()) {
+        pause();
+        return;
+      }
       if (got < static_cast<int>(hdr_.size())) break;  // drained (or failed)
     }
     do_wait();
+  }
+
+  // The queue is full: keep the batch and stop reading until the queue takes
+  // it. Meanwhile the socket's buffer fills, and the kernel refuses further
+  // Unix datagrams (the sender sees EAGAIN, or waits if its socket blocks) or
+  // drops further UDP datagrams (counted in kernel_drops): no work is spent
+  // reading what could not be kept.
+  void pause() {
+    timer_.expires_after(sh_->opt.backpressure_retry);
+    timer_.async_wait([self = this->shared_from_this()](error_code ec) {
+      if (ec || !self->sock_.is_open()) return;
+      if (!self->sh_->out.try_push(self->held_, self->held_weight_)) {
+        self->pause();
+        return;
+      }
+      self->stats().accepted.fetch_add(self->held_count_, std::memory_order_relaxed);
+      self->held_.clear();
+      self->on_readable({});
+    });
   }
 
   // One recvmmsg() call; returns the number of datagrams (0 when none).
@@ -582,9 +610,10 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
       if (sh_->out.try_push(batch, b.weight())) {
         stats().accepted.fetch_add(count, std::memory_order_relaxed);
       } else {
-        stats().queue_full_drops.fetch_add(count, std::memory_order_relaxed);
-        sh_->log.log(spdlog::level::warn, fmt::format("intake {}: queue full, dropped {} messages",
-                                                      transport_name(t_), count));
+        held_ = std::move(batch);
+        held_weight_ = b.weight();
+        held_count_ = count;
+        stats().backpressure_pauses.fetch_add(1, std::memory_order_relaxed);
       }
     }
     return n;
@@ -609,6 +638,10 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
   std::shared_ptr<Shared> sh_;
   const Transport t_;
   Socket sock_;
+  asio::steady_timer timer_;
+  MessageBatch held_;  // a batch the full queue did not take yet
+  size_t held_weight_ = 0;
+  size_t held_count_ = 0;
   bool ovfl_ = false;
   size_t slot_bytes_ = 0;
   std::vector<char> data_;

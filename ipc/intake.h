@@ -16,8 +16,14 @@
 //    kMalformed, the messages before them kept.
 //
 // Overflow of the output queue (weight = sum of Message::weight()):
-//  - datagram and UDP batches are dropped whole (drop-newest) and their
-//    messages counted in queue_full_drops: datagram senders never wait;
+//  - a datagram receiver keeps its batch and stops reading until the queue
+//    takes it (retrying every `backpressure_retry`; each pause is counted in
+//    backpressure_pauses). The socket's buffer then fills: the kernel refuses
+//    further Unix datagrams (EAGAIN for a non-blocking sender, a wait for a
+//    blocking one) and drops further UDP datagrams (kernel_drops). Reading
+//    and validating datagrams that could not be kept would take CPU from the
+//    writer that is behind. A batch still held at stop is counted in
+//    queue_full_drops;
 //  - a stream connection applies back-pressure: the session keeps its batch,
 //    stops reading (the kernel socket buffer then fills and the sender's writes
 //    block or fail with EAGAIN), and retries the push every

@@ -136,9 +136,9 @@ bool Assembler::rescan(uint64_t now) {
   }
 }
 
-bool Assembler::process(const std::string& trace_id, uint64_t now) {
+void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<Prepared>* out) {
   auto it = open_.find(trace_id);
-  if (it == open_.end()) return false;
+  if (it == open_.end()) return;
   Open& o = it->second;
 
   buffer::TraceState st;
@@ -146,7 +146,7 @@ bool Assembler::process(const std::string& trace_id, uint64_t now) {
   if (!s.ok() && !s.IsNotFound()) {
     store_error(s, "reading a trace state");
     schedule(trace_id, o, now + ns(opts_.retry_interval));
-    return false;
+    return;
   }
   if (s.IsNotFound()) st = buffer::TraceState{};
   std::vector<buffer::StoredEvent> events;
@@ -154,7 +154,7 @@ bool Assembler::process(const std::string& trace_id, uint64_t now) {
   if (!s.ok()) {
     store_error(s, "reading a trace");
     schedule(trace_id, o, now + ns(opts_.retry_interval));
-    return false;
+    return;
   }
   std::vector<uint64_t> fresh;
   std::vector<StoredMessage> msgs;
@@ -168,7 +168,7 @@ bool Assembler::process(const std::string& trace_id, uint64_t now) {
   if (fresh.empty()) {
     // Everything notified was already folded into an emitted revision.
     forget(trace_id);
-    return false;
+    return;
   }
   bool emitted_before = st.revision > 0;
   bool max_open_reached = now >= o.first_ns + ns(opts_.max_open);
@@ -179,7 +179,7 @@ bool Assembler::process(const std::string& trace_id, uint64_t now) {
   if (!r.complete) {
     if (!emitted_before && !max_open_reached) {
       schedule(trace_id, o, o.first_ns + ns(opts_.max_open));
-      return false;
+      return;
     }
     bo.mark_unfinished = true;
     r = build_trace(trace_id, msgs, bo);
@@ -195,28 +195,50 @@ bool Assembler::process(const std::string& trace_id, uint64_t now) {
   e.state.max_seq = max_seq;
   e.pending_seqs = std::move(fresh);
   e.document = std::move(r.document);
+  out->push_back(Prepared{std::move(e), bo.mark_unfinished});
+}
+
+size_t Assembler::emit(std::vector<Prepared>* batch, uint64_t now) {
+  if (batch->empty()) return 0;
+  std::vector<buffer::Emission> es;
+  es.reserve(batch->size());
   // The time of this write, not of the round's start: the exporter batches
   // by it, and a round may last a while.
-  e.emitted_ns = clock_.now_ns();
-  uint64_t outbox_seq = 0;
-  s = store_.emit(e, &outbox_seq);
-  if (s.code() == buffer::Status::Code::kBusy) {
-    // The state changed under us (retention or quota): build again next round.
-    schedule(trace_id, o, now);
-    return false;
+  const uint64_t emitted_ns = clock_.now_ns();
+  for (Prepared& p : *batch) {
+    p.emission.emitted_ns = emitted_ns;
+    es.push_back(std::move(p.emission));
   }
-  if (!s.ok()) {
-    store_error(s, "emitting a trace revision");
-    schedule(trace_id, o, now + ns(opts_.retry_interval));
-    return false;
+  std::vector<buffer::Status> results(es.size());
+  std::vector<uint64_t> outbox_seqs(es.size());
+  buffer::Status written = store_.emit_many(es, results, outbox_seqs);
+  size_t emitted = 0;
+  for (size_t i = 0; i < es.size(); ++i) {
+    const buffer::Emission& e = es[i];
+    auto it = open_.find(e.trace_id);
+    if (it == open_.end()) continue;
+    buffer::Status s = written.ok() ? results[i] : written;
+    if (s.code() == buffer::Status::Code::kBusy) {
+      // The state changed under us (retention or quota): build again next round.
+      schedule(e.trace_id, it->second, now);
+      continue;
+    }
+    if (!s.ok()) {
+      store_error(s, "emitting a trace revision");
+      schedule(e.trace_id, it->second, now + ns(opts_.retry_interval));
+      continue;
+    }
+    ++emitted;
+    emitted_.fetch_add(1);
+    const uint32_t revision = e.state.revision;
+    if (opts_.on_emitted) opts_.on_emitted(e.trace_id, revision, e.document);
+    if ((*batch)[i].unfinished) emitted_unfinished_.fetch_add(1);
+    if (e.state.events_deleted) emitted_partial_.fetch_add(1);
+    if (revision > 1) late_.fetch_add(1);
+    forget(e.trace_id);
   }
-  emitted_.fetch_add(1);
-  if (opts_.on_emitted) opts_.on_emitted(trace_id, bo.revision, e.document);
-  if (bo.mark_unfinished) emitted_unfinished_.fetch_add(1);
-  if (bo.partial) emitted_partial_.fetch_add(1);
-  if (bo.revision > 1) late_.fetch_add(1);
-  forget(trace_id);
-  return true;
+  batch->clear();
+  return emitted;
 }
 
 size_t Assembler::poll() {
@@ -234,9 +256,14 @@ size_t Assembler::poll() {
   for (auto it = timers_.begin(); it != timers_.end() && it->first <= now; ++it) {
     due.push_back(it->second);
   }
+  // Revisions are written in groups: one store write for many traces.
   size_t emitted = 0;
-  for (const auto& id : due)
-    emitted += process(id, now) ? 1 : 0;
+  std::vector<Prepared> batch;
+  for (const auto& id : due) {
+    process(id, now, &batch);
+    if (batch.size() >= opts_.emit_batch) emitted += emit(&batch, now);
+  }
+  emitted += emit(&batch, now);
 
   if (now >= next_retention_ns_) {
     next_retention_ns_ = now + ns(opts_.retention_interval);

@@ -67,6 +67,8 @@ struct AssemblerOptions {
   // Retention runs at most this often, deleting at most `expire_batch` traces.
   std::chrono::milliseconds retention_interval{10000};
   size_t expire_batch = 1000;
+  // Revisions written together in one store write, at most.
+  size_t emit_batch = 256;
   std::chrono::milliseconds tick{100};  // the owned thread's longest sleep
   // Called after each successful emission, on the thread that runs poll(),
   // with the emitted revision's document (borrowed for the call). It must be
@@ -125,8 +127,17 @@ class Assembler {
   void schedule(const std::string& trace_id, Open& o, uint64_t deadline);
   void forget(const std::string& trace_id);
   bool rescan(uint64_t now);
-  // Looks at a due trace; true when a revision was emitted.
-  bool process(const std::string& trace_id, uint64_t now);
+  // A revision built and waiting to be written with others.
+  struct Prepared {
+    buffer::Emission emission;
+    bool unfinished = false;
+  };
+  // Looks at a due trace; appends its next revision to `out` when there is
+  // one to emit.
+  void process(const std::string& trace_id, uint64_t now, std::vector<Prepared>* out);
+  // Writes the prepared revisions in one store write and settles each trace;
+  // returns the number emitted.
+  size_t emit(std::vector<Prepared>* batch, uint64_t now);
   void store_error(const buffer::Status& s, const char* what);
 
   buffer::Store& store_;
