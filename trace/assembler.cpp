@@ -83,12 +83,14 @@ void Assembler::take(const buffer::Committed& c, uint64_t now) {
   // whatever the notification delay, and after a restart.
   o.last_ns = std::max(o.last_ns, std::min(c.recv_ns, now));
   o.max_seq = std::max(o.max_seq, c.seq);
+  o.min_seq = std::min(o.min_seq, c.seq);
   schedule(c.trace_id, o,
            std::min(o.last_ns + ns(opts_.quiet_period), o.first_ns + ns(opts_.max_open)));
   if (inserted && open_.size() > opts_.max_open_traces) {
     // Spill the oldest open trace from memory; pending keeps it, and a
     // rescan brings it back when there is room.
     std::string victim = age_.begin()->second;
+    rescan_from_ = std::min(rescan_from_, open_.at(victim).min_seq);
     forget(victim);
     spilled_ = true;
     spilled_n_.fetch_add(1);
@@ -98,11 +100,16 @@ void Assembler::take(const buffer::Committed& c, uint64_t now) {
 
 bool Assembler::rescan(uint64_t now) {
   rescans_.fetch_add(1);
+  // A full rescan after lost notifications or a restart; after a spill, only
+  // from the first entry that may not be held, so that a large backlog is not
+  // read again from its start every time.
+  uint64_t from = need_rescan_ ? 0 : rescan_from_;
   need_rescan_ = false;
   spilled_ = false;
+  rescan_from_ = UINT64_MAX;
   next_rescan_ns_ = now + ns(opts_.retry_interval);
+  if (from == UINT64_MAX) return true;
   std::vector<buffer::Committed> page;
-  uint64_t from = 0;
   for (;;) {
     page.clear();
     buffer::Status s = store_.scan_pending(from, 4096, &page);
@@ -117,11 +124,14 @@ bool Assembler::rescan(uint64_t now) {
         if (open_.size() >= opts_.max_open_traces) {
           // No room: the rest waits for the next rescan, oldest first.
           spilled_ = true;
+          rescan_from_ = std::min(rescan_from_, c.seq);
           return true;
         }
         take(c, now);
-      } else if (c.seq > it->second.max_seq || c.recv_ns < it->second.first_ns) {
+      } else if (c.seq > it->second.max_seq || c.recv_ns < it->second.first_ns ||
+                 c.seq < it->second.min_seq) {
         Open& o = it->second;
+        o.min_seq = std::min(o.min_seq, c.seq);
         if (c.recv_ns < o.first_ns) {
           age_.erase({o.first_ns, c.trace_id});
           o.first_ns = c.recv_ns;

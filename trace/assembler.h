@@ -117,10 +117,11 @@ class Assembler {
 
  private:
   struct Open {
-    uint64_t first_ns = 0;     // earliest receive time of its unemitted messages
-    uint64_t last_ns = 0;      // latest receive time of its messages
-    uint64_t max_seq = 0;      // highest seq notified
-    uint64_t deadline_ns = 0;  // next look at it
+    uint64_t first_ns = 0;          // earliest receive time of its unemitted messages
+    uint64_t last_ns = 0;           // latest receive time of its messages
+    uint64_t max_seq = 0;           // highest seq notified
+    uint64_t min_seq = UINT64_MAX;  // lowest seq notified (where a rescan must start to find it)
+    uint64_t deadline_ns = 0;       // next look at it
   };
 
   void take(const buffer::Committed& c, uint64_t now);
@@ -153,6 +154,9 @@ class Assembler {
   std::set<std::pair<uint64_t, std::string>> timers_;  // (deadline, trace_id)
   std::set<std::pair<uint64_t, std::string>> age_;     // (first_ns, trace_id)
   bool spilled_ = false;
+  // Where the next rescan after a spill starts: the lowest pending seq that
+  // may belong to a trace not in memory. Entries before it are all held.
+  uint64_t rescan_from_ = UINT64_MAX;
   bool need_rescan_ = false;
   uint64_t next_rescan_ns_ = 0;
   uint64_t next_retention_ns_ = 0;
