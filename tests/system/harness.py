@@ -365,19 +365,18 @@ class Agent:
             return default
         raise KeyError(f"no metric {key}")
 
-    def peak_rss_kib(self) -> int:
+    def _status_kib(self, field: str) -> int:
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
-        raise RuntimeError("no VmHWM")
+        raise RuntimeError(f"no {field}")
+
+    def peak_rss_kib(self) -> int:
+        return self._status_kib("VmHWM")
 
     def rss_kib(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
+        return self._status_kib("VmRSS")
 
     def log_text(self) -> str:
         try:
