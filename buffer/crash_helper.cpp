@@ -2,6 +2,8 @@
 // on an endless stream of messages (run number argv[2]) and prints one line
 // "<seq> <unique raw>" per committed message, written with write(2) as soon as
 // the commit returns. The test kill -9s this process at random points.
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -18,6 +20,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s DATA_DIR RUN\n", argv[0]);
     return 2;
   }
+  // Stdout carries the report; log lines (RocksDB's too) go to stderr.
+  spdlog::set_default_logger(spdlog::stderr_logger_st("helper"));
   buffer::StoreOptions o;
   o.data_dir = argv[1];
   o.sync = buffer::SyncMode::kOs;

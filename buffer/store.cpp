@@ -4,7 +4,9 @@
 
 #include <rocksdb/cache.h>
 #include <rocksdb/db.h>
+#include <rocksdb/env.h>
 #include <rocksdb/filter_policy.h>
+#include <rocksdb/listener.h>
 #include <rocksdb/merge_operator.h>
 #include <rocksdb/options.h>
 #include <rocksdb/rate_limiter.h>
@@ -14,7 +16,10 @@
 #include <rocksdb/write_buffer_manager.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdarg>
+#include <cstdio>
 #include <filesystem>
 #include <mutex>
 #include <shared_mutex>
@@ -34,6 +39,9 @@ std::string Status::ToString() const {
       break;
     case Code::kNoSpace:
       name = "NoSpace";
+      break;
+    case Code::kFull:
+      name = "Full";
       break;
     case Code::kIOError:
       name = "IOError";
@@ -96,6 +104,48 @@ class TracePrefix final : public rocksdb::SliceTransform {
   bool InDomain(const rocksdb::Slice& key) const override { return key.size() > 8; }
 };
 
+// RocksDB's own messages go to the agent's log, never to a LOG file in the
+// store: a file logger on the data disk fails with the disk, and RocksDB
+// aborts when it writes again to a file that has failed. Routine messages
+// (flushes, compactions) are debug; warnings and errors keep their level.
+class ForwardingLogger final : public rocksdb::Logger {
+ public:
+  ForwardingLogger() : rocksdb::Logger(rocksdb::InfoLogLevel::INFO_LEVEL) {}
+
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    Logv(rocksdb::InfoLogLevel::INFO_LEVEL, format, ap);
+  }
+  void Logv(const rocksdb::InfoLogLevel level, const char* format, va_list ap) override {
+    spdlog::level::level_enum to = spdlog::level::debug;
+    if (level == rocksdb::InfoLogLevel::WARN_LEVEL) {
+      to = spdlog::level::warn;
+    } else if (level >= rocksdb::InfoLogLevel::ERROR_LEVEL &&
+               level < rocksdb::InfoLogLevel::HEADER_LEVEL) {
+      to = spdlog::level::err;
+    }
+    if (!spdlog::should_log(to)) return;
+    char buf[1024];
+    int n = std::vsnprintf(buf, sizeof buf, format, ap);
+    if (n < 0) return;
+    size_t len = std::min(static_cast<size_t>(n), sizeof buf - 1);
+    while (len > 0 && buf[len - 1] == '\n')
+      --len;
+    spdlog::log(to, "rocksdb: {}", std::string_view(buf, len));
+  }
+};
+
+// RocksDB's own recovery from a full disk (it polls for free space, then
+// resumes in place) is turned off: it would resume in place too (see
+// RocksStore::resume_db()). The writer reopens the store instead.
+class NoAutoRecovery final : public rocksdb::EventListener {
+ public:
+  void OnErrorRecoveryBegin(rocksdb::BackgroundErrorReason, rocksdb::Status,
+                            bool* auto_recovery) override {
+    *auto_recovery = false;
+  }
+};
+
 enum Cf : size_t { kEvents = 0, kPending, kTraces, kOutbox, kMeta, kCfCount };
 constexpr const char* kCfNames[kCfCount] = {"events", "pending", "traces", "outbox", "meta"};
 
@@ -108,15 +158,16 @@ Status open_db(const StoreOptions& o, std::unique_ptr<rocksdb::DB>* out,
     return Status::IOError("cannot create data_dir " + o.data_dir + ": " + ec.message());
   }
   std::string path = (std::filesystem::path(o.data_dir) / "store").string();
+  std::filesystem::create_directories(path, ec);
+  if (ec) return Status::IOError("cannot create " + path + ": " + ec.message());
 
   rocksdb::DBOptions db;
   db.create_if_missing = true;
   db.create_missing_column_families = true;
   db.paranoid_checks = true;
   db.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
-  // The writer owns recovery from write errors (resume, else reopen), so
-  // RocksDB's own background retries, which keep Resume() answering Busy,
-  // are off.
+  // The writer owns recovery from write errors (a reopen), so RocksDB's own
+  // background retries are off.
   db.max_bgerror_resume_count = 0;
   db.max_total_wal_size = o.max_wal_bytes;
   // Reusing WAL files means a group commit's fdatasync writes data only, not
@@ -138,6 +189,8 @@ Status open_db(const StoreOptions& o, std::unique_ptr<rocksdb::DB>* out,
                                                        rocksdb::RateLimiter::Mode::kWritesOnly,
                                                        /*auto_tuned=*/true));
   db.wal_bytes_per_sync = 0;
+  db.info_log = std::make_shared<ForwardingLogger>();
+  db.listeners.push_back(std::make_shared<NoAutoRecovery>());
   if (o.env) db.env = o.env;
 
   auto cache = rocksdb::NewLRUCache(o.block_cache_bytes);
@@ -293,7 +346,7 @@ class RocksStore final : public Store {
   Status meta_put(std::string_view key, std::string_view value) override {
     std::shared_lock db_lock(db_mu_);
     if (!db_) return unavailable();
-    return from_rocks(db_->Put(wo_, cfs_[kMeta], key, value), "meta_put");
+    return from_rocks(noted(db_->Put(wo_, cfs_[kMeta], key, value)), "meta_put");
   }
   Status meta_get(std::string_view key, std::string* value) override {
     std::shared_lock db_lock(db_mu_);
@@ -303,7 +356,7 @@ class RocksStore final : public Store {
   Status meta_delete(std::string_view key) override {
     std::shared_lock db_lock(db_mu_);
     if (!db_) return unavailable();
-    return from_rocks(db_->Delete(wo_, cfs_[kMeta], key), "meta_delete");
+    return from_rocks(noted(db_->Delete(wo_, cfs_[kMeta], key)), "meta_delete");
   }
   Status meta_scan(std::string_view prefix, size_t limit,
                    std::vector<std::pair<std::string, std::string>>* out) override {
@@ -351,7 +404,7 @@ class RocksStore final : public Store {
     }
     b.Put(cfs_[kTraces], kCounterEventNext, be64(seq));
     b.Merge(cfs_[kTraces], kCounterLive, encode_i64(live));
-    rocksdb::Status s = db_->Write(wo_, &b);
+    rocksdb::Status s = noted(db_->Write(wo_, &b));
     if (!s.ok()) return from_rocks(s, "persisting events");
     uint64_t first = next_seq_;
     next_seq_ = seq;
@@ -367,7 +420,7 @@ class RocksStore final : public Store {
     if (!db_) return unavailable();
     if (live_.load() + bytes <= opts_.max_bytes) return Status::Ok();
     if (opts_.when_full == WhenFull::kDropNewest) {
-      return Status::NoSpace("buffer.max_bytes reached (drop_newest)");
+      return Status::Full("buffer.max_bytes reached (drop_newest)");
     }
     // Make a little more room than asked so that this does not run on every
     // commit while the store sits at its bound.
@@ -395,21 +448,24 @@ class RocksStore final : public Store {
       counters_.dropped_outbox_entries.fetch_add(dropped);
     }
     if (live_.load() + bytes <= opts_.max_bytes) return Status::Ok();
-    return Status::NoSpace("buffer.max_bytes reached: only pending events remain");
+    return Status::Full("buffer.max_bytes reached: only pending events remain");
   }
 
+  bool needs_resume() const override { return write_failed_.load(); }
+
   Status resume() override {
-    {
-      std::shared_lock db_lock(db_mu_);
-      if (db_) {
-        rocksdb::Status rs = db_->Resume();
-        if (rs.ok()) return Status::Ok();
-        // A failed WAL write leaves RocksDB in a fatal state that only a
-        // reopen clears, and a recovery that stays "in progress" (Busy) is
-        // no better; everything acknowledged is in the WAL or SSTs.
-        spdlog::warn("buffer: the store cannot resume in place ({}); reopening it", rs.ToString());
-      }
-    }
+    // Cleared first: a write that fails from here on asks for the next resume.
+    write_failed_.store(false);
+    Status s = resume_db();
+    if (!s.ok()) write_failed_.store(true);
+    return s;
+  }
+
+  Status resume_db() {
+    // Always a reopen, never DB::Resume(): after a failed WAL write, Resume()
+    // can answer OK and leave the failed WAL file in use, and the next write
+    // to it aborts the process. A reopen starts a new WAL; everything
+    // acknowledged is in the old WAL or in SSTs.
     std::unique_lock db_lock(db_mu_);
     close_db();
     Status s = open_db(opts_, &db_, &cfs_);
@@ -497,7 +553,7 @@ class RocksStore final : public Store {
       b.Merge(cfs_[kTraces], kCounterLive, encode_i64(live));
       b.Merge(cfs_[kTraces], kCounterOutboxN, encode_i64(static_cast<int64_t>(written)));
       b.Merge(cfs_[kTraces], kCounterOutboxB, encode_i64(docs_bytes));
-      rocksdb::Status rs = db_->Write(wo_derived_, &b);
+      rocksdb::Status rs = noted(db_->Write(wo_derived_, &b));
       if (!rs.ok()) return from_rocks(rs, "emitting trace revisions");
       next_outbox_ = next;
       live_.fetch_add(static_cast<uint64_t>(live));
@@ -577,7 +633,7 @@ class RocksStore final : public Store {
       } else if (!s.ok() && !s.IsNotFound()) {
         return s;
       }
-      rocksdb::Status rs = db_->Write(wo_derived_, &b);
+      rocksdb::Status rs = noted(db_->Write(wo_derived_, &b));
       if (!rs.ok()) return from_rocks(rs, "forgetting a trace state");
       live_.fetch_add(static_cast<uint64_t>(live));
       if (live != 0) counters_.forgotten_traces.fetch_add(1);
@@ -612,6 +668,14 @@ class RocksStore final : public Store {
   }
 
   // Requires db_mu_ held exclusively (or no other user).
+  // Every write goes through here: a failed one leaves RocksDB in its
+  // background-error state, which only resume() clears, whichever thread
+  // (writer, assembler, delivery) made the write.
+  rocksdb::Status noted(rocksdb::Status s) {
+    if (!s.ok() && !s.IsInvalidArgument()) write_failed_.store(true);
+    return s;
+  }
+
   void close_db() {
     if (!db_) return;
     for (auto* h : cfs_)
@@ -685,7 +749,7 @@ class RocksStore final : public Store {
       b.Put(cfs_[kTraces], index_key(kDeletedPrefix, st.deleted_ns, trace_id), "");
       b.Merge(cfs_[kTraces], kCounterLive, encode_i64(live));
     }
-    rocksdb::Status rs = db_->Write(wo_derived_, &b);
+    rocksdb::Status rs = noted(db_->Write(wo_derived_, &b));
     if (!rs.ok()) return from_rocks(rs, "dropping retained events");
     live_.fetch_add(static_cast<uint64_t>(live));
     return Status::Ok();
@@ -720,7 +784,7 @@ class RocksStore final : public Store {
     b.Merge(cfs_[kTraces], kCounterLive, encode_i64(-live));
     b.Merge(cfs_[kTraces], kCounterOutboxN, encode_i64(-n));
     b.Merge(cfs_[kTraces], kCounterOutboxB, encode_i64(-doc_bytes));
-    rocksdb::Status s = db_->Write(wo_, &b);
+    rocksdb::Status s = noted(db_->Write(wo_, &b));
     if (!s.ok()) return from_rocks(s, what);
     live_.fetch_sub(static_cast<uint64_t>(live));
     outbox_n_.fetch_sub(static_cast<uint64_t>(n));
@@ -747,6 +811,7 @@ class RocksStore final : public Store {
   std::function<void()> listener_;
 
   std::atomic<uint64_t> live_{0}, outbox_n_{0}, outbox_b_{0};
+  std::atomic<bool> write_failed_{false};
   struct {
     std::atomic<uint64_t> dropped_retained_traces{0}, dropped_retained_events{0},
         dropped_outbox_entries{0}, expired_traces{0}, forgotten_traces{0};

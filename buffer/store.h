@@ -175,12 +175,17 @@ class Store {
 
   // Quota: whether `bytes` more fit under max_bytes. With kDropOldest, makes
   // room first (retained events of emitted traces, oldest emission first;
-  // then the oldest outbox entries). Returns NoSpace when they do not fit.
+  // then the oldest outbox entries). Returns Full when they do not fit, and
+  // the error of a failed write (NoSpace, IOError) when making room failed.
   virtual Status ensure_room(uint64_t bytes) = 0;
 
-  // After a failed write (NoSpace, IOError), asks RocksDB to leave its
-  // background-error state. Ok once writes may succeed again.
+  // After a failed write (NoSpace, IOError), reopens the store: RocksDB's
+  // background-error state after a failed WAL write clears safely only so.
+  // Ok once writes may succeed again.
   virtual Status resume() = 0;
+
+  // True once any write (from any caller) failed, until resume() succeeds.
+  virtual bool needs_resume() const = 0;
 
   // ---- traces (used by trace::Assembler) ---------------------------------
 

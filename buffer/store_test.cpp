@@ -1,9 +1,12 @@
 #include "buffer/store.h"
 
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "buffer/testing/temp_dir.h"
 
@@ -304,7 +307,7 @@ TEST(StoreTest, DropOldestMakesRoomFromRetainedEventsThenTheOutbox) {
   // Pending messages are never dropped to make room.
   std::vector<ipc::Message> big = {msg("p", std::string(40000, 'p'))};
   ASSERT_TRUE(s->append(big, &out).ok());
-  EXPECT_TRUE(s->ensure_room(40000).IsNoSpace());
+  EXPECT_TRUE(s->ensure_room(40000).IsFull());
   std::vector<StoredEvent> ev;
   ASSERT_TRUE(s->read_trace("p", &ev).ok());
   EXPECT_EQ(ev.size(), 1u);
@@ -321,7 +324,7 @@ TEST(StoreTest, DropNewestRefusesWhenFull) {
   ASSERT_TRUE(s->ensure_room(8100).ok());
   ASSERT_TRUE(s->append(in, &out).ok());
   emit_all(*s, "t", 100);
-  EXPECT_TRUE(s->ensure_room(5000).IsNoSpace());
+  EXPECT_TRUE(s->ensure_room(5000).IsFull());
   EXPECT_EQ(s->counters().dropped_retained_traces, 0u);
 }
 
@@ -343,6 +346,31 @@ TEST(StoreTest, MetaPutGetScanDelete) {
   kv.clear();
   ASSERT_TRUE(s->meta_scan("up/", 10, &kv).ok());
   EXPECT_EQ(kv.size(), 1u);
+}
+
+// RocksDB writes no LOG file of its own on the data disk (a failing LOG
+// file aborts it when written again); its messages reach the agent's log.
+TEST(StoreTest, RocksDbMessagesGoToTheAgentLogNotToAFileInTheStore) {
+  std::ostringstream captured;
+  auto previous = spdlog::default_logger();
+  auto logger = std::make_shared<spdlog::logger>(
+      "capture", std::make_shared<spdlog::sinks::ostream_sink_st>(captured));
+  logger->set_level(spdlog::level::debug);
+  spdlog::set_default_logger(logger);
+  {
+    TempDir dir;
+    auto s = open_store(options(dir));
+    std::vector<ipc::Message> in{msg("t1", "a")};
+    std::vector<Committed> out;
+    ASSERT_TRUE(s->append(in, &out).ok());
+    s.reset();
+    for (const auto& entry : fs::directory_iterator(dir.path() / "store")) {
+      std::string name = entry.path().filename().string();
+      EXPECT_NE(name.rfind("LOG", 0), 0u) << name;
+    }
+  }
+  spdlog::set_default_logger(previous);
+  EXPECT_NE(captured.str().find("rocksdb: "), std::string::npos) << captured.str();
 }
 
 TEST(StoreTest, SecondOpenOfTheSameStoreIsBusyAndNotQuarantined) {

@@ -46,6 +46,9 @@ void Writer::run() {
   for (;;) {
     batches.clear();
     bool open = queue_.pop_all(batches, std::chrono::milliseconds(100));
+    // With nothing to write, a failed store is still resumed: the assembler
+    // and delivery need it too.
+    if (batches.empty() && (degraded_.load() || store_.needs_resume())) usable();
     size_t bytes = 0;
     for (auto& batch : batches) {
       for (auto& m : batch) {
@@ -78,29 +81,38 @@ void Writer::run() {
   }
 }
 
+bool Writer::usable() {
+  if (!degraded_.load()) {
+    if (!store_.needs_resume()) return true;
+    // A write of another part of the agent (the assembler, delivery) failed:
+    // RocksDB refuses every write until it is resumed, so resume it now.
+    degraded_.store(true);
+    backoff_ = opts_.resume_interval;
+    next_resume_ns_ = 0;
+  }
+  uint64_t now = clock_.mono_ns();
+  if (now < next_resume_ns_) return false;
+  backoff_ = std::min<std::chrono::nanoseconds>(backoff_ * 2, opts_.max_resume_interval);
+  next_resume_ns_ = now + static_cast<uint64_t>(backoff_.count());
+  Status r = store_.resume();
+  if (!r.ok()) {
+    log_.log(spdlog::level::warn,
+             fmt::format("buffer: the store is still failing ({})", r.ToString()));
+    return false;
+  }
+  degraded_.store(false);
+  log_.log(spdlog::level::info, "buffer: the store accepts writes again");
+  return true;
+}
+
 void Writer::commit(std::span<const ipc::Message> group, size_t bytes) {
   uint64_t n = group.size();
-  if (degraded_.load()) {
-    uint64_t now = clock_.mono_ns();
-    if (now < next_resume_ns_) {
-      dropped_no_space_.fetch_add(n);
-      return;
-    }
-    backoff_ = std::min<std::chrono::nanoseconds>(backoff_ * 2, opts_.max_resume_interval);
-    next_resume_ns_ = now + static_cast<uint64_t>(backoff_.count());
-    Status r = store_.resume();
-    if (!r.ok()) {
-      dropped_no_space_.fetch_add(n);
-      log_.log(spdlog::level::warn,
-               fmt::format("buffer: the store is still failing ({}); dropped {} messages",
-                           r.ToString(), n));
-      return;
-    }
-    degraded_.store(false);
-    log_.log(spdlog::level::info, "buffer: the store accepts writes again");
+  if (!usable()) {
+    dropped_no_space_.fetch_add(n);
+    return;
   }
   Status s = store_.ensure_room(bytes);
-  if (s.IsNoSpace()) {
+  if (s.IsFull()) {
     dropped_full_.fetch_add(n);
     log_.log(spdlog::level::warn,
              fmt::format("buffer: full ({}); dropped {} new messages", s.message(), n));

@@ -10,12 +10,15 @@
 // sink (the trace assembler).
 //
 // Refusals, each counted and logged (rate limited):
-//   - the quota is reached (Store::ensure_room() says NoSpace): the group is
+//   - the quota is reached (Store::ensure_room() says Full): the group is
 //     dropped (drop_newest, or drop_oldest with nothing left to drop);
-//   - the disk is full or failing (append() returns NoSpace/IOError): the group
+//   - the disk is full or failing (append(), or making room in ensure_room(),
+//     returns NoSpace/IOError): the group
 //     is dropped, and the writer calls Store::resume() before each later group
 //     (with a growing back-off), dropping groups until it succeeds.
-//     Writing resumes by itself once space returns.
+//     Writing resumes by itself once space returns. A write of another part
+//     of the agent that failed (Store::needs_resume()) is resumed the same
+//     way, also while no messages arrive.
 //
 // Before a message joins a group, the optional `transform` (redaction, see
 // ipc/redact.h) may rewrite it on the writer thread: nothing it removes ever
@@ -88,6 +91,9 @@ class Writer {
  private:
   void run();
   void commit(std::span<const ipc::Message> group, size_t bytes);
+  // False while the store is failing and not (yet) resumed; resumes it when
+  // due (growing back-off).
+  bool usable();
 
   Store& store_;
   BoundedQueue<ipc::MessageBatch>& queue_;

@@ -177,6 +177,36 @@ TEST(WriterTest, FullDiskDropsCountedAndResumesByItself) {
   EXPECT_TRUE(ev.empty());
 }
 
+// A write of another part of the agent (here a metadata write, as delivery
+// makes) fails on a full disk while no messages arrive: the writer still
+// resumes the store once space returns, so that those writes succeed again.
+TEST(WriterTest, ResumesAStoreThatFailedElsewhereWhileIdle) {
+  TempDir dir;
+  auto fs = std::make_shared<testing::NoSpaceFileSystem>();
+  auto env = testing::make_env(fs);
+  StoreOptions o;
+  o.data_dir = dir.str();
+  o.env = env.get();
+  std::unique_ptr<Store> store;
+  ASSERT_TRUE(Store::open(o, &store).ok());
+  BoundedQueue<ipc::MessageBatch> q(64 << 20);
+  WriterOptions wo;
+  wo.resume_interval = std::chrono::milliseconds(1);
+  wo.max_resume_interval = std::chrono::milliseconds(20);
+  Writer w(*store, q, nullptr, system_clock(), wo);
+  w.start();
+
+  fs->set_full(true);
+  EXPECT_FALSE(store->meta_put("k", "v").ok());
+  EXPECT_TRUE(store->needs_resume());
+  ASSERT_TRUE(eventually([&] { return w.stats().degraded; }));
+  fs->set_full(false);
+  ASSERT_TRUE(eventually([&] { return !store->needs_resume() && !w.stats().degraded; }));
+  EXPECT_TRUE(store->meta_put("k", "v").ok());
+  EXPECT_EQ(w.stats().persisted, 0u);
+  w.stop();
+}
+
 TEST(WriterTest, TransformRedactsBeforeAnythingReachesTheStore) {
   TempDir dir;
   StoreOptions o;
