@@ -43,6 +43,9 @@ upstream::Options upstream_options(const config::Config& c) {
   o.retry_initial_ms = static_cast<uint32_t>(u.retry_initial_ms);
   o.retry_max_ms = static_cast<uint32_t>(u.retry_max_ms);
   o.retry_deadline_s = static_cast<uint32_t>(u.retry_deadline_s);
+  o.retry_after_max_ms = static_cast<uint32_t>(u.retry_after_max_ms);
+  o.auth_probe_interval_ms = static_cast<uint32_t>(u.auth_probe_interval_ms);
+  o.compression_level = static_cast<int>(u.compression_level);
   o.ca_file = u.ca_file;
   o.client_cert = u.client_cert;
   o.client_key = u.client_key;

@@ -130,6 +130,15 @@ const std::vector<Key>& keys() {
       Key("upstream.retry_deadline_s", Type::kInt,
           at([](Config& c) { return &c.upstream.retry_deadline_s; }))
           .range(0, kMaxS),
+      Key("upstream.retry_after_max_ms", Type::kInt,
+          at([](Config& c) { return &c.upstream.retry_after_max_ms; }))
+          .range(0, kMaxMs),
+      Key("upstream.auth_probe_interval_ms", Type::kInt,
+          at([](Config& c) { return &c.upstream.auth_probe_interval_ms; }))
+          .range(1, kMaxMs),
+      Key("upstream.compression_level", Type::kInt,
+          at([](Config& c) { return &c.upstream.compression_level; }))
+          .range(1, 19),
       Key("upstream.deadletter_max_bytes", Type::kSize,
           at([](Config& c) { return &c.upstream.deadletter_max_bytes; }))
           .range(0, 1LL << 40),
@@ -681,6 +690,10 @@ void validate(const Config& c) {
     throw ConfigError(
         fmt::format("upstream.retry_initial_ms: {} is larger than upstream.retry_max_ms ({})",
                     c.upstream.retry_initial_ms, c.upstream.retry_max_ms));
+  }
+  if (c.upstream.compression == "gzip" && c.upstream.compression_level > 9) {
+    throw ConfigError(fmt::format("upstream.compression_level: {} is out of range for gzip (1..9)",
+                                  c.upstream.compression_level));
   }
   if (c.data_dir.empty()) throw ConfigError("data_dir: must not be empty");
   if (!c.upstream.endpoint.empty() && !c.upstream.endpoint.starts_with("http://") &&

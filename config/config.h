@@ -65,6 +65,9 @@ struct Config {
     int64_t retry_initial_ms = 500;
     int64_t retry_max_ms = 60000;
     int64_t retry_deadline_s = 0;  // 0 = retry for as long as the quota allows
+    int64_t retry_after_max_ms = 300000;
+    int64_t auth_probe_interval_ms = 30000;
+    int64_t compression_level = 1;
     uint64_t deadletter_max_bytes = 256ull << 20;
   } upstream;
 

@@ -278,6 +278,32 @@ TEST(ConfigValidate, CrossKeyRules) {
   EXPECT_THROW(validate(e), ConfigError);
 }
 
+TEST(ConfigString, UpstreamTuningKeys) {
+  Config c;
+  EXPECT_EQ(c.upstream.retry_after_max_ms, 300000);
+  EXPECT_EQ(c.upstream.auth_probe_interval_ms, 30000);
+  EXPECT_EQ(c.upstream.compression_level, 1);
+  apply_toml_string(c,
+                    "[upstream]\nretry_after_max_ms = 1000\nauth_probe_interval_ms = 250\n"
+                    "compression = \"zstd\"\ncompression_level = 12\n",
+                    "inline.toml");
+  EXPECT_EQ(c.upstream.retry_after_max_ms, 1000);
+  EXPECT_EQ(c.upstream.auth_probe_interval_ms, 250);
+  EXPECT_EQ(c.upstream.compression_level, 12);
+  EXPECT_NO_THROW(validate(c));
+  // Level 12 exists for zstd only; the error names the key.
+  c.upstream.compression = "gzip";
+  try {
+    validate(c);
+    ADD_FAILURE() << "gzip level 12 accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("upstream.compression_level"), std::string::npos);
+  }
+  Config d;
+  EXPECT_THROW(apply_toml_string(d, "[upstream]\nauth_probe_interval_ms = 0\n", "inline.toml"),
+               ConfigError);
+}
+
 TEST(ConfigToml, MasksSecretsAndRoundTrips) {
   Config c;
   c.upstream.endpoint = "https://user:hunter2@collector:4318";
