@@ -270,6 +270,11 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
         sh_->log.log(spdlog::level::warn,
                      fmt::format("intake unix_stream: read failed: {}", ec.message()));
       }
+      if (ec != asio::error::operation_aborted && splitter_.buffered() > 0 && !splitter_.failed()) {
+        BatchBuilder b(*sh_, Transport::kUnixStream, 0);
+        b.reject(Reject::kMalformed, "connection closed in the middle of a message");
+        b.publish();
+      }
       close();
       return;
     }
@@ -595,6 +600,10 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
       if (ovfl_) read_overflow(h);
       if (h.msg_flags & MSG_TRUNC) {
         b.reject(Reject::kTooLarge, "datagram larger than max_datagram_bytes");
+        continue;
+      }
+      if (len == 0) {
+        b.reject(Reject::kMalformed, "empty datagram");
         continue;
       }
       const std::string_view dgram(data_.data() + static_cast<size_t>(i) * slot_bytes_, len);

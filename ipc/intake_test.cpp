@@ -454,6 +454,27 @@ TEST_F(IntakeTest, RejectionsAreCountedPerReason) {
   EXPECT_EQ(s.accepted.load(), 1u);
 }
 
+// Input that carries no complete message is still an outcome: an empty
+// datagram, and a stream closed in the middle of a message, are counted.
+TEST_F(IntakeTest, EmptyDatagramsAndMessagesCutByADisconnectAreCounted) {
+  start(options());
+  send_udp(intake_->udp_port(), "");
+  send_udp(intake_->udp_port(), msg(1));
+  const auto& u = st(Transport::kUdp);
+  ASSERT_TRUE(eventually([&] { return u.received == 2 && u.accepted == 1; }));
+  EXPECT_EQ(u.rejected_of(Reject::kMalformed), 1u);
+
+  int fd = connect_unix(opts_.unix_stream);
+  const std::string whole = msg(2), cut = msg(3).substr(0, 40);
+  write_all(fd, whole + cut);
+  ASSERT_EQ(take(1).size(), 1u);
+  ::close(fd);
+  const auto& s = st(Transport::kUnixStream);
+  ASSERT_TRUE(eventually([&] { return s.rejected_of(Reject::kMalformed) == 1; }));
+  EXPECT_EQ(s.received.load(), 2u);
+  EXPECT_EQ(s.accepted.load(), 1u);
+}
+
 TEST_F(IntakeTest, ConnectionsOverTheLimitAreRefused) {
   IntakeOptions o = options();
   o.max_connections = 2;
