@@ -491,6 +491,7 @@ class RocksStore final : public Store {
     // to it aborts the process. A reopen starts a new WAL; everything
     // acknowledged is in the old WAL or in SSTs.
     std::unique_lock db_lock(db_mu_);
+    spdlog::warn("buffer: reopening the store after a failed write");
     close_db();
     Status s = open_db(opts_, &db_, &cfs_);
     if (!s.ok()) return s;
@@ -691,7 +692,6 @@ class RocksStore final : public Store {
     return Status::IOError("the store is closed after a write failure; waiting to reopen it");
   }
 
-  // Requires db_mu_ held exclusively (or no other user).
   // Every write goes through here: a failed one leaves RocksDB in its
   // background-error state, which only resume() clears, whichever thread
   // (writer, assembler, delivery) made the write.
@@ -700,6 +700,7 @@ class RocksStore final : public Store {
     return s;
   }
 
+  // Requires db_mu_ held exclusively (or no other user).
   void close_db() {
     if (!db_) return;
     for (auto* h : cfs_)
