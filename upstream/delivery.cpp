@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -131,7 +132,7 @@ struct Delivery::Impl {
 
   mutable std::mutex stats_mu;
   Stats stats_;
-  uint64_t last_success_mono = 0;
+  std::atomic<uint64_t> last_success_mono{0};  // written by the io thread, read by stats()
 
   // Wakes the dispatcher from the store's emitting thread.
   struct Waker {
@@ -446,13 +447,8 @@ struct Delivery::Impl {
         update_stats([&](Stats& s) { s.spans_rejected += rejected; });
       }
     }
-    if (!b.record.is_inline()) {
-      if (!co_await store_retry([&] { return store.ack_outbox(b.record.seqs); }, "outbox ack")) {
-        co_return;
-      }
-    }
-    co_await store_retry([&] { return store.meta_delete(detail::batch_meta_key(b.record.id)); },
-                         "batch record delete");
+    // Counted when the upstream has it, before the acknowledgement is written:
+    // whoever sees the outbox drained also sees the counters.
     uint64_t now = clock.now_ns();
     last_success_mono = clock.mono_ns();
     if (auth_failed) {
@@ -477,6 +473,13 @@ struct Delivery::Impl {
         ++s.latency_count;
       }
     });
+    if (!b.record.is_inline()) {
+      if (!co_await store_retry([&] { return store.ack_outbox(b.record.seqs); }, "outbox ack")) {
+        co_return;
+      }
+    }
+    co_await store_retry([&] { return store.meta_delete(detail::batch_meta_key(b.record.id)); },
+                         "batch record delete");
   }
 
   net::awaitable<void> deadletter(Batch& b, int status, const std::string& reason) {
@@ -746,9 +749,8 @@ void Delivery::stop() {
 Stats Delivery::stats() const {
   std::lock_guard lock(impl_->stats_mu);
   Stats s = impl_->stats_;
-  if (impl_->last_success_mono != 0) {
-    s.seconds_since_success =
-        static_cast<double>(impl_->clock.mono_ns() - impl_->last_success_mono) / 1e9;
+  if (uint64_t last = impl_->last_success_mono.load(); last != 0) {
+    s.seconds_since_success = static_cast<double>(impl_->clock.mono_ns() - last) / 1e9;
   }
   return s;
 }

@@ -304,7 +304,10 @@ TEST_F(UpstreamDeliveryTest, BadRequestIsolatesTheRefusedDocument) {
   o.max_in_flight = 1;
   Delivery d(*store_, o);
   d.start();
-  ASSERT_TRUE(wait_until([&] { return drained() && d.stats().deadlettered == 1; }));
+  // The counters are updated after the outbox is acknowledged: wait for both.
+  ASSERT_TRUE(wait_until([&] {
+    return drained() && d.stats().deadlettered == 1 && d.stats().traces_delivered >= 4;
+  })) << d.stats().traces_delivered;
   EXPECT_EQ(d.stats().traces_delivered, 4u);
   std::vector<DeadLetter> dl;
   ASSERT_TRUE(deadletter_list(*store_, &dl).ok());
