@@ -119,20 +119,29 @@ TEST(WriterTest, DropNewestCountsRefusals) {
   EXPECT_LE(store->counters().live_bytes, o.max_bytes);
 }
 
-TEST(WriterTest, FullDiskDropsCountedAndResumesByItself) {
+// A store on a filesystem the test can make full, and writer options that
+// retry resuming it quickly.
+class FullDiskWriterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    o.data_dir = dir.str();
+    o.env = env.get();
+    ASSERT_TRUE(Store::open(o, &store).ok());
+    wo.resume_interval = std::chrono::milliseconds(1);
+    wo.max_resume_interval = std::chrono::milliseconds(20);
+  }
+
   TempDir dir;
-  auto fs = std::make_shared<testing::NoSpaceFileSystem>();
-  auto env = testing::make_env(fs);
+  std::shared_ptr<testing::NoSpaceFileSystem> fs = std::make_shared<testing::NoSpaceFileSystem>();
+  std::unique_ptr<rocksdb::Env> env = testing::make_env(fs);
   StoreOptions o;
-  o.data_dir = dir.str();
-  o.env = env.get();
   std::unique_ptr<Store> store;
-  ASSERT_TRUE(Store::open(o, &store).ok());
-  BoundedQueue<ipc::MessageBatch> q(64 << 20);
-  Sink sink;
+  BoundedQueue<ipc::MessageBatch> q{64 << 20};
   WriterOptions wo;
-  wo.resume_interval = std::chrono::milliseconds(1);
-  wo.max_resume_interval = std::chrono::milliseconds(20);
+};
+
+TEST_F(FullDiskWriterTest, FullDiskDropsCountedAndResumesByItself) {
+  Sink sink;
   Writer w(
       *store, q, [&](std::span<const Committed> c) { sink(c); }, system_clock(), wo);
   w.start();
@@ -180,19 +189,7 @@ TEST(WriterTest, FullDiskDropsCountedAndResumesByItself) {
 // A write of another part of the agent (here a metadata write, as delivery
 // makes) fails on a full disk while no messages arrive: the writer still
 // resumes the store once space returns, so that those writes succeed again.
-TEST(WriterTest, ResumesAStoreThatFailedElsewhereWhileIdle) {
-  TempDir dir;
-  auto fs = std::make_shared<testing::NoSpaceFileSystem>();
-  auto env = testing::make_env(fs);
-  StoreOptions o;
-  o.data_dir = dir.str();
-  o.env = env.get();
-  std::unique_ptr<Store> store;
-  ASSERT_TRUE(Store::open(o, &store).ok());
-  BoundedQueue<ipc::MessageBatch> q(64 << 20);
-  WriterOptions wo;
-  wo.resume_interval = std::chrono::milliseconds(1);
-  wo.max_resume_interval = std::chrono::milliseconds(20);
+TEST_F(FullDiskWriterTest, ResumesAStoreThatFailedElsewhereWhileIdle) {
   Writer w(*store, q, nullptr, system_clock(), wo);
   w.start();
 

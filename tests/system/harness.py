@@ -747,12 +747,7 @@ class Emitter:
             self._thread.join(timeout)
             assert not self._thread.is_alive(), f"emitter {self.name} did not stop"
         self.stopped_at = time.monotonic()
-        if self._sock:
-            try:
-                self._sock.close()
-            except OSError:
-                pass
-            self._sock = None
+        self._drop_conn()
 
     def pause(self, timeout: float = 30.0):
         """Stops sending and returns once the sending thread is idle."""

@@ -15,6 +15,12 @@ from harness import Emitter, wait_until
 PAYLOAD = 1000  # bytes of input per event
 
 
+def quick_upstream(upstream) -> dict:
+    """Upstream settings that send and retry quickly, so that recovery shows at once."""
+    return {"endpoint": upstream.url, "flush_interval_ms": 50, "retry_initial_ms": 50,
+            "retry_max_ms": 300, "connect_timeout_ms": 300}
+
+
 def dropped_total(agent) -> float:
     m = agent.metrics()
     return sum(v for k, v in m.items() if k.startswith("sidetrace_dropped_messages_total{"))
@@ -54,8 +60,7 @@ def test_quota(when_full, make_agent, upstream, emitters):
     agent = make_agent({
         "trace": {"quiet_period_ms": 100},
         "buffer": {"max_bytes": "2MiB", "when_full": when_full, "sync": "os"},
-        "upstream": {"endpoint": upstream.url, "flush_interval_ms": 50, "retry_initial_ms": 50,
-                     "retry_max_ms": 300, "connect_timeout_ms": 300},
+        "upstream": quick_upstream(upstream),
     })
     e = Emitter(agent, name=f"q{when_full[5]}", transport="stream", rate=3000, payload=PAYLOAD)
     emitters.append(e)
@@ -151,8 +156,7 @@ def test_full_filesystem(sync, tmpfs, make_agent, upstream, emitters):
         "data_dir": str(tmpfs / "data"),
         "trace": {"quiet_period_ms": 100},
         "buffer": {"sync": sync},
-        "upstream": {"endpoint": upstream.url, "flush_interval_ms": 50, "retry_initial_ms": 50,
-                     "retry_max_ms": 300, "connect_timeout_ms": 300},
+        "upstream": quick_upstream(upstream),
     })
     e = Emitter(agent, name=f"nf{sync[0]}", transport="stream", rate=3000, payload=PAYLOAD)
     emitters.append(e)
@@ -218,8 +222,7 @@ def test_fill_cycles(tmpfs, make_agent, upstream, emitters):
         # The quota keeps what the agent keeps for late revisions well below the 48 MiB
         # disk (drop_oldest evicts it): only the filler makes the disk full.
         "buffer": {"sync": "fsync", "max_bytes": "16MiB"},
-        "upstream": {"endpoint": upstream.url, "flush_interval_ms": 50, "retry_initial_ms": 50,
-                     "retry_max_ms": 300, "connect_timeout_ms": 300},
+        "upstream": quick_upstream(upstream),
     })
     es = [Emitter(agent, name=f"fc{k}", transport="stream", rate=2000, payload=PAYLOAD)
           for k in range(3)]
