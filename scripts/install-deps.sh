@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   build-essential cmake make pkg-config git
   libboost-dev libboost-system-dev libboost-regex-dev
-  libmsgpack-cxx-dev librocksdb-dev
+  libmsgpack-cxx-dev librocksdb-dev libjemalloc-dev
   libspdlog-dev libfmt-dev
   libtomlplusplus-dev libcli11-dev
   libssl-dev openssl zlib1g-dev libzstd-dev
