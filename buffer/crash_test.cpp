@@ -94,27 +94,30 @@ TEST(CrashTest, KilledWriterLosesNothingReportedAndDuplicatesNothing) {
   Status s = Store::open(StoreOptions{.data_dir = dir.str(), .sync = SyncMode::kOs}, &store);
   ASSERT_TRUE(s.ok()) << s.ToString();
 
-  // Everything stored, through pending (seq -> trace) and the events.
+  // Everything stored, through the pending records (trace, message count)
+  // and the events.
   std::vector<Committed> pending;
   ASSERT_TRUE(store->scan_pending(0, SIZE_MAX, &pending).ok());
-  std::map<uint64_t, std::string> by_seq;
-  for (const auto& p : pending)
-    by_seq[p.seq] = p.trace_id;
   std::set<std::string> traces;
-  for (const auto& p : pending)
+  size_t recorded = 0;
+  for (const auto& p : pending) {
     traces.insert(p.trace_id);
+    recorded += p.record_messages;
+  }
+  std::map<uint64_t, std::string> by_seq;
   std::set<std::string> raws;
-  size_t events = 0;
   for (const auto& t : traces) {
     std::vector<StoredEvent> ev;
     ASSERT_TRUE(store->read_trace(t, &ev).ok());
     for (const auto& e : ev) {
-      ++events;
       EXPECT_TRUE(raws.insert(e.raw).second) << "stored twice: " << e.raw;
-      EXPECT_EQ(by_seq.count(e.seq), 1u);
+      EXPECT_TRUE(by_seq.emplace(e.seq, t).second) << e.seq;
     }
   }
-  EXPECT_EQ(events, pending.size());
+  // Every record is a stored event, and the records count every event.
+  for (const auto& p : pending)
+    EXPECT_EQ(by_seq.count(p.seq), 1u) << p.seq;
+  EXPECT_EQ(by_seq.size(), recorded);
   for (const auto& r : reported) {
     auto it = by_seq.find(r.seq);
     ASSERT_NE(it, by_seq.end()) << "reported persisted but lost: seq " << r.seq;

@@ -24,6 +24,7 @@
 #include <mutex>
 #include <shared_mutex>
 #include <system_error>
+#include <unordered_map>
 
 #include "buffer/detail/codec.h"
 
@@ -178,14 +179,20 @@ Status open_db(const StoreOptions& o, std::unique_ptr<rocksdb::DB>* out,
   // it then applies back-pressure), so memory does not follow the load.
   db.write_buffer_manager = std::make_shared<rocksdb::WriteBufferManager>(
       o.memtable_budget_bytes, /*cache=*/nullptr, /*allow_stall=*/true);
-  db.max_background_jobs = 2;
+  // One flush and two compactions: the events and outbox column families
+  // compact side by side, so that level 0 does not pile up under a sustained
+  // load and throttle every write (RocksDB slows all writes when one column
+  // family has too many level-0 files).
+  db.max_background_jobs = 3;
   db.max_open_files = 512;
   db.keep_log_file_num = 3;
   db.max_log_file_size = 4 << 20;
   db.bytes_per_sync = 1 << 20;
   // Background flushes and compactions share the disk with the WAL's fsyncs;
-  // a rate limit on them keeps a flush from stalling a group commit.
-  db.rate_limiter.reset(rocksdb::NewGenericRateLimiter(64 << 20, 100 * 1000, 10,
+  // a rate limit on them keeps a flush from stalling a group commit. It is
+  // well above what a sustained load needs: compactions held back let level
+  // 0 grow until RocksDB throttles the writer.
+  db.rate_limiter.reset(rocksdb::NewGenericRateLimiter(256 << 20, 100 * 1000, 10,
                                                        rocksdb::RateLimiter::Mode::kWritesOnly,
                                                        /*auto_tuned=*/true));
   db.wal_bytes_per_sync = 0;
@@ -227,6 +234,9 @@ Status open_db(const StoreOptions& o, std::unique_ptr<rocksdb::DB>* out,
     cf.level_compaction_dynamic_level_bytes = true;
     cf.write_buffer_size = i == kEvents ? (o.memtable_budget_bytes / 3) : (4 << 20);
     cf.max_write_buffer_number = 3;
+    // Room for bursts before RocksDB slows writes (default 20 and 36 files).
+    cf.level0_slowdown_writes_trigger = 36;
+    cf.level0_stop_writes_trigger = 72;
     cf.compression =
         (i == kEvents || i == kOutbox) ? rocksdb::kLZ4Compression : rocksdb::kNoCompression;
     if (i == kTraces) {
@@ -423,11 +433,19 @@ class RocksStore final : public Store {
     b.Clear();
     uint64_t seq = next_seq_;
     int64_t live = 0;
-    std::string key, recv, pkey;
-    for (const ipc::Message& m : msgs) {
+    std::string key, recv;
+    // One pending record per trace: the index of its first message in `msgs`
+    // and how many messages it stands for.
+    std::unordered_map<std::string_view, std::pair<size_t, uint32_t>>& records = append_records_;
+    records.clear();
+    for (size_t i = 0; i < msgs.size(); ++i) {
+      const ipc::Message& m = msgs[i];
       if (m.trace_id.empty() || m.trace_id.size() > kMaxTraceIdBytes) {
         return Status::InvalidArgument("a message's trace_id is empty or longer than 255 bytes");
       }
+      ++records.try_emplace(m.trace_id, i, 0).first->second.second;
+    }
+    for (const ipc::Message& m : msgs) {
       key = event_key(m.trace_id, seq);
       recv.clear();
       put_be64(&recv, m.recv_ns);
@@ -436,11 +454,14 @@ class RocksStore final : public Store {
       rocksdb::Slice key_part(key);
       rocksdb::Slice value_parts[2] = {rocksdb::Slice(recv), rocksdb::Slice(m.raw)};
       b.Put(cfs_[kEvents], rocksdb::SliceParts(&key_part, 1), rocksdb::SliceParts(value_parts, 2));
-      const size_t value_size = recv.size() + m.raw.size();
-      pkey = be64(seq);
-      b.Put(cfs_[kPending], pkey, pending_value(m.recv_ns, m.trace_id));
-      live += static_cast<int64_t>(key.size() + value_size + pending_bytes(m.trace_id));
+      live += static_cast<int64_t>(key.size() + recv.size() + m.raw.size());
       ++seq;
+    }
+    for (const auto& [trace_id, rec] : records) {
+      const ipc::Message& m = msgs[rec.first];
+      b.Put(cfs_[kPending], be64(next_seq_ + rec.first),
+            pending_value(m.recv_ns, rec.second, trace_id));
+      live += static_cast<int64_t>(pending_bytes(trace_id));
     }
     b.Put(cfs_[kTraces], kCounterEventNext, be64(seq));
     b.Merge(cfs_[kTraces], kCounterLive, encode_i64(live));
@@ -450,8 +471,13 @@ class RocksStore final : public Store {
     next_seq_ = seq;
     live_.fetch_add(static_cast<uint64_t>(live));
     out->reserve(out->size() + msgs.size());
-    for (const ipc::Message& m : msgs)
-      out->push_back(Committed{m.trace_id, first++, m.recv_ns});
+    for (size_t i = 0; i < msgs.size(); ++i) {
+      const ipc::Message& m = msgs[i];
+      const auto& rec = records.at(m.trace_id);
+      out->push_back(
+          Committed{m.trace_id, first + i, m.recv_ns, rec.first == i ? rec.second : uint32_t{0}});
+    }
+    records.clear();
     return Status::Ok();
   }
 
@@ -545,11 +571,39 @@ class RocksStore final : public Store {
     size_t n = 0;
     for (it->Seek(be64(from_seq)); it->Valid() && n < limit; it->Next(), ++n) {
       rocksdb::Slice k = it->key(), v = it->value();
-      if (k.size() != 8 || v.size() < 9) return Status::Corruption("malformed pending entry");
-      out->push_back(Committed{std::string(v.data() + 8, v.size() - 8), get_be64(k.ToStringView()),
-                               get_be64(v.ToStringView())});
+      uint64_t recv_ns = 0;
+      uint32_t messages = 0;
+      std::string_view trace_id;
+      if (k.size() != 8 || !decode_pending(v.ToStringView(), &recv_ns, &messages, &trace_id)) {
+        return Status::Corruption("malformed pending entry");
+      }
+      out->push_back(
+          Committed{std::string(trace_id), get_be64(k.ToStringView()), recv_ns, messages});
     }
     return from_rocks(it->status(), "scanning pending");
+  }
+
+  Status release_pending(std::string_view trace_id, std::span<const uint64_t> seqs) override {
+    StoreLock db_lock(db_mu_);
+    if (!db_) return unavailable();
+    std::lock_guard lock(state_mu_);
+    rocksdb::WriteBatch b;
+    int64_t live = 0;
+    std::string v;
+    for (uint64_t seq : seqs) {
+      // Only records that exist count: the quota measure stays exact.
+      rocksdb::Status rs = db_->Get(rocksdb::ReadOptions(), cfs_[kPending], be64(seq), &v);
+      if (rs.IsNotFound()) continue;
+      if (!rs.ok()) return from_rocks(rs, "reading a pending record");
+      b.Delete(cfs_[kPending], be64(seq));
+      live -= static_cast<int64_t>(pending_bytes(trace_id));
+    }
+    if (b.Count() == 0) return Status::Ok();
+    b.Merge(cfs_[kTraces], kCounterLive, encode_i64(live));
+    rocksdb::Status rs = write(wo_derived_, &b);
+    if (!rs.ok()) return from_rocks(rs, "releasing pending records");
+    live_.fetch_add(static_cast<uint64_t>(live));
+    return Status::Ok();
   }
 
   Status get_state(std::string_view trace_id, TraceState* out) override {
@@ -845,6 +899,8 @@ class RocksStore final : public Store {
 
   std::mutex append_mu_;              // serialises append(): seqs become visible in order
   rocksdb::WriteBatch append_batch_;  // guarded by append_mu_
+  // Pending records of the commit being built; guarded by append_mu_.
+  std::unordered_map<std::string_view, std::pair<size_t, uint32_t>> append_records_;
   uint64_t next_seq_ = 1;
   std::mutex state_mu_;  // serialises trace-state read-modify-writes
   uint64_t next_outbox_ = 1;

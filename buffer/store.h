@@ -5,9 +5,10 @@
 //   events   (len(trace_id), trace_id, seq) -> recv_ns, raw msgpack message.
 //            A trace's messages are one key range; kept after emission for
 //            trace.retain_s so that late messages can rebuild the whole trace.
-//   pending  seq -> recv_ns, trace_id. Committed messages not yet folded into
-//            an emitted revision; the source of truth for what the assembler
-//            still owes.
+//   pending  seq -> recv_ns, message count, trace_id. One record per trace and
+//            group commit (keyed by the seq of the trace's first message in
+//            it) for messages not yet folded into an emitted revision; the
+//            source of truth for what the assembler still owes.
 //   traces   trace_id -> per-trace state (last emitted revision, times, ...),
 //            plus the retention index and the store's own counters.
 //   outbox   outbox seq -> finished trace revision (JSON document) waiting for
@@ -85,11 +86,16 @@ struct StoreOptions {
   const Clock* clock = nullptr;
 };
 
-// One message as committed: its store sequence and where it belongs.
+// One message as committed: its store sequence and where it belongs; or,
+// from scan_pending(), one pending record.
 struct Committed {
   std::string trace_id;
   uint64_t seq = 0;
   uint64_t recv_ns = 0;
+  // > 0 when a pending record is keyed by `seq`: the number of messages of the
+  // trace in that commit it stands for (the trace's first message in the
+  // commit carries it). 0 for the trace's other messages of the commit.
+  uint32_t record_messages = 0;
 };
 
 // One stored message of a trace.
@@ -115,7 +121,7 @@ struct Emission {
   std::string trace_id;
   uint64_t expected_generation = 0;    // TraceState::generation read before building
   TraceState state;                    // the new state (generation is set by the store)
-  std::vector<uint64_t> pending_seqs;  // pending entries folded into this revision
+  std::vector<uint64_t> pending_seqs;  // pending records folded into this revision
   std::string document;
   uint64_t emitted_ns = 0;
 };
@@ -165,9 +171,10 @@ class Store {
 
   // ---- events (used by buffer::Writer) -----------------------------------
 
-  // Persists `msgs` in one atomic, group-committed write (events + pending),
-  // assigning consecutive sequence numbers; appends one Committed per message
-  // to `out` once the write is durable (per StoreOptions::sync). Writes are
+  // Persists `msgs` in one atomic, group-committed write (the events, and one
+  // pending record per trace), assigning consecutive sequence numbers; appends
+  // one Committed per message to `out`, in order, once the write is durable
+  // (per StoreOptions::sync). Writes are
   // serialised: sequence numbers become visible in increasing order.
   // NoSpace when the disk is full; nothing of `msgs` is stored then.
   // The quota is not checked here (see ensure_room()).
@@ -192,14 +199,21 @@ class Store {
   // Every stored message of `trace_id` in seq order, appended to `out`.
   virtual Status read_trace(std::string_view trace_id, std::vector<StoredEvent>* out) = 0;
 
-  // The pending entries with seq >= `from_seq`, at most `limit`, in seq order.
+  // The pending records with seq >= `from_seq`, at most `limit`, in seq order
+  // (record_messages > 0 in each).
   virtual Status scan_pending(uint64_t from_seq, size_t limit, std::vector<Committed>* out) = 0;
+
+  // Deletes pending records of `trace_id` whose messages an earlier revision
+  // already folded (a record the assembler learnt of only after emitting).
+  // Deleting an absent record is not an error.
+  virtual Status release_pending(std::string_view trace_id, std::span<const uint64_t> seqs) = 0;
 
   // The trace's state; NotFound when it was never emitted (or forgotten).
   virtual Status get_state(std::string_view trace_id, TraceState* out) = 0;
 
   // Emits one revision in ONE atomic write: the outbox entry, the new trace
-  // state, the retention index, the deletion of `pending_seqs`. Busy when the
+  // state, the retention index, the deletion of the pending records
+  // `pending_seqs` (each must be a record of this trace). Busy when the
   // state changed since it was read (expected_generation): read again and
   // rebuild. On success sets `*outbox_seq` and calls the outbox listener.
   virtual Status emit(const Emission& e, uint64_t* outbox_seq) = 0;

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "buffer/detail/codec.h"
 #include "buffer/testing/temp_dir.h"
 
 namespace sidetrace::buffer {
@@ -38,6 +39,17 @@ StoreOptions options(const TempDir& dir) {
   return o;
 }
 
+// The seqs of the trace's pending records.
+std::vector<uint64_t> records_of(Store& s, const std::string& trace_id) {
+  std::vector<Committed> pending;
+  EXPECT_TRUE(s.scan_pending(0, SIZE_MAX, &pending).ok());
+  std::vector<uint64_t> seqs;
+  for (const auto& p : pending) {
+    if (p.trace_id == trace_id) seqs.push_back(p.seq);
+  }
+  return seqs;
+}
+
 // Emits the trace's pending messages as the next revision.
 uint64_t emit_all(Store& s, const std::string& trace_id, uint64_t now_ns,
                   const std::string& doc = "{}") {
@@ -53,10 +65,9 @@ uint64_t emit_all(Store& s, const std::string& trace_id, uint64_t now_ns,
   e.state.revision = cur.revision + 1;
   if (cur.revision == 0) e.state.first_emit_ns = now_ns;
   e.state.last_emit_ns = now_ns;
-  for (const auto& ev : events) {
-    if (ev.seq > cur.max_seq) e.pending_seqs.push_back(ev.seq);
+  for (const auto& ev : events)
     e.state.max_seq = std::max(e.state.max_seq, ev.seq);
-  }
+  e.pending_seqs = records_of(s, trace_id);
   e.document = doc;
   e.emitted_ns = now_ns;
   uint64_t seq = 0;
@@ -76,6 +87,10 @@ TEST(StoreTest, AppendAssignsSeqsAndReadsBackPerTraceAcrossReopen) {
     EXPECT_EQ(out[0].seq, 1u);
     EXPECT_EQ(out[2].seq, 3u);
     EXPECT_EQ(out[1].trace_id, "b");
+    // One pending record per trace of the commit, on its first message.
+    EXPECT_EQ(out[0].record_messages, 2u);
+    EXPECT_EQ(out[1].record_messages, 1u);
+    EXPECT_EQ(out[2].record_messages, 0u);
     EXPECT_GT(s->counters().live_bytes, 0u);
   }
   auto s = open_store(options(dir));
@@ -98,13 +113,61 @@ TEST(StoreTest, AppendAssignsSeqsAndReadsBackPerTraceAcrossReopen) {
   EXPECT_EQ(a.size(), 3u);
   std::vector<Committed> pending;
   ASSERT_TRUE(s->scan_pending(0, 100, &pending).ok());
-  ASSERT_EQ(pending.size(), 5u);
+  ASSERT_EQ(pending.size(), 4u);  // a (2 messages), b, then a and ab
+  EXPECT_EQ(pending[0].trace_id, "a");
+  EXPECT_EQ(pending[0].seq, 1u);
+  EXPECT_EQ(pending[0].record_messages, 2u);
   EXPECT_EQ(pending[1].trace_id, "b");
   EXPECT_EQ(pending[1].recv_ns, 11u);
+  EXPECT_EQ(pending[2].seq, 4u);
   pending.clear();
   ASSERT_TRUE(s->scan_pending(3, 1, &pending).ok());
   ASSERT_EQ(pending.size(), 1u);
-  EXPECT_EQ(pending[0].seq, 3u);
+  EXPECT_EQ(pending[0].seq, 4u);
+}
+
+// A record learnt of after its messages were emitted is released alone, and
+// only a record that exists counts against the quota measure.
+TEST(StoreTest, ReleasePendingDeletesOnlyExistingRecordsOnce) {
+  TempDir dir;
+  auto s = open_store(options(dir));
+  std::vector<Committed> out;
+  std::vector<ipc::Message> in = {msg("r", "r1"), msg("q", "q1")};
+  ASSERT_TRUE(s->append(in, &out).ok());
+  const uint64_t live = s->counters().live_bytes;
+  const uint64_t seq = out[0].seq;
+  ASSERT_TRUE(s->release_pending("r", {&seq, 1}).ok());
+  const uint64_t released = s->counters().live_bytes;
+  EXPECT_LT(released, live);
+  EXPECT_EQ(records_of(*s, "r"), std::vector<uint64_t>{});
+  EXPECT_EQ(records_of(*s, "q").size(), 1u);
+  ASSERT_TRUE(s->release_pending("r", {&seq, 1}).ok());  // absent now
+  EXPECT_EQ(s->counters().live_bytes, released);
+  std::vector<StoredEvent> ev;
+  ASSERT_TRUE(s->read_trace("r", &ev).ok());
+  EXPECT_EQ(ev.size(), 1u);  // the events themselves stay
+}
+
+// Pending records from before the message count (one per message) still read.
+TEST(StoreCodecTest, PendingRecordsOfBothFormsDecode) {
+  uint64_t recv = 0;
+  uint32_t n = 0;
+  std::string_view id;
+  std::string v = detail::pending_value(123, 7, "trace-x");
+  ASSERT_TRUE(detail::decode_pending(v, &recv, &n, &id));
+  EXPECT_EQ(recv, 123u);
+  EXPECT_EQ(n, 7u);
+  EXPECT_EQ(id, "trace-x");
+  std::string legacy;
+  detail::put_be64(&legacy, 456);
+  legacy += "old";
+  ASSERT_TRUE(detail::decode_pending(legacy, &recv, &n, &id));
+  EXPECT_EQ(recv, 456u);
+  EXPECT_EQ(n, 1u);
+  EXPECT_EQ(id, "old");
+  EXPECT_FALSE(detail::decode_pending("short", &recv, &n, &id));
+  std::string zero = detail::pending_value(1, 0, "z");
+  EXPECT_FALSE(detail::decode_pending(zero, &recv, &n, &id));
 }
 
 TEST(StoreTest, EmitIsAtomicAndSurvivesReopen) {

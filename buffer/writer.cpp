@@ -45,7 +45,9 @@ void Writer::run() {
   std::vector<ipc::Message> group;
   for (;;) {
     batches.clear();
-    bool open = queue_.pop_all(batches, std::chrono::milliseconds(100));
+    // About one group at a time: what waits for the store stays in the queue,
+    // under its bound, and not in the writer's hands.
+    bool open = queue_.pop_upto(batches, opts_.max_group_bytes, std::chrono::milliseconds(100));
     // With nothing to write, a failed store is still resumed: the assembler
     // and delivery need it too.
     if (batches.empty() && (degraded_.load() || store_.needs_resume())) usable();

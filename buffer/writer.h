@@ -46,7 +46,7 @@ namespace sidetrace::buffer {
 
 struct WriterOptions {
   size_t max_group_messages = 8192;
-  size_t max_group_bytes = 8 << 20;
+  size_t max_group_bytes = 2 << 20;
   // After a write failure, Store::resume() is tried after `resume_interval`,
   // then at doubling intervals up to `max_resume_interval`.
   std::chrono::milliseconds resume_interval{100};

@@ -3,9 +3,9 @@
 //
 // Producers never block: try_push() either accepts the item or refuses it and
 // the caller counts the refusal (drop-newest) or retries later (back-pressure).
-// Consumers take everything queued at once with pop_all(), which waits up to a
-// timeout. close() wakes every waiter; after it, try_push() refuses and
-// pop_all() drains what is left, then returns false.
+// Consumers take everything queued at once with pop_all(), or the oldest items
+// up to a weight with pop_upto(); both wait up to a timeout. close() wakes every waiter; after it,
+// try_push() refuses and pop_all() drains what is left, then returns false.
 //
 // Thread safety: every method may be called from any thread.
 #pragma once
@@ -56,6 +56,27 @@ class BoundedQueue {
       out.push_back(std::move(item));
     items_.clear();
     weight_ = 0;
+    return true;
+  }
+
+  // Moves the oldest items into `out` (appending) until their weights reach
+  // `max_weight` (at least one item), waiting up to `timeout` for the first.
+  // What is left stays queued and counts against the bound. Returns false
+  // once the queue is closed and empty.
+  template <typename Rep, typename Period>
+  bool pop_upto(std::vector<T>& out, size_t max_weight,
+                std::chrono::duration<Rep, Period> timeout) {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, timeout, [&] { return closed_ || !items_.empty(); });
+    if (items_.empty()) return !closed_;
+    size_t taken = 0;
+    while (!items_.empty() && (taken == 0 || taken < max_weight)) {
+      auto& [item, w] = items_.front();
+      out.push_back(std::move(item));
+      taken += w;
+      weight_ -= w;
+      items_.pop_front();
+    }
     return true;
   }
 

@@ -17,6 +17,24 @@ TEST(BoundedQueue, RefusesPastTheBoundAndKeepsTheItem) {
   EXPECT_EQ(q.weight(), 4u);
 }
 
+TEST(BoundedQueue, PopUptoTakesTheOldestUpToAWeightAndLeavesTheRest) {
+  BoundedQueue<int> q(100);
+  for (int i = 1; i <= 5; ++i)
+    ASSERT_TRUE(q.try_push(i, 10));
+  std::vector<int> out;
+  ASSERT_TRUE(q.pop_upto(out, 25, std::chrono::milliseconds(0)));
+  EXPECT_EQ(out, (std::vector<int>{1, 2, 3}));  // 30 >= 25: the third one ends it
+  EXPECT_EQ(q.weight(), 20u);                   // the rest still counts
+  out.clear();
+  ASSERT_TRUE(q.pop_upto(out, 1, std::chrono::milliseconds(0)));
+  EXPECT_EQ(out, std::vector<int>{4});  // at least one, even past the weight
+  q.close();
+  out.clear();
+  ASSERT_TRUE(q.pop_upto(out, 1000, std::chrono::milliseconds(0)));
+  EXPECT_EQ(out, std::vector<int>{5});  // drains after close
+  EXPECT_FALSE(q.pop_upto(out, 1000, std::chrono::milliseconds(0)));
+}
+
 TEST(BoundedQueue, AcceptsOversizedItemOnlyWhenEmpty) {
   BoundedQueue<int> q(10);
   EXPECT_TRUE(q.try_push(1, 100));

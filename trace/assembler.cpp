@@ -36,9 +36,9 @@ void Assembler::on_committed(std::span<const buffer::Committed> committed) {
   size_t weight = 0;
   for (const auto& c : committed)
     weight += c.trace_id.size() + sizeof(buffer::Committed);
-  std::vector<buffer::Committed> copy(committed.begin(), committed.end());
+  Notice notice{clock_.now_ns(), {committed.begin(), committed.end()}};
   notifications_.fetch_add(committed.size());
-  if (!queue_.try_push(copy, weight)) {
+  if (!queue_.try_push(notice, weight)) {
     // The pending column family still holds them: a rescan finds them.
     notifications_dropped_.fetch_add(committed.size());
     resync_.store(true);
@@ -49,47 +49,58 @@ buffer::Status Assembler::recover() {
   need_rescan_ = true;
   next_rescan_ns_ = 0;
   uint64_t now = clock_.now_ns();
-  if (!rescan(now)) return buffer::Status::IOError("rescanning pending failed");
+  if (!rescan(now, /*at_start=*/true)) {
+    return buffer::Status::IOError("rescanning pending failed");
+  }
   return buffer::Status::Ok();
 }
 
-void Assembler::schedule(const std::string& trace_id, Open& o, uint64_t deadline) {
-  if (o.deadline_ns != 0) timers_.erase({o.deadline_ns, trace_id});
+void Assembler::schedule(const std::string& key, Open& o, uint64_t deadline) {
+  if (o.deadline_ns != 0) timers_.erase({o.deadline_ns, &key});
   o.deadline_ns = deadline;
-  timers_.emplace(deadline, trace_id);
+  timers_.emplace(deadline, &key);
 }
 
 void Assembler::forget(const std::string& trace_id) {
   auto it = open_.find(trace_id);
   if (it == open_.end()) return;
-  timers_.erase({it->second.deadline_ns, trace_id});
-  age_.erase({it->second.first_ns, trace_id});
+  timers_.erase({it->second.deadline_ns, &trace_id});
+  age_.erase({it->second.first_ns, &trace_id});
   open_.erase(it);
   open_n_.store(open_.size());
 }
 
-void Assembler::take(const buffer::Committed& c, uint64_t now) {
+void Assembler::add_record(Open& o, uint64_t seq) {
+  if (std::find(o.records.begin(), o.records.end(), seq) == o.records.end()) {
+    o.records.push_back(seq);
+  }
+}
+
+void Assembler::take(const buffer::Committed& c, uint64_t stored_ns, uint64_t now) {
   auto [it, inserted] = open_.try_emplace(c.trace_id);
   Open& o = it->second;
+  const std::string& key = it->first;
   if (inserted) {
     o.first_ns = c.recv_ns;
-    age_.emplace(o.first_ns, c.trace_id);
+    age_.emplace(o.first_ns, &key);
   } else if (c.recv_ns < o.first_ns) {
-    age_.erase({o.first_ns, c.trace_id});
+    age_.erase({o.first_ns, &key});
     o.first_ns = c.recv_ns;
-    age_.emplace(o.first_ns, c.trace_id);
+    age_.emplace(o.first_ns, &key);
   }
-  // Quiet time counts from the last receive time, so that it means the same
-  // whatever the notification delay, and after a restart.
-  o.last_ns = std::max(o.last_ns, std::min(c.recv_ns, now));
+  // Quiet time counts from when a message was stored, not from its receive
+  // time: messages received together can be stored apart when the store
+  // lags, and a trace must not look quiet while part of it still waits to be
+  // stored. max_open counts from the first receive time.
+  o.last_ns = std::max(o.last_ns, std::min(stored_ns, now));
   o.max_seq = std::max(o.max_seq, c.seq);
   o.min_seq = std::min(o.min_seq, c.seq);
-  schedule(c.trace_id, o,
-           std::min(o.last_ns + ns(opts_.quiet_period), o.first_ns + ns(opts_.max_open)));
+  if (c.record_messages > 0) add_record(o, c.seq);
+  schedule(key, o, std::min(o.last_ns + ns(opts_.quiet_period), o.first_ns + ns(opts_.max_open)));
   if (inserted && open_.size() > opts_.max_open_traces) {
     // Spill the oldest open trace from memory; pending keeps it, and a
     // rescan brings it back when there is room.
-    std::string victim = age_.begin()->second;
+    std::string victim = *age_.begin()->second;
     rescan_from_ = std::min(rescan_from_, open_.at(victim).min_seq);
     forget(victim);
     spilled_ = true;
@@ -98,7 +109,10 @@ void Assembler::take(const buffer::Committed& c, uint64_t now) {
   open_n_.store(open_.size());
 }
 
-bool Assembler::rescan(uint64_t now) {
+bool Assembler::rescan(uint64_t now, bool at_start) {
+  // At start nothing is on its way to the store: a record counts from its
+  // receive time. Later, messages found only now count as stored now (see
+  // take()): others received with them may still be on their way.
   rescans_.fetch_add(1);
   // A full rescan after lost notifications or a restart; after a spill, only
   // from the first entry that may not be held, so that a large backlog is not
@@ -127,16 +141,22 @@ bool Assembler::rescan(uint64_t now) {
           rescan_from_ = std::min(rescan_from_, c.seq);
           return true;
         }
-        take(c, now);
-      } else if (c.seq > it->second.max_seq || c.recv_ns < it->second.first_ns ||
-                 c.seq < it->second.min_seq) {
+        take(c, at_start ? c.recv_ns : now, now);
+      } else {
         Open& o = it->second;
+        if (std::find(o.records.begin(), o.records.end(), c.seq) == o.records.end()) {
+          // Messages it did not know of.
+          o.records.push_back(c.seq);
+          o.last_ns = std::max(o.last_ns, at_start ? std::min(c.recv_ns, now) : now);
+          schedule(it->first, o,
+                   std::min(o.last_ns + ns(opts_.quiet_period), o.first_ns + ns(opts_.max_open)));
+        }
         o.min_seq = std::min(o.min_seq, c.seq);
         if (c.recv_ns < o.first_ns) {
-          age_.erase({o.first_ns, c.trace_id});
+          age_.erase({o.first_ns, &it->first});
           o.first_ns = c.recv_ns;
-          age_.emplace(o.first_ns, c.trace_id);
-          schedule(c.trace_id, o, std::min(o.deadline_ns, o.first_ns + ns(opts_.max_open)));
+          age_.emplace(o.first_ns, &it->first);
+          schedule(it->first, o, std::min(o.deadline_ns, o.first_ns + ns(opts_.max_open)));
         }
         o.max_seq = std::max(o.max_seq, c.seq);
       }
@@ -155,7 +175,7 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
   buffer::Status s = store_.get_state(trace_id, &st);
   if (!s.ok() && !s.IsNotFound()) {
     store_error(s, "reading a trace state");
-    schedule(trace_id, o, now + ns(opts_.retry_interval));
+    schedule(it->first, o, now + ns(opts_.retry_interval));
     return;
   }
   if (s.IsNotFound()) st = buffer::TraceState{};
@@ -163,19 +183,35 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
   s = store_.read_trace(trace_id, &events);
   if (!s.ok()) {
     store_error(s, "reading a trace");
-    schedule(trace_id, o, now + ns(opts_.retry_interval));
+    schedule(it->first, o, now + ns(opts_.retry_interval));
     return;
   }
-  std::vector<uint64_t> fresh;
   std::vector<StoredMessage> msgs;
   msgs.reserve(events.size());
   uint64_t max_seq = st.max_seq;
+  bool fresh = false;
   for (const auto& e : events) {
     msgs.push_back(StoredMessage{e.seq, e.recv_ns, e.raw});
-    if (e.seq > st.max_seq) fresh.push_back(e.seq);
+    fresh = fresh || e.seq > st.max_seq;
     max_seq = std::max(max_seq, e.seq);
   }
-  if (fresh.empty()) {
+  // A record above the emitted max_seq stands for messages this revision
+  // folds (its messages were committed with it, so they were read above). A
+  // record at or below it was learnt of after its messages were emitted (a
+  // rescan, a late notification): it may still exist, and is released.
+  std::vector<uint64_t> folded, stale;
+  for (uint64_t seq : o.records)
+    (seq > st.max_seq ? folded : stale).push_back(seq);
+  if (!stale.empty()) {
+    s = store_.release_pending(trace_id, stale);
+    if (!s.ok()) {
+      store_error(s, "releasing pending records");
+      schedule(it->first, o, now + ns(opts_.retry_interval));
+      return;
+    }
+    std::erase_if(o.records, [&](uint64_t seq) { return seq <= st.max_seq; });
+  }
+  if (!fresh) {
     // Everything notified was already folded into an emitted revision.
     forget(trace_id);
     return;
@@ -188,7 +224,7 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
   BuildResult r = build_trace(trace_id, msgs, bo);
   if (!r.complete) {
     if (!emitted_before && !max_open_reached) {
-      schedule(trace_id, o, o.first_ns + ns(opts_.max_open));
+      schedule(it->first, o, o.first_ns + ns(opts_.max_open));
       return;
     }
     bo.mark_unfinished = true;
@@ -203,7 +239,7 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
   if (e.state.first_emit_ns == 0) e.state.first_emit_ns = now;
   e.state.last_emit_ns = now;
   e.state.max_seq = max_seq;
-  e.pending_seqs = std::move(fresh);
+  e.pending_seqs = std::move(folded);
   e.document = std::move(r.document);
   out->push_back(Prepared{std::move(e), bo.mark_unfinished});
 }
@@ -230,12 +266,12 @@ size_t Assembler::emit(std::vector<Prepared>* batch, uint64_t now) {
     buffer::Status s = written.ok() ? results[i] : written;
     if (s.code() == buffer::Status::Code::kBusy) {
       // The state changed under us (retention or quota): build again next round.
-      schedule(e.trace_id, it->second, now);
+      schedule(it->first, it->second, now);
       continue;
     }
     if (!s.ok()) {
       store_error(s, "emitting a trace revision");
-      schedule(e.trace_id, it->second, now + ns(opts_.retry_interval));
+      schedule(it->first, it->second, now + ns(opts_.retry_interval));
       continue;
     }
     ++emitted;
@@ -254,17 +290,17 @@ size_t Assembler::emit(std::vector<Prepared>* batch, uint64_t now) {
 size_t Assembler::poll() {
   uint64_t now = clock_.now_ns();
   queue_.pop_all(inbox_, std::chrono::milliseconds(0));
-  for (const auto& batch : inbox_) {
-    for (const auto& c : batch)
-      take(c, now);
+  for (const auto& notice : inbox_) {
+    for (const auto& c : notice.committed)
+      take(c, notice.stored_ns, now);
   }
   inbox_.clear();
   if (resync_.exchange(false)) need_rescan_ = true;
-  if ((need_rescan_ || spilled_) && now >= next_rescan_ns_) rescan(now);
+  if ((need_rescan_ || spilled_) && now >= next_rescan_ns_) rescan(now, /*at_start=*/false);
 
   std::vector<std::string> due;
   for (auto it = timers_.begin(); it != timers_.end() && it->first <= now; ++it) {
-    due.push_back(it->second);
+    due.push_back(*it->second);
   }
   // Revisions are written in groups: one store write for many traces.
   size_t emitted = 0;

@@ -10,13 +10,17 @@
 // full).
 //
 // Rules, with the injected Clock (wall-clock readings, ns):
-//   - a trace quiet for `quiet_period` is read from the store and built with
+//   - a trace quiet for `quiet_period` (counted from when its last message was
+//     stored, not received: a lagging store must not split a trace) is read
+//     from the store and built with
 //     trace::build_trace(); it is emitted when complete, or at once when it was
 //     emitted before (a late message: revision + 1 of the whole trace);
 //   - otherwise it waits for more messages, or until `max_open` after its
 //     first message, then is emitted with unfinished events marked;
 //   - emitting = one atomic store write (buffer::Store::emit): outbox entry,
-//     trace state, retention index, deletion of the folded pending entries;
+//     trace state, retention index, deletion of the folded pending records
+//     (a record learnt of after its messages were emitted is released on its
+//     own);
 //   - a trace's events are kept `retain` after its last emission, then
 //     deleted (the small state record stays `forget_after` more); a late
 //     message for such a trace yields a revision with what is known, marked
@@ -60,8 +64,10 @@ struct AssemblerOptions {
   // deleted is kept, so that a very late message still gets revision + 1.
   std::chrono::seconds forget_after{7 * 86400};
   size_t max_open_traces = 100000;  // bound of the in-memory index
-  // Bound of the notification queue (bytes); overflow = drop + rescan.
-  size_t queue_bytes = 16 << 20;
+  // Bound of the notification queue (bytes); overflow = drop + rescan. About
+  // 24,000 messages: a third of a second of a sustained load. An assembler
+  // further behind than that works from pending (a rescan) instead.
+  size_t queue_bytes = 2 << 20;
   // A failed emission or a rescan need is retried this often.
   std::chrono::milliseconds retry_interval{1000};
   // Retention runs at most this often, deleting at most `expire_batch` traces.
@@ -118,16 +124,20 @@ class Assembler {
  private:
   struct Open {
     uint64_t first_ns = 0;          // earliest receive time of its unemitted messages
-    uint64_t last_ns = 0;           // latest receive time of its messages
+    uint64_t last_ns = 0;           // when the last of its messages was stored
     uint64_t max_seq = 0;           // highest seq notified
     uint64_t min_seq = UINT64_MAX;  // lowest seq notified (where a rescan must start to find it)
     uint64_t deadline_ns = 0;       // next look at it
+    std::vector<uint64_t> records;  // its pending records known here (keys)
   };
 
-  void take(const buffer::Committed& c, uint64_t now);
-  void schedule(const std::string& trace_id, Open& o, uint64_t deadline);
+  // `stored_ns`: when the message was stored (or found, see rescan()).
+  void take(const buffer::Committed& c, uint64_t stored_ns, uint64_t now);
+  static void add_record(Open& o, uint64_t seq);
+  // `key` is the trace's key in open_.
+  void schedule(const std::string& key, Open& o, uint64_t deadline);
   void forget(const std::string& trace_id);
-  bool rescan(uint64_t now);
+  bool rescan(uint64_t now, bool at_start);
   // A revision built and waiting to be written with others.
   struct Prepared {
     buffer::Emission emission;
@@ -146,13 +156,27 @@ class Assembler {
   const AssemblerOptions opts_;
   RateLimitedLog log_;
 
-  BoundedQueue<std::vector<buffer::Committed>> queue_;
+  // One commit's notifications and when they were stored.
+  struct Notice {
+    uint64_t stored_ns = 0;
+    std::vector<buffer::Committed> committed;
+  };
+  BoundedQueue<Notice> queue_;
   std::atomic<bool> resync_{false};
 
   // Owned by the polling thread.
   std::unordered_map<std::string, Open> open_;
-  std::set<std::pair<uint64_t, std::string>> timers_;  // (deadline, trace_id)
-  std::set<std::pair<uint64_t, std::string>> age_;     // (first_ns, trace_id)
+  // (time, trace id) in time order, then id order. The id points at the key of
+  // its open_ entry (stable while the entry exists): an open trace costs one
+  // copy of its id, not three.
+  using Entry = std::pair<uint64_t, const std::string*>;
+  struct EntryLess {
+    bool operator()(const Entry& a, const Entry& b) const {
+      return a.first != b.first ? a.first < b.first : *a.second < *b.second;
+    }
+  };
+  std::set<Entry, EntryLess> timers_;  // (deadline, trace_id)
+  std::set<Entry, EntryLess> age_;     // (first_ns, trace_id)
   bool spilled_ = false;
   // Where the next rescan after a spill starts: the lowest pending seq that
   // may belong to a trace not in memory. Entries before it are all held.
@@ -160,7 +184,7 @@ class Assembler {
   bool need_rescan_ = false;
   uint64_t next_rescan_ns_ = 0;
   uint64_t next_retention_ns_ = 0;
-  std::vector<std::vector<buffer::Committed>> inbox_;
+  std::vector<Notice> inbox_;
 
   std::thread thread_;
   std::atomic<bool> stop_{false};

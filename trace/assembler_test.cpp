@@ -127,6 +127,35 @@ TEST_F(AssemblerTest, CompleteTraceIsEmittedAfterTheQuietPeriod) {
   EXPECT_EQ(outbox().size(), 1u);
 }
 
+// Messages received together but stored apart (the store lagging behind the
+// receivers by more than the quiet period) make one revision: quiet time counts
+// from when a message was stored.
+TEST_F(AssemblerTest, ALaggingStoreDoesNotSplitATrace) {
+  const uint64_t received = clock_.now_ns();
+  auto store_now = [&](const std::string& raw) {
+    std::vector<ipc::Message> msgs(1);
+    msgs[0].trace_id = "t1";
+    msgs[0].raw = raw;
+    msgs[0].recv_ns = received;
+    std::vector<buffer::Committed> committed;
+    ASSERT_TRUE(store_->append(msgs, &committed).ok());
+    assembler_->on_committed(committed);
+  };
+  clock_.advance(1500ms);
+  store_now(pack("event", "t1", "e1"));
+  advance_and_poll(10ms);
+  EXPECT_TRUE(outbox().empty());  // received 1.5 s ago, but stored just now
+  clock_.advance(500ms);
+  store_now(pack("event", "t1", "e2"));
+  advance_and_poll(900ms);
+  EXPECT_TRUE(outbox().empty());
+  advance_and_poll(200ms);
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 1u);
+  EXPECT_EQ(ob[0].revision, 1u);
+  EXPECT_EQ(json::parse(ob[0].document)["events"].size(), 2u);
+}
+
 TEST_F(AssemblerTest, OnEmittedSeesEachCommittedRevisionAndItsDocument) {
   struct Seen {
     std::string trace_id;
@@ -304,6 +333,61 @@ TEST_F(AssemblerTest, LostNotificationsAreFoundByARescan) {
   advance_and_poll(2s);
   advance_and_poll(2s);
   EXPECT_EQ(outbox().size(), 2u);
+}
+
+// A trace emitted while one of its pending records was out of memory (spilled)
+// leaves that record behind; the rescan that finds it releases it, without a
+// new revision. Nothing stays owed.
+TEST_F(AssemblerTest, APendingRecordFoundAfterItsTraceWasEmittedIsReleased) {
+  opts_.max_open_traces = 1;
+  opts_.retry_interval = 10s;  // a is emitted before the rescan
+  reopen();
+  send({pack("start", "a", "x")}, "a");
+  clock_.advance(10ms);
+  send({pack("event", "b", "y")}, "b");  // spills a
+  clock_.advance(10ms);
+  send({pack("end", "a", "x")}, "a");  // a again, knowing its second record only; spills b
+  advance_and_poll(2s);
+  ASSERT_EQ(outbox().size(), 1u);  // a, whole
+  std::vector<buffer::Committed> pending;
+  ASSERT_TRUE(store_->scan_pending(0, 100, &pending).ok());
+  ASSERT_EQ(pending.size(), 2u);  // a's first record and b's
+  for (int round = 0; round < 30 && outbox().size() < 2; ++round)
+    advance_and_poll(1s);
+  advance_and_poll(1s);
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 2u);
+  std::set<std::string> ids;
+  for (const auto& e : ob) {
+    ids.insert(e.trace_id);
+    EXPECT_EQ(e.revision, 1u);
+  }
+  EXPECT_EQ(ids, (std::set<std::string>{"a", "b"}));
+  pending.clear();
+  ASSERT_TRUE(store_->scan_pending(0, 100, &pending).ok());
+  EXPECT_TRUE(pending.empty());
+  EXPECT_GT(assembler_->stats().spilled, 0u);
+}
+
+// A notification that arrives after a rescan already emitted its trace
+// releases nothing twice: the quota measure is unchanged.
+TEST_F(AssemblerTest, ALateNotificationOfAnEmittedRecordChangesNothing) {
+  std::vector<ipc::Message> msgs(1);
+  msgs[0].trace_id = "a";
+  msgs[0].raw = pack("event", "a", "x");
+  msgs[0].recv_ns = clock_.now_ns();
+  std::vector<buffer::Committed> committed;
+  ASSERT_TRUE(store_->append(msgs, &committed).ok());
+  ASSERT_TRUE(assembler_->recover().ok());  // finds it in pending
+  advance_and_poll(2s);
+  ASSERT_EQ(outbox().size(), 1u);
+  const uint64_t live = store_->counters().live_bytes;
+  assembler_->on_committed(committed);  // the notification, late
+  advance_and_poll(2s);
+  advance_and_poll(2s);
+  EXPECT_EQ(outbox().size(), 1u);
+  EXPECT_EQ(store_->counters().live_bytes, live);
+  EXPECT_EQ(assembler_->stats().open_traces, 0u);
 }
 
 }  // namespace

@@ -72,16 +72,46 @@ inline uint64_t event_key_seq(std::string_view key) {
   return get_be64(key.substr(key.size() - 8));
 }
 
-// ---- pending: [be64 seq] -> [be64 recv_ns][trace_id] ------------------------
+// ---- pending: [be64 seq] -> [be64 recv_ns | kPendingCounted][be32 n][trace_id]
+// One record per trace and group commit, keyed by the seq of the trace's first
+// message in the commit; `n` is how many of the commit's messages it stands
+// for. Records written before the count existed lack the flag and stand for
+// one message: [be64 recv_ns][trace_id].
 
-inline std::string pending_value(uint64_t recv_ns, std::string_view trace_id) {
+constexpr uint64_t kPendingCounted = 1ull << 63;
+
+inline std::string pending_value(uint64_t recv_ns, uint32_t messages, std::string_view trace_id) {
   std::string v;
-  v.reserve(8 + trace_id.size());
-  put_be64(&v, recv_ns);
+  v.reserve(12 + trace_id.size());
+  put_be64(&v, (recv_ns & ~kPendingCounted) | kPendingCounted);
+  for (int shift = 24; shift >= 0; shift -= 8)
+    v.push_back(static_cast<char>((messages >> shift) & 0xff));
   v.append(trace_id);
   return v;
 }
 
+// Decodes either form; false when `v` is malformed.
+inline bool decode_pending(std::string_view v, uint64_t* recv_ns, uint32_t* messages,
+                           std::string_view* trace_id) {
+  if (v.size() < 9) return false;
+  uint64_t head = get_be64(v);
+  if ((head & kPendingCounted) == 0) {
+    *recv_ns = head;
+    *messages = 1;
+    *trace_id = v.substr(8);
+    return true;
+  }
+  if (v.size() < 13) return false;
+  *recv_ns = head & ~kPendingCounted;
+  uint32_t n = 0;
+  for (size_t i = 8; i < 12; ++i)
+    n = (n << 8) | static_cast<unsigned char>(v[i]);
+  *messages = n;
+  *trace_id = v.substr(12);
+  return n > 0;
+}
+
+// What a record counts towards the quota (the same for both forms).
 inline size_t pending_bytes(std::string_view trace_id) {
   return 8 + 8 + trace_id.size();
 }
