@@ -109,8 +109,10 @@ std::shared_ptr<const Config> build_config(const Options& o) {
   return c;
 }
 
-// A batch being delivered. Documents are held in memory only while it is in
-// flight (at most max_in_flight batches).
+// A batch being delivered (at most max_in_flight). Its documents are held
+// until its request is built; then only the compressed request stays, and
+// the documents are read again from the outbox if they are needed (a rebuild
+// after a reload, truncation, dead letters). Inline batches keep theirs.
 struct Batch {
   BatchRecord record;
   std::vector<std::string> docs;
@@ -231,6 +233,47 @@ struct Delivery::Impl {
     return false;
   }
 
+  // Reads the documents of a (not inline) batch from the outbox. Entries no
+  // longer there (acknowledged, or dropped for room by the quota) leave the
+  // batch and its persisted record; `removed` receives their trace ids.
+  // False when the read failed (logged; the batch is unchanged).
+  bool read_docs(Batch* b, std::vector<std::string>* removed) {
+    BatchRecord& rec = b->record;
+    std::vector<uint64_t> seqs, emitted;
+    std::vector<std::string> ids, docs;
+    for (size_t i = 0; i < rec.seqs.size(); ++i) {
+      std::vector<buffer::OutboxEntry> got;
+      buffer::Status s = store.read_outbox(rec.seqs[i], 1, SIZE_MAX, &got);
+      if (!s.ok()) {
+        log_line(spdlog::level::err, "upstream: outbox read failed: " + s.message());
+        return false;
+      }
+      if (got.empty() || got[0].seq != rec.seqs[i]) {
+        removed->push_back(rec.trace_ids[i]);
+        continue;
+      }
+      seqs.push_back(rec.seqs[i]);
+      ids.push_back(rec.trace_ids[i]);
+      emitted.push_back(got[0].emitted_ns);
+      docs.push_back(std::move(got[0].document));
+    }
+    if (seqs.size() != rec.seqs.size()) {
+      rec.seqs = std::move(seqs);
+      rec.trace_ids = std::move(ids);
+      if (rec.seqs.empty()) {
+        store.meta_delete(detail::batch_meta_key(rec.id));
+      } else {
+        store.meta_put(detail::batch_meta_key(rec.id), detail::encode_batch(rec));
+      }
+    }
+    b->docs = std::move(docs);
+    b->emitted_ns = std::move(emitted);
+    b->events = 0;
+    for (auto& d : b->docs)
+      b->events += detail::count_events(d);
+    return true;
+  }
+
   // Loads the documents of a persisted batch. Entries already acked are
   // dropped from it; false when none is left.
   bool load_batch(BatchRecord r, Batch* b) {
@@ -238,36 +281,34 @@ struct Delivery::Impl {
     if (b->record.is_inline()) {
       b->docs = b->record.docs;
       b->emitted_ns.assign(b->docs.size(), 0);
-    } else {
-      BatchRecord& rec = b->record;
-      std::vector<uint64_t> seqs;
-      std::vector<std::string> ids;
-      for (size_t i = 0; i < rec.seqs.size(); ++i) {
-        std::vector<buffer::OutboxEntry> got;
-        buffer::Status s = store.read_outbox(rec.seqs[i], 1, SIZE_MAX, &got);
-        if (!s.ok()) {
-          log_line(spdlog::level::err, "upstream: outbox read failed: " + s.message());
-          return false;
-        }
-        if (got.empty() || got[0].seq != rec.seqs[i]) continue;  // already acked
-        seqs.push_back(rec.seqs[i]);
-        ids.push_back(rec.trace_ids[i]);
-        b->emitted_ns.push_back(got[0].emitted_ns);
-        b->docs.push_back(std::move(got[0].document));
-      }
-      if (seqs.size() != rec.seqs.size()) {
-        rec.seqs = std::move(seqs);
-        rec.trace_ids = std::move(ids);
-        if (rec.seqs.empty()) {
-          store.meta_delete(detail::batch_meta_key(rec.id));
-          return false;
-        }
-        store.meta_put(detail::batch_meta_key(rec.id), detail::encode_batch(rec));
-      }
+      for (auto& d : b->docs)
+        b->events += detail::count_events(d);
+      return true;
     }
-    for (auto& d : b->docs)
-      b->events += detail::count_events(d);
-    return true;
+    std::vector<std::string> removed;
+    return read_docs(b, &removed) && !b->record.seqs.empty();
+  }
+
+  // Reads an in-flight batch's documents back (see Batch), retrying a failed
+  // read. False when the delivery stops or none of its entries is left.
+  net::awaitable<bool> reload_docs(Batch& b) {
+    if (!b.docs.empty() || b.record.is_inline()) co_return true;
+    for (uint32_t attempt = 0; !stopping; ++attempt) {
+      std::vector<std::string> removed;
+      if (read_docs(&b, &removed)) {
+        for (const auto& id : removed) {
+          auto it = busy_traces.find(id);
+          if (it != busy_traces.end() && --it->second == 0) busy_traces.erase(it);
+        }
+        co_return !b.record.seqs.empty();
+      }
+      co_await sleep_ms(detail::backoff_ms(attempt, 100, 5000, rng));
+    }
+    co_return false;
+  }
+
+  static void drop_docs(Batch& b) {
+    if (!b.record.is_inline()) std::vector<std::string>().swap(b.docs);
   }
 
   // Picks the next batch to send, or sets *wait_ms (0: until woken).
@@ -458,7 +499,7 @@ struct Delivery::Impl {
     }
     update_stats([&](Stats& s) {
       ++s.batches_sent;
-      s.traces_delivered += b.docs.size();
+      s.traces_delivered += b.record.trace_ids.size();
       s.events_delivered += b.events;
       s.bytes_sent += body_bytes;
       s.auth_failed = false;
@@ -483,6 +524,7 @@ struct Delivery::Impl {
   }
 
   net::awaitable<void> deadletter(Batch& b, int status, const std::string& reason) {
+    if (!co_await reload_docs(b)) co_return;
     detail::DeadLetterRecord d;
     d.ts_ns = clock.now_ns();
     d.http_status = status;
@@ -564,6 +606,10 @@ struct Delivery::Impl {
       // Headers (the API key above all) may have changed with a reload.
       if (built_gen != cfg_gen) need_build = true;
       if (need_build) {
+        if (!co_await reload_docs(b)) {
+          finish(b);
+          co_return;
+        }
         // Encoding and compression run on the encoder thread so that the
         // io thread keeps reading the outbox and serving other batches.
         std::string error;
@@ -579,6 +625,7 @@ struct Delivery::Impl {
         }
         need_build = false;
         built_gen = cfg_gen;
+        drop_docs(b);
       }
       uint64_t gen = config_generation;
       std::unique_ptr<detail::HttpConnection> conn = take_connection();
@@ -596,7 +643,7 @@ struct Delivery::Impl {
           // The upstream refused the content: halve the batch until the
           // documents it refuses are alone, so that one bad document does not
           // take its neighbours to the dead letters.
-          if ((out.http_status == 400 || out.http_status == 422) && b.docs.size() > 1) {
+          if ((out.http_status == 400 || out.http_status == 422) && b.record.trace_ids.size() > 1) {
             co_await split(b);
             finish(b);
             co_return;
@@ -606,8 +653,12 @@ struct Delivery::Impl {
           co_return;
         case OutcomeKind::kTooLarge:
           update_stats([](Stats& s) { ++s.failed_too_large; });
-          if (b.docs.size() > 1) {
+          if (b.record.trace_ids.size() > 1) {
             co_await split(b);
+            finish(b);
+            co_return;
+          }
+          if (!co_await reload_docs(b)) {
             finish(b);
             co_return;
           }
@@ -655,7 +706,7 @@ struct Delivery::Impl {
         delay = std::max(delay, std::min<uint64_t>(*out.retry_after_ms, o.retry_after_max_ms));
       }
       log_line(spdlog::level::warn, fmt::format("upstream: batch of {} failed ({}), retry in {} ms",
-                                                b.docs.size(), out.detail, delay));
+                                                b.record.trace_ids.size(), out.detail, delay));
       co_await sleep_ms(delay);
     }
     // Stopping: the batch record stays; the next start resends it.

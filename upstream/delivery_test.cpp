@@ -289,6 +289,38 @@ TEST_F(UpstreamDeliveryTest, BadRequestGoesToDeadLetterAndReplays) {
   EXPECT_TRUE(dl.empty());
 }
 
+// An in-flight batch keeps only its request; when it needs its documents again
+// (here for the dead letters) it reads them from the outbox. One the quota
+// dropped meanwhile (counted there) leaves the batch, and the batch still ends
+// cleanly: nothing held, the trace free for its next revision.
+TEST_F(UpstreamDeliveryTest, ADocumentDroppedForRoomWhileInFlightLeavesTheBatch) {
+  HttpServer server;
+  std::atomic<int> status{503};
+  server.set_handler([&](const RecordedRequest&) {
+    Reply r;
+    r.status = status;
+    return r;
+  });
+  emit_doc(*store_, "t1", make_doc("t1", 1));
+  Delivery d(*store_, options(server.url()));
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return server.requests().size() >= 2; }));  // retrying
+  EXPECT_FALSE(store_->ensure_room(uint64_t{1} << 62).ok());  // makes room: drops the outbox
+  ASSERT_EQ(store_->outbox_entries(), 0u);
+  EXPECT_EQ(store_->counters().dropped_outbox_entries, 1u);
+  status = 400;
+  ASSERT_TRUE(
+      wait_until([&] { return d.stats().failed_permanent >= 1 && d.stats().in_flight == 0; }));
+  std::vector<DeadLetter> dl;
+  ASSERT_TRUE(deadletter_list(*store_, &dl).ok());
+  EXPECT_TRUE(dl.empty());
+  EXPECT_EQ(d.stats().deadlettered, 0u);
+  status = 200;
+  emit_doc(*store_, "t1", make_doc("t1", 2));
+  ASSERT_TRUE(wait_until([&] { return d.stats().traces_delivered == 1; }));
+  EXPECT_TRUE(drained());
+}
+
 // One document the upstream refuses (400) goes to the dead letters alone; the
 // batch is halved until it is, and its neighbours are delivered.
 TEST_F(UpstreamDeliveryTest, BadRequestIsolatesTheRefusedDocument) {

@@ -345,6 +345,9 @@ bool compress(Compression c, int level, std::string_view in, std::string* out) {
     size_t n = ZSTD_compress(out->data(), out->size(), in.data(), in.size(), level);
     if (ZSTD_isError(n)) return false;
     out->resize(n);
+    // The body is held while the batch is in flight: not at the size of the
+    // bound (the uncompressed size and more).
+    out->shrink_to_fit();
     return true;
   }
   z_stream zs{};
@@ -362,6 +365,7 @@ bool compress(Compression c, int level, std::string_view in, std::string* out) {
   deflateEnd(&zs);
   if (rc != Z_STREAM_END) return false;
   out->resize(n);
+  out->shrink_to_fit();
   return true;
 }
 
