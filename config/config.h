@@ -37,7 +37,7 @@ struct Config {
   } listen;
 
   struct Intake {
-    uint64_t queue_bytes = 16ull << 20;  // decoded messages waiting for the store
+    uint64_t queue_bytes = 8ull << 20;  // decoded messages waiting for the store
   } intake;
 
   struct Admin {
@@ -75,7 +75,7 @@ struct Config {
     int64_t quiet_period_ms = 1000;
     int64_t max_open_s = 600;
     int64_t retain_s = 86400;
-    int64_t max_open_traces = 100000;
+    int64_t max_open_traces = 50000;
   } trace;
 
   struct Buffer {
