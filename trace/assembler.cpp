@@ -70,10 +70,10 @@ void Assembler::forget(const std::string& trace_id) {
   open_n_.store(open_.size());
 }
 
-void Assembler::add_record(Open& o, uint64_t seq) {
-  if (std::find(o.records.begin(), o.records.end(), seq) == o.records.end()) {
-    o.records.push_back(seq);
-  }
+bool Assembler::add_record(Open& o, uint64_t seq) {
+  if (std::find(o.records.begin(), o.records.end(), seq) != o.records.end()) return false;
+  o.records.push_back(seq);
+  return true;
 }
 
 void Assembler::take(const buffer::Committed& c, uint64_t stored_ns, uint64_t now) {
@@ -144,9 +144,8 @@ bool Assembler::rescan(uint64_t now, bool at_start) {
         take(c, at_start ? c.recv_ns : now, now);
       } else {
         Open& o = it->second;
-        if (std::find(o.records.begin(), o.records.end(), c.seq) == o.records.end()) {
+        if (add_record(o, c.seq)) {
           // Messages it did not know of.
-          o.records.push_back(c.seq);
           o.last_ns = std::max(o.last_ns, at_start ? std::min(c.recv_ns, now) : now);
           schedule(it->first, o,
                    std::min(o.last_ns + ns(opts_.quiet_period), o.first_ns + ns(opts_.max_open)));

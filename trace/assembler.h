@@ -133,7 +133,8 @@ class Assembler {
 
   // `stored_ns`: when the message was stored (or found, see rescan()).
   void take(const buffer::Committed& c, uint64_t stored_ns, uint64_t now);
-  static void add_record(Open& o, uint64_t seq);
+  // Adds a pending record's key to `o`; false when it was known.
+  static bool add_record(Open& o, uint64_t seq);
   // `key` is the trace's key in open_.
   void schedule(const std::string& key, Open& o, uint64_t deadline);
   void forget(const std::string& trace_id);
