@@ -463,6 +463,7 @@ TEST_F(IntakeTest, EmptyDatagramsAndMessagesCutByADisconnectAreCounted) {
   const auto& u = st(Transport::kUdp);
   ASSERT_TRUE(eventually([&] { return u.received == 2 && u.accepted == 1; }));
   EXPECT_EQ(u.rejected_of(Reject::kMalformed), 1u);
+  ASSERT_EQ(take(1).size(), 1u);  // the valid datagram, out of the queue
 
   int fd = connect_unix(opts_.unix_stream);
   const std::string whole = msg(2), cut = msg(3).substr(0, 40);
