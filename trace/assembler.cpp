@@ -70,6 +70,10 @@ void Assembler::forget(const std::string& trace_id) {
   open_n_.store(open_.size());
 }
 
+uint64_t Assembler::quiet_deadline(const Open& o) const {
+  return std::min(o.last_ns + ns(opts_.quiet_period), o.first_ns + ns(opts_.max_open));
+}
+
 bool Assembler::add_record(Open& o, uint64_t seq) {
   if (std::find(o.records.begin(), o.records.end(), seq) != o.records.end()) return false;
   o.records.push_back(seq);
@@ -96,7 +100,7 @@ void Assembler::take(const buffer::Committed& c, uint64_t stored_ns, uint64_t no
   o.max_seq = std::max(o.max_seq, c.seq);
   o.min_seq = std::min(o.min_seq, c.seq);
   if (c.record_messages > 0) add_record(o, c.seq);
-  schedule(key, o, std::min(o.last_ns + ns(opts_.quiet_period), o.first_ns + ns(opts_.max_open)));
+  schedule(key, o, quiet_deadline(o));
   if (inserted && open_.size() > opts_.max_open_traces) {
     // Spill the oldest open trace from memory; pending keeps it, and a
     // rescan brings it back when there is room.
@@ -147,8 +151,7 @@ bool Assembler::rescan(uint64_t now, bool at_start) {
         if (add_record(o, c.seq)) {
           // Messages it did not know of.
           o.last_ns = std::max(o.last_ns, at_start ? std::min(c.recv_ns, now) : now);
-          schedule(it->first, o,
-                   std::min(o.last_ns + ns(opts_.quiet_period), o.first_ns + ns(opts_.max_open)));
+          schedule(it->first, o, quiet_deadline(o));
         }
         o.min_seq = std::min(o.min_seq, c.seq);
         if (c.recv_ns < o.first_ns) {

@@ -133,6 +133,8 @@ class Assembler {
 
   // `stored_ns`: when the message was stored (or found, see rescan()).
   void take(const buffer::Committed& c, uint64_t stored_ns, uint64_t now);
+  // When `o` is next looked at: quiet, or at max_open.
+  uint64_t quiet_deadline(const Open& o) const;
   // Adds a pending record's key to `o`; false when it was known.
   static bool add_record(Open& o, uint64_t seq);
   // `key` is the trace's key in open_.

@@ -233,6 +233,13 @@ struct Delivery::Impl {
     return false;
   }
 
+  static size_t events_in(const std::vector<std::string>& docs) {
+    size_t n = 0;
+    for (const auto& d : docs)
+      n += detail::count_events(d);
+    return n;
+  }
+
   // Reads the documents of a (not inline) batch from the outbox. Entries no
   // longer there (acknowledged, or dropped for room by the quota) leave the
   // batch and its persisted record; `removed` receives their trace ids.
@@ -268,9 +275,7 @@ struct Delivery::Impl {
     }
     b->docs = std::move(docs);
     b->emitted_ns = std::move(emitted);
-    b->events = 0;
-    for (auto& d : b->docs)
-      b->events += detail::count_events(d);
+    b->events = events_in(b->docs);
     return true;
   }
 
@@ -281,8 +286,7 @@ struct Delivery::Impl {
     if (b->record.is_inline()) {
       b->docs = b->record.docs;
       b->emitted_ns.assign(b->docs.size(), 0);
-      for (auto& d : b->docs)
-        b->events += detail::count_events(d);
+      b->events = events_in(b->docs);
       return true;
     }
     std::vector<std::string> removed;
