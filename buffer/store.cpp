@@ -9,7 +9,6 @@
 #include <rocksdb/listener.h>
 #include <rocksdb/merge_operator.h>
 #include <rocksdb/options.h>
-#include <rocksdb/rate_limiter.h>
 #include <rocksdb/slice_transform.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
@@ -188,13 +187,11 @@ Status open_db(const StoreOptions& o, std::unique_ptr<rocksdb::DB>* out,
   db.keep_log_file_num = 3;
   db.max_log_file_size = 4 << 20;
   db.bytes_per_sync = 1 << 20;
-  // Background flushes and compactions share the disk with the WAL's fsyncs;
-  // a rate limit on them keeps a flush from stalling a group commit. It is
-  // well above what a sustained load needs: compactions held back let level
-  // 0 grow until RocksDB throttles the writer.
-  db.rate_limiter.reset(rocksdb::NewGenericRateLimiter(256 << 20, 100 * 1000, 10,
-                                                       rocksdb::RateLimiter::Mode::kWritesOnly,
-                                                       /*auto_tuned=*/true));
+  // No rate limiter for flushes and compactions: RocksDB's (7.8) can leave
+  // every requester waiting with no thread timed to refill it, when three
+  // background jobs ask at once. The flush then never ends, and the memtable
+  // budget holds every write behind it: the agent stopped persisting for
+  // good. bytes_per_sync spreads their writes instead.
   db.wal_bytes_per_sync = 0;
   db.info_log = std::make_shared<ForwardingLogger>();
   db.listeners.push_back(std::make_shared<NoAutoRecovery>());
