@@ -315,7 +315,9 @@ AdminResponse Agent::Impl::handle(const std::string& method, const std::string& 
   if (handle_viewer(recent, method, target, &r)) return r;
   std::string path = target.substr(0, target.find('?'));
   if (path == "/healthz") {
-    r.body = "ok\n";
+    std::string stuck = stuck_reason(components());
+    r.status = stuck.empty() ? 200 : 503;
+    r.body = (stuck.empty() ? "ok" : stuck) + "\n";
   } else if (path == "/readyz") {
     std::string why = not_ready_reason(components());
     if (why.empty()) {
@@ -383,7 +385,7 @@ int Agent::run() {
       };
   hup.async_wait(on_hup);
   // Pings systemd's watchdog from the loop (when WatchdogSec= is set).
-  systemd::Watchdog watchdog(d.io);
+  systemd::Watchdog watchdog(d.io, [&d] { return stuck_reason(d.components()).empty(); });
   watchdog.start();
 
   // One more thread for intake decoding when the machine has the cores.

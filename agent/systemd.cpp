@@ -212,7 +212,8 @@ std::chrono::microseconds watchdog_interval() {
   return std::chrono::microseconds(*usec);
 }
 
-Watchdog::Watchdog(boost::asio::io_context& io) : timer_(io) {}
+Watchdog::Watchdog(boost::asio::io_context& io, std::function<bool()> alive)
+    : timer_(io), alive_(std::move(alive)) {}
 
 Watchdog::~Watchdog() {
   stop();
@@ -246,6 +247,12 @@ void Watchdog::schedule() {
 }
 
 void Watchdog::ping() {
+  if (alive_ && !alive_()) {
+    ++withheld_;
+    notify_log().log(spdlog::level::err,
+                     "systemd watchdog: not pinging: the agent is stuck (see /healthz)");
+    return;
+  }
   ++pings_;
   std::string err;
   if (!notify("WATCHDOG=1", &err)) {

@@ -17,6 +17,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -50,9 +51,14 @@ std::chrono::microseconds watchdog_interval();
 // while no thread runs it; the io_context must outlive the Watchdog, and it
 // must not be run by another thread while the Watchdog is destroyed.
 // pings() and failures() may be read from any thread.
+//
+// A turning loop is not enough to be alive: `alive`, when given, is asked
+// before each ping, and while it says no (a stage of the agent is stuck) no
+// ping goes out, so systemd restarts the service. Skipped pings are counted
+// and logged.
 class Watchdog {
  public:
-  explicit Watchdog(boost::asio::io_context& io);
+  explicit Watchdog(boost::asio::io_context& io, std::function<bool()> alive = nullptr);
   ~Watchdog();
 
   Watchdog(const Watchdog&) = delete;
@@ -70,6 +76,7 @@ class Watchdog {
   // failure is also logged, at a limited rate).
   uint64_t pings() const { return pings_; }
   uint64_t failures() const { return failures_; }
+  uint64_t withheld() const { return withheld_; }  // pings skipped: not alive
 
  private:
   struct State {
@@ -85,6 +92,8 @@ class Watchdog {
   std::shared_ptr<State> state_;
   std::atomic<uint64_t> pings_{0};
   std::atomic<uint64_t> failures_{0};
+  std::atomic<uint64_t> withheld_{0};
+  std::function<bool()> alive_;
 };
 
 // The sockets systemd passed by socket activation; -1 where absent.

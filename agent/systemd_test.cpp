@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <boost/asio/io_context.hpp>
 #include <chrono>
 #include <cstddef>
@@ -303,6 +304,33 @@ TEST_F(WatchdogTest, PingsAtHalfTheIntervalFromTheEventLoopUntilStopped) {
   io.run_for(10s);
   EXPECT_TRUE(io.stopped());
   EXPECT_LE(rx.count("WATCHDOG=1"), before + 1);
+}
+
+// While the agent says it is stuck, no ping goes out (systemd then restarts
+// it); pings resume when it moves again.
+TEST_F(WatchdogTest, WithholdsPingsWhileTheAgentIsStuck) {
+  NotifyReceiver rx(dir_, false);
+  ASSERT_TRUE(rx.ok());
+  notify_env_.set(rx.env_value());
+  usec_.set("20000");
+  pid_.set(std::to_string(::getpid()));
+  std::atomic<bool> alive{false};
+  boost::asio::io_context io;
+  sd::Watchdog wd(io, [&] { return alive.load(); });
+  EXPECT_EQ(wd.start(), 20ms);
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (wd.withheld() < 4 && std::chrono::steady_clock::now() < deadline)
+    io.run_for(5ms);
+  EXPECT_GE(wd.withheld(), 4u);
+  EXPECT_EQ(wd.pings(), 0u);
+  EXPECT_EQ(rx.count("WATCHDOG=1"), 0u);
+
+  alive = true;
+  deadline = std::chrono::steady_clock::now() + 10s;
+  while (rx.count("WATCHDOG=1") < 2 && std::chrono::steady_clock::now() < deadline)
+    io.run_for(5ms);
+  EXPECT_GE(rx.count("WATCHDOG=1"), 2u);
+  wd.stop();
 }
 
 TEST_F(WatchdogTest, DoesNothingWhenTheWatchdogIsOff) {

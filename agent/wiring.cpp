@@ -219,6 +219,9 @@ std::string render_metrics(const Components& c, const Clock& clock) {
     w.sample("sidetrace_dropped_messages_total", ws.dropped_invalid, {{"cause", "invalid"}});
     w.family("sidetrace_store_degraded", "gauge", "1 while writes fail and the store is resuming.");
     w.sample("sidetrace_store_degraded", uint64_t{ws.degraded ? 1u : 0u});
+    w.family("sidetrace_writer_busy_seconds", "gauge",
+             "How long the writer has been on its current group; 0 while it waits for messages.");
+    w.sample("sidetrace_writer_busy_seconds", static_cast<double>(ws.busy_ns) / 1e9);
     const auto& h = c.writer->latency();
     w.family("sidetrace_receive_to_durable_seconds", "summary",
              "From receipt to a durable commit.");
@@ -344,10 +347,19 @@ std::string render_status(const Components& c, const Clock& clock) {
   return out;
 }
 
+std::string stuck_reason(const Components& c) {
+  if (!c.writer) return {};
+  uint64_t busy = c.writer->stats().busy_ns;
+  if (busy < static_cast<uint64_t>(std::chrono::nanoseconds(kStuckAfter).count())) return {};
+  return fmt::format("stuck: a store write has not returned for {}s; nothing is being persisted",
+                     busy / 1'000'000'000);
+}
+
 std::string not_ready_reason(const Components& c) {
   if (!c.started) return "starting or stopping";
   if (!c.store) return "store not open";
   if (!c.intake) return "sockets not bound";
+  if (std::string stuck = stuck_reason(c); !stuck.empty()) return stuck;
   if (c.exporter && c.exporter->stats().auth_failed) {
     return "upstream rejects the credentials (401/403); sending paused, data kept";
   }

@@ -6,6 +6,7 @@
 // and may run on any thread while the components run.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 
@@ -52,6 +53,14 @@ std::string render_metrics(const Components& c, const Clock& clock);
 
 // A short human summary (what `sidetrace status` prints).
 std::string render_status(const Components& c, const Clock& clock);
+
+// A writer on one group for this long is stuck (a store write that does not
+// return): the agent is not alive, though its sockets and admin still answer.
+inline constexpr std::chrono::seconds kStuckAfter{60};
+
+// Empty while every stage makes progress; otherwise what is stuck. Drives
+// /healthz and the systemd watchdog's pings.
+std::string stuck_reason(const Components& c);
 
 // Empty when ready; otherwise why not (store closed, sockets not bound, the
 // upstream refusing our credentials).

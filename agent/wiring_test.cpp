@@ -2,6 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <condition_variable>
+#include <mutex>
+
+#include "buffer/testing/temp_dir.h"
+#include "buffer/writer.h"
+
 namespace sidetrace::agent {
 namespace {
 
@@ -33,6 +39,65 @@ TEST(WiringTest, UpstreamKeysReachTheDeliveryOptions) {
   EXPECT_EQ(o.retry_after_max_ms, 4444u);
   EXPECT_EQ(o.retry_deadline_s, 55u);
   EXPECT_EQ(o.auth_probe_interval_ms, 666u);
+}
+
+// A writer held on one group past kStuckAfter makes the agent not alive
+// (/healthz, the watchdog) and shows in the metrics; once it moves, it is
+// alive again.
+TEST(WiringTest, AWriterHeldOnAGroupIsReportedStuck) {
+  buffer::testing::TempDir dir;
+  buffer::StoreOptions so;
+  so.data_dir = dir.str();
+  so.sync = buffer::SyncMode::kOs;
+  std::unique_ptr<buffer::Store> store;
+  ASSERT_TRUE(buffer::Store::open(so, &store).ok());
+  ManualClock clock;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool entered = false, release = false;
+  buffer::WriterOptions wo;
+  wo.transform = [&](ipc::Message&) {
+    std::unique_lock lock(mu);
+    entered = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return release; });
+    return false;
+  };
+  BoundedQueue<ipc::MessageBatch> q(1 << 20);
+  buffer::Writer w(*store, q, nullptr, clock, wo);
+  w.start();
+  config::Config cfg;
+  Components c{cfg};
+  c.store = store.get();
+  c.writer = &w;
+  c.started = true;
+
+  ipc::MessageBatch b(1);
+  b[0].trace_id = "t";
+  b[0].raw = "x";
+  ASSERT_TRUE(q.try_push(b, 1));
+  {
+    std::unique_lock lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return entered; }));
+  }
+  EXPECT_EQ(stuck_reason(c), "");
+  clock.advance(kStuckAfter - std::chrono::seconds(1));
+  EXPECT_EQ(stuck_reason(c), "");
+  clock.advance(std::chrono::seconds(2));
+  EXPECT_NE(stuck_reason(c).find("a store write has not returned for 61s"), std::string::npos)
+      << stuck_reason(c);
+  EXPECT_NE(render_metrics(c, clock).find("sidetrace_writer_busy_seconds 61"), std::string::npos);
+
+  {
+    std::lock_guard lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!stuck_reason(c).empty() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::yield();
+  EXPECT_EQ(stuck_reason(c), "");
+  w.stop();
 }
 
 }  // namespace

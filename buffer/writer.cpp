@@ -1,6 +1,7 @@
 #include "buffer/writer.h"
 
 #include <fmt/format.h>
+#include <algorithm>
 
 namespace sidetrace::buffer {
 
@@ -37,6 +38,9 @@ WriterStats Writer::stats() const {
   s.transformed = transformed_.load();
   s.transform_errors = transform_errors_.load();
   s.degraded = degraded_.load();
+  uint64_t since = busy_since_ns_.load();
+  uint64_t now = clock_.mono_ns();
+  s.busy_ns = since && now > since ? now - since : 0;
   return s;
 }
 
@@ -51,6 +55,7 @@ void Writer::run() {
     // With nothing to write, a failed store is still resumed: the assembler
     // and delivery need it too.
     if (batches.empty() && (degraded_.load() || store_.needs_resume())) usable();
+    if (!batches.empty()) busy_since_ns_.store(std::max<uint64_t>(clock_.mono_ns(), 1));
     size_t bytes = 0;
     for (auto& batch : batches) {
       for (auto& m : batch) {
@@ -79,6 +84,7 @@ void Writer::run() {
     }
     if (!group.empty()) commit(group, bytes);
     group.clear();
+    busy_since_ns_.store(0);
     if (!open) return;
   }
 }

@@ -67,6 +67,11 @@ struct WriterStats {
   uint64_t transformed = 0;       // messages the transform changed
   uint64_t transform_errors = 0;  // transform calls that threw
   bool degraded = false;          // the last write failed; waiting to resume
+  // How long the writer has been working on what it last took from the queue
+  // (redaction, the quota check, the store's write); zero when it waits for
+  // messages. Milliseconds normally: a value of many seconds means the store
+  // is stuck and nothing more is being persisted.
+  uint64_t busy_ns = 0;
 };
 
 class Writer {
@@ -110,6 +115,7 @@ class Writer {
   std::atomic<uint64_t> persisted_{0}, commits_{0}, dropped_full_{0}, dropped_no_space_{0},
       dropped_io_error_{0}, dropped_invalid_{0}, transformed_{0}, transform_errors_{0};
   std::atomic<bool> degraded_{false};
+  std::atomic<uint64_t> busy_since_ns_{0};  // clock_.mono_ns(); 0 = waiting
 };
 
 }  // namespace sidetrace::buffer

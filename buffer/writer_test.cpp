@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -308,6 +309,48 @@ TEST(WriterTest, ThrowingTransformIsCountedAndTheMessageStillStored) {
   ASSERT_EQ(ev.size(), 2u);
   EXPECT_EQ(ev[0].raw, "small");
   EXPECT_EQ(ev[1].raw, std::string(500, 'r'));
+}
+
+TEST(WriterTest, ReportsHowLongItHasBeenBusyWithAGroup) {
+  TempDir dir;
+  StoreOptions o;
+  o.data_dir = dir.str();
+  o.sync = SyncMode::kOs;
+  std::unique_ptr<Store> store;
+  ASSERT_TRUE(Store::open(o, &store).ok());
+  ManualClock clock(1'000'000'000);
+  // A transform that holds the writer until released stands for a store
+  // write that does not come back.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool entered = false, release = false;
+  WriterOptions wo;
+  wo.transform = [&](ipc::Message&) {
+    std::unique_lock lock(mu);
+    entered = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return release; });
+    return false;
+  };
+  BoundedQueue<ipc::MessageBatch> q(64 << 20);
+  Writer w(*store, q, nullptr, clock, wo);
+  w.start();
+  EXPECT_EQ(w.stats().busy_ns, 0u) << "busy while waiting for messages";
+  ASSERT_TRUE(q.try_push(batch("t", 1), 1));
+  {
+    std::unique_lock lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return entered; }));
+  }
+  clock.advance(std::chrono::seconds(90));
+  EXPECT_EQ(w.stats().busy_ns, 90'000'000'000u);
+  {
+    std::lock_guard lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  ASSERT_TRUE(eventually([&] { return w.stats().persisted == 1; }));
+  EXPECT_TRUE(eventually([&] { return w.stats().busy_ns == 0; }));
+  w.stop();
 }
 
 }  // namespace
