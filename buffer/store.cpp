@@ -252,7 +252,12 @@ Status open_db(const StoreOptions& o, std::unique_ptr<rocksdb::DB>* out,
       if (!known) descs.emplace_back(name, rocksdb::ColumnFamilyOptions());
     }
   }
-  descs.emplace_back(rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions());
+  // The default column family holds nothing. Its memtable size still counts:
+  // RocksDB preallocates each new WAL file for the largest memtable, and with
+  // the default 64 MiB each memtable switch allocated 32 MiB on the write path.
+  rocksdb::ColumnFamilyOptions unused;
+  unused.write_buffer_size = 1 << 20;
+  descs.emplace_back(rocksdb::kDefaultColumnFamilyName, unused);
 
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* raw = nullptr;
