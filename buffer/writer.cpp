@@ -1,6 +1,7 @@
 #include "buffer/writer.h"
 
 #include <fmt/format.h>
+
 #include <algorithm>
 
 namespace sidetrace::buffer {
