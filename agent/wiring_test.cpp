@@ -2,9 +2,7 @@
 
 #include <gtest/gtest.h>
 
-#include <condition_variable>
-#include <mutex>
-
+#include "buffer/testing/held_transform.h"
 #include "buffer/testing/temp_dir.h"
 #include "buffer/writer.h"
 
@@ -52,17 +50,9 @@ TEST(WiringTest, AWriterHeldOnAGroupIsReportedStuck) {
   std::unique_ptr<buffer::Store> store;
   ASSERT_TRUE(buffer::Store::open(so, &store).ok());
   ManualClock clock;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool entered = false, release = false;
+  buffer::testing::HeldTransform held;
   buffer::WriterOptions wo;
-  wo.transform = [&](ipc::Message&) {
-    std::unique_lock lock(mu);
-    entered = true;
-    cv.notify_all();
-    cv.wait(lock, [&] { return release; });
-    return false;
-  };
+  wo.transform = held.transform();
   BoundedQueue<ipc::MessageBatch> q(1 << 20);
   buffer::Writer w(*store, q, nullptr, clock, wo);
   w.start();
@@ -76,10 +66,7 @@ TEST(WiringTest, AWriterHeldOnAGroupIsReportedStuck) {
   b[0].trace_id = "t";
   b[0].raw = "x";
   ASSERT_TRUE(q.try_push(b, 1));
-  {
-    std::unique_lock lock(mu);
-    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return entered; }));
-  }
+  ASSERT_TRUE(held.wait_entered());
   EXPECT_EQ(stuck_reason(c), "");
   clock.advance(kStuckAfter - std::chrono::seconds(1));
   EXPECT_EQ(stuck_reason(c), "");
@@ -88,11 +75,7 @@ TEST(WiringTest, AWriterHeldOnAGroupIsReportedStuck) {
       << stuck_reason(c);
   EXPECT_NE(render_metrics(c, clock).find("sidetrace_writer_busy_seconds 61"), std::string::npos);
 
-  {
-    std::lock_guard lock(mu);
-    release = true;
-  }
-  cv.notify_all();
+  held.release();
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (!stuck_reason(c).empty() && std::chrono::steady_clock::now() < deadline)
     std::this_thread::yield();

@@ -3,12 +3,12 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
-#include <condition_variable>
 #include <mutex>
 #include <set>
 #include <thread>
 
 #include "buffer/testing/fault_env.h"
+#include "buffer/testing/held_transform.h"
 #include "buffer/testing/temp_dir.h"
 #include "ipc/event.h"
 #include "ipc/redact.h"
@@ -17,6 +17,7 @@
 namespace sidetrace::buffer {
 namespace {
 
+using testing::HeldTransform;
 using testing::TempDir;
 
 ipc::MessageBatch batch(const std::string& trace_id, int n, size_t size = 100) {
@@ -39,6 +40,16 @@ bool eventually(F&& cond, std::chrono::seconds limit = std::chrono::seconds(10))
     std::this_thread::yield();
   }
   return cond();
+}
+
+// A store with SyncMode::kOs in `dir`; null if it does not open.
+std::unique_ptr<Store> open_store(const TempDir& dir) {
+  StoreOptions o;
+  o.data_dir = dir.str();
+  o.sync = SyncMode::kOs;
+  std::unique_ptr<Store> store;
+  if (!Store::open(o, &store).ok()) return nullptr;
+  return store;
 }
 
 struct Sink {
@@ -210,11 +221,8 @@ TEST_F(FullDiskWriterTest, ResumesAStoreThatFailedElsewhereWhileIdle) {
 
 TEST(WriterTest, TransformRedactsBeforeAnythingReachesTheStore) {
   TempDir dir;
-  StoreOptions o;
-  o.data_dir = dir.str();
-  o.sync = SyncMode::kOs;
-  std::unique_ptr<Store> store;
-  ASSERT_TRUE(Store::open(o, &store).ok());
+  std::unique_ptr<Store> store = open_store(dir);
+  ASSERT_TRUE(store);
   ipc::RedactOptions ro;
   ro.detectors = {"api_keys", "emails"};
   std::string error;
@@ -281,11 +289,8 @@ TEST(WriterTest, TransformRedactsBeforeAnythingReachesTheStore) {
 
 TEST(WriterTest, ThrowingTransformIsCountedAndTheMessageStillStored) {
   TempDir dir;
-  StoreOptions o;
-  o.data_dir = dir.str();
-  o.sync = SyncMode::kOs;
-  std::unique_ptr<Store> store;
-  ASSERT_TRUE(Store::open(o, &store).ok());
+  std::unique_ptr<Store> store = open_store(dir);
+  ASSERT_TRUE(store);
   WriterOptions wo;
   wo.transform = [](ipc::Message& m) -> bool {
     if (m.raw.size() > 100) throw std::runtime_error("too big to transform");
@@ -313,41 +318,21 @@ TEST(WriterTest, ThrowingTransformIsCountedAndTheMessageStillStored) {
 
 TEST(WriterTest, ReportsHowLongItHasBeenBusyWithAGroup) {
   TempDir dir;
-  StoreOptions o;
-  o.data_dir = dir.str();
-  o.sync = SyncMode::kOs;
-  std::unique_ptr<Store> store;
-  ASSERT_TRUE(Store::open(o, &store).ok());
+  std::unique_ptr<Store> store = open_store(dir);
+  ASSERT_TRUE(store);
   ManualClock clock(1'000'000'000);
-  // A transform that holds the writer until released stands for a store
-  // write that does not come back.
-  std::mutex mu;
-  std::condition_variable cv;
-  bool entered = false, release = false;
+  HeldTransform held;
   WriterOptions wo;
-  wo.transform = [&](ipc::Message&) {
-    std::unique_lock lock(mu);
-    entered = true;
-    cv.notify_all();
-    cv.wait(lock, [&] { return release; });
-    return false;
-  };
+  wo.transform = held.transform();
   BoundedQueue<ipc::MessageBatch> q(64 << 20);
   Writer w(*store, q, nullptr, clock, wo);
   w.start();
   EXPECT_EQ(w.stats().busy_ns, 0u) << "busy while waiting for messages";
   ASSERT_TRUE(q.try_push(batch("t", 1), 1));
-  {
-    std::unique_lock lock(mu);
-    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return entered; }));
-  }
+  ASSERT_TRUE(held.wait_entered());
   clock.advance(std::chrono::seconds(90));
   EXPECT_EQ(w.stats().busy_ns, 90'000'000'000u);
-  {
-    std::lock_guard lock(mu);
-    release = true;
-  }
-  cv.notify_all();
+  held.release();
   ASSERT_TRUE(eventually([&] { return w.stats().persisted == 1; }));
   EXPECT_TRUE(eventually([&] { return w.stats().busy_ns == 0; }));
   w.stop();
