@@ -152,6 +152,11 @@ void Agent::Impl::start() {
                                      const std::string& document) {
     recent.add(id, revision, document);
   };
+  // The writer is created before the assembler's thread starts and stopped
+  // before it; until then nothing is on its way to the store.
+  assembler_opts.store_watermark = [this](uint64_t now) {
+    return writer ? writer->watermark_ns(now) : now;
+  };
   assembler = std::make_unique<trace::Assembler>(*store, clock, assembler_opts);
   s = assembler->recover();
   if (!s.ok()) {

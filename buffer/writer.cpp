@@ -45,6 +45,11 @@ WriterStats Writer::stats() const {
   return s;
 }
 
+uint64_t Writer::watermark_ns(uint64_t now) const {
+  if (busy_since_ns_.load() == 0 && queue_.weight() == 0) return now;
+  return std::min(now, done_recv_ns_.load());
+}
+
 void Writer::run() {
   std::vector<ipc::MessageBatch> batches;
   std::vector<ipc::Message> group;
@@ -115,6 +120,16 @@ bool Writer::usable() {
 }
 
 void Writer::commit(std::span<const ipc::Message> group, size_t bytes) {
+  store_group(group, bytes);
+  // Committed or dropped, the group is done with; its notices (if any) are
+  // with the sink already.
+  uint64_t newest = 0;
+  for (const ipc::Message& m : group)
+    newest = std::max(newest, m.recv_ns);
+  if (newest > done_recv_ns_.load()) done_recv_ns_.store(newest);
+}
+
+void Writer::store_group(std::span<const ipc::Message> group, size_t bytes) {
   uint64_t n = group.size();
   if (!usable()) {
     dropped_no_space_.fetch_add(n);

@@ -91,11 +91,20 @@ class Writer {
   void stop();
 
   WriterStats stats() const;
+
+  // The store's watermark: every message received (Message::recv_ns) before
+  // it has been committed, or dropped, and handed to the sink. `now` when
+  // nothing is queued or in the writer's hands; otherwise the newest receive
+  // time of what the writer last finished with (the queue is in arrival
+  // order). A trace is not quiet while messages received before its quiet
+  // deadline may still be on their way to the store.
+  uint64_t watermark_ns(uint64_t now) const;
   const LatencyHistogram& latency() const { return latency_; }
 
  private:
   void run();
   void commit(std::span<const ipc::Message> group, size_t bytes);
+  void store_group(std::span<const ipc::Message> group, size_t bytes);
   // False while the store is failing and not (yet) resumed; resumes it when
   // due (growing back-off).
   bool usable();
@@ -116,6 +125,7 @@ class Writer {
       dropped_io_error_{0}, dropped_invalid_{0}, transformed_{0}, transform_errors_{0};
   std::atomic<bool> degraded_{false};
   std::atomic<uint64_t> busy_since_ns_{0};  // clock_.mono_ns(); 0 = waiting
+  std::atomic<uint64_t> done_recv_ns_{0};   // see watermark_ns()
 };
 
 }  // namespace sidetrace::buffer

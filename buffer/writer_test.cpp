@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <mutex>
 #include <set>
@@ -335,6 +336,41 @@ TEST(WriterTest, ReportsHowLongItHasBeenBusyWithAGroup) {
   held.release();
   ASSERT_TRUE(eventually([&] { return w.stats().persisted == 1; }));
   EXPECT_TRUE(eventually([&] { return w.stats().busy_ns == 0; }));
+  w.stop();
+}
+
+TEST(WriterTest, WatermarkIsNowWhenIdleAndTheLastGroupDoneWithWhenBusy) {
+  TempDir dir;
+  std::unique_ptr<Store> store = open_store(dir);
+  ASSERT_TRUE(store);
+  ManualClock clock(1'000'000'000);
+  HeldTransform held;
+  WriterOptions wo;
+  std::atomic<bool> hold{false};
+  auto hold_fn = held.transform();
+  wo.transform = [&](ipc::Message& m) { return hold.load() ? hold_fn(m) : false; };
+  BoundedQueue<ipc::MessageBatch> q(64 << 20);
+  Writer w(*store, q, nullptr, clock, wo);
+  w.start();
+  EXPECT_EQ(w.watermark_ns(5'000), 5'000u) << "idle: nothing on its way";
+
+  auto first = batch("t", 2);
+  first[0].recv_ns = 100;
+  first[1].recv_ns = 200;
+  ASSERT_TRUE(q.try_push(first, 2));
+  ASSERT_TRUE(eventually([&] { return w.stats().persisted == 2; }));
+  ASSERT_TRUE(eventually([&] { return w.watermark_ns(5'000) == 5'000u; }));
+
+  hold.store(true);
+  auto second = batch("t", 1);
+  second[0].recv_ns = 300;
+  ASSERT_TRUE(q.try_push(second, 1));
+  ASSERT_TRUE(held.wait_entered());
+  EXPECT_EQ(w.watermark_ns(5'000), 200u) << "busy: what was received after 200 may be on its way";
+  EXPECT_EQ(w.watermark_ns(150), 150u) << "never past now";
+  held.release();
+  ASSERT_TRUE(eventually([&] { return w.stats().persisted == 3; }));
+  EXPECT_TRUE(eventually([&] { return w.watermark_ns(5'000) == 5'000u; }));
   w.stop();
 }
 

@@ -291,6 +291,9 @@ size_t Assembler::emit(std::vector<Prepared>* batch, uint64_t now) {
 
 size_t Assembler::poll() {
   uint64_t now = clock_.now_ns();
+  // Read before the notifications are taken: the notices of everything under
+  // the watermark are then in hand.
+  const uint64_t due_by = opts_.store_watermark ? std::min(now, opts_.store_watermark(now)) : now;
   queue_.pop_all(inbox_, std::chrono::milliseconds(0));
   for (const auto& notice : inbox_) {
     for (const auto& c : notice.committed)
@@ -301,7 +304,7 @@ size_t Assembler::poll() {
   if ((need_rescan_ || spilled_) && now >= next_rescan_ns_) rescan(now, /*at_start=*/false);
 
   std::vector<std::string> due;
-  for (auto it = timers_.begin(); it != timers_.end() && it->first <= now; ++it) {
+  for (auto it = timers_.begin(); it != timers_.end() && it->first <= due_by; ++it) {
     due.push_back(*it->second);
   }
   // Revisions are written in groups: one store write for many traces.

@@ -81,6 +81,12 @@ struct AssemblerOptions {
   // quick and must not call back into the assembler; empty: not called.
   std::function<void(const std::string& trace_id, uint32_t revision, const std::string& document)>
       on_emitted;
+  // The store's watermark (buffer::Writer::watermark_ns): what was received
+  // before it has been stored and notified. A trace whose quiet deadline is
+  // past the watermark waits: part of it may still be on its way (a store
+  // lagging by more than the quiet period would otherwise split it into
+  // revisions). Called on the assembler's thread; empty: `now`.
+  std::function<uint64_t(uint64_t now)> store_watermark;
 };
 
 struct AssemblerStats {

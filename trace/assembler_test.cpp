@@ -156,6 +156,48 @@ TEST_F(AssemblerTest, ALaggingStoreDoesNotSplitATrace) {
   EXPECT_EQ(json::parse(ob[0].document)["events"].size(), 2u);
 }
 
+// The store stalls for longer than the quiet period: the first message of a
+// trace is stored, the second waits (received, not yet stored). The trace is
+// not quiet until the store's watermark passes its deadline.
+TEST_F(AssemblerTest, AQuietTraceWaitsForTheStoreWatermark) {
+  uint64_t watermark = 0;
+  opts_.store_watermark = [&](uint64_t now) { return std::min(now, watermark); };
+  reopen();
+  send({pack("event", "t1", "e1")}, "t1");
+  const uint64_t first_received = clock_.now_ns();
+  watermark = first_received;  // e1 stored; what came after is on its way
+  advance_and_poll(5s);
+  EXPECT_TRUE(outbox().empty()) << "emitted while the store lagged";
+  // e2 was received 1 ms after e1 and is stored only now.
+  {
+    std::vector<ipc::Message> msgs(1);
+    msgs[0].trace_id = "t1";
+    msgs[0].raw = pack("event", "t1", "e2");
+    msgs[0].recv_ns = first_received + 1'000'000;
+    std::vector<buffer::Committed> committed;
+    ASSERT_TRUE(store_->append(msgs, &committed).ok());
+    assembler_->on_committed(committed);
+  }
+  watermark = UINT64_MAX;  // caught up
+  advance_and_poll(1100ms);
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 1u);
+  EXPECT_EQ(ob[0].revision, 1u);
+  EXPECT_EQ(json::parse(ob[0].document)["events"].size(), 2u);
+}
+
+// Without a watermark (or with one that keeps up) a quiet trace goes out at
+// its deadline.
+TEST_F(AssemblerTest, AWatermarkThatKeepsUpDelaysNothing) {
+  opts_.store_watermark = [](uint64_t now) { return now; };
+  reopen();
+  send({pack("event", "t1", "e1")}, "t1");
+  advance_and_poll(999ms);
+  EXPECT_TRUE(outbox().empty());
+  advance_and_poll(1ms);
+  EXPECT_EQ(outbox().size(), 1u);
+}
+
 TEST_F(AssemblerTest, OnEmittedSeesEachCommittedRevisionAndItsDocument) {
   struct Seen {
     std::string trace_id;
