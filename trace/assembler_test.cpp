@@ -83,6 +83,17 @@ class AssemblerTest : public ::testing::Test {
     if (notify) assembler_->on_committed(committed);
   }
 
+  // Persists one message received at `recv_ns` (stored now) and notifies.
+  void send_received(const std::string& raw, const std::string& trace_id, uint64_t recv_ns) {
+    std::vector<ipc::Message> msgs(1);
+    msgs[0].trace_id = trace_id;
+    msgs[0].raw = raw;
+    msgs[0].recv_ns = recv_ns;
+    std::vector<buffer::Committed> committed;
+    ASSERT_TRUE(store_->append(msgs, &committed).ok());
+    assembler_->on_committed(committed);
+  }
+
   std::vector<buffer::OutboxEntry> outbox() {
     std::vector<buffer::OutboxEntry> out;
     EXPECT_TRUE(store_->read_outbox(0, 100000, SIZE_MAX, &out).ok());
@@ -132,21 +143,12 @@ TEST_F(AssemblerTest, CompleteTraceIsEmittedAfterTheQuietPeriod) {
 // from when a message was stored.
 TEST_F(AssemblerTest, ALaggingStoreDoesNotSplitATrace) {
   const uint64_t received = clock_.now_ns();
-  auto store_now = [&](const std::string& raw) {
-    std::vector<ipc::Message> msgs(1);
-    msgs[0].trace_id = "t1";
-    msgs[0].raw = raw;
-    msgs[0].recv_ns = received;
-    std::vector<buffer::Committed> committed;
-    ASSERT_TRUE(store_->append(msgs, &committed).ok());
-    assembler_->on_committed(committed);
-  };
   clock_.advance(1500ms);
-  store_now(pack("event", "t1", "e1"));
+  send_received(pack("event", "t1", "e1"), "t1", received);
   advance_and_poll(10ms);
   EXPECT_TRUE(outbox().empty());  // received 1.5 s ago, but stored just now
   clock_.advance(500ms);
-  store_now(pack("event", "t1", "e2"));
+  send_received(pack("event", "t1", "e2"), "t1", received);
   advance_and_poll(900ms);
   EXPECT_TRUE(outbox().empty());
   advance_and_poll(200ms);
@@ -169,15 +171,7 @@ TEST_F(AssemblerTest, AQuietTraceWaitsForTheStoreWatermark) {
   advance_and_poll(5s);
   EXPECT_TRUE(outbox().empty()) << "emitted while the store lagged";
   // e2 was received 1 ms after e1 and is stored only now.
-  {
-    std::vector<ipc::Message> msgs(1);
-    msgs[0].trace_id = "t1";
-    msgs[0].raw = pack("event", "t1", "e2");
-    msgs[0].recv_ns = first_received + 1'000'000;
-    std::vector<buffer::Committed> committed;
-    ASSERT_TRUE(store_->append(msgs, &committed).ok());
-    assembler_->on_committed(committed);
-  }
+  send_received(pack("event", "t1", "e2"), "t1", first_received + 1'000'000);
   watermark = UINT64_MAX;  // caught up
   advance_and_poll(1100ms);
   auto ob = outbox();
