@@ -29,6 +29,7 @@
 #include "buffer/writer.h"
 #include "common/bounded_queue.h"
 #include "common/clock.h"
+#include "common/thread.h"
 #include "ipc/intake.h"
 #include "trace/assembler.h"
 #include "upstream/upstream.h"
@@ -149,8 +150,8 @@ void Agent::Impl::start() {
   queue = std::make_unique<BoundedQueue<ipc::MessageBatch>>(cfg.intake.queue_bytes);
   trace::AssemblerOptions assembler_opts = assembler_options(cfg);
   assembler_opts.on_emitted = [this](const std::string& id, uint32_t revision,
-                                     const std::string& document) {
-    recent.add(id, revision, document);
+                                     std::string document) {
+    recent.add(id, revision, std::move(document));
   };
   // The writer is created before the assembler's thread starts and stopped
   // before it; until then nothing is on its way to the store.
@@ -202,6 +203,7 @@ void Agent::Impl::start() {
     if (admin->listen(cfg.admin.listen, &err)) throw std::runtime_error(err);
     admin_port = admin->port();
     admin_thread = std::thread([this] {
+      set_thread_name("st-admin");
       auto work = net::make_work_guard(admin_io);
       admin_io.run();
     });
@@ -396,7 +398,10 @@ int Agent::run() {
   // One more thread for intake decoding when the machine has the cores.
   std::thread second;
   if (std::thread::hardware_concurrency() > 2) {
-    second = std::thread([&] { d.io.run(); });
+    second = std::thread([&] {
+      set_thread_name("st-intake");
+      d.io.run();
+    });
   }
   d.io.run();
   if (second.joinable()) {

@@ -243,8 +243,7 @@ std::string summary_json(const TraceSummary& s) {
 
 RecentTraces::RecentTraces(RecentTracesOptions options) : opts_(options) {}
 
-bool RecentTraces::add(const std::string& trace_id, uint32_t revision,
-                       const std::string& document) {
+bool RecentTraces::add(const std::string& trace_id, uint32_t revision, std::string document) {
   // Only cheap work here, on the assembler's thread: parsing waits until the
   // viewer lists the entry (see list()).
   auto entry = std::make_shared<Entry>();
@@ -261,7 +260,7 @@ bool RecentTraces::add(const std::string& trace_id, uint32_t revision,
     ++stats_.rejected;
     return false;
   }
-  entry->document = std::make_shared<const std::string>(document);
+  entry->document = std::make_shared<const std::string>(std::move(document));
   if (it != by_id_.end()) {
     auto old = by_seq_.find(it->second);
     bytes_ -= old->second->bytes;

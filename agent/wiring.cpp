@@ -265,6 +265,9 @@ std::string render_metrics(const Components& c, const Clock& clock) {
     w.sample("sidetrace_assembler_spilled_total", as.spilled);
     w.family("sidetrace_assembler_rescans_total", "counter", "Rescans of pending messages.");
     w.sample("sidetrace_assembler_rescans_total", as.rescans);
+    w.family("sidetrace_assembler_rescanned_records_total", "counter",
+             "Pending records read by rescans.");
+    w.sample("sidetrace_assembler_rescanned_records_total", as.rescanned_records);
     w.family("sidetrace_assembler_store_errors_total", "counter", "Store errors while assembling.");
     w.sample("sidetrace_assembler_store_errors_total", as.store_errors);
   }

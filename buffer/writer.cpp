@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "common/thread.h"
+
 namespace sidetrace::buffer {
 
 Writer::Writer(Store& store, BoundedQueue<ipc::MessageBatch>& queue, Sink sink, const Clock& clock,
@@ -20,7 +22,11 @@ Writer::~Writer() {
 }
 
 void Writer::start() {
-  if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
+  if (!thread_.joinable())
+    thread_ = std::thread([this] {
+      set_thread_name("st-writer");
+      run();
+    });
 }
 
 void Writer::stop() {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "common/thread.h"
 #include "trace/reconstruct.h"
 
 namespace sidetrace::trace {
@@ -39,9 +40,13 @@ void Assembler::on_committed(std::span<const buffer::Committed> committed) {
   Notice notice{clock_.now_ns(), {committed.begin(), committed.end()}};
   notifications_.fetch_add(committed.size());
   if (!queue_.try_push(notice, weight)) {
-    // The pending column family still holds them: a rescan finds them.
+    // The pending column family still holds them: a rescan from the first
+    // of them finds them (a commit's seqs are consecutive and increasing).
     notifications_dropped_.fetch_add(committed.size());
-    resync_.store(true);
+    uint64_t from = committed.front().seq;
+    uint64_t cur = resync_from_.load();
+    while (from < cur && !resync_from_.compare_exchange_weak(cur, from)) {
+    }
   }
 }
 
@@ -118,9 +123,9 @@ bool Assembler::rescan(uint64_t now, bool at_start) {
   // receive time. Later, messages found only now count as stored now (see
   // take()): others received with them may still be on their way.
   rescans_.fetch_add(1);
-  // A full rescan after lost notifications or a restart; after a spill, only
-  // from the first entry that may not be held, so that a large backlog is not
-  // read again from its start every time.
+  // A full rescan at a restart or after a failed one; after a spill or lost
+  // notifications, only from the first entry that may not be held, so that a
+  // large backlog is not read again from its start every time.
   uint64_t from = need_rescan_ ? 0 : rescan_from_;
   need_rescan_ = false;
   spilled_ = false;
@@ -136,6 +141,7 @@ bool Assembler::rescan(uint64_t now, bool at_start) {
       need_rescan_ = true;
       return false;
     }
+    rescanned_.fetch_add(page.size());
     for (const auto& c : page) {
       auto it = open_.find(c.trace_id);
       if (it == open_.end()) {
@@ -262,7 +268,7 @@ size_t Assembler::emit(std::vector<Prepared>* batch, uint64_t now) {
   buffer::Status written = store_.emit_many(es, results, outbox_seqs);
   size_t emitted = 0;
   for (size_t i = 0; i < es.size(); ++i) {
-    const buffer::Emission& e = es[i];
+    buffer::Emission& e = es[i];
     auto it = open_.find(e.trace_id);
     if (it == open_.end()) continue;
     buffer::Status s = written.ok() ? results[i] : written;
@@ -279,7 +285,7 @@ size_t Assembler::emit(std::vector<Prepared>* batch, uint64_t now) {
     ++emitted;
     emitted_.fetch_add(1);
     const uint32_t revision = e.state.revision;
-    if (opts_.on_emitted) opts_.on_emitted(e.trace_id, revision, e.document);
+    if (opts_.on_emitted) opts_.on_emitted(e.trace_id, revision, std::move(e.document));
     if ((*batch)[i].unfinished) emitted_unfinished_.fetch_add(1);
     if (e.state.events_deleted) emitted_partial_.fetch_add(1);
     if (revision > 1) late_.fetch_add(1);
@@ -300,8 +306,10 @@ size_t Assembler::poll() {
       take(c, notice.stored_ns, now);
   }
   inbox_.clear();
-  if (resync_.exchange(false)) need_rescan_ = true;
-  if ((need_rescan_ || spilled_) && now >= next_rescan_ns_) rescan(now, /*at_start=*/false);
+  rescan_from_ = std::min(rescan_from_, resync_from_.exchange(UINT64_MAX));
+  if ((need_rescan_ || spilled_ || rescan_from_ != UINT64_MAX) && now >= next_rescan_ns_) {
+    rescan(now, /*at_start=*/false);
+  }
 
   std::vector<std::string> due;
   for (auto it = timers_.begin(); it != timers_.end() && it->first <= due_by; ++it) {
@@ -329,6 +337,11 @@ void Assembler::start() {
   if (thread_.joinable()) return;
   stop_.store(false);
   thread_ = std::thread([this] {
+    set_thread_name("st-assembler");
+    // Receiving and persisting come first while the CPU is short; assembly
+    // catches up when the load eases (the open-trace index stays bounded:
+    // it spills to the store).
+    lower_thread_priority(opts_.nice);
     while (!stop_.load()) {
       queue_.pop_all(inbox_, opts_.tick);
       poll();
@@ -346,6 +359,7 @@ AssemblerStats Assembler::stats() const {
   s.notifications = notifications_.load();
   s.notifications_dropped = notifications_dropped_.load();
   s.rescans = rescans_.load();
+  s.rescanned_records = rescanned_.load();
   s.spilled = spilled_n_.load();
   s.open_traces = open_n_.load();
   s.emitted = emitted_.load();

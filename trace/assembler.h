@@ -76,10 +76,15 @@ struct AssemblerOptions {
   // Revisions written together in one store write, at most.
   size_t emit_batch = 256;
   std::chrono::milliseconds tick{100};  // the owned thread's longest sleep
+  // How many nice levels below the agent's other threads the owned thread
+  // runs (common/thread.h): under CPU contention, intake and the writer get
+  // the larger share.
+  int nice = 5;
   // Called after each successful emission, on the thread that runs poll(),
-  // with the emitted revision's document (borrowed for the call). It must be
-  // quick and must not call back into the assembler; empty: not called.
-  std::function<void(const std::string& trace_id, uint32_t revision, const std::string& document)>
+  // with the emitted revision's document (handed over: the assembler keeps
+  // no copy). It must be quick and must not call back into the assembler;
+  // empty: not called.
+  std::function<void(const std::string& trace_id, uint32_t revision, std::string document)>
       on_emitted;
   // The store's watermark (buffer::Writer::watermark_ns): what was received
   // before it has been stored and notified. A trace whose quiet deadline is
@@ -93,6 +98,7 @@ struct AssemblerStats {
   uint64_t notifications = 0;          // committed messages received
   uint64_t notifications_dropped = 0;  // queue overflow (triggers a rescan)
   uint64_t rescans = 0;
+  uint64_t rescanned_records = 0;   // pending records read by rescans
   uint64_t spilled = 0;             // open traces dropped from memory (index full)
   uint64_t open_traces = 0;         // in the index now
   uint64_t emitted = 0;             // revisions emitted
@@ -171,7 +177,9 @@ class Assembler {
     std::vector<buffer::Committed> committed;
   };
   BoundedQueue<Notice> queue_;
-  std::atomic<bool> resync_{false};
+  // The lowest seq of a dropped notification (UINT64_MAX: none): a rescan
+  // from there finds what the dropped ones stood for.
+  std::atomic<uint64_t> resync_from_{UINT64_MAX};
 
   // Owned by the polling thread.
   std::unordered_map<std::string, Open> open_;
@@ -187,8 +195,9 @@ class Assembler {
   std::set<Entry, EntryLess> timers_;  // (deadline, trace_id)
   std::set<Entry, EntryLess> age_;     // (first_ns, trace_id)
   bool spilled_ = false;
-  // Where the next rescan after a spill starts: the lowest pending seq that
-  // may belong to a trace not in memory. Entries before it are all held.
+  // Where the next rescan after a spill or dropped notifications starts: the
+  // lowest pending seq that may belong to a trace not in memory. Entries
+  // before it are all held.
   uint64_t rescan_from_ = UINT64_MAX;
   bool need_rescan_ = false;
   uint64_t next_rescan_ns_ = 0;
@@ -198,8 +207,8 @@ class Assembler {
   std::thread thread_;
   std::atomic<bool> stop_{false};
 
-  std::atomic<uint64_t> notifications_{0}, notifications_dropped_{0}, rescans_{0}, spilled_n_{0},
-      open_n_{0}, emitted_{0}, emitted_unfinished_{0}, emitted_partial_{0}, late_{0},
+  std::atomic<uint64_t> notifications_{0}, notifications_dropped_{0}, rescans_{0}, rescanned_{0},
+      spilled_n_{0}, open_n_{0}, emitted_{0}, emitted_unfinished_{0}, emitted_partial_{0}, late_{0},
       store_errors_{0};
 };
 

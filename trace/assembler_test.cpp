@@ -371,6 +371,30 @@ TEST_F(AssemblerTest, LostNotificationsAreFoundByARescan) {
   EXPECT_EQ(outbox().size(), 2u);
 }
 
+// A rescan after lost notifications starts at the first lost one: what the
+// assembler holds already is not read again.
+TEST_F(AssemblerTest, ARescanAfterLostNotificationsStartsAtTheFirstLostOne) {
+  opts_.queue_bytes = 1;  // a push is refused while one waits
+  reopen();
+  for (int i = 0; i < 50; ++i) {
+    send({pack("start", "held" + std::to_string(i), "x")}, "held" + std::to_string(i));
+    advance_and_poll(1ms);  // taken: the queue is empty again
+  }
+  const uint64_t before = assembler_->stats().rescanned_records;
+  send({pack("event", "a", "x")}, "a");
+  send({pack("event", "b", "x")}, "b");  // dropped: a's notice waits
+  send({pack("event", "c", "x")}, "c");  // dropped
+  ASSERT_EQ(assembler_->stats().notifications_dropped, 2u);
+  advance_and_poll(2s);
+  EXPECT_EQ(assembler_->stats().rescanned_records - before, 2u);  // b and c, not the 50 held
+  advance_and_poll(2s);
+  auto ob = outbox();
+  std::set<std::string> ids;
+  for (const auto& e : ob)
+    ids.insert(e.trace_id);
+  EXPECT_EQ(ids, (std::set<std::string>{"a", "b", "c"}));
+}
+
 // A trace emitted while one of its pending records was out of memory (spilled)
 // leaves that record behind; the rescan that finds it releases it, without a
 // new revision. Nothing stays owed.

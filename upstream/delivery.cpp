@@ -25,6 +25,7 @@
 #include <unordered_map>
 
 #include "common/rate_limited_log.h"
+#include "common/thread.h"
 #include "upstream/detail/encode.h"
 #include "upstream/detail/http_client.h"
 #include "upstream/detail/policy.h"
@@ -774,7 +775,10 @@ void Delivery::start() {
     });
   });
   net::co_spawn(*m.io, m.dispatcher(), net::detached);
-  m.thread = std::thread([&m] { m.io->run(); });
+  m.thread = std::thread([&m] {
+    set_thread_name("st-delivery");
+    m.io->run();
+  });
   m.running = true;
 }
 

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "common/rate_limited_log.h"
+#include "common/thread.h"
 #include "upstream/detail/encode.h"
 #include "upstream/upstream.h"
 
@@ -238,7 +239,10 @@ void FileExporter::start() {
     }
     m.cv.notify_one();
   });
-  m.thread = std::thread([&m] { m.run(); });
+  m.thread = std::thread([&m] {
+    set_thread_name("st-exporter");
+    m.run();
+  });
   m.running = true;
 }
 
