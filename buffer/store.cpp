@@ -223,9 +223,11 @@ Status open_db(const StoreOptions& o, std::unique_ptr<rocksdb::DB>* out,
       t.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
       t.whole_key_filtering = false;
     } else if (i == kTraces) {
-      // Most lookups of a new trace's state find nothing: a filter answers
-      // them without reading blocks.
+      // Most lookups of a new trace's state find nothing: filters answer
+      // them without reading blocks, in the files and in the memtables.
       t.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+      cf.memtable_prefix_bloom_size_ratio = 0.05;
+      cf.memtable_whole_key_filtering = true;
     }
     cf.table_factory.reset(rocksdb::NewBlockBasedTableFactory(t));
     cf.level_compaction_dynamic_level_bytes = true;

@@ -114,7 +114,7 @@ sync = "$sync"
 max_bytes = "32GiB"
 
 [log]
-level = "warn"
+level = "${COMPARE_LOG_LEVEL:-warn}"
 EOF
   "$bin" agent --config "$dir/sidetrace.toml" >"$dir/agent.log" 2>&1 &
   agent_pid=$!
