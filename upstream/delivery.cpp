@@ -749,6 +749,7 @@ void Delivery::start() {
   ++m.config_generation;
   m.io = std::make_unique<net::io_context>(1);
   m.encoder = std::make_unique<net::thread_pool>(1);
+  net::post(*m.encoder, [] { set_thread_name("st-encoder"); });
   m.wake_timer = std::make_unique<net::steady_timer>(*m.io);
   m.auth_timer = std::make_unique<net::steady_timer>(*m.io);
   m.stopping = false;
