@@ -17,7 +17,8 @@
 # COMPARE_RATE (messages/s cap of the load generator; default 0 = unthrottled),
 # COMPARE_SYNCS (default "os fsync"), COMPARE_AGENTS (default "sidetrace syslog-ng"),
 # COMPARE_BUILD (tools build dir, default build/compare), COMPARE_KEEP=1 keeps the
-# work directory.
+# work directory, COMPARE_LOG_LEVEL (sidetrace's log.level, default warn; debug
+# logs RocksDB's flushes and compactions).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
