@@ -22,11 +22,11 @@ Writer::~Writer() {
 }
 
 void Writer::start() {
-  if (!thread_.joinable())
-    thread_ = std::thread([this] {
-      set_thread_name("st-writer");
-      run();
-    });
+  if (thread_.joinable()) return;
+  thread_ = std::thread([this] {
+    set_thread_name("st-writer");
+    run();
+  });
 }
 
 void Writer::stop() {
