@@ -100,6 +100,14 @@ class AssemblerTest : public ::testing::Test {
     return out;
   }
 
+  // The outbox holds one entry: revision 1 of a trace with `events` events.
+  void expect_one_first_revision(size_t events) {
+    auto ob = outbox();
+    ASSERT_EQ(ob.size(), 1u);
+    EXPECT_EQ(ob[0].revision, 1u);
+    EXPECT_EQ(json::parse(ob[0].document)["events"].size(), events);
+  }
+
   void advance_and_poll(std::chrono::nanoseconds d) {
     clock_.advance(d);
     assembler_->poll();
@@ -152,10 +160,7 @@ TEST_F(AssemblerTest, ALaggingStoreDoesNotSplitATrace) {
   advance_and_poll(900ms);
   EXPECT_TRUE(outbox().empty());
   advance_and_poll(200ms);
-  auto ob = outbox();
-  ASSERT_EQ(ob.size(), 1u);
-  EXPECT_EQ(ob[0].revision, 1u);
-  EXPECT_EQ(json::parse(ob[0].document)["events"].size(), 2u);
+  expect_one_first_revision(2);
 }
 
 // The store stalls for longer than the quiet period: the first message of a
@@ -174,10 +179,7 @@ TEST_F(AssemblerTest, AQuietTraceWaitsForTheStoreWatermark) {
   send_received(pack("event", "t1", "e2"), "t1", first_received + 1'000'000);
   watermark = UINT64_MAX;  // caught up
   advance_and_poll(1100ms);
-  auto ob = outbox();
-  ASSERT_EQ(ob.size(), 1u);
-  EXPECT_EQ(ob[0].revision, 1u);
-  EXPECT_EQ(json::parse(ob[0].document)["events"].size(), 2u);
+  expect_one_first_revision(2);
 }
 
 // Without a watermark (or with one that keeps up) a quiet trace goes out at
