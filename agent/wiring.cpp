@@ -250,6 +250,12 @@ std::string render_metrics(const Components& c, const Clock& clock) {
     w.family("sidetrace_expired_traces_total", "counter",
              "Traces whose retained events passed trace.retain_s.");
     w.sample("sidetrace_expired_traces_total", sc.expired_traces);
+    w.family("sidetrace_buffer_reclaimed_bytes_total", "counter",
+             "Disk space of deleted store files given back, a step at a time.");
+    w.sample("sidetrace_buffer_reclaimed_bytes_total", sc.reclaimed_bytes);
+    w.family("sidetrace_buffer_reclaim_pending_bytes", "gauge",
+             "Disk space of deleted store files still to give back.");
+    w.sample("sidetrace_buffer_reclaim_pending_bytes", sc.reclaim_pending_bytes);
   }
   if (c.assembler) {
     trace::AssemblerStats as = c.assembler->stats();

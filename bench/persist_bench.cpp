@@ -4,8 +4,10 @@
 //
 // Environment: PERSIST_BENCH_DIR (default: the system temp dir),
 // PERSIST_BENCH_EVENTS (throughput runs, default 400000),
-// PERSIST_BENCH_BACKLOG (backlog run, default 10000000), PERSIST_BENCH_ONLY
-// (a comma-separated subset of backlog,os,fsync,latency; default all).
+// PERSIST_BENCH_BACKLOG (backlog run, default 10000000), PERSIST_BENCH_LATENCY_S
+// (each latency run, default 10: long enough to include the periodic flush of
+// every column family that frees old WAL files), PERSIST_BENCH_ONLY (a
+// comma-separated subset of backlog,os,fsync,latency; default all).
 #include <malloc.h>
 #include <unistd.h>
 
@@ -274,8 +276,9 @@ int main() {
   if (selected("os")) throughput(buffer::SyncMode::kOs, "os", events);
   if (selected("fsync")) throughput(buffer::SyncMode::kFsync, "fsync", events);
   if (selected("latency")) {
-    latency(buffer::SyncMode::kFsync, "fsync", 50000, 3.0);
-    latency(buffer::SyncMode::kOs, "os", 50000, 3.0);
+    double seconds = static_cast<double>(env_u64("PERSIST_BENCH_LATENCY_S", 10));
+    latency(buffer::SyncMode::kFsync, "fsync", 50000, seconds);
+    latency(buffer::SyncMode::kOs, "os", 50000, seconds);
   }
   return 0;
 }

@@ -26,6 +26,7 @@
 #include <unordered_map>
 
 #include "buffer/detail/codec.h"
+#include "buffer/reclaim.h"
 
 namespace sidetrace::buffer {
 
@@ -284,9 +285,16 @@ using StoreLock = std::shared_lock<std::shared_mutex>;
 
 class RocksStore final : public Store {
  public:
-  RocksStore(const StoreOptions& o, std::unique_ptr<rocksdb::DB> db,
+  // `o.env` is `env` when one is given; the store keeps both for reopening.
+  RocksStore(const StoreOptions& o, std::shared_ptr<ReclaimingFileSystem> reclaim,
+             std::unique_ptr<rocksdb::Env> env, std::unique_ptr<rocksdb::DB> db,
              std::vector<rocksdb::ColumnFamilyHandle*> cfs)
-      : opts_(o), clock_(o.clock ? *o.clock : system_clock()), db_(std::move(db)), cfs_(cfs) {
+      : opts_(o),
+        clock_(o.clock ? *o.clock : system_clock()),
+        reclaim_(std::move(reclaim)),
+        env_(std::move(env)),
+        db_(std::move(db)),
+        cfs_(cfs) {
     wo_.sync = o.sync == SyncMode::kFsync;
     // Writes derived from stored events (a revision's emission, forgetting or
     // dropping retained state) are not synced on their own: the events they
@@ -758,6 +766,9 @@ class RocksStore final : public Store {
     c.dropped_outbox_entries = counters_.dropped_outbox_entries.load();
     c.expired_traces = counters_.expired_traces.load();
     c.forgotten_traces = counters_.forgotten_traces.load();
+    ReclaimStats r = reclaim_->stats();
+    c.reclaimed_bytes = r.reclaimed_bytes;
+    c.reclaim_pending_bytes = r.pending_bytes;
     return c;
   }
 
@@ -894,6 +905,9 @@ class RocksStore final : public Store {
 
   const StoreOptions opts_;
   const Clock& clock_;
+  // The filesystem and Env under the DB: they outlive it (declared first).
+  std::shared_ptr<ReclaimingFileSystem> reclaim_;
+  std::unique_ptr<rocksdb::Env> env_;
   // Shared by every operation; exclusive only to reopen after a fatal error.
   mutable std::shared_mutex db_mu_;
   std::unique_ptr<rocksdb::DB> db_;  // null while a reopen is failing
@@ -923,12 +937,24 @@ class RocksStore final : public Store {
 
 }  // namespace
 
-Status Store::open(const StoreOptions& o, std::unique_ptr<Store>* out) {
+Status Store::open(const StoreOptions& options, std::unique_ptr<Store>* out) {
+  if (options.data_dir.empty()) return Status::InvalidArgument("data_dir is empty");
+  // Deleted WAL and table files give their space back gradually (see
+  // reclaim.h), over whichever filesystem the store was given.
+  ReclaimOptions ro;
+  ro.trash_dir = (std::filesystem::path(options.data_dir) / "store" / "reclaim").string();
+  auto reclaim = std::make_shared<ReclaimingFileSystem>(
+      options.env ? options.env->GetFileSystem() : rocksdb::FileSystem::Default(), ro);
+  std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(reclaim);
+  StoreOptions o = options;
+  o.env = env.get();
   std::unique_ptr<rocksdb::DB> db;
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   Status s = open_db(o, &db, &handles);
   if (!s.ok()) return s;
-  auto store = std::make_unique<RocksStore>(o, std::move(db), std::move(handles));
+  reclaim->start();
+  auto store = std::make_unique<RocksStore>(o, std::move(reclaim), std::move(env), std::move(db),
+                                            std::move(handles));
   s = store->load_counters();
   if (!s.ok()) return s;
   spdlog::debug("buffer: store opened at {} (CRC32C in {})", o.data_dir,

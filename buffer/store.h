@@ -133,6 +133,8 @@ struct StoreCounters {
   uint64_t dropped_outbox_entries = 0;  // undelivered revisions dropped for room
   uint64_t expired_traces = 0;          // traces whose events passed retain_s
   uint64_t forgotten_traces = 0;        // state records removed after their keep time
+  uint64_t reclaimed_bytes = 0;         // disk space of deleted files given back
+  uint64_t reclaim_pending_bytes = 0;   // ... and still to give back (see reclaim.h)
 };
 
 class Store {

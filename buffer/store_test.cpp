@@ -4,9 +4,11 @@
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "buffer/detail/codec.h"
 #include "buffer/testing/temp_dir.h"
@@ -463,6 +465,37 @@ TEST(StoreTest, RocksDbMessagesGoToTheAgentLogNotToAFileInTheStore) {
   }
   spdlog::set_default_logger(previous);
   EXPECT_NE(captured.str().find("rocksdb: "), std::string::npos) << captured.str();
+}
+
+// Deleted WAL and table files give their space back through the store's
+// reclaim directory, which empties.
+TEST(StoreTest, DeletedStoreFilesAreReclaimed) {
+  TempDir dir;
+  StoreOptions o = options(dir);
+  o.max_wal_bytes = 1 << 20;
+  auto s = open_store(o);
+  std::vector<Committed> out;
+  for (int round = 0; round < 4; ++round) {
+    std::vector<ipc::Message> in;
+    for (int i = 0; i < 2000; ++i)
+      in.push_back(msg("t" + std::to_string(i % 7), std::string(300, 'q')));
+    ASSERT_TRUE(s->append(in, &out).ok());
+    ASSERT_TRUE(s->compact().ok());  // flushes (WAL files go) and compacts (tables go)
+  }
+  fs::path trash = dir.path() / "store" / "reclaim";
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline &&
+         (s->counters().reclaim_pending_bytes > 0 || !fs::is_empty(trash)))
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_GT(s->counters().reclaimed_bytes, 0u);
+  EXPECT_EQ(s->counters().reclaim_pending_bytes, 0u);
+  EXPECT_TRUE(fs::is_empty(trash));
+  // Nothing the store still needs went: it reopens with every message.
+  s.reset();
+  s = open_store(o);
+  std::vector<StoredEvent> events;
+  ASSERT_TRUE(s->read_trace("t0", &events).ok());
+  EXPECT_EQ(events.size(), 4u * 286u);
 }
 
 TEST(StoreTest, SecondOpenOfTheSameStoreIsBusyAndNotQuarantined) {
