@@ -86,6 +86,17 @@ TEST_F(ReclaimTest, AWalFileIsMovedAsideAndFreedInStepsPreallocationIncluded) {
   EXPECT_TRUE(empty_dir(dir_.path() / "reclaim"));
 }
 
+TEST_F(ReclaimTest, AStepLargerThanTheFileFreesItInOne) {
+  fs::path wal = dir_.path() / "000013.log";
+  make_file(wal, 1 << 20, 1 << 20);
+  ReclaimingFileSystem rfs(rocksdb::FileSystem::Default(), options(dir_, UINT64_MAX));
+  rfs.start();
+  ASSERT_TRUE(rfs.DeleteFile(wal.string(), io_, nullptr).ok());
+  ASSERT_TRUE(eventually([&] { return rfs.stats().reclaimed_files == 1; }));
+  EXPECT_EQ(rfs.stats().steps, 1u);
+  EXPECT_GE(rfs.stats().reclaimed_bytes, 2u << 20);
+}
+
 TEST_F(ReclaimTest, TableFilesAreDeferredAndOtherFilesDeletedAtOnce) {
   fs::path sst = dir_.path() / "000031.sst";
   fs::path manifest = dir_.path() / "MANIFEST-000005";

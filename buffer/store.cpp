@@ -943,6 +943,9 @@ Status Store::open(const StoreOptions& options, std::unique_ptr<Store>* out) {
   // reclaim.h), over whichever filesystem the store was given.
   ReclaimOptions ro;
   ro.trash_dir = (std::filesystem::path(options.data_dir) / "store" / "reclaim").string();
+  // Only group commits that sync wait for the journal; with "os" a file's
+  // space is freed in one step (still off the caller's thread).
+  if (options.sync != SyncMode::kFsync) ro.step_bytes = UINT64_MAX;
   auto reclaim = std::make_shared<ReclaimingFileSystem>(
       options.env ? options.env->GetFileSystem() : rocksdb::FileSystem::Default(), ro);
   std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(reclaim);
