@@ -25,7 +25,7 @@ bool eventually(F&& cond, std::chrono::seconds limit = std::chrono::seconds(10))
   auto deadline = std::chrono::steady_clock::now() + limit;
   while (std::chrono::steady_clock::now() < deadline) {
     if (cond()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));  // a poll interval
   }
   return cond();
 }

@@ -27,6 +27,14 @@ ipc::Message msg(std::string trace_id, std::string raw, uint64_t recv_ns = 1000)
   return m;
 }
 
+// 2,000 messages of 300 bytes over 7 traces (t0 … t6; t0 has 286 of them).
+std::vector<ipc::Message> spread_messages() {
+  std::vector<ipc::Message> in;
+  for (int i = 0; i < 2000; ++i)
+    in.push_back(msg("t" + std::to_string(i % 7), std::string(300, 'q')));
+  return in;
+}
+
 std::unique_ptr<Store> open_store(const StoreOptions& o) {
   std::unique_ptr<Store> s;
   Status st = Store::open(o, &s);
@@ -476,9 +484,7 @@ TEST(StoreTest, DeletedStoreFilesAreReclaimed) {
   auto s = open_store(o);
   std::vector<Committed> out;
   for (int round = 0; round < 4; ++round) {
-    std::vector<ipc::Message> in;
-    for (int i = 0; i < 2000; ++i)
-      in.push_back(msg("t" + std::to_string(i % 7), std::string(300, 'q')));
+    std::vector<ipc::Message> in = spread_messages();
     ASSERT_TRUE(s->append(in, &out).ok());
     ASSERT_TRUE(s->compact().ok());  // flushes (WAL files go) and compacts (tables go)
   }
@@ -486,7 +492,7 @@ TEST(StoreTest, DeletedStoreFilesAreReclaimed) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (std::chrono::steady_clock::now() < deadline &&
          (s->counters().reclaim_pending_bytes > 0 || !fs::is_empty(trash)))
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));  // a poll interval
   EXPECT_GT(s->counters().reclaimed_bytes, 0u);
   EXPECT_EQ(s->counters().reclaim_pending_bytes, 0u);
   EXPECT_TRUE(fs::is_empty(trash));
@@ -511,9 +517,7 @@ TEST(StoreTest, SecondOpenOfTheSameStoreIsBusyAndNotQuarantined) {
 void fill_and_close(const TempDir& dir) {
   auto s = open_store(options(dir));
   std::vector<Committed> out;
-  std::vector<ipc::Message> in;
-  for (int i = 0; i < 2000; ++i)
-    in.push_back(msg("t" + std::to_string(i % 7), std::string(300, 'q')));
+  std::vector<ipc::Message> in = spread_messages();
   ASSERT_TRUE(s->append(in, &out).ok());
   ASSERT_TRUE(s->compact().ok());  // flush everything into SST files
 }
