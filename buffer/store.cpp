@@ -171,9 +171,11 @@ Status open_db(const StoreOptions& o, std::unique_ptr<rocksdb::DB>* out,
   // background retries are off.
   db.max_bgerror_resume_count = 0;
   db.max_total_wal_size = o.max_wal_bytes;
-  // Reusing WAL files means a group commit's fdatasync writes data only, not
-  // the metadata of a growing file: the fsync mode's latency.
-  db.recycle_log_file_num = 4;
+  // WAL files are not recycled: RocksDB (7.8) turns recycling off with
+  // point-in-time recovery, and with the recovery mode that allows it
+  // (skipping any corrupted record) its flush crashed in MarkLogsSynced. So
+  // each group commit's fdatasync also commits the growing WAL file's size
+  // (docs/benchmarks.md, "The disk's own floor").
   // A hard budget: when the memtables of all column families reach it, the
   // writer waits for a flush instead of growing them (the queue in front of
   // it then applies back-pressure), so memory does not follow the load.
