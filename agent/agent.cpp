@@ -369,8 +369,10 @@ AdminResponse Agent::Impl::handle(const std::string& method, const std::string& 
 
 int Agent::run() {
   Impl& d = *impl_;
-  d.start();
-
+  // The handlers are in place before start-up begins: a stop signal that
+  // comes while the store opens or the sockets bind (systemd may send one as
+  // soon as it has started the unit) waits in the loop and stops the agent in
+  // order once it runs, instead of killing it half started.
   net::signal_set signals(d.io, SIGINT, SIGTERM);
   std::function<void(const boost::system::error_code&, int)> on_signal =
       [&](const boost::system::error_code& ec, int sig) {
@@ -391,6 +393,7 @@ int Agent::run() {
         hup.async_wait(on_hup);
       };
   hup.async_wait(on_hup);
+  d.start();
   // Pings systemd's watchdog from the loop (when WatchdogSec= is set).
   systemd::Watchdog watchdog(d.io, [&d] { return stuck_reason(d.components()).empty(); });
   watchdog.start();

@@ -268,6 +268,22 @@ TEST_F(AgentProcessTest, SocketFilesGetTheConfiguredMode) {
   EXPECT_EQ(agent.signal_and_wait(SIGINT), 0);
 }
 
+TEST_F(AgentProcessTest, StopSignalDuringStartIsACleanStop) {
+  // The store's lock file appears when start-up opens the store, before the
+  // sockets and threads: a SIGTERM then (as from `systemctl stop` right after
+  // a start) must still end in an orderly stop, not the signal's default.
+  AgentProcess agent(dir_);
+  agent.start();
+  const fs::path lock = dir_ / "data" / "store" / "LOCK";
+  auto deadline = std::chrono::steady_clock::now() + 15s;
+  while (!fs::exists(lock) && !agent.exited() && std::chrono::steady_clock::now() < deadline)
+    ::usleep(100);  // a poll interval, short: the window is a few ms
+  ASSERT_TRUE(fs::exists(lock)) << agent.log();
+  EXPECT_EQ(agent.signal_and_wait(SIGTERM), 0) << agent.log();
+  EXPECT_NE(agent.log().find("sidetrace stopped"), std::string::npos) << agent.log();
+  EXPECT_FALSE(fs::exists(agent.stream_path()));
+}
+
 TEST_F(AgentProcessTest, ReplacesAStaleSocketButRefusesALiveOne) {
   // A stale socket file: bound, then its owner went away.
   fs::create_directories(dir_);
