@@ -110,20 +110,33 @@ class Redactor {
 
 // Holds the Redactor in force; the agent swaps in a new one on a config
 // reload while the writer thread keeps applying. Thread-safe.
+//
+// A mutex guards the pointer, not std::atomic<std::shared_ptr>: libstdc++ 12
+// releases that one's internal lock after a load with a relaxed store, so a
+// later store is not ordered after the load's read (ThreadSanitizer reports
+// it). The lock is held only to copy the pointer, never while applying.
 class RedactorSlot {
  public:
   explicit RedactorSlot(std::shared_ptr<const Redactor> r = nullptr) : current_(std::move(r)) {}
-  void store(std::shared_ptr<const Redactor> r) { current_.store(std::move(r)); }
-  std::shared_ptr<const Redactor> load() const { return current_.load(); }
+  void store(std::shared_ptr<const Redactor> r) {
+    std::lock_guard lock(mu_);
+    current_.swap(r);
+    // The old Redactor (now in r) is released after the lock.
+  }
+  std::shared_ptr<const Redactor> load() const {
+    std::lock_guard lock(mu_);
+    return current_;
+  }
 
   // Applies the current Redactor (none: nothing changes). Never throws.
   bool apply(Message& m, RedactStats* stats) const {
-    std::shared_ptr<const Redactor> r = current_.load();
+    std::shared_ptr<const Redactor> r = load();
     return r ? r->apply(m, stats) : false;
   }
 
  private:
-  std::atomic<std::shared_ptr<const Redactor>> current_;
+  mutable std::mutex mu_;
+  std::shared_ptr<const Redactor> current_;
 };
 
 }  // namespace sidetrace::ipc
