@@ -151,14 +151,16 @@ void Writer::store_group(std::span<const ipc::Message> group, size_t bytes) {
   committed_.clear();
   if (s.ok()) s = store_.append(group, &committed_);
   if (!s.ok()) {
+    // Degraded before the drop is counted: whoever sees the count sees the
+    // state that explains it.
     if (s.code() == Status::Code::kInvalidArgument) {
       dropped_invalid_.fetch_add(n);
     } else if (s.IsNoSpace()) {
+      degraded_.store(true);
       dropped_no_space_.fetch_add(n);
-      degraded_.store(true);
     } else {
-      dropped_io_error_.fetch_add(n);
       degraded_.store(true);
+      dropped_io_error_.fetch_add(n);
     }
     backoff_ = opts_.resume_interval;
     next_resume_ns_ = clock_.mono_ns() + static_cast<uint64_t>(backoff_.count());
