@@ -10,10 +10,14 @@
 #include <rocksdb/merge_operator.h>
 #include <rocksdb/options.h>
 #include <rocksdb/slice_transform.h>
+#include <rocksdb/sst_file_reader.h>
+#include <rocksdb/sst_file_writer.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
 #include <rocksdb/write_buffer_manager.h>
 #include <spdlog/spdlog.h>
+
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -281,8 +285,35 @@ Status open_db(const StoreOptions& o, std::unique_ptr<rocksdb::DB>* out,
 // RocksDB's memory. Serialised, what TSan reports is about this code.
 #if defined(__SANITIZE_THREAD__)
 using StoreLock = std::unique_lock<std::shared_mutex>;
+
+// RocksDB's table reader keeps the names its built-in filter policy answers
+// to in a function-local static, built by the first thread to open a table
+// file with a filter; other threads then pass its guard by an inline check in
+// the uninstrumented library, so TSan reports the names' strings as a race
+// between two background threads. Opening one such file here, before RocksDB
+// has started a thread, builds it on this thread first.
+void build_rocksdb_statics_for_tsan() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    rocksdb::Options o;
+    rocksdb::BlockBasedTableOptions t;
+    t.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+    o.table_factory.reset(rocksdb::NewBlockBasedTableFactory(t));
+    std::string path = (std::filesystem::temp_directory_path() /
+                        ("sidetrace-tsan-" + std::to_string(::getpid()) + ".sst"))
+                           .string();
+    rocksdb::SstFileWriter w(rocksdb::EnvOptions(), o);
+    if (w.Open(path).ok() && w.Put("k", "v").ok() && w.Finish().ok()) {
+      rocksdb::SstFileReader r(o);
+      (void)r.Open(path);
+    }
+    std::error_code ec;
+    std::filesystem::remove(path, ec);
+  });
+}
 #else
 using StoreLock = std::shared_lock<std::shared_mutex>;
+inline void build_rocksdb_statics_for_tsan() {}
 #endif
 
 class RocksStore final : public Store {
@@ -941,6 +972,7 @@ class RocksStore final : public Store {
 
 Status Store::open(const StoreOptions& options, std::unique_ptr<Store>* out) {
   if (options.data_dir.empty()) return Status::InvalidArgument("data_dir is empty");
+  build_rocksdb_statics_for_tsan();
   // Deleted WAL and table files give their space back gradually (see
   // reclaim.h), over whichever filesystem the store was given.
   ReclaimOptions ro;
