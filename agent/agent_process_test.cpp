@@ -169,9 +169,11 @@ class AgentProcess {
     pid_ = -1;
   }
 
+  // Whole lines only: the agent may be in the middle of writing the last one.
   std::vector<nlohmann::json> traces() const {
     std::vector<nlohmann::json> out;
-    std::ifstream in(traces_file());
+    std::string all = slurp(traces_file());
+    std::stringstream in(all.substr(0, all.rfind('\n') + 1));
     std::string line;
     while (std::getline(in, line)) {
       if (!line.empty()) out.push_back(nlohmann::json::parse(line));

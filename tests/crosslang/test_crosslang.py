@@ -384,7 +384,8 @@ def read_latest(jsonl, trace_id):
     try:
         with open(jsonl) as f:
             for line in f:
-                if not line.strip():
+                # A last line without its newline is still being written.
+                if not line.strip() or not line.endswith("\n"):
                     continue
                 doc = json.loads(line)
                 if doc.get("trace_id") != trace_id:

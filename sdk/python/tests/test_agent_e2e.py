@@ -69,7 +69,8 @@ def real_agent():
 def read_documents(path, trace_id):
     try:
         with open(path) as f:
-            docs = [json.loads(line) for line in f if line.strip()]
+            # A last line without its newline is still being written.
+            docs = [json.loads(line) for line in f if line.strip() and line.endswith("\n")]
     except FileNotFoundError:
         return []
     return [d for d in docs if d.get("trace_id") == trace_id]
