@@ -299,15 +299,15 @@ void build_rocksdb_statics_for_tsan() {
     rocksdb::BlockBasedTableOptions t;
     t.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
     o.table_factory.reset(rocksdb::NewBlockBasedTableFactory(t));
-    std::string path = (std::filesystem::temp_directory_path() /
-                        ("sidetrace-tsan-" + std::to_string(::getpid()) + ".sst"))
-                           .string();
+    std::error_code ec;
+    std::filesystem::path tmp = std::filesystem::temp_directory_path(ec);
+    if (ec) return;
+    std::string path = (tmp / ("sidetrace-tsan-" + std::to_string(::getpid()) + ".sst")).string();
     rocksdb::SstFileWriter w(rocksdb::EnvOptions(), o);
     if (w.Open(path).ok() && w.Put("k", "v").ok() && w.Finish().ok()) {
       rocksdb::SstFileReader r(o);
       (void)r.Open(path);
     }
-    std::error_code ec;
     std::filesystem::remove(path, ec);
   });
 }
