@@ -33,12 +33,14 @@ namespace {
 
 const char* kBin = SIDETRACE_BIN;
 
-bool wait_until(const std::function<bool()>& cond, std::chrono::milliseconds limit = 15s) {
+bool wait_until(const std::function<bool()>& cond, std::chrono::milliseconds limit = 15s,
+                std::chrono::microseconds interval = 2ms) {
   auto deadline = std::chrono::steady_clock::now() + limit;
   while (std::chrono::steady_clock::now() < deadline) {
     if (cond()) return true;
     std::this_thread::yield();
-    ::usleep(2000);  // a poll interval, not a wait for an outcome
+    // A poll interval, not a wait for an outcome.
+    ::usleep(static_cast<useconds_t>(interval.count()));
   }
   return cond();
 }
@@ -277,9 +279,8 @@ TEST_F(AgentProcessTest, StopSignalDuringStartIsACleanStop) {
   AgentProcess agent(dir_);
   agent.start();
   const fs::path lock = dir_ / "data" / "store" / "LOCK";
-  auto deadline = std::chrono::steady_clock::now() + 15s;
-  while (!fs::exists(lock) && !agent.exited() && std::chrono::steady_clock::now() < deadline)
-    ::usleep(100);  // a poll interval, short: the window is a few ms
+  // A short poll interval: the window is a few ms.
+  wait_until([&] { return fs::exists(lock) || agent.exited(); }, 15s, 100us);
   ASSERT_TRUE(fs::exists(lock)) << agent.log();
   EXPECT_EQ(agent.signal_and_wait(SIGTERM), 0) << agent.log();
   EXPECT_NE(agent.log().find("sidetrace stopped"), std::string::npos) << agent.log();
