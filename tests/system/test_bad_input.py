@@ -187,16 +187,81 @@ def wait_closed_by_agent(s: socket.socket, timeout: float = 5.0) -> bool:
 
 def transport_counts(agent, t: str) -> dict:
     m = agent.metrics()
-    r = rejected(m, AGENT_TRANSPORT[t])
-    r["accepted"] = per_transport(m, "sidetrace_accepted_messages_total", AGENT_TRANSPORT[t])
-    r["received"] = per_transport(m, "sidetrace_received_messages_total", AGENT_TRANSPORT[t])
-    r["garbage_closed"] = per_transport(m, "sidetrace_connections_closed_garbage_total",
-                                        AGENT_TRANSPORT[t])
+    at = AGENT_TRANSPORT[t]
+    r = rejected(m, at)
+    r["accepted"] = per_transport(m, "sidetrace_accepted_messages_total", at)
+    r["received"] = per_transport(m, "sidetrace_received_messages_total", at)
+    r["queue_full"] = per_transport(m, "sidetrace_intake_queue_full_drops_total", at)
+    r["datagrams"] = per_transport(m, "sidetrace_received_datagrams_total", at)
+    r["connections"] = per_transport(m, "sidetrace_connections_total", at)
+    r["garbage_closed"] = per_transport(m, "sidetrace_connections_closed_garbage_total", at)
     return r
 
 
 def delta(a: dict, b: dict) -> dict:
     return {k: b[k] - a[k] for k in b if b[k] != a[k]}
+
+
+def adds_up(d: dict) -> bool:
+    """Every message counted received is also counted accepted, rejected or dropped on a
+    full queue: no batch is between being counted and being queued."""
+    return d.get("received", 0) == (d.get("accepted", 0) + d.get("queue_full", 0)
+                                    + sum(d.get(r, 0) for r in REASONS))
+
+
+# Waiting for counts. The agent reads a socket's datagrams in order, one receiver per
+# socket, and counts a batch of datagrams in steps (datagrams, then received and
+# rejected, then accepted once the batch is queued); a scrape of /metrics may fall
+# between the steps. A wait that ends on "accepted grew by at least N" can therefore end
+# before everything sent was counted, and the rest lands in the next baseline. The
+# helpers below end on a condition that holds only once everything sent since `before`
+# is counted, so each result is also a settled baseline for what follows.
+
+
+def settle_datagrams(agent, up, t: str, before: dict, datagrams: int, marker: str,
+                     expect: dict | None = None, timeout: float = 15.0) -> dict:
+    """Waits until the `datagrams` datagrams sent on transport t since the counts `before`
+    are all counted, and returns the counts. The last of them was the valid event with id
+    `marker`.
+
+    With `expect` (the exact change of the counts, when the outcome is known) the wait
+    ends as soon as the counts are exactly before + expect. Otherwise, or when they never
+    get there, it ends once the marker has reached the upstream (then everything sent on
+    the socket before it was counted, up to its own batch being queued), all
+    `datagrams` were read and the counts add up (that batch is counted accepted too)."""
+    state = {}
+
+    def done():
+        seen = not harness.missing([marker], up)  # before the scrape
+        c = transport_counts(agent, t)
+        d = state["d"] = delta(before, c)
+        if expect is not None and d == expect:
+            return c
+        if seen and d.get("datagrams") == datagrams and adds_up(d):
+            return c
+        return None
+    try:
+        if expect is None:
+            up.wait_for(lambda u: not harness.missing([marker], u), timeout,
+                        f"marker {marker} delivered")
+        return wait_until(done, timeout, f"marker {marker} and what was sent before it counted")
+    except harness.WaitTimeout as e:
+        pytest.fail(f"{e}: counted {state.get('d')}, expected {expect or 'any outcome'} for "
+                    f"{datagrams} datagrams; marker delivered: "
+                    f"{not harness.missing([marker], up)}; agent {diag(agent)}")
+
+
+def settle_stream(agent, before: dict, connections: int, timeout: float = 15.0) -> dict:
+    """Waits until the `connections` stream connections opened since the counts `before`
+    were accepted by the agent and are gone, and returns the counts (final: a session
+    counts everything it read before it ends)."""
+    wait_until(lambda: transport_counts(agent, "stream")["connections"]
+               - before["connections"] == connections, timeout,
+               f"{connections} stream connections accepted")
+    # A session ends after its counts; the gauge went up before the total above.
+    wait_until(lambda: agent.metric("sidetrace_connections_open", transport="unix_stream") == 0,
+               timeout, "stream connections ended")
+    return transport_counts(agent, "stream")
 
 
 def assert_delivered(upstream, agent, ids: list[str], what: str, timeout: float = 60):
@@ -244,12 +309,15 @@ def env(tmp_path_factory):
 @pytest.mark.parametrize("transport", ["dgram", "udp"])
 def test_malformed_datagrams(env, transport):
     """Every corpus file and hand-made case as one datagram, each followed by a valid
-    event; each is checked on its own: the expected reason is counted."""
+    event, its marker; each is checked on its own: the expected reason is counted. A case
+    ends once its own datagrams are all counted (settle_datagrams), and its counts are the
+    next case's baseline."""
     agent, up, _ = env
     valid = Valid(f"md{transport}")
     sock = dgram_socket(agent, transport)
     cases = corpus() + handmade()
     tried, skipped, wrong = 0, [], []
+    before = transport_counts(agent, transport)
     for name, data, expected in cases:
         if not data:
             skipped.append(f"{name}: an empty datagram carries no message")
@@ -259,7 +327,6 @@ def test_malformed_datagrams(env, transport):
             continue
         if len(data) > 64 * 1024:
             expected = "too_large"  # a datagram above max_datagram_bytes, whatever it holds
-        before = transport_counts(agent, transport)
         try:
             sock.send(data)
         except OSError as e:
@@ -267,24 +334,25 @@ def test_malformed_datagrams(env, transport):
             continue
         tried += expected != "ok"
         sock.send(valid.next())
-        want_accepted = 2 if expected == "ok" else 1
-        after = wait_until(
-            lambda: (lambda c: c if c["accepted"] - before["accepted"] >= want_accepted
-                     else None)(transport_counts(agent, transport)),
-            10, f"{name} and the valid event after it counted")
+        marker = valid.ids[-1]
+        known = single_value(data) or expected == "too_large"
+        expect = None
+        if known:
+            expect = {"datagrams": 2, "received": 2, "accepted": 2} if expected == "ok" else \
+                {"datagrams": 2, "received": 2, "accepted": 1, expected: 1}
+        after = settle_datagrams(agent, up, transport, before, 2, marker, expect)
         d = delta(before, after)
+        before = after
         reasons = {r: int(d[r]) for r in REASONS if r in d}
-        if single_value(data) or expected == "too_large":
-            ok = (not reasons and d.get("accepted") == 2) if expected == "ok" else \
-                (reasons == {expected: 1} and d.get("accepted") == 1)
+        if known:
+            ok = d == expect
         else:
             # Garbage, a cut-short value or several values in one datagram: the whole
             # values in it are judged one by one (trailing bytes that decode as a value
             # get that value's reason, e.g. a stray 0 is not_map) and bytes that are not
             # a whole value are counted as malformed; something must be counted either
-            # way. (The valid event after it may not be counted yet when a value in the
-            # datagram itself was accepted.)
-            ok = bool(reasons) or d.get("accepted", 0) > 1
+            # way, and the marker accepted.
+            ok = (bool(reasons) or d.get("accepted", 0) > 1) and d.get("accepted", 0) >= 1
         if not ok:
             wrong.append(f"{name}: expected {expected}, counted {d}")
     sock.close()
@@ -303,8 +371,8 @@ def test_malformed_stream(env):
     agent, up, _ = env
     valid = Valid("ms")
     tried, wrong = 0, []
+    before = settle_stream(agent, transport_counts(agent, "stream"), 0)
     for name, data, expected in corpus() + handmade():
-        before = transport_counts(agent, "stream")
         s = stream_socket(agent)
         s.sendall(valid.next() + data)
         whole = single_value(data)
@@ -316,17 +384,18 @@ def test_malformed_stream(env):
         s.close()
         tried += expected != "ok"
         want = (3 if expected == "ok" else 2) if whole else 1
-        after = wait_until(
-            lambda: (lambda c: c if c["accepted"] - before["accepted"] >= want else None)(
-                transport_counts(agent, "stream")), 10, f"{name} on a stream counted")
+        after = settle_stream(agent, before, 1)
         d = delta(before, after)
+        before = after
         reasons = {r: int(d[r]) for r in REASONS if r in d}
         if not closed:
             wrong.append(f"{name}: connection not closed after EOF")
         elif whole:
             exp = {} if expected == "ok" else {expected: 1}
-            if reasons != exp:
+            if reasons != exp or d.get("accepted") != want:
                 wrong.append(f"{name}: expected {expected}, counted {d}")
+        elif d.get("accepted", 0) < want:
+            wrong.append(f"{name}: the valid event before it was not accepted: {d}")
         if d.get("garbage_closed") and reasons.get("malformed", 0) < 1:
             wrong.append(f"{name}: closed as garbage without a malformed count: {d}")
     assert not wrong, f"{len(wrong)} bad inputs mishandled:\n" + "\n".join(wrong)
@@ -340,7 +409,8 @@ def test_oversized(env):
     the connection goes on. A Unix datagram above the datagram size: too_large."""
     agent, up, _ = env
     valid = Valid("big")
-    before = {t: transport_counts(agent, t) for t in ("stream", "dgram")}
+    before = {"stream": settle_stream(agent, transport_counts(agent, "stream"), 0),
+              "dgram": transport_counts(agent, "dgram")}
     big = pack(event("big", "huge", input="x" * (2 << 20)))
     s = stream_socket(agent)
     for _ in range(3):
@@ -351,12 +421,10 @@ def test_oversized(env):
         d.send(pack(event("big", "dg", input="y" * size)))
         d.send(valid.next())
     d.close()
-    wait_until(lambda: transport_counts(agent, "stream")["accepted"]
-               - before["stream"]["accepted"] >= 6, 10, "stream valid events around big ones")
-    wait_until(lambda: transport_counts(agent, "dgram")["accepted"]
-               - before["dgram"]["accepted"] >= 2, 10, "datagram valid events")
-    ds = delta(before["stream"], transport_counts(agent, "stream"))
-    dd = delta(before["dgram"], transport_counts(agent, "dgram"))
+    ds = delta(before["stream"], settle_stream(agent, before["stream"], 1))
+    dd = delta(before["dgram"], settle_datagrams(
+        agent, up, "dgram", before["dgram"], 4, valid.ids[-1],
+        {"datagrams": 4, "received": 4, "accepted": 2, "too_large": 2}))
     assert ds.get("too_large") == 3 and ds.get("accepted") == 6, ds
     assert dd.get("too_large") == 2 and dd.get("accepted") == 2, dd
     assert_delivered(up, agent, valid.ids, "valid events around oversized ones")
@@ -391,8 +459,9 @@ def test_random_garbage(env):
         tried += 1
     assert closed == n // 4, f"only {closed} of {n // 4} garbage connections were closed"
     for t in ("dgram", "udp"):
-        after = wait_until(lambda: (lambda c: c if c["accepted"] - before[t]["accepted"] >= n
-                                    else None)(transport_counts(agent, t)), 10, f"{t} counted")
+        after = settle_datagrams(agent, up, t, before[t], 2 * n, valid[t].ids[-1],
+                                 {"datagrams": 2 * n, "received": 2 * n, "accepted": n,
+                                  "malformed": n})
         d = delta(before[t], after)
         reasons = {r: int(d[r]) for r in REASONS if r in d}
         assert d["accepted"] == n, d
@@ -412,7 +481,7 @@ def test_stream_garbage_midstream_and_cut_short(env):
     as malformed)."""
     agent, up, _ = env
     valid = Valid("mid")
-    before = transport_counts(agent, "stream")
+    before = settle_stream(agent, transport_counts(agent, "stream"), 0)
     conns = 10
     for _ in range(conns):
         s = stream_socket(agent)
@@ -426,13 +495,7 @@ def test_stream_garbage_midstream_and_cut_short(env):
         cut = pack(event("cut", "never"))
         s.sendall(whole + cut[: len(cut) // 2])
         s.close()
-    wait_until(lambda: transport_counts(agent, "stream")["accepted"] - before["accepted"]
-               >= conns * 25, 10, "whole messages before garbage or a cut accepted")
-    wait_until(lambda: agent.metric("sidetrace_connections_open", transport="unix_stream") == 0,
-               10, "cut-short connections closed")
-    wait_until(lambda: delta(before, transport_counts(agent, "stream")).get("malformed")
-               == 2 * conns, 10, "garbage and cut-short messages counted")
-    d = delta(before, transport_counts(agent, "stream"))
+    d = delta(before, settle_stream(agent, before, 2 * conns))
     assert d.get("garbage_closed") == conns and d.get("malformed") == 2 * conns, d
     assert d["accepted"] == conns * 25, d
     assert_delivered(up, agent, valid.ids, "events before garbage and before a cut")
