@@ -11,7 +11,9 @@
 #   3. the load stops, the upstream comes back, and the agent drains until every
 #      message sent has been delivered, or COMPARE_DRAIN_TIMEOUT_S (default 600)
 #      says what is missing.
-# Prints one JSON line per agent and run, the ratios, and a table (on stderr).
+# Prints one JSON line per agent and run, the ratios, and a table (on stderr). A run
+# that cannot finish says why on stderr (the failed step, or the line and command that
+# failed) and exits non-zero.
 #
 # Environment: SIDETRACE_BIN (default build/release/agent/sidetrace),
 # COMPARE_RATE (messages/s cap of the load generator; default 0 = unthrottled),
@@ -19,7 +21,24 @@
 # COMPARE_BUILD (tools build dir, default build/compare), COMPARE_KEEP=1 keeps the
 # work directory, COMPARE_LOG_LEVEL (sidetrace's log.level, default warn; debug
 # logs RocksDB's flushes and compactions).
-set -euo pipefail
+set -Eeuo pipefail
+# Command substitutions stop at their first failure too, as the script does.
+shopt -s inherit_errexit
+
+# A failing command stops the run; this says which one, where and with what status
+# (once per shell: a failure inside $(...) is followed by the line that used it).
+err_reported=0
+on_error() {  # status line command
+  local status=$1 line=$2 cmd=$3 where="" i
+  [ "$err_reported" = 0 ] || return 0
+  err_reported=1
+  for ((i = 1; i < ${#FUNCNAME[@]} - 1; i++)); do
+    where+=" in ${FUNCNAME[i]}() called from line ${BASH_LINENO[i]}"
+  done
+  printf '[compare %(%H:%M:%S)T] error: line %s%s: "%s" failed with status %s\n' -1 \
+    "$line" "$where" "$cmd" "$status" >&2
+}
+trap 'on_error $? $LINENO "$BASH_COMMAND"' ERR
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 steady=${COMPARE_STEADY_S:-20}
@@ -70,13 +89,49 @@ pids+=("$sink_pid")
 for _ in $(seq 100); do [ -s "$work/ports" ] && break; sleep 0.05; done
 [ -s "$work/ports" ] || die "the sink did not start"
 read -r data_port control_port <"$work/ports"
-ctl() { curl -sf -X POST "http://127.0.0.1:$control_port/$1" >/dev/null; }
-stats() { curl -sf "http://127.0.0.1:$control_port/stats"; }
+sink_log() { { tail -n 5 "$work/sink.log" 2>/dev/null || true; } | tr '\n' ' '; }
+ctl() {
+  curl -sf -X POST "http://127.0.0.1:$control_port/$1" >/dev/null ||
+    die "the sink did not take POST /$1 (curl status $?); sink log: $(sink_log)"
+}
+stats() {
+  curl -sf "http://127.0.0.1:$control_port/stats" ||
+    die "the sink did not answer GET /stats (curl status $?); sink log: $(sink_log)"
+}
 jget() { sed -E "s/.*\"$2\":([^,}]*).*/\1/" <<<"$1"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 clk_tck=$(getconf CLK_TCK)
 cpu_seconds() { awk -v t="$clk_tck" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
 peak_rss_mib() { awk '/^VmHWM:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+is_count() { [[ $1 =~ ^[0-9]+$ ]]; }
+running() {  # pid: true while the process exists and has not exited (a child not yet reaped)
+  local state
+  state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+
+# MiB used under a directory (du -sm). The agents delete files while du walks the tree
+# (RocksDB's WAL and compactions, syslog-ng's disk buffer); du then reports "No such file
+# or directory" and exits with status 1, having counted the rest. A clean walk is tried
+# three times; otherwise the last total stands, and the run goes on either way.
+disk_mib() {  # dir
+  local dir=$1 out="" rc=0 _
+  for _ in 1 2 3; do
+    rc=0
+    out=$(du -sm "$dir" 2>"$work/du.err") || rc=$?
+    if [ "$rc" = 0 ]; then break; fi
+  done
+  out=${out%%[[:space:]]*}
+  if ! is_count "$out"; then
+    log "warning: du could not measure $dir (status $rc: $(tail -n 1 "$work/du.err"));" \
+      "outage_disk_mib reported as 0"
+    out=0
+  elif [ "$rc" != 0 ]; then
+    log "note: files under $dir vanished while du walked it ($(head -n 1 "$work/du.err"));" \
+      "its total stands"
+  fi
+  echo "$out"
+}
 
 results=()
 declare -A R  # R[agent/sync/field]
@@ -164,20 +219,22 @@ run_one() {  # agent sync
   log "$agent ($sync): upstream down for ${outage}s, load continues"
   sleep "$outage"
   wait "$gen_pid" || die "load generator failed: $(cat "$dir/loadgen.json")"
-  disk=$(du -sm "$dir" 2>/dev/null | awk '{print $1}')
+  disk=$(disk_mib "$dir")
   ctl up
   t_up=$(now)
   s_up=$(stats)
   local gen
   gen=$(cat "$dir/loadgen.json")
   sent=$(jget "$gen" sent)
+  is_count "$sent" || die "the load generator reported no count: $gen"
   log "$agent ($sync): load stopped ($sent sent), upstream up, draining"
   local deadline unique
   deadline=$(awk -v t="$t_up" -v d="$drain_timeout" 'BEGIN {printf "%.3f", t + d}')
   while :; do
     s_end=$(stats)
     unique=$(jget "$s_end" unique)
-    [ "$unique" -ge "$sent" ] && break
+    is_count "$unique" || die "the sink's stats hold no count: $s_end"
+    if [ "$unique" -ge "$sent" ]; then break; fi
     if awk -v n="$(now)" -v d="$deadline" 'BEGIN {exit !(n > d)}'; then
       log "$agent ($sync): drain timeout, $((sent - unique)) of $sent messages missing"
       break
@@ -188,10 +245,12 @@ run_one() {  # agent sync
   sleep 1
   s_end=$(stats)
   local cpu rss dropped
+  running "$agent_pid" ||
+    die "$agent ($sync) exited during the run; its log ends: $(tail -n 20 "$dir/agent.log" || true)"
   cpu=$(cpu_seconds "$agent_pid")
   rss=$(peak_rss_mib "$agent_pid")
   dropped=$(agent_counters "$agent" "$dir")
-  kill -TERM "$agent_pid"
+  kill -TERM "$agent_pid" 2>/dev/null || true
   wait "$agent_pid" 2>/dev/null || true
 
   local line
