@@ -7,5 +7,6 @@ for b in "$build"/bench/*_bench; do
   [ -x "$b" ] || continue
   "$b"
 done
+/usr/bin/python3 "$root/bench/footprint.py" "$build"
 /usr/bin/python3 "$root/sdk/python/bench_emit.py"
 (cd "$root/sdk/node" && { [ -d node_modules ] || npm ci --silent >/dev/null; } && node bench_emit.js)

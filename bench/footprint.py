@@ -1,0 +1,245 @@
+#!/usr/bin/python3
+"""Footprint benchmark: what the real agent costs its host at fixed offered loads.
+
+    /usr/bin/python3 bench/footprint.py [BUILD_DIR]        (part of make bench)
+
+For each exporter (a loopback HTTP sink, the file exporter) and each offered load
+(idle, then FOOTPRINT_RATES messages/s of realistic 5-message traces sent by
+compare_loadgen over the Unix datagram socket), the agent starts on a fresh store
+with the default buffer.sync = "fsync", the load runs for a warm-up, and then for
+FOOTPRINT_SECONDS the agent's CPU is read from /proc/<pid>/task/*/stat (split by
+thread name) and its messages from its own accepted counter. With the quota
+variant (FOOTPRINT_QUOTA=1, the default) the same loads are measured again on a
+store already filled to a small buffer.max_bytes, where a long-running agent lives.
+
+One JSON line per measurement:
+  {"bench":"footprint","exporter":"http","rate":2000,"at_quota":false,
+   "messages":20000,"cpu_us_per_msg":..,"core_pct":..,"threads_us_per_msg":{..},
+   "peak_rss_mib":..,"rss_mib":..,"delivered_events":..}
+Idle lines give core_pct (no messages). Environment: SIDETRACE_BIN,
+FOOTPRINT_RATES (default "200,2000,20000"), FOOTPRINT_SECONDS (default 10),
+FOOTPRINT_WARMUP_S (default 3), FOOTPRINT_EXPORTERS (default "http,file"),
+FOOTPRINT_QUOTA (default 1), FOOTPRINT_DIR (parent of the work directory).
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build/release")
+BIN = os.environ.get("SIDETRACE_BIN", os.path.join(BUILD, "agent/sidetrace"))
+TOOLS = os.path.join(ROOT, "build/compare")
+RATES = [int(r) for r in os.environ.get("FOOTPRINT_RATES", "200,2000,20000").split(",") if r]
+SECONDS = float(os.environ.get("FOOTPRINT_SECONDS", "10"))
+WARMUP = float(os.environ.get("FOOTPRINT_WARMUP_S", "3"))
+EXPORTERS = os.environ.get("FOOTPRINT_EXPORTERS", "http,file").split(",")
+QUOTA = os.environ.get("FOOTPRINT_QUOTA", "1") == "1"
+QUOTA_BYTES = 64 << 20
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg):
+    print(f"[footprint {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def wait_until(cond, timeout, what, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(interval)
+    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+
+
+def build_tools():
+    subprocess.run(["cmake", "-S", os.path.join(ROOT, "bench/compare"), "-B", TOOLS,
+                    "-DCMAKE_BUILD_TYPE=Release"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", TOOLS, "-j2"], check=True, stdout=subprocess.DEVNULL)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def thread_cpu(pid):
+    """CPU seconds per thread name (utime + stime), summed over same-named threads."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # the thread ended
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        # Thread pools (RocksDB's, jemalloc's) are summed under one name.
+        name = re.sub(r"[:\d]+$", "", name) or name
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+def process_cpu(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def status_mib(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Agent:
+    def __init__(self, work, exporter, sink_port, max_bytes=None):
+        self.dir = work
+        self.admin = free_port()
+        self.sock = os.path.join(work, "app.dgram.sock")
+        upstream = (f'[upstream]\nendpoint = "http://127.0.0.1:{sink_port}"\n'
+                    if exporter == "http" else "")
+        buffer = '[buffer]\nsync = "fsync"\n'
+        if max_bytes:
+            buffer += f"max_bytes = {max_bytes}\n"
+        with open(os.path.join(work, "agent.toml"), "w") as f:
+            f.write(f'data_dir = "{work}/data"\n\n[listen]\nunix_stream = ""\n'
+                    f'unix_dgram = "{self.sock}"\nudp = ""\n\n'
+                    f'[admin]\nlisten = "127.0.0.1:{self.admin}"\n\n'
+                    f'{upstream}{buffer}\n[log]\nlevel = "warn"\n')
+        self.log = open(os.path.join(work, "agent.log"), "w")
+        self.proc = subprocess.Popen([BIN, "agent", "--config", os.path.join(work, "agent.toml")],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        wait_until(lambda: self.ready(), 30, "the agent to be ready")
+
+    def get(self, path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}{path}", timeout=5) as r:
+            return r.read().decode()
+
+    def ready(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the agent exited ({self.proc.returncode}); see {self.log.name}")
+        try:
+            return self.get("/readyz") is not None and os.path.exists(self.sock)
+        except OSError:
+            return False
+
+    def metric(self, name):
+        total = 0.0
+        for line in self.get("/metrics").splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def loadgen(sock, rate, seconds):
+    return subprocess.Popen([os.path.join(TOOLS, "compare_loadgen"), "--socket", sock,
+                             "--format", "msgpack", "--seconds", str(seconds),
+                             "--rate", str(rate)], stdout=subprocess.PIPE, text=True)
+
+
+def measure(agent, rate, exporter, at_quota):
+    pid = agent.proc.pid
+    gen = None
+    if rate > 0:
+        gen = loadgen(agent.sock, rate, WARMUP + SECONDS + 1)
+        time.sleep(WARMUP)  # the load generator runs on; this is the warm-up it gets
+    accepted0 = agent.metric("sidetrace_accepted_messages_total")
+    delivered0 = agent.metric("sidetrace_events_delivered_total")
+    threads0, cpu0, t0 = thread_cpu(pid), process_cpu(pid), time.monotonic()
+    time.sleep(SECONDS)  # the measured window
+    threads1, cpu1, t1 = thread_cpu(pid), process_cpu(pid), time.monotonic()
+    accepted1 = agent.metric("sidetrace_accepted_messages_total")
+    delivered1 = agent.metric("sidetrace_events_delivered_total")
+    if gen:
+        gen.communicate(timeout=WARMUP + SECONDS + 60)
+    msgs = accepted1 - accepted0
+    cpu = cpu1 - cpu0
+    line = {"bench": "footprint", "exporter": exporter, "rate": rate, "at_quota": at_quota,
+            "seconds": round(t1 - t0, 2), "messages": int(msgs),
+            "core_pct": round(100 * cpu / (t1 - t0), 3),
+            "peak_rss_mib": round(status_mib(pid, "VmHWM"), 1),
+            "rss_mib": round(status_mib(pid, "VmRSS"), 1),
+            "delivered_events": int(delivered1 - delivered0)}
+    if msgs > 0:
+        line["cpu_us_per_msg"] = round(1e6 * cpu / msgs, 2)
+        line["threads_us_per_msg"] = {
+            k: round(1e6 * (threads1.get(k, 0) - threads0.get(k, 0)) / msgs, 2)
+            for k in sorted(threads1) if threads1.get(k, 0) - threads0.get(k, 0) > 0}
+    print(json.dumps(line), flush=True)
+
+
+def fill_to_quota(agent):
+    """Floods the agent until its store holds buffer.max_bytes (it then evicts)."""
+    gen = loadgen(agent.sock, 0, 120)
+    try:
+        wait_until(lambda: agent.metric("sidetrace_buffer_bytes") >= 0.9 * QUOTA_BYTES and
+                   agent.metric("sidetrace_dropped_by_policy_total") > 0,
+                   120, "the store to reach its quota", interval=0.5)
+    finally:
+        gen.terminate()
+        gen.communicate()
+    # Let the flood's backlog reach the exporter before measuring.
+    wait_until(lambda: agent.metric("sidetrace_open_traces") < 1000, 120,
+               "the flood to be assembled", interval=0.5)
+
+
+def main():
+    if not os.access(BIN, os.X_OK):
+        sys.exit(f"footprint: no agent binary at {BIN}")
+    build_tools()
+    parent = os.environ.get("FOOTPRINT_DIR") or None
+    work = tempfile.mkdtemp(prefix="sidetrace-footprint.", dir=parent)
+    sink = None
+    try:
+        ports = os.path.join(work, "sink.ports")
+        sink = subprocess.Popen([os.path.join(TOOLS, "compare_sink"), "--ports-file", ports],
+                                stderr=subprocess.DEVNULL)
+        wait_until(lambda: os.path.exists(ports) and os.path.getsize(ports) > 0, 10, "the sink")
+        with open(ports) as f:
+            sink_port = int(f.read().split()[0])
+        variants = [(False, None)] + ([(True, QUOTA_BYTES)] if QUOTA else [])
+        for exporter in EXPORTERS:
+            for at_quota, max_bytes in variants:
+                d = tempfile.mkdtemp(dir=work)
+                log(f"{exporter} exporter{' at quota' if at_quota else ''}")
+                agent = Agent(d, exporter, sink_port, max_bytes)
+                try:
+                    if at_quota:
+                        fill_to_quota(agent)
+                    else:
+                        measure(agent, 0, exporter, at_quota)
+                    for rate in RATES:
+                        measure(agent, rate, exporter, at_quota)
+                finally:
+                    agent.stop()
+                    shutil.rmtree(d, ignore_errors=True)
+    finally:
+        if sink:
+            sink.terminate()
+            sink.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
