@@ -140,6 +140,10 @@ struct FileExporter::Impl {
   void run() {
     std::vector<buffer::OutboxEntry> entries;
     uint32_t failures = 0;
+    // The outbox is read on from the first entry not yet written: entries
+    // are appended in seq order, and those before it are acknowledged (their
+    // deleted keys are never walked again).
+    uint64_t next = 0;
     for (;;) {
       Options o;
       {
@@ -149,7 +153,7 @@ struct FileExporter::Impl {
         notified = false;
       }
       entries.clear();
-      buffer::Status s = store.read_outbox(0, 1024, 4u << 20, &entries);
+      buffer::Status s = store.read_outbox(next, 1024, 4u << 20, &entries);
       bool ok = s.ok();
       if (!ok) log.log(spdlog::level::err, "upstream: outbox read failed: " + s.message());
       if (ok && !entries.empty()) {
@@ -183,6 +187,7 @@ struct FileExporter::Impl {
             stats.events_delivered += events;
             stats.bytes_sent += bytes;
             last_success_mono = clock.mono_ns();
+            next = entries.back().seq + 1;
             for (auto& e : entries) {
               uint64_t ms = now > e.emitted_ns ? (now - e.emitted_ns) / 1'000'000 : 0;
               size_t i = 0;
@@ -203,11 +208,16 @@ struct FileExporter::Impl {
         ++failures;
       }
       std::unique_lock lock(mu);
-      auto wait = ok ? std::chrono::milliseconds(o.flush_interval_ms)
-                     : std::chrono::milliseconds(std::min<uint64_t>(
-                           uint64_t{o.retry_initial_ms} << std::min<uint32_t>(failures, 10),
-                           o.retry_max_ms));
-      cv.wait_for(lock, wait, [&] { return stop_requested || (ok && notified); });
+      if (ok) {
+        // Nothing left to write: sleep until the outbox grows.
+        cv.wait(lock, [&] { return stop_requested || notified; });
+      } else {
+        cv.wait_for(lock,
+                    std::chrono::milliseconds(std::min<uint64_t>(
+                        uint64_t{o.retry_initial_ms} << std::min<uint32_t>(failures, 10),
+                        o.retry_max_ms)),
+                    [&] { return stop_requested; });
+      }
     }
     if (file != nullptr) {
       std::fclose(file);
