@@ -7,6 +7,13 @@
 // up to a weight with pop_upto(); both wait up to a timeout. close() wakes every waiter; after it,
 // try_push() refuses and pop_all() drains what is left, then returns false.
 //
+// A consumer that works in rounds waits with wait_for_weight(): it sleeps
+// through arrivals until the queued weight reaches the queue's wake weight
+// (or its timeout, or close()), so that a round costs one wake-up, not one
+// per item. Producers wake a waiting consumer only when the queue was empty
+// or when the weight reaches the wake weight; 0 (the default) wakes it for
+// every item.
+//
 // Thread safety: every method may be called from any thread.
 #pragma once
 
@@ -23,7 +30,8 @@ namespace sidetrace {
 template <typename T>
 class BoundedQueue {
  public:
-  explicit BoundedQueue(size_t max_weight) : max_weight_(max_weight) {}
+  explicit BoundedQueue(size_t max_weight, size_t wake_weight = 0)
+      : max_weight_(max_weight), wake_weight_(wake_weight) {}
 
   BoundedQueue(const BoundedQueue&) = delete;
   BoundedQueue& operator=(const BoundedQueue&) = delete;
@@ -33,14 +41,16 @@ class BoundedQueue {
   // An item heavier than the whole bound is accepted only into an empty queue,
   // so that nothing is refused forever.
   bool try_push(T& item, size_t weight) {
+    bool wake = false;
     {
       std::lock_guard lock(mu_);
       if (closed_) return false;
       if (weight_ + weight > max_weight_ && !items_.empty()) return false;
       items_.emplace_back(std::move(item), weight);
       weight_ += weight;
+      wake = items_.size() == 1 || weight_ >= wake_weight_;
     }
-    cv_.notify_one();
+    if (wake) cv_.notify_one();
     return true;
   }
   bool try_push(T&& item, size_t weight) { return try_push(item, weight); }
@@ -80,6 +90,14 @@ class BoundedQueue {
     return true;
   }
 
+  // Waits up to `timeout` until the queued weight reaches the wake weight,
+  // or the queue is closed; takes nothing.
+  template <typename Rep, typename Period>
+  void wait_for_weight(std::chrono::duration<Rep, Period> timeout) {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, timeout, [&] { return closed_ || weight_ >= wake_weight_; });
+  }
+
   void close() {
     {
       std::lock_guard lock(mu_);
@@ -100,6 +118,7 @@ class BoundedQueue {
 
  private:
   const size_t max_weight_;
+  const size_t wake_weight_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::pair<T, size_t>> items_;

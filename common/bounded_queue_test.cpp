@@ -59,6 +59,32 @@ TEST(BoundedQueue, PopAllTimesOutEmptyAndDrainsAfterClose) {
   EXPECT_FALSE(q.pop_all(out, std::chrono::milliseconds(0)));
 }
 
+TEST(BoundedQueue, WaitForWeightSleepsThroughSmallArrivals) {
+  BoundedQueue<int> q(100, 30);
+  std::vector<int> out;
+  ASSERT_TRUE(q.try_push(1, 10));
+  ASSERT_TRUE(q.try_push(2, 10));
+  // Under the wake weight: the wait runs to its timeout and takes nothing.
+  auto t0 = std::chrono::steady_clock::now();
+  q.wait_for_weight(std::chrono::milliseconds(30));
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(30));
+  EXPECT_EQ(q.size(), 2u);
+  // Reaching it ends the wait long before its timeout.
+  std::thread producer([&q] { q.try_push(3, 10); });
+  t0 = std::chrono::steady_clock::now();
+  q.wait_for_weight(std::chrono::seconds(60));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(30));
+  producer.join();
+  ASSERT_TRUE(q.pop_all(out, std::chrono::milliseconds(0)));
+  EXPECT_EQ(out, (std::vector<int>{1, 2, 3}));
+  // A consumer waiting for its first item is still woken by one.
+  out.clear();
+  std::thread late([&q] { q.try_push(4, 1); });
+  ASSERT_TRUE(q.pop_all(out, std::chrono::seconds(60)));
+  late.join();
+  EXPECT_EQ(out, std::vector<int>{4});
+}
+
 TEST(BoundedQueue, ManyProducersLoseNothingAccepted) {
   BoundedQueue<int> q(1 << 20);
   constexpr int kPerThread = 20000;

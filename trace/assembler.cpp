@@ -26,7 +26,9 @@ Assembler::Assembler(buffer::Store& store, const Clock& clock, AssemblerOptions 
       clock_(clock),
       opts_(options),
       log_(10, std::chrono::seconds(10), clock),
-      queue_(options.queue_bytes) {}
+      // The thread works in rounds of one tick: notices end a round early
+      // only once a quarter of the queue's bound waits.
+      queue_(options.queue_bytes, options.queue_bytes / 4) {}
 
 Assembler::~Assembler() {
   stop();
@@ -343,7 +345,7 @@ void Assembler::start() {
     // it spills to the store).
     lower_thread_priority(opts_.nice);
     while (!stop_.load()) {
-      queue_.pop_all(inbox_, opts_.tick);
+      queue_.wait_for_weight(opts_.tick);
       poll();
     }
   });
