@@ -147,7 +147,12 @@ void Agent::Impl::start() {
         quarantined);
   }
 
-  queue = std::make_unique<BoundedQueue<ipc::MessageBatch>>(cfg.intake.queue_bytes);
+  buffer::WriterOptions writer_opts;
+  writer_opts.commit_delay = std::chrono::milliseconds(cfg.buffer.commit_delay_ms);
+  writer_opts.transform = [this](ipc::Message& m) { return redactor.apply(m, &redact_stats); };
+  // The writer waiting out its commit delay is woken early by a group's worth.
+  queue = std::make_unique<BoundedQueue<ipc::MessageBatch>>(cfg.intake.queue_bytes,
+                                                            writer_opts.commit_bytes);
   trace::AssemblerOptions assembler_opts = assembler_options(cfg);
   assembler_opts.on_emitted = [this](const std::string& id, uint32_t revision,
                                      std::string document) {
@@ -164,8 +169,6 @@ void Agent::Impl::start() {
     throw std::runtime_error("cannot read the store's pending messages: " + s.ToString());
   }
   redactor.store(make_redactor(cfg));
-  buffer::WriterOptions writer_opts;
-  writer_opts.transform = [this](ipc::Message& m) { return redactor.apply(m, &redact_stats); };
   writer = std::make_unique<buffer::Writer>(
       *store, *queue,
       [a = assembler.get()](std::span<const buffer::Committed> c) { a->on_committed(c); }, clock,

@@ -67,7 +67,11 @@ void Writer::run() {
     // With nothing to write, a failed store is still resumed: the assembler
     // and delivery need it too.
     if (batches.empty() && (degraded_.load() || store_.needs_resume())) usable();
-    if (!batches.empty()) busy_since_ns_.store(std::max<uint64_t>(clock_.mono_ns(), 1));
+    if (!batches.empty()) {
+      // Busy from here: what the writer holds while it lingers is not stored.
+      busy_since_ns_.store(std::max<uint64_t>(clock_.mono_ns(), 1));
+      if (open) linger(batches);
+    }
     size_t bytes = 0;
     for (auto& batch : batches) {
       for (auto& m : batch) {
@@ -99,6 +103,26 @@ void Writer::run() {
     busy_since_ns_.store(0);
     if (!open) return;
   }
+}
+
+void Writer::linger(std::vector<ipc::MessageBatch>& batches) {
+  if (opts_.commit_delay.count() <= 0) return;
+  uint64_t oldest = UINT64_MAX;
+  size_t bytes = 0;
+  for (const auto& batch : batches) {
+    for (const auto& m : batch) {
+      oldest = std::min(oldest, m.recv_ns);
+      bytes += m.raw.size();
+    }
+  }
+  const uint64_t due = oldest + static_cast<uint64_t>(
+                                    std::chrono::nanoseconds(opts_.commit_delay).count());
+  const uint64_t now = clock_.now_ns();
+  if (bytes >= opts_.commit_bytes || now >= due) return;
+  // Messages arriving meanwhile do not wake the writer: only the delay's end,
+  // a full group's weight in the queue, or the queue's close do.
+  queue_.wait_for_weight(std::chrono::nanoseconds(due - now));
+  queue_.pop_upto(batches, opts_.max_group_bytes - bytes, std::chrono::milliseconds(0));
 }
 
 bool Writer::usable() {

@@ -47,6 +47,14 @@ namespace sidetrace::buffer {
 struct WriterOptions {
   size_t max_group_messages = 8192;
   size_t max_group_bytes = 2 << 20;
+  // How long the first message of a group may wait (from its receive time)
+  // for others to join the commit, unless `commit_bytes` of messages are in
+  // hand: a sustained load fills groups without waiting, while messages that
+  // arrive one by one share a commit (and its sync) instead of paying one
+  // each. The queue's wake weight should be `commit_bytes`, so that it wakes
+  // the waiting writer. 0 = commit at once.
+  std::chrono::milliseconds commit_delay{0};
+  size_t commit_bytes = 32 << 10;
   // After a write failure, Store::resume() is tried after `resume_interval`,
   // then at doubling intervals up to `max_resume_interval`.
   std::chrono::milliseconds resume_interval{100};
@@ -103,6 +111,8 @@ class Writer {
 
  private:
   void run();
+  // Waits, within the commit delay, for more messages to join `batches`.
+  void linger(std::vector<ipc::MessageBatch>& batches);
   void commit(std::span<const ipc::Message> group, size_t bytes);
   void store_group(std::span<const ipc::Message> group, size_t bytes);
   // False while the store is failing and not (yet) resumed; resumes it when

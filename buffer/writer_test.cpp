@@ -374,5 +374,47 @@ TEST(WriterTest, WatermarkIsNowWhenIdleAndTheLastGroupDoneWithWhenBusy) {
   w.stop();
 }
 
+TEST(WriterTest, CommitDelayLetsMessagesArrivingOneByOneShareACommit) {
+  TempDir dir;
+  std::unique_ptr<Store> store = open_store(dir);
+  ASSERT_TRUE(store);
+  ManualClock clock(1'000'000'000);
+  WriterOptions wo;
+  wo.commit_delay = std::chrono::milliseconds(200);
+  wo.commit_bytes = 2048;
+  BoundedQueue<ipc::MessageBatch> q(64 << 20, wo.commit_bytes);
+  Sink sink;
+  Writer w(*store, q, [&](std::span<const Committed> c) { sink(c); }, clock, wo);
+  w.start();
+  // Three single messages received within the delay of the first (the
+  // clock stands still): one commit for all three.
+  for (int i = 0; i < 3; ++i) {
+    auto b = batch("t", 1);
+    b[0].recv_ns = clock.now_ns();
+    ASSERT_TRUE(q.try_push(b, 100));
+  }
+  ASSERT_TRUE(eventually([&] { return w.stats().persisted == 3; }));
+  EXPECT_EQ(w.stats().commits, 1u);
+  // A message already older than the delay is committed without waiting
+  // for company, and commit_bytes in the queue end a wait early: both
+  // commit well before a delay that long could pass.
+  WriterOptions slow = wo;
+  slow.commit_delay = std::chrono::hours(1);
+  BoundedQueue<ipc::MessageBatch> q2(64 << 20, slow.commit_bytes);
+  Writer w2(*store, q2, nullptr, clock, slow);
+  w2.start();
+  auto old = batch("u", 1);
+  old[0].recv_ns = clock.now_ns() - 2 * 3'600'000'000'000ull;
+  ASSERT_TRUE(q2.try_push(old, 100));
+  ASSERT_TRUE(eventually([&] { return w2.stats().persisted == 1; }));
+  auto first = batch("v", 1);
+  first[0].recv_ns = clock.now_ns();
+  ASSERT_TRUE(q2.try_push(first, 100));
+  ASSERT_TRUE(q2.try_push(batch("v", 3, 1000), 3000));
+  ASSERT_TRUE(eventually([&] { return w2.stats().persisted == 5; }));
+  w2.stop();
+  w.stop();
+}
+
 }  // namespace
 }  // namespace sidetrace::buffer

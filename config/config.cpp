@@ -158,6 +158,10 @@ const std::vector<Key>& keys() {
       Key("buffer.sync", Type::kEnum, at([](Config& c) { return &c.buffer.sync; }))
           .one_of({"fsync", "os"})
           .restart(),
+      Key("buffer.commit_delay_ms", Type::kInt,
+          at([](Config& c) { return &c.buffer.commit_delay_ms; }))
+          .range(0, 1000)
+          .restart(),
       Key("buffer.when_full", Type::kEnum, at([](Config& c) { return &c.buffer.when_full; }))
           .one_of({"drop_oldest", "drop_newest"}),
       Key("exporter.file", Type::kString, at([](Config& c) { return &c.exporter.file; })).restart(),
