@@ -176,16 +176,24 @@ int main(int argc, char** argv) {
     if (*emit_cmd) {
       return sidetrace::ipc::run_emit(emit, std::cin, std::cerr);
     }
+    // The tools that talk to the admin endpoint take its address and its
+    // token from the configuration (file, environment, --set).
     if (*status_cmd) {
-      if (admin_addr.empty()) admin_addr = load_config(config_file, sets).admin.listen;
-      return sidetrace::agent::run_status(admin_addr, status_metrics, std::cout, std::cerr);
+      Config cfg = load_config(config_file, sets);
+      if (admin_addr.empty()) admin_addr = cfg.admin.listen;
+      return sidetrace::agent::run_status(admin_addr, sidetrace::config::admin_token(cfg),
+                                          status_metrics, std::cout, std::cerr);
     }
     if (*reload_cmd) {
-      if (admin_addr.empty()) admin_addr = load_config(config_file, sets).admin.listen;
-      return sidetrace::agent::run_reload(admin_addr, std::cout, std::cerr);
+      Config cfg = load_config(config_file, sets);
+      if (admin_addr.empty()) admin_addr = cfg.admin.listen;
+      return sidetrace::agent::run_reload(admin_addr, sidetrace::config::admin_token(cfg),
+                                          std::cout, std::cerr);
     }
     if (*tail_cmd) {
-      if (tail.admin.empty()) tail.admin = load_config(config_file, sets).admin.listen;
+      Config cfg = load_config(config_file, sets);
+      if (tail.admin.empty()) tail.admin = cfg.admin.listen;
+      tail.token = sidetrace::config::admin_token(cfg);
       tail.interval = std::chrono::milliseconds(tail_interval_ms);
       tail.color = !tail_no_color && ::isatty(STDOUT_FILENO) != 0;
       return sidetrace::agent::run_tail(tail, std::cout, std::cerr);
