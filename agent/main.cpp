@@ -147,6 +147,12 @@ int main(int argc, char** argv) {
   tail_cmd->add_flag("--errors", tail.errors_only, "Only traces with an error");
   tail_cmd->add_flag("--no-color", tail_no_color, "Plain text, no ANSI colors");
 
+  for (CLI::App* cmd : {status_cmd, reload_cmd, dl_cmd, tail_cmd}) {
+    cmd->footer(
+        "An agent with an admin token needs it: admin.token or admin.token_file (--config, "
+        "--set), or SIDETRACE_ADMIN_TOKEN or SIDETRACE_ADMIN_TOKEN_FILE.");
+  }
+
   CLI11_PARSE(app, argc, argv);
 
   try {
