@@ -117,10 +117,13 @@ std::optional<Refusal> refusal(const Request& req, const AdminAccess& access,
         403, "a POST from another site (Sec-Fetch-Site: " + std::string(site) + ") is refused"};
   }
   std::string_view origin = trim(header(req, "Origin"));
-  if (!origin.empty() &&
-      !(!host.empty() && (iequals(origin, "http://" + std::string(host)) ||
-                          iequals(origin, "https://" + std::string(host))))) {
-    return Refusal{403, "a POST from another origin (" + std::string(origin) + ") is refused"};
+  if (!origin.empty()) {
+    const std::string self(host);
+    bool same =
+        !self.empty() && (iequals(origin, "http://" + self) || iequals(origin, "https://" + self));
+    if (!same) {
+      return Refusal{403, "a POST from another origin (" + std::string(origin) + ") is refused"};
+    }
   }
   if (trim(header(req, kRequestHeader)).empty()) {
     return Refusal{403, "a POST needs the header \"" + std::string(kRequestHeader) +
