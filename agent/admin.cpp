@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
@@ -23,10 +24,122 @@ namespace {
 constexpr auto kReadDeadline = std::chrono::seconds(30);
 constexpr size_t kBodyLimit = 16 * 1024;
 
+using Request = http::request<http::string_body>;
+
+// What every session shares: the routes and the access rules.
+struct Shared {
+  AdminHandler handler;
+  AdminAccess access;
+};
+
+struct Refusal {
+  unsigned status = 403;
+  std::string reason;
+};
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
+    s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
+    s.remove_suffix(1);
+  return s;
+}
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  return out;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && lower(a) == lower(b);
+}
+
+bool all_digits(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+std::string_view header(const Request& req, std::string_view name) {
+  auto it = req.find(beast::string_view(name.data(), name.size()));
+  if (it == req.end()) return {};
+  return std::string_view(it->value().data(), it->value().size());
+}
+
+// An IPv4 address carried in IPv6 (::ffff:a.b.c.d, as a dual-stack listener
+// sees IPv4 peers) as the IPv4 address itself.
+net::ip::address unmapped(const net::ip::address& a) {
+  if (a.is_v6() && a.to_v6().is_v4_mapped()) {
+    return net::ip::make_address_v4(net::ip::v4_mapped, a.to_v6());
+  }
+  return a;
+}
+
+bool is_open_path(const AdminAccess& access, const Request& req) {
+  if (req.method() != http::verb::get && req.method() != http::verb::head) return false;
+  std::string_view target(req.target().data(), req.target().size());
+  std::string_view path = target.substr(0, target.find('?'));
+  return std::find(access.open_paths.begin(), access.open_paths.end(), path) !=
+         access.open_paths.end();
+}
+
+// Whether the Authorization header carries `token` as a bearer token.
+bool has_token(const Request& req, const std::string& token) {
+  std::string_view value = trim(header(req, "Authorization"));
+  size_t space = value.find(' ');
+  if (space == std::string_view::npos || !iequals(value.substr(0, space), "Bearer")) {
+    return false;
+  }
+  return equal_constant_time(trim(value.substr(space + 1)), token);
+}
+
+// Why the request may not reach the handler, if it may not (the order of
+// the checks is the order of the statuses in admin.h).
+std::optional<Refusal> refusal(const Request& req, const AdminAccess& access,
+                               const std::string& local_address) {
+  if (req.count(http::field::host) > 1) return Refusal{400, "more than one Host header"};
+  std::string_view host = header(req, "Host");
+  if (!host.empty() && !admin_host_allowed(host, access.allowed_hosts, local_address)) {
+    return Refusal{421, "the host name \"" + std::string(host) +
+                            "\" is not accepted here; use 127.0.0.1 or localhost, or add it "
+                            "to admin.allowed_hosts"};
+  }
+  if (!access.token.empty() && !is_open_path(access, req) && !has_token(req, access.token)) {
+    return Refusal{401,
+                   "this endpoint needs the admin token (admin.token) as "
+                   "\"Authorization: Bearer <token>\""};
+  }
+  if (req.method() != http::verb::post) return std::nullopt;
+  std::string_view site = trim(header(req, "Sec-Fetch-Site"));
+  if (!site.empty() && !iequals(site, "same-origin") && !iequals(site, "none")) {
+    return Refusal{
+        403, "a POST from another site (Sec-Fetch-Site: " + std::string(site) + ") is refused"};
+  }
+  std::string_view origin = trim(header(req, "Origin"));
+  if (!origin.empty()) {
+    const std::string self(host);
+    bool same =
+        !self.empty() && (iequals(origin, "http://" + self) || iequals(origin, "https://" + self));
+    if (!same) {
+      return Refusal{403, "a POST from another origin (" + std::string(origin) + ") is refused"};
+    }
+  }
+  if (trim(header(req, kRequestHeader)).empty()) {
+    return Refusal{403, "a POST needs the header \"" + std::string(kRequestHeader) +
+                            ": 1\" (sidetrace and the viewer send it; a form cannot)"};
+  }
+  return std::nullopt;
+}
+
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket&& socket, std::shared_ptr<const AdminHandler> handler)
-      : stream_(std::move(socket)), handler_(std::move(handler)) {}
+  Session(tcp::socket&& socket, std::shared_ptr<const Shared> shared)
+      : stream_(std::move(socket)), shared_(std::move(shared)) {
+    beast::error_code ec;
+    auto local = stream_.socket().local_endpoint(ec);
+    if (!ec) local_address_ = unmapped(local.address()).to_string();
+  }
 
   void run() {
     net::dispatch(stream_.get_executor(),
@@ -50,14 +163,24 @@ class Session : public std::enable_shared_from_this<Session> {
     res_.version(req.version());
     res_.keep_alive(req.keep_alive());
     res_.set(http::field::server, "sidetrace");
-    if (req.method() != http::verb::get && req.method() != http::verb::head &&
-        req.method() != http::verb::post) {
+    res_.set("X-Content-Type-Options", "nosniff");
+    res_.set("X-Frame-Options", "DENY");
+    if (auto r = refusal(req, shared_->access, local_address_)) {
+      spdlog::debug("admin: refused {} {} with {}: {}", std::string(req.method_string()),
+                    std::string(req.target()), r->status, r->reason);
+      res_.result(r->status);
+      res_.set(http::field::content_type, "text/plain; charset=utf-8");
+      res_.set(http::field::cache_control, "no-store");
+      if (r->status == 401) res_.set(http::field::www_authenticate, "Bearer realm=\"sidetrace\"");
+      if (req.method() != http::verb::head) res_.body() = r->reason + "\n";
+    } else if (req.method() != http::verb::get && req.method() != http::verb::head &&
+               req.method() != http::verb::post) {
       res_.result(http::status::method_not_allowed);
       res_.set(http::field::content_type, "text/plain");
       res_.body() = "only GET, HEAD and POST are supported\n";
     } else {
       std::string method = req.method() == http::verb::post ? "POST" : "GET";
-      AdminResponse r = (*handler_)(method, std::string(req.target()));
+      AdminResponse r = shared_->handler(method, std::string(req.target()));
       res_.result(r.status);
       res_.set(http::field::content_type, r.content_type);
       res_.set(http::field::cache_control, "no-store");
@@ -83,16 +206,17 @@ class Session : public std::enable_shared_from_this<Session> {
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   http::response<http::string_body> res_;
-  std::shared_ptr<const AdminHandler> handler_;
+  std::shared_ptr<const Shared> shared_;
+  std::string local_address_;  // the address the connection came in on
 };
 
 }  // namespace
 
 struct AdminServer::Impl : std::enable_shared_from_this<AdminServer::Impl> {
-  Impl(net::io_context& io, AdminHandler h)
+  Impl(net::io_context& io, AdminHandler h, AdminAccess access)
       : io(io),
         acceptor(net::make_strand(io)),
-        handler(std::make_shared<AdminHandler>(std::move(h))) {}
+        shared(std::make_shared<Shared>(Shared{std::move(h), std::move(access)})) {}
 
   void do_accept() {
     acceptor.async_accept(net::make_strand(io),
@@ -102,7 +226,7 @@ struct AdminServer::Impl : std::enable_shared_from_this<AdminServer::Impl> {
   void on_accept(beast::error_code ec, tcp::socket socket) {
     if (ec == net::error::operation_aborted || !acceptor.is_open()) return;
     if (!ec) {
-      std::make_shared<Session>(std::move(socket), handler)->run();
+      std::make_shared<Session>(std::move(socket), shared)->run();
     } else {
       spdlog::warn("admin: accept failed: {}", ec.message());
     }
@@ -111,11 +235,11 @@ struct AdminServer::Impl : std::enable_shared_from_this<AdminServer::Impl> {
 
   net::io_context& io;
   tcp::acceptor acceptor;
-  std::shared_ptr<const AdminHandler> handler;
+  std::shared_ptr<const Shared> shared;
 };
 
-AdminServer::AdminServer(net::io_context& io, AdminHandler handler)
-    : impl_(std::make_shared<Impl>(io, std::move(handler))) {}
+AdminServer::AdminServer(net::io_context& io, AdminHandler handler, AdminAccess access)
+    : impl_(std::make_shared<Impl>(io, std::move(handler), std::move(access))) {}
 
 AdminServer::~AdminServer() {
   stop();
@@ -135,6 +259,59 @@ bool split_host_port(const std::string& host_port, std::string* host, unsigned s
   *host = h;
   *port = static_cast<unsigned short>(v);
   return true;
+}
+
+bool admin_host_allowed(std::string_view host_header, const std::vector<std::string>& allowed_hosts,
+                        std::string_view local_address) {
+  std::string_view h = trim(host_header);
+  std::string_view name, port;
+  if (h.starts_with('[')) {
+    size_t close = h.find(']');
+    if (close == std::string_view::npos) return false;
+    name = h.substr(1, close - 1);
+    std::string_view rest = h.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest.front() != ':') return false;
+      port = rest.substr(1);
+    }
+  } else {
+    size_t colon = h.find(':');
+    name = h.substr(0, colon);
+    if (colon != std::string_view::npos) port = h.substr(colon + 1);
+  }
+  if (!all_digits(port)) return false;  // also an unbracketed IPv6 address
+  std::string host = lower(name);
+  if (host.ends_with('.')) host.pop_back();
+  if (host.empty()) return false;
+  if (host == "localhost" || host.ends_with(".localhost")) return true;
+  beast::error_code ec;
+  auto address = net::ip::make_address(host, ec);
+  if (!ec) {
+    address = unmapped(address);
+    if (address.is_loopback()) return true;
+    auto local = net::ip::make_address(std::string(local_address), ec);
+    if (!ec && unmapped(local) == address) return true;
+  }
+  for (const auto& entry : allowed_hosts) {
+    std::string e = lower(entry);
+    if (e.ends_with('.')) e.pop_back();
+    if (e.empty()) continue;
+    if (host == e) return true;
+    if (e.front() == '.' && (host == e.substr(1) || host.ends_with(e))) return true;
+  }
+  return false;
+}
+
+bool equal_constant_time(std::string_view a, std::string_view b) {
+  // Every byte of `b` is compared, against `a` cycled when it is shorter.
+  unsigned diff = a.size() == b.size() ? 0u : 1u;
+  for (size_t i = 0; i < b.size(); ++i) {
+    unsigned char x = a.empty() ? 0 : static_cast<unsigned char>(a[i % a.size()]);
+    diff |= static_cast<unsigned>(x ^ static_cast<unsigned char>(b[i]));
+  }
+  // Read through a volatile, so that the loop is not cut short.
+  volatile unsigned result = diff;
+  return result == 0;
 }
 
 std::error_code AdminServer::listen(const std::string& host_port, std::string* error) {
@@ -183,13 +360,17 @@ void AdminServer::stop() {
 
 bool admin_request(const std::string& host_port, const std::string& method,
                    const std::string& target, unsigned* status, std::string* body,
-                   std::string* error) {
+                   std::string* error, const std::string& token) {
   std::string host;
   unsigned short port = 0;
   if (!split_host_port(host_port, &host, &port)) {
     *error = "\"" + host_port + "\" is not host:port";
     return false;
   }
+  // An agent listening on every address (admin.listen = 0.0.0.0:7718) is
+  // reached through loopback.
+  if (host == "0.0.0.0") host = "127.0.0.1";
+  if (host == "::") host = "::1";
   try {
     net::io_context io;
     tcp::resolver resolver(io);
@@ -199,8 +380,11 @@ bool admin_request(const std::string& host_port, const std::string& method,
     http::request<http::string_body> req{method == "POST" ? http::verb::post : http::verb::get,
                                          target, 11};
     req.prepare_payload();
-    req.set(http::field::host, host);
+    std::string host_header = host.find(':') != std::string::npos ? "[" + host + "]" : host;
+    req.set(http::field::host, host_header + ":" + std::to_string(port));
     req.set(http::field::connection, "close");
+    req.set(beast::string_view(kRequestHeader.data(), kRequestHeader.size()), "1");
+    if (!token.empty()) req.set(http::field::authorization, "Bearer " + token);
     http::write(stream, req);
     beast::flat_buffer buffer;
     http::response<http::string_body> res;

@@ -6,6 +6,19 @@
 // counters and snapshots). Requests have a read deadline and a body limit;
 // connections are kept alive.
 //
+// Before a request reaches the handler, the server refuses (AdminAccess):
+//   421  a Host header that names neither a loopback name or address
+//        (localhost, *.localhost, 127.0.0.0/8, ::1), nor the address the
+//        connection came in on, nor one of `allowed_hosts` (a page reached
+//        through DNS rebinding sends its own host name);
+//   401  when a token is set, a request without "Authorization: Bearer
+//        <token>", unless it is a GET or HEAD of one of `open_paths`;
+//   403  a POST that comes from another site (an Origin other than the
+//        request's own http(s)://<Host>, or Sec-Fetch-Site other than
+//        same-origin or none), or that lacks the header kRequestHeader,
+//        which a form cannot send and a cross-site script cannot send
+//        without a CORS preflight that this server never grants.
+//
 // Thread safety: construct, listen() and stop() from one thread; handlers are
 // called on the io_context's thread.
 #pragma once
@@ -15,7 +28,9 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <system_error>
+#include <vector>
 
 namespace sidetrace::agent {
 
@@ -30,9 +45,21 @@ struct AdminResponse {
 using AdminHandler =
     std::function<AdminResponse(const std::string& method, const std::string& target)>;
 
+// The header that the viewer and the command-line tools send with every
+// request, and that every POST must carry.
+inline constexpr std::string_view kRequestHeader = "X-Sidetrace-Request";
+
+// Who may use the endpoint (see above). The default refuses only foreign
+// Host names and cross-site POSTs.
+struct AdminAccess {
+  std::string token;                       // "" = no token needed
+  std::vector<std::string> allowed_hosts;  // ".example.com" also matches subdomains
+  std::vector<std::string> open_paths = {"/healthz", "/readyz"};  // served without the token
+};
+
 class AdminServer {
  public:
-  AdminServer(boost::asio::io_context& io, AdminHandler handler);
+  AdminServer(boost::asio::io_context& io, AdminHandler handler, AdminAccess access = {});
   ~AdminServer();
 
   // Binds "host:port" (port 0 picks a free one) and starts accepting.
@@ -51,14 +78,28 @@ class AdminServer {
 // Splits "host:port" ("[::1]:80" for IPv6). Returns false if malformed.
 bool split_host_port(const std::string& host_port, std::string* host, unsigned short* port);
 
+// Whether a request's Host header value ("name", "name:port", "1.2.3.4:80",
+// "[::1]:80") is accepted: a loopback name or address, `local_address` (the
+// address the connection came in on, as text), or a match in `allowed_hosts`.
+// Names compare case-insensitively, without a trailing dot.
+bool admin_host_allowed(std::string_view host_header, const std::vector<std::string>& allowed_hosts,
+                        std::string_view local_address);
+
+// Whether `a` equals `b`, in a time that depends on the length of `b` (the
+// secret) only.
+bool equal_constant_time(std::string_view a, std::string_view b);
+
 // A blocking request against an admin endpoint for the command-line tools
-// (`sidetrace status`). Returns false with `error` set when unreachable.
+// (`sidetrace status`): sends kRequestHeader, and `token` as a bearer token
+// when it is not empty. An unspecified address (0.0.0.0, ::) stands for the
+// local agent and is reached through loopback. Returns false with `error` set
+// when unreachable.
 bool admin_request(const std::string& host_port, const std::string& method,
                    const std::string& target, unsigned* status, std::string* body,
-                   std::string* error);
+                   std::string* error, const std::string& token = {});
 inline bool admin_get(const std::string& host_port, const std::string& target, unsigned* status,
-                      std::string* body, std::string* error) {
-  return admin_request(host_port, "GET", target, status, body, error);
+                      std::string* body, std::string* error, const std::string& token = {}) {
+  return admin_request(host_port, "GET", target, status, body, error, token);
 }
 
 }  // namespace sidetrace::agent

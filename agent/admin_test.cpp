@@ -6,30 +6,82 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "agent/metrics.h"
 
 namespace sidetrace::agent {
 namespace {
 
+// A status line and headers (lower-cased names) and the body of a response.
+struct RawResponse {
+  unsigned status = 0;
+  std::string head;  // the status line and the headers, names lower-cased
+  std::string body;
+};
+
+// Sends `request` as it is over a new connection and reads the response up
+// to the server's close (the request should say "Connection: close").
+RawResponse raw_request(unsigned short port, const std::string& request) {
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::socket s(io);
+  s.connect({boost::asio::ip::make_address("127.0.0.1"), port});
+  boost::asio::write(s, boost::asio::buffer(request));
+  std::string got;
+  boost::system::error_code ec;
+  char buf[1024];
+  while (!ec) {
+    size_t n = s.read_some(boost::asio::buffer(buf), ec);
+    got.append(buf, n);
+  }
+  RawResponse r;
+  size_t end = got.find("\r\n\r\n");
+  r.head = got.substr(0, end);
+  for (char& c : r.head)
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  r.body = end == std::string::npos ? "" : got.substr(end + 4);
+  if (got.starts_with("HTTP/1.1 ")) r.status = static_cast<unsigned>(std::stoul(got.substr(9, 3)));
+  return r;
+}
+
+// A request with `headers` (each "Name: value") and Connection: close.
+std::string http(const std::string& method, const std::string& target,
+                 const std::vector<std::string>& headers, const std::string& body = {}) {
+  std::string r = method + " " + target + " HTTP/1.1\r\n";
+  for (const auto& h : headers)
+    r += h + "\r\n";
+  r += "Connection: close\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n";
+  return r + body;
+}
+
+constexpr const char* kToken = "tok-0123456789abcdef";
+
 class AdminTest : public ::testing::Test {
  protected:
+  virtual AdminAccess access() const { return {}; }
+
   void SetUp() override {
     server_ = std::make_unique<AdminServer>(
-        io_, [this](const std::string& method, const std::string& target) {
+        io_,
+        [this](const std::string& method, const std::string& target) {
           ++calls_;
           AdminResponse r;
-          if (target == "/healthz") {
+          if (target.starts_with("/healthz") || target.starts_with("/readyz")) {
             r.body = "ok\n";
           } else if (target.starts_with("/echo")) {
             r.body = method + " " + target;
+          } else if (target == "/purge" && method == "POST") {
+            ++changes_;
+            r.body = "purged\n";
           } else {
             r.status = 404;
             r.body = "not found\n";
           }
           return r;
-        });
+        },
+        access());
     std::string err;
     ASSERT_FALSE(server_->listen("127.0.0.1:0", &err)) << err;
     ASSERT_NE(server_->port(), 0);
@@ -41,11 +93,17 @@ class AdminTest : public ::testing::Test {
     thread_.join();
   }
   std::string addr() const { return "127.0.0.1:" + std::to_string(server_->port()); }
+  std::string host() const { return "Host: 127.0.0.1:" + std::to_string(server_->port()); }
+  RawResponse send(const std::string& method, const std::string& target,
+                   const std::vector<std::string>& headers, const std::string& body = {}) {
+    return raw_request(server_->port(), http(method, target, headers, body));
+  }
 
   boost::asio::io_context io_;
   std::unique_ptr<AdminServer> server_;
   std::thread thread_;
   std::atomic<int> calls_{0};
+  std::atomic<int> changes_{0};  // POST /purge calls that reached the handler
 };
 
 TEST_F(AdminTest, ServesRoutesAndNotFound) {
@@ -66,7 +124,8 @@ TEST_F(AdminTest, KeepsConnectionAliveAcrossRequests) {
   boost::asio::ip::tcp::socket s(io_);
   s.connect({boost::asio::ip::make_address("127.0.0.1"), server_->port()});
   std::string two =
-      "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+      "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+      "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
   boost::asio::write(s, boost::asio::buffer(two));
   std::string got;
   char buf[512];
@@ -89,6 +148,197 @@ TEST_F(AdminTest, MalformedRequestClosesOnlyThatConnection) {
   std::string body, err;
   ASSERT_TRUE(admin_get(addr(), "/healthz", &status, &body, &err)) << err;
   EXPECT_EQ(status, 200u);
+}
+
+// ---- who may use the endpoint
+
+TEST_F(AdminTest, RefusesAHostNameThatIsNotThisAgents) {
+  // A page reached through DNS rebinding sends its own name.
+  const std::string port = std::to_string(server_->port());
+  for (const std::string& h : std::vector<std::string>{
+           "evil.example.com:" + port, std::string("evil.example.com"),
+           "127.0.0.1.evil.example:" + port, "localhost.evil.example", "10.1.2.3:" + port,
+           std::string("[::2]:") + port, std::string("::1"), "127.0.0.1:" + port + "x"}) {
+    RawResponse r = send("GET", "/echo", {"Host: " + h});
+    EXPECT_EQ(r.status, 421u) << h;
+    EXPECT_NE(r.body.find("admin.allowed_hosts"), std::string::npos) << r.body;
+  }
+  EXPECT_EQ(calls_.load(), 0);
+  EXPECT_EQ(send("GET", "/echo", {"Host: 127.0.0.1", "Host: evil.example.com"}).status, 400u);
+  EXPECT_EQ(calls_.load(), 0);
+}
+
+TEST_F(AdminTest, AcceptsLoopbackNamesAndAddresses) {
+  const std::string port = std::to_string(server_->port());
+  for (const std::string& h :
+       std::vector<std::string>{"127.0.0.1:" + port, std::string("127.0.0.1"), "127.0.0.2:" + port,
+                                "localhost:" + port, std::string("LOCALHOST."),
+                                "app.localhost:" + port, "[::1]:" + port, std::string("[::1]")}) {
+    RawResponse r = send("GET", "/echo", {"Host: " + h});
+    EXPECT_EQ(r.status, 200u) << h << "\n" << r.body;
+  }
+  // Not a browser: nothing to rebind.
+  EXPECT_EQ(send("GET", "/echo", {}).status, 200u);
+}
+
+TEST_F(AdminTest, RefusesCrossSitePosts) {
+  const std::string form = "Content-Type: application/x-www-form-urlencoded";
+  // The report: a plain form on another site.
+  RawResponse r = send("POST", "/purge", {host(), "Origin: http://evil.example.com", form}, "x=1");
+  EXPECT_EQ(r.status, 403u);
+  EXPECT_NE(r.body.find("another origin"), std::string::npos) << r.body;
+  // A cross-site Origin is refused even with the header (and a null origin too).
+  for (const std::string& origin :
+       std::vector<std::string>{std::string("http://evil.example.com"), std::string("null"),
+                                "http://localhost:" + std::to_string(server_->port() + 1)}) {
+    r = send("POST", "/purge", {host(), "Origin: " + origin, "X-Sidetrace-Request: 1"});
+    EXPECT_EQ(r.status, 403u) << origin;
+  }
+  // Sec-Fetch-Site, from browsers that send no Origin.
+  for (const char* site : {"cross-site", "same-site"}) {
+    r = send("POST", "/purge",
+             {host(), std::string("Sec-Fetch-Site: ") + site, "X-Sidetrace-Request: 1"});
+    EXPECT_EQ(r.status, 403u) << site;
+    EXPECT_NE(r.body.find("another site"), std::string::npos) << r.body;
+  }
+  // What a form can send: a simple content type and no custom header.
+  for (const std::string& type :
+       std::vector<std::string>{form, std::string("Content-Type: text/plain"),
+                                std::string("Content-Type: multipart/form-data; boundary=x")}) {
+    r = send("POST", "/purge", {host(), type}, "x=1");
+    EXPECT_EQ(r.status, 403u) << type;
+    EXPECT_NE(r.body.find("X-Sidetrace-Request"), std::string::npos) << r.body;
+  }
+  EXPECT_EQ(changes_.load(), 0);
+  EXPECT_EQ(calls_.load(), 0);
+
+  // The same origin, as the viewer sends it, and the command-line client.
+  const std::string self = "http://127.0.0.1:" + std::to_string(server_->port());
+  r = send("POST", "/purge",
+           {host(), "Origin: " + self, "Sec-Fetch-Site: same-origin", "X-Sidetrace-Request: 1"});
+  EXPECT_EQ(r.status, 200u) << r.body;
+  unsigned status = 0;
+  std::string body, err;
+  ASSERT_TRUE(admin_request(addr(), "POST", "/purge", &status, &body, &err)) << err;
+  EXPECT_EQ(status, 200u) << body;
+  EXPECT_EQ(changes_.load(), 2);
+  // A preflight is never granted.
+  r = send("OPTIONS", "/purge",
+           {host(), "Origin: http://evil.example.com", "Access-Control-Request-Method: POST"});
+  EXPECT_EQ(r.status, 405u);
+  EXPECT_EQ(r.head.find("access-control-allow"), std::string::npos) << r.head;
+}
+
+class AdminAllowedHostsTest : public AdminTest {
+ protected:
+  AdminAccess access() const override {
+    AdminAccess a;
+    a.allowed_hosts = {"Agent.Internal", ".svc.example."};
+    return a;
+  }
+};
+
+TEST_F(AdminAllowedHostsTest, AcceptsTheListedNamesAndTheirSubdomains) {
+  for (const char* h : {"agent.internal:7718", "AGENT.INTERNAL", "x.svc.example",
+                        "a.b.svc.example:80", "svc.example"}) {
+    EXPECT_EQ(send("GET", "/echo", {std::string("Host: ") + h}).status, 200u) << h;
+  }
+  for (const char* h :
+       {"agent.internal.evil.example", "evilsvc.example", "x.agent.internal", "evil.example"}) {
+    EXPECT_EQ(send("GET", "/echo", {std::string("Host: ") + h}).status, 421u) << h;
+  }
+}
+
+TEST(AdminHostAllowed, TheAddressTheConnectionCameInOn) {
+  // An agent listening on 0.0.0.0, reached at 10.0.0.5 (a kubelet probe).
+  EXPECT_TRUE(admin_host_allowed("10.0.0.5:7718", {}, "10.0.0.5"));
+  EXPECT_TRUE(admin_host_allowed("[fd00::5]:7718", {}, "fd00::5"));
+  EXPECT_FALSE(admin_host_allowed("10.0.0.6:7718", {}, "10.0.0.5"));
+  EXPECT_FALSE(admin_host_allowed("pod.example:7718", {}, "10.0.0.5"));
+  EXPECT_TRUE(admin_host_allowed("pod.example:7718", {"pod.example"}, "10.0.0.5"));
+  EXPECT_FALSE(admin_host_allowed("", {}, "127.0.0.1"));
+  EXPECT_FALSE(admin_host_allowed("[::1", {}, "127.0.0.1"));
+  EXPECT_FALSE(admin_host_allowed("localhost:80:80", {}, "127.0.0.1"));
+}
+
+TEST(AdminToken, ConstantTimeCompare) {
+  EXPECT_TRUE(equal_constant_time(kToken, kToken));
+  EXPECT_FALSE(equal_constant_time("", kToken));
+  EXPECT_FALSE(equal_constant_time("tok-0123456789abcdeF", kToken));
+  EXPECT_FALSE(equal_constant_time("tok-0123456789abcdef0", kToken));
+  EXPECT_FALSE(equal_constant_time("tok-0123456789abcde", kToken));
+  // `a` cycled over a shorter `b` is not a match.
+  EXPECT_FALSE(equal_constant_time("abab", "ab"));
+}
+
+class AdminTokenTest : public AdminTest {
+ protected:
+  AdminAccess access() const override {
+    AdminAccess a;
+    a.token = kToken;
+    return a;
+  }
+};
+
+TEST_F(AdminTokenTest, RefusesARequestWithoutTheToken) {
+  for (const std::string& auth : std::vector<std::string>{
+           std::string(), std::string("Authorization: Bearer wrong-token-0123456789"),
+           "Authorization: Bearer " + std::string(kToken) + "x",
+           "Authorization: Bearer " + std::string(kToken).substr(0, 10),
+           "Authorization: Basic " + std::string(kToken), std::string("Authorization: Bearer"),
+           "Authorization: " + std::string(kToken)}) {
+    std::vector<std::string> headers = {host()};
+    if (!auth.empty()) headers.push_back(auth);
+    RawResponse r = send("GET", "/echo", headers);
+    EXPECT_EQ(r.status, 401u) << auth;
+    EXPECT_NE(r.head.find("www-authenticate: bearer"), std::string::npos) << r.head;
+    EXPECT_NE(r.body.find("admin.token"), std::string::npos) << r.body;
+  }
+  // Through the client, without a token or with a wrong one.
+  unsigned status = 0;
+  std::string body, err;
+  ASSERT_TRUE(admin_get(addr(), "/echo", &status, &body, &err)) << err;
+  EXPECT_EQ(status, 401u);
+  ASSERT_TRUE(admin_request(addr(), "POST", "/purge", &status, &body, &err, "wrong-0123456789"))
+      << err;
+  EXPECT_EQ(status, 401u);
+  // The probe paths are open to GET and HEAD only.
+  EXPECT_EQ(send("POST", "/healthz", {host(), "X-Sidetrace-Request: 1"}).status, 401u);
+  EXPECT_EQ(calls_.load(), 0);
+  EXPECT_EQ(changes_.load(), 0);
+}
+
+TEST_F(AdminTokenTest, ProbesNeedNoToken) {
+  for (const char* path : {"/healthz", "/readyz", "/healthz?verbose=1"}) {
+    EXPECT_EQ(send("GET", path, {host()}).status, 200u) << path;
+    EXPECT_EQ(send("HEAD", path, {host()}).status, 200u) << path;
+  }
+  unsigned status = 0;
+  std::string body, err;
+  ASSERT_TRUE(admin_get(addr(), "/readyz", &status, &body, &err)) << err;
+  EXPECT_EQ(status, 200u);
+}
+
+TEST_F(AdminTokenTest, ServesARequestWithTheToken) {
+  unsigned status = 0;
+  std::string body, err;
+  ASSERT_TRUE(admin_get(addr(), "/echo?q=1", &status, &body, &err, kToken)) << err;
+  EXPECT_EQ(status, 200u);
+  EXPECT_EQ(body, "GET /echo?q=1");
+  ASSERT_TRUE(admin_request(addr(), "POST", "/purge", &status, &body, &err, kToken)) << err;
+  EXPECT_EQ(status, 200u);
+  EXPECT_EQ(changes_.load(), 1);
+  // The scheme is case-insensitive.
+  EXPECT_EQ(send("GET", "/echo", {host(), "Authorization: bearer " + std::string(kToken)}).status,
+            200u);
+  // The token does not excuse a foreign host name or a form's POST.
+  const std::string auth = "Authorization: Bearer " + std::string(kToken);
+  EXPECT_EQ(send("GET", "/echo", {"Host: evil.example.com", auth}).status, 421u);
+  EXPECT_EQ(send("POST", "/purge",
+                 {host(), auth, "Content-Type: application/x-www-form-urlencoded"}, "x=1")
+                .status,
+            403u);
+  EXPECT_EQ(changes_.load(), 1);
 }
 
 TEST(AdminListen, RejectsBadAddresses) {

@@ -128,6 +128,14 @@ void Agent::Impl::start() {
   systemd::ListenFds activated;
   std::string activation_err;
   if (systemd::listen_fds(&activated, &activation_err)) throw std::runtime_error(activation_err);
+  // The admin token is read before anything is opened: a token file that
+  // cannot be read is a configuration error (config::ConfigError).
+  AdminAccess admin_access;
+  admin_access.token = config::admin_token(cfg);
+  admin_access.allowed_hosts = cfg.admin.allowed_hosts;
+  // The probes, and the viewer's page, which holds no data and asks for the
+  // token itself.
+  admin_access.open_paths = {"/healthz", "/readyz", "/ui", "/ui/"};
   std::error_code ec;
   std::filesystem::create_directories(cfg.data_dir, ec);
   if (ec) {
@@ -201,8 +209,10 @@ void Agent::Impl::start() {
   if (intake->start(&err)) throw std::runtime_error(err);
 
   if (!cfg.admin.listen.empty()) {
+    const bool admin_token_set = !admin_access.token.empty();
     admin = std::make_unique<AdminServer>(
-        admin_io, [this](const std::string& m, const std::string& t) { return handle(m, t); });
+        admin_io, [this](const std::string& m, const std::string& t) { return handle(m, t); },
+        std::move(admin_access));
     if (admin->listen(cfg.admin.listen, &err)) throw std::runtime_error(err);
     admin_port = admin->port();
     admin_thread = std::thread([this] {
@@ -214,6 +224,9 @@ void Agent::Impl::start() {
     unsigned short configured = 0;
     split_host_port(cfg.admin.listen, &host, &configured);
     spdlog::info("admin: listening on {}:{}", host, admin_port.load());
+    spdlog::info("admin: {}", admin_token_set
+                                  ? "every request but /healthz, /readyz and /ui needs the token"
+                                  : "no token; loopback only");
   }
   is_ready = true;
   spdlog::info("sidetrace ready: unix_stream={} unix_dgram={} udp={} admin={} upstream={}",

@@ -24,6 +24,11 @@
 #include <thread>
 #include <vector>
 
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
+
 #include "agent/admin.h"
 
 namespace fs = std::filesystem;
@@ -585,6 +590,158 @@ TEST_F(AgentProcessTest, BadRedactionRuleIsAConfigurationError) {
   Result r = run({"config", "check", cfg.string()});
   EXPECT_EQ(r.status, 2) << r.out;
   EXPECT_NE(r.err.find("broken"), std::string::npos) << r.err;
+}
+
+// Sends `request` as it is to `addr` (host:port) and returns the response's
+// status code (0 when none was read). The request should close the connection.
+unsigned raw_status(const std::string& addr, const std::string& request) {
+  std::string host;
+  unsigned short port = 0;
+  if (!sidetrace::agent::split_host_port(addr, &host, &port)) return 0;
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::socket s(io);
+  s.connect({boost::asio::ip::make_address(host), port});
+  boost::asio::write(s, boost::asio::buffer(request));
+  std::string got;
+  boost::system::error_code ec;
+  char buf[512];
+  while (!ec) {
+    size_t n = s.read_some(boost::asio::buffer(buf), ec);
+    got.append(buf, n);
+  }
+  if (!got.starts_with("HTTP/1.1 ") || got.size() < 12) return 0;
+  return static_cast<unsigned>(std::stoul(got.substr(9, 3)));
+}
+
+TEST_F(AgentProcessTest, AdminRefusesRebindingAndCrossSiteRequests) {
+  AgentProcess agent(dir_);
+  agent.start();
+  ASSERT_TRUE(agent.wait_ready()) << agent.log();
+  const std::string addr = agent.admin_addr();
+  ASSERT_FALSE(addr.empty()) << agent.log();
+  // A page reached through DNS rebinding.
+  EXPECT_EQ(raw_status(addr,
+                       "GET /api/traces HTTP/1.1\r\nHost: evil.example.com:7718\r\n"
+                       "Connection: close\r\n\r\n"),
+            421u);
+  // A plain form on another site, and one without an Origin.
+  for (const char* path : {"/deadletter/purge", "/reload"}) {
+    EXPECT_EQ(raw_status(addr, std::string("POST ") + path + " HTTP/1.1\r\nHost: " + addr +
+                                   "\r\nOrigin: http://evil.example.com\r\n"
+                                   "Content-Type: application/x-www-form-urlencoded\r\n"
+                                   "Content-Length: 3\r\nConnection: close\r\n\r\nx=1"),
+              403u)
+        << path;
+    EXPECT_EQ(raw_status(addr, std::string("POST ") + path + " HTTP/1.1\r\nHost: " + addr +
+                                   "\r\nContent-Type: text/plain\r\n"
+                                   "Content-Length: 3\r\nConnection: close\r\n\r\nx=1"),
+              403u)
+        << path;
+  }
+  EXPECT_EQ(agent.log().find("reload requested"), std::string::npos) << agent.log();
+  EXPECT_EQ(raw_status(addr,
+                       "GET /api/traces HTTP/1.1\r\nHost: localhost\r\n"
+                       "Connection: close\r\n\r\n"),
+            200u);
+  EXPECT_EQ(agent.signal_and_wait(SIGTERM), 0);
+}
+
+TEST_F(AgentProcessTest, AdminBeyondLoopbackWithoutATokenRefusesToStart) {
+  const std::vector<std::string> env = {
+      "SIDETRACE_DATA_DIR=" + (dir_ / "data").string(),
+      "SIDETRACE_LISTEN_UNIX_STREAM=" + (dir_ / "agent.sock").string(),
+      "SIDETRACE_LISTEN_UNIX_DGRAM=", "SIDETRACE_LISTEN_UDP=", "SIDETRACE_ADMIN_LISTEN=0.0.0.0:0"};
+  Result r = run({"agent"}, env);
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_NE(r.err.find("admin.token"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("0.0.0.0:0"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir_ / "agent.sock"));
+  EXPECT_FALSE(fs::exists(dir_ / "data" / "store"));
+
+  // A token file that cannot be read stops it too, naming that key.
+  std::vector<std::string> with_file = env;
+  with_file.push_back("SIDETRACE_ADMIN_TOKEN_FILE=" + (dir_ / "missing-token").string());
+  r = run({"agent"}, with_file);
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_NE(r.err.find("admin.token_file"), std::string::npos) << r.err;
+}
+
+TEST_F(AgentProcessTest, ToolsWorkAgainstAnAgentWithAToken) {
+  const std::string token = "st-admin-0123456789abcdef";
+  fs::path cfg = dir_ / "agent.toml";
+  std::ofstream(cfg) << "[log]\nlevel = \"info\"\n";
+  AgentProcess agent(dir_, {"SIDETRACE_ADMIN_TOKEN=" + token}, {"--config", cfg.string()});
+  agent.start();
+  ASSERT_TRUE(agent.wait_ready()) << agent.log();
+  const std::string addr = agent.admin_addr();
+  ASSERT_FALSE(addr.empty()) << agent.log();
+
+  // Probes need no token; everything else does.
+  unsigned st = 0;
+  std::string body, err;
+  ASSERT_TRUE(sidetrace::agent::admin_get(addr, "/healthz", &st, &body, &err)) << err;
+  EXPECT_EQ(st, 200u);
+  ASSERT_TRUE(sidetrace::agent::admin_get(addr, "/readyz", &st, &body, &err)) << err;
+  EXPECT_EQ(st, 200u);
+  ASSERT_TRUE(sidetrace::agent::admin_get(addr, "/ui", &st, &body, &err)) << err;
+  EXPECT_EQ(st, 200u);
+  for (const char* path : {"/status", "/metrics", "/api/traces", "/deadletter"}) {
+    ASSERT_TRUE(sidetrace::agent::admin_get(addr, path, &st, &body, &err)) << err;
+    EXPECT_EQ(st, 401u) << path;
+  }
+  ASSERT_TRUE(sidetrace::agent::admin_get(addr, "/status", &st, &body, &err, token)) << err;
+  EXPECT_EQ(st, 200u);
+
+  // The tools without the token say what is missing.
+  Result r = run({"status", "--admin", addr});
+  EXPECT_EQ(r.status, 3) << r.out;
+  EXPECT_NE(r.err.find("SIDETRACE_ADMIN_TOKEN"), std::string::npos) << r.err;
+  r = run({"reload", "--admin", addr});
+  EXPECT_EQ(r.status, 3) << r.out;
+  EXPECT_EQ(agent.log().find("reload: no change"), std::string::npos) << agent.log();
+
+  // With the token from the environment, or from a file.
+  const std::string env_token = "SIDETRACE_ADMIN_TOKEN=" + token;
+  r = run({"status", "--admin", addr}, {env_token});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("state                  ready"), std::string::npos) << r.out;
+  fs::path token_file = dir_ / "admin-token";
+  std::ofstream(token_file) << token << "\n";
+  r = run({"status", "--admin", addr}, {"SIDETRACE_ADMIN_TOKEN_FILE=" + token_file.string()});
+  EXPECT_EQ(r.status, 0) << r.err;
+
+  r = run({"reload", "--admin", addr}, {env_token});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("no change"), std::string::npos) << r.out;
+
+  // deadletter goes through the agent, which holds the store.
+  const std::vector<std::string> dl_env = {"SIDETRACE_DATA_DIR=" + (dir_ / "data").string(),
+                                           env_token};
+  r = run({"deadletter", "list", "--set", "admin.listen=" + addr}, dl_env);
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("0 dead-lettered batch(es)"), std::string::npos) << r.out;
+  r = run({"deadletter", "purge", "--set", "admin.listen=" + addr}, dl_env);
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("purged 0 dead-lettered batch(es)"), std::string::npos) << r.out;
+  r = run({"deadletter", "purge", "--set", "admin.listen=" + addr},
+          {"SIDETRACE_DATA_DIR=" + (dir_ / "data").string()});
+  EXPECT_NE(r.status, 0) << r.out;
+  EXPECT_NE(r.err.find("admin token"), std::string::npos) << r.err;
+
+  // tail prints a finished trace.
+  r = run({"emit", "--endpoint", "unix://" + agent.stream_path(), "--kind", "event", "--trace-id",
+           "tokened", "--id", "e", "--type", "TOOL", "--name", "lookup", "--latency-ms", "1"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  ASSERT_TRUE(wait_until([&] { return !agent.traces().empty(); })) << agent.log();
+  r = run({"tail", "--admin", addr, "-n", "1", "--count", "1", "--no-color"}, {env_token});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("trace tokened"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("TOOL lookup"), std::string::npos) << r.out;
+  r = run({"tail", "--admin", addr, "-n", "1", "--count", "1", "--no-color"});
+  EXPECT_EQ(r.status, 3) << r.out;
+  EXPECT_NE(r.err.find("401"), std::string::npos) << r.err;
+
+  EXPECT_EQ(agent.signal_and_wait(SIGTERM), 0);
 }
 
 TEST_F(AgentProcessTest, EmitNeverHangsWithoutAnAgent) {

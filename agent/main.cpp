@@ -147,6 +147,12 @@ int main(int argc, char** argv) {
   tail_cmd->add_flag("--errors", tail.errors_only, "Only traces with an error");
   tail_cmd->add_flag("--no-color", tail_no_color, "Plain text, no ANSI colors");
 
+  for (CLI::App* cmd : {status_cmd, reload_cmd, dl_cmd, tail_cmd}) {
+    cmd->footer(
+        "An agent with an admin token needs it: admin.token or admin.token_file (--config, "
+        "--set), or SIDETRACE_ADMIN_TOKEN or SIDETRACE_ADMIN_TOKEN_FILE.");
+  }
+
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -176,16 +182,24 @@ int main(int argc, char** argv) {
     if (*emit_cmd) {
       return sidetrace::ipc::run_emit(emit, std::cin, std::cerr);
     }
+    // The tools that talk to the admin endpoint take its address and its
+    // token from the configuration (file, environment, --set).
     if (*status_cmd) {
-      if (admin_addr.empty()) admin_addr = load_config(config_file, sets).admin.listen;
-      return sidetrace::agent::run_status(admin_addr, status_metrics, std::cout, std::cerr);
+      Config cfg = load_config(config_file, sets);
+      if (admin_addr.empty()) admin_addr = cfg.admin.listen;
+      return sidetrace::agent::run_status(admin_addr, sidetrace::config::admin_token(cfg),
+                                          status_metrics, std::cout, std::cerr);
     }
     if (*reload_cmd) {
-      if (admin_addr.empty()) admin_addr = load_config(config_file, sets).admin.listen;
-      return sidetrace::agent::run_reload(admin_addr, std::cout, std::cerr);
+      Config cfg = load_config(config_file, sets);
+      if (admin_addr.empty()) admin_addr = cfg.admin.listen;
+      return sidetrace::agent::run_reload(admin_addr, sidetrace::config::admin_token(cfg),
+                                          std::cout, std::cerr);
     }
     if (*tail_cmd) {
-      if (tail.admin.empty()) tail.admin = load_config(config_file, sets).admin.listen;
+      Config cfg = load_config(config_file, sets);
+      if (tail.admin.empty()) tail.admin = cfg.admin.listen;
+      tail.token = sidetrace::config::admin_token(cfg);
       tail.interval = std::chrono::milliseconds(tail_interval_ms);
       tail.color = !tail_no_color && ::isatty(STDOUT_FILENO) != 0;
       return sidetrace::agent::run_tail(tail, std::cout, std::cerr);

@@ -814,6 +814,95 @@ TEST_F(BinaryTest, DefaultConfigFileStatesEveryKeyWithItsDefault) {
   }
 }
 
+// The SIDETRACE_* settings of a Dockerfile's ENV instructions, as
+// "NAME=value" (continuation lines joined, comments skipped).
+std::vector<std::string> dockerfile_env(const std::string& text) {
+  std::vector<std::string> logical;
+  std::string current;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    size_t first = line.find_first_not_of(" \t");
+    if (first == std::string::npos || line[first] == '#') continue;
+    bool more = line.ends_with('\\');
+    current += (current.empty() ? "" : " ") + line.substr(0, line.size() - (more ? 1 : 0));
+    if (!more) {
+      logical.push_back(current);
+      current.clear();
+    }
+  }
+  std::vector<std::string> env;
+  for (const auto& l : logical) {
+    if (!l.starts_with("ENV ")) continue;
+    std::istringstream words(l.substr(4));
+    std::string w;
+    while (words >> w) {
+      if (w.starts_with("SIDETRACE_") && w.find('=') != std::string::npos) env.push_back(w);
+    }
+  }
+  return env;
+}
+
+// The SIDETRACE_* variables of the Kubernetes example's containers, as
+// "NAME=value"; one taken from a Secret gets `secret` as its value.
+std::vector<std::string> kubernetes_env(const std::string& text, const std::string& secret) {
+  std::vector<std::string> env;
+  std::regex var("- name: (SIDETRACE_[A-Z_]+)\n\\s+(value: \"?([^\"\n]*)\"?|valueFrom:)");
+  for (auto it = std::sregex_iterator(text.begin(), text.end(), var); it != std::sregex_iterator();
+       ++it) {
+    const auto& m = *it;
+    env.push_back(m[1].str() + "=" + (m[2].str() == "valueFrom:" ? secret : m[3].str()));
+  }
+  return env;
+}
+
+TEST_F(BinaryTest, ImageAndKubernetesExampleProtectTheAdminEndpointAndSockets) {
+  using sidetrace::config::Config;
+  const std::string dockerfile = slurp(kSourceDir / "deploy" / "Dockerfile");
+  const std::string kubernetes = slurp(kSourceDir / "deploy" / "kubernetes.yaml");
+  ASSERT_FALSE(dockerfile.empty());
+  ASSERT_FALSE(kubernetes.empty());
+  const std::vector<std::string> image = dockerfile_env(dockerfile);
+  ASSERT_FALSE(image.empty());
+
+  // Protected: the admin endpoint on loopback, or behind a token; the sockets
+  // closed to other users.
+  auto check = [](const std::vector<std::string>& env, const std::string& what) {
+    Config c;
+    try {
+      c = sidetrace::config::load("", env, {});
+    } catch (const sidetrace::config::ConfigError& e) {
+      ADD_FAILURE() << what << ": " << e.what();
+      return c;
+    }
+    EXPECT_TRUE(sidetrace::config::is_loopback_listen(c.admin.listen) ||
+                !sidetrace::config::admin_token(c).empty())
+        << what << ": admin.listen " << c.admin.listen << " without a token";
+    EXPECT_EQ(c.listen.socket_mode & 0007, 0u) << what << ": sockets open to every user";
+    return c;
+  };
+  check(image, "the image");
+
+  // The pod: the image's settings, then the container's.
+  const std::string secret = "from-a-kubernetes-secret-0123456789";
+  std::vector<std::string> pod = image;
+  for (const auto& e : kubernetes_env(kubernetes, secret))
+    pod.push_back(e);
+  Config c = check(pod, "the Kubernetes example");
+  EXPECT_EQ(sidetrace::config::admin_token(c), secret) << "the token comes from the Secret";
+  if (!sidetrace::config::is_loopback_listen(c.admin.listen)) {
+    // Without the Secret's value, the agent would not start.
+    std::vector<std::string> without = image;
+    for (const auto& e : kubernetes_env(kubernetes, ""))
+      if (!e.ends_with("=")) without.push_back(e);
+    EXPECT_THROW(sidetrace::config::load("", without, {}), sidetrace::config::ConfigError);
+  }
+  // The application reaches the 0660 sockets through the agent's group.
+  EXPECT_NE(kubernetes.find("fsGroup: 10001"), std::string::npos);
+  EXPECT_NE(slurp(kSourceDir / "deploy" / "compose.yaml").find("group_add: [\"10001\"]"),
+            std::string::npos);
+}
+
 TEST_F(BinaryTest, SystemdUnitsVerify) {
   const char* candidates[] = {"/usr/bin/systemd-analyze", "/bin/systemd-analyze"};
   std::string analyze;

@@ -117,12 +117,13 @@ class Tailer {
   bool fetch(uint64_t since, size_t limit, json* page) {
     unsigned status = 0;
     std::string body, error;
-    if (!admin_get(o_.admin, list_target(o_, since, limit), &status, &body, &error)) {
+    if (!admin_get(o_.admin, list_target(o_, since, limit), &status, &body, &error, o_.token)) {
       last_error_ = error;
       return false;
     }
     if (status != 200) {
       last_error_ = fmt::format("GET /api/traces answered {}: {}", status, safe(body));
+      if (status == 401) last_error_ += " (give it through SIDETRACE_ADMIN_TOKEN)";
       return false;
     }
     *page = json::parse(body, nullptr, false);
@@ -155,7 +156,7 @@ class Tailer {
     std::string id = summary.value("trace_id", std::string());
     unsigned status = 0;
     std::string body, error, text;
-    if (admin_get(o_.admin, "/api/traces/" + escape_query(id), &status, &body, &error) &&
+    if (admin_get(o_.admin, "/api/traces/" + escape_query(id), &status, &body, &error, o_.token) &&
         status == 200 && render_trace_text(body, o_.color, &text)) {
       out_ << text << "\n";
       return;

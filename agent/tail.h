@@ -24,6 +24,7 @@ namespace sidetrace::agent {
 
 struct TailOptions {
   std::string admin;                         // --admin host:port (required)
+  std::string token;                         // the admin token; "" for none
   std::chrono::milliseconds interval{1000};  // --interval-ms: time between polls
   size_t last = 10;                          // --last N: recent traces to print first
   size_t count = 0;                          // --count N: stop after N traces; 0: never

@@ -8,20 +8,38 @@
 
 namespace sidetrace::agent {
 
-int run_status(const std::string& admin_addr, bool raw_metrics, std::ostream& out,
-               std::ostream& err) {
+namespace {
+
+// Whether the admin endpoint refused the request itself (rather than a route
+// answering it), and if so says why on `err`.
+bool refused(const char* tool, unsigned status, const std::string& body, std::ostream& err) {
+  if (status != 400 && status != 401 && status != 403 && status != 421) return false;
+  err << tool << ": the agent refused the request (" << status << "): " << body;
+  if (status == 401) {
+    err << tool
+        << ": give the admin token through SIDETRACE_ADMIN_TOKEN or "
+           "SIDETRACE_ADMIN_TOKEN_FILE, or admin.token or admin.token_file in --config\n";
+  }
+  return true;
+}
+
+}  // namespace
+
+int run_status(const std::string& admin_addr, const std::string& token, bool raw_metrics,
+               std::ostream& out, std::ostream& err) {
   unsigned status = 0;
   std::string body, error;
-  if (!admin_get(admin_addr, raw_metrics ? "/metrics" : "/status", &status, &body, &error)) {
+  if (!admin_get(admin_addr, raw_metrics ? "/metrics" : "/status", &status, &body, &error, token)) {
     err << "sidetrace status: " << error << "\n";
     return 3;
   }
+  if (refused("sidetrace status", status, body, err)) return 3;
   out << body;
   if (status != 200) return 1;
   if (raw_metrics) return 0;
   unsigned ready = 0;
   std::string why;
-  if (!admin_get(admin_addr, "/readyz", &ready, &why, &error)) return 3;
+  if (!admin_get(admin_addr, "/readyz", &ready, &why, &error, token)) return 3;
   return ready == 200 ? 0 : 1;
 }
 
@@ -77,27 +95,31 @@ int run_deadletter(const config::Config& cfg, const std::string& action, std::os
   // A running agent holds the store: ask it.
   unsigned status = 0;
   std::string body, error;
+  const std::string token = config::admin_token(cfg);
   bool reached = action == "list"
-                     ? admin_get(cfg.admin.listen, "/deadletter", &status, &body, &error)
+                     ? admin_get(cfg.admin.listen, "/deadletter", &status, &body, &error, token)
                      : admin_request(cfg.admin.listen, "POST", "/deadletter/" + action, &status,
-                                     &body, &error);
+                                     &body, &error, token);
   if (!reached) {
     err << "sidetrace deadletter: the store is in use and the agent's admin endpoint is "
            "unreachable: "
         << error << "\n";
     return 1;
   }
+  if (refused("sidetrace deadletter", status, body, err)) return 1;
   (status == 200 ? out : err) << body;
   return status == 200 ? 0 : 1;
 }
 
-int run_reload(const std::string& admin_addr, std::ostream& out, std::ostream& err) {
+int run_reload(const std::string& admin_addr, const std::string& token, std::ostream& out,
+               std::ostream& err) {
   unsigned status = 0;
   std::string body, error;
-  if (!admin_request(admin_addr, "POST", "/reload", &status, &body, &error)) {
+  if (!admin_request(admin_addr, "POST", "/reload", &status, &body, &error, token)) {
     err << "sidetrace reload: " << error << "\n";
     return 3;
   }
+  if (refused("sidetrace reload", status, body, err)) return 3;
   (status == 200 ? out : err) << body;
   return status == 200 ? 0 : 1;
 }

@@ -10,11 +10,14 @@
 
 namespace sidetrace::agent {
 
+// The tools below that talk to the admin endpoint send `token` (the admin
+// token, "" for none) as a bearer token; config::admin_token() gives it.
+
 // `sidetrace status`: prints the agent's summary (or its raw metrics).
 // Returns 0 when the agent answered and is ready, 1 when it is not ready,
-// 3 when it cannot be reached.
-int run_status(const std::string& admin_addr, bool raw_metrics, std::ostream& out,
-               std::ostream& err);
+// 3 when it cannot be reached or refuses the request (token, host name).
+int run_status(const std::string& admin_addr, const std::string& token, bool raw_metrics,
+               std::ostream& out, std::ostream& err);
 
 // `sidetrace deadletter list|replay|purge`: works on the store in
 // cfg.data_dir when no agent runs, and through the running agent's admin
@@ -23,7 +26,10 @@ int run_deadletter(const config::Config& cfg, const std::string& action, std::os
                    std::ostream& err);
 
 // `sidetrace reload`: asks the running agent to re-read its configuration.
-int run_reload(const std::string& admin_addr, std::ostream& out, std::ostream& err);
+// Returns 0 when it did, 1 when it refused the new configuration, 3 when it
+// cannot be reached or refuses the request.
+int run_reload(const std::string& admin_addr, const std::string& token, std::ostream& out,
+               std::ostream& err);
 
 // The dead-letter actions on an open store, as text (shared by the CLI and
 // the admin endpoint). `action` is "list", "replay" or "purge". Returns false

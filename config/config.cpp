@@ -2,10 +2,14 @@
 
 #include <fmt/format.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <toml++/toml.h>
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <fstream>
 #include <functional>
 #include <limits>
 #include <sstream>
@@ -29,8 +33,15 @@ struct Key {
     choices = std::move(c);
     return std::move(*this);
   }
+  // Masks the credentials of a URL ("https://user:***@host").
   Key&& secret() && {
     is_secret = true;
+    return std::move(*this);
+  }
+  // Masks the whole value.
+  Key&& secret_value() && {
+    is_secret = true;
+    mask_whole = true;
     return std::move(*this);
   }
   Key&& restart() && {
@@ -45,6 +56,7 @@ struct Key {
   int64_t max = std::numeric_limits<int64_t>::max();
   std::vector<std::string_view> choices;
   bool is_secret = false;      // the value is masked by to_toml()
+  bool mask_whole = false;     // ... entirely, not only a URL's credentials
   bool needs_restart = false;  // a change takes effect only after a restart
 };
 
@@ -82,6 +94,14 @@ const std::vector<Key>& keys() {
           .range(1 << 20, 1LL << 34)
           .restart(),
       Key("admin.listen", Type::kString, at([](Config& c) { return &c.admin.listen; })).restart(),
+      Key("admin.token", Type::kString, at([](Config& c) { return &c.admin.token; }))
+          .secret_value()
+          .restart(),
+      Key("admin.token_file", Type::kString, at([](Config& c) { return &c.admin.token_file; }))
+          .restart(),
+      Key("admin.allowed_hosts", Type::kStringList,
+          at([](Config& c) { return &c.admin.allowed_hosts; }))
+          .restart(),
       Key("upstream.endpoint", Type::kString, at([](Config& c) { return &c.upstream.endpoint; }))
           .secret(),
       Key("upstream.format", Type::kEnum, at([](Config& c) { return &c.upstream.format; }))
@@ -511,7 +531,9 @@ std::string render_value(Config& c, const Key& k, bool mask) {
     case Type::kString:
     case Type::kEnum: {
       const auto& s = *static_cast<std::string*>(f);
-      return quote(mask && k.is_secret ? mask_url(s) : s);
+      if (!mask || !k.is_secret) return quote(s);
+      if (k.mask_whole) return quote(s.empty() ? "" : "***");
+      return quote(mask_url(s));
     }
     case Type::kBool:
       return *static_cast<bool*>(f) ? "true" : "false";
@@ -689,6 +711,82 @@ void apply_override(Config& config, std::string_view assignment) {
   set_value(config, key, assignment.substr(eq + 1), "--set");
 }
 
+namespace {
+
+constexpr size_t kMinTokenBytes = 16;
+
+// Why `token` cannot be an admin token, or "" when it can. It travels in an
+// HTTP header: printable ASCII, no spaces.
+std::string token_problem(std::string_view token) {
+  for (char ch : token) {
+    if (ch <= 0x20 || ch >= 0x7f) return "may hold only printable ASCII characters, no spaces";
+  }
+  if (token.size() < kMinTokenBytes) {
+    return fmt::format("must be at least {} characters (e.g. openssl rand -hex 32)",
+                       kMinTokenBytes);
+  }
+  return {};
+}
+
+// Why `entry` cannot be in admin.allowed_hosts, or "" when it can.
+std::string allowed_host_problem(const std::string& entry) {
+  if (entry == "*") return "\"*\" would accept any host, which this list exists to prevent";
+  if (entry.empty() || entry == ".") return "an empty name";
+  for (char ch : entry) {
+    if (std::isspace(static_cast<unsigned char>(ch)) || ch == '/' || ch == '@' || ch == '*' ||
+        ch == '[' || ch == ']') {
+      return fmt::format("\"{}\" is not a host name or address (no scheme, path or brackets)",
+                         entry);
+    }
+  }
+  in6_addr v6{};
+  if (entry.find(':') != std::string::npos && ::inet_pton(AF_INET6, entry.c_str(), &v6) != 1) {
+    return fmt::format("\"{}\": give the name without a port", entry);
+  }
+  return {};
+}
+
+}  // namespace
+
+bool is_loopback_listen(std::string_view host_port) {
+  size_t colon = host_port.rfind(':');
+  if (colon == std::string_view::npos) return false;
+  std::string host(host_port.substr(0, colon));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  if (lower(host) == "localhost") return true;
+  in_addr v4{};
+  if (::inet_pton(AF_INET, host.c_str(), &v4) == 1) {
+    return (ntohl(v4.s_addr) >> 24) == 127;
+  }
+  in6_addr v6{};
+  if (::inet_pton(AF_INET6, host.c_str(), &v6) == 1) {
+    if (IN6_IS_ADDR_LOOPBACK(&v6)) return true;
+    return IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127;
+  }
+  return false;
+}
+
+std::string admin_token(const Config& c) {
+  if (c.admin.token_file.empty()) return c.admin.token;
+  std::ifstream in(c.admin.token_file, std::ios::binary);
+  std::stringstream text;
+  if (in) text << in.rdbuf();
+  if (!in || in.bad()) {
+    throw ConfigError(fmt::format("admin.token_file: cannot read \"{}\"", c.admin.token_file));
+  }
+  std::string token = trim(text.str());
+  if (token.empty()) {
+    throw ConfigError(fmt::format("admin.token_file: \"{}\" is empty", c.admin.token_file));
+  }
+  if (std::string why = token_problem(token); !why.empty()) {
+    throw ConfigError(
+        fmt::format("admin.token_file: the token in \"{}\" {}", c.admin.token_file, why));
+  }
+  return token;
+}
+
 void validate(const Config& c) {
   if (c.upstream.retry_initial_ms > c.upstream.retry_max_ms) {
     throw ConfigError(
@@ -707,6 +805,28 @@ void validate(const Config& c) {
   }
   if (c.listen.unix_stream.empty() && c.listen.unix_dgram.empty() && c.listen.udp.empty()) {
     throw ConfigError("listen: every transport is disabled; enable at least one");
+  }
+  if (!c.admin.token.empty() && !c.admin.token_file.empty()) {
+    throw ConfigError("admin.token: set admin.token or admin.token_file, not both");
+  }
+  if (!c.admin.token.empty()) {
+    if (std::string why = token_problem(c.admin.token); !why.empty()) {
+      throw ConfigError("admin.token: " + why);
+    }
+  }
+  for (const auto& host : c.admin.allowed_hosts) {
+    if (std::string why = allowed_host_problem(host); !why.empty()) {
+      throw ConfigError("admin.allowed_hosts: " + why);
+    }
+  }
+  // (An admin.listen that is not host:port at all is reported when it is bound.)
+  if (c.admin.listen.find(':') != std::string::npos && c.admin.token.empty() &&
+      c.admin.token_file.empty() && !is_loopback_listen(c.admin.listen)) {
+    throw ConfigError(fmt::format(
+        "admin.token: admin.listen \"{}\" is reachable from other hosts, and the admin endpoint "
+        "serves every trace; set admin.token (or admin.token_file), or listen on a loopback "
+        "address such as 127.0.0.1:7718",
+        c.admin.listen));
   }
 }
 

@@ -42,6 +42,14 @@ struct Config {
 
   struct Admin {
     std::string listen = "127.0.0.1:7718";  // "" disables
+    // Required as "Authorization: Bearer <token>" by every admin request but
+    // /healthz, /readyz and the viewer's page; "" = none, which only a
+    // loopback `listen` allows. Or read from `token_file` (one of the two).
+    std::string token;
+    std::string token_file;
+    // Host names accepted in the Host header besides loopback names and
+    // addresses; ".example.com" also accepts its subdomains.
+    std::vector<std::string> allowed_hosts;
   } admin;
 
   struct Upstream {
@@ -144,8 +152,19 @@ void set_value(Config& config, std::string_view key, std::string_view value,
                std::string_view source);
 
 // Checks relations between keys that no single key can (e.g. retry_initial_ms
-// <= retry_max_ms). Throws ConfigError.
+// <= retry_max_ms; an admin.listen beyond loopback needs admin.token). Throws
+// ConfigError.
 void validate(const Config& config);
+
+// The admin token: admin.token, or the contents of admin.token_file
+// (surrounding whitespace trimmed); "" when neither is set. Reads the file
+// on every call. Throws ConfigError naming admin.token_file when it cannot
+// be read or does not hold a valid token.
+std::string admin_token(const Config& config);
+
+// Whether the host of "host:port" (admin.listen) is a loopback name or
+// address: localhost, 127.0.0.0/8, ::1.
+bool is_loopback_listen(std::string_view host_port);
 
 // The effective configuration as TOML, with secrets masked.
 std::string to_toml(const Config& config, bool mask_secrets = true);

@@ -47,6 +47,9 @@ TEST(ConfigDefaults, MatchTheDocumentedValues) {
   EXPECT_EQ(c.listen.udp, "127.0.0.1:7717");
   EXPECT_EQ(c.listen.socket_mode, 0660u);
   EXPECT_EQ(c.admin.listen, "127.0.0.1:7718");
+  EXPECT_EQ(c.admin.token, "");
+  EXPECT_EQ(c.admin.token_file, "");
+  EXPECT_TRUE(c.admin.allowed_hosts.empty());
   EXPECT_EQ(c.upstream.endpoint, "");
   EXPECT_EQ(c.upstream.format, "native");
   EXPECT_EQ(c.trace.quiet_period_ms, 1000);
@@ -276,6 +279,134 @@ TEST(ConfigValidate, CrossKeyRules) {
   Config e;
   e.listen.unix_stream = e.listen.unix_dgram = e.listen.udp = "";
   EXPECT_THROW(validate(e), ConfigError);
+}
+
+// The message of the ConfigError that validate() throws for `c`, or "".
+std::string validate_error(const Config& c) {
+  try {
+    validate(c);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+constexpr const char* kToken = "0123456789abcdef0123";
+
+TEST(ConfigAdmin, ListeningBeyondLoopbackNeedsAToken) {
+  for (const char* listen : {"0.0.0.0:7718", "[::]:7718", "192.168.1.5:7718", "10.0.0.1:0",
+                             "[fd00::1]:7718", "agent.example:7718"}) {
+    Config c;
+    c.admin.listen = listen;
+    std::string err = validate_error(c);
+    EXPECT_NE(err.find("admin.token"), std::string::npos) << listen << ": " << err;
+    EXPECT_NE(err.find(listen), std::string::npos) << err;
+    c.admin.token = kToken;
+    EXPECT_EQ(validate_error(c), "") << listen;
+    c.admin.token.clear();
+    c.admin.token_file = "/run/secrets/admin-token";
+    EXPECT_EQ(validate_error(c), "") << listen;
+  }
+  for (const char* listen : {"127.0.0.1:7718", "127.1.2.3:0", "localhost:7718", "[::1]:7718",
+                             "[::ffff:127.0.0.1]:7718", ""}) {
+    Config c;
+    c.admin.listen = listen;
+    EXPECT_EQ(validate_error(c), "") << listen;
+  }
+}
+
+TEST(ConfigAdmin, TheRefusalStopsLoadingFromEverySource) {
+  try {
+    load("", {"SIDETRACE_ADMIN_LISTEN=0.0.0.0:7718"}, {});
+    ADD_FAILURE() << "0.0.0.0 without a token accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("admin.token"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(load("", {}, {"admin.listen=0.0.0.0:7718"}), ConfigError);
+  Config c =
+      load("",
+           {"SIDETRACE_ADMIN_LISTEN=0.0.0.0:7718", std::string("SIDETRACE_ADMIN_TOKEN=") + kToken,
+            "SIDETRACE_ADMIN_ALLOWED_HOSTS=agent.internal, .svc.example"},
+           {});
+  EXPECT_EQ(c.admin.token, kToken);
+  EXPECT_EQ(c.admin.allowed_hosts, (std::vector<std::string>{"agent.internal", ".svc.example"}));
+  EXPECT_TRUE(needs_restart("admin.token"));
+  EXPECT_TRUE(needs_restart("admin.allowed_hosts"));
+}
+
+TEST(ConfigAdmin, TokenAndAllowedHostsAreChecked) {
+  Config c;
+  c.admin.token = "short";
+  EXPECT_NE(validate_error(c).find("admin.token: must be at least 16"), std::string::npos)
+      << validate_error(c);
+  c.admin.token = "with a space in it, long enough";
+  EXPECT_NE(validate_error(c).find("admin.token: may hold only printable"), std::string::npos);
+  c.admin.token = kToken;
+  c.admin.token_file = "/run/secrets/admin-token";
+  EXPECT_NE(validate_error(c).find("not both"), std::string::npos);
+
+  for (const char* bad : {"*", "", "http://agent.example", "agent.example:7718", "[::1]",
+                          "agent.example/ui", "*.example"}) {
+    Config d;
+    d.admin.allowed_hosts = {bad};
+    EXPECT_NE(validate_error(d).find("admin.allowed_hosts"), std::string::npos) << bad;
+  }
+  Config d;
+  d.admin.allowed_hosts = {"agent.example", ".svc.example", "10.0.0.5", "fd00::5"};
+  EXPECT_EQ(validate_error(d), "");
+}
+
+TEST(ConfigAdmin, TokenIsMasked) {
+  Config c;
+  c.admin.token = kToken;
+  std::string text = to_toml(c);
+  EXPECT_EQ(text.find(kToken), std::string::npos) << text;
+  EXPECT_NE(text.find("token = \"***\""), std::string::npos) << text;
+  EXPECT_NE(to_toml(c, false).find(kToken), std::string::npos);
+  EXPECT_NE(to_toml(Config{}).find("token = \"\""), std::string::npos);
+}
+
+TEST_F(ConfigFileTest, AdminTokenFromAFile) {
+  Config c;
+  EXPECT_EQ(admin_token(c), "");
+  c.admin.token = kToken;
+  EXPECT_EQ(admin_token(c), kToken);
+
+  auto file = (dir_ / "admin-token").string();
+  std::ofstream(file) << "  " << kToken << "\n";
+  Config f;
+  f.admin.token_file = file;
+  EXPECT_EQ(admin_token(f), kToken);
+
+  std::ofstream(file) << "short\n";
+  try {
+    admin_token(f);
+    ADD_FAILURE() << "a short token accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("admin.token_file"), std::string::npos) << e.what();
+  }
+  std::ofstream(file) << "\n";
+  EXPECT_THROW(admin_token(f), ConfigError);
+  f.admin.token_file = (dir_ / "missing").string();
+  try {
+    admin_token(f);
+    ADD_FAILURE() << "a missing file accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("admin.token_file: cannot read"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(ConfigAdmin, LoopbackListenAddresses) {
+  EXPECT_TRUE(is_loopback_listen("127.0.0.1:7718"));
+  EXPECT_TRUE(is_loopback_listen("127.255.0.1:7718"));
+  EXPECT_TRUE(is_loopback_listen("LocalHost:7718"));
+  EXPECT_TRUE(is_loopback_listen("[::1]:7718"));
+  EXPECT_FALSE(is_loopback_listen("128.0.0.1:7718"));
+  EXPECT_FALSE(is_loopback_listen("0.0.0.0:7718"));
+  EXPECT_FALSE(is_loopback_listen("[::]:7718"));
+  EXPECT_FALSE(is_loopback_listen("localhost.example:7718"));
+  EXPECT_FALSE(is_loopback_listen("127.0.0.1"));
 }
 
 TEST(ConfigString, UpstreamTuningKeys) {

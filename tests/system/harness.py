@@ -333,7 +333,9 @@ class Agent:
             return e.code, e.read().decode("utf-8", "replace")
 
     def http_post(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
-        req = urllib.request.Request(self.admin_url + path, data=b"", method="POST")
+        # Every POST to the admin endpoint carries X-Sidetrace-Request (a form cannot).
+        req = urllib.request.Request(self.admin_url + path, data=b"", method="POST",
+                                     headers={"X-Sidetrace-Request": "1"})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status, r.read().decode("utf-8", "replace")

@@ -41,9 +41,9 @@ function line(obj) {
       .replace(/"@@(\d+)@@"/g, "$1");
 }
 
-function emit(lines) {
+function emit(lines, socket) {
   return new Promise((resolve, reject) => {
-    const p = spawn(BIN, ["emit", "--stdin", "--endpoint", "unix://" + path.join(dir, "agent.sock")],
+    const p = spawn(BIN, ["emit", "--stdin", "--endpoint", "unix://" + (socket || path.join(dir, "agent.sock"))],
                     { stdio: ["pipe", "pipe", "pipe"] });
     let err = "";
     p.stderr.on("data", (d) => { err += d; });
@@ -53,34 +53,48 @@ function emit(lines) {
   });
 }
 
-async function api(target) {
-  const res = await fetch("http://" + adminAddr + target);
+async function api(target, headers, addr) {
+  const res = await fetch("http://" + (addr || adminAddr) + target, { headers: headers || {} });
   return { status: res.status, body: await res.text() };
+}
+
+// Starts an agent whose files are under `where`; resolves to its process and
+// its admin address once it is ready. Its log is appended to agentLog.
+async function startAgent(where, extraEnv) {
+  const proc = spawn(BIN, ["agent"], {
+    env: {
+      ...process.env,
+      SIDETRACE_DATA_DIR: path.join(where, "data"),
+      SIDETRACE_LISTEN_UNIX_STREAM: path.join(where, "agent.sock"),
+      SIDETRACE_LISTEN_UNIX_DGRAM: path.join(where, "agent.dgram.sock"),
+      SIDETRACE_LISTEN_UDP: "127.0.0.1:0",
+      SIDETRACE_ADMIN_LISTEN: "127.0.0.1:0",
+      SIDETRACE_TRACE_QUIET_PERIOD_MS: "50",
+      SIDETRACE_BUFFER_SYNC: "os",
+      ...(extraEnv || {}),
+    },
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  let log = "";
+  proc.stderr.on("data", (d) => { log += d; agentLog += d; });
+  const m = await waitFor("the admin endpoint", () => {
+    if (proc.exitCode !== null) throw new Error("the agent exited early:\n" + log);
+    return /sidetrace ready/.test(log) ? /admin: listening on ([0-9.]+:\d+)/.exec(log) : null;
+  });
+  return { proc, addr: m[1] };
+}
+
+async function stopAgent(proc) {
+  if (!proc || proc.exitCode !== null) return;
+  proc.kill("SIGTERM");
+  await waitFor("the agent to stop", () => proc.exitCode !== null || proc.signalCode !== null)
+      .catch(() => proc.kill("SIGKILL"));
 }
 
 before(async () => {
   assert.ok(BIN, "SIDETRACE_BIN must name the sidetrace binary");
   dir = mkdtempSync(path.join(tmpdir(), "sidetrace-ui-"));
-  agent = spawn(BIN, ["agent"], {
-    env: {
-      ...process.env,
-      SIDETRACE_DATA_DIR: path.join(dir, "data"),
-      SIDETRACE_LISTEN_UNIX_STREAM: path.join(dir, "agent.sock"),
-      SIDETRACE_LISTEN_UNIX_DGRAM: path.join(dir, "agent.dgram.sock"),
-      SIDETRACE_LISTEN_UDP: "127.0.0.1:0",
-      SIDETRACE_ADMIN_LISTEN: "127.0.0.1:0",
-      SIDETRACE_TRACE_QUIET_PERIOD_MS: "50",
-      SIDETRACE_BUFFER_SYNC: "os",
-    },
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  agent.stderr.on("data", (d) => { agentLog += d; });
-  const m = await waitFor("the admin endpoint", () => {
-    if (agent.exitCode !== null) throw new Error("the agent exited early:\n" + agentLog);
-    return /admin: listening on ([0-9.]+:\d+)/.exec(agentLog) && /sidetrace ready/.test(agentLog)
-      ? /admin: listening on ([0-9.]+:\d+)/.exec(agentLog) : null;
-  });
-  adminAddr = m[1];
+  ({ proc: agent, addr: adminAddr } = await startAgent(dir));
 
   await emit([
     { kind: "trace", trace_id: TRACE_ID, session_id: "sess-9", conversation_id: "conv-3",
@@ -122,11 +136,7 @@ before(async () => {
 
 after(async () => {
   if (context) await context.close();
-  if (agent && agent.exitCode === null) {
-    agent.kill("SIGTERM");
-    await waitFor("the agent to stop", () => agent.exitCode !== null || agent.signalCode !== null)
-        .catch(() => agent.kill("SIGKILL"));
-  }
+  await stopAgent(agent);
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
@@ -230,4 +240,69 @@ test("the page lists traces, opens one as a tree with a waterfall, details and f
   assert.deepEqual(external, [], "the page loads nothing from elsewhere");
   assert.deepEqual(errors, []);
   await page.close();
+});
+
+test("an agent with an admin token: the page asks for it once and then shows the traces", async () => {
+  const TOKEN = "ui-test-token-0123456789abcdef";
+  const TOKEN_TRACE = "22222222222222222222222222222222";
+  const where = path.join(dir, "tokened");
+  const { proc, addr } = await startAgent(where, { SIDETRACE_ADMIN_TOKEN: TOKEN });
+  try {
+    await emit([{ kind: "event", trace_id: TOKEN_TRACE, id: "x", type: "TOOL", name: "behind a token",
+                  ts: ms(0), end_ts: ms(1) }], path.join(where, "agent.sock"));
+    const auth = { Authorization: "Bearer " + TOKEN };
+    await waitFor("the trace in /api/traces", async () => {
+      const r = await api("/api/traces", auth, addr);
+      return r.status === 200 && JSON.parse(r.body).traces.length === 1;
+    });
+    assert.equal((await api("/api/traces", {}, addr)).status, 401);
+    assert.equal((await api("/api/traces/" + TOKEN_TRACE, {}, addr)).status, 401);
+    assert.equal((await api("/healthz", {}, addr)).status, 200);
+    assert.equal((await api("/ui", {}, addr)).status, 200);
+
+    const page = await context.newPage();
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(String(e)));
+    page.on("dialog", (d) => { errors.push("dialog: " + d.message()); d.dismiss(); });
+    const apiRequests = [];
+    page.on("request", (req) => { if (req.url().includes("/api/")) apiRequests.push(req.headers()); });
+    await page.goto("http://" + addr + "/ui");
+
+    // Asked for the token; nothing is shown without it.
+    await page.locator("#token-bar").waitFor({ state: "visible" });
+    assert.match(await page.locator("#live").innerText(), /token/);
+    assert.equal(await page.locator("#trace-list .trace-row").count(), 0);
+
+    // A wrong token is refused and asked for again.
+    await page.fill("#token-input", "not-the-token-0123456789");
+    await page.click("#token-submit");
+    await waitFor("the refusal", async () =>
+      /refused/.test(await page.locator("#token-note").innerText()) &&
+      await page.locator("#token-bar").isVisible());
+
+    // The right one, remembered in this browser: the traces appear.
+    await page.fill("#token-input", TOKEN);
+    await page.check("#token-remember");
+    await page.click("#token-submit");
+    const row = page.locator(`.trace-row[data-trace-id="${TOKEN_TRACE}"]`);
+    await row.waitFor();
+    assert.equal(await page.locator("#token-bar").isVisible(), false);
+    await row.click();
+    await page.locator('#trace-tree .tree-node[data-event-id="x"]').waitFor();
+
+    // Every API request carried the header that a form cannot send.
+    assert.ok(apiRequests.length > 0);
+    for (const h of apiRequests) assert.equal(h["x-sidetrace-request"], "1");
+
+    // A second page of this browser is not asked again.
+    const again = await context.newPage();
+    await again.goto("http://" + addr + "/ui");
+    await again.locator(`.trace-row[data-trace-id="${TOKEN_TRACE}"]`).waitFor();
+    assert.equal(await again.locator("#token-bar").isVisible(), false);
+    assert.deepEqual(errors, []);
+    await again.close();
+    await page.close();
+  } finally {
+    await stopAgent(proc);
+  }
 });
