@@ -63,7 +63,12 @@ void Writer::run() {
     batches.clear();
     // About one group at a time: what waits for the store stays in the queue,
     // under its bound, and not in the writer's hands.
-    bool open = queue_.pop_upto(batches, opts_.max_group_bytes, std::chrono::milliseconds(100));
+    // Idle, the writer wakes by itself only to resume a failed store: often
+    // while it is failing, once a second to notice a write of another part
+    // of the agent (the assembler, delivery) that failed.
+    const auto idle_wait = degraded_.load() ? std::chrono::milliseconds(100)
+                                            : std::chrono::milliseconds(1000);
+    bool open = queue_.pop_upto(batches, opts_.max_group_bytes, idle_wait);
     // With nothing to write, a failed store is still resumed: the assembler
     // and delivery need it too.
     if (batches.empty() && (degraded_.load() || store_.needs_resume())) usable();
@@ -121,7 +126,7 @@ void Writer::linger(std::vector<ipc::MessageBatch>& batches) {
   if (bytes >= opts_.commit_bytes || now >= due) return;
   // Messages arriving meanwhile do not wake the writer: only the delay's end,
   // a full group's weight in the queue, or the queue's close do.
-  queue_.wait_for_weight(std::chrono::nanoseconds(due - now));
+  queue_.wait_for_weight(opts_.commit_bytes, std::chrono::nanoseconds(due - now));
   queue_.pop_upto(batches, opts_.max_group_bytes - bytes, std::chrono::milliseconds(0));
 }
 

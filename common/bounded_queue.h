@@ -9,10 +9,10 @@
 //
 // A consumer that works in rounds waits with wait_for_weight(): it sleeps
 // through arrivals until the queued weight reaches the queue's wake weight
-// (or its timeout, or close()), so that a round costs one wake-up, not one
-// per item. Producers wake a waiting consumer only when the queue was empty
-// or when the weight reaches the wake weight; 0 (the default) wakes it for
-// every item.
+// (or its timeout, close() or notify()), so that a round costs one wake-up,
+// not one per item. Producers wake a waiting consumer only when the queue was
+// empty or when the weight reaches the wake weight; 0 (the default) wakes it
+// for every item.
 //
 // Thread safety: every method may be called from any thread.
 #pragma once
@@ -90,12 +90,26 @@ class BoundedQueue {
     return true;
   }
 
-  // Waits up to `timeout` until the queued weight reaches the wake weight,
-  // or the queue is closed; takes nothing.
+  // Waits up to `timeout` until an item is queued and the queued weight
+  // reaches `min_weight`, the queue is closed, or notify() is called; takes
+  // nothing. Producers wake the waiter at the first item and at the wake
+  // weight, so `min_weight` is one of those two (0 or wake_weight()).
   template <typename Rep, typename Period>
-  void wait_for_weight(std::chrono::duration<Rep, Period> timeout) {
+  void wait_for_weight(size_t min_weight, std::chrono::duration<Rep, Period> timeout) {
     std::unique_lock lock(mu_);
-    cv_.wait_for(lock, timeout, [&] { return closed_ || weight_ >= wake_weight_; });
+    const uint64_t notified = notified_;
+    cv_.wait_for(lock, timeout, [&] {
+      return closed_ || notified_ != notified || (!items_.empty() && weight_ >= min_weight);
+    });
+  }
+
+  // Ends every wait_for_weight() in progress (for a consumer that stops).
+  void notify() {
+    {
+      std::lock_guard lock(mu_);
+      ++notified_;
+    }
+    cv_.notify_all();
   }
 
   void close() {
@@ -115,6 +129,7 @@ class BoundedQueue {
     return items_.size();
   }
   size_t max_weight() const { return max_weight_; }
+  size_t wake_weight() const { return wake_weight_; }
 
  private:
   const size_t max_weight_;
@@ -123,6 +138,7 @@ class BoundedQueue {
   std::condition_variable cv_;
   std::deque<std::pair<T, size_t>> items_;
   size_t weight_ = 0;
+  uint64_t notified_ = 0;
   bool closed_ = false;
 };
 

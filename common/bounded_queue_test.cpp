@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <string>
 #include <thread>
 
@@ -66,13 +67,13 @@ TEST(BoundedQueue, WaitForWeightSleepsThroughSmallArrivals) {
   ASSERT_TRUE(q.try_push(2, 10));
   // Under the wake weight: the wait runs to its timeout and takes nothing.
   auto t0 = std::chrono::steady_clock::now();
-  q.wait_for_weight(std::chrono::milliseconds(30));
+  q.wait_for_weight(q.wake_weight(), std::chrono::milliseconds(30));
   EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(30));
   EXPECT_EQ(q.size(), 2u);
   // Reaching it ends the wait long before its timeout.
   std::thread producer([&q] { q.try_push(3, 10); });
   t0 = std::chrono::steady_clock::now();
-  q.wait_for_weight(std::chrono::seconds(60));
+  q.wait_for_weight(q.wake_weight(), std::chrono::seconds(60));
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(30));
   producer.join();
   ASSERT_TRUE(q.pop_all(out, std::chrono::milliseconds(0)));
@@ -80,9 +81,26 @@ TEST(BoundedQueue, WaitForWeightSleepsThroughSmallArrivals) {
   // A consumer waiting for its first item is still woken by one.
   out.clear();
   std::thread late([&q] { q.try_push(4, 1); });
-  ASSERT_TRUE(q.pop_all(out, std::chrono::seconds(60)));
+  t0 = std::chrono::steady_clock::now();
+  q.wait_for_weight(0, std::chrono::seconds(60));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(30));
   late.join();
+  ASSERT_TRUE(q.pop_all(out, std::chrono::seconds(60)));
   EXPECT_EQ(out, std::vector<int>{4});
+  // notify() ends a wait with nothing queued (it is repeated until it lands
+  // during the wait).
+  std::atomic<bool> woken{false};
+  std::thread stopper([&] {
+    while (!woken.load()) {
+      q.notify();
+      std::this_thread::yield();
+    }
+  });
+  t0 = std::chrono::steady_clock::now();
+  q.wait_for_weight(q.wake_weight(), std::chrono::seconds(60));
+  woken.store(true);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(30));
+  stopper.join();
 }
 
 TEST(BoundedQueue, ManyProducersLoseNothingAccepted) {

@@ -345,14 +345,30 @@ void Assembler::start() {
     // it spills to the store).
     lower_thread_priority(opts_.nice);
     while (!stop_.load()) {
-      queue_.wait_for_weight(opts_.tick);
+      // With traces open, a round every tick (sooner when many notices
+      // wait); with none, nothing is due before the next notice or the
+      // next retention pass.
+      const uint64_t now = clock_.now_ns();
+      if (idle()) {
+        const uint64_t until_retention = next_retention_ns_ > now ? next_retention_ns_ - now : 0;
+        queue_.wait_for_weight(0, std::chrono::nanoseconds(std::min<uint64_t>(
+                                      until_retention, ns(opts_.retention_interval))));
+      } else {
+        queue_.wait_for_weight(queue_.wake_weight(), opts_.tick);
+      }
       poll();
     }
   });
 }
 
+bool Assembler::idle() const {
+  return open_.empty() && !need_rescan_ && !spilled_ && rescan_from_ == UINT64_MAX &&
+         resync_from_.load() == UINT64_MAX;
+}
+
 void Assembler::stop() {
   stop_.store(true);
+  queue_.notify();
   if (thread_.joinable()) thread_.join();
 }
 

@@ -164,6 +164,8 @@ class Assembler {
   // Writes the prepared revisions in one store write and settles each trace;
   // returns the number emitted.
   size_t emit(std::vector<Prepared>* batch, uint64_t now);
+  // Nothing open and nothing to rescan: the thread may sleep until a notice.
+  bool idle() const;
   void store_error(const buffer::Status& s, const char* what);
 
   buffer::Store& store_;
