@@ -194,6 +194,9 @@ bool render_trace_text(const std::string& document, bool color, std::string* tex
     if (!v.empty()) out += "  user=" + v;
   }
   if (doc.value("partial", false)) out += "  " + st.yellow("partial");
+  if (auto p = doc.find("part"); p != doc.end() && p->is_number_unsigned()) {
+    out += "  " + st.yellow(fmt::format("part {}", p->get<uint64_t>()));
+  }
   out += "\n";
 
   // Depth-first, children in document order, without recursion.

@@ -23,6 +23,8 @@ trace::AssemblerOptions assembler_options(const config::Config& c) {
   o.max_open = std::chrono::seconds(c.trace.max_open_s);
   o.retain = std::chrono::seconds(c.trace.retain_s);
   o.max_open_traces = static_cast<size_t>(c.trace.max_open_traces);
+  o.max_trace_events = static_cast<size_t>(c.trace.max_events);
+  o.max_trace_bytes = static_cast<size_t>(c.trace.max_bytes);
   // Wake often enough that a short quiet period is honoured promptly.
   o.tick = std::chrono::milliseconds(std::clamp<int64_t>(c.trace.quiet_period_ms / 4, 5, 100));
   return o;
@@ -265,6 +267,7 @@ std::string render_metrics(const Components& c, const Clock& clock) {
     w.sample("sidetrace_traces_emitted_total", as.emitted, {{"kind", "all"}});
     w.sample("sidetrace_traces_emitted_total", as.emitted_unfinished, {{"kind", "unfinished"}});
     w.sample("sidetrace_traces_emitted_total", as.emitted_partial, {{"kind", "partial"}});
+    w.sample("sidetrace_traces_emitted_total", as.emitted_parts, {{"kind", "part"}});
     w.sample("sidetrace_traces_emitted_total", as.late_revisions, {{"kind", "late_revision"}});
     w.family("sidetrace_assembler_spilled_total", "counter",
              "Open traces dropped from memory (re-read from the store later).");

@@ -11,6 +11,8 @@ FOOTPRINT_SECONDS the agent's CPU is read from /proc/<pid>/task/*/stat (split by
 thread name) and its messages from its own accepted counter. With the quota
 variant (FOOTPRINT_QUOTA=1, the default) the same loads are measured again on a
 store already filled to a small buffer.max_bytes, where a long-running agent lives.
+Last, one trace of FOOTPRINT_BIG_EVENTS events of 2 KB (100 MB) goes through each exporter:
+its peak RSS, and the agent's CPU once it is delivered and after a restart.
 
 One JSON line per measurement:
   {"bench":"footprint","exporter":"http","rate":2000,"at_quota":false,
@@ -18,8 +20,10 @@ One JSON line per measurement:
    "peak_rss_mib":..,"rss_mib":..,"delivered_events":..}
 Idle lines give core_pct (no messages). Environment: SIDETRACE_BIN,
 FOOTPRINT_RATES (default "200,2000,20000"), FOOTPRINT_SECONDS (default 10),
-FOOTPRINT_WARMUP_S (default 3), FOOTPRINT_IDLE_S (default 30), FOOTPRINT_EXPORTERS (default "http,file"),
-FOOTPRINT_QUOTA (default 1), FOOTPRINT_DIR (parent of the work directory).
+FOOTPRINT_WARMUP_S (default 3), FOOTPRINT_IDLE_S (default 30),
+FOOTPRINT_EXPORTERS (default "http,file"),
+FOOTPRINT_QUOTA (default 1), FOOTPRINT_BIG_EVENTS (default 50000; 0 skips the big
+trace), FOOTPRINT_DIR (parent of the work directory).
 """
 import json
 import os
@@ -43,6 +47,7 @@ WARMUP = float(os.environ.get("FOOTPRINT_WARMUP_S", "3"))
 IDLE_SECONDS = float(os.environ.get("FOOTPRINT_IDLE_S", "30"))
 EXPORTERS = os.environ.get("FOOTPRINT_EXPORTERS", "http,file").split(",")
 QUOTA = os.environ.get("FOOTPRINT_QUOTA", "1") == "1"
+BIG_EVENTS = int(os.environ.get("FOOTPRINT_BIG_EVENTS", "50000"))
 QUOTA_BYTES = 64 << 20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -109,17 +114,22 @@ class Agent:
         self.dir = work
         self.admin = free_port()
         self.sock = os.path.join(work, "app.dgram.sock")
+        self.stream = os.path.join(work, "app.sock")
         upstream = (f'[upstream]\nendpoint = "http://127.0.0.1:{sink_port}"\n'
                     if exporter == "http" else "")
         buffer = '[buffer]\nsync = "fsync"\n'
         if max_bytes:
             buffer += f"max_bytes = {max_bytes}\n"
         with open(os.path.join(work, "agent.toml"), "w") as f:
-            f.write(f'data_dir = "{work}/data"\n\n[listen]\nunix_stream = ""\n'
+            f.write(f'data_dir = "{work}/data"\n\n[listen]\nunix_stream = "{self.stream}"\n'
                     f'unix_dgram = "{self.sock}"\nudp = ""\n\n'
                     f'[admin]\nlisten = "127.0.0.1:{self.admin}"\n\n'
                     f'{upstream}{buffer}\n[log]\nlevel = "warn"\n')
-        self.log = open(os.path.join(work, "agent.log"), "w")
+        self.start()
+
+    def start(self):
+        work = self.dir
+        self.log = open(os.path.join(work, "agent.log"), "a")
         self.proc = subprocess.Popen([BIN, "agent", "--config", os.path.join(work, "agent.toml")],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         wait_until(lambda: self.ready(), 30, "the agent to be ready")
@@ -191,6 +201,48 @@ def measure(agent, rate, exporter, at_quota):
     print(json.dumps(line), flush=True)
 
 
+def big_trace(agent, exporter):
+    """One trace of BIG_EVENTS events of 2 KB over one stream connection: peak RSS
+    while it goes through, and the agent's CPU once it is delivered and after a restart."""
+    import msgpack
+    pad = "x" * 2000
+    t0 = time.monotonic()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(agent.stream)
+        chunk = []
+        for i in range(BIG_EVENTS):
+            chunk.append(msgpack.packb({"v": 1, "kind": "event", "trace_id": "big-trace",
+                                        "id": f"e{i}", "type": "TOOL", "name": "step",
+                                        "input": pad}))
+            if len(chunk) == 256:
+                s.sendall(b"".join(chunk))
+                chunk = []
+        s.sendall(b"".join(chunk))
+    sent_mib = BIG_EVENTS * 2000 / (1 << 20)
+    wait_until(lambda: agent.metric("sidetrace_events_delivered_total") >= BIG_EVENTS, 600,
+               "the big trace to be delivered", interval=0.5)
+    seconds = time.monotonic() - t0
+    parts = agent.metric("sidetrace_traces_emitted_total{kind=\"part\"}")
+    pid = agent.proc.pid
+    peak = status_mib(pid, "VmHWM")
+    # Back to idle within 5 s of the delivery, and after a restart.
+    time.sleep(5)
+    c0, w0 = process_cpu(pid), time.monotonic()
+    time.sleep(10)
+    idle_after = 100 * (process_cpu(pid) - c0) / (time.monotonic() - w0)
+    agent.stop()
+    agent.start()
+    pid = agent.proc.pid
+    time.sleep(5)
+    c0, w0 = process_cpu(pid), time.monotonic()
+    time.sleep(10)
+    idle_restart = 100 * (process_cpu(pid) - c0) / (time.monotonic() - w0)
+    print(json.dumps({"bench": "footprint_big_trace", "exporter": exporter, "events": BIG_EVENTS,
+                      "mib": round(sent_mib, 1), "seconds": round(seconds, 1), "parts": int(parts),
+                      "peak_rss_mib": round(peak, 1), "core_pct_after": round(idle_after, 3),
+                      "core_pct_after_restart": round(idle_restart, 3)}), flush=True)
+
+
 def fill_to_quota(agent):
     """Floods the agent until its store holds buffer.max_bytes (it then evicts)."""
     gen = loadgen(agent.sock, 0, 120)
@@ -221,6 +273,16 @@ def main():
         with open(ports) as f:
             sink_port = int(f.read().split()[0])
         variants = [(False, None)] + ([(True, QUOTA_BYTES)] if QUOTA else [])
+        if BIG_EVENTS > 0:
+            for exporter in EXPORTERS:
+                d = tempfile.mkdtemp(dir=work)
+                log(f"{exporter} exporter: one trace of {BIG_EVENTS} events")
+                agent = Agent(d, exporter, sink_port)
+                try:
+                    big_trace(agent, exporter)
+                finally:
+                    agent.stop()
+                    shutil.rmtree(d, ignore_errors=True)
         for exporter in EXPORTERS:
             for at_quota, max_bytes in variants:
                 d = tempfile.mkdtemp(dir=work)

@@ -519,8 +519,9 @@ class RocksStore final : public Store {
     for (size_t i = 0; i < msgs.size(); ++i) {
       const ipc::Message& m = msgs[i];
       const auto& rec = records.at(m.trace_id);
-      out->push_back(
-          Committed{m.trace_id, first + i, m.recv_ns, rec.first == i ? rec.second : uint32_t{0}});
+      out->push_back(Committed{m.trace_id, first + i, m.recv_ns,
+                               rec.first == i ? rec.second : uint32_t{0},
+                               static_cast<uint32_t>(std::min<size_t>(m.raw.size(), UINT32_MAX))});
     }
     records.clear();
     return Status::Ok();
@@ -587,24 +588,34 @@ class RocksStore final : public Store {
 
   // ---- traces ----
 
-  Status read_trace(std::string_view trace_id, std::vector<StoredEvent>* out) override {
+  using Store::read_trace;
+  Status read_trace(std::string_view trace_id, const TraceRange& range,
+                    std::vector<StoredEvent>* out, bool* more) override {
     StoreLock db_lock(db_mu_);
     if (!db_) return unavailable();
+    *more = false;
     std::string prefix = event_prefix(trace_id);
     std::string upper = prefix;
-    put_be64(&upper, UINT64_MAX);
+    put_be64(&upper, range.until_seq);
     rocksdb::Slice ub(upper);
     rocksdb::ReadOptions ro;
     ro.iterate_upper_bound = &ub;
     ro.prefix_same_as_start = true;
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, cfs_[kEvents]));
-    for (it->Seek(event_key(trace_id, 0)); it->Valid(); it->Next()) {
+    size_t n = 0, bytes = 0;
+    for (it->Seek(event_key(trace_id, range.from_seq)); it->Valid(); it->Next()) {
       rocksdb::Slice k = it->key(), v = it->value();
       if (k.size() != prefix.size() + 8 || v.size() < 8) {
         return Status::Corruption("events entry with a malformed key or value");
       }
+      if (n >= range.max_events || (n > 0 && bytes + v.size() - 8 > range.max_bytes)) {
+        *more = true;
+        break;
+      }
       out->push_back(StoredEvent{event_key_seq(k.ToStringView()), get_be64(v.ToStringView()),
                                  std::string(v.data() + 8, v.size() - 8)});
+      ++n;
+      bytes += v.size() - 8;
     }
     return from_rocks(it->status(), "reading a trace");
   }
@@ -623,7 +634,7 @@ class RocksStore final : public Store {
         return Status::Corruption("malformed pending entry");
       }
       out->push_back(
-          Committed{std::string(trace_id), get_be64(k.ToStringView()), recv_ns, messages});
+          Committed{std::string(trace_id), get_be64(k.ToStringView()), recv_ns, messages, 0});
     }
     return from_rocks(it->status(), "scanning pending");
   }

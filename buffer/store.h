@@ -99,6 +99,7 @@ struct Committed {
   // trace in that commit it stands for (the trace's first message in the
   // commit carries it). 0 for the trace's other messages of the commit.
   uint32_t record_messages = 0;
+  uint32_t bytes = 0;  // the raw message's size (0 from scan_pending())
 };
 
 // One stored message of a trace.
@@ -117,6 +118,20 @@ struct TraceState {
   bool events_deleted = false;  // events up to max_seq were deleted (retention/quota)
   uint64_t deleted_ns = 0;      // when they were deleted (store-maintained)
   uint64_t generation = 0;      // bumped by every change; guards read-modify-write
+  // Revisions that went out as parts (trace.max_events / trace.max_bytes):
+  // once a trace is split, each revision carries only the messages stored
+  // after the one before it. 0: every revision was the whole trace.
+  uint32_t parts = 0;
+};
+
+// Which of a trace's stored messages read_trace() reads: those with seq in
+// [from_seq, until_seq), at most `max_events` of them and, past the first,
+// no more than `max_bytes` of raw messages.
+struct TraceRange {
+  uint64_t from_seq = 0;
+  uint64_t until_seq = UINT64_MAX;
+  size_t max_events = SIZE_MAX;
+  size_t max_bytes = SIZE_MAX;
 };
 
 // One revision to emit, written atomically by Store::emit().
@@ -201,8 +216,17 @@ class Store {
 
   // ---- traces (used by trace::Assembler) ---------------------------------
 
+  // The stored messages of `trace_id` in `range`, in seq order, appended to
+  // `out`; `*more` tells whether a limit stopped the read before the end of
+  // the range.
+  virtual Status read_trace(std::string_view trace_id, const TraceRange& range,
+                            std::vector<StoredEvent>* out, bool* more) = 0;
+
   // Every stored message of `trace_id` in seq order, appended to `out`.
-  virtual Status read_trace(std::string_view trace_id, std::vector<StoredEvent>* out) = 0;
+  Status read_trace(std::string_view trace_id, std::vector<StoredEvent>* out) {
+    bool more = false;
+    return read_trace(trace_id, TraceRange{}, out, &more);
+  }
 
   // The pending records with seq >= `from_seq`, at most `limit`, in seq order
   // (record_messages > 0 in each).

@@ -173,6 +173,12 @@ const std::vector<Key>& keys() {
           at([](Config& c) { return &c.trace.max_open_traces; }))
           .range(16, 100'000'000)
           .restart(),
+      Key("trace.max_events", Type::kInt, at([](Config& c) { return &c.trace.max_events; }))
+          .range(100, 10'000'000)
+          .restart(),
+      Key("trace.max_bytes", Type::kSize, at([](Config& c) { return &c.trace.max_bytes; }))
+          .range(64 << 10, 1LL << 30)
+          .restart(),
       Key("buffer.max_bytes", Type::kSize, at([](Config& c) { return &c.buffer.max_bytes; }))
           .range(1 << 20, std::numeric_limits<int64_t>::max()),
       Key("buffer.sync", Type::kEnum, at([](Config& c) { return &c.buffer.sync; }))

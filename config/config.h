@@ -84,6 +84,10 @@ struct Config {
     int64_t max_open_s = 600;
     int64_t retain_s = 86400;
     int64_t max_open_traces = 50000;
+    // A trace whose unsent messages pass either bound goes out in numbered
+    // parts, each holding only its own messages (docs/trace-document.md).
+    int64_t max_events = 10000;
+    uint64_t max_bytes = 4ull << 20;
   } trace;
 
   struct Buffer {

@@ -107,7 +107,11 @@ void Assembler::take(const buffer::Committed& c, uint64_t stored_ns, uint64_t no
   o.max_seq = std::max(o.max_seq, c.seq);
   o.min_seq = std::min(o.min_seq, c.seq);
   if (c.record_messages > 0) add_record(o, c.seq);
-  schedule(key, o, quiet_deadline(o));
+  ++o.events;
+  o.bytes += c.bytes;
+  // Past a per-trace bound it goes out in parts, without waiting to be quiet.
+  const bool over = o.events > opts_.max_trace_events || o.bytes > opts_.max_trace_bytes;
+  schedule(key, o, over ? std::min(now, quiet_deadline(o)) : quiet_deadline(o));
   if (inserted && open_.size() > opts_.max_open_traces) {
     // Spill the oldest open trace from memory; pending keeps it, and a
     // rescan brings it back when there is room.
@@ -189,8 +193,52 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
     return;
   }
   if (s.IsNotFound()) st = buffer::TraceState{};
+  // Read within the per-trace bounds. A trace that went out in parts goes
+  // on in parts, each holding only what was stored after the one before.
+  bool parts = st.parts > 0;
+  buffer::TraceRange range;
+  range.max_events = opts_.max_trace_events;
+  range.max_bytes = opts_.max_trace_bytes;
+  if (parts) range.from_seq = st.max_seq + 1;
   std::vector<buffer::StoredEvent> events;
-  s = store_.read_trace(trace_id, &events);
+  bool more = false;
+  s = store_.read_trace(trace_id, range, &events, &more);
+  if (s.ok() && more && !parts) {
+    // Too large to go out whole: in parts from here on, after what earlier
+    // revisions held.
+    parts = true;
+    if (st.max_seq > 0) {
+      events.clear();
+      range.from_seq = st.max_seq + 1;
+      s = store_.read_trace(trace_id, range, &events, &more);
+    }
+  }
+  // The part holds the messages below `cut`.
+  uint64_t cut = UINT64_MAX;
+  if (s.ok() && more && !events.empty()) {
+    // A part ends where one of the trace's pending records begins: the
+    // messages of a record come before the trace's next record, so every
+    // record below the cut stands for messages of this part only.
+    const uint64_t first = events.front().seq, last = events.back().seq;
+    uint64_t next = UINT64_MAX;
+    for (uint64_t r : o.records) {
+      if (r > first && r <= last + 1) cut = cut == UINT64_MAX ? r : std::max(cut, r);
+      if (r > last) next = std::min(next, r);
+    }
+    if (cut != UINT64_MAX) {
+      std::erase_if(events, [&](const buffer::StoredEvent& e) { return e.seq >= cut; });
+    } else {
+      // One commit holds more than a part's bound: the part takes the rest
+      // of it, up to the trace's next record.
+      buffer::TraceRange rest;
+      rest.from_seq = last + 1;
+      rest.until_seq = next;
+      bool unused = false;
+      s = store_.read_trace(trace_id, rest, &events, &unused);
+      cut = next;
+      more = next != UINT64_MAX;
+    }
+  }
   if (!s.ok()) {
     store_error(s, "reading a trace");
     schedule(it->first, o, now + ns(opts_.retry_interval));
@@ -210,8 +258,13 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
   // record at or below it was learnt of after its messages were emitted (a
   // rescan, a late notification): it may still exist, and is released.
   std::vector<uint64_t> folded, stale;
-  for (uint64_t seq : o.records)
-    (seq > st.max_seq ? folded : stale).push_back(seq);
+  for (uint64_t seq : o.records) {
+    if (seq <= st.max_seq) {
+      stale.push_back(seq);
+    } else if (seq < cut) {
+      folded.push_back(seq);
+    }
+  }
   if (!stale.empty()) {
     s = store_.release_pending(trace_id, stale);
     if (!s.ok()) {
@@ -230,9 +283,17 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
   bool max_open_reached = now >= o.first_ns + ns(opts_.max_open);
   BuildOptions bo;
   bo.revision = st.revision + 1;
-  bo.partial = st.events_deleted;
+  bo.partial = st.events_deleted && !parts;
+  if (parts && !more && now < quiet_deadline(o) && !max_open_reached) {
+    // The last of a split trace so far: it waits to be quiet like any trace
+    // (it was looked at early because it passed a bound).
+    schedule(it->first, o, quiet_deadline(o));
+    return;
+  }
+  if (parts) bo.part = st.parts + 1;
   BuildResult r = build_trace(trace_id, msgs, bo);
-  if (!r.complete) {
+  // A part goes out as it is: its events may begin or end in another part.
+  if (!r.complete && !parts) {
     if (!emitted_before && !max_open_reached) {
       schedule(it->first, o, o.first_ns + ns(opts_.max_open));
       return;
@@ -249,9 +310,10 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
   if (e.state.first_emit_ns == 0) e.state.first_emit_ns = now;
   e.state.last_emit_ns = now;
   e.state.max_seq = max_seq;
+  if (parts) e.state.parts = st.parts + 1;
   e.pending_seqs = std::move(folded);
   e.document = std::move(r.document);
-  out->push_back(Prepared{std::move(e), bo.mark_unfinished});
+  out->push_back(Prepared{std::move(e), bo.mark_unfinished, more});
 }
 
 size_t Assembler::emit(std::vector<Prepared>* batch, uint64_t now) {
@@ -290,7 +352,17 @@ size_t Assembler::emit(std::vector<Prepared>* batch, uint64_t now) {
     if (opts_.on_emitted) opts_.on_emitted(e.trace_id, revision, std::move(e.document));
     if ((*batch)[i].unfinished) emitted_unfinished_.fetch_add(1);
     if (e.state.events_deleted) emitted_partial_.fetch_add(1);
+    if (e.state.parts > 0) emitted_parts_.fetch_add(1);
     if (revision > 1) late_.fetch_add(1);
+    if ((*batch)[i].more) {
+      // More of it is stored: its next part is built in the next round.
+      Open& o = it->second;
+      std::erase_if(o.records, [&](uint64_t r) { return r <= e.state.max_seq; });
+      o.events = 0;
+      o.bytes = 0;
+      schedule(it->first, o, now);
+      continue;
+    }
     forget(e.trace_id);
   }
   batch->clear();
@@ -320,9 +392,15 @@ size_t Assembler::poll() {
   // Revisions are written in groups: one store write for many traces.
   size_t emitted = 0;
   std::vector<Prepared> batch;
+  size_t batch_bytes = 0;  // a write holds about one part's bound of documents
   for (const auto& id : due) {
+    const size_t before = batch.size();
     process(id, now, &batch);
-    if (batch.size() >= opts_.emit_batch) emitted += emit(&batch, now);
+    if (batch.size() > before) batch_bytes += batch.back().emission.document.size();
+    if (batch.size() >= opts_.emit_batch || batch_bytes >= opts_.max_trace_bytes) {
+      emitted += emit(&batch, now);
+      batch_bytes = 0;
+    }
   }
   emitted += emit(&batch, now);
 
@@ -383,6 +461,7 @@ AssemblerStats Assembler::stats() const {
   s.emitted = emitted_.load();
   s.emitted_unfinished = emitted_unfinished_.load();
   s.emitted_partial = emitted_partial_.load();
+  s.emitted_parts = emitted_parts_.load();
   s.late_revisions = late_.load();
   s.store_errors = store_errors_.load();
   return s;

@@ -64,6 +64,12 @@ struct AssemblerOptions {
   // deleted is kept, so that a very late message still gets revision + 1.
   std::chrono::seconds forget_after{7 * 86400};
   size_t max_open_traces = 100000;  // bound of the in-memory index
+  // A trace whose unemitted messages pass either bound goes out in parts
+  // (trace.max_events, trace.max_bytes): each part a revision of at most
+  // about that much, built from only its own messages, so that neither the
+  // assembler nor delivery ever holds a whole large trace.
+  size_t max_trace_events = 10000;
+  size_t max_trace_bytes = 4 << 20;
   // Bound of the notification queue (bytes); overflow = drop + rescan. About
   // 24,000 messages: a third of a second of a sustained load. An assembler
   // further behind than that works from pending (a rescan) instead.
@@ -104,6 +110,7 @@ struct AssemblerStats {
   uint64_t emitted = 0;             // revisions emitted
   uint64_t emitted_unfinished = 0;  // ... of which at max_open with open events
   uint64_t emitted_partial = 0;     // ... of which missing retention-deleted events
+  uint64_t emitted_parts = 0;       // ... of which parts of a split trace
   uint64_t late_revisions = 0;      // ... of which revision > 1
   uint64_t store_errors = 0;
 };
@@ -141,6 +148,8 @@ class Assembler {
     uint64_t min_seq = UINT64_MAX;  // lowest seq notified (where a rescan must start to find it)
     uint64_t deadline_ns = 0;       // next look at it
     std::vector<uint64_t> records;  // its pending records known here (keys)
+    uint64_t events = 0;            // messages notified since its last revision
+    uint64_t bytes = 0;             // ... and their raw bytes
   };
 
   // `stored_ns`: when the message was stored (or found, see rescan()).
@@ -157,6 +166,7 @@ class Assembler {
   struct Prepared {
     buffer::Emission emission;
     bool unfinished = false;
+    bool more = false;  // a part, with more of the trace stored after it
   };
   // Looks at a due trace; appends its next revision to `out` when there is
   // one to emit.
@@ -210,7 +220,7 @@ class Assembler {
   std::atomic<bool> stop_{false};
 
   std::atomic<uint64_t> notifications_{0}, notifications_dropped_{0}, rescans_{0}, rescanned_{0},
-      spilled_n_{0}, open_n_{0}, emitted_{0}, emitted_unfinished_{0}, emitted_partial_{0}, late_{0},
+      spilled_n_{0}, open_n_{0}, emitted_{0}, emitted_unfinished_{0}, emitted_partial_{0}, emitted_parts_{0}, late_{0},
       store_errors_{0};
 };
 

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <map>
+#include <set>
 
 #include "buffer/testing/temp_dir.h"
 #include "common/clock.h"
@@ -450,6 +451,109 @@ TEST_F(AssemblerTest, ALateNotificationOfAnEmittedRecordChangesNothing) {
   EXPECT_EQ(outbox().size(), 1u);
   EXPECT_EQ(store_->counters().live_bytes, live);
   EXPECT_EQ(assembler_->stats().open_traces, 0u);
+}
+
+// Polls (time standing still) until a round emits nothing more.
+void poll_until_settled(Assembler& a) {
+  for (int i = 0; i < 1000 && a.poll() > 0; ++i) {
+  }
+}
+
+// The event ids of `doc`, its part number (0: none) and revision.
+struct PartView {
+  std::vector<std::string> ids;
+  uint32_t part = 0;
+  uint32_t revision = 0;
+};
+PartView view(const buffer::OutboxEntry& e) {
+  json d = json::parse(e.document);
+  PartView v;
+  for (const auto& ev : d["events"])
+    v.ids.push_back(ev["id"]);
+  v.part = d["part"].is_null() ? 0 : d["part"].get<uint32_t>();
+  v.revision = d["revision"];
+  return v;
+}
+
+TEST_F(AssemblerTest, ATracePastMaxEventsGoesOutInPartsThatHoldEveryEventOnce) {
+  opts_.max_trace_events = 10;
+  reopen();
+  send({pack("event", "small", "s1")}, "small");
+  for (int i = 0; i < 35; ++i)
+    send({pack("event", "big", "e" + std::to_string(i))}, "big");
+  // Past the bound, parts go out at once, without waiting to be quiet.
+  poll_until_settled(*assembler_);
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 3u);
+  std::set<std::string> seen;
+  for (size_t k = 0; k < 3; ++k) {
+    PartView v = view(ob[k]);
+    EXPECT_EQ(v.part, k + 1);
+    EXPECT_EQ(v.revision, k + 1);
+    EXPECT_EQ(v.ids.size(), 10u);
+    seen.insert(v.ids.begin(), v.ids.end());
+  }
+  // The rest waits to be quiet like any trace; the small one stays whole.
+  advance_and_poll(1100ms);
+  ob = outbox();
+  ASSERT_EQ(ob.size(), 5u);
+  for (const auto& e : ob) {
+    PartView v = view(e);
+    if (e.trace_id == "small") {
+      EXPECT_EQ(v.part, 0u);
+      EXPECT_EQ(v.ids, std::vector<std::string>{"s1"});
+      continue;
+    }
+    if (v.part == 4) {
+      EXPECT_EQ(v.ids.size(), 5u);
+    }
+    seen.insert(v.ids.begin(), v.ids.end());
+  }
+  EXPECT_EQ(seen.size(), 35u);
+  EXPECT_EQ(assembler_->stats().emitted_parts, 4u);
+  // A late event of a split trace is a further part holding only itself.
+  send({pack("event", "big", "late")}, "big");
+  advance_and_poll(1100ms);
+  ob = outbox();
+  ASSERT_EQ(ob.size(), 6u);
+  PartView last = view(ob.back());
+  EXPECT_EQ(last.part, 5u);
+  EXPECT_EQ(last.ids, std::vector<std::string>{"late"});
+  EXPECT_EQ(assembler_->stats().open_traces, 0u);
+}
+
+TEST_F(AssemblerTest, MaxBytesCutsPartsAtCommitBoundariesAndAfterARestart) {
+  opts_.max_trace_bytes = 64 << 10;
+  reopen();
+  const std::string pad(10 << 10, 'x');
+  // One commit larger than the bound: its part takes all of it.
+  std::vector<std::string> one_commit;
+  for (int i = 0; i < 8; ++i)
+    one_commit.push_back(pack("event", "wide", "w" + std::to_string(i), {{"input", pad}}));
+  send(one_commit, "wide");
+  // Twenty commits of one message each, the last ones after a restart that
+  // loses the notifications: parts of six (60 KiB) from the store alone.
+  for (int i = 0; i < 14; ++i)
+    send({pack("event", "long", "l" + std::to_string(i), {{"input", pad}})}, "long");
+  poll_until_settled(*assembler_);
+  for (int i = 14; i < 20; ++i)
+    send({pack("event", "long", "l" + std::to_string(i), {{"input", pad}})}, "long", false);
+  reopen();
+  advance_and_poll(1100ms);
+  poll_until_settled(*assembler_);
+  advance_and_poll(1100ms);
+  std::map<std::string, std::vector<size_t>> sizes;
+  std::set<std::string> seen;
+  for (const auto& e : outbox()) {
+    PartView v = view(e);
+    EXPECT_GT(v.part, 0u) << e.trace_id;
+    EXPECT_LE(e.document.size(), (8u * pad.size()) + 8192u);
+    sizes[e.trace_id].push_back(v.ids.size());
+    seen.insert(v.ids.begin(), v.ids.end());
+  }
+  EXPECT_EQ(sizes["wide"], std::vector<size_t>{8});
+  EXPECT_EQ(sizes["long"], (std::vector<size_t>{6, 6, 6, 2}));
+  EXPECT_EQ(seen.size(), 28u);
 }
 
 }  // namespace

@@ -381,6 +381,12 @@ BuildResult build_trace(std::string_view trace_id, std::span<const StoredMessage
   w.string(status);
   w.key_literal("partial");
   w.boolean(options.partial);
+  w.key_literal("part");
+  if (options.part > 0) {
+    w.uint64(options.part);
+  } else {
+    w.null();
+  }
   w.key_literal("events");
   w.begin_array();
   // Depth-first without recursion: a chain of any length cannot exhaust the

@@ -26,6 +26,9 @@ struct BuildOptions {
   // Some of the trace's earlier messages are no longer stored (retention
   // expired); the document is marked partial.
   bool partial = false;
+  // > 0: the document is part `part` of a trace that goes out in parts
+  // (trace.max_events / trace.max_bytes); it holds only the messages given.
+  uint32_t part = 0;
 };
 
 struct BuildResult {

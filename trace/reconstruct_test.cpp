@@ -432,7 +432,7 @@ TEST(TraceBuildTrace, KeySetIsFixed) {
   EXPECT_EQ(keys(doc), (std::set<std::string>{"trace_id", "revision", "conversation_id",
                                               "session_id", "interaction_id", "channel_id", "user",
                                               "metadata", "start_ts", "end_ts", "duration_ms",
-                                              "status", "partial", "events", "feedback"}));
+                                              "status", "partial", "part", "events", "feedback"}));
   EXPECT_EQ(keys(doc["events"][0]),
             (std::set<std::string>{"id", "parent_id", "type", "name", "input", "output", "start_ts",
                                    "end_ts", "duration_ms", "status", "error", "attrs", "orphan",

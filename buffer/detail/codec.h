@@ -150,7 +150,7 @@ inline std::string encode_state(const TraceState& s) {
   put_be64(&v, s.max_seq);
   put_be64(&v, s.deleted_ns);
   put_be64(&v, s.generation);
-  put_be64(&v, 0);  // reserved
+  put_be64(&v, s.parts);
   v.push_back(s.events_deleted ? 1 : 0);
   return v;
 }
@@ -163,6 +163,7 @@ inline bool decode_state(std::string_view v, TraceState* s) {
   s->max_seq = get_be64(v.substr(20));
   s->deleted_ns = get_be64(v.substr(28));
   s->generation = get_be64(v.substr(36));
+  s->parts = static_cast<uint32_t>(get_be64(v.substr(44)));
   s->events_deleted = v[52] != 0;
   return true;
 }

@@ -293,6 +293,9 @@ json otlp_resource_spans(const json& doc) {
   add_attr(rattrs, "sidetrace.trace.revision", ctx.revision);
   add_str(rattrs, "sidetrace.trace.status", str_or_empty(doc, "status"));
   if (doc.value("partial", false)) add_attr(rattrs, "sidetrace.trace.partial", true);
+  if (auto p = doc.find("part"); p != doc.end() && p->is_number_unsigned()) {
+    add_attr(rattrs, "sidetrace.trace.part", p->get<uint64_t>());
+  }
   add_str(rattrs, "sidetrace.interaction_id", str_or_empty(doc, "interaction_id"));
   add_str(rattrs, "sidetrace.channel_id", str_or_empty(doc, "channel_id"));
   add_str(rattrs, "gen_ai.conversation.id", ctx.conversation_id);
