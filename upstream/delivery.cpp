@@ -119,6 +119,10 @@ struct Batch {
   std::vector<std::string> docs;
   std::vector<uint64_t> emitted_ns;  // 0 when unknown (inline)
   size_t events = 0;
+  // Outbox entries and document bytes (0: unknown) it accounts for in the
+  // dispatcher's Impl::inflight_entries / inflight_bytes.
+  uint64_t held_entries = 0;
+  uint64_t held_bytes = 0;
 };
 
 }  // namespace
@@ -160,8 +164,22 @@ struct Delivery::Impl {
   std::unique_ptr<net::steady_timer> wake_timer;
   std::unique_ptr<net::steady_timer> auth_timer;
   std::deque<BatchRecord> pending;  // persisted batches waiting, in order
-  uint64_t cursor = 0;              // next outbox seq to read
-  uint64_t next_id = 1;             // next batch record id
+  // Outbox entries read but not yet in a batch, in seq order: at most
+  // batch_max_events, and batch_max_bytes of documents plus one. Each entry
+  // is read once; `cursor` is the seq after the last one read.
+  std::deque<buffer::OutboxEntry> staged;
+  size_t staged_bytes = 0;
+  uint64_t cursor = 0;  // next outbox seq to read
+  // Outbox entries (and their document bytes, where known) of the batches in
+  // flight; with `staged` and `pending`, what the dispatcher knows of the
+  // outbox (see may_fill()).
+  uint64_t inflight_entries = 0;
+  uint64_t inflight_bytes = 0;
+  // Request bodies of finished batches, kept for the next ones (their pages
+  // stay mapped); at most max_in_flight.
+  std::vector<std::string> spare_bodies;
+  detail::BodyEncoder body_encoder;  // used on the encoder thread only
+  uint64_t next_id = 1;              // next batch record id
   uint32_t in_flight = 0;
   std::unordered_map<std::string, uint32_t> busy_traces;  // trace ids in flight
   bool auth_failed = false;
@@ -316,6 +334,52 @@ struct Delivery::Impl {
     if (!b.record.is_inline()) std::vector<std::string>().swap(b.docs);
   }
 
+  // Whether the outbox may hold enough unread entries to fill the staged
+  // batch. An estimate from the store's counters (entries dropped for room
+  // while staged or in flight, or acknowledged a moment ago, make it low):
+  // reading on a wrong guess costs one read, and not reading delays the batch
+  // at most until its flush deadline.
+  bool may_fill(const Options& o) const {
+    uint64_t known_entries = staged.size() + inflight_entries;
+    uint64_t known_bytes = staged_bytes + inflight_bytes;
+    for (const auto& r : pending)
+      known_entries += r.seqs.size();
+    uint64_t entries = store.outbox_entries(), bytes = store.outbox_bytes();
+    uint64_t unread_entries = entries > known_entries ? entries - known_entries : 0;
+    uint64_t unread_bytes = bytes > known_bytes ? bytes - known_bytes : 0;
+    return staged.size() + unread_entries >= o.batch_max_events ||
+           staged_bytes + unread_bytes >= o.batch_max_bytes / 2;
+  }
+
+  // Milliseconds until the oldest staged entry is flush_interval_ms old; 0
+  // when it is (or nothing is staged).
+  uint64_t flush_wait_ms(const Options& o) const {
+    if (staged.empty()) return 0;
+    uint64_t now = clock.now_ns();
+    uint64_t emitted = staged.front().emitted_ns;
+    uint64_t age_ms = now > emitted ? (now - emitted) / 1'000'000 : 0;
+    return age_ms < o.flush_interval_ms ? o.flush_interval_ms - age_ms : 0;
+  }
+
+  // Reads the outbox entries after the staged ones, up to the batch bounds.
+  // False when the read failed (logged).
+  bool stage(const Options& o) {
+    if (staged.size() >= o.batch_max_events || staged_bytes >= o.batch_max_bytes) return true;
+    std::vector<buffer::OutboxEntry> got;
+    buffer::Status s = store.read_outbox(cursor, o.batch_max_events - staged.size(),
+                                         o.batch_max_bytes - staged_bytes, &got);
+    if (!s.ok()) {
+      log_line(spdlog::level::err, "upstream: outbox read failed: " + s.message());
+      return false;
+    }
+    for (auto& e : got) {
+      cursor = e.seq + 1;
+      staged_bytes += e.document.size();
+      staged.push_back(std::move(e));
+    }
+    return true;
+  }
+
   // Picks the next batch to send, or sets *wait_ms (0: until woken).
   std::optional<Batch> next_batch(uint64_t* wait_ms) {
     *wait_ms = 0;
@@ -330,57 +394,68 @@ struct Delivery::Impl {
       BatchRecord r = std::move(*it);
       it = pending.erase(it);
       Batch b;
+      b.held_entries = r.seqs.size();
       if (load_batch(std::move(r), &b)) return b;
     }
-    std::vector<buffer::OutboxEntry> entries;
-    buffer::Status s = store.read_outbox(cursor, o.batch_max_events, o.batch_max_bytes, &entries);
-    if (!s.ok()) {
-      log_line(spdlog::level::err, "upstream: outbox read failed: " + s.message());
-      *wait_ms = 1000;
-      return std::nullopt;
-    }
-    if (entries.empty()) return std::nullopt;
-    size_t bytes = 0;
-    size_t n = 0;
-    bool cut = false;
-    std::set<std::string> seen;
-    for (; n < entries.size(); ++n) {
-      const std::string& id = entries[n].trace_id;
-      if (busy_traces.count(id) != 0 || blocked.count(id) != 0) {
-        cut = true;
-        break;
-      }
-      bytes += entries[n].document.size();
-    }
-    if (n == 0) return std::nullopt;  // woken when the conflicting batch finishes
-    bool full = cut || n >= o.batch_max_events || bytes >= o.batch_max_bytes / 2;
-    if (!full) {
-      uint64_t now = clock.now_ns();
-      uint64_t emitted = entries[0].emitted_ns;
-      uint64_t age_ms = now > emitted ? (now - emitted) / 1'000'000 : 0;
-      if (age_ms < o.flush_interval_ms) {
-        *wait_ms = o.flush_interval_ms - age_ms;
+    // New entries are read when they may complete a batch: with nothing
+    // staged (the first gives the flush deadline), at the flush deadline, or
+    // when the outbox may hold enough to fill one. Between these, the wake-up
+    // an emission causes costs no read.
+    if (staged.empty() || flush_wait_ms(o) == 0 || may_fill(o)) {
+      if (!stage(o)) {
+        *wait_ms = 1000;
         return std::nullopt;
       }
+    }
+    if (staged.empty()) return std::nullopt;
+    // The batch: the staged entries up to the first whose trace is in flight
+    // or behind a waiting batch (a cut: the batch cannot grow past it), and
+    // within the bounds.
+    size_t bytes = 0;
+    size_t n = 0;
+    bool full = false;
+    for (; n < staged.size(); ++n) {
+      const buffer::OutboxEntry& e = staged[n];
+      if (busy_traces.count(e.trace_id) != 0 || blocked.count(e.trace_id) != 0 ||
+          n >= o.batch_max_events || (n > 0 && bytes + e.document.size() > o.batch_max_bytes)) {
+        full = true;
+        break;
+      }
+      bytes += e.document.size();
+    }
+    if (n == 0) return std::nullopt;  // woken when the conflicting batch finishes
+    full = full || n >= o.batch_max_events || bytes >= o.batch_max_bytes / 2;
+    if (!full) {
+      *wait_ms = flush_wait_ms(o);
+      if (*wait_ms > 0) return std::nullopt;
     }
     Batch b;
     b.record.id = next_id++;
     b.record.key = detail::new_idempotency_key();
     for (size_t i = 0; i < n; ++i) {
-      b.record.seqs.push_back(entries[i].seq);
-      b.record.trace_ids.push_back(entries[i].trace_id);
-      b.emitted_ns.push_back(entries[i].emitted_ns);
-      b.events += detail::count_events(entries[i].document);
-      b.docs.push_back(std::move(entries[i].document));
+      b.record.seqs.push_back(staged[i].seq);
+      b.record.trace_ids.push_back(staged[i].trace_id);
     }
     // Persist the composition and key before the first send.
-    s = store.meta_put(detail::batch_meta_key(b.record.id), detail::encode_batch(b.record));
+    buffer::Status s =
+        store.meta_put(detail::batch_meta_key(b.record.id), detail::encode_batch(b.record));
     if (!s.ok()) {
       log_line(spdlog::level::err, "upstream: cannot persist batch record: " + s.message());
       *wait_ms = 1000;
       return std::nullopt;
     }
-    cursor = b.record.seqs.back() + 1;
+    b.docs.reserve(n);
+    b.emitted_ns.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+      buffer::OutboxEntry& e = staged.front();
+      b.emitted_ns.push_back(e.emitted_ns);
+      b.events += detail::count_events(e.document);
+      b.docs.push_back(std::move(e.document));
+      staged.pop_front();
+    }
+    staged_bytes -= bytes;
+    b.held_entries = n;
+    b.held_bytes = bytes;
     return b;
   }
 
@@ -393,6 +468,8 @@ struct Delivery::Impl {
         std::optional<Batch> b = next_batch(&wait_ms);
         if (b) {
           ++in_flight;
+          inflight_entries += b->held_entries;
+          inflight_bytes += b->held_bytes;
           for (auto& id : b->record.trace_ids)
             ++busy_traces[id];
           update_stats([&](Stats& s) { s.in_flight = in_flight; });
@@ -426,18 +503,21 @@ struct Delivery::Impl {
     if (gen == config_generation && !stopping) idle.emplace_back(gen, std::move(c));
   }
 
-  // Encodes and compresses; runs on the encoder pool.
-  static bool build_request(const Config& c, const Batch& b, http::request<http::string_body>* req,
-                            std::string* error) {
+  // Encodes and compresses into `body` (whose capacity is reused); runs on
+  // the encoder thread, the only user of body_encoder.
+  bool build_request(const Config& c, const Batch& b, std::string body,
+                     http::request<http::string_body>* req, std::string* error) {
     std::vector<std::string_view> views(b.docs.begin(), b.docs.end());
-    std::string raw;
-    if (c.options.format == Format::kNative) {
-      detail::append_native_body(views, &raw);
-    } else if (!detail::append_otlp_body(views, &raw, error)) {
-      return false;
+    const Options& o = c.options;
+    bool compressed;
+    if (o.format == Format::kNative) {
+      compressed = body_encoder.native(o.compression, o.compression_level, views, &body);
+    } else {
+      std::string raw;
+      if (!detail::append_otlp_body(views, &raw, error)) return false;
+      compressed = body_encoder.compress(o.compression, o.compression_level, raw, &body);
     }
-    std::string body;
-    if (!detail::compress(c.options.compression, c.options.compression_level, raw, &body)) {
+    if (!compressed) {
       *error = "compression failed";
       return false;
     }
@@ -462,7 +542,24 @@ struct Delivery::Impl {
     co_await t.async_wait(net::redirect_error(net::use_awaitable, ec));
   }
 
+  // A buffer for a request body: the request's own (a rebuild), or a spare.
+  std::string take_body(http::request<http::string_body>& req) {
+    if (req.body().capacity() > 0 || spare_bodies.empty()) return std::move(req.body());
+    std::string body = std::move(spare_bodies.back());
+    spare_bodies.pop_back();
+    return body;
+  }
+
+  void give_body(std::string body) {
+    if (spare_bodies.size() < config->options.max_in_flight) {
+      spare_bodies.push_back(std::move(body));
+    }
+  }
+
   void finish(Batch& b) {
+    inflight_entries -= b.held_entries;
+    inflight_bytes -= b.held_bytes;
+    b.held_entries = b.held_bytes = 0;
     for (auto& id : b.record.trace_ids) {
       auto it = busy_traces.find(id);
       if (it != busy_traces.end() && --it->second == 0) busy_traces.erase(it);
@@ -618,9 +715,12 @@ struct Delivery::Impl {
         // Encoding and compression run on the encoder thread so that the
         // io thread keeps reading the outbox and serving other batches.
         std::string error;
+        std::string body = take_body(req);
         bool built = co_await net::co_spawn(
             encoder->get_executor(),
-            [&]() -> net::awaitable<bool> { co_return build_request(*cfg, b, &req, &error); },
+            [&]() -> net::awaitable<bool> {
+              co_return build_request(*cfg, b, std::move(body), &req, &error);
+            },
             net::use_awaitable);
         if (stopping) break;
         if (!built) {
@@ -641,6 +741,7 @@ struct Delivery::Impl {
       switch (out.kind) {
         case OutcomeKind::kSuccess:
           co_await on_success(b, out, req.body().size());
+          give_body(std::move(req.body()));
           finish(b);
           co_return;
         case OutcomeKind::kPermanent:
@@ -754,8 +855,12 @@ void Delivery::start() {
   m.auth_timer = std::make_unique<net::steady_timer>(*m.io);
   m.stopping = false;
   m.pending.clear();
+  m.staged.clear();
+  m.staged_bytes = 0;
   m.busy_traces.clear();
   m.in_flight = 0;
+  m.inflight_entries = 0;
+  m.inflight_bytes = 0;
   m.cursor = 0;
   m.auth_failed = false;
   {

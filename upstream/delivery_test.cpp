@@ -5,9 +5,11 @@
 #include <atomic>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "common/clock.h"
 #include "upstream/detail/records.h"
 #include "upstream/testing/http_server.h"
 #include "upstream/testing/store_helpers.h"
@@ -524,6 +526,191 @@ TEST_F(UpstreamDeliveryTest, OtlpFormatAndPartialSuccess) {
   EXPECT_EQ(body["resourceSpans"][0]["scopeSpans"][0]["spans"].size(), 2u);
   EXPECT_EQ(d.stats().spans_rejected, 1u);
   EXPECT_EQ(server.request_count(), 1u);  // not retried
+}
+
+// A store that counts what the delivery reads from the outbox.
+class CountingStore final : public buffer::Store {
+ public:
+  explicit CountingStore(buffer::Store& s) : s_(s) {}
+  std::atomic<uint64_t> reads{0};         // read_outbox calls that returned entries
+  std::atomic<uint64_t> entries_read{0};  // entries they returned
+  std::mutex mu;
+  std::map<uint64_t, int> times_read;  // seq -> how often it was read
+
+  buffer::Status read_outbox(uint64_t from_seq, size_t max_entries, size_t max_bytes,
+                             std::vector<buffer::OutboxEntry>* out) override {
+    size_t before = out->size();
+    buffer::Status st = s_.read_outbox(from_seq, max_entries, max_bytes, out);
+    if (out->size() > before) {
+      ++reads;
+      entries_read += out->size() - before;
+      std::lock_guard lock(mu);
+      for (size_t i = before; i < out->size(); ++i)
+        ++times_read[(*out)[i].seq];
+    }
+    return st;
+  }
+  buffer::Status ack_outbox(std::span<const uint64_t> seqs) override { return s_.ack_outbox(seqs); }
+  uint64_t outbox_entries() const override { return s_.outbox_entries(); }
+  uint64_t outbox_bytes() const override { return s_.outbox_bytes(); }
+  void set_outbox_listener(std::function<void()> fn) override {
+    s_.set_outbox_listener(std::move(fn));
+  }
+  buffer::Status meta_put(std::string_view k, std::string_view v) override {
+    return s_.meta_put(k, v);
+  }
+  buffer::Status meta_get(std::string_view k, std::string* v) override { return s_.meta_get(k, v); }
+  buffer::Status meta_delete(std::string_view k) override { return s_.meta_delete(k); }
+  buffer::Status meta_scan(std::string_view p, size_t limit,
+                           std::vector<std::pair<std::string, std::string>>* out) override {
+    return s_.meta_scan(p, limit, out);
+  }
+  buffer::Status append(std::span<const ipc::Message> m,
+                        std::vector<buffer::Committed>* out) override {
+    return s_.append(m, out);
+  }
+  buffer::Status ensure_room(uint64_t bytes) override { return s_.ensure_room(bytes); }
+  buffer::Status resume() override { return s_.resume(); }
+  bool needs_resume() const override { return s_.needs_resume(); }
+  buffer::Status read_trace(std::string_view id, std::vector<buffer::StoredEvent>* out) override {
+    return s_.read_trace(id, out);
+  }
+  buffer::Status scan_pending(uint64_t from, size_t limit,
+                              std::vector<buffer::Committed>* out) override {
+    return s_.scan_pending(from, limit, out);
+  }
+  buffer::Status release_pending(std::string_view id, std::span<const uint64_t> seqs) override {
+    return s_.release_pending(id, seqs);
+  }
+  buffer::Status get_state(std::string_view id, buffer::TraceState* out) override {
+    return s_.get_state(id, out);
+  }
+  buffer::Status emit(const buffer::Emission& e, uint64_t* seq) override { return s_.emit(e, seq); }
+  buffer::Status emit_many(std::span<const buffer::Emission> es, std::span<buffer::Status> results,
+                           std::span<uint64_t> seqs) override {
+    return s_.emit_many(es, results, seqs);
+  }
+  buffer::Status expire(uint64_t before, uint64_t forget, size_t max) override {
+    return s_.expire(before, forget, max);
+  }
+  buffer::Status compact() override { return s_.compact(); }
+  buffer::StoreCounters counters() const override { return s_.counters(); }
+
+ private:
+  buffer::Store& s_;
+};
+
+// Emissions before a batch is due cost no outbox read: each entry is read
+// once, when its batch is due (here at the flush deadline, moved by hand),
+// however many emissions woke the delivery meanwhile.
+TEST_F(UpstreamDeliveryTest, TheOutboxIsReadOncePerEntry) {
+  HttpServer server;
+  CountingStore counting(*store_);
+  ManualClock clock;
+  Options o = options(server.url());
+  o.flush_interval_ms = 60000;
+  Delivery d(counting, o, clock);
+  d.start();
+  const uint64_t t0 = clock.now_ns();
+  emit_doc(*store_, "t0", make_doc("t0", 1), t0);
+  // The first entry is read at once: it sets the flush deadline.
+  ASSERT_TRUE(wait_until([&] { return counting.entries_read == 1; }));
+  for (int i = 1; i < 10; ++i)
+    emit_doc(*store_, "t" + std::to_string(i), make_doc("t" + std::to_string(i), 1), t0);
+  clock.advance(std::chrono::seconds(61));
+  // One more emission wakes the delivery after the deadline passed.
+  emit_doc(*store_, "t10", make_doc("t10", 1), t0);
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  std::vector<std::string> delivered;
+  for (auto& r : server.requests()) {
+    for (auto& id : traces_in(r))
+      delivered.push_back(id);
+  }
+  EXPECT_EQ(delivered.size(), 11u);
+  EXPECT_EQ(counting.entries_read, 11u);
+  std::lock_guard lock(counting.mu);
+  for (auto& [seq, n] : counting.times_read)
+    EXPECT_EQ(n, 1) << "seq " << seq;
+  // The first read, the one at the deadline, and at most one more (for an
+  // entry that arrived after it).
+  EXPECT_LE(counting.reads, 3u);
+  EXPECT_LE(server.request_count(), 2u);
+}
+
+// A batch that fills up (batch_max_events) goes at once, long before its
+// flush deadline, though nothing but emissions wakes the delivery.
+TEST_F(UpstreamDeliveryTest, AFullBatchGoesBeforeItsFlushDeadline) {
+  HttpServer server;
+  CountingStore counting(*store_);
+  Options o = options(server.url());
+  o.flush_interval_ms = 600000;
+  o.batch_max_events = 5;
+  o.max_in_flight = 1;
+  Delivery d(counting, o);
+  d.start();
+  for (int i = 0; i < 15; ++i)
+    emit_doc(*store_, "t" + std::to_string(i), make_doc("t" + std::to_string(i), 1));
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  auto reqs = server.requests();
+  ASSERT_EQ(reqs.size(), 3u);
+  std::vector<std::string> delivered;
+  for (auto& r : reqs) {
+    EXPECT_EQ(traces_in(r).size(), 5u);
+    for (auto& id : traces_in(r))
+      delivered.push_back(id);
+  }
+  std::vector<std::string> want;
+  for (int i = 0; i < 15; ++i)
+    want.push_back("t" + std::to_string(i) + "#1");
+  EXPECT_EQ(delivered, want);
+  EXPECT_EQ(counting.entries_read, 15u);
+}
+
+// Entries read while an earlier revision of their trace is in flight wait,
+// read once, behind it; the batch is cut before them.
+TEST_F(UpstreamDeliveryTest, AStagedRevisionWaitsForItsTraceInFlight) {
+  HttpServer server;
+  std::atomic<bool> hold{true};
+  server.set_handler([&](const RecordedRequest&) {
+    Reply r;
+    if (hold) r.status = 503;
+    return r;
+  });
+  CountingStore counting(*store_);
+  Options o = options(server.url());
+  o.max_in_flight = 4;
+  Delivery d(counting, o);
+  d.start();
+  emit_doc(*store_, "a", make_doc("a", 1));
+  ASSERT_TRUE(wait_until([&] { return server.request_count() >= 1; }));
+  emit_doc(*store_, "b", make_doc("b", 1));
+  emit_doc(*store_, "a", make_doc("a", 2));
+  emit_doc(*store_, "c", make_doc("c", 1));
+  // "b" goes alone (cut before a#2); a#2 and "c" wait for a#1.
+  ASSERT_TRUE(wait_until([&] {
+    for (auto& r : server.requests()) {
+      if (traces_in(r) == std::vector<std::string>{"b#1"}) return true;
+    }
+    return false;
+  }));
+  hold = false;
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  auto reqs = server.requests();
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    for (auto& id : traces_in(reqs[i])) {
+      if (id == "a#2") {
+        // Sent only after a#1 succeeded, i.e. after the last a#1 request.
+        for (size_t j = i; j < reqs.size(); ++j) {
+          for (auto& later : traces_in(reqs[j]))
+            EXPECT_NE(later, "a#1");
+        }
+      }
+    }
+  }
+  EXPECT_EQ(d.stats().traces_delivered, 4u);
+  std::lock_guard lock(counting.mu);
+  for (auto& [seq, n] : counting.times_read)
+    EXPECT_EQ(n, 1) << "seq " << seq;
 }
 
 class UpstreamDeliveryTlsTest : public UpstreamDeliveryTest {

@@ -56,6 +56,42 @@ TEST(UpstreamEncode, CompressionRoundTrips) {
   EXPECT_FALSE(decompress(Compression::kGzip, "garbage", &back));
 }
 
+// One encoder builds body after body (levels and compressions changing
+// between them, output buffers reused with content of their own): each body
+// decodes to exactly the native body of its documents.
+TEST(UpstreamEncode, BodyEncoderReusedAcrossBodies) {
+  std::vector<std::string> big;
+  for (int i = 0; i < 300; ++i)
+    big.push_back(R"({"trace_id":"t)" + std::to_string(i) + R"(","x":")" +
+                  std::string(static_cast<size_t>(i % 97) * 40, static_cast<char>('a' + i % 26)) +
+                  R"("})");
+  std::vector<std::string_view> many(big.begin(), big.end());
+  std::vector<std::string_view> one = {R"({"a":1})"};
+  std::vector<std::string_view> none;
+  BodyEncoder enc;
+  std::string out = "left over from an earlier body";
+  for (int round = 0; round < 3; ++round) {
+    for (Compression c : {Compression::kGzip, Compression::kZstd, Compression::kNone}) {
+      for (int level : {1, 3}) {
+        for (const auto* docs : {&many, &one, &none}) {
+          std::string want;
+          append_native_body(*docs, &want);
+          ASSERT_TRUE(enc.native(c, level, *docs, &out));
+          std::string back;
+          ASSERT_TRUE(decompress(c, out, &back));
+          EXPECT_EQ(back, want);
+          if (c != Compression::kNone && docs == &many) {
+            EXPECT_LT(out.size(), want.size() / 4);
+          }
+          ASSERT_TRUE(enc.compress(c, level, want, &out));
+          ASSERT_TRUE(decompress(c, out, &back));
+          EXPECT_EQ(back, want);
+        }
+      }
+    }
+  }
+}
+
 TEST(UpstreamEncode, OtlpIds) {
   EXPECT_EQ(otlp_id("A1B2C3D4E5F60718", 16), "a1b2c3d4e5f60718");
   std::string h = otlp_id("gen-1", 16);

@@ -337,37 +337,157 @@ std::string_view content_encoding(Compression c) {
   return {};
 }
 
-bool compress(Compression c, int level, std::string_view in, std::string* out) {
-  out->clear();
-  if (c == Compression::kNone) {
-    out->assign(in);
-    return true;
-  }
-  if (c == Compression::kZstd) {
-    out->resize(ZSTD_compressBound(in.size()));
-    size_t n = ZSTD_compress(out->data(), out->size(), in.data(), in.size(), level);
-    if (ZSTD_isError(n)) return false;
-    out->resize(n);
-    // The body is held while the batch is in flight: not at the size of the
-    // bound (the uncompressed size and more).
-    out->shrink_to_fit();
-    return true;
-  }
+struct BodyEncoder::State {
+  Compression c = Compression::kNone;
+  std::string* out = nullptr;
+  size_t used = 0;  // bytes of *out written (kGzip, kZstd)
+  bool failed = false;
   z_stream zs{};
-  if (deflateInit2(&zs, std::clamp(level, 1, 9), Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) !=
-      Z_OK) {
-    return false;
+  bool zs_ready = false;
+  int zs_level = 0;
+  ZSTD_CCtx* zc = nullptr;
+
+  ~State() {
+    if (zs_ready) deflateEnd(&zs);
+    ZSTD_freeCCtx(zc);
   }
-  out->resize(deflateBound(&zs, in.size()) + 32);
-  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
-  zs.avail_in = static_cast<uInt>(in.size());
-  zs.next_out = reinterpret_cast<Bytef*>(out->data());
-  zs.avail_out = static_cast<uInt>(out->size());
-  int rc = deflate(&zs, Z_FINISH);
-  size_t n = zs.total_out;
-  deflateEnd(&zs);
-  if (rc != Z_STREAM_END) return false;
-  out->resize(n);
+
+  // Makes room after `used` in *out: first its whole capacity, then double.
+  void grow() {
+    size_t want = std::max({out->capacity(), out->size() * 2, size_t{64} << 10});
+    out->resize(want);
+  }
+};
+
+BodyEncoder::BodyEncoder() : s_(std::make_unique<State>()) {}
+BodyEncoder::~BodyEncoder() = default;
+
+bool BodyEncoder::begin(Compression c, int level, std::string* out) {
+  State& s = *s_;
+  s.c = c;
+  s.out = out;
+  s.used = 0;
+  s.failed = false;
+  out->clear();
+  if (c == Compression::kGzip) {
+    level = std::clamp(level, 1, 9);
+    if (s.zs_ready && s.zs_level == level) {
+      if (deflateReset(&s.zs) != Z_OK) return false;
+    } else {
+      if (s.zs_ready) deflateEnd(&s.zs);
+      s.zs = z_stream{};
+      s.zs_ready = deflateInit2(&s.zs, level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) == Z_OK;
+      if (!s.zs_ready) return false;
+      s.zs_level = level;
+    }
+  } else if (c == Compression::kZstd) {
+    if (s.zc == nullptr) s.zc = ZSTD_createCCtx();
+    if (s.zc == nullptr) return false;
+    ZSTD_CCtx_reset(s.zc, ZSTD_reset_session_and_parameters);
+    if (ZSTD_isError(ZSTD_CCtx_setParameter(s.zc, ZSTD_c_compressionLevel, level))) return false;
+  }
+  return true;
+}
+
+bool BodyEncoder::add(std::string_view piece) {
+  State& s = *s_;
+  if (s.failed) return false;
+  switch (s.c) {
+    case Compression::kNone:
+      s.out->append(piece);
+      return true;
+    case Compression::kGzip: {
+      s.zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(piece.data()));
+      s.zs.avail_in = static_cast<uInt>(piece.size());
+      while (s.zs.avail_in > 0) {
+        if (s.used == s.out->size()) s.grow();
+        s.zs.next_out = reinterpret_cast<Bytef*>(s.out->data() + s.used);
+        s.zs.avail_out = static_cast<uInt>(s.out->size() - s.used);
+        int rc = deflate(&s.zs, Z_NO_FLUSH);
+        s.used = s.out->size() - s.zs.avail_out;
+        if (rc != Z_OK && rc != Z_BUF_ERROR) {
+          s.failed = true;
+          return false;
+        }
+      }
+      return true;
+    }
+    case Compression::kZstd: {
+      ZSTD_inBuffer in{piece.data(), piece.size(), 0};
+      while (in.pos < in.size) {
+        if (s.used == s.out->size()) s.grow();
+        ZSTD_outBuffer ob{s.out->data(), s.out->size(), s.used};
+        size_t rc = ZSTD_compressStream2(s.zc, &ob, &in, ZSTD_e_continue);
+        s.used = ob.pos;
+        if (ZSTD_isError(rc)) {
+          s.failed = true;
+          return false;
+        }
+      }
+      return true;
+    }
+  }
+  return false;
+}
+
+bool BodyEncoder::finish() {
+  State& s = *s_;
+  if (s.failed) return false;
+  if (s.c == Compression::kGzip) {
+    s.zs.next_in = nullptr;
+    s.zs.avail_in = 0;
+    for (;;) {
+      if (s.used == s.out->size()) s.grow();
+      s.zs.next_out = reinterpret_cast<Bytef*>(s.out->data() + s.used);
+      s.zs.avail_out = static_cast<uInt>(s.out->size() - s.used);
+      int rc = deflate(&s.zs, Z_FINISH);
+      s.used = s.out->size() - s.zs.avail_out;
+      if (rc == Z_STREAM_END) break;
+      if (rc != Z_OK && rc != Z_BUF_ERROR) return false;
+    }
+    s.out->resize(s.used);
+  } else if (s.c == Compression::kZstd) {
+    ZSTD_inBuffer in{nullptr, 0, 0};
+    for (;;) {
+      if (s.used == s.out->size()) s.grow();
+      ZSTD_outBuffer ob{s.out->data(), s.out->size(), s.used};
+      size_t rc = ZSTD_compressStream2(s.zc, &ob, &in, ZSTD_e_end);
+      s.used = ob.pos;
+      if (ZSTD_isError(rc)) return false;
+      if (rc == 0) break;
+    }
+    s.out->resize(s.used);
+  }
+  return true;
+}
+
+bool BodyEncoder::native(Compression c, int level, std::span<const std::string_view> docs,
+                         std::string* out) {
+  if (!begin(c, level, out)) return false;
+  if (c == Compression::kNone) {
+    append_native_body(docs, out);
+    return true;
+  }
+  add("{\"traces\":[");
+  for (size_t i = 0; i < docs.size(); ++i) {
+    if (i > 0) add(",");
+    add(docs[i]);
+  }
+  add("]}");
+  return finish();
+}
+
+bool BodyEncoder::compress(Compression c, int level, std::string_view in, std::string* out) {
+  if (!begin(c, level, out)) return false;
+  add(in);
+  return finish();
+}
+
+bool compress(Compression c, int level, std::string_view in, std::string* out) {
+  BodyEncoder e;
+  if (!e.compress(c, level, in, out)) return false;
+  // The body is held while the batch is in flight: not at the size of the
+  // output buffer's last doubling.
   out->shrink_to_fit();
   return true;
 }

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -25,6 +26,36 @@ bool append_otlp_body(std::span<const std::string_view> docs, std::string* out, 
 // Compresses `in` into *out (replacing it). kNone copies. Returns false on a
 // compressor failure.
 bool compress(Compression c, int level, std::string_view in, std::string* out);
+
+// Builds request bodies one after another, keeping its compressor state
+// between them, and writing into the capacity *out already has: a fresh
+// deflate state, an uncompressed copy of the body and a new output buffer
+// per batch would each be faulted in anew (the allocator returns freed pages
+// within a fraction of a second). The native body is compressed as it is
+// formed, never held uncompressed.
+//
+// Thread safety: none; one encoder per thread (it is not shared).
+class BodyEncoder {
+ public:
+  BodyEncoder();
+  ~BodyEncoder();
+  BodyEncoder(const BodyEncoder&) = delete;
+  BodyEncoder& operator=(const BodyEncoder&) = delete;
+
+  // The native body of `docs` (as append_native_body) compressed into *out,
+  // replacing its content. False on a compressor failure.
+  bool native(Compression c, int level, std::span<const std::string_view> docs, std::string* out);
+  // `in` compressed into *out, replacing its content (kNone copies). False on
+  // a compressor failure.
+  bool compress(Compression c, int level, std::string_view in, std::string* out);
+
+ private:
+  struct State;
+  bool begin(Compression c, int level, std::string* out);
+  bool add(std::string_view piece);
+  bool finish();
+  std::unique_ptr<State> s_;
+};
 // The inverse (for tests and the benchmark server); bounded by `limit` bytes.
 bool decompress(Compression c, std::string_view in, std::string* out, size_t limit = 1u << 30);
 // The Content-Encoding value, empty for kNone.
