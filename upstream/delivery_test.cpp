@@ -572,8 +572,10 @@ class CountingStore final : public buffer::Store {
   buffer::Status ensure_room(uint64_t bytes) override { return s_.ensure_room(bytes); }
   buffer::Status resume() override { return s_.resume(); }
   bool needs_resume() const override { return s_.needs_resume(); }
-  buffer::Status read_trace(std::string_view id, std::vector<buffer::StoredEvent>* out) override {
-    return s_.read_trace(id, out);
+  using buffer::Store::read_trace;
+  buffer::Status read_trace(std::string_view id, const buffer::TraceRange& range,
+                            std::vector<buffer::StoredEvent>* out, bool* more) override {
+    return s_.read_trace(id, range, out, more);
   }
   buffer::Status scan_pending(uint64_t from, size_t limit,
                               std::vector<buffer::Committed>* out) override {
