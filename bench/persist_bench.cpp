@@ -7,7 +7,9 @@
 // PERSIST_BENCH_BACKLOG (backlog run, default 10000000), PERSIST_BENCH_LATENCY_S
 // (each latency run, default 10: long enough to include the periodic flush of
 // every column family that frees old WAL files), PERSIST_BENCH_ONLY (a
-// comma-separated subset of backlog,os,fsync,latency; default all).
+// comma-separated subset of backlog,os,fsync,latency; default all),
+// PERSIST_BENCH_COMMIT_DELAY_MS (the writer's commit delay; default the
+// agent's buffer.commit_delay_ms).
 #include <malloc.h>
 #include <unistd.h>
 
@@ -25,6 +27,7 @@
 
 #include "buffer/store.h"
 #include "buffer/writer.h"
+#include "config/config.h"
 
 using namespace sidetrace;
 namespace fs = std::filesystem;
@@ -86,10 +89,22 @@ std::string event_bytes(uint64_t n, const std::string& trace_id) {
   return std::string(buf.data(), buf.size());
 }
 
+// The writer as the agent runs it: with its default commit delay.
+int64_t commit_delay_ms() {
+  const char* v = std::getenv("PERSIST_BENCH_COMMIT_DELAY_MS");
+  return v ? std::atoll(v) : config::Config{}.buffer.commit_delay_ms;
+}
+buffer::WriterOptions agent_writer_options() {
+  buffer::WriterOptions o;
+  o.commit_delay = std::chrono::milliseconds(commit_delay_ms());
+  return o;
+}
+
 struct Env {
   fs::path dir;
   std::unique_ptr<buffer::Store> store;
-  BoundedQueue<ipc::MessageBatch> queue{16 << 20};
+  buffer::WriterOptions writer_options = agent_writer_options();
+  BoundedQueue<ipc::MessageBatch> queue{16 << 20, writer_options.commit_bytes};
   std::atomic<uint64_t> committed{0};
   std::unique_ptr<buffer::Writer> writer;
 
@@ -108,7 +123,8 @@ struct Env {
       std::exit(1);
     }
     writer = std::make_unique<buffer::Writer>(
-        *store, queue, [this](std::span<const buffer::Committed> c) { committed += c.size(); });
+        *store, queue, [this](std::span<const buffer::Committed> c) { committed += c.size(); },
+        system_clock(), writer_options);
     writer->start();
   }
   ~Env() {
@@ -233,9 +249,9 @@ void latency(buffer::SyncMode sync, const char* name, uint64_t offered_per_s, do
   env.wait_for(20000 + per_tick * ticks);
   const auto& h = env.writer->latency();
   std::printf(
-      "{\"bench\":\"persist_latency\",\"sync\":\"%s\",\"offered_per_s\":%llu,\"p50_ms\":%.3f,"
-      "\"p99_ms\":%.3f}\n",
-      name, static_cast<unsigned long long>(offered_per_s),
+      "{\"bench\":\"persist_latency\",\"sync\":\"%s\",\"offered_per_s\":%llu,"
+      "\"commit_delay_ms\":%lld,\"p50_ms\":%.3f,\"p99_ms\":%.3f}\n",
+      name, static_cast<unsigned long long>(offered_per_s), static_cast<long long>(commit_delay_ms()),
       static_cast<double>(h.quantile_ns(0.5)) / 1e6,
       static_cast<double>(h.quantile_ns(0.99)) / 1e6);
   std::fflush(stdout);

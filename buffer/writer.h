@@ -54,7 +54,7 @@ struct WriterOptions {
   // each. The queue's wake weight should be `commit_bytes`, so that it wakes
   // the waiting writer. 0 = commit at once.
   std::chrono::milliseconds commit_delay{0};
-  size_t commit_bytes = 32 << 10;
+  size_t commit_bytes = 16 << 10;
   // After a write failure, Store::resume() is tried after `resume_interval`,
   // then at doubling intervals up to `max_resume_interval`.
   std::chrono::milliseconds resume_interval{100};
