@@ -34,6 +34,7 @@ DOCUMENT_TIMEOUT_S = 20.0
 EXPECTED = {
     "trace_id": "<trace>",
     "revision": "<revision>",
+    "part": None,
     "conversation_id": "conv_123",
     "session_id": "session_123",
     "interaction_id": None,
