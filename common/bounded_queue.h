@@ -10,9 +10,11 @@
 // A consumer that works in rounds waits with wait_for_weight(): it sleeps
 // through arrivals until the queued weight reaches the queue's wake weight
 // (or its timeout, close() or notify()), so that a round costs one wake-up,
-// not one per item. Producers wake a waiting consumer only when the queue was
-// empty or when the weight reaches the wake weight; 0 (the default) wakes it
-// for every item.
+// not one per item. Producers wake a consumer waiting for items (or for the
+// first one) only when the queue was empty or when the weight reaches the
+// wake weight (0, the default, wakes it for every item), and a consumer
+// waiting for weight only when the weight reaches the wake weight; nobody is
+// woken when nobody waits.
 //
 // Thread safety: every method may be called from any thread.
 #pragma once
@@ -20,6 +22,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <deque>
 #include <mutex>
 #include <utility>
@@ -41,16 +44,28 @@ class BoundedQueue {
   // An item heavier than the whole bound is accepted only into an empty queue,
   // so that nothing is refused forever.
   bool try_push(T& item, size_t weight) {
-    bool wake = false;
+    bool wake = false, all = false;
     {
       std::lock_guard lock(mu_);
       if (closed_) return false;
       if (weight_ + weight > max_weight_ && !items_.empty()) return false;
       items_.emplace_back(std::move(item), weight);
       weight_ += weight;
-      wake = items_.size() == 1 || weight_ >= wake_weight_;
+      const bool heavy = weight_ >= wake_weight_;
+      const bool wake_items = item_waiters_ > 0 && (items_.size() == 1 || heavy);
+      const bool wake_weight = weight_waiters_ > 0 && heavy;
+      wake = wake_items || wake_weight;
+      // Both kinds waiting: notify_one could pick the one that sleeps on.
+      all = item_waiters_ > 0 && weight_waiters_ > 0;
+      if (wake) ++notifications_;
     }
-    if (wake) cv_.notify_one();
+    if (wake) {
+      if (all) {
+        cv_.notify_all();
+      } else {
+        cv_.notify_one();
+      }
+    }
     return true;
   }
   bool try_push(T&& item, size_t weight) { return try_push(item, weight); }
@@ -60,7 +75,7 @@ class BoundedQueue {
   template <typename Rep, typename Period>
   bool pop_all(std::vector<T>& out, std::chrono::duration<Rep, Period> timeout) {
     std::unique_lock lock(mu_);
-    cv_.wait_for(lock, timeout, [&] { return closed_ || !items_.empty(); });
+    wait_for_items(lock, timeout);
     if (items_.empty()) return !closed_;
     for (auto& [item, w] : items_)
       out.push_back(std::move(item));
@@ -77,7 +92,7 @@ class BoundedQueue {
   bool pop_upto(std::vector<T>& out, size_t max_weight,
                 std::chrono::duration<Rep, Period> timeout) {
     std::unique_lock lock(mu_);
-    cv_.wait_for(lock, timeout, [&] { return closed_ || !items_.empty(); });
+    wait_for_items(lock, timeout);
     if (items_.empty()) return !closed_;
     size_t taken = 0;
     while (!items_.empty() && (taken == 0 || taken < max_weight)) {
@@ -98,9 +113,13 @@ class BoundedQueue {
   void wait_for_weight(size_t min_weight, std::chrono::duration<Rep, Period> timeout) {
     std::unique_lock lock(mu_);
     const uint64_t notified = notified_;
+    // Waiting for the first item is waiting for items; producers count it so.
+    size_t& waiters = min_weight == 0 ? item_waiters_ : weight_waiters_;
+    ++waiters;
     cv_.wait_for(lock, timeout, [&] {
       return closed_ || notified_ != notified || (!items_.empty() && weight_ >= min_weight);
     });
+    --waiters;
   }
 
   // Ends every wait_for_weight() in progress (for a consumer that stops).
@@ -131,7 +150,26 @@ class BoundedQueue {
   size_t max_weight() const { return max_weight_; }
   size_t wake_weight() const { return wake_weight_; }
 
+  // Diagnostics: consumers waiting now, and how many times producers have
+  // woken one.
+  size_t waiting() const {
+    std::lock_guard lock(mu_);
+    return item_waiters_ + weight_waiters_;
+  }
+  uint64_t notifications() const {
+    std::lock_guard lock(mu_);
+    return notifications_;
+  }
+
  private:
+  template <typename Rep, typename Period>
+  void wait_for_items(std::unique_lock<std::mutex>& lock,
+                      std::chrono::duration<Rep, Period> timeout) {
+    ++item_waiters_;
+    cv_.wait_for(lock, timeout, [&] { return closed_ || !items_.empty(); });
+    --item_waiters_;
+  }
+
   const size_t max_weight_;
   const size_t wake_weight_;
   mutable std::mutex mu_;
@@ -139,6 +177,9 @@ class BoundedQueue {
   std::deque<std::pair<T, size_t>> items_;
   size_t weight_ = 0;
   uint64_t notified_ = 0;
+  size_t item_waiters_ = 0;    // consumers in pop_all(), pop_upto(), wait_for_weight(0, ...)
+  size_t weight_waiters_ = 0;  // consumers in wait_for_weight() for a weight
+  uint64_t notifications_ = 0;
   bool closed_ = false;
 };
 

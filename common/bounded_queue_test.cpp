@@ -103,6 +103,23 @@ TEST(BoundedQueue, WaitForWeightSleepsThroughSmallArrivals) {
   stopper.join();
 }
 
+// A consumer waiting for weight is not woken by arrivals that leave the
+// queue under the wake weight, not even by the first one into an empty queue.
+TEST(BoundedQueue, ArrivalsUnderTheWakeWeightWakeNoWeightWaiter) {
+  BoundedQueue<int> q(100, 30);
+  std::thread consumer([&q] { q.wait_for_weight(q.wake_weight(), std::chrono::seconds(60)); });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (q.waiting() == 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::yield();
+  ASSERT_EQ(q.waiting(), 1u);
+  ASSERT_TRUE(q.try_push(1, 10));
+  ASSERT_TRUE(q.try_push(2, 10));
+  EXPECT_EQ(q.notifications(), 0u);
+  ASSERT_TRUE(q.try_push(3, 10));  // reaches the wake weight: the consumer wakes
+  consumer.join();
+  EXPECT_EQ(q.notifications(), 1u);
+}
+
 TEST(BoundedQueue, ManyProducersLoseNothingAccepted) {
   BoundedQueue<int> q(1 << 20);
   constexpr int kPerThread = 20000;
