@@ -74,6 +74,7 @@ ipc::IntakeOptions intake_options(const config::Config& c) {
   o.rcvbuf_bytes = static_cast<int>(c.listen.rcvbuf_bytes);
   o.limits.max_message_bytes = c.listen.max_message_bytes;
   o.max_connections = static_cast<size_t>(c.listen.max_connections);
+  o.read_delay = std::chrono::milliseconds(c.listen.read_delay_ms);
   return o;
 }
 
@@ -146,6 +147,10 @@ void intake_metrics(MetricsWriter& w, const ipc::Intake& intake) {
   per_transport("sidetrace_received_datagrams_total", "counter",
                 "Datagrams read (datagram transports).",
                 [](const TS& s) { return s.datagrams.load(); });
+  per_transport(
+      "sidetrace_intake_reads_total", "counter",
+      "Socket reads that returned data: a recvmmsg() batch of datagrams, or a stream read.",
+      [](const TS& s) { return s.reads.load(); });
   per_transport("sidetrace_read_errors_total", "counter",
                 "Socket read errors other than a normal close.",
                 [](const TS& s) { return s.read_errors.load(); });

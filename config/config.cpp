@@ -90,6 +90,9 @@ const std::vector<Key>& keys() {
           at([](Config& c) { return &c.listen.max_connections; }))
           .range(1, 1 << 20)
           .restart(),
+      Key("listen.read_delay_ms", Type::kInt, at([](Config& c) { return &c.listen.read_delay_ms; }))
+          .range(0, 100)
+          .restart(),
       Key("intake.queue_bytes", Type::kSize, at([](Config& c) { return &c.intake.queue_bytes; }))
           .range(1 << 20, 1LL << 34)
           .restart(),

@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <mutex>
 #include <unordered_map>
@@ -63,6 +64,22 @@ std::error_code to_std(const error_code& ec) {
 
 std::error_code errno_code(int e) {
   return std::error_code(e, std::generic_category());
+}
+
+// The clock of asio's timers: read delays are measured on it.
+int64_t steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// How many datagrams the kernel queues on a Unix datagram socket before it
+// makes senders wait or refuses them: net.unix.max_dgram_qlen + 1.
+size_t unix_dgram_queue_limit() {
+  std::ifstream f("/proc/sys/net/unix/max_dgram_qlen");
+  long v = 0;
+  if (f >> v && v >= 0) return static_cast<size_t>(v) + 1;
+  return 11;  // the kernel's default
 }
 
 // Validates messages of one read and collects the valid ones; counters are
@@ -219,10 +236,12 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
   StreamSession(std::shared_ptr<Shared> sh, asio::local::stream_protocol::socket sock)
       : sh_(std::move(sh)),
         sock_(std::move(sock)),
+        fd_(sock_.native_handle()),
         timer_(sock_.get_executor()),
         splitter_(sh_->opt.limits.max_message_bytes, sh_->opt.conn_buffer_bytes) {}
 
   ~StreamSession() {
+    if (!sock_.is_open() && fd_ >= 0) ::close(fd_);  // closed while its next read waited
     sh_->stats.of(Transport::kUnixStream).connections_open.fetch_sub(1, std::memory_order_relaxed);
     std::lock_guard lock(sh_->mu);
     sh_->sessions.erase(this);
@@ -232,8 +251,7 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
     {
       std::lock_guard lock(sh_->mu);
       if (sh_->stopped) {
-        error_code ignored;
-        sock_.close(ignored);
+        close();
         return;
       }
       sh_->sessions.emplace(this, weak_from_this());
@@ -244,8 +262,14 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
   // Closes the connection; pending handlers finish with operation_aborted.
   // Must run on the session's strand.
   void close() {
+    closed_ = true;
     error_code ignored;
-    sock_.close(ignored);
+    if (sock_.is_open()) {
+      sock_.close(ignored);
+    } else if (fd_ >= 0) {
+      ::close(fd_);  // released while the next read waits: not asio's to close
+    }
+    fd_ = -1;
     timer_.cancel();
   }
 
@@ -255,8 +279,20 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
   TransportStats& stats() { return sh_->stats.of(Transport::kUnixStream); }
 
   void do_read() {
-    if (!sock_.is_open()) return;  // closed by stop() while a read completed
+    if (closed_) return;  // closed by stop() while a read completed
+    if (!sock_.is_open()) {
+      error_code ec;
+      sock_.assign(asio::local::stream_protocol(), fd_, ec);
+      if (ec) {
+        stats().read_errors.fetch_add(1, std::memory_order_relaxed);
+        sh_->log.log(spdlog::level::warn,
+                     fmt::format("intake unix_stream: cannot wait for data: {}", ec.message()));
+        close();
+        return;
+      }
+    }
     std::span<char> space = splitter_.prepare();
+    space_ = space.size();
     sock_.async_read_some(asio::buffer(space.data(), space.size()),
                           std::bind_front(&StreamSession::on_read, shared_from_this()));
   }
@@ -279,6 +315,8 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
       return;
     }
     stats().bytes.fetch_add(n, std::memory_order_relaxed);
+    stats().reads.fetch_add(1, std::memory_order_relaxed);
+    short_read_ = n < space_;
     splitter_.commit(n);
     // Typical events are a few hundred bytes.
     BatchBuilder b(*sh_, Transport::kUnixStream, n / 256 + 1);
@@ -323,11 +361,26 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
       close();
       return;
     }
+    if (short_read_ && sh_->opt.read_delay.count() > 0) {
+      // The sender writes a little at a time: let more arrive before the
+      // next read. Released from the reactor meanwhile, the socket does not
+      // wake this thread for every write.
+      error_code ignored;
+      sock_.release(ignored);
+      timer_.expires_after(sh_->opt.read_delay);
+      timer_.async_wait(std::bind_front(&StreamSession::on_read_delay, shared_from_this()));
+      return;
+    }
+    do_read();
+  }
+
+  void on_read_delay(error_code ec) {
+    if (ec || closed_) return;  // aborted by close()
     do_read();
   }
 
   void on_retry(error_code ec) {
-    if (ec || !sock_.is_open()) {
+    if (ec || closed_) {
       // Stopping: one last attempt, then the held messages are counted lost.
       if (!held_.empty()) {
         const size_t n = held_.size();
@@ -345,12 +398,16 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
 
   std::shared_ptr<Shared> sh_;
   asio::local::stream_protocol::socket sock_;
+  int fd_;  // the connection; registered with the reactor only while sock_ is open
   asio::steady_timer timer_;
   StreamSplitter splitter_;
   MessageBatch held_;
   size_t held_weight_ = 0;
+  size_t space_ = 0;  // size of the last read's buffer
+  bool short_read_ = false;
   bool paused_ = false;
   bool close_after_push_ = false;
+  bool closed_ = false;
 };
 
 class StreamListener : public std::enable_shared_from_this<StreamListener> {
@@ -459,6 +516,10 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
   DgramReceiver(asio::io_context& ioc, std::shared_ptr<Shared> sh, Transport t)
       : sh_(std::move(sh)), t_(t), sock_(asio::make_strand(ioc)), timer_(sock_.get_executor()) {}
 
+  ~DgramReceiver() {
+    if (!sock_.is_open() && fd_ >= 0) ::close(fd_);  // stopped while it lingered
+  }
+
   Socket& socket() { return sock_; }
 
   // Applies socket options and sizes the receive slots. Call after the socket
@@ -469,6 +530,12 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
     sock_.non_blocking(true, ec);
     if (ec) {
       *err = std::string(transport_name(t_)) + ": cannot make socket non-blocking: " + ec.message();
+      return to_std(ec);
+    }
+    protocol_ = sock_.local_endpoint(ec).protocol();
+    if (ec) {
+      *err =
+          std::string(transport_name(t_)) + ": cannot read the socket's address: " + ec.message();
       return to_std(ec);
     }
     if (sh_->opt.rcvbuf_bytes > 0) {
@@ -492,6 +559,12 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
     iov_.resize(slots);
     hdr_.resize(slots);
     ctrl_.assign(slots * kCtrlBytes, 0);
+    // A Unix datagram socket's senders wait (or are refused) once the kernel
+    // queues net.unix.max_dgram_qlen + 1 datagrams; the buffer bounds UDP.
+    size_t room = slots;
+    if (t_ == Transport::kUnixDgram) room = std::min(room, unix_dgram_queue_limit());
+    linger_target_ = std::max<size_t>(1, room / 2);
+    fd_ = fd;
     return {};
   }
 
@@ -502,8 +575,14 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
 
   void stop() {
     asio::dispatch(sock_.get_executor(), [self = this->shared_from_this()] {
+      self->stopped_ = true;
       error_code ignored;
-      self->sock_.close(ignored);
+      if (self->sock_.is_open()) {
+        self->sock_.close(ignored);
+      } else if (self->fd_ >= 0) {
+        ::close(self->fd_);  // released while it lingered: not asio's to close
+      }
+      self->fd_ = -1;
       self->timer_.cancel();
       if (!self->held_.empty()) {
         self->stats().queue_full_drops.fetch_add(self->held_.size(), std::memory_order_relaxed);
@@ -518,28 +597,95 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
  private:
   static constexpr size_t kCtrlBytes = CMSG_SPACE(sizeof(uint32_t));
   static constexpr int kRoundsPerWake = 16;
+  // A shorter linger would save no wake-up: the next datagram is as near.
+  static constexpr std::chrono::microseconds kMinLinger{100};
 
   TransportStats& stats() {
     return sh_->stats.of(t_);
   }
 
+  // Waits for the socket to become readable (registering it with the reactor
+  // again after a linger).
   void do_wait() {
-    if (!sock_.is_open()) return;
+    if (stopped_) return;
+    if (!sock_.is_open()) {
+      error_code ec;
+      sock_.assign(protocol_, fd_, ec);
+      if (ec) {
+        // Not expected (the descriptor is the one released): without the
+        // reactor, keep reading on the timer.
+        stats().read_errors.fetch_add(1, std::memory_order_relaxed);
+        sh_->log.log(spdlog::level::warn, fmt::format("intake {}: cannot wait for datagrams: {}",
+                                                      transport_name(t_), ec.message()));
+        linger(std::max<std::chrono::nanoseconds>(sh_->opt.backpressure_retry, kMinLinger));
+        return;
+      }
+    }
     sock_.async_wait(asio::socket_base::wait_read,
                      std::bind_front(&DgramReceiver::on_readable, this->shared_from_this()));
   }
 
   void on_readable(error_code ec) {
-    if (ec) return;  // aborted by stop()
+    if (ec || stopped_) return;  // aborted by stop()
+    read_all();
+  }
+
+  // Reads what the socket holds, then waits: for readiness when it was empty,
+  // or for a linger after a read of only a few datagrams, so that those
+  // arriving meanwhile are read together by one wake-up.
+  void read_all() {
+    const size_t slots = hdr_.size();
     for (int round = 0; round < kRoundsPerWake; ++round) {
       const int got = receive();
+      const int64_t now = steady_ns();
+      const int64_t elapsed = now - last_read_ns_;
+      last_read_ns_ = now;
       if (!held_.empty()) {
         pause();
         return;
       }
-      if (got < static_cast<int>(hdr_.size())) break;  // drained (or failed)
+      if (static_cast<size_t>(got) == slots) continue;  // more may be waiting
+      if (got > 0) {
+        const auto delay = linger_after(static_cast<size_t>(got), elapsed);
+        if (delay.count() > 0) {
+          linger(delay);
+          return;
+        }
+      }
+      break;
     }
     do_wait();
+  }
+
+  // How long to linger after a read of `got` datagrams, `elapsed` ns after
+  // the previous read; 0: wait for readiness instead (the read got half of
+  // what the kernel can queue, or half a read batch: datagrams come fast). At
+  // most read_delay; at the rate just seen, only as long as it takes that
+  // half to arrive, so that lingering does not make senders wait for room.
+  std::chrono::nanoseconds linger_after(size_t got, int64_t elapsed) const {
+    const auto max = std::chrono::nanoseconds(sh_->opt.read_delay);
+    if (max.count() <= 0 || got >= linger_target_) return {};
+    const double fill_ns = static_cast<double>(std::max<int64_t>(elapsed, 0)) *
+                           static_cast<double>(linger_target_) / static_cast<double>(got);
+    const auto delay = fill_ns >= static_cast<double>(max.count())
+                           ? max
+                           : std::chrono::nanoseconds(static_cast<int64_t>(fill_ns));
+    return delay < kMinLinger ? std::chrono::nanoseconds{} : delay;
+  }
+
+  // Reads again after `delay`. Meanwhile the socket is released from the
+  // reactor: arriving datagrams wait in the kernel's buffer without waking
+  // this thread.
+  void linger(std::chrono::nanoseconds delay) {
+    if (sock_.is_open()) {
+      error_code ignored;
+      sock_.release(ignored);
+    }
+    timer_.expires_after(delay);
+    timer_.async_wait([self = this->shared_from_this()](error_code ec) {
+      if (ec || self->stopped_) return;
+      self->read_all();
+    });
   }
 
   // The queue is full: keep the batch and stop reading until the queue takes
@@ -550,14 +696,14 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
   void pause() {
     timer_.expires_after(sh_->opt.backpressure_retry);
     timer_.async_wait([self = this->shared_from_this()](error_code ec) {
-      if (ec || !self->sock_.is_open()) return;
+      if (ec || self->stopped_) return;
       if (!self->sh_->out.try_push(self->held_, self->held_weight_)) {
         self->pause();
         return;
       }
       self->stats().accepted.fetch_add(self->held_count_, std::memory_order_relaxed);
       self->held_.clear();
-      self->on_readable({});
+      self->read_all();
     });
   }
 
@@ -579,8 +725,7 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
     }
     int n;
     do {
-      n = ::recvmmsg(sock_.native_handle(), hdr_.data(), static_cast<unsigned>(slots), MSG_DONTWAIT,
-                     nullptr);
+      n = ::recvmmsg(fd_, hdr_.data(), static_cast<unsigned>(slots), MSG_DONTWAIT, nullptr);
     } while (n < 0 && errno == EINTR);
     if (n < 0) {
       const int e = errno;
@@ -610,6 +755,7 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
       const size_t rest = for_each_value(dgram, [&](std::string_view msg) { b.add(msg); });
       if (rest > 0) b.reject(Reject::kMalformed, "datagram holds bytes that are not msgpack");
     }
+    if (n > 0) stats().reads.fetch_add(1, std::memory_order_relaxed);
     stats().datagrams.fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
     stats().bytes.fetch_add(bytes, std::memory_order_relaxed);
     b.publish();
@@ -647,8 +793,13 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
   std::shared_ptr<Shared> sh_;
   const Transport t_;
   Socket sock_;
+  Protocol protocol_ = typename Protocol::endpoint().protocol();
+  int fd_ = -1;  // the socket; registered with the reactor only while sock_ is open
   asio::steady_timer timer_;
-  MessageBatch held_;  // a batch the full queue did not take yet
+  bool stopped_ = false;
+  size_t linger_target_ = 1;  // datagrams a linger may let accumulate
+  int64_t last_read_ns_ = 0;  // steady_ns() of the last recvmmsg() call
+  MessageBatch held_;         // a batch the full queue did not take yet
   size_t held_weight_ = 0;
   size_t held_count_ = 0;
   bool ovfl_ = false;

@@ -15,6 +15,22 @@
 //    trailing bytes that are not a whole msgpack value are rejected as
 //    kMalformed, the messages before them kept.
 //
+// Read delay (`read_delay`, 0 = off): a read that found only a few messages
+// is not followed at once by a wait for readiness, which at an everyday load
+// costs a wake-up of the receiving thread per message. The socket is released
+// from the reactor instead (arrivals then wake nobody and wait in the kernel's
+// buffer) and read again when a timer fires; a read that finds nothing goes
+// back to waiting for readiness, so an idle socket costs nothing.
+//  - datagrams: the linger follows a recvmmsg() that got fewer than half of
+//    what the kernel can queue (half a batch, or for a Unix datagram socket
+//    half of net.unix.max_dgram_qlen + 1). It lasts at most `read_delay`, and
+//    at the rate just seen only as long as it takes that half to arrive, so
+//    that senders are not made to wait for room. Under a sustained load reads
+//    fill and nothing lingers;
+//  - a stream connection lingers after a read that did not fill its buffer.
+// Messages are stamped (recv_ns) when read, so one may have waited up to the
+// delay in the kernel's buffer before.
+//
 // Overflow of the output queue (weight = sum of Message::weight()):
 //  - a datagram receiver keeps its batch and stops reading until the queue
 //    takes it (retrying every `backpressure_retry`; each pause is counted in
@@ -80,6 +96,9 @@ struct IntakeOptions {
   size_t max_datagram_bytes = 64 * 1024;  // largest datagram accepted whole
   size_t recv_batch = 64;                 // datagrams per recvmmsg() call
   std::chrono::milliseconds backpressure_retry{2};
+  // The linger after a read that found only a few messages (see Read delay
+  // above); 0 reads every arrival at once.
+  std::chrono::microseconds read_delay{0};
   // Already-bound sockets to adopt instead of creating one (e.g. from systemd
   // socket activation): a listening AF_UNIX stream socket, a bound AF_UNIX
   // datagram socket, a bound UDP socket. -1: none. The intake takes ownership
@@ -96,6 +115,8 @@ struct TransportStats {
   std::array<std::atomic<uint64_t>, static_cast<size_t>(Reject::kCount_)> rejected{};
   std::atomic<uint64_t> bytes{0};             // bytes read
   std::atomic<uint64_t> datagrams{0};         // datagrams read (datagram transports)
+  std::atomic<uint64_t> reads{0};             // reads that returned data (recvmmsg() calls
+                                              // with datagrams, stream reads)
   std::atomic<uint64_t> connections_open{0};  // gauge (stream)
   std::atomic<uint64_t> connections_total{0};
   std::atomic<uint64_t> connections_refused{0};  // over max_connections

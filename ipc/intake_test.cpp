@@ -83,13 +83,13 @@ void send_dgram(const std::string& path, std::string_view data) {
   ::close(fd);
 }
 
-class IntakeTest : public ::testing::Test {
+class IntakeFixture : public ::testing::Test {
  protected:
-  IntakeTest() {
+  IntakeFixture() {
     char tmpl[] = "/tmp/st-ipc-XXXXXX";
     dir_ = ::mkdtemp(tmpl);
   }
-  ~IntakeTest() override {
+  ~IntakeFixture() override {
     stop();
     std::filesystem::remove_all(dir_);
   }
@@ -99,6 +99,7 @@ class IntakeTest : public ::testing::Test {
     o.unix_stream = dir_ + "/run/stream.sock";
     o.unix_dgram = dir_ + "/run/dgram.sock";
     o.udp = "127.0.0.1:0";
+    o.read_delay = read_delay_;
     return o;
   }
 
@@ -132,8 +133,23 @@ class IntakeTest : public ::testing::Test {
     return out;
   }
 
+  // Collects batches from the queue until they hold `n` messages or time is up.
+  std::vector<MessageBatch> take_batches(size_t n, std::chrono::milliseconds limit = 10s) {
+    std::vector<MessageBatch> out;
+    size_t got = 0;
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (got < n && std::chrono::steady_clock::now() < deadline) {
+      const size_t before = out.size();
+      queue_->pop_all(out, 20ms);
+      for (size_t i = before; i < out.size(); ++i)
+        got += out[i].size();
+    }
+    return out;
+  }
+
   const TransportStats& st(Transport t) { return intake_->stats().of(t); }
 
+  std::chrono::microseconds read_delay_{0};
   std::string dir_;
   ManualClock clock_;
   asio::io_context ioc_;
@@ -143,6 +159,19 @@ class IntakeTest : public ::testing::Test {
   std::unique_ptr<Intake> intake_;
   std::thread thread_;
 };
+
+// Every behaviour holds with reads at once and with the agent's read delay.
+class IntakeTest : public IntakeFixture,
+                   public ::testing::WithParamInterface<std::chrono::microseconds> {
+ protected:
+  IntakeTest() { read_delay_ = GetParam(); }
+};
+
+INSTANTIATE_TEST_SUITE_P(ReadDelay, IntakeTest, ::testing::Values(0us, 2000us),
+                         [](const ::testing::TestParamInfo<std::chrono::microseconds>& p) {
+                           return p.param.count() == 0 ? std::string("AtOnce")
+                                                       : std::to_string(p.param.count()) + "us";
+                         });
 
 std::string msg(uint64_t n) {
   return testing::realistic_event(n, 300);
@@ -160,7 +189,7 @@ std::vector<std::string> every_kind() {
           base("end").str("id", "e1").build(), msg(1), base("feedback").dbl("score", 1).build()};
 }
 
-TEST_F(IntakeTest, EveryKindThroughEveryTransport) {
+TEST_P(IntakeTest, EveryKindThroughEveryTransport) {
   start(options());
   const auto kinds = every_kind();
   std::string all;
@@ -196,7 +225,7 @@ TEST_F(IntakeTest, EveryKindThroughEveryTransport) {
   EXPECT_EQ(st(Transport::kUnixStream).connections_total.load(), 1u);
 }
 
-TEST_F(IntakeTest, ManyConnectionsWritingInTinyPieces) {
+TEST_P(IntakeTest, ManyConnectionsWritingInTinyPieces) {
   start(options());
   constexpr int kConns = 24, kPerConn = 40;
   std::vector<std::thread> senders;
@@ -229,7 +258,7 @@ TEST_F(IntakeTest, ManyConnectionsWritingInTinyPieces) {
   EXPECT_EQ(st(Transport::kUnixStream).rejected_total(), 0u);
 }
 
-TEST_F(IntakeTest, GarbageClosesTheStreamAndKeepsEarlierMessages) {
+TEST_P(IntakeTest, GarbageClosesTheStreamAndKeepsEarlierMessages) {
   start(options());
   int fd = connect_unix(opts_.unix_stream);
   write_all(fd, msg(1) + msg(2) + std::string("\xc1\xc1 not msgpack") + msg(3));
@@ -247,7 +276,7 @@ TEST_F(IntakeTest, GarbageClosesTheStreamAndKeepsEarlierMessages) {
   EXPECT_EQ(st(Transport::kUnixStream).rejected_of(Reject::kMalformed), 1u);
 }
 
-TEST_F(IntakeTest, FloodOfOversizedAndRandomBytesLeavesTheIntakeServing) {
+TEST_P(IntakeTest, FloodOfOversizedAndRandomBytesLeavesTheIntakeServing) {
   IntakeOptions o = options();
   o.limits.max_message_bytes = 4096;
   o.conn_buffer_bytes = 4096;
@@ -302,7 +331,7 @@ TEST_F(IntakeTest, FloodOfOversizedAndRandomBytesLeavesTheIntakeServing) {
   EXPECT_EQ(ids, (std::set<std::string>{msg(77), msg(78), msg(79)}));
 }
 
-TEST_F(IntakeTest, StaleSocketIsReplacedLiveOneRefused) {
+TEST_P(IntakeTest, StaleSocketIsReplacedLiveOneRefused) {
   IntakeOptions o = options();
   std::filesystem::create_directories(dir_ + "/run");
   // A stale socket file: bound, then its owner went away without unlinking.
@@ -341,7 +370,7 @@ TEST_F(IntakeTest, StaleSocketIsReplacedLiveOneRefused) {
   EXPECT_FALSE(std::filesystem::exists(o.unix_dgram));
 }
 
-TEST_F(IntakeTest, RefusesToReplaceAFileThatIsNotASocket) {
+TEST_P(IntakeTest, RefusesToReplaceAFileThatIsNotASocket) {
   IntakeOptions o;
   o.unix_stream = dir_ + "/plain";
   std::ofstream(o.unix_stream) << "keep me";
@@ -352,7 +381,7 @@ TEST_F(IntakeTest, RefusesToReplaceAFileThatIsNotASocket) {
   EXPECT_TRUE(std::filesystem::exists(o.unix_stream));
 }
 
-TEST_F(IntakeTest, SocketModeIsApplied) {
+TEST_P(IntakeTest, SocketModeIsApplied) {
   IntakeOptions o = options();
   o.socket_mode = 0600;
   start(o);
@@ -367,7 +396,7 @@ TEST_F(IntakeTest, SocketModeIsApplied) {
 // reading, so the kernel refuses further Unix datagrams (EAGAIN for this
 // non-blocking sender) and drops further UDP ones (counted); once there is
 // room again, everything the kernel took is delivered.
-TEST_F(IntakeTest, FullQueuePausesDatagramReceiversUntilThereIsRoom) {
+TEST_P(IntakeTest, FullQueuePausesDatagramReceiversUntilThereIsRoom) {
   IntakeOptions o = options();
   o.unix_stream.clear();
   start(o, /*queue_bytes=*/1);  // holds one batch at a time
@@ -411,7 +440,7 @@ TEST_F(IntakeTest, FullQueuePausesDatagramReceiversUntilThereIsRoom) {
   EXPECT_EQ(udp.queue_full_drops.load(), 0u);
 }
 
-TEST_F(IntakeTest, FullQueuePausesAStreamWithoutLosingAnything) {
+TEST_P(IntakeTest, FullQueuePausesAStreamWithoutLosingAnything) {
   IntakeOptions o = options();
   o.unix_dgram.clear();
   o.udp.clear();
@@ -435,7 +464,7 @@ TEST_F(IntakeTest, FullQueuePausesAStreamWithoutLosingAnything) {
   EXPECT_EQ(s.queue_full_drops.load(), 0u);
 }
 
-TEST_F(IntakeTest, RejectionsAreCountedPerReason) {
+TEST_P(IntakeTest, RejectionsAreCountedPerReason) {
   start(options());
   using testing::MapBuilder;
   send_udp(intake_->udp_port(), testing::pack(std::vector<int>{1}));
@@ -456,7 +485,7 @@ TEST_F(IntakeTest, RejectionsAreCountedPerReason) {
 
 // Input that carries no complete message is still an outcome: an empty
 // datagram, and a stream closed in the middle of a message, are counted.
-TEST_F(IntakeTest, EmptyDatagramsAndMessagesCutByADisconnectAreCounted) {
+TEST_P(IntakeTest, EmptyDatagramsAndMessagesCutByADisconnectAreCounted) {
   start(options());
   send_udp(intake_->udp_port(), "");
   send_udp(intake_->udp_port(), msg(1));
@@ -476,7 +505,7 @@ TEST_F(IntakeTest, EmptyDatagramsAndMessagesCutByADisconnectAreCounted) {
   EXPECT_EQ(s.accepted.load(), 1u);
 }
 
-TEST_F(IntakeTest, ConnectionsOverTheLimitAreRefused) {
+TEST_P(IntakeTest, ConnectionsOverTheLimitAreRefused) {
   IntakeOptions o = options();
   o.max_connections = 2;
   start(o);
@@ -493,7 +522,7 @@ TEST_F(IntakeTest, ConnectionsOverTheLimitAreRefused) {
     ::close(fd);
 }
 
-TEST_F(IntakeTest, AdoptsAlreadyBoundSockets) {
+TEST_P(IntakeTest, AdoptsAlreadyBoundSockets) {
   IntakeOptions o;
   const std::string path = dir_ + "/adopted.sock";
   int lfd = ::socket(AF_UNIX, SOCK_STREAM, 0);
@@ -518,13 +547,159 @@ TEST_F(IntakeTest, AdoptsAlreadyBoundSockets) {
   EXPECT_TRUE(std::filesystem::exists(path));  // an adopted socket's file is not ours
 }
 
-TEST_F(IntakeTest, BadUdpAddressFailsAtStart) {
+TEST_P(IntakeTest, BadUdpAddressFailsAtStart) {
   IntakeOptions o;
   o.udp = "127.0.0.1";
   auto intake = Intake::create(ioc_, o, *queue_, clock_);
   std::string err;
   EXPECT_TRUE(intake->start(&err));
   EXPECT_NE(err.find("udp"), std::string::npos);
+}
+
+// ---- the read delay
+
+// Open sockets of this process (each test's own intake included).
+size_t open_sockets() {
+  size_t n = 0;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    const auto target = std::filesystem::read_symlink(e.path(), ec);
+    if (!ec && target.string().rfind("socket:", 0) == 0) ++n;
+  }
+  return n;
+}
+
+using IntakeReadDelayTest = IntakeFixture;
+
+// After a read that found one datagram the receiver lingers: datagrams sent
+// one by one meanwhile are read by one recvmmsg() and queued as one batch.
+TEST_F(IntakeReadDelayTest, DatagramsSentDuringTheDelayAreQueuedAsOneBatch) {
+  read_delay_ = 1s;
+  IntakeOptions o = options();
+  o.unix_stream.clear();
+  start(o);
+  send_dgram(opts_.unix_dgram, msg(0));
+  send_udp(intake_->udp_port(), msg(100));
+  ASSERT_EQ(take(2).size(), 2u);  // read at once: nothing lingered before them
+  const auto& dgram = st(Transport::kUnixDgram);
+  const auto& udp = st(Transport::kUdp);
+  EXPECT_EQ(dgram.reads.load(), 1u);
+  EXPECT_EQ(udp.reads.load(), 1u);
+  // Four each, fewer than half of what the kernel queues for a Unix
+  // datagram socket (11 by default), one sendto() each.
+  for (uint64_t i = 1; i <= 4; ++i) {
+    send_dgram(opts_.unix_dgram, msg(i));
+    send_udp(intake_->udp_port(), msg(100 + i));
+  }
+  auto batches = take_batches(8);
+  size_t from_dgram = 0, from_udp = 0;
+  for (const auto& b : batches) {
+    ASSERT_FALSE(b.empty());
+    const bool is_udp = b.front().raw == msg(101) || b.front().raw == msg(102) ||
+                        b.front().raw == msg(103) || b.front().raw == msg(104);
+    EXPECT_EQ(b.size(), 4u) << (is_udp ? "udp" : "unix_dgram");
+    (is_udp ? from_udp : from_dgram) += b.size();
+  }
+  EXPECT_EQ(from_dgram, 4u);
+  EXPECT_EQ(from_udp, 4u);
+  EXPECT_EQ(dgram.reads.load(), 2u);
+  EXPECT_EQ(udp.reads.load(), 2u);
+  EXPECT_EQ(dgram.datagrams.load(), 5u);
+  EXPECT_EQ(udp.datagrams.load(), 5u);
+}
+
+// With no read delay every datagram is read as soon as it arrives.
+TEST_F(IntakeReadDelayTest, WithoutADelayEachDatagramIsReadAtOnce) {
+  read_delay_ = 0us;
+  IntakeOptions o = options();
+  o.unix_stream.clear();
+  o.udp.clear();
+  start(o);
+  const auto& s = st(Transport::kUnixDgram);
+  for (uint64_t i = 1; i <= 5; ++i) {
+    send_dgram(opts_.unix_dgram, msg(i));
+    // Far below the delay of the other tests: no timer stands in between.
+    ASSERT_TRUE(eventually([&] { return s.accepted == i; }, 900ms)) << "datagram " << i;
+  }
+  EXPECT_EQ(s.reads.load(), 5u);
+  auto batches = take_batches(5);
+  ASSERT_EQ(batches.size(), 5u);
+  for (const auto& b : batches)
+    EXPECT_EQ(b.size(), 1u);
+}
+
+// A read that found half of what the kernel can queue means datagrams come
+// fast: the receiver waits for readiness instead of lingering, and reads the
+// next one as soon as it arrives.
+TEST_F(IntakeReadDelayTest, AReadOfHalfABatchDoesNotLinger) {
+  read_delay_ = 1s;
+  IntakeOptions o = options();
+  o.unix_stream.clear();
+  o.unix_dgram.clear();
+  o.recv_batch = 8;  // half a batch: 4 datagrams
+  start(o);
+  const auto& s = st(Transport::kUdp);
+  send_udp(intake_->udp_port(), msg(0));
+  ASSERT_TRUE(eventually([&] { return s.accepted == 1; }));
+  for (uint64_t i = 1; i <= 4; ++i)
+    send_udp(intake_->udp_port(), msg(i));  // read together after the linger
+  ASSERT_TRUE(eventually([&] { return s.accepted == 5; }));
+  EXPECT_EQ(s.reads.load(), 2u);
+  send_udp(intake_->udp_port(), msg(5));
+  ASSERT_TRUE(eventually([&] { return s.accepted == 6; }, 900ms));
+  EXPECT_EQ(s.reads.load(), 3u);
+}
+
+// A stream connection lingers after a read that did not fill its buffer:
+// writes made meanwhile are read together.
+TEST_F(IntakeReadDelayTest, StreamWritesDuringTheDelayAreReadTogether) {
+  read_delay_ = 1s;
+  IntakeOptions o = options();
+  o.unix_dgram.clear();
+  o.udp.clear();
+  start(o);
+  int fd = connect_unix(opts_.unix_stream);
+  ASSERT_GE(fd, 0);
+  write_all(fd, msg(0));
+  ASSERT_EQ(take(1).size(), 1u);
+  const auto& s = st(Transport::kUnixStream);
+  EXPECT_EQ(s.reads.load(), 1u);
+  for (uint64_t i = 1; i <= 4; ++i)
+    write_all(fd, msg(i));
+  auto batches = take_batches(4);
+  ASSERT_EQ(batches.size(), 1u);
+  ASSERT_EQ(batches[0].size(), 4u);
+  for (uint64_t i = 1; i <= 4; ++i)
+    EXPECT_EQ(batches[0][i - 1].raw, msg(i));
+  EXPECT_EQ(s.reads.load(), 2u);
+  // A close while the connection lingers is seen at its next read.
+  ::close(fd);
+  EXPECT_TRUE(eventually([&] { return s.connections_open == 0; }));
+  EXPECT_EQ(s.rejected_total(), 0u);
+}
+
+// Stopping while sockets linger (released from the reactor) closes them all.
+TEST_F(IntakeReadDelayTest, StopWhileLingeringClosesEverySocket) {
+  read_delay_ = 60s;
+  const size_t before = open_sockets();
+  start(options());
+  int fd = connect_unix(opts_.unix_stream);
+  ASSERT_GE(fd, 0);
+  write_all(fd, msg(0));
+  send_dgram(opts_.unix_dgram, msg(1));
+  send_udp(intake_->udp_port(), msg(2));
+  ASSERT_EQ(take(3).size(), 3u);  // every transport now lingers for a minute
+  const auto start_stop = std::chrono::steady_clock::now();
+  stop();
+  EXPECT_LT(std::chrono::steady_clock::now() - start_stop, 30s);
+  // The agent's end of the connection is closed: the client reads EOF.
+  char c;
+  pollfd p{fd, POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 10000), 1);
+  EXPECT_EQ(::recv(fd, &c, 1, 0), 0);
+  ::close(fd);
+  intake_.reset();
+  EXPECT_EQ(open_sockets(), before);
 }
 
 }  // namespace
