@@ -75,6 +75,8 @@ ipc::IntakeOptions intake_options(const config::Config& c) {
   o.limits.max_message_bytes = c.listen.max_message_bytes;
   o.max_connections = static_cast<size_t>(c.listen.max_connections);
   o.read_delay = std::chrono::milliseconds(c.listen.read_delay_ms);
+  o.max_partial_bytes = c.listen.max_partial_bytes;
+  o.idle_timeout = std::chrono::seconds(c.listen.idle_timeout_s);
   return o;
 }
 
@@ -141,6 +143,9 @@ void intake_metrics(MetricsWriter& w, const ipc::Intake& intake) {
                 [](const TS& s) { return s.closed_garbage.load(); });
   per_transport("sidetrace_connections_total", "counter", "Stream connections accepted.",
                 [](const TS& s) { return s.connections_total.load(); });
+  per_transport("sidetrace_connections_closed_idle_total", "counter",
+                "Stream connections closed after listen.idle_timeout_s without data.",
+                [](const TS& s) { return s.closed_idle.load(); });
   per_transport("sidetrace_connections_refused_total", "counter",
                 "Stream connections closed at once because listen.max_connections were open.",
                 [](const TS& s) { return s.connections_refused.load(); });

@@ -80,7 +80,7 @@ const std::vector<Key>& keys() {
           .range(0, 07777)
           .restart(),
       Key("listen.rcvbuf_bytes", Type::kSize, at([](Config& c) { return &c.listen.rcvbuf_bytes; }))
-          .range(4096, 1LL << 31)
+          .range(4096, (1LL << 31) - 1)  // SO_RCVBUF takes an int
           .restart(),
       Key("listen.max_message_bytes", Type::kSize,
           at([](Config& c) { return &c.listen.max_message_bytes; }))
@@ -92,6 +92,14 @@ const std::vector<Key>& keys() {
           .restart(),
       Key("listen.read_delay_ms", Type::kInt, at([](Config& c) { return &c.listen.read_delay_ms; }))
           .range(0, 100)
+          .restart(),
+      Key("listen.max_partial_bytes", Type::kSize,
+          at([](Config& c) { return &c.listen.max_partial_bytes; }))
+          .range(256, 1LL << 34)
+          .restart(),
+      Key("listen.idle_timeout_s", Type::kInt,
+          at([](Config& c) { return &c.listen.idle_timeout_s; }))
+          .range(0, 7 * 86400)
           .restart(),
       Key("intake.queue_bytes", Type::kSize, at([](Config& c) { return &c.intake.queue_bytes; }))
           .range(1 << 20, 1LL << 34)
@@ -811,6 +819,11 @@ void validate(const Config& c) {
       !c.upstream.endpoint.starts_with("https://")) {
     throw ConfigError(fmt::format("upstream.endpoint: \"{}\" must start with http:// or https://",
                                   mask_url(c.upstream.endpoint)));
+  }
+  if (c.listen.max_partial_bytes < c.listen.max_message_bytes) {
+    throw ConfigError(
+        fmt::format("listen.max_partial_bytes: {} is smaller than listen.max_message_bytes ({})",
+                    c.listen.max_partial_bytes, c.listen.max_message_bytes));
   }
   if (c.listen.unix_stream.empty() && c.listen.unix_dgram.empty() && c.listen.udp.empty()) {
     throw ConfigError("listen: every transport is disabled; enable at least one");

@@ -40,6 +40,12 @@ struct Config {
     // thread takes several messages at an everyday load. 0 = read as soon as
     // anything arrives.
     int64_t read_delay_ms = 2;
+    // What partly received stream messages may hold in all, beyond each
+    // connection's 64 KiB read buffer; a message that does not fit is dropped
+    // (counted, reason no_memory). At least max_message_bytes.
+    uint64_t max_partial_bytes = 16ull << 20;
+    // A stream connection that sends nothing for this long is closed; 0 = never.
+    int64_t idle_timeout_s = 3600;
   } listen;
 
   struct Intake {

@@ -279,6 +279,17 @@ TEST(ConfigValidate, CrossKeyRules) {
   Config e;
   e.listen.unix_stream = e.listen.unix_dgram = e.listen.udp = "";
   EXPECT_THROW(validate(e), ConfigError);
+  Config f;
+  f.listen.max_message_bytes = 8 << 20;
+  f.listen.max_partial_bytes = 4 << 20;  // could never hold one whole message
+  EXPECT_THROW(validate(f), ConfigError);
+}
+
+TEST_F(ConfigFileTest, SizesPastWhatTheKernelTakesAreRefusedNotTruncated) {
+  // SO_RCVBUF takes an int: 2 GiB would wrap to a negative size.
+  EXPECT_NE(error_of("[listen]\nrcvbuf_bytes = \"2GiB\"\n").find("listen.rcvbuf_bytes"),
+            std::string::npos);
+  EXPECT_EQ(error_of("[listen]\nrcvbuf_bytes = \"1GiB\"\n"), "");
 }
 
 // The message of the ConfigError that validate() throws for `c`, or "".

@@ -28,6 +28,8 @@ std::string_view reject_name(Reject r) {
       return "too_large";
     case Reject::kMalformed:
       return "malformed";
+    case Reject::kNoMemory:
+      return "no_memory";
     case Reject::kCount_:
       break;
   }

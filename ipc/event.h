@@ -26,6 +26,7 @@ enum class Reject : uint8_t {
   kBadValue,      // right type, value out of range (empty id, status not ok/error, ...)
   kTooLarge,      // the message exceeds the size cap
   kMalformed,     // the bytes are not valid msgpack
+  kNoMemory,      // a stream message did not fit the intake's memory for partial messages
   kCount_,        // number of reasons; not a reason
 };
 

@@ -14,6 +14,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -40,13 +41,18 @@ class StreamSession;
 // alive, so counters stay valid whatever the destruction order.
 struct Shared {
   Shared(IntakeOptions o, BoundedQueue<MessageBatch>& q, const Clock& c)
-      : opt(std::move(o)), out(q), clock(c), log(10, std::chrono::seconds(10), c) {}
+      : opt(std::move(o)),
+        out(q),
+        clock(c),
+        log(10, std::chrono::seconds(10), c),
+        partial(opt.max_partial_bytes > 0 ? opt.max_partial_bytes : SIZE_MAX) {}
 
   const IntakeOptions opt;
   BoundedQueue<MessageBatch>& out;
   const Clock& clock;
   IntakeStats stats;
   RateLimitedLog log;
+  MemoryBudget partial;  // partly received stream messages, beyond read buffers
 
   std::mutex mu;  // guards stopped and sessions
   bool stopped = false;
@@ -238,7 +244,8 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
         sock_(std::move(sock)),
         fd_(sock_.native_handle()),
         timer_(sock_.get_executor()),
-        splitter_(sh_->opt.limits.max_message_bytes, sh_->opt.conn_buffer_bytes) {}
+        idle_timer_(sock_.get_executor()),
+        splitter_(sh_->opt.limits.max_message_bytes, sh_->opt.conn_buffer_bytes, &sh_->partial) {}
 
   ~StreamSession() {
     if (!sock_.is_open() && fd_ >= 0) ::close(fd_);  // closed while its next read waited
@@ -256,6 +263,10 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
       }
       sh_->sessions.emplace(this, weak_from_this());
     }
+    if (sh_->opt.idle_timeout.count() > 0) {
+      last_data_ = std::chrono::steady_clock::now();
+      arm_idle(sh_->opt.idle_timeout);
+    }
     do_read();
   }
 
@@ -271,12 +282,37 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
     }
     fd_ = -1;
     timer_.cancel();
+    idle_timer_.cancel();
   }
 
   asio::any_io_executor executor() { return sock_.get_executor(); }
 
  private:
   TransportStats& stats() { return sh_->stats.of(Transport::kUnixStream); }
+
+  // The idle check runs once per idle_timeout (not per read): it looks at when
+  // data last came and waits out the rest.
+  void arm_idle(std::chrono::steady_clock::duration after) {
+    idle_timer_.expires_after(after);
+    idle_timer_.async_wait(std::bind_front(&StreamSession::on_idle_check, shared_from_this()));
+  }
+
+  void on_idle_check(error_code ec) {
+    if (ec || closed_ || fd_ < 0) return;
+    const auto quiet = std::chrono::steady_clock::now() - last_data_;
+    if (quiet < sh_->opt.idle_timeout) {
+      arm_idle(sh_->opt.idle_timeout - quiet);
+      return;
+    }
+    // Shut for reading: what the sender wrote before is still read (then the
+    // read ends and the connection closes), and a later write fails at once
+    // with EPIPE instead of being lost in a closing socket.
+    ::shutdown(fd_, SHUT_RD);
+    stats().closed_idle.fetch_add(1, std::memory_order_relaxed);
+    sh_->log.log(spdlog::level::info,
+                 fmt::format("intake unix_stream: connection closed after {} s without data",
+                             std::chrono::duration_cast<std::chrono::seconds>(quiet).count()));
+  }
 
   void do_read() {
     if (closed_) return;  // closed by stop() while a read completed
@@ -316,6 +352,7 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
     }
     stats().bytes.fetch_add(n, std::memory_order_relaxed);
     stats().reads.fetch_add(1, std::memory_order_relaxed);
+    if (sh_->opt.idle_timeout.count() > 0) last_data_ = std::chrono::steady_clock::now();
     short_read_ = n < space_;
     splitter_.commit(n);
     // Typical events are a few hundred bytes.
@@ -328,6 +365,10 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
         b.add(msg);
       } else if (r == StreamSplitter::Result::kTooLarge) {
         b.reject(Reject::kTooLarge, "message exceeds the size cap; skipped");
+      } else if (r == StreamSplitter::Result::kNoMemory) {
+        b.reject(Reject::kNoMemory,
+                 "partly received messages of all connections fill listen.max_partial_bytes; "
+                 "skipped");
       } else {
         b.reject(Reject::kMalformed, "stream is not msgpack; connection closed");
         stats().closed_garbage.fetch_add(1, std::memory_order_relaxed);
@@ -400,6 +441,8 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
   asio::local::stream_protocol::socket sock_;
   int fd_;  // the connection; registered with the reactor only while sock_ is open
   asio::steady_timer timer_;
+  asio::steady_timer idle_timer_;
+  std::chrono::steady_clock::time_point last_data_;  // when a read last returned data
   StreamSplitter splitter_;
   MessageBatch held_;
   size_t held_weight_ = 0;

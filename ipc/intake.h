@@ -90,9 +90,18 @@ struct IntakeOptions {
   uint32_t socket_mode = 0660;  // permissions of the socket files
   int rcvbuf_bytes = 0;         // SO_RCVBUF of the datagram and UDP sockets; 0: system default
   DecodeLimits limits;
-  size_t max_connections = 1024;          // further stream connections are closed and counted
-  size_t conn_buffer_bytes = 64 * 1024;   // read size per stream connection; its buffer stays
-                                          // below limits.max_message_bytes + this
+  size_t max_connections = 1024;         // further stream connections are closed and counted
+  size_t conn_buffer_bytes = 64 * 1024;  // read size per stream connection; its buffer stays
+                                         // below limits.max_message_bytes + this
+  // What the partly received messages of all stream connections may hold
+  // beyond their read buffers; a message that does not fit is dropped
+  // (Reject::kNoMemory) and its connection goes on. 0: no bound beyond
+  // max_connections x limits.max_message_bytes.
+  size_t max_partial_bytes = 0;
+  // A stream connection that sends nothing for this long is closed (counted in
+  // closed_idle); 0: never. It is shut for reading first, so that whatever
+  // the sender wrote before is still read and a later write fails at once.
+  std::chrono::milliseconds idle_timeout{0};
   size_t max_datagram_bytes = 64 * 1024;  // largest datagram accepted whole
   size_t recv_batch = 64;                 // datagrams per recvmmsg() call
   std::chrono::milliseconds backpressure_retry{2};
@@ -121,6 +130,7 @@ struct TransportStats {
   std::atomic<uint64_t> connections_total{0};
   std::atomic<uint64_t> connections_refused{0};  // over max_connections
   std::atomic<uint64_t> closed_garbage{0};       // closed for bytes that are not msgpack
+  std::atomic<uint64_t> closed_idle{0};          // closed after listen.idle_timeout of silence
   std::atomic<uint64_t> queue_full_drops{0};     // valid messages dropped on a full queue
   std::atomic<uint64_t> backpressure_pauses{0};  // stream reads paused on a full queue
   std::atomic<uint64_t> kernel_drops{0};         // datagrams the kernel dropped (SO_RXQ_OVFL)

@@ -505,6 +505,50 @@ TEST_P(IntakeTest, EmptyDatagramsAndMessagesCutByADisconnectAreCounted) {
   EXPECT_EQ(s.accepted.load(), 1u);
 }
 
+TEST_P(IntakeTest, AStreamMessagePastThePartialMemoryBoundIsSkippedAndCounted) {
+  IntakeOptions o = options();
+  o.max_partial_bytes = 32 << 10;  // less than the message below needs beyond its read buffer
+  start(o);
+  const std::string big = testing::realistic_event(7, 200'000);
+  int fd = connect_unix(o.unix_stream);
+  write_all(fd, msg(1) + big + msg(2));
+  const auto got = take(2);
+  ASSERT_EQ(got.size(), 2u);
+  const auto& s = st(Transport::kUnixStream);
+  ASSERT_TRUE(eventually([&] { return s.rejected_of(Reject::kNoMemory) == 1; }));
+  EXPECT_EQ(s.accepted.load(), 2u);
+  EXPECT_EQ(s.connections_open.load(), 1u);  // the connection goes on
+  ::close(fd);
+}
+
+TEST_P(IntakeTest, AnIdleStreamIsClosedAfterReadingWhatItSent) {
+  IntakeOptions o = options();
+  o.idle_timeout = 1s;
+  start(o);
+  int fd = connect_unix(o.unix_stream);
+  write_all(fd, msg(1));
+  ASSERT_EQ(take(1).size(), 1u);
+  const auto& s = st(Transport::kUnixStream);
+  ASSERT_TRUE(eventually([&] { return s.closed_idle == 1 && s.connections_open == 0; }));
+  // The sender learns at once: its next write fails instead of vanishing.
+  const std::string m = msg(2);
+  EXPECT_LT(::send(fd, m.data(), m.size(), MSG_NOSIGNAL), 0);
+  EXPECT_EQ(s.accepted.load(), 1u);
+  ::close(fd);
+  // A connection that keeps sending stays open past the timeout.
+  int busy = connect_unix(o.unix_stream);
+  ASSERT_TRUE(eventually([&] { return s.connections_open == 1; }));
+  const auto until = std::chrono::steady_clock::now() + 5 * o.idle_timeout / 2;
+  size_t sent = 0;
+  while (std::chrono::steady_clock::now() < until) {
+    write_all(busy, msg(10 + sent++));
+    ASSERT_EQ(take(1).size(), 1u);
+  }
+  EXPECT_EQ(s.closed_idle.load(), 1u);
+  EXPECT_EQ(s.connections_open.load(), 1u);
+  ::close(busy);
+}
+
 TEST_P(IntakeTest, ConnectionsOverTheLimitAreRefused) {
   IntakeOptions o = options();
   o.max_connections = 2;

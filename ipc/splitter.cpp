@@ -10,10 +10,32 @@ namespace {
 constexpr uint64_t kMaxPendingValues = uint64_t{1} << 40;
 }  // namespace
 
-StreamSplitter::StreamSplitter(size_t max_message_bytes, size_t read_bytes)
-    : max_message_(max_message_bytes), read_bytes_(std::max<size_t>(read_bytes, 64)) {}
+bool MemoryBudget::take(size_t n) {
+  size_t used = used_.load(std::memory_order_relaxed);
+  do {
+    if (n > limit_ - std::min(used, limit_)) return false;
+  } while (!used_.compare_exchange_weak(used, used + n, std::memory_order_relaxed));
+  return true;
+}
 
-void StreamSplitter::grow(size_t want) {
+StreamSplitter::StreamSplitter(size_t max_message_bytes, size_t read_bytes, MemoryBudget* budget)
+    : max_message_(max_message_bytes),
+      read_bytes_(std::max<size_t>(read_bytes, 64)),
+      budget_(budget) {}
+
+StreamSplitter::~StreamSplitter() {
+  if (budget_) budget_->give(charged_);
+}
+
+bool StreamSplitter::grow(size_t want) {
+  // What the buffer holds beyond one read is charged to the budget.
+  const size_t charge = want > read_bytes_ ? want - read_bytes_ : 0;
+  if (budget_ && charge > charged_) {
+    if (!budget_->take(charge - charged_)) return false;
+  } else if (budget_) {
+    budget_->give(charged_ - charge);
+  }
+  if (budget_) charged_ = charge;
   auto fresh = std::make_unique_for_overwrite<char[]>(want);
   if (end_ > begin_) std::memcpy(fresh.get(), buf_.get() + begin_, end_ - begin_);
   scan_ -= begin_;
@@ -21,6 +43,20 @@ void StreamSplitter::grow(size_t want) {
   begin_ = 0;
   buf_ = std::move(fresh);
   cap_ = want;
+  return true;
+}
+
+void StreamSplitter::starve() {
+  // Parsing goes on over the message's remaining bytes, dropping them as for
+  // an oversized message; only the unparsed tail (at most a partial header)
+  // is kept.
+  discarding_ = true;
+  starved_ = true;
+  discarded_ += scan_ - begin_;
+  const size_t tail = end_ - scan_;
+  std::memmove(buf_.get(), buf_.get() + scan_, tail);
+  begin_ = scan_ = 0;
+  end_ = tail;
 }
 
 std::span<char> StreamSplitter::prepare() {
@@ -33,7 +69,7 @@ std::span<char> StreamSplitter::prepare() {
     cap_ = 0;
   }
   if (cap_ == 0) {
-    grow(read_bytes_);
+    grow(read_bytes_);  // charges nothing
   } else if (cap_ - end_ < read_bytes_ / 2) {
     if (begin_ > 0 && cap_ - held >= read_bytes_ / 2) {
       std::memmove(buf_.get(), buf_.get() + begin_, held);
@@ -41,7 +77,7 @@ std::span<char> StreamSplitter::prepare() {
       end_ = held;
       begin_ = 0;
     } else if (cap_ < limit) {
-      grow(std::min(limit, std::max(cap_ * 2, held + read_bytes_)));
+      if (!grow(std::min(limit, std::max(cap_ * 2, held + read_bytes_)))) starve();
     } else if (begin_ > 0) {
       std::memmove(buf_.get(), buf_.get() + begin_, held);
       scan_ -= begin_;
@@ -58,6 +94,10 @@ void StreamSplitter::commit(size_t n) {
 
 StreamSplitter::Result StreamSplitter::next(std::string_view* msg) {
   if (failed_) return Result::kMalformed;
+  if (starved_) {
+    starved_ = false;
+    return Result::kNoMemory;
+  }
   const auto* p = reinterpret_cast<const uint8_t*>(buf_.get());
   for (;;) {
     if (!in_message_) {

@@ -8,7 +8,11 @@
 //
 // Memory is bounded: the buffer never holds more than one partial message of
 // at most `max_message_bytes` plus one read of `read_bytes`, so it stays below
-// max_message_bytes + read_bytes.
+// max_message_bytes + read_bytes. With a MemoryBudget shared by all
+// connections, what a buffer holds beyond `read_bytes` is taken from the
+// budget; when the budget cannot give it, the partial message is dropped
+// (kNoMemory, reported once) and its remaining bytes are discarded as they
+// arrive, as for an oversized one.
 //
 // Oversized messages are skipped, not fatal: a value whose size (known from
 // its headers as soon as they arrive) exceeds `max_message_bytes` is reported
@@ -21,6 +25,7 @@
 // Thread safety: none; one splitter per connection, used by one handler chain.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -29,11 +34,30 @@
 
 namespace sidetrace::ipc {
 
+// Bytes that the partly received messages of all stream connections may hold
+// beyond their read buffers. Thread safe.
+class MemoryBudget {
+ public:
+  explicit MemoryBudget(size_t limit) : limit_(limit) {}
+  // Takes `n` bytes; false (and nothing taken) when that would pass the limit.
+  bool take(size_t n);
+  void give(size_t n) { used_.fetch_sub(n, std::memory_order_relaxed); }
+  size_t used() const { return used_.load(std::memory_order_relaxed); }
+  size_t limit() const { return limit_; }
+
+ private:
+  const size_t limit_;
+  std::atomic<size_t> used_{0};
+};
+
 class StreamSplitter {
  public:
-  enum class Result { kMessage, kNeedMore, kTooLarge, kMalformed };
+  enum class Result { kMessage, kNeedMore, kTooLarge, kNoMemory, kMalformed };
 
-  explicit StreamSplitter(size_t max_message_bytes, size_t read_bytes = 64 * 1024);
+  // `budget` (may be null: no shared bound) must outlive the splitter.
+  explicit StreamSplitter(size_t max_message_bytes, size_t read_bytes = 64 * 1024,
+                          MemoryBudget* budget = nullptr);
+  ~StreamSplitter();
 
   StreamSplitter(const StreamSplitter&) = delete;
   StreamSplitter& operator=(const StreamSplitter&) = delete;
@@ -48,6 +72,8 @@ class StreamSplitter {
   // kNeedMore: every complete value has been returned; feed more bytes.
   // kTooLarge: the current value is over the cap and is being skipped; call
   //   next() again.
+  // kNoMemory: the budget could not hold the rest of the current value; it is
+  //   being skipped; call next() again.
   // kMalformed: the stream is not msgpack; it cannot recover.
   Result next(std::string_view* msg);
 
@@ -82,10 +108,15 @@ class StreamSplitter {
   bool failed() const { return failed_; }
 
  private:
-  void grow(size_t want);
+  // Sizes the buffer to `want` bytes; false when the budget cannot hold them.
+  bool grow(size_t want);
+  // Gives up the partial message at the front of the buffer (budget refused).
+  void starve();
 
   const size_t max_message_;
   const size_t read_bytes_;
+  MemoryBudget* const budget_;
+  size_t charged_ = 0;  // bytes taken from budget_
   std::unique_ptr<char[]> buf_;
   size_t cap_ = 0;
   size_t begin_ = 0;        // start of the current (partial) message
@@ -97,6 +128,7 @@ class StreamSplitter {
   bool in_message_ = false;
   bool discarding_ = false;
   bool failed_ = false;
+  bool starved_ = false;  // kNoMemory is due
 };
 
 // Calls `on(value)` for each whole top-level msgpack value in `bytes` (a

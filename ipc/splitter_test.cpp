@@ -96,6 +96,43 @@ TEST(IpcSplitter, OversizedMessageIsSkippedAndTheStreamGoesOn) {
   EXPECT_LE(max_cap, 4096u + 1024u);
 }
 
+TEST(IpcSplitter, PartialMessagesShareABudgetAndOneThatDoesNotFitIsSkipped) {
+  const std::string small = testing::realistic_event(1);
+  const std::string big = testing::MapBuilder().str("blob", std::string(100'000, 'b')).build();
+  // Two connections' buffers may hold 200 KB in all beyond their 4 KiB reads.
+  MemoryBudget budget(200'000);
+  StreamSplitter a(1 << 20, 4096, &budget), b(1 << 20, 4096, &budget);
+  Collected ca, cb;
+  size_t no_memory = 0;
+  auto collect = [&](Collected& c) {
+    return [&](Result r, std::string_view msg) {
+      if (r == Result::kMessage) c.messages.emplace_back(msg);
+      if (r == Result::kNoMemory) ++no_memory;
+    };
+  };
+  // a holds most of a big message: its buffer is charged to the budget.
+  a.feed(std::string_view(big).substr(0, 90'000), collect(ca));
+  EXPECT_GT(budget.used(), 80'000u);
+  // b's big message finds too little left: skipped (reported once), and what
+  // follows it on b still arrives; b gives back what it took.
+  const std::string rest_b = big + small;
+  for (size_t i = 0; i < rest_b.size(); i += 3000)
+    b.feed(std::string_view(rest_b).substr(i, 3000), collect(cb));
+  EXPECT_EQ(no_memory, 1u);
+  EXPECT_EQ(cb.messages, std::vector<std::string>{small});
+  // a completes its message: nothing of it was lost.
+  a.feed(big.substr(90'000) + small, collect(ca));
+  EXPECT_EQ(ca.messages, (std::vector<std::string>{big, small}));
+  EXPECT_LE(budget.used(), budget.limit());
+  const size_t held = budget.used();
+  {
+    StreamSplitter c(1 << 20, 4096, &budget);
+    c.feed(std::string_view(big).substr(0, 50'000), [](Result, std::string_view) {});
+    EXPECT_GT(budget.used(), held);
+  }
+  EXPECT_EQ(budget.used(), held);  // a splitter gives back its charge when it goes
+}
+
 TEST(IpcSplitter, GarbageEndsTheStreamAfterTheGoodMessages) {
   const std::string m = testing::realistic_event(3);
   const std::string stream = m + m + "\xc1garbage" + m;
