@@ -338,12 +338,7 @@ class RocksStore final : public Store {
     wo_derived_.sync = false;
   }
 
-  ~RocksStore() override {
-    for (auto* h : cfs_)
-      db_->DestroyColumnFamilyHandle(h);
-    rocksdb::Status s = db_->Close();
-    if (!s.ok()) spdlog::warn("buffer: closing the store: {}", s.ToString());
-  }
+  ~RocksStore() override { close_db(); }  // db_ is null after a failed reopen
 
   Status load_counters() {
     uint64_t v;

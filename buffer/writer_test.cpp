@@ -220,6 +220,22 @@ TEST_F(FullDiskWriterTest, ResumesAStoreThatFailedElsewhereWhileIdle) {
   w.stop();
 }
 
+// A reopen that fails (the disk is still full) leaves the store closed; it
+// answers errors, and goes away cleanly.
+TEST_F(FullDiskWriterTest, AStoreWhoseReopenFailedAnswersErrorsAndClosesCleanly) {
+  fs->set_full(true);
+  EXPECT_FALSE(store->meta_put("k", "v").ok());
+  EXPECT_FALSE(store->resume().ok());
+  EXPECT_TRUE(store->needs_resume());
+  std::string v;
+  EXPECT_FALSE(store->meta_get("k", &v).ok());
+  std::vector<StoredEvent> ev;
+  EXPECT_FALSE(store->read_trace("t", &ev).ok());
+  store.reset();
+  fs->set_full(false);
+  ASSERT_TRUE(Store::open(o, &store).ok());
+}
+
 TEST(WriterTest, TransformRedactsBeforeAnythingReachesTheStore) {
   TempDir dir;
   std::unique_ptr<Store> store = open_store(dir);
@@ -384,7 +400,8 @@ TEST(WriterTest, CommitDelayLetsMessagesArrivingOneByOneShareACommit) {
   wo.commit_bytes = 2048;
   BoundedQueue<ipc::MessageBatch> q(64 << 20, wo.commit_bytes);
   Sink sink;
-  Writer w(*store, q, [&](std::span<const Committed> c) { sink(c); }, clock, wo);
+  Writer w(
+      *store, q, [&](std::span<const Committed> c) { sink(c); }, clock, wo);
   w.start();
   // Three single messages received within the delay of the first (the
   // clock stands still): one commit for all three.
