@@ -67,11 +67,10 @@ test-sanitize: deps
 	@rc=0; \
 	echo "== ASan+UBSan: build/asan"; \
 	ASAN_OPTIONS=detect_leaks=1:check_initialization_order=1:strict_init_order=1 \
-	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 SIDETRACE_TEST_TIME_SCALE=2 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  $(SANITIZE_CTEST) --test-dir build/asan || rc=1; \
 	echo "== TSan: build/tsan"; \
 	TSAN_OPTIONS=suppressions=$(CURDIR)/tests/sanitize/tsan.supp:second_deadlock_stack=1 \
-	SIDETRACE_TEST_TIME_SCALE=5 \
 	  $(SANITIZE_CTEST) --test-dir build/tsan || rc=1; \
 	exit $$rc
 

@@ -856,6 +856,19 @@ std::vector<std::string> kubernetes_env(const std::string& text, const std::stri
   return env;
 }
 
+// The image's build stage takes its packages from the list `make` uses, so
+// that the two cannot drift apart.
+TEST(DeployFiles, TheImageInstallsThePackagesThroughTheSameScript) {
+  const std::string dockerfile = slurp(kSourceDir / "deploy" / "Dockerfile");
+  const std::string script = slurp(kSourceDir / "scripts" / "install-deps.sh");
+  ASSERT_FALSE(dockerfile.empty());
+  EXPECT_NE(dockerfile.find("install-deps.sh --build"), std::string::npos);
+  for (const char* pkg : {"librocksdb-dev", "libboost-regex-dev", "libmsgpack-cxx-dev"}) {
+    EXPECT_EQ(dockerfile.find(pkg), std::string::npos) << pkg << " is listed in the Dockerfile";
+    EXPECT_NE(script.find(pkg), std::string::npos) << pkg;
+  }
+}
+
 TEST_F(BinaryTest, ImageAndKubernetesExampleProtectTheAdminEndpointAndSockets) {
   using sidetrace::config::Config;
   const std::string dockerfile = slurp(kSourceDir / "deploy" / "Dockerfile");

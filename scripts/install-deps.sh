@@ -1,23 +1,38 @@
 #!/usr/bin/env bash
-# Installs every Debian package that sidetrace's build, tests and benchmarks need.
+# Installs every Debian package that sidetrace's build, tests and benchmarks need,
+# or with --build only those that building the agent needs (the container image).
 # Idempotent: packages already present are skipped, and the package lists are
 # refreshed at most once per run. Uses sudo when not run as root.
 set -euo pipefail
 
+# Building the agent.
 packages=(
-  build-essential cmake make pkg-config git
+  build-essential cmake make pkg-config
   libboost-dev libboost-system-dev libboost-regex-dev
   libmsgpack-cxx-dev librocksdb-dev libjemalloc-dev
   libspdlog-dev libfmt-dev
   libtomlplusplus-dev libcli11-dev
-  libssl-dev openssl zlib1g-dev libzstd-dev
-  libgtest-dev libgmock-dev
-  python3 python3-msgpack python3-pytest
+  libssl-dev zlib1g-dev libzstd-dev
   nlohmann-json3-dev
-  clang-format clang libclang-rt-14-dev
-  systemd
-  chromium
 )
+build_only=0
+if [ "${1:-}" = "--build" ]; then
+  build_only=1
+elif [ $# -gt 0 ]; then
+  echo "usage: $0 [--build]" >&2
+  exit 2
+fi
+# The tests, the benchmarks and the tools around them.
+if [ $build_only -eq 0 ]; then
+  packages+=(
+    git openssl
+    libgtest-dev libgmock-dev
+    python3 python3-msgpack python3-pytest
+    clang-format clang libclang-rt-14-dev
+    systemd
+    chromium
+  )
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -28,7 +43,7 @@ done
 
 # Node.js runs the Node SDK's tests; a machine that already has it (with its own
 # npm) keeps it, since Debian's npm conflicts with other Node.js builds.
-if ! command -v node >/dev/null 2>&1; then
+if [ $build_only -eq 0 ] && ! command -v node >/dev/null 2>&1; then
   missing+=(nodejs npm)
 fi
 
