@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <systemd/sd-daemon.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -24,26 +25,12 @@ namespace sidetrace::agent::systemd {
 
 namespace {
 
-// The first fd systemd passes (SD_LISTEN_FDS_START).
-constexpr int kListenFdsStart = 3;
 // More than any sane .socket unit passes; guards against a runaway value.
 constexpr int64_t kMaxListenFds = 4096;
 
 RateLimitedLog& notify_log() {
   static RateLimitedLog log(3, std::chrono::minutes(1));
   return log;
-}
-
-std::optional<int64_t> parse_int(std::string_view s) {
-  int64_t v = 0;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (s.empty() || ec != std::errc() || p != s.data() + s.size()) return std::nullopt;
-  return v;
-}
-
-std::string env_or_empty(const char* name) {
-  const char* v = std::getenv(name);
-  return v ? std::string(v) : std::string();
 }
 
 enum class Kind { kUnixStream, kUnixDgram, kUdp, kOther };
@@ -124,57 +111,22 @@ void unset_listen_env() {
   ::unsetenv("LISTEN_FDNAMES");
 }
 
-std::vector<std::string> split_names(const std::string& s) {
-  std::vector<std::string> out;
-  if (s.empty()) return out;
-  size_t start = 0;
-  while (true) {
-    size_t colon = s.find(':', start);
-    out.push_back(s.substr(start, colon - start));
-    if (colon == std::string::npos) break;
-    start = colon + 1;
-  }
-  return out;
-}
-
 }  // namespace
 
 bool notify(std::string_view state, std::string* err) {
   if (err) err->clear();
   const char* env = std::getenv("NOTIFY_SOCKET");
   if (env == nullptr || *env == '\0') return false;
-  std::string_view path(env);
-  auto fail = [&](std::string why) {
-    if (err) *err = fmt::format("NOTIFY_SOCKET={}: {}", path, why);
-    return false;
-  };
-  if (path[0] != '/' && path[0] != '@') {
-    return fail("not an absolute path or an abstract socket name ('@...')");
+  // libsystemd sends without blocking: a full receiver queue loses this
+  // message rather than stalling the event loop that sends it.
+  const std::string text(state);
+  const int r = ::sd_notify(0, text.c_str());
+  if (r > 0) return true;
+  if (err) {
+    *err = r == 0 ? fmt::format("NOTIFY_SOCKET={}: not used", env)
+                  : fmt::format("NOTIFY_SOCKET={}: {}", env, std::strerror(-r));
   }
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  // A path needs its terminating NUL inside sun_path; an abstract name does not.
-  const size_t room = sizeof(addr.sun_path) - (path[0] == '/' ? 1 : 0);
-  if (path.size() > room) return fail("too long for a Unix socket address");
-  std::memcpy(addr.sun_path, path.data(), path.size());
-  socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size());
-  if (path[0] == '@') {
-    addr.sun_path[0] = '\0';
-  } else {
-    len += 1;
-  }
-
-  int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return fail(fmt::format("socket: {}", std::strerror(errno)));
-  // MSG_DONTWAIT: a full receiver queue loses this message rather than
-  // stalling the event loop that sends it.
-  ssize_t n = ::sendto(fd, state.data(), state.size(), MSG_NOSIGNAL | MSG_DONTWAIT,
-                       reinterpret_cast<const sockaddr*>(&addr), len);
-  int e = errno;
-  ::close(fd);
-  if (n < 0) return fail(fmt::format("send: {}", std::strerror(e)));
-  if (static_cast<size_t>(n) != state.size()) return fail("short send");
-  return true;
+  return false;
 }
 
 bool notify_ready() {
@@ -202,14 +154,10 @@ bool notify_status(std::string_view status) {
 }
 
 std::chrono::microseconds watchdog_interval() {
-  auto usec = parse_int(env_or_empty("WATCHDOG_USEC"));
-  if (!usec || *usec <= 0) return std::chrono::microseconds(0);
-  std::string pid_text = env_or_empty("WATCHDOG_PID");
-  if (!pid_text.empty()) {
-    auto pid = parse_int(pid_text);
-    if (!pid || *pid != static_cast<int64_t>(::getpid())) return std::chrono::microseconds(0);
-  }
-  return std::chrono::microseconds(*usec);
+  uint64_t usec = 0;
+  // > 0: enabled for this process; 0: off or meant for another; < 0: malformed.
+  if (::sd_watchdog_enabled(0, &usec) <= 0 || usec == 0) return std::chrono::microseconds(0);
+  return std::chrono::microseconds(usec);
 }
 
 Watchdog::Watchdog(boost::asio::io_context& io, std::function<bool()> alive)
@@ -294,51 +242,72 @@ std::string describe_socket(int fd) {
 std::error_code listen_fds(ListenFds* out, std::string* err) {
   *out = ListenFds{};
   if (err) err->clear();
-  std::string pid_text = env_or_empty("LISTEN_PID");
-  std::string fds_text = env_or_empty("LISTEN_FDS");
-  std::string names_text = env_or_empty("LISTEN_FDNAMES");
+  // Whether names were given: without LISTEN_FDNAMES libsystemd names every
+  // fd "unknown", which classifies it by its kind as well.
   const bool has_names = std::getenv("LISTEN_FDNAMES") != nullptr;
-  unset_listen_env();
+  auto env = [](const char* name) {
+    const char* v = std::getenv(name);
+    return std::string(v ? v : "(unset)");
+  };
+  const std::string vars = fmt::format("LISTEN_PID={}, LISTEN_FDS={}, LISTEN_FDNAMES={}",
+                                       env("LISTEN_PID"), env("LISTEN_FDS"), env("LISTEN_FDNAMES"));
+  // The fds announced for this process, to close when they cannot be used.
+  int announced = 0;
+  {
+    const std::string pid = env("LISTEN_PID"), count = env("LISTEN_FDS");
+    int p = 0, c = 0;
+    if (std::from_chars(pid.data(), pid.data() + pid.size(), p).ec == std::errc() &&
+        p == ::getpid() &&
+        std::from_chars(count.data(), count.data() + count.size(), c).ec == std::errc() && c > 0 &&
+        c <= kMaxListenFds) {
+      announced = c;
+    }
+  }
+  char** raw_names = nullptr;
+  // Checks LISTEN_PID, sets FD_CLOEXEC on every passed fd and unsets the
+  // variables, so that child processes do not see them.
+  const int n = ::sd_listen_fds_with_names(1, &raw_names);
+  std::vector<std::string> names;
+  if (raw_names != nullptr) {
+    for (char** p = raw_names; *p != nullptr; ++p) {
+      names.emplace_back(*p);
+      std::free(*p);
+    }
+    std::free(raw_names);
+  }
+  unset_listen_env();  // also when libsystemd refused them
 
   auto fail = [&](std::errc code, std::string why) {
     if (err) *err = "socket activation: " + why;
     return std::make_error_code(code);
   };
-  if (fds_text.empty() || pid_text.empty()) return {};
-  auto pid = parse_int(pid_text);
-  if (!pid) return fail(std::errc::invalid_argument, "LISTEN_PID is not a number: " + pid_text);
-  if (*pid != static_cast<int64_t>(::getpid())) return {};  // meant for another process
-  auto count = parse_int(fds_text);
-  if (!count || *count < 0 || *count > kMaxListenFds) {
-    return fail(std::errc::invalid_argument, "LISTEN_FDS is not a valid count: " + fds_text);
+  if (n < 0) {
+    for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + announced; ++fd)
+      ::close(fd);
+    return fail(std::errc::invalid_argument,
+                fmt::format("{}: {} (malformed variables, names that do not match the count, or "
+                            "an announced fd that is not open)",
+                            vars, std::strerror(-n)));
   }
-  const int n = static_cast<int>(*count);
   if (n == 0) return {};
-
+  if (n > kMaxListenFds) {
+    for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + n; ++fd)
+      ::close(fd);
+    return fail(std::errc::invalid_argument, fmt::format("LISTEN_FDS is too large: {}", n));
+  }
   auto close_passed = [&] {
-    for (int fd = kListenFdsStart; fd < kListenFdsStart + n; ++fd)
+    for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + n; ++fd)
       ::close(fd);
   };
-  std::vector<std::string> names = split_names(names_text);
-  if (has_names && names.size() != static_cast<size_t>(n)) {
-    close_passed();
-    return fail(std::errc::invalid_argument,
-                fmt::format("LISTEN_FDNAMES names {} fd(s) but LISTEN_FDS is {}", names.size(), n));
-  }
 
   ListenFds got;
   got.passed = n;
   for (int i = 0; i < n; ++i) {
-    const int fd = kListenFdsStart + i;
-    const std::string name = has_names ? names[static_cast<size_t>(i)] : std::string();
+    const int fd = SD_LISTEN_FDS_START + i;
+    const std::string name =
+        has_names && static_cast<size_t>(i) < names.size() ? names[static_cast<size_t>(i)] : "";
     const std::string label =
         name.empty() ? fmt::format("fd {}", fd) : fmt::format("fd {} (\"{}\")", fd, name);
-    int flags = ::fcntl(fd, F_GETFD);
-    if (flags < 0 || ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC) < 0) {
-      close_passed();
-      return fail(std::errc::bad_file_descriptor,
-                  fmt::format("{} was announced but is not open: {}", label, std::strerror(errno)));
-    }
     const Kind kind = kind_of(fd);
     std::optional<Kind> wanted;
     if (name == "stream") wanted = Kind::kUnixStream;

@@ -1,4 +1,4 @@
-// The systemd service protocols, implemented directly (no libsystemd):
+// The systemd service protocols, spoken through libsystemd (sd-daemon):
 //  - readiness and state notification (sd_notify): datagrams to $NOTIFY_SOCKET;
 //  - the service watchdog: $WATCHDOG_USEC / $WATCHDOG_PID, pinged from the
 //    agent's event loop so that a hung loop stops pinging and systemd restarts it;
@@ -26,8 +26,8 @@
 namespace sidetrace::agent::systemd {
 
 // Sends `state` (newline-separated "KEY=value" assignments, e.g. "READY=1")
-// to $NOTIFY_SOCKET: a path, or an abstract socket when it starts with '@'.
-// Never blocks (a full receive queue drops the message). Returns true when the
+// to $NOTIFY_SOCKET (sd_notify()). Never blocks (a full receive queue drops
+// the message). Returns true when the
 // datagram was sent; false when NOTIFY_SOCKET is unset (not under systemd, or
 // NotifyAccess does not include us) or the send failed (`err`, if given, says
 // why; it is left empty when NOTIFY_SOCKET is simply unset).

@@ -13,7 +13,7 @@ packages=(
   libspdlog-dev libfmt-dev
   libtomlplusplus-dev libcli11-dev
   libssl-dev zlib1g-dev libzstd-dev
-  nlohmann-json3-dev
+  nlohmann-json3-dev libsystemd-dev
 )
 build_only=0
 if [ "${1:-}" = "--build" ]; then
