@@ -12,6 +12,8 @@
 #include <chrono>
 #include <optional>
 
+#include "common/host_port.h"
+
 namespace sidetrace::agent {
 
 namespace beast = boost::beast;
@@ -55,10 +57,6 @@ std::string lower(std::string_view s) {
 
 bool iequals(std::string_view a, std::string_view b) {
   return a.size() == b.size() && lower(a) == lower(b);
-}
-
-bool all_digits(std::string_view s) {
-  return std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
 std::string_view header(const Request& req, std::string_view name) {
@@ -246,41 +244,18 @@ AdminServer::~AdminServer() {
 }
 
 bool split_host_port(const std::string& host_port, std::string* host, unsigned short* port) {
-  size_t colon = host_port.rfind(':');
-  if (colon == std::string::npos || colon + 1 >= host_port.size()) return false;
-  std::string h = host_port.substr(0, colon);
-  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
-  if (h.empty()) return false;
-  const char* b = host_port.data() + colon + 1;
-  const char* e = host_port.data() + host_port.size();
-  unsigned v = 0;
-  auto [p, ec] = std::from_chars(b, e, v);
-  if (ec != std::errc() || p != e || v > 65535) return false;
-  *host = h;
-  *port = static_cast<unsigned short>(v);
+  auto hp = parse_host_port(host_port);
+  if (!hp || !hp->port) return false;
+  *host = std::move(hp->host);
+  *port = *hp->port;
   return true;
 }
 
 bool admin_host_allowed(std::string_view host_header, const std::vector<std::string>& allowed_hosts,
                         std::string_view local_address) {
-  std::string_view h = trim(host_header);
-  std::string_view name, port;
-  if (h.starts_with('[')) {
-    size_t close = h.find(']');
-    if (close == std::string_view::npos) return false;
-    name = h.substr(1, close - 1);
-    std::string_view rest = h.substr(close + 1);
-    if (!rest.empty()) {
-      if (rest.front() != ':') return false;
-      port = rest.substr(1);
-    }
-  } else {
-    size_t colon = h.find(':');
-    name = h.substr(0, colon);
-    if (colon != std::string_view::npos) port = h.substr(colon + 1);
-  }
-  if (!all_digits(port)) return false;  // also an unbracketed IPv6 address
-  std::string host = lower(name);
+  const auto hp = parse_host_port(trim(host_header));
+  if (!hp) return false;  // also an unbracketed IPv6 address
+  std::string host = lower(hp->host);
   if (host.ends_with('.')) host.pop_back();
   if (host.empty()) return false;
   if (host == "localhost" || host.ends_with(".localhost")) return true;

@@ -14,6 +14,8 @@
 #include <limits>
 #include <sstream>
 
+#include "common/host_port.h"
+
 extern char** environ;
 
 namespace sidetrace::config {
@@ -766,12 +768,9 @@ std::string allowed_host_problem(const std::string& entry) {
 }  // namespace
 
 bool is_loopback_listen(std::string_view host_port) {
-  size_t colon = host_port.rfind(':');
-  if (colon == std::string_view::npos) return false;
-  std::string host(host_port.substr(0, colon));
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
+  const auto hp = parse_host_port(host_port);
+  if (!hp || !hp->port) return false;
+  const std::string& host = hp->host;
   if (lower(host) == "localhost") return true;
   in_addr v4{};
   if (::inet_pton(AF_INET, host.c_str(), &v4) == 1) {

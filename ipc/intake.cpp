@@ -23,6 +23,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/host_port.h"
 #include "common/rate_limited_log.h"
 #include "ipc/splitter.h"
 
@@ -859,38 +860,20 @@ using UdpReceiver = DgramReceiver<asio::ip::udp>;
 // "HOST:PORT" or "[V6]:PORT" to an endpoint; names are resolved (start-up only).
 std::error_code parse_udp(asio::io_context& ioc, const std::string& s, asio::ip::udp::endpoint* ep,
                           std::string* err) {
-  std::string host, port;
-  if (!s.empty() && s.front() == '[') {
-    const size_t close = s.find(']');
-    if (close == std::string::npos || close + 1 >= s.size() || s[close + 1] != ':') {
-      *err = "bad udp address '" + s + "' (want HOST:PORT or [V6]:PORT)";
-      return errno_code(EINVAL);
-    }
-    host = s.substr(1, close - 1);
-    port = s.substr(close + 2);
-  } else {
-    const size_t colon = s.rfind(':');
-    if (colon == std::string::npos) {
-      *err = "bad udp address '" + s + "' (want HOST:PORT)";
-      return errno_code(EINVAL);
-    }
-    host = s.substr(0, colon);
-    port = s.substr(colon + 1);
-  }
-  char* end = nullptr;
-  const unsigned long p = std::strtoul(port.c_str(), &end, 10);
-  if (port.empty() || *end != '\0' || p > 65535) {
-    *err = "bad udp port in '" + s + "'";
+  const auto hp = parse_host_port(s);
+  if (!hp || !hp->port) {
+    *err = "bad udp address '" + s + "' (want HOST:PORT or [V6]:PORT)";
     return errno_code(EINVAL);
   }
+  const std::string& host = hp->host;
   error_code ec;
   const auto addr = asio::ip::make_address(host, ec);
   if (!ec) {
-    *ep = asio::ip::udp::endpoint(addr, static_cast<uint16_t>(p));
+    *ep = asio::ip::udp::endpoint(addr, *hp->port);
     return {};
   }
   asio::ip::udp::resolver resolver(ioc);
-  const auto results = resolver.resolve(host, port, ec);
+  const auto results = resolver.resolve(host, std::to_string(*hp->port), ec);
   if (ec || results.empty()) {
     *err = "cannot resolve udp host '" + host + "': " + (ec ? ec.message() : "no address");
     return ec ? to_std(ec) : errno_code(EINVAL);

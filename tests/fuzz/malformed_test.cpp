@@ -54,6 +54,8 @@ TEST(FuzzMalformed, EveryFileGetsItsExpectedOutcome) {
   ASSERT_GE(expected.size(), 40u);
   std::set<std::string> known_reasons = {"ok"};
   for (int r = 0; r < static_cast<int>(Reject::kCount_); ++r) {
+    // no_memory is the intake's state when a message arrives, not the message's.
+    if (static_cast<Reject>(r) == Reject::kNoMemory) continue;
     known_reasons.insert(std::string(reject_name(static_cast<Reject>(r))));
   }
   std::set<std::string> seen_reasons;

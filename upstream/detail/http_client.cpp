@@ -11,6 +11,8 @@
 #include <chrono>
 #include <stdexcept>
 
+#include "common/host_port.h"
+
 namespace sidetrace::upstream::detail {
 
 namespace ssl = net::ssl;
@@ -34,30 +36,13 @@ Endpoint parse_endpoint(std::string_view url) {
   if (authority.find('@') != std::string_view::npos) {
     throw std::invalid_argument("upstream.endpoint must not contain credentials");
   }
-  std::string_view port;
-  if (authority.front() == '[') {
-    size_t close = authority.find(']');
-    if (close == std::string_view::npos) throw std::invalid_argument("bad IPv6 endpoint host");
-    ep.host = std::string(authority.substr(1, close - 1));
-    std::string_view after = authority.substr(close + 1);
-    if (!after.empty()) {
-      if (after.front() != ':') throw std::invalid_argument("bad endpoint port");
-      port = after.substr(1);
-    }
-  } else {
-    size_t colon = authority.rfind(':');
-    ep.host = std::string(authority.substr(0, colon));
-    if (colon != std::string_view::npos) port = authority.substr(colon + 1);
+  auto hp = parse_host_port(authority);
+  if (!hp) {
+    throw std::invalid_argument(
+        "upstream.endpoint: the host and port are not HOST, HOST:PORT or [IPv6]:PORT");
   }
-  if (ep.host.empty()) throw std::invalid_argument("upstream.endpoint has no host");
-  if (!port.empty()) {
-    for (char c : port) {
-      if (c < '0' || c > '9') throw std::invalid_argument("bad endpoint port");
-    }
-    ep.port = std::string(port);
-  } else {
-    ep.port = ep.tls ? "443" : "80";
-  }
+  ep.host = std::move(hp->host);
+  ep.port = hp->port ? std::to_string(*hp->port) : std::string(ep.tls ? "443" : "80");
   while (!path.empty() && path.back() == '/')
     path.remove_suffix(1);
   ep.target = std::string(path) + "/v1/traces";
