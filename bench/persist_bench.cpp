@@ -2,6 +2,12 @@
 // fsync), receive->durable latency at a steady offered load (each sync mode), and peak RSS
 // while a large backlog is persisted and nothing is consumed.
 //
+// After the fsync latency run, the disk's floor for the same load is measured
+// on the same filesystem (bench/disk_floor.h, as disk_sync_bench does) beside
+// a background writer at the rate the store itself wrote in the background
+// during the run; the fsync line gives the floor and the ratio of the store's
+// p99 to the floor's.
+//
 // Environment: PERSIST_BENCH_DIR (default: the system temp dir),
 // PERSIST_BENCH_EVENTS (throughput runs, default 400000),
 // PERSIST_BENCH_BACKLOG (backlog run, default 10000000), PERSIST_BENCH_LATENCY_S
@@ -13,6 +19,7 @@
 #include <malloc.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -25,6 +32,7 @@
 
 #include <msgpack.hpp>
 
+#include "bench/disk_floor.h"
 #include "buffer/store.h"
 #include "buffer/writer.h"
 #include "config/config.h"
@@ -222,38 +230,125 @@ void throughput(buffer::SyncMode sync, const char* name, uint64_t events) {
   std::fflush(stdout);
 }
 
+// Bytes written to storage by the process, or by one of its threads, as the
+// kernel's I/O accounting counts them (write_bytes of /proc/self/io or of
+// /proc/self/task/<tid>/io).
+uint64_t io_write_bytes(const fs::path& io_file) {
+  std::ifstream f(io_file);
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("write_bytes:", 0) == 0) return std::strtoull(line.c_str() + 12, nullptr, 10);
+  }
+  return 0;
+}
+
+// The /proc/self/task/<tid> directory of the thread named `name`.
+fs::path thread_dir(const std::string& name) {
+  for (const auto& e : fs::directory_iterator("/proc/self/task")) {
+    std::ifstream f(e.path() / "comm");
+    std::string comm;
+    std::getline(f, comm);
+    if (comm == name) return e.path();
+  }
+  std::fprintf(stderr, "no thread named %s\n", name.c_str());
+  std::exit(1);
+}
+
+// What the store writes during a run, split into the group commits' WAL
+// appends and everything else: the background (flushes and compactions
+// writing table files, the MANIFEST, RocksDB's log) beside which each group
+// commit's sync waits.
+//
+// Counted by the kernel's I/O accounting: write_bytes charges each page a
+// write dirties in the page cache (what is then written out to the disk) to
+// the thread that wrote it, whether the thread still runs or not. The WAL is
+// appended by the writer thread alone (the bench runs no other part of the
+// agent); the table files are written by RocksDB's background threads. So the
+// background is the process's write_bytes over the run minus the writer
+// thread's. It counts pages (folios), not bytes: a write into a page already
+// written out counts the whole page (or large folio) again, though the disk
+// may write only the changed blocks. For files written front to back once, as
+// the WAL and table files are, that is close to the bytes written (the WAL's
+// count matches the bytes of the events). Not counted: preallocation
+// (fallocate) and the filesystem's own metadata and journal. RocksDB's
+// statistics would give flush and compaction bytes too, but the store does
+// not enable them.
+struct IoSplit {
+  fs::path writer_io;
+  uint64_t process = 0, writer = 0;
+
+  static IoSplit now(const fs::path& writer_io) {
+    return {writer_io, io_write_bytes("/proc/self/io"), io_write_bytes(writer_io)};
+  }
+};
+
 void latency(buffer::SyncMode sync, const char* name, uint64_t offered_per_s, double seconds) {
-  Env env(std::string("lat-") + name, sync);
-  // Warm up, then measure a steady load: one batch of 50 every 1 ms.
-  env.produce(20000, 1, 50);
-  env.wait_for(20000);
-  const_cast<buffer::LatencyHistogram&>(env.writer->latency()).reset();
   const uint64_t per_tick = offered_per_s / 1000;
   const uint64_t ticks = static_cast<uint64_t>(seconds * 1000);
-  auto start = std::chrono::steady_clock::now();
-  uint64_t n = 1'000'000;
-  for (uint64_t tick = 0; tick < ticks; ++tick) {
-    std::this_thread::sleep_until(start + std::chrono::milliseconds(tick));
-    ipc::MessageBatch b;
-    size_t w = 0;
-    for (uint64_t k = 0; k < per_tick; ++k, ++n) {
-      ipc::Message m;
-      m.trace_id = "lat-" + std::to_string(n / 20);
-      m.raw = event_bytes(n, m.trace_id);
-      m.recv_ns = system_clock().now_ns();
-      w += m.weight();
-      b.push_back(std::move(m));
+  uint64_t p50_ns = 0, p99_ns = 0, raw_bytes = 0;
+  double background_mib_s = 0, wal_mib_s = 0;
+  fs::path root;
+  {
+    Env env(std::string("lat-") + name, sync);
+    root = env.dir.parent_path();
+    // Warm up, then measure a steady load: one batch of per_tick events every 1 ms.
+    env.produce(20000, 1, 50);
+    env.wait_for(20000);
+    const_cast<buffer::LatencyHistogram&>(env.writer->latency()).reset();
+    const IoSplit io0 = IoSplit::now(thread_dir("st-writer") / "io");
+    auto start = std::chrono::steady_clock::now();
+    uint64_t n = 1'000'000;
+    for (uint64_t tick = 0; tick < ticks; ++tick) {
+      std::this_thread::sleep_until(start + std::chrono::milliseconds(tick));
+      ipc::MessageBatch b;
+      size_t w = 0;
+      for (uint64_t k = 0; k < per_tick; ++k, ++n) {
+        ipc::Message m;
+        m.trace_id = "lat-" + std::to_string(n / 20);
+        m.raw = event_bytes(n, m.trace_id);
+        m.recv_ns = system_clock().now_ns();
+        raw_bytes += m.raw.size();
+        w += m.weight();
+        b.push_back(std::move(m));
+      }
+      env.push(b, w);
     }
-    env.push(b, w);
-  }
-  env.wait_for(20000 + per_tick * ticks);
-  const auto& h = env.writer->latency();
+    env.wait_for(20000 + per_tick * ticks);
+    const IoSplit io1 = IoSplit::now(io0.writer_io);
+    const double run_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const uint64_t writer = io1.writer - io0.writer;
+    const uint64_t all = io1.process - io0.process;
+    wal_mib_s = static_cast<double>(writer) / run_s / (1 << 20);
+    background_mib_s = static_cast<double>(all > writer ? all - writer : 0) / run_s / (1 << 20);
+    const auto& h = env.writer->latency();
+    p50_ns = h.quantile_ns(0.5);
+    p99_ns = h.quantile_ns(0.99);
+  }  // The store is removed and its space freed before the floor is measured.
   std::printf(
       "{\"bench\":\"persist_latency\",\"sync\":\"%s\",\"offered_per_s\":%llu,"
-      "\"commit_delay_ms\":%lld,\"p50_ms\":%.3f,\"p99_ms\":%.3f}\n",
-      name, static_cast<unsigned long long>(offered_per_s), static_cast<long long>(commit_delay_ms()),
-      static_cast<double>(h.quantile_ns(0.5)) / 1e6,
-      static_cast<double>(h.quantile_ns(0.99)) / 1e6);
+      "\"commit_delay_ms\":%lld,\"p50_ms\":%.3f,\"p99_ms\":%.3f",
+      name, static_cast<unsigned long long>(offered_per_s),
+      static_cast<long long>(commit_delay_ms()), static_cast<double>(p50_ns) / 1e6,
+      static_cast<double>(p99_ns) / 1e6);
+  if (sync == buffer::SyncMode::kFsync) {
+    // The same load on the same filesystem, without the store, beside the
+    // store's own background write rate.
+    bench::DiskFloorOptions o;
+    o.dir = root;
+    o.events_per_ms = per_tick;
+    o.event_bytes = static_cast<size_t>(raw_bytes / std::max<uint64_t>(per_tick * ticks, 1));
+    o.background_mib_s = background_mib_s;
+    o.seconds = seconds;
+    bench::DiskFloor f = bench::measure_disk_floor(o);
+    std::printf(
+        ",\"wal_mib_s\":%.1f,\"floor_background_mib_s\":%.1f,\"floor_p50_ms\":%.3f,"
+        "\"floor_p99_ms\":%.3f,\"p99_ratio_to_floor\":%.2f",
+        wal_mib_s, background_mib_s, static_cast<double>(f.p50_ns) / 1e6,
+        static_cast<double>(f.p99_ns) / 1e6,
+        f.p99_ns ? static_cast<double>(p99_ns) / static_cast<double>(f.p99_ns) : 0.0);
+  }
+  std::printf("}\n");
   std::fflush(stdout);
 }
 
