@@ -12,19 +12,87 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <map>
 #include <mutex>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
+// Allocation failure injection: while g_fail_at >= 0, the g_fail_at-th
+// allocation (counting from 0) made by this thread throws std::bad_alloc.
+// The replacement operators allocate with malloc and release with free, which
+// GCC would take for a mismatch where it inlines them.
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+namespace {
+thread_local long g_fail_at = -1;
+thread_local long g_allocations = 0;
+thread_local bool g_failed = false;
+}  // namespace
+
+void* operator new(std::size_t n) {
+  if (g_fail_at >= 0 && g_allocations++ == g_fail_at) {
+    g_failed = true;
+    throw std::bad_alloc();
+  }
+  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t n) {
+  return operator new(n);
+}
+void operator delete(void* p) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, std::size_t) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, std::size_t) noexcept {
+  std::free(p);
+}
+
+// A type whose msgpack adaptor throws.
+struct Explodes {};
+namespace msgpack {
+MSGPACK_API_VERSION_NAMESPACE(MSGPACK_DEFAULT_API_NS) {
+  namespace adaptor {
+  template <>
+  struct pack<Explodes> {
+    template <typename Stream>
+    packer<Stream>& operator()(packer<Stream>&, const Explodes&) const {
+      throw std::runtime_error("cannot pack");
+    }
+  };
+  }  // namespace adaptor
+}
+}  // namespace msgpack
+
 namespace sidetrace::client {
 namespace {
+
+// Runs `op` with the n-th allocation of this thread failing, for n = 0, 1, ...
+// until a run has no allocation left to fail. Returns the number of runs in
+// which an allocation failed.
+int with_each_allocation_failing(const std::function<void()>& op) {
+  for (int n = 0;; ++n) {
+    g_allocations = 0;
+    g_failed = false;
+    g_fail_at = n;
+    op();
+    g_fail_at = -1;
+    if (!g_failed) return n;
+  }
+}
 
 using namespace std::chrono_literals;
 
@@ -54,6 +122,71 @@ struct Msg {
   }
   uint64_t u64(const std::string& k) const { return keys.at(k).as<uint64_t>(); }
 };
+
+// Why the agent would reject `m`, or "": the checks of ipc/event.cpp
+// (validate) on a decoded message.
+std::string protocol_problem(const Msg& m) {
+  using msgpack::type::object_type;
+  const msgpack::object& top = m.handle->get();
+  if (top.type != object_type::MAP) return "not_map";
+  for (uint32_t i = 0; i < top.via.map.size; ++i) {
+    if (top.via.map.ptr[i].key.type != object_type::STR) return "key_not_string";
+  }
+  auto type_of = [&](const char* k) {
+    auto it = m.keys.find(k);
+    return it == m.keys.end() ? object_type::NIL : it->second.type;
+  };
+  const std::string kind = type_of("kind") == object_type::STR ? m.str("kind") : "";
+  if (kind != "trace" && kind != "start" && kind != "end" && kind != "event" && kind != "feedback")
+    return "bad_kind";
+  if (type_of("v") != object_type::POSITIVE_INTEGER || m.u64("v") != 1) return "bad_version";
+  std::vector<const char*> required = {"trace_id"};
+  if (kind == "start" || kind == "event") required = {"trace_id", "id", "type"};
+  if (kind == "end") required = {"trace_id", "id"};
+  for (const char* k : required) {
+    if (type_of(k) == object_type::NIL) return std::string("missing ") + k;
+  }
+  for (const char* k : {"trace_id", "id", "parent_id", "target_id", "type"}) {
+    if (type_of(k) == object_type::NIL) continue;
+    if (type_of(k) != object_type::STR) return std::string(k) + ": wrong_type";
+    const size_t n = m.keys.at(k).via.str.size;
+    if (n < 1 || n > 128) return std::string(k) + ": bad_value length " + std::to_string(n);
+  }
+  for (const char* k : {"name", "error", "conversation_id", "session_id", "interaction_id",
+                        "channel_id", "tag", "text"}) {
+    if (type_of(k) != object_type::NIL && type_of(k) != object_type::STR)
+      return std::string(k) + ": wrong_type";
+  }
+  if (type_of("status") != object_type::NIL && m.str("status") != "ok" &&
+      m.str("status") != "error")
+    return "status: bad_value";
+  for (const char* k : {"ts", "end_ts", "latency_ms"}) {
+    if (type_of(k) != object_type::NIL && type_of(k) != object_type::POSITIVE_INTEGER)
+      return std::string(k) + ": wrong_type or negative";
+  }
+  if (type_of("latency_ms") != object_type::NIL &&
+      m.u64("latency_ms") > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+    return "latency_ms: bad_value";
+  const auto score = type_of("score");
+  if (score != object_type::NIL && score != object_type::POSITIVE_INTEGER &&
+      score != object_type::NEGATIVE_INTEGER && score != object_type::FLOAT64 &&
+      score != object_type::FLOAT32)
+    return "score: wrong_type";
+  for (const char* k : {"attrs", "user", "metadata"}) {
+    if (type_of(k) != object_type::NIL && type_of(k) != object_type::MAP)
+      return std::string(k) + ": wrong_type";
+  }
+  return "";
+}
+
+std::vector<std::string> protocol_problems(const std::vector<Msg>& msgs) {
+  std::vector<std::string> out;
+  for (const Msg& m : msgs) {
+    std::string p = protocol_problem(m);
+    if (!p.empty()) out.push_back(p);
+  }
+  return out;
+}
 
 // A listening socket standing in for the agent.
 class FakeAgent {
@@ -498,6 +631,168 @@ TEST_F(ClientTest, EmitAfterCloseIsDroppedAndCounted) {
   EXPECT_TRUE(client.close(1s));
   trace.message("late");  // start, then end as the temporary goes out of scope
   EXPECT_EQ(client.stats().dropped_closed, 2u);
+}
+
+TEST_F(ClientTest, ArgumentsTheProtocolCannotCarryAreLeftOutAndCounted) {
+  FakeAgent agent(FakeAgent::kStream, path("a.sock"));
+  Client client(opts(agent.endpoint()));
+  const std::string long_id(129, 'x');
+  Trace long_trace = client.trace({.trace_id = long_id});
+  EXPECT_TRUE(is_hex(long_trace.trace_id(), 32)) << long_trace.trace_id();
+  const std::string id128(128, 'a');
+  Trace trace = client.trace({.trace_id = id128});
+  EXPECT_EQ(trace.trace_id(), id128);
+  trace.send({.type = "", .latency_ms = -5, .parent_id = long_id});
+  trace.send({.type = long_id, .latency_ms = std::numeric_limits<int64_t>::max()});
+  trace.feedback({.score = std::nan(""), .target_id = long_id});
+  trace.feedback({.score = -std::numeric_limits<double>::infinity()});
+  const std::string map_bytes("\x81\xa1k\x01", 4);  // {"k": 1}
+  Event raw_ok = trace.message(Value::raw(map_bytes));
+  Event raw_bad = trace.message(Value::raw("\xc1"), {.attrs = {{"a", Value::raw("\x92\x01")}}});
+  raw_bad.end(Value::raw(map_bytes + "\x01"), {.attrs = {{"e", Explodes{}}, {"ok", 1}}});
+  raw_ok.end(Explodes{});
+  trace.update({.metadata = {{"m", Value::raw("\xc1")}}, .user = {{"id", "u"}}});
+  raw_ok.feedback({.score = std::numeric_limits<double>::quiet_NaN(), .target_id = long_id});
+  EXPECT_TRUE(raw_ok.send({.type = "", .parent_id = long_id}).size() == 16);
+  EXPECT_TRUE(Value::raw("").rejected());
+  EXPECT_TRUE(Value(Explodes{}).rejected() && Value(Explodes{}).empty());
+  EXPECT_FALSE(Value::raw(map_bytes).rejected());
+  ASSERT_TRUE(client.flush(2s));
+  ASSERT_TRUE(agent.wait_count(13));
+  auto msgs = agent.messages();
+  EXPECT_EQ(protocol_problems(msgs), std::vector<std::string>{});
+  auto events = of_kind(msgs, "event");
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[2].str("type"), "CUSTOM");
+  EXPECT_EQ(events[2].str("parent_id"), raw_ok.id());  // the event's own id, not parent_id
+  EXPECT_EQ(events[0].str("type"), "CUSTOM");
+  EXPECT_EQ(events[0].u64("latency_ms"), 0u);
+  EXPECT_FALSE(events[0].has("parent_id"));
+  EXPECT_GT(events[0].u64("ts"), now_ns() - 10'000'000'000ull);
+  EXPECT_EQ(events[1].str("type"), "CUSTOM");
+  EXPECT_EQ(events[1].u64("ts"), 0u);  // started so long ago that it is clamped to the epoch
+  auto fbs = of_kind(msgs, "feedback");
+  ASSERT_EQ(fbs.size(), 3u);
+  EXPECT_FALSE(fbs[0].has("score") || fbs[0].has("target_id") || fbs[1].has("score"));
+  EXPECT_FALSE(fbs[2].has("score"));
+  EXPECT_EQ(fbs[2].str("target_id"), raw_ok.id());
+  auto traces = of_kind(msgs, "trace");
+  ASSERT_EQ(traces.size(), 3u);
+  EXPECT_TRUE(traces[2].keys.at("metadata").via.map.ptr[0].val.is_nil());
+  auto starts = of_kind(msgs, "start");
+  ASSERT_EQ(starts.size(), 2u);
+  EXPECT_EQ((starts[0].keys.at("input").as<std::map<std::string, int>>().at("k")), 1);
+  EXPECT_FALSE(starts[1].has("input"));
+  EXPECT_TRUE(starts[1].keys.at("attrs").via.map.ptr[0].val.is_nil());
+  auto ends = of_kind(msgs, "end");
+  ASSERT_EQ(ends.size(), 2u);
+  EXPECT_FALSE(ends[0].has("output"));
+  EXPECT_EQ(
+      (ends[0].keys.at("attrs").as<std::map<std::string, msgpack::object>>().at("ok").as<int>()),
+      1);
+  EXPECT_FALSE(ends[1].has("output"));
+  Stats s = client.stats();
+  // long trace id, type "", latency -5, long parent, long type, NaN score, long target,
+  // infinite score, raw "\xc1" input, truncated raw attr, trailing-byte output, Explodes attr,
+  // Explodes output, raw "\xc1" metadata, NaN score of the event's feedback, type "" of the
+  // event's send
+  EXPECT_EQ(s.args_dropped, 16u);
+  EXPECT_EQ(s.internal_errors, 0u);
+  EXPECT_EQ(s.dropped(), 0u);
+}
+
+TEST_F(ClientTest, MovedFromTracesAndEventsSendNothingAndCount) {
+  FakeAgent agent(FakeAgent::kStream, path("a.sock"));
+  Client client(opts(agent.endpoint()));
+  Trace trace = client.trace();
+  Trace kept = std::move(trace);
+  Event ev = kept.message("m");
+  Event owner = std::move(ev);
+  trace.message("from a moved-from trace").end();  // NOLINT(bugprone-use-after-move)
+  trace.update({.conversation_id = "c"});
+  trace.send({.type = "TOOL"});
+  trace.feedback({.tag = "UP"});
+  ev.tool("child of a moved-from event").end();  // NOLINT(bugprone-use-after-move)
+  ev.send({.type = "TOOL"});
+  ev.feedback({.tag = "UP"});
+  ev.end("ignored");
+  owner.end("done");
+  ASSERT_TRUE(client.flush(2s));
+  ASSERT_TRUE(agent.wait_count(3));
+  EXPECT_EQ(agent.messages().size(), 3u);
+  EXPECT_EQ(protocol_problems(agent.messages()), std::vector<std::string>{});
+  EXPECT_EQ(client.stats().args_dropped, 7u);
+  EXPECT_EQ(client.stats().internal_errors, 0u);
+}
+
+TEST_F(ClientTest, AllocationFailuresNeverEscapeAndEveryMessageSentIsWhole) {
+  FakeAgent agent(FakeAgent::kStream, path("a.sock"));
+  Client client(opts(agent.endpoint()));
+  const TraceContext ctx{.conversation_id = "conv", .session_id = "s"};
+  Trace trace = client.trace();
+  int failures = 0;
+  failures += with_each_allocation_failing([&] { Trace t = client.trace(ctx); });
+  failures += with_each_allocation_failing([&] {
+    Event m = trace.message("q");
+    Event t = m.tool("t", {.name = "n"});
+    t.end("r", {.error_text = "e"});
+  });  // m ends in its destructor
+  failures += with_each_allocation_failing([&] {
+    try {
+      Event g = trace.generation("g");
+      throw 1;
+    } catch (int) {  // g failed in its destructor during unwinding
+    }
+  });
+  failures += with_each_allocation_failing([&] {
+    Event a = trace.agent("a");
+    Event b = trace.router("b");
+    b = std::move(a);  // ends "b" in a noexcept move assignment
+    b.fail("timeout", 5);
+  });
+  failures += with_each_allocation_failing([&] {
+    std::string id = trace.send({.type = "TOOL", .input = 1, .latency_ms = 3});
+    Event m = trace.system("s");
+    m.send({.type = "TOOL"});
+    m.feedback({.tag = "UP", .score = 1.0});
+    m.custom("c").end();
+    trace.custom("c2").end();
+    trace.feedback({.tag = "DOWN"});
+  });
+  failures += with_each_allocation_failing([&] { client.flush(50ms); });
+  ASSERT_GT(failures, 20);
+  Stats s = client.stats();
+  EXPECT_GT(s.internal_errors, 0u);
+  EXPECT_LE(s.internal_errors, static_cast<uint64_t>(failures));
+  // Without failures the same client still works.
+  trace.message("after").end("ok");
+  ASSERT_TRUE(client.flush(2s));
+  ASSERT_TRUE(agent.wait_count(client.stats().sent));
+  auto msgs = agent.messages();
+  EXPECT_EQ(protocol_problems(msgs), std::vector<std::string>{});
+  EXPECT_EQ(msgs.back().str("output"), "ok");
+}
+
+TEST_F(ClientTest, ConstructionUnderAllocationFailureThrowsOnlyBadAlloc) {
+  FakeAgent agent(FakeAgent::kStream, path("a.sock"));
+  std::vector<Options> options(200, opts(agent.endpoint()));
+  size_t next = 0;
+  int constructions_failed = 0;
+  bool worked = false;
+  const int failures = with_each_allocation_failing([&] {
+    std::unique_ptr<Client> c;
+    try {
+      c = std::make_unique<Client>(std::move(options.at(next++)));
+    } catch (const std::bad_alloc&) {  // the client object or its own state
+      ++constructions_failed;
+      return;
+    }
+    c->trace().message("x").end("y");  // noexcept: a throw here would terminate
+    worked = c->flush(2s) || worked;
+  });
+  EXPECT_GT(failures, constructions_failed);  // the later failures were absorbed
+  EXPECT_GE(constructions_failed, 1);
+  EXPECT_TRUE(worked);
 }
 
 }  // namespace

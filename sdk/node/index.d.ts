@@ -2,6 +2,10 @@
 //
 // Contract: no method throws into the application or blocks on the network;
 // events that cannot be delivered are dropped and counted in Client.stats().
+// The types below are what each call expects; at run time a call given
+// another type does not throw either: the value is converted when that is
+// unambiguous (counted in argsCoerced) or left out (argsDropped). The rules
+// are in docs/emitting.md ("Arguments of the wrong type").
 // Sockets and timers never keep the process alive, except while flush() or
 // the bounded flush run when the event loop empties is waiting.
 
@@ -81,6 +85,10 @@ export interface ClientStats {
   droppedUnsupportedEndpoint: number;
   degradedValues: number;
   truncated: number;
+  /** Arguments of another type converted: a number given as text, a number id, a user given as its id... */
+  argsCoerced: number;
+  /** Arguments left out: a wrong type, a value out of range, an unknown option key. */
+  argsDropped: number;
   internalErrors: number;
   connects: number;
   connectFailures: number;
@@ -147,7 +155,8 @@ export declare class Event implements EventFactory {
   end(output?: unknown, opts?: EndOptions): void;
   feedback(feedback: FeedbackOptions): void;
   /** Runs fn and ends the event when it returns or its promise settles; a
-   *  throw or rejection ends it with status 'error' and is passed on. */
+   *  throw or rejection ends it with status 'error' and is passed on. A
+   *  non-function fn ends the event and returns undefined (argsDropped). */
   run<T>(fn: (event: Event) => T): T;
 }
 
@@ -157,7 +166,8 @@ export declare class Metadata {
 }
 
 export declare class User {
-  constructor(fields: { id: string } & Record<string, unknown>);
+  /** The fields, or the id alone. */
+  constructor(fields: ({ id: string } & Record<string, unknown>) | string | number);
   id: string;
   [key: string]: unknown;
 }

@@ -31,7 +31,8 @@ function documents(file, traceId) {
   return text.split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l)).filter((d) => d.trace_id === traceId);
 }
 
-test('the nested example becomes a trace tree in the real agent', { skip }, async () => {
+// Runs the real agent in a temporary directory for the length of `body(env)`.
+async function withAgent(body) {
   const dir = tempDir();
   const env = {
     ...process.env,
@@ -49,6 +50,18 @@ test('the nested example becomes a trace tree in the real agent', { skip }, asyn
   try {
     const up = await waitUntil(() => exited || fs.existsSync(env.SIDETRACE_LISTEN_UNIX_STREAM), 15000, 20);
     assert.ok(up && !exited, `the agent did not start: ${fs.readFileSync(path.join(dir, 'agent.log'), 'utf8').slice(-2000)}`);
+    await body(env);
+  } finally {
+    agent.kill('SIGTERM');
+    await waitUntil(() => exited, 10000, 20);
+    if (!exited) agent.kill('SIGKILL');
+    fs.closeSync(log);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test('the nested example becomes a trace tree in the real agent', { skip }, async () => {
+  await withAgent(async (env) => {
     const client = new Client({ endpoint: `unix://${env.SIDETRACE_LISTEN_UNIX_STREAM}` });
     const trace = client.trace({
       conversationId: 'conv_123',
@@ -80,11 +93,42 @@ test('the nested example becomes a trace tree in the real agent', { skip }, asyn
     assert.deepEqual(Object.keys(kids).sort(), ['GENERATION', 'RETRIEVAL']);
     assert.equal(kids.RETRIEVAL.id, retrieval.id);
     assert.equal(kids.GENERATION.output, 'Generated response about neural networks');
-  } finally {
-    agent.kill('SIGTERM');
-    await waitUntil(() => exited, 10000, 20);
-    if (!exited) agent.kill('SIGKILL');
-    fs.closeSync(log);
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
+});
+
+test('arguments of wrong types still make a complete trace in the real agent', { skip }, async () => {
+  await withAgent(async (env) => {
+    const client = new Client({ endpoint: `unix://${env.SIDETRACE_LISTEN_UNIX_STREAM}` });
+    const trace = client.trace({ traceId: 987654321, conversationId: 5, metadata: 'prod', user: 42 });
+    const message = trace.message({ q: 1 }, { name: Symbol('n'), attrs: 5, ts: 'x' });
+    const tool = message.tool('t', { ts: -1, attrs: [1] });
+    tool.end(undefined, { status: 'done', error: new RangeError('late'), ts: NaN });
+    message.send({ eventType: '', latency: '-3', ts: '1e400' });
+    message.send({ eventType: 'x'.repeat(200), latency: '12', score: 1 });
+    trace.feedback({ score: 'high', target: message, ts: true });
+    message.end(undefined, { ts: String(BigInt(Date.now()) * 1000000n), status: true });
+    assert.equal(await client.close(5000), true);
+    const s = client.stats();
+    assert.equal(s.internalErrors, 0);
+    assert.equal(s.dropped, 0);
+    assert.ok(s.argsDropped >= 10 && s.argsCoerced >= 4, JSON.stringify(s));
+
+    const jsonl = path.join(env.SIDETRACE_DATA_DIR, 'traces.jsonl');
+    const docs = await waitUntil(() => documents(jsonl, '987654321').length && documents(jsonl, '987654321'), 15000, 50);
+    assert.ok(docs, `no document for 987654321 in ${jsonl}`);
+    const doc = docs.reduce((x, y) => (y.revision > x.revision ? y : x));
+    assert.equal(doc.conversation_id, '5');
+    assert.deepEqual(doc.user, { id: '42' });
+    assert.equal(doc.partial, false);
+    assert.equal(doc.events.length, 1);
+    const root = doc.events[0];
+    assert.equal(root.id, message.id);
+    assert.equal(root.unfinished, false);
+    const kids = root.children.slice().sort((x, y) => x.type.localeCompare(y.type));
+    assert.deepEqual(kids.map((k) => k.type), ['CUSTOM', 'CUSTOM', 'TOOL']);
+    assert.equal(kids[2].status, 'error');
+    assert.equal(kids[2].error, 'RangeError: late');
+    assert.ok(kids.every((k) => k.unfinished === false));
+    assert.equal(doc.feedback[0].target_id, message.id);
+  });
 });

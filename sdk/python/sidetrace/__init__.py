@@ -7,8 +7,9 @@
     message = trace.message("User: What's the weather?")
     message.end("Bot: It's sunny!")
 
-Nothing here blocks the application on the network or raises into it; see
-Client.stats() for what was dropped.
+Nothing here blocks the application on the network or raises into it, even
+given arguments of the wrong type (they are converted or left out, and
+counted); see Client.stats() for what was dropped.
 """
 
 from ._client import PROTOCOL_VERSION, Client, Event, Metadata, Trace, User

@@ -5,6 +5,9 @@ Contract:
 - No public method blocks on the network or raises into the application
   (flush() and close() wait, but only up to their timeout). Whatever cannot
   be delivered is dropped and counted in Client.stats().
+- Arguments of a wrong type never raise either: each is converted to what
+  the protocol expects when that is unambiguous (counted in args_coerced) or
+  left out (counted in args_dropped); see "Arguments" below.
 - Thread-safe: a Client, its Traces and Events may be used from any thread.
 - Fork-safe: in a child process each client starts over with an empty queue,
   a new socket and a new sender thread; the parent's queued messages stay
@@ -15,9 +18,16 @@ from __future__ import annotations
 
 import atexit
 import collections
+import datetime
+import functools
+import inspect
+import math
+import numbers
 import os
+import re
 import threading
 import time
+import uuid
 import warnings
 import weakref
 from typing import Any, Mapping
@@ -49,6 +59,8 @@ _STAT_KEYS = (
     "dropped_bad_endpoint",  # the endpoint could not be parsed
     "degraded_values",  # values msgpack cannot encode, sent as str()
     "truncated",  # messages whose input/output were cut to fit max_message_bytes
+    "args_coerced",  # arguments of another type converted (a number given as text, an int id...)
+    "args_dropped",  # arguments left out: wrong type, out of range, unknown keyword
     "internal_errors",  # unexpected errors, swallowed to protect the application
     "connects",  # successful connects
     "connect_failures",  # failed connect attempts
@@ -67,23 +79,295 @@ def _new_event_id() -> str:
 
 
 class Metadata(dict):
-    """Free trace metadata, e.g. ``Metadata(environment="production")``."""
+    """Free trace metadata, e.g. ``Metadata(environment="production")``.
+    A positional Mapping is merged first; any other positional is ignored."""
 
-    def __init__(self, **fields: Any):
-        super().__init__(fields)
+    def __init__(self, *mapping: Any, **fields: Any):
+        super().__init__()
+        for m in mapping:
+            if isinstance(m, Mapping):
+                self.update(m)
+        self.update(fields)
 
 
 class User(dict):
-    """The end user a trace belongs to: ``User(id="user_123", plan="pro")``."""
+    """The end user a trace belongs to: ``User(id="user_123", plan="pro")``.
+    Without an id (or with id=None) the map has no "id"."""
 
-    def __init__(self, id: str, **fields: Any):  # noqa: A002 - the page's name
-        super().__init__(id=id)  # id first, as the other SDKs send it
+    def __init__(self, id: Any = None, **fields: Any):  # noqa: A002 - the page's name
+        super().__init__()
+        if id is not None:
+            self["id"] = id  # id first, as the other SDKs send it
         self.update(fields)
-        self["id"] = id
+        if id is not None:
+            self["id"] = id
 
     @property
-    def id(self) -> str:
-        return self["id"]
+    def id(self) -> Any:
+        return self.get("id")
+
+
+# Arguments ----------------------------------------------------------------
+#
+# Every public call accepts arguments of any type. Each argument becomes what
+# protocol v1 expects, or is left out, by one rule per kind of argument:
+#
+# - text (name, error, tag, text, conversation_id, ...): a str as is; bytes
+#   decoded as UTF-8; anything else as its str() (args_coerced).
+# - ids (trace_id, parent, target): a str as is; an Event gives its id; an
+#   int, finite float or uuid.UUID as its text (args_coerced); anything else,
+#   or an id that is empty or longer than 128 UTF-8 bytes, is left out
+#   (args_dropped).
+#   A trace id left out is replaced by a new one.
+# - event type: text, 1..128 bytes, else "CUSTOM" (args_dropped).
+# - status: "ok" or "error" in any case, else left out (args_dropped).
+# - ts (ns since the epoch): an int in 0..2**64-1; a float, a datetime, or a
+#   str of decimal digits converted (args_coerced); anything else left out,
+#   which means "now" (args_dropped).
+# - latency (ms) and score: an int or float (not bool); a str holding a
+#   number converted (args_coerced); NaN, infinities, a negative latency or
+#   anything else left out (args_dropped).
+# - attrs, metadata, user: a Mapping (copied to a dict); a user given as a
+#   str or number becomes {"id": text} (args_coerced); anything else is left
+#   out (args_dropped).
+# - input, output: any value; what msgpack cannot encode is sent as its str()
+#   (degraded_values).
+# - an unknown keyword is left out (args_dropped); a call whose positional
+#   arguments do not fit the signature does nothing (args_dropped).
+
+MAX_ID_BYTES = 128
+_MAX_NS = (1 << 64) - 1
+_MAX_LATENCY_MS = (1 << 63) - 1
+_DIGITS = re.compile(r"\s*\+?[0-9]+\s*")
+
+
+def _coerced(client: Client) -> None:
+    client._count("args_coerced")
+
+
+def _dropped(client: Client, n: int = 1) -> None:
+    if n:
+        client._count("args_dropped", n)
+
+
+def _as_text(client: Client, value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    try:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            text = bytes(value).decode("utf-8", "replace")
+        else:
+            text = str(value)
+    except Exception:
+        _dropped(client)
+        return None
+    _coerced(client)
+    return text
+
+
+def _id_fits(text: str) -> bool:
+    if len(text) <= MAX_ID_BYTES // 4:
+        return len(text) > 0
+    return len(text.encode("utf-8", "surrogatepass")) <= MAX_ID_BYTES
+
+
+def _as_id(client: Client, value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, Event):
+        return value.id
+    elif (
+        isinstance(value, (int, float, uuid.UUID))
+        and not isinstance(value, bool)
+        and (not isinstance(value, float) or math.isfinite(value))
+    ):
+        text = str(value)
+        _coerced(client)
+    else:
+        _dropped(client)
+        return None
+    if _id_fits(text):
+        return text
+    _dropped(client)
+    return None
+
+
+def _event_type(client: Client, value: Any) -> str:
+    if type(value) is str:
+        known = _TYPE_NAMES.get(value.lower())
+        if known is not None:
+            return known
+    text = _as_text(client, value)
+    if text is None or not _id_fits(text):
+        _dropped(client)
+        return "CUSTOM"
+    return _TYPE_NAMES.get(text.lower(), text)
+
+
+def _as_status(client: Client, value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        low = value.lower()
+        if low == "ok" or low == "error":
+            return low
+    _dropped(client)
+    return None
+
+
+def _as_number(client: Client, value: Any) -> float | int | None:
+    """An int or float as is; a numeric str converted (counted); else None
+    (not counted: the caller decides)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, (numbers.Real, str, bytes)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        _coerced(client)
+        return number
+    return None
+
+
+def _as_time(client: Client, value: Any) -> int | None:
+    """ns since the epoch, or None for "now"."""
+    if value is None:
+        return None
+    if type(value) is int and 0 <= value <= _MAX_NS:
+        return value
+    ns: int | None = None
+    if isinstance(value, bool):
+        ns = None
+    elif isinstance(value, (int, numbers.Integral)):
+        ns = int(value)
+        if type(value) is not int:
+            _coerced(client)
+    elif isinstance(value, datetime.datetime):
+        try:
+            ns = int(value.timestamp()) * 1_000_000_000 + value.microsecond * 1000
+        except (OverflowError, OSError, ValueError):
+            ns = None
+        _coerced(client)
+    elif isinstance(value, (str, bytes)) and _DIGITS.fullmatch(
+        value if isinstance(value, str) else value.decode("latin-1")
+    ):
+        ns = int(value)
+        _coerced(client)
+    else:
+        number = _as_number(client, value)  # counts a numeric str as coerced
+        if number is not None and math.isfinite(number):
+            if isinstance(value, float):
+                _coerced(client)
+            ns = int(number)
+    if ns is not None and 0 <= ns <= _MAX_NS:
+        return ns
+    _dropped(client)
+    return None
+
+
+def _as_latency_ms(client: Client, value: Any) -> int | None:
+    if value is None:
+        return None
+    if type(value) is int and 0 <= value <= _MAX_LATENCY_MS:
+        return value
+    number = _as_number(client, value)
+    if number is not None and math.isfinite(number) and 0 <= number <= _MAX_LATENCY_MS:
+        return int(round(number))
+    _dropped(client)
+    return None
+
+
+def _as_score(client: Client, value: Any) -> float | None:
+    if value is None:
+        return None
+    number = _as_number(client, value)
+    if number is not None and math.isfinite(number):
+        return float(number)
+    _dropped(client)
+    return None
+
+
+def _as_map(client: Client, value: Any, key: str) -> dict | None:
+    if value is None:
+        return None
+    if type(value) is dict:
+        return dict(value)
+    if isinstance(value, Mapping):
+        try:
+            return dict(value)
+        except Exception:  # a Mapping whose items cannot be read
+            _dropped(client)
+            return None
+    if (
+        key == "user"
+        and isinstance(value, (str, int, float, uuid.UUID))
+        and not isinstance(value, bool)
+    ):
+        _coerced(client)
+        return {"id": str(value)}
+    _dropped(client)
+    return None
+
+
+def _as_seconds(client: Client, value: Any, default: float) -> float:
+    """A timeout in seconds; negative means 0."""
+    number = _as_number(client, value)
+    if number is None or math.isnan(number):
+        _dropped(client)
+        return default
+    return min(max(0.0, float(number)), threading.TIMEOUT_MAX)
+
+
+def _client_of(obj: Any) -> Client:
+    if isinstance(obj, Client):
+        return obj
+    if isinstance(obj, Trace):
+        return obj.client
+    return obj.trace.client
+
+
+def _swallowed(obj: Any, fn: Any, args: tuple, kwargs: dict, fallback: Any) -> Any:
+    try:
+        try:
+            inspect.signature(fn).bind(obj, *args, **kwargs)
+            key = "internal_errors"
+        except TypeError:
+            key = "args_dropped"  # the arguments do not fit the signature
+        _client_of(obj)._count(key)
+        return fallback(obj) if fallback is not None else None
+    except Exception:
+        return None
+
+
+def _never_raises(fallback: Any = None) -> Any:
+    """Wraps a public method: an exception (other than BaseException's
+    KeyboardInterrupt and the like) is counted and `fallback(self)` returned."""
+
+    def wrap(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(self, *args, **kwargs)
+            except Exception:
+                return _swallowed(self, fn, args, kwargs, fallback)
+
+        return guarded
+
+    return wrap
+
+
+def _trace_of(obj: Any) -> "Trace":
+    return obj if isinstance(obj, Trace) else obj.trace
+
+
+def _detached(obj: Any) -> "Event":
+    """The Event a failed start returns: already ended, sends nothing."""
+    return Event._finished(_trace_of(obj), _new_event_id(), "CUSTOM")
 
 
 class Client:
@@ -106,23 +390,51 @@ class Client:
         max_queue_bytes: int = 16 << 20,
         max_message_bytes: int = 1 << 20,
         exit_flush_s: float = 2.0,
+        **unknown: Any,
     ):
-        text = endpoint or os.environ.get("SIDETRACE_ENDPOINT") or DEFAULT_ENDPOINT
-        self._endpoint: Endpoint | None
+        self._endpoint: Endpoint | None = None
+        self._max_queue = 10000
+        self._max_queue_bytes = 16 << 20
+        self._max_message_bytes = 1 << 20
+        self.exit_flush_s = 2.0
+        self._init_state()
+        try:
+            self._configure(endpoint, max_queue, max_queue_bytes, max_message_bytes, exit_flush_s)
+            _dropped(self, len(unknown))
+        except Exception:
+            self._count("internal_errors")
+        _live_clients.add(self)
+
+    def _configure(
+        self,
+        endpoint: Any,
+        max_queue: Any,
+        max_queue_bytes: Any,
+        max_message_bytes: Any,
+        exit_flush_s: Any,
+    ) -> None:
+        text = _as_text(self, endpoint) or os.environ.get("SIDETRACE_ENDPOINT") or DEFAULT_ENDPOINT
         try:
             self._endpoint = parse_endpoint(text)
         except EndpointError as e:
             self._endpoint = None
             try:  # an application running with -W error must not see this raise
-                warnings.warn(f"sidetrace: {e}; events will be dropped", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"sidetrace: {e}; events will be dropped", RuntimeWarning, stacklevel=3
+                )
             except Exception:
                 pass
-        self._max_queue = max(1, int(max_queue))
-        self._max_queue_bytes = max(1, int(max_queue_bytes))
-        self._max_message_bytes = max(1024, int(max_message_bytes))
-        self.exit_flush_s = exit_flush_s
-        self._init_state()
-        _live_clients.add(self)
+        for attr, value, minimum in (
+            ("_max_queue", max_queue, 1),
+            ("_max_queue_bytes", max_queue_bytes, 1),
+            ("_max_message_bytes", max_message_bytes, 1024),
+        ):
+            number = _as_number(self, value)
+            if number is None or not math.isfinite(number):
+                _dropped(self)
+            else:
+                setattr(self, attr, max(minimum, int(number)))
+        self.exit_flush_s = _as_seconds(self, exit_flush_s, 2.0)
 
     # ---- state -------------------------------------------------------------
 
@@ -161,6 +473,7 @@ class Client:
 
     # ---- the API -----------------------------------------------------------
 
+    @_never_raises(lambda self: Trace(self, _new_trace_id()))
     def trace(
         self,
         conversation_id: str | None = None,
@@ -171,9 +484,11 @@ class Client:
         metadata: Mapping[str, Any] | None = None,
         user: Mapping[str, Any] | None = None,
         trace_id: str | None = None,
+        **unknown: Any,
     ) -> "Trace":
-        """Starts a trace (or continues one, given its ``trace_id``)."""
-        t = Trace(self, trace_id or _new_trace_id())
+        """Starts a trace (or continues one, given its ``trace_id``). A
+        trace_id that is not a usable id is replaced by a new one."""
+        t = Trace(self, _as_id(self, trace_id) or _new_trace_id())
         t.update(
             conversation_id=conversation_id,
             session_id=session_id,
@@ -181,16 +496,18 @@ class Client:
             channel_id=channel_id,
             metadata=metadata,
             user=user,
+            **unknown,
         )
         return t
 
+    @_never_raises(lambda self: False)
     def flush(self, timeout: float = 2.0) -> bool:
         """Waits up to `timeout` seconds until every message emitted so far
         has been handed to the agent's socket. Returns True if so; False on
         timeout or when some were dropped meanwhile (the agent is unreachable:
         queued messages are then dropped rather than waited for)."""
         try:
-            deadline = time.monotonic() + max(0.0, timeout)
+            deadline = time.monotonic() + _as_seconds(self, timeout, 2.0)
             with self._lock:
                 if self._outstanding == 0:
                     return True
@@ -209,13 +526,15 @@ class Client:
                     self._stats[k] for k in _DROP_KEYS
                 )
         except Exception:  # never raise into the application
+            self._count_quietly("internal_errors")
             return False
 
+    @_never_raises(lambda self: False)
     def close(self, timeout: float = 2.0) -> bool:
         """Flushes for up to `timeout` seconds, then stops the sender; what is
         still queued is dropped (counted). Later emits are dropped. Idempotent."""
         try:
-            ok = self.flush(timeout)
+            ok = self.flush(_as_seconds(self, timeout, 2.0))
             with self._lock:
                 self._closed = True
                 self._stop = True
@@ -226,6 +545,7 @@ class Client:
             _live_clients.discard(self)
             return ok
         except Exception:
+            self._count_quietly("internal_errors")
             return False
 
     def __enter__(self) -> "Client":
@@ -233,6 +553,7 @@ class Client:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+        return None
 
     # ---- emitting ----------------------------------------------------------
 
@@ -265,15 +586,17 @@ class Client:
                 elif self._sender_idle:
                     self._work_cv.notify()
         except Exception:
-            try:
-                with self._lock:
-                    self._stats["internal_errors"] += 1
-            except Exception:
-                pass
+            self._count_quietly("internal_errors")
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
             self._stats[key] += n
+
+    def _count_quietly(self, key: str) -> None:
+        try:
+            self._count(key)
+        except Exception:
+            pass
 
     def _degrade(self, value: Any) -> str:
         self._count("degraded_values")
@@ -285,7 +608,14 @@ class Client:
     def _sanitize(self, value: Any, depth: int = 0) -> Any:
         """A copy of `value` that msgpack can encode: unknown types, ints out
         of range and structures nested deeper than 64 become strings."""
-        if value is None or isinstance(value, (bool, float, str, bytes)):
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+                return value
+            except UnicodeEncodeError:  # lone surrogates
+                self._count("degraded_values")
+                return value.encode("utf-8", "replace").decode("utf-8")
+        if value is None or isinstance(value, (bool, float, bytes)):
             return value
         if isinstance(value, int):
             if -(1 << 63) <= value < (1 << 64):
@@ -293,13 +623,18 @@ class Client:
             return self._degrade(value)
         if depth >= 64:
             return self._degrade(value)
+        try:
+            if isinstance(value, Mapping):
+                items = list(value.items())
+            elif isinstance(value, (list, tuple)):
+                items = list(value)
+            else:
+                return self._degrade(value)
+        except Exception:  # a container that cannot be read
+            return self._degrade(value)
         if isinstance(value, Mapping):
-            return {
-                self._sanitize(k, depth + 1): self._sanitize(v, depth + 1) for k, v in value.items()
-            }
-        if isinstance(value, (list, tuple)):
-            return [self._sanitize(v, depth + 1) for v in value]
-        return self._degrade(value)
+            return {self._sanitize(k, depth + 1): self._sanitize(v, depth + 1) for k, v in items}
+        return [self._sanitize(v, depth + 1) for v in items]
 
     def _encode(self, msg: dict) -> bytes | None:
         try:
@@ -469,10 +804,7 @@ _TYPE_NAMES = {
     t.lower(): t
     for t in ("MESSAGE", "TOOL", "GENERATION", "AGENT", "RETRIEVAL", "ROUTER", "SYSTEM", "CUSTOM")
 }
-
-
-def _event_type(value: str) -> str:
-    return _TYPE_NAMES.get(str(value).lower(), str(value))
+_START_KEYWORDS = frozenset(("name", "attrs", "ts", "id"))
 
 
 class Trace:
@@ -484,6 +816,7 @@ class Trace:
         self.client = client
         self.trace_id = trace_id
 
+    @_never_raises()
     def update(
         self,
         *,
@@ -493,8 +826,12 @@ class Trace:
         channel_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         user: Mapping[str, Any] | None = None,
+        **unknown: Any,
     ) -> None:
         """Sends (more) trace context; later values merge over earlier ones."""
+        client = self.client
+        if unknown:
+            _dropped(client, len(unknown))
         msg: dict[str, Any] = {
             "v": PROTOCOL_VERSION,
             "kind": "trace",
@@ -507,44 +844,55 @@ class Trace:
             ("interaction_id", interaction_id),
             ("channel_id", channel_id),
         ):
-            if value is not None:
-                msg[key] = str(value)
-        if metadata is not None:
-            msg["metadata"] = dict(metadata)
-        if user is not None:
-            msg["user"] = dict(user)
-        self.client._emit(msg)
+            text = _as_text(client, value)
+            if text is not None:
+                msg[key] = text
+        for key, value in (("metadata", metadata), ("user", user)):
+            mapping = _as_map(client, value, key)
+            if mapping is not None:
+                msg[key] = mapping
+        client._emit(msg)
 
-    def _start(self, type_: str, input: Any, parent: "Event | None", **kw: Any) -> "Event":
-        return Event(self, type_, input, parent.id if parent is not None else None, **kw)
+    def _start(self, type_: str, input: Any, parent_id: str | None, kw: dict) -> "Event":
+        return Event._start(self, type_, input, parent_id, kw)
 
+    @_never_raises(_detached)
     def message(self, input: Any = None, **kw: Any) -> "Event":
         """Starts a root-level MESSAGE event. Keywords: name, attrs, ts."""
-        return self._start("MESSAGE", input, None, **kw)
+        return self._start("MESSAGE", input, None, kw)
 
+    @_never_raises(_detached)
     def system(self, input: Any = None, **kw: Any) -> "Event":
         """Starts a root-level SYSTEM event."""
-        return self._start("SYSTEM", input, None, **kw)
+        return self._start("SYSTEM", input, None, kw)
 
+    @_never_raises(_detached)
     def tool(self, input: Any = None, **kw: Any) -> "Event":
-        return self._start("TOOL", input, None, **kw)
+        return self._start("TOOL", input, None, kw)
 
+    @_never_raises(_detached)
     def generation(self, input: Any = None, **kw: Any) -> "Event":
-        return self._start("GENERATION", input, None, **kw)
+        return self._start("GENERATION", input, None, kw)
 
+    @_never_raises(_detached)
     def agent(self, input: Any = None, **kw: Any) -> "Event":
-        return self._start("AGENT", input, None, **kw)
+        return self._start("AGENT", input, None, kw)
 
+    @_never_raises(_detached)
     def retrieval(self, input: Any = None, **kw: Any) -> "Event":
-        return self._start("RETRIEVAL", input, None, **kw)
+        return self._start("RETRIEVAL", input, None, kw)
 
+    @_never_raises(_detached)
     def router(self, input: Any = None, **kw: Any) -> "Event":
-        return self._start("ROUTER", input, None, **kw)
+        return self._start("ROUTER", input, None, kw)
 
-    def custom(self, name: str, input: Any = None, **kw: Any) -> "Event":
+    @_never_raises(_detached)
+    def custom(self, name: str | None = None, input: Any = None, **kw: Any) -> "Event":
         """Starts a root-level CUSTOM event labelled `name`."""
-        return self._start("CUSTOM", input, None, name=name, **kw)
+        kw["name"] = name
+        return self._start("CUSTOM", input, None, kw)
 
+    @_never_raises()
     def feedback(
         self,
         feedback_tag: str | None = None,
@@ -553,28 +901,33 @@ class Trace:
         score: float | None = None,
         target: "Event | str | None" = None,
         ts: int | None = None,
+        **unknown: Any,
     ) -> None:
         """Records user feedback for the trace, or for one event (`target`:
         an Event or an event id). May be sent long after the trace ended."""
+        client = self.client
+        if unknown:
+            _dropped(client, len(unknown))
+        when = _as_time(client, ts)
         msg: dict[str, Any] = {
             "v": PROTOCOL_VERSION,
             "kind": "feedback",
             "trace_id": self.trace_id,
-            "ts": time.time_ns() if ts is None else int(ts),
+            "ts": time.time_ns() if when is None else when,
         }
-        if feedback_tag is not None:
-            msg["tag"] = str(feedback_tag)
-        if feedback_text is not None:
-            msg["text"] = str(feedback_text)
-        if score is not None:
-            try:
-                msg["score"] = float(score)
-            except (TypeError, ValueError):
-                self.client._count("degraded_values")
-        if target is not None:
-            msg["target_id"] = target.id if isinstance(target, Event) else str(target)
-        self.client._emit(msg)
+        for key, value in (("tag", feedback_tag), ("text", feedback_text)):
+            text = _as_text(client, value)
+            if text is not None:
+                msg[key] = text
+        number = _as_score(client, score)
+        if number is not None:
+            msg["score"] = number
+        target_id = _as_id(client, target)
+        if target_id is not None:
+            msg["target_id"] = target_id
+        client._emit(msg)
 
+    @_never_raises(_detached)
     def send(
         self,
         event_type: str = "CUSTOM",
@@ -588,36 +941,40 @@ class Trace:
         error: str | None = None,
         attrs: Mapping[str, Any] | None = None,
         ts: int | None = None,
+        **unknown: Any,
     ) -> "Event":
         """Sends a whole, already finished event in one message. `latency` is
         in milliseconds; without `ts` the event is taken to have ended now."""
+        client = self.client
+        if unknown:
+            _dropped(client, len(unknown))
         now = time.time_ns()
         msg: dict[str, Any] = {
             "v": PROTOCOL_VERSION,
             "kind": "event",
             "trace_id": self.trace_id,
             "id": _new_event_id(),
-            "type": _event_type(event_type),
+            "type": "CUSTOM" if event_type is None else _event_type(client, event_type),
         }
-        parent_id = parent.id if isinstance(parent, Event) else parent
-        if parent_id is not None:
-            msg["parent_id"] = str(parent_id)
+        if parent is not None:
+            parent_id = _as_id(client, parent)
+            if parent_id is not None:
+                msg["parent_id"] = parent_id
         if name is not None:
-            msg["name"] = str(name)
+            label = _as_text(client, name)
+            if label is not None:
+                msg["name"] = label
         if input is not None:
             msg["input"] = input
         if output is not None:
             msg["output"] = output
-        latency_ms = 0
-        if latency is not None:
-            try:
-                latency_ms = max(0, int(round(float(latency))))
-            except (TypeError, ValueError):
-                self.client._count("degraded_values")
-        msg["ts"] = int(ts) if ts is not None else now - latency_ms * 1_000_000
+        latency_ms = _as_latency_ms(client, latency) or 0
+        when = _as_time(client, ts) if ts is not None else None
+        msg["ts"] = when if when is not None else max(0, now - latency_ms * 1_000_000)
         msg["latency_ms"] = latency_ms
-        _put_outcome(msg, status, error, attrs)
-        self.client._emit(msg)
+        if status is not None or error is not None or attrs is not None:
+            _put_outcome(client, msg, status, error, attrs)
+        client._emit(msg)
         return Event._finished(self, msg["id"], msg["type"])
 
     def __enter__(self) -> "Trace":
@@ -627,17 +984,18 @@ class Trace:
         return None
 
 
-def _put_outcome(
-    msg: dict, status: str | None, error: str | None, attrs: Mapping[str, Any] | None
-) -> None:
+def _put_outcome(client: Client, msg: dict, status: Any, error: Any, attrs: Any) -> None:
+    status = _as_status(client, status)
+    error = _as_text(client, error)
     if error is not None and status is None:
         status = "error"
     if status is not None:
-        msg["status"] = "error" if str(status).lower() == "error" else "ok"
+        msg["status"] = status
     if error is not None:
-        msg["error"] = str(error)
-    if attrs is not None:
-        msg["attrs"] = dict(attrs)
+        msg["error"] = error
+    mapping = _as_map(client, attrs, "attrs")
+    if mapping is not None:
+        msg["attrs"] = mapping
 
 
 class Event:
@@ -660,27 +1018,48 @@ class Event:
         id: str | None = None,  # noqa: A002
     ):
         self.trace = trace
-        self.id = id or _new_event_id()
+        self.id = ""
         self.type = type_
         self.parent_id = parent_id
-        self._ended = False
+        self._ended = True  # until the start is built
+        client = trace.client
+        given = _as_id(client, id) if id is not None else None
+        self.id = given if given is not None else _new_event_id()
+        when = _as_time(client, ts) if ts is not None else None
         msg: dict[str, Any] = {
             "v": PROTOCOL_VERSION,
             "kind": "start",
             "trace_id": trace.trace_id,
             "id": self.id,
             "type": type_,
-            "ts": time.time_ns() if ts is None else int(ts),
+            "ts": time.time_ns() if when is None else when,
         }
         if parent_id is not None:
             msg["parent_id"] = parent_id
         if name is not None:
-            msg["name"] = str(name)
+            label = _as_text(client, name)
+            if label is not None:
+                msg["name"] = label
         if input is not None:
             msg["input"] = input
         if attrs is not None:
-            msg["attrs"] = dict(attrs)
-        trace.client._emit(msg)
+            mapping = _as_map(client, attrs, "attrs")
+            if mapping is not None:
+                msg["attrs"] = mapping
+        self._ended = False
+        client._emit(msg)
+
+    @classmethod
+    def _start(
+        cls, trace: Trace, type_: str, input: Any, parent_id: str | None, kw: dict
+    ) -> "Event":
+        """Starts an event; keywords other than name, attrs, ts and id are
+        left out (counted)."""
+        if kw and not _START_KEYWORDS.issuperset(kw):
+            known = {k: v for k, v in kw.items() if k in _START_KEYWORDS}
+            _dropped(trace.client, len(kw) - len(known))
+            kw = known
+        return cls(trace, type_, input, parent_id, **kw)
 
     @classmethod
     def _finished(cls, trace: Trace, event_id: str, type_: str) -> "Event":
@@ -701,39 +1080,51 @@ class Event:
         return self._ended
 
     # Children.
-    def _child(self, type_: str, input: Any, **kw: Any) -> "Event":
-        return Event(self.trace, type_, input, self.id, **kw)
+    def _child(self, type_: str, input: Any, kw: dict) -> "Event":
+        return Event._start(self.trace, type_, input, self.id, kw)
 
+    @_never_raises(_detached)
     def tool(self, input: Any = None, **kw: Any) -> "Event":
         """Starts a TOOL event under this one. Keywords: name, attrs, ts."""
-        return self._child("TOOL", input, **kw)
+        return self._child("TOOL", input, kw)
 
+    @_never_raises(_detached)
     def generation(self, input: Any = None, **kw: Any) -> "Event":
-        return self._child("GENERATION", input, **kw)
+        return self._child("GENERATION", input, kw)
 
+    @_never_raises(_detached)
     def agent(self, input: Any = None, **kw: Any) -> "Event":
-        return self._child("AGENT", input, **kw)
+        return self._child("AGENT", input, kw)
 
+    @_never_raises(_detached)
     def retrieval(self, input: Any = None, **kw: Any) -> "Event":
-        return self._child("RETRIEVAL", input, **kw)
+        return self._child("RETRIEVAL", input, kw)
 
+    @_never_raises(_detached)
     def router(self, input: Any = None, **kw: Any) -> "Event":
-        return self._child("ROUTER", input, **kw)
+        return self._child("ROUTER", input, kw)
 
+    @_never_raises(_detached)
     def message(self, input: Any = None, **kw: Any) -> "Event":
-        return self._child("MESSAGE", input, **kw)
+        return self._child("MESSAGE", input, kw)
 
+    @_never_raises(_detached)
     def system(self, input: Any = None, **kw: Any) -> "Event":
-        return self._child("SYSTEM", input, **kw)
+        return self._child("SYSTEM", input, kw)
 
-    def custom(self, name: str, input: Any = None, **kw: Any) -> "Event":
+    @_never_raises(_detached)
+    def custom(self, name: str | None = None, input: Any = None, **kw: Any) -> "Event":
         """Starts a CUSTOM event labelled `name` under this one."""
-        return self._child("CUSTOM", input, name=name, **kw)
+        kw["name"] = name
+        return self._child("CUSTOM", input, kw)
 
+    @_never_raises(_detached)
     def send(self, event_type: str = "CUSTOM", input: Any = None, **kw: Any) -> "Event":
         """A whole finished child event in one message (see Trace.send)."""
-        return self.trace.send(event_type, input, parent=self, **kw)
+        kw["parent"] = self
+        return self.trace.send(event_type, input, **kw)
 
+    @_never_raises()
     def end(
         self,
         output: Any = None,
@@ -742,6 +1133,7 @@ class Event:
         error: str | None = None,
         attrs: Mapping[str, Any] | None = None,
         ts: int | None = None,
+        **unknown: Any,
     ) -> None:
         """Ends the event. `status` is "ok" (default) or "error"; giving
         `error` implies "error". `attrs` merge into the event's attributes.
@@ -749,18 +1141,24 @@ class Event:
         if self._ended:
             return
         self._ended = True
+        client = self.trace.client
+        if unknown:
+            _dropped(client, len(unknown))
+        when = _as_time(client, ts) if ts is not None else None
         msg: dict[str, Any] = {
             "v": PROTOCOL_VERSION,
             "kind": "end",
             "trace_id": self.trace.trace_id,
             "id": self.id,
-            "ts": time.time_ns() if ts is None else int(ts),
+            "ts": time.time_ns() if when is None else when,
         }
         if output is not None:
             msg["output"] = output
-        _put_outcome(msg, status, error, attrs)
-        self.trace.client._emit(msg)
+        if status is not None or error is not None or attrs is not None:
+            _put_outcome(client, msg, status, error, attrs)
+        client._emit(msg)
 
+    @_never_raises()
     def feedback(
         self,
         feedback_tag: str | None = None,
@@ -768,9 +1166,13 @@ class Event:
         *,
         score: float | None = None,
         ts: int | None = None,
+        **unknown: Any,
     ) -> None:
         """Records user feedback for this event."""
-        self.trace.feedback(feedback_tag, feedback_text, score=score, target=self, ts=ts)
+        if "target" in unknown:  # this event is the target
+            del unknown["target"]
+            _dropped(self.trace.client)
+        self.trace.feedback(feedback_tag, feedback_text, score=score, target=self, ts=ts, **unknown)
 
     def __enter__(self) -> "Event":
         return self
@@ -779,9 +1181,19 @@ class Event:
         if exc_type is None:
             self.end()
         else:
-            text = f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__
-            self.end(status="error", error=text)
+            self.end(status="error", error=_exception_text(exc_type, exc))
         return False
+
+
+def _exception_text(exc_type: Any, exc: BaseException | None) -> str:
+    name = getattr(exc_type, "__name__", None)
+    if not isinstance(name, str):
+        name = "Exception"
+    try:
+        detail = str(exc) if exc is not None else ""
+    except Exception:  # an exception whose __str__ raises
+        detail = ""
+    return f"{name}: {detail}" if detail else name
 
 
 def _after_fork_in_child() -> None:

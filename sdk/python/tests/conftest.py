@@ -93,7 +93,7 @@ class FakeAgent:
             self._spawn(self._stream_loop, conn)
 
     def _stream_loop(self, conn):
-        unpacker = msgpack.Unpacker(raw=False)
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
         while not self._stop:
             try:
                 data = conn.recv(65536)
@@ -113,7 +113,7 @@ class FakeAgent:
                 data = self.sock.recv(1 << 20)
             except (socket.timeout, OSError):
                 continue
-            unpacker = msgpack.Unpacker(raw=False)
+            unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
             unpacker.feed(data)
             for msg in unpacker:
                 self.collector.add(msg)
@@ -168,3 +168,65 @@ def clients():
     yield make
     for c in made:
         c.close(0.5)
+
+
+_KINDS = {"trace", "start", "end", "event", "feedback"}
+_ID_KEYS = ("trace_id", "id", "parent_id", "target_id", "type")
+_STR_KEYS = (
+    "kind",
+    "name",
+    "error",
+    "conversation_id",
+    "session_id",
+    "interaction_id",
+    "channel_id",
+    "tag",
+    "text",
+)
+_REQUIRED = {
+    "trace": ("v", "kind", "trace_id"),
+    "feedback": ("v", "kind", "trace_id"),
+    "start": ("v", "kind", "trace_id", "id", "type"),
+    "event": ("v", "kind", "trace_id", "id", "type"),
+    "end": ("v", "kind", "trace_id", "id"),
+}
+
+
+def protocol_problem(msg):
+    """Why the agent would reject the decoded message `msg`, or None: the
+    checks of ipc/event.cpp (validate), on msgpack-decoded Python values."""
+    if not isinstance(msg, dict):
+        return "not_map"
+    if not all(isinstance(k, str) for k in msg):
+        return "key_not_string"
+    m = {k: v for k, v in msg.items() if v is not None}  # nil is absent
+    if m.get("kind") not in _KINDS:
+        return f"bad kind {m.get('kind')!r}"
+    for key in _REQUIRED[m["kind"]]:
+        if key not in m:
+            return f"missing {key}"
+    if type(m["v"]) is not int or m["v"] != 1:
+        return "bad_version"
+    for key in _ID_KEYS:
+        if key in m:
+            if not isinstance(m[key], str):
+                return f"{key}: wrong_type {type(m[key]).__name__}"
+            if not 1 <= len(m[key].encode()) <= 128:
+                return f"{key}: bad_value length {len(m[key].encode())}"
+    for key in _STR_KEYS:
+        if key in m and not isinstance(m[key], str):
+            return f"{key}: wrong_type {type(m[key]).__name__}"
+    if "status" in m and m["status"] not in ("ok", "error"):
+        return f"status: bad_value {m['status']!r}"
+    for key in ("ts", "end_ts", "latency_ms"):
+        if key in m:
+            if type(m[key]) is not int:
+                return f"{key}: wrong_type {type(m[key]).__name__}"
+            if not 0 <= m[key] < (1 << 64) or (key == "latency_ms" and m[key] >= 1 << 63):
+                return f"{key}: bad_value {m[key]}"
+    if "score" in m and (type(m["score"]) not in (int, float)):
+        return f"score: wrong_type {type(m['score']).__name__}"
+    for key in ("attrs", "user", "metadata"):
+        if key in m and not isinstance(m[key], dict):
+            return f"{key}: wrong_type {type(m[key]).__name__}"
+    return None

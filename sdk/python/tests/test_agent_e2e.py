@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -120,3 +121,35 @@ def test_nested_example_becomes_a_trace_tree(real_agent, transport):
     assert kids["GENERATION"]["input"] == "Creating explanation"
     assert all(c["children"] == [] for c in kids.values())
     assert doc["start_ts"] <= root["start_ts"] <= root["end_ts"] <= doc["end_ts"]
+
+
+def test_arguments_of_wrong_types_still_make_a_complete_trace(real_agent):
+    env = real_agent
+    client = Client(f"unix://{env['SIDETRACE_LISTEN_UNIX_STREAM']}")
+    trace = client.trace(trace_id=987654321, conversation_id=5, metadata="prod", user=42)
+    message = trace.message({"q": 1}, name=object(), attrs=5, ts="x")
+    tool = message.tool("t", ts=-1, attrs=[1])
+    tool.end(status="done", error=RuntimeError("late"), ts=float("nan"))
+    message.send(event_type="", latency="-3", parent=object(), ts="1e400")
+    message.send(event_type="x" * 200, latency="12", score=1)
+    trace.feedback(score="high", target=message, ts=True)
+    message.end(ts=str(time.time_ns()), status=True)
+
+    assert client.close(5.0)
+    stats = client.stats()
+    assert stats["internal_errors"] == 0 and stats["dropped"] == 0
+    assert stats["args_dropped"] >= 10 and stats["args_coerced"] >= 4
+    jsonl = os.path.join(env["SIDETRACE_DATA_DIR"], "traces.jsonl")
+    docs = wait_until(lambda: read_documents(jsonl, "987654321"), timeout=15.0, interval=0.05)
+    assert docs, f"no document for trace 987654321 in {jsonl}"
+    doc = max(docs, key=lambda d: d["revision"])
+    assert doc["conversation_id"] == "5" and doc["user"] == {"id": "42"}
+    assert not doc["partial"]
+    assert len(doc["events"]) == 1
+    root = doc["events"][0]
+    assert root["id"] == message.id and not root["unfinished"]
+    kids = sorted(root["children"], key=lambda c: c["type"])
+    assert [k["type"] for k in kids] == ["CUSTOM", "CUSTOM", "TOOL"]
+    assert kids[2]["status"] == "error" and kids[2]["error"] == "late"
+    assert all(not k["unfinished"] for k in kids)
+    assert doc["feedback"][0]["target_id"] == message.id
