@@ -228,6 +228,10 @@ class FakeAgent {
 
   const std::string& endpoint() const { return endpoint_; }
   int connections() const { return connections_; }
+  int open_connections() const { return open_; }
+  // Shuts every connection for reading and closes it, as the agent does with
+  // one left idle.
+  void close_connections() { close_conns_ = true; }
 
   std::vector<Msg> messages() const {
     std::lock_guard lk(mu_);
@@ -255,6 +259,15 @@ class FakeAgent {
     std::map<int, std::unique_ptr<msgpack::unpacker>> streams;
     std::vector<char> buf(1 << 20);
     while (!stop_) {
+      if (close_conns_.exchange(false)) {
+        for (int c : conns_) {
+          shutdown(c, SHUT_RD);
+          close(c);
+          streams.erase(c);
+        }
+        conns_.clear();
+        open_ = 0;
+      }
       std::vector<pollfd> fds{{fd_, POLLIN, 0}};
       for (int c : conns_)
         fds.push_back({c, POLLIN, 0});
@@ -267,6 +280,7 @@ class FakeAgent {
             conns_.push_back(c);
             streams[c] = std::make_unique<msgpack::unpacker>();
             ++connections_;
+            ++open_;
           }
           continue;
         }
@@ -276,6 +290,7 @@ class FakeAgent {
             close(p.fd);
             conns_.erase(std::find(conns_.begin(), conns_.end(), p.fd));
             streams.erase(p.fd);
+            --open_;
           }
           continue;
         }
@@ -302,6 +317,8 @@ class FakeAgent {
   int fd_ = -1;
   std::vector<int> conns_;
   std::atomic<int> connections_{0};
+  std::atomic<int> open_{0};
+  std::atomic<bool> close_conns_{false};
   std::atomic<bool> stop_{false};
   mutable std::mutex mu_;
   std::vector<Msg> messages_;
@@ -577,6 +594,26 @@ TEST_F(ClientTest, ReconnectsAfterTheAgentRestarts) {
   });
   EXPECT_TRUE(delivered);
   EXPECT_GE(client.stats().connects, 2u);
+}
+
+// The agent closes a connection left idle (listen.idle_timeout_s): the next
+// batch fails to go out on it, whole, and is sent again on a new connection
+// instead of dropped.
+TEST_F(ClientTest, ABatchSentAfterTheAgentClosedTheConnectionGoesOutOnANewOne) {
+  FakeAgent agent(FakeAgent::kStream, path("idle.sock"));
+  Client client(opts(agent.endpoint()));
+  Trace trace = client.trace();
+  trace.send({.input = "first"});
+  ASSERT_TRUE(client.flush(2s));
+  ASSERT_TRUE(agent.wait_count(2));
+  agent.close_connections();
+  ASSERT_TRUE(wait_until([&] { return agent.open_connections() == 0; }));
+  trace.send({.input = "second"});
+  ASSERT_TRUE(client.flush(2s));
+  ASSERT_TRUE(agent.wait_count(3));
+  EXPECT_EQ(agent.messages()[2].str("input"), "second");
+  EXPECT_EQ(client.stats().dropped_send_error, 0u);
+  EXPECT_EQ(agent.connections(), 2);
 }
 
 TEST_F(ClientTest, FullAgentSocketNeverBlocksTheCaller) {

@@ -487,6 +487,7 @@ struct Client::Impl {
     std::string batch;
     size_t batch_count = 0;
     size_t offset = 0;
+    bool resent = false;  // the batch already went to a new connection once
     int idle_polls = 0;
     for (;;) {
       bool flushing = false;
@@ -540,6 +541,7 @@ struct Client::Impl {
         std::lock_guard lk(mu);
         batch_count = take_batch(&batch);
         offset = 0;
+        resent = false;
         if (batch_count == 0) continue;
       }
 
@@ -553,6 +555,13 @@ struct Client::Impl {
         int err = errno;
         ::close(fd);
         fd = -1;
+        if (ep.stream() && offset == 0 && !resent) {
+          // Nothing of it went out: the agent had closed the connection (one
+          // left idle, or a restart). Send it once more on a new one.
+          resent = true;
+          next_attempt = Clock::now();
+          continue;
+        }
         std::lock_guard lk(mu);
         if (err == EMSGSIZE) {
           resolve(batch_count, &Stats::dropped_too_large);

@@ -730,6 +730,7 @@ class Client:
         batch: bytes | None = None  # taken from the queue, not yet fully written
         batch_count = 0
         offset = 0
+        resent = False  # the batch already went to a new connection once
         while True:
             with self._lock:
                 while not self._stop and batch is None:
@@ -777,11 +778,19 @@ class Client:
                     continue
                 batch, batch_count = taken
                 offset = 0
+                resent = False
 
             try:
                 n = tr.send(memoryview(batch)[offset:])
             except OSError:
                 tr.close()
+                if ep.is_stream and offset == 0 and not resent:
+                    # Nothing of it went out: the agent had closed the
+                    # connection (one left idle, or a restart). Send it once
+                    # more on a new one.
+                    resent = True
+                    next_attempt = 0.0
+                    continue
                 next_attempt = 0.0 if ep.is_stream else time.monotonic() + _BACKOFF_MIN_S
                 with self._lock:
                     key = "dropped_send_error" if ep.is_stream else "dropped_no_agent"

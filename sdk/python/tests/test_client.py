@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -224,6 +225,58 @@ def test_reconnects_after_the_agent_restarts(make_agent, clients):
 
     assert wait_until(delivered, timeout=5.0, interval=0.05)
     assert client.stats()["connects"] >= 2
+
+
+def _read_messages(conn, want, timeout=5.0):
+    """Messages read from `conn` until `want` of them or the timeout."""
+    import msgpack
+
+    conn.settimeout(0.05)
+    unpacker = msgpack.Unpacker(raw=False)
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < want and time.monotonic() < deadline:
+        try:
+            data = conn.recv(65536)
+        except socket.timeout:
+            continue
+        if not data:
+            break
+        unpacker.feed(data)
+        out.extend(unpacker)
+    return out
+
+
+def test_a_batch_sent_after_the_agent_closed_the_connection_goes_out_on_a_new_one(
+    sockdir, clients
+):
+    # The agent closes a connection that stayed idle (listen.idle_timeout_s):
+    # shut for reading, then closed. The app's next batch fails to go out on
+    # it, whole, and is sent again on a new connection instead of dropped.
+    path = os.path.join(sockdir, "idle.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)
+    server.settimeout(5.0)
+    try:
+        client = clients(f"unix://{path}")
+        trace = client.trace()
+        trace.send("TOOL", input="first")
+        assert client.flush(2.0)
+        conn, _ = server.accept()
+        assert [m.get("input") for m in _read_messages(conn, 2)] == [None, "first"]
+        conn.shutdown(socket.SHUT_RD)
+        conn.close()
+
+        trace.send("TOOL", input="second")
+        assert client.flush(2.0)
+        again, _ = server.accept()
+        assert [m.get("input") for m in _read_messages(again, 1)] == ["second"]
+        again.close()
+        stats = client.stats()
+        assert stats["dropped"] == 0 and stats["connects"] == 2
+    finally:
+        server.close()
 
 
 def test_full_agent_socket_never_blocks_the_app(make_agent, clients):
