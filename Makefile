@@ -45,8 +45,10 @@ bench-compare: build
 	@bash bench/compare/run.sh
 
 # The reliability suite's long form (tests/system): 20 kill -9 cycles, long
-# outages, a minute of floods per transport; make test runs its short form.
+# outages, a minute of floods per transport, and 200 power cuts of the store
+# (buffer/power_cut_test.cpp); make test runs the short forms.
 soak: build
+	SIDETRACE_POWER_CUTS=200 $(BUILD)/buffer/buffer_power_cut_test
 	SIDETRACE_SOAK=1 bash tests/system/run.sh $(BUILD)
 
 # The whole ctest suite under ASan+UBSan (build/asan) and under TSan (build/tsan);
