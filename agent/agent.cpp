@@ -46,6 +46,25 @@ constexpr auto kShutdownDeadline = std::chrono::seconds(20);
 // How long an admin /reload waits for the intake's thread to run it.
 constexpr auto kReloadWait = std::chrono::seconds(10);
 
+// Runs `io` until it stops. A handler that throws is logged and counted, and
+// the loop goes on with the others (what that handler served is dropped: a
+// connection, a request).
+void run_loop(net::io_context& io) {
+  for (;;) {
+    std::string what;
+    try {
+      io.run();
+      return;
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+      what = "an exception that is not a std::exception";
+    }
+    ThreadFailures::global().record_survived();
+    spdlog::error("event loop: a handler failed and was dropped: {}", what);
+  }
+}
+
 }  // namespace
 
 struct Agent::Impl {
@@ -216,9 +235,10 @@ void Agent::Impl::start() {
     if (admin->listen(cfg.admin.listen, &err)) throw std::runtime_error(err);
     admin_port = admin->port();
     admin_thread = std::thread([this] {
-      set_thread_name("st-admin");
-      auto work = net::make_work_guard(admin_io);
-      admin_io.run();
+      run_thread("st-admin", [this] {
+        auto work = net::make_work_guard(admin_io);
+        run_loop(admin_io);
+      });
     });
     std::string host;
     unsigned short configured = 0;
@@ -419,10 +439,10 @@ int Agent::run() {
   if (std::thread::hardware_concurrency() > 2) {
     second = std::thread([&] {
       set_thread_name("st-intake");
-      d.io.run();
+      run_loop(d.io);
     });
   }
-  d.io.run();
+  run_loop(d.io);
   if (second.joinable()) {
     d.io.stop();
     second.join();

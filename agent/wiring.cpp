@@ -4,6 +4,7 @@
 
 #include "agent/metrics.h"
 #include "buffer/writer.h"
+#include "common/thread.h"
 
 namespace sidetrace::agent {
 
@@ -210,6 +211,12 @@ std::string render_metrics(const Components& c, const Clock& clock) {
   w.family("sidetrace_uptime_seconds", "gauge", "Seconds since start.");
   w.sample("sidetrace_uptime_seconds",
            c.started_ns ? static_cast<double>(clock.now_ns() - c.started_ns) / 1e9 : 0.0);
+  w.family("sidetrace_thread_failures_total", "counter",
+           "Agent threads that ended by throwing (the agent then reports itself unhealthy).");
+  w.sample("sidetrace_thread_failures_total", ThreadFailures::global().count());
+  w.family("sidetrace_handler_failures_total", "counter",
+           "Event-loop handlers that threw; the loop went on without them.");
+  w.sample("sidetrace_handler_failures_total", ThreadFailures::global().survived());
   if (c.intake) intake_metrics(w, *c.intake);
   if (c.queue) {
     w.family("sidetrace_intake_queue_bytes", "gauge", "Decoded messages waiting for the store.");
@@ -370,6 +377,9 @@ std::string render_status(const Components& c, const Clock& clock) {
 }
 
 std::string stuck_reason(const Components& c) {
+  if (std::string failed = ThreadFailures::global().first(); !failed.empty()) {
+    return "failed: thread " + failed + "; restart the agent";
+  }
   if (!c.writer) return {};
   uint64_t busy = c.writer->stats().busy_ns;
   if (busy < static_cast<uint64_t>(std::chrono::nanoseconds(kStuckAfter).count())) return {};

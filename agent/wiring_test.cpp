@@ -1,5 +1,7 @@
 #include "agent/wiring.h"
 
+#include "common/thread.h"
+
 #include <gtest/gtest.h>
 
 #include "buffer/testing/held_transform.h"
@@ -81,6 +83,25 @@ TEST(WiringTest, AWriterHeldOnAGroupIsReportedStuck) {
     std::this_thread::yield();
   EXPECT_EQ(stuck_reason(c), "");
   w.stop();
+}
+
+// A thread that ended by throwing (common/thread.h run_thread) makes the agent
+// unhealthy: /healthz and readiness say so, the watchdog stops, and the
+// metrics count it.
+TEST(WiringTest, AThreadThatFailedIsReportedUntilRestart) {
+  config::Config cfg;
+  Components c{cfg};
+  c.started = true;
+  ManualClock clock;
+  ThreadFailures::global().clear();
+  EXPECT_EQ(stuck_reason(c), "");
+  std::thread([] {
+    run_thread("st-exporter", [] { throw std::runtime_error("disk on fire"); });
+  }).join();
+  EXPECT_EQ(stuck_reason(c), "failed: thread st-exporter: disk on fire; restart the agent");
+  EXPECT_NE(not_ready_reason(c), "");
+  EXPECT_NE(render_metrics(c, clock).find("sidetrace_thread_failures_total 1"), std::string::npos);
+  ThreadFailures::global().clear();
 }
 
 }  // namespace

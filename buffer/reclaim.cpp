@@ -63,10 +63,7 @@ void ReclaimingFileSystem::start() {
     std::string path = entry.path().string();
     if (entry.is_regular_file(ec) && !queued.count(path)) enqueue(std::move(path));
   }
-  thread_ = std::thread([this] {
-    set_thread_name("st-reclaim");
-    run();
-  });
+  thread_ = std::thread([this] { run_thread("st-reclaim", [this] { run(); }); });
 }
 
 ReclaimingFileSystem::~ReclaimingFileSystem() {

@@ -23,10 +23,7 @@ Writer::~Writer() {
 
 void Writer::start() {
   if (thread_.joinable()) return;
-  thread_ = std::thread([this] {
-    set_thread_name("st-writer");
-    run();
-  });
+  thread_ = std::thread([this] { run_thread("st-writer", [this] { run(); }); });
 }
 
 void Writer::stop() {
@@ -66,8 +63,8 @@ void Writer::run() {
     // Idle, the writer wakes by itself only to resume a failed store: often
     // while it is failing, once a second to notice a write of another part
     // of the agent (the assembler, delivery) that failed.
-    const auto idle_wait = degraded_.load() ? std::chrono::milliseconds(100)
-                                            : std::chrono::milliseconds(1000);
+    const auto idle_wait =
+        degraded_.load() ? std::chrono::milliseconds(100) : std::chrono::milliseconds(1000);
     bool open = queue_.pop_upto(batches, opts_.max_group_bytes, idle_wait);
     // With nothing to write, a failed store is still resumed: the assembler
     // and delivery need it too.
@@ -120,8 +117,8 @@ void Writer::linger(std::vector<ipc::MessageBatch>& batches) {
       bytes += m.raw.size();
     }
   }
-  const uint64_t due = oldest + static_cast<uint64_t>(
-                                    std::chrono::nanoseconds(opts_.commit_delay).count());
+  const uint64_t due =
+      oldest + static_cast<uint64_t>(std::chrono::nanoseconds(opts_.commit_delay).count());
   const uint64_t now = clock_.now_ns();
   if (bytes >= opts_.commit_bytes || now >= due) return;
   // Messages arriving meanwhile do not wake the writer: only the delay's end,

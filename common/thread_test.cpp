@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <stdexcept>
 #include <thread>
 
 namespace sidetrace {
@@ -23,6 +24,19 @@ TEST(ThreadTest, ANameIsSetAndCutTo15Characters) {
     pthread_getname_np(pthread_self(), name.data(), name.size());
   }).join();
   EXPECT_STREQ(name.data(), "st-a-rather-lon");
+}
+
+TEST(ThreadTest, AThreadThatThrowsEndsAloneAndIsRecorded) {
+  ThreadFailures::global().clear();
+  bool after = false;
+  std::thread([] { run_thread("st-thrower", [] { throw std::runtime_error("boom"); }); }).join();
+  std::thread([] { run_thread("st-odd", [] { throw 42; }); }).join();
+  std::thread([&] { run_thread("st-fine", [&] { after = true; }); }).join();
+  EXPECT_TRUE(after);  // the process went on
+  EXPECT_EQ(ThreadFailures::global().count(), 2u);
+  EXPECT_EQ(ThreadFailures::global().first(), "st-thrower: boom");
+  ThreadFailures::global().clear();
+  EXPECT_EQ(ThreadFailures::global().first(), "");
 }
 
 TEST(ThreadTest, LoweringThePriorityChangesTheCallingThreadOnly) {

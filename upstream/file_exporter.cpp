@@ -212,11 +212,11 @@ struct FileExporter::Impl {
         // Nothing left to write: sleep until the outbox grows.
         cv.wait(lock, [&] { return stop_requested || notified; });
       } else {
-        cv.wait_for(lock,
-                    std::chrono::milliseconds(std::min<uint64_t>(
-                        uint64_t{o.retry_initial_ms} << std::min<uint32_t>(failures, 10),
-                        o.retry_max_ms)),
-                    [&] { return stop_requested; });
+        cv.wait_for(
+            lock,
+            std::chrono::milliseconds(std::min<uint64_t>(
+                uint64_t{o.retry_initial_ms} << std::min<uint32_t>(failures, 10), o.retry_max_ms)),
+            [&] { return stop_requested; });
       }
     }
     if (file != nullptr) {
@@ -249,10 +249,7 @@ void FileExporter::start() {
     }
     m.cv.notify_one();
   });
-  m.thread = std::thread([&m] {
-    set_thread_name("st-exporter");
-    m.run();
-  });
+  m.thread = std::thread([&m] { run_thread("st-exporter", [&m] { m.run(); }); });
   m.running = true;
 }
 
