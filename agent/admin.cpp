@@ -11,8 +11,10 @@
 #include <charconv>
 #include <chrono>
 #include <optional>
+#include <thread>
 
 #include "common/host_port.h"
+#include "common/thread.h"
 
 namespace sidetrace::agent {
 
@@ -28,10 +30,46 @@ constexpr size_t kBodyLimit = 16 * 1024;
 
 using Request = http::request<http::string_body>;
 
-// What every session shares: the routes and the access rules.
+// The thread that runs every request but the quick ones (kQuickPaths), so
+// that a slow one (a dead-letter listing, a replay, a reload) never holds up
+// /healthz. One thread: such requests run one at a time, in arrival order.
+class Worker {
+ public:
+  Worker()
+      : guard_(net::make_work_guard(io_)),
+        thread_([this] { run_thread("st-admin-work", [this] { io_.run(); }); }) {}
+  ~Worker() {
+    guard_.reset();
+    io_.stop();
+    thread_.join();
+  }
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  template <typename F>
+  void post(F&& f) {
+    net::post(io_, std::forward<F>(f));
+  }
+
+ private:
+  net::io_context io_;
+  net::executor_work_guard<net::io_context::executor_type> guard_;
+  std::thread thread_;
+};
+
+// Answered on the admin thread itself: they read counters only.
+constexpr std::string_view kQuickPaths[] = {"/healthz", "/readyz", "/metrics"};
+
+bool quick(std::string_view target) {
+  const std::string_view path = target.substr(0, target.find('?'));
+  return std::find(std::begin(kQuickPaths), std::end(kQuickPaths), path) != std::end(kQuickPaths);
+}
+
+// What every session shares: the routes, the access rules and the worker.
 struct Shared {
   AdminHandler handler;
   AdminAccess access;
+  std::unique_ptr<Worker> worker = std::make_unique<Worker>();
 };
 
 struct Refusal {
@@ -178,12 +216,37 @@ class Session : public std::enable_shared_from_this<Session> {
       res_.body() = "only GET, HEAD and POST are supported\n";
     } else {
       std::string method = req.method() == http::verb::post ? "POST" : "GET";
-      AdminResponse r = shared_->handler(method, std::string(req.target()));
-      res_.result(r.status);
-      res_.set(http::field::content_type, r.content_type);
-      res_.set(http::field::cache_control, "no-store");
-      if (req.method() != http::verb::head) res_.body() = std::move(r.body);
+      std::string target(req.target());
+      head_ = req.method() == http::verb::head;
+      if (quick(target)) return respond(shared_->handler(method, target));
+      // The worker answers; the reply is written back on this session's strand.
+      shared_->worker->post([self = shared_from_this(), method = std::move(method),
+                             target = std::move(target)]() mutable {
+        AdminResponse r;
+        try {
+          r = self->shared_->handler(method, target);
+        } catch (const std::exception& e) {
+          r = AdminResponse{500, "text/plain; charset=utf-8", std::string(e.what()) + "\n"};
+        }
+        auto* s = self.get();
+        net::post(s->stream_.get_executor(), [self = std::move(self), r = std::move(r)]() mutable {
+          self->respond(std::move(r));
+        });
+      });
+      return;
     }
+    write();
+  }
+
+  void respond(AdminResponse r) {
+    res_.result(r.status);
+    res_.set(http::field::content_type, r.content_type);
+    res_.set(http::field::cache_control, "no-store");
+    if (!head_) res_.body() = std::move(r.body);
+    write();
+  }
+
+  void write() {
     res_.prepare_payload();
     http::async_write(stream_, res_,
                       beast::bind_front_handler(&Session::on_write, shared_from_this()));
@@ -204,6 +267,7 @@ class Session : public std::enable_shared_from_this<Session> {
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   http::response<http::string_body> res_;
+  bool head_ = false;  // the request is a HEAD: no body
   std::shared_ptr<const Shared> shared_;
   std::string local_address_;  // the address the connection came in on
 };

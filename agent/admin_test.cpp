@@ -6,6 +6,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -72,6 +73,13 @@ class AdminTest : public ::testing::Test {
             r.body = "ok\n";
           } else if (target.starts_with("/echo")) {
             r.body = method + " " + target;
+          } else if (target == "/slow") {
+            slow_entered_ = true;
+            while (!slow_release_)
+              std::this_thread::yield();
+            r.body = "slow done\n";
+          } else if (target == "/throw") {
+            throw std::runtime_error("the handler failed");
           } else if (target == "/purge" && method == "POST") {
             ++changes_;
             r.body = "purged\n";
@@ -104,7 +112,40 @@ class AdminTest : public ::testing::Test {
   std::thread thread_;
   std::atomic<int> calls_{0};
   std::atomic<int> changes_{0};  // POST /purge calls that reached the handler
+  std::atomic<bool> slow_entered_{false}, slow_release_{false};
 };
+
+TEST_F(AdminTest, ASlowRequestDoesNotHoldUpTheHealthCheck) {
+  unsigned slow_status = 0;
+  std::string slow_body, slow_err;
+  std::thread slow(
+      [&] { admin_request(addr(), "POST", "/slow", &slow_status, &slow_body, &slow_err); });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!slow_entered_ && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::yield();
+  ASSERT_TRUE(slow_entered_);
+  unsigned status = 0;
+  std::string body, err;
+  ASSERT_TRUE(admin_get(addr(), "/healthz", &status, &body, &err)) << err;
+  EXPECT_EQ(status, 200u);
+  ASSERT_TRUE(admin_get(addr(), "/metrics", &status, &body, &err)) << err;
+  EXPECT_EQ(status, 404u);  // answered too, while /slow still runs
+  EXPECT_FALSE(slow_release_);
+  slow_release_ = true;
+  slow.join();
+  EXPECT_EQ(slow_status, 200u) << slow_err;
+  EXPECT_EQ(slow_body, "slow done\n");
+}
+
+TEST_F(AdminTest, AHandlerThatThrowsAnswers500AndTheEndpointGoesOn) {
+  unsigned status = 0;
+  std::string body, err;
+  ASSERT_TRUE(admin_get(addr(), "/throw", &status, &body, &err)) << err;
+  EXPECT_EQ(status, 500u);
+  EXPECT_EQ(body, "the handler failed\n");
+  ASSERT_TRUE(admin_get(addr(), "/echo", &status, &body, &err)) << err;
+  EXPECT_EQ(body, "GET /echo");
+}
 
 TEST_F(AdminTest, ServesRoutesAndNotFound) {
   unsigned status = 0;
