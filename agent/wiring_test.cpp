@@ -78,6 +78,35 @@ TEST(WiringTest, UpstreamDefaultsAreTheConfigurationDefaults) {
   EXPECT_EQ(got.data_dir, config::Config{}.data_dir);
 }
 
+// The exporter's caught exceptions are published by stage.
+TEST(WiringTest, InternalErrorsArePublishedByStage) {
+  struct FakeExporter : upstream::Exporter {
+    void start() override {}
+    void stop() override {}
+    upstream::Stats stats() const override {
+      upstream::Stats s;
+      s.internal_errors[static_cast<size_t>(upstream::Stage::kEncode)] = 3;
+      return s;
+    }
+    void reset_auth() override {}
+    void update_options(const upstream::Options&) override {}
+  } exporter;
+  config::Config cfg;
+  Components c{cfg};
+  c.exporter = &exporter;
+  ManualClock clock;
+  std::string text = render_metrics(c, clock);
+  EXPECT_NE(text.find("sidetrace_internal_errors_total{stage=\"upstream_encode\"} 3\n"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("sidetrace_internal_errors_total{stage=\"upstream_dispatch\"} 0\n"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("sidetrace_internal_errors_total{stage=\"file_exporter\"} 0\n"),
+            std::string::npos)
+      << text;
+}
+
 // A writer held on one group past kStuckAfter makes the agent not alive
 // (/healthz, the watchdog) and shows in the metrics; once it moves, it is
 // alive again.

@@ -22,7 +22,11 @@
 // Errors: start() throws std::invalid_argument / std::runtime_error for a bad
 // configuration (unparsable endpoint, unreadable CA or key file, missing API
 // key); nothing else throws. Run-time failures are counted in Stats and logged
-// with a rate limit. The API key is never logged.
+// with a rate limit. An exception inside a running exporter (a bug, an
+// exhausted resource) is caught where its coroutine or thread starts, logged
+// and counted in Stats::internal_errors; the work it interrupted is retried,
+// and a batch that throws every time is set aside (see kExceptionTries). The
+// API key is never logged.
 //
 // Defaults: the values the agent's configuration also has come from
 // config/defaults.h, the one source of both.
@@ -30,8 +34,10 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -110,7 +116,30 @@ struct Options {
   // Rotated files kept: traces.jsonl.1 .. .N
   uint32_t file_keep = config::defaults::kExporterKeepFiles;
   bool print = false;  // also write every line to stdout
+
+  // Fault injection, for tests only (the agent never sets it): Delivery calls
+  // it on its encoder thread with a batch's trace ids before encoding the
+  // batch; an exception it throws stands for an encoder that fails.
+  std::function<void(const std::vector<std::string>& trace_ids)> encode_hook;
 };
+
+// Where an exporter caught an exception (Stats::internal_errors).
+enum class Stage : size_t {
+  kDispatch,  // Delivery: forming batches, and the other work of its io thread
+  kEncode,    // Delivery: encoding and compressing a request body
+  kSend,      // Delivery: sending a batch, its outcome, acknowledging it
+  kFile,      // FileExporter: writing and acknowledging lines
+  kCount_
+};
+inline constexpr size_t kStageCount = static_cast<size_t>(Stage::kCount_);
+// "upstream_dispatch", "upstream_encode", "upstream_send", "file_exporter".
+std::string_view stage_name(Stage s);
+
+// A single-document batch whose delivery throws this many times is
+// dead-lettered with the exception as its reason; a batch of several
+// documents is split in halves at its first exception, so that a document
+// that throws ends up alone and its neighbours are delivered.
+inline constexpr uint32_t kExceptionTries = 3;
 
 // Delivery-latency histogram bucket upper bounds (emitted_ns -> ack), in ms;
 // the last bucket is unbounded.
@@ -134,7 +163,8 @@ struct Stats {
   uint64_t dropped = 0;             // trace documents lost (only by dead-letter eviction)
   uint64_t spans_rejected = 0;      // OTLP partial_success rejected spans (logged, not retried)
   uint64_t in_flight = 0;           // batches currently being sent or waiting to retry
-  bool auth_failed = false;         // sending is paused on 401/403
+  std::array<uint64_t, kStageCount> internal_errors{};              // exceptions caught, by Stage
+  bool auth_failed = false;                                         // sending is paused on 401/403
   double seconds_since_success = -1;                                // -1: never succeeded
   std::array<uint64_t, kLatencyBoundsMs.size()> latency_buckets{};  // non-cumulative counts
   uint64_t latency_sum_ms = 0;
