@@ -186,6 +186,13 @@ void exporter_metrics(MetricsWriter& w, const upstream::Stats& u) {
   w.sample("sidetrace_deadletter_evicted_total", u.deadletter_evicted);
   w.family("sidetrace_batches_in_flight", "gauge", "Batches being sent or waiting to retry.");
   w.sample("sidetrace_batches_in_flight", u.in_flight);
+  w.family("sidetrace_internal_errors_total", "counter",
+           "Exceptions caught inside the exporter (a bug or an exhausted resource), by stage; "
+           "the work is retried, split or dead-lettered.");
+  for (size_t i = 0; i < upstream::kStageCount; ++i) {
+    w.sample("sidetrace_internal_errors_total", u.internal_errors[i],
+             {{"stage", upstream::stage_name(static_cast<upstream::Stage>(i))}});
+  }
   w.family("sidetrace_upstream_auth_failed", "gauge",
            "1 while the upstream refuses the credentials (sending paused).");
   w.sample("sidetrace_upstream_auth_failed", uint64_t{u.auth_failed ? 1u : 0u});

@@ -41,6 +41,74 @@ TEST(WiringTest, UpstreamKeysReachTheDeliveryOptions) {
   EXPECT_EQ(o.auth_probe_interval_ms, 666u);
 }
 
+// upstream::Options and the agent's configuration take their defaults from
+// one place (config/defaults.h): the options the agent derives from a default
+// configuration are the options' own defaults, key by key.
+TEST(WiringTest, UpstreamDefaultsAreTheConfigurationDefaults) {
+  const upstream::Options want;
+  const upstream::Options got = upstream_options(config::Config{});
+  EXPECT_EQ(got.endpoint, want.endpoint);
+  EXPECT_EQ(got.format, want.format);
+  EXPECT_EQ(got.compression, want.compression);
+  EXPECT_EQ(got.compression_level, want.compression_level);
+  EXPECT_EQ(got.batch_max_events, want.batch_max_events);
+  EXPECT_EQ(got.batch_max_bytes, want.batch_max_bytes);
+  EXPECT_EQ(got.flush_interval_ms, want.flush_interval_ms);
+  EXPECT_EQ(got.max_in_flight, want.max_in_flight);
+  EXPECT_EQ(got.connect_timeout_ms, want.connect_timeout_ms);
+  EXPECT_EQ(got.request_timeout_ms, want.request_timeout_ms);
+  EXPECT_EQ(got.retry_initial_ms, want.retry_initial_ms);
+  EXPECT_EQ(got.retry_max_ms, want.retry_max_ms);
+  EXPECT_EQ(got.retry_after_max_ms, want.retry_after_max_ms);
+  EXPECT_EQ(got.retry_deadline_s, want.retry_deadline_s);
+  EXPECT_EQ(got.auth_probe_interval_ms, want.auth_probe_interval_ms);
+  EXPECT_EQ(got.ca_file, want.ca_file);
+  EXPECT_EQ(got.client_cert, want.client_cert);
+  EXPECT_EQ(got.client_key, want.client_key);
+  EXPECT_EQ(got.tls_verify, want.tls_verify);
+  EXPECT_EQ(got.api_key_env, want.api_key_env);
+  EXPECT_EQ(got.api_key_file, want.api_key_file);
+  EXPECT_EQ(got.api_key_header, want.api_key_header);
+  EXPECT_EQ(got.headers, want.headers);
+  EXPECT_EQ(got.deadletter_max_bytes, want.deadletter_max_bytes);
+  EXPECT_EQ(got.deadletter_max_count, want.deadletter_max_count);
+  EXPECT_EQ(got.file_path, want.file_path);
+  EXPECT_EQ(got.file_max_bytes, want.file_max_bytes);
+  EXPECT_EQ(got.file_keep, want.file_keep);
+  EXPECT_EQ(got.print, want.print);
+  // data_dir has no default in the options: the agent always passes its own.
+  EXPECT_EQ(got.data_dir, config::Config{}.data_dir);
+}
+
+// The exporter's caught exceptions are published by stage.
+TEST(WiringTest, InternalErrorsArePublishedByStage) {
+  struct FakeExporter : upstream::Exporter {
+    void start() override {}
+    void stop() override {}
+    upstream::Stats stats() const override {
+      upstream::Stats s;
+      s.internal_errors[static_cast<size_t>(upstream::Stage::kEncode)] = 3;
+      return s;
+    }
+    void reset_auth() override {}
+    void update_options(const upstream::Options&) override {}
+  } exporter;
+  config::Config cfg;
+  Components c{cfg};
+  c.exporter = &exporter;
+  ManualClock clock;
+  std::string text = render_metrics(c, clock);
+  EXPECT_NE(text.find("sidetrace_internal_errors_total{stage=\"upstream_encode\"} 3\n"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("sidetrace_internal_errors_total{stage=\"upstream_dispatch\"} 0\n"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("sidetrace_internal_errors_total{stage=\"file_exporter\"} 0\n"),
+            std::string::npos)
+      << text;
+}
+
 // A writer held on one group past kStuckAfter makes the agent not alive
 // (/healthz, the watchdog) and shows in the metrics; once it moves, it is
 // alive again.

@@ -21,6 +21,8 @@
 #include <utility>
 #include <vector>
 
+#include "config/defaults.h"
+
 namespace sidetrace::config {
 
 struct Config {
@@ -76,19 +78,21 @@ struct Config {
     std::string client_cert;
     std::string client_key;
     bool tls_verify = true;
-    int64_t batch_max_events = 2000;
-    uint64_t batch_max_bytes = 4ull << 20;
-    int64_t flush_interval_ms = 200;
-    int64_t max_in_flight = 4;
-    int64_t connect_timeout_ms = 5000;
-    int64_t request_timeout_ms = 30000;
-    int64_t retry_initial_ms = 500;
-    int64_t retry_max_ms = 60000;
-    int64_t retry_deadline_s = 0;  // 0 = retry for as long as the quota allows
-    int64_t retry_after_max_ms = 300000;
-    int64_t auth_probe_interval_ms = 30000;
-    int64_t compression_level = 1;
-    uint64_t deadletter_max_bytes = 256ull << 20;
+    // Defaults in config/defaults.h, shared with upstream::Options.
+    int64_t batch_max_events = defaults::kUpstreamBatchMaxEvents;
+    uint64_t batch_max_bytes = defaults::kUpstreamBatchMaxBytes;
+    int64_t flush_interval_ms = defaults::kUpstreamFlushIntervalMs;
+    int64_t max_in_flight = defaults::kUpstreamMaxInFlight;
+    int64_t connect_timeout_ms = defaults::kUpstreamConnectTimeoutMs;
+    int64_t request_timeout_ms = defaults::kUpstreamRequestTimeoutMs;
+    int64_t retry_initial_ms = defaults::kUpstreamRetryInitialMs;
+    int64_t retry_max_ms = defaults::kUpstreamRetryMaxMs;
+    // 0 = retry for as long as the quota allows
+    int64_t retry_deadline_s = defaults::kUpstreamRetryDeadlineS;
+    int64_t retry_after_max_ms = defaults::kUpstreamRetryAfterMaxMs;
+    int64_t auth_probe_interval_ms = defaults::kUpstreamAuthProbeIntervalMs;
+    int64_t compression_level = defaults::kUpstreamCompressionLevel;
+    uint64_t deadletter_max_bytes = defaults::kUpstreamDeadletterMaxBytes;
   } upstream;
 
   struct Trace {
@@ -114,8 +118,8 @@ struct Config {
 
   struct Exporter {
     std::string file;  // "" = data_dir/traces.jsonl
-    uint64_t rotate_bytes = 64ull << 20;
-    int64_t keep_files = 5;
+    uint64_t rotate_bytes = defaults::kExporterRotateBytes;
+    int64_t keep_files = defaults::kExporterKeepFiles;
     bool print = false;  // also print each finished trace to stdout
   } exporter;
 

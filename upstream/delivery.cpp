@@ -1,12 +1,18 @@
 // Delivery: the HTTP(S) exporter. One io_context thread runs a dispatcher
 // coroutine (forms batches from persisted records and the outbox) and one
 // worker coroutine per in-flight batch (send, classify, retry, ack).
+//
+// Exceptions: the dispatcher, each worker and the io thread catch what is
+// thrown inside them (count it in Stats::internal_errors, log it) and carry
+// on: the dispatcher after a backoff, a worker by retrying its batch,
+// splitting it, or dead-lettering it (kExceptionTries), and always releasing
+// its in-flight slot. Encoding runs on the encoder thread inside a worker's
+// co_spawn, whose exceptions reach the worker.
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <atomic>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -123,6 +129,9 @@ struct Batch {
   // dispatcher's Impl::inflight_entries / inflight_bytes.
   uint64_t held_entries = 0;
   uint64_t held_bytes = 0;
+  // When it was first sent (Clock::mono_ns(); 0: not yet), for
+  // retry_deadline_s, which a retry after an exception does not restart.
+  uint64_t first_try_mono = 0;
 };
 
 }  // namespace
@@ -198,6 +207,14 @@ struct Delivery::Impl {
   }
 
   void log_line(spdlog::level::level_enum lvl, const std::string& msg) { log.log(lvl, msg); }
+
+  // Counts an exception caught at `stage` and logs it (rate limited) with
+  // what happens next.
+  void internal_error(Stage stage, const std::string& what, const std::string& next) {
+    update_stats([&](Stats& s) { ++s.internal_errors[static_cast<size_t>(stage)]; });
+    log_line(spdlog::level::err,
+             fmt::format("upstream: internal error ({}): {}; {}", stage_name(stage), what, next));
+  }
 
   // ---- start-up -------------------------------------------------------------
 
@@ -315,7 +332,17 @@ struct Delivery::Impl {
   // Reads an in-flight batch's documents back (see Batch), retrying a failed
   // read. False when the delivery stops or none of its entries is left.
   net::awaitable<bool> reload_docs(Batch& b) {
-    if (!b.docs.empty() || b.record.is_inline()) co_return true;
+    if (b.record.is_inline()) {
+      // Loading a persisted inline batch may have thrown before its
+      // documents were copied (next_batch()).
+      if (b.docs.size() != b.record.docs.size()) {
+        b.docs = b.record.docs;
+        b.emitted_ns.assign(b.docs.size(), 0);
+        b.events = events_in(b.docs);
+      }
+      co_return true;
+    }
+    if (!b.docs.empty()) co_return true;
     for (uint32_t attempt = 0; !stopping; ++attempt) {
       std::vector<std::string> removed;
       if (read_docs(&b, &removed)) {
@@ -395,7 +422,18 @@ struct Delivery::Impl {
       it = pending.erase(it);
       Batch b;
       b.held_entries = r.seqs.size();
-      if (load_batch(std::move(r), &b)) return b;
+      try {
+        if (load_batch(std::move(r), &b)) return b;
+      } catch (...) {
+        // The worker reads the documents again (reload_docs()) under its own
+        // handling of exceptions, which cannot wedge the dispatcher.
+        internal_error(Stage::kDispatch, detail::current_exception_text(),
+                       fmt::format("batch {} loads its documents again when sent", b.record.id));
+        b.docs.clear();
+        b.emitted_ns.clear();
+        b.events = 0;
+        return b;
+      }
     }
     // New entries are read when they may complete a batch: with nothing
     // staged (the first gives the flush deadline), at the flush deadline, or
@@ -459,33 +497,76 @@ struct Delivery::Impl {
     return b;
   }
 
-  net::awaitable<void> dispatcher() {
-    load_persisted();
-    while (!stopping) {
-      woken = false;
-      uint64_t wait_ms = 0;
-      if (!auth_failed && in_flight < config->options.max_in_flight) {
-        std::optional<Batch> b = next_batch(&wait_ms);
-        if (b) {
-          ++in_flight;
-          inflight_entries += b->held_entries;
-          inflight_bytes += b->held_bytes;
-          for (auto& id : b->record.trace_ids)
-            ++busy_traces[id];
-          update_stats([&](Stats& s) { s.in_flight = in_flight; });
-          net::co_spawn(*io, worker(std::move(*b)), net::detached);
-          continue;
-        }
+  // Starts the dispatcher (after reading the persisted batches when
+  // `resume`). Should an exception escape it, it is counted and the
+  // dispatcher started again.
+  void spawn_dispatcher(bool resume) {
+    net::co_spawn(*io, dispatcher(resume), [this](std::exception_ptr e) {
+      if (!e) return;
+      internal_error(Stage::kDispatch, detail::exception_text(e), "dispatcher restarted");
+      if (!stopping) spawn_dispatcher(false);
+    });
+  }
+
+  net::awaitable<void> dispatcher(bool resume) {
+    if (resume) {
+      try {
+        load_persisted();
+      } catch (...) {
+        // As when the records cannot be read: their outbox entries are read
+        // again into new batches, and the stale records are dropped at the
+        // next start, once their entries are acknowledged.
+        pending.clear();
+        cursor = 0;
+        internal_error(Stage::kDispatch, detail::current_exception_text(),
+                       "persisted batches are not resumed; the outbox is read from its start");
       }
-      if (woken) continue;
-      if (wait_ms == 0) {
-        wake_timer->expires_at(net::steady_timer::time_point::max());
-      } else {
-        wake_timer->expires_after(std::chrono::milliseconds(wait_ms));
-      }
-      boost::system::error_code ec;
-      co_await wake_timer->async_wait(net::redirect_error(net::use_awaitable, ec));
     }
+    uint32_t errors = 0;
+    while (!stopping) {
+      std::string error;
+      try {
+        co_await dispatch_step();
+        errors = 0;
+        continue;
+      } catch (...) {
+        error = detail::current_exception_text();
+      }
+      uint64_t delay = detail::backoff_ms(errors++, 100, 5000, rng);
+      internal_error(Stage::kDispatch, error, fmt::format("dispatching again in {} ms", delay));
+      co_await sleep_ms(delay);
+    }
+  }
+
+  // Starts the next batch, or waits until woken (or its flush deadline).
+  net::awaitable<void> dispatch_step() {
+    woken = false;
+    uint64_t wait_ms = 0;
+    if (!auth_failed && in_flight < config->options.max_in_flight) {
+      std::optional<Batch> b = next_batch(&wait_ms);
+      if (b) {
+        ++in_flight;
+        inflight_entries += b->held_entries;
+        inflight_bytes += b->held_bytes;
+        for (auto& id : b->record.trace_ids)
+          ++busy_traces[id];
+        update_stats([&](Stats& s) { s.in_flight = in_flight; });
+        // worker() catches what its batch throws and releases the slot;
+        // only a failure of that handling itself reaches this handler.
+        net::co_spawn(*io, worker(std::move(*b)), [this](std::exception_ptr e) {
+          if (e) internal_error(Stage::kSend, detail::exception_text(e), "worker ended");
+        });
+        co_return;
+      }
+    }
+    if (woken) co_return;
+    if (wait_ms == 0) {
+      wake_timer->expires_at(net::steady_timer::time_point::max());
+    } else {
+      wake_timer->expires_after(std::chrono::milliseconds(wait_ms));
+    }
+    boost::system::error_code ec;
+    co_await wake_timer->async_wait(net::redirect_error(net::use_awaitable, ec));
   }
 
   // ---- worker ---------------------------------------------------------------
@@ -507,8 +588,9 @@ struct Delivery::Impl {
   // the encoder thread, the only user of body_encoder.
   bool build_request(const Config& c, const Batch& b, std::string body,
                      http::request<http::string_body>* req, std::string* error) {
-    std::vector<std::string_view> views(b.docs.begin(), b.docs.end());
     const Options& o = c.options;
+    if (o.encode_hook) o.encode_hook(b.record.trace_ids);
+    std::vector<std::string_view> views(b.docs.begin(), b.docs.end());
     bool compressed;
     if (o.format == Format::kNative) {
       compressed = body_encoder.native(o.compression, o.compression_level, views, &body);
@@ -678,7 +760,7 @@ struct Delivery::Impl {
       r.key = detail::new_idempotency_key();
       r.trace_ids.assign(b.record.trace_ids.begin() + lo, b.record.trace_ids.begin() + hi);
       if (b.record.is_inline()) {
-        r.docs.assign(b.docs.begin() + lo, b.docs.begin() + hi);
+        r.docs.assign(b.record.docs.begin() + lo, b.record.docs.begin() + hi);
       } else {
         r.seqs.assign(b.record.seqs.begin() + lo, b.record.seqs.begin() + hi);
       }
@@ -695,8 +777,11 @@ struct Delivery::Impl {
     update_stats([](Stats& s) { ++s.batches_split; });
   }
 
-  net::awaitable<void> worker(Batch b) {
-    uint64_t first_try = clock.mono_ns();
+  // Delivers a batch: builds its request, sends it, and acts on the outcome
+  // until the batch is acknowledged, dead-lettered or split, or the delivery
+  // stops. `*stage` tells where an exception it throws came from.
+  net::awaitable<void> deliver(Batch& b, Stage* stage) {
+    if (b.first_try_mono == 0) b.first_try_mono = clock.mono_ns();
     uint32_t attempt = 0;
     http::request<http::string_body> req;
     bool need_build = true;
@@ -709,23 +794,23 @@ struct Delivery::Impl {
       if (built_gen != cfg_gen) need_build = true;
       if (need_build) {
         if (!co_await reload_docs(b)) {
-          finish(b);
           co_return;
         }
         // Encoding and compression run on the encoder thread so that the
         // io thread keeps reading the outbox and serving other batches.
         std::string error;
         std::string body = take_body(req);
+        *stage = Stage::kEncode;
         bool built = co_await net::co_spawn(
             encoder->get_executor(),
             [&]() -> net::awaitable<bool> {
               co_return build_request(*cfg, b, std::move(body), &req, &error);
             },
             net::use_awaitable);
+        *stage = Stage::kSend;
         if (stopping) break;
         if (!built) {
           co_await deadletter(b, 0, "unencodable batch: " + error);
-          finish(b);
           co_return;
         }
         need_build = false;
@@ -742,7 +827,6 @@ struct Delivery::Impl {
         case OutcomeKind::kSuccess:
           co_await on_success(b, out, req.body().size());
           give_body(std::move(req.body()));
-          finish(b);
           co_return;
         case OutcomeKind::kPermanent:
           update_stats([](Stats& s) { ++s.failed_permanent; });
@@ -751,21 +835,17 @@ struct Delivery::Impl {
           // take its neighbours to the dead letters.
           if ((out.http_status == 400 || out.http_status == 422) && b.record.trace_ids.size() > 1) {
             co_await split(b);
-            finish(b);
             co_return;
           }
           co_await deadletter(b, out.http_status, out.detail);
-          finish(b);
           co_return;
         case OutcomeKind::kTooLarge:
           update_stats([](Stats& s) { ++s.failed_too_large; });
           if (b.record.trace_ids.size() > 1) {
             co_await split(b);
-            finish(b);
             co_return;
           }
           if (!co_await reload_docs(b)) {
-            finish(b);
             co_return;
           }
           if (detail::truncate_largest_field(&b.docs[0])) {
@@ -774,7 +854,6 @@ struct Delivery::Impl {
             continue;
           }
           co_await deadletter(b, out.http_status, out.detail + " (cannot shrink further)");
-          finish(b);
           co_return;
         case OutcomeKind::kAuth: {
           update_stats([](Stats& s) {
@@ -801,10 +880,9 @@ struct Delivery::Impl {
         ++s.failed_retryable;
         ++s.batches_retried;
       });
-      uint64_t elapsed_ms = (clock.mono_ns() - first_try) / 1'000'000;
+      uint64_t elapsed_ms = (clock.mono_ns() - b.first_try_mono) / 1'000'000;
       if (o.retry_deadline_s > 0 && elapsed_ms >= uint64_t{o.retry_deadline_s} * 1000) {
         co_await deadletter(b, out.http_status, "retry deadline passed: " + out.detail);
-        finish(b);
         co_return;
       }
       uint64_t delay = detail::backoff_ms(attempt++, o.retry_initial_ms, o.retry_max_ms, rng);
@@ -816,6 +894,68 @@ struct Delivery::Impl {
       co_await sleep_ms(delay);
     }
     // Stopping: the batch record stays; the next start resends it.
+  }
+
+  // A batch's worker: deliver() it, and release its in-flight slot however
+  // that ends. An exception (kExceptionTries in upstream.h) is counted and
+  // logged; a batch of several documents is then split in halves at once, so
+  // that a document that throws ends up alone, and a single document is tried
+  // again after a backoff, then dead-lettered with the exception as reason.
+  net::awaitable<void> worker(Batch b) {
+    for (uint32_t tries = 1;; ++tries) {
+      Stage stage = Stage::kSend;
+      std::string error;
+      try {
+        co_await deliver(b, &stage);
+        break;
+      } catch (...) {
+        error = detail::current_exception_text();
+      }
+      const size_t traces = b.record.trace_ids.size();
+      if (stopping) {
+        internal_error(stage, error, "stopping; the batch is sent again at the next start");
+        break;
+      }
+      if (traces > 1) {
+        internal_error(stage, error,
+                       fmt::format("splitting the batch of {} documents in halves", traces));
+        co_await set_aside(b, error);
+        break;
+      }
+      if (tries >= kExceptionTries) {
+        internal_error(stage, error,
+                       fmt::format("dead-lettering the document after {} tries", tries));
+        co_await set_aside(
+            b, fmt::format("internal error ({}) {} times: {}", stage_name(stage), tries, error));
+        break;
+      }
+      const Options& o = config->options;
+      uint64_t delay = detail::backoff_ms(tries - 1, o.retry_initial_ms, o.retry_max_ms, rng);
+      internal_error(stage, error, fmt::format("retrying the batch in {} ms", delay));
+      co_await sleep_ms(delay);
+    }
+    finish(b);
+  }
+
+  // After exceptions: splits a batch of several documents in halves, or
+  // dead-letters a single one with `reason`. When that throws as well, the
+  // batch stays in the store as it is (its record and outbox entries) and is
+  // sent again at the next start.
+  net::awaitable<void> set_aside(Batch& b, std::string reason) {
+    std::string error;
+    try {
+      if (b.record.trace_ids.size() > 1) {
+        co_await split(b);
+      } else {
+        co_await deadletter(b, 0, reason);
+      }
+      co_return;
+    } catch (...) {
+      error = detail::current_exception_text();
+    }
+    internal_error(Stage::kSend, error,
+                   fmt::format("batch {} of {} documents left in the store until the next start",
+                               b.record.id, b.record.trace_ids.size()));
   }
 
   // ---- control (io thread) --------------------------------------------------
@@ -880,10 +1020,19 @@ void Delivery::start() {
       impl->wake();
     });
   });
-  net::co_spawn(*m.io, m.dispatcher(), net::detached);
+  m.spawn_dispatcher(true);
   m.thread = std::thread([&m] {
     set_thread_name("st-delivery");
-    m.io->run();
+    // A handler that throws leaves run(); it is counted, and run() goes on
+    // with the other handlers until the delivery stops.
+    for (;;) {
+      try {
+        m.io->run();
+        return;
+      } catch (...) {
+        m.internal_error(Stage::kDispatch, detail::current_exception_text(), "io thread resumed");
+      }
+    }
   });
   m.running = true;
 }
@@ -952,12 +1101,18 @@ size_t Delivery::replay_deadletters() {
   std::promise<size_t> done;
   auto fut = done.get_future();
   net::post(*m->io, [m, &done] {
-    std::vector<BatchRecord> created;
     size_t n = 0;
-    buffer::Status s = detail::replay_deadletters(m->store, &m->next_id, &created, &n);
-    if (!s.ok()) m->log_line(spdlog::level::err, "upstream: replay failed: " + s.message());
-    for (auto& r : created)
-      m->pending.push_back(std::move(r));
+    try {
+      std::vector<BatchRecord> created;
+      buffer::Status s = detail::replay_deadletters(m->store, &m->next_id, &created, &n);
+      if (!s.ok()) m->log_line(spdlog::level::err, "upstream: replay failed: " + s.message());
+      for (auto& r : created)
+        m->pending.push_back(std::move(r));
+    } catch (...) {
+      // Records already turned into batches are sent at the next start.
+      m->internal_error(Stage::kDispatch, detail::current_exception_text(),
+                        "dead-letter replay stopped");
+    }
     m->wake();
     done.set_value(n);
   });

@@ -2,12 +2,14 @@
 // server on loopback.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <fstream>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <stdexcept>
 
 #include "common/clock.h"
 #include "upstream/detail/records.h"
@@ -289,6 +291,83 @@ TEST_F(UpstreamDeliveryTest, BadRequestGoesToDeadLetterAndReplays) {
   dl.clear();
   ASSERT_TRUE(deadletter_list(*store_, &dl).ok());
   EXPECT_TRUE(dl.empty());
+}
+
+// An encoder that throws on one trace's document, every time: the batch is
+// split until that document is alone, which is tried kExceptionTries times and
+// dead-lettered with the exception as its reason; the other traces are
+// delivered, each exception is counted, and the in-flight slot (the only one)
+// is free again for what comes next.
+TEST_F(UpstreamDeliveryTest, AnEncoderThatThrowsOnOneTraceDeadLettersOnlyThatTrace) {
+  HttpServer server;
+  for (const char* id : {"good1", "bad", "good2", "good3"})
+    emit_doc(*store_, id, make_doc(id, 1));
+  std::atomic<uint32_t> bad_alone{0};
+  Options o = options(server.url());
+  o.max_in_flight = 1;
+  o.encode_hook = [&](const std::vector<std::string>& ids) {
+    if (std::find(ids.begin(), ids.end(), "bad") == ids.end()) return;
+    if (ids.size() == 1) ++bad_alone;
+    throw std::runtime_error("injected encoder fault");
+  };
+  Delivery d(*store_, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] {
+    Stats s = d.stats();
+    return drained() && s.deadlettered == 1 && s.traces_delivered == 3 && s.in_flight == 0;
+  }));
+  std::vector<DeadLetter> dl;
+  ASSERT_TRUE(deadletter_list(*store_, &dl).ok());
+  ASSERT_EQ(dl.size(), 1u);
+  EXPECT_EQ(dl[0].trace_ids, std::vector<std::string>{"bad"});
+  EXPECT_EQ(dl[0].http_status, 0);
+  EXPECT_NE(dl[0].reason.find("injected encoder fault"), std::string::npos) << dl[0].reason;
+  EXPECT_NE(dl[0].reason.find("upstream_encode"), std::string::npos) << dl[0].reason;
+  EXPECT_EQ(bad_alone.load(), kExceptionTries);
+  Stats s = d.stats();
+  // The batch of four and the half holding "bad" threw once each, then
+  // "bad" alone kExceptionTries times.
+  EXPECT_EQ(s.internal_errors[static_cast<size_t>(Stage::kEncode)], kExceptionTries + 2);
+  EXPECT_EQ(s.internal_errors[static_cast<size_t>(Stage::kSend)], 0u);
+  EXPECT_EQ(s.internal_errors[static_cast<size_t>(Stage::kDispatch)], 0u);
+  EXPECT_EQ(s.batches_split, 2u);
+  std::multiset<std::string> sent;
+  for (const auto& r : server.requests()) {
+    for (const auto& id : traces_in(r))
+      sent.insert(id);
+  }
+  EXPECT_EQ(sent, (std::multiset<std::string>{"good1#1", "good2#1", "good3#1"}));
+  // The slot was released: the next revision goes out.
+  emit_doc(*store_, "good4", make_doc("good4", 1));
+  ASSERT_TRUE(wait_until([&] { return drained() && d.stats().traces_delivered == 4; }));
+  EXPECT_EQ(d.stats().in_flight, 0u);
+  d.stop();
+  std::vector<std::pair<std::string, std::string>> rows;
+  ASSERT_TRUE(store_->meta_scan(detail::kBatchPrefix, 100, &rows).ok());
+  EXPECT_TRUE(rows.empty());
+}
+
+// An exception that does not recur costs one retry, not the document.
+TEST_F(UpstreamDeliveryTest, AnEncoderExceptionThatPassesIsRetried) {
+  HttpServer server;
+  std::string doc = make_doc("t1", 1);
+  emit_doc(*store_, "t1", doc);
+  std::atomic<int> calls{0};
+  Options o = options(server.url());
+  o.encode_hook = [&](const std::vector<std::string>&) {
+    if (calls++ == 0) throw std::runtime_error("injected once");
+  };
+  Delivery d(*store_, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained() && d.stats().in_flight == 0; }));
+  Stats s = d.stats();
+  EXPECT_EQ(s.traces_delivered, 1u);
+  EXPECT_EQ(s.deadlettered, 0u);
+  EXPECT_EQ(s.internal_errors[static_cast<size_t>(Stage::kEncode)], 1u);
+  EXPECT_EQ(calls.load(), 2);
+  auto reqs = server.requests();
+  ASSERT_EQ(reqs.size(), 1u);
+  EXPECT_EQ(reqs[0].decoded, "{\"traces\":[" + doc + "]}");
 }
 
 // An in-flight batch keeps only its request; when it needs its documents again

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <random>
 
 namespace sidetrace::upstream::detail {
 namespace {
@@ -90,6 +91,48 @@ TEST(UpstreamEncode, BodyEncoderReusedAcrossBodies) {
       }
     }
   }
+}
+
+// gzip hands zlib its input and output space in chunks of at most
+// kZlibMaxChunk bytes (zlib counts in 32 bits); with small chunks, bodies
+// that span many of them, including chunk-sized pieces and pieces one byte
+// either side, compress and decompress whole.
+TEST(UpstreamEncode, GzipInChunksRoundTrips) {
+  std::mt19937_64 rng(7);
+  std::string noise(100'000, '\0');  // incompressible: output grows past chunks too
+  for (char& ch : noise)
+    ch = static_cast<char>(rng());
+  std::string text;
+  while (text.size() < 100'000)
+    text += R"({"traces":[{"x":"yyyyyyyyyyyy"}]})";
+  for (size_t chunk : {size_t{1}, size_t{7}, size_t{4096}, size_t{65537}}) {
+    BodyEncoder enc(chunk);
+    for (size_t len : {size_t{0}, size_t{1}, chunk - 1, chunk, chunk + 1, size_t{100'000}}) {
+      for (const std::string* src : {&noise, &text}) {
+        std::string in = src->substr(0, std::min(len, src->size()));
+        std::string z, back;
+        ASSERT_TRUE(enc.compress(Compression::kGzip, 1, in, &z)) << chunk << " " << len;
+        ASSERT_TRUE(decompress(Compression::kGzip, z, &back, 1u << 30, chunk));
+        EXPECT_EQ(back, in) << "chunk " << chunk << ", length " << len;
+        ASSERT_TRUE(decompress(Compression::kGzip, z, &back));
+        EXPECT_EQ(back, in) << "chunk " << chunk << ", length " << len;
+      }
+    }
+    // The native body: one piece per document and separator.
+    std::vector<std::string_view> docs = {std::string_view(noise).substr(0, 3 * chunk + 1),
+                                          std::string_view(text).substr(0, 5000), "{}"};
+    std::string want, z, back;
+    append_native_body(docs, &want);
+    ASSERT_TRUE(enc.native(Compression::kGzip, 6, docs, &z));
+    ASSERT_TRUE(decompress(Compression::kGzip, z, &back, 1u << 30, chunk));
+    EXPECT_EQ(back, want) << "chunk " << chunk;
+  }
+  // A stream cut short fails in chunks as it does whole.
+  std::string z, back;
+  ASSERT_TRUE(compress(Compression::kGzip, 1, text, &z));
+  z.resize(z.size() / 2);
+  EXPECT_FALSE(decompress(Compression::kGzip, z, &back, 1u << 30, 7));
+  EXPECT_FALSE(decompress(Compression::kGzip, z, &back));
 }
 
 TEST(UpstreamEncode, OtlpIds) {

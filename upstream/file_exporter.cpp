@@ -1,6 +1,8 @@
 // FileExporter: each trace revision as one JSON line in data_dir/traces.jsonl,
 // rotated by size; outbox entries are acked once their lines are flushed and
-// synced.
+// synced. An exception on the writer thread is counted (Stats::internal_errors,
+// Stage::kFile) and handled as a failed write: the file is reopened and the
+// unacknowledged entries are written again after a backoff.
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -18,6 +20,7 @@
 #include "common/rate_limited_log.h"
 #include "common/thread.h"
 #include "upstream/detail/encode.h"
+#include "upstream/detail/policy.h"
 #include "upstream/upstream.h"
 
 namespace sidetrace::upstream {
@@ -152,55 +155,60 @@ struct FileExporter::Impl {
         o = options;
         notified = false;
       }
-      entries.clear();
-      buffer::Status s = store.read_outbox(next, 1024, 4u << 20, &entries);
-      bool ok = s.ok();
-      if (!ok) log.log(spdlog::level::err, "upstream: outbox read failed: " + s.message());
-      if (ok && !entries.empty()) {
-        if (!write_all(entries, o)) {
-          log.log(spdlog::level::err,
-                  fmt::format("upstream: writing {} failed: {}", path, std::strerror(errno)));
-          if (file != nullptr) {
-            std::fclose(file);
-            file = nullptr;
-          }
-          ok = false;
-        } else {
-          std::vector<uint64_t> seqs;
-          size_t events = 0, bytes = 0;
-          for (auto& e : entries) {
-            seqs.push_back(e.seq);
-            events += detail::count_events(e.document);
-            bytes += e.document.size() + 1;
-          }
-          s = store.ack_outbox(seqs);
-          if (!s.ok()) {
-            // The lines are written; acking again later may duplicate them
-            // in the file, never lose them.
-            log.log(spdlog::level::err, "upstream: outbox ack failed: " + s.message());
+      bool ok = false;
+      try {
+        entries.clear();
+        buffer::Status s = store.read_outbox(next, 1024, 4u << 20, &entries);
+        ok = s.ok();
+        if (!ok) log.log(spdlog::level::err, "upstream: outbox read failed: " + s.message());
+        if (ok && !entries.empty()) {
+          if (!write_all(entries, o)) {
+            log.log(spdlog::level::err,
+                    fmt::format("upstream: writing {} failed: {}", path, std::strerror(errno)));
+            close_file();
             ok = false;
           } else {
-            uint64_t now = clock.now_ns();
-            std::lock_guard lock(mu);
-            ++stats.batches_sent;
-            stats.traces_delivered += entries.size();
-            stats.events_delivered += events;
-            stats.bytes_sent += bytes;
-            last_success_mono = clock.mono_ns();
-            next = entries.back().seq + 1;
+            std::vector<uint64_t> seqs;
+            size_t events = 0, bytes = 0;
             for (auto& e : entries) {
-              uint64_t ms = now > e.emitted_ns ? (now - e.emitted_ns) / 1'000'000 : 0;
-              size_t i = 0;
-              while (ms > kLatencyBoundsMs[i])
-                ++i;
-              ++stats.latency_buckets[i];
-              stats.latency_sum_ms += ms;
-              ++stats.latency_count;
+              seqs.push_back(e.seq);
+              events += detail::count_events(e.document);
+              bytes += e.document.size() + 1;
             }
-            failures = 0;
-            continue;  // there may be more
+            s = store.ack_outbox(seqs);
+            if (!s.ok()) {
+              // The lines are written; acking again later may duplicate them
+              // in the file, never lose them.
+              log.log(spdlog::level::err, "upstream: outbox ack failed: " + s.message());
+              ok = false;
+            } else {
+              uint64_t now = clock.now_ns();
+              std::lock_guard lock(mu);
+              ++stats.batches_sent;
+              stats.traces_delivered += entries.size();
+              stats.events_delivered += events;
+              stats.bytes_sent += bytes;
+              last_success_mono = clock.mono_ns();
+              next = entries.back().seq + 1;
+              for (auto& e : entries) {
+                uint64_t ms = now > e.emitted_ns ? (now - e.emitted_ns) / 1'000'000 : 0;
+                size_t i = 0;
+                while (ms > kLatencyBoundsMs[i])
+                  ++i;
+                ++stats.latency_buckets[i];
+                stats.latency_sum_ms += ms;
+                ++stats.latency_count;
+              }
+              failures = 0;
+              continue;  // there may be more
+            }
           }
         }
+      } catch (...) {
+        // A line may have been cut short: reopening removes it (open_file()).
+        internal_error(detail::current_exception_text());
+        close_file();
+        ok = false;
       }
       if (!ok) {
         std::lock_guard lock(mu);
@@ -219,10 +227,25 @@ struct FileExporter::Impl {
             [&] { return stop_requested; });
       }
     }
+    close_file();
+  }
+
+  void close_file() {
     if (file != nullptr) {
       std::fclose(file);
       file = nullptr;
     }
+  }
+
+  // Counts an exception of the writer thread and logs it (rate limited).
+  void internal_error(const std::string& what) {
+    {
+      std::lock_guard lock(mu);
+      ++stats.internal_errors[static_cast<size_t>(Stage::kFile)];
+    }
+    log.log(spdlog::level::err,
+            fmt::format("upstream: internal error ({}): {}; writing again after a backoff",
+                        stage_name(Stage::kFile), what));
   }
 };
 
@@ -249,7 +272,24 @@ void FileExporter::start() {
     }
     m.cv.notify_one();
   });
-  m.thread = std::thread([&m] { run_thread("st-exporter", [&m] { m.run(); }); });
+  m.thread = std::thread([&m] {
+    run_thread("st-exporter", [&m] {
+      // run() handles the exceptions of its writes; one from elsewhere in it
+      // is counted and run() starts over (unacknowledged entries stay in the
+      // outbox).
+      for (;;) {
+        try {
+          m.run();
+          return;
+        } catch (...) {
+          m.internal_error(detail::current_exception_text());
+          m.close_file();
+        }
+        std::unique_lock lock(m.mu);
+        m.cv.wait_for(lock, std::chrono::seconds(1), [&m] { return m.stop_requested; });
+      }
+    });
+  });
   m.running = true;
 }
 

@@ -22,19 +22,29 @@
 // Errors: start() throws std::invalid_argument / std::runtime_error for a bad
 // configuration (unparsable endpoint, unreadable CA or key file, missing API
 // key); nothing else throws. Run-time failures are counted in Stats and logged
-// with a rate limit. The API key is never logged.
+// with a rate limit. An exception inside a running exporter (a bug, an
+// exhausted resource) is caught where its coroutine or thread starts, logged
+// and counted in Stats::internal_errors; the work it interrupted is retried,
+// and a batch that throws every time is set aside (see kExceptionTries). The
+// API key is never logged.
+//
+// Defaults: the values the agent's configuration also has come from
+// config/defaults.h, the one source of both.
 #pragma once
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "buffer/status.h"
 #include "buffer/store.h"
 #include "common/clock.h"
+#include "config/defaults.h"
 
 namespace sidetrace::upstream {
 
@@ -51,29 +61,33 @@ struct Options {
   std::string endpoint;
   Format format = Format::kNative;
   Compression compression = Compression::kGzip;
-  int compression_level = 1;  // gzip 1..9, zstd 1..19; low levels favour throughput
+  // gzip 1..9, zstd 1..19; low levels favour throughput
+  int compression_level = config::defaults::kUpstreamCompressionLevel;
 
   // A batch closes at whichever comes first: this many trace documents, this
   // many document bytes, or its oldest document being this old.
-  size_t batch_max_events = 500;
-  size_t batch_max_bytes = 4u << 20;
-  uint32_t flush_interval_ms = 1000;
+  size_t batch_max_events = config::defaults::kUpstreamBatchMaxEvents;
+  size_t batch_max_bytes = config::defaults::kUpstreamBatchMaxBytes;
+  uint32_t flush_interval_ms = config::defaults::kUpstreamFlushIntervalMs;
 
-  uint32_t max_in_flight = 2;           // concurrent batches = pooled keep-alive connections
-  uint32_t connect_timeout_ms = 5000;   // resolve + connect + TLS handshake
-  uint32_t request_timeout_ms = 30000;  // write request + read response
+  // Concurrent batches = pooled keep-alive connections.
+  uint32_t max_in_flight = config::defaults::kUpstreamMaxInFlight;
+  // Resolve + connect + TLS handshake.
+  uint32_t connect_timeout_ms = config::defaults::kUpstreamConnectTimeoutMs;
+  // Write request + read response.
+  uint32_t request_timeout_ms = config::defaults::kUpstreamRequestTimeoutMs;
 
   // Retries: exponential backoff with full jitter between retry_initial_ms
   // and retry_max_ms. A Retry-After header is honoured up to
   // retry_after_max_ms. retry_deadline_s = 0: retry forever; otherwise a batch
   // still failing after that long goes to the dead-letter store.
-  uint32_t retry_initial_ms = 500;
-  uint32_t retry_max_ms = 60000;
-  uint32_t retry_after_max_ms = 300000;
-  uint32_t retry_deadline_s = 0;
+  uint32_t retry_initial_ms = config::defaults::kUpstreamRetryInitialMs;
+  uint32_t retry_max_ms = config::defaults::kUpstreamRetryMaxMs;
+  uint32_t retry_after_max_ms = config::defaults::kUpstreamRetryAfterMaxMs;
+  uint32_t retry_deadline_s = config::defaults::kUpstreamRetryDeadlineS;
   // While authentication fails (401/403) sending pauses and is probed again
   // this often (and at once on reset_auth() or update_options()).
-  uint32_t auth_probe_interval_ms = 30000;
+  uint32_t auth_probe_interval_ms = config::defaults::kUpstreamAuthProbeIntervalMs;
 
   // TLS (https endpoints). Verification (chain and host name) is on by
   // default against the system CAs, plus `ca_file` when set. SNI is always
@@ -91,16 +105,41 @@ struct Options {
   std::vector<std::pair<std::string, std::string>> headers;  // extra request headers
 
   // Dead-letter store bounds; the oldest records are evicted (and counted).
-  uint64_t deadletter_max_bytes = 64u << 20;
+  uint64_t deadletter_max_bytes = config::defaults::kUpstreamDeadletterMaxBytes;
   uint32_t deadletter_max_count = 10000;
 
   // FileExporter.
-  std::string data_dir;                 // traces.jsonl goes here
-  std::string file_path;                // overrides data_dir/traces.jsonl when set
-  uint64_t file_max_bytes = 64u << 20;  // rotate when the file reaches this size
-  uint32_t file_keep = 5;               // rotated files kept: traces.jsonl.1 .. .N
-  bool print = false;                   // also write every line to stdout
+  std::string data_dir;   // traces.jsonl goes here
+  std::string file_path;  // overrides data_dir/traces.jsonl when set
+  // Rotate when the file reaches this size.
+  uint64_t file_max_bytes = config::defaults::kExporterRotateBytes;
+  // Rotated files kept: traces.jsonl.1 .. .N
+  uint32_t file_keep = config::defaults::kExporterKeepFiles;
+  bool print = false;  // also write every line to stdout
+
+  // Fault injection, for tests only (the agent never sets it): Delivery calls
+  // it on its encoder thread with a batch's trace ids before encoding the
+  // batch; an exception it throws stands for an encoder that fails.
+  std::function<void(const std::vector<std::string>& trace_ids)> encode_hook;
 };
+
+// Where an exporter caught an exception (Stats::internal_errors).
+enum class Stage : size_t {
+  kDispatch,  // Delivery: forming batches, and the other work of its io thread
+  kEncode,    // Delivery: encoding and compressing a request body
+  kSend,      // Delivery: sending a batch, its outcome, acknowledging it
+  kFile,      // FileExporter: writing and acknowledging lines
+  kCount_
+};
+inline constexpr size_t kStageCount = static_cast<size_t>(Stage::kCount_);
+// "upstream_dispatch", "upstream_encode", "upstream_send", "file_exporter".
+std::string_view stage_name(Stage s);
+
+// A single-document batch whose delivery throws this many times is
+// dead-lettered with the exception as its reason; a batch of several
+// documents is split in halves at its first exception, so that a document
+// that throws ends up alone and its neighbours are delivered.
+inline constexpr uint32_t kExceptionTries = 3;
 
 // Delivery-latency histogram bucket upper bounds (emitted_ns -> ack), in ms;
 // the last bucket is unbounded.
@@ -124,7 +163,8 @@ struct Stats {
   uint64_t dropped = 0;             // trace documents lost (only by dead-letter eviction)
   uint64_t spans_rejected = 0;      // OTLP partial_success rejected spans (logged, not retried)
   uint64_t in_flight = 0;           // batches currently being sent or waiting to retry
-  bool auth_failed = false;         // sending is paused on 401/403
+  std::array<uint64_t, kStageCount> internal_errors{};              // exceptions caught, by Stage
+  bool auth_failed = false;                                         // sending is paused on 401/403
   double seconds_since_success = -1;                                // -1: never succeeded
   std::array<uint64_t, kLatencyBoundsMs.size()> latency_buckets{};  // non-cumulative counts
   uint64_t latency_sum_ms = 0;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 namespace sidetrace::upstream::detail {
@@ -337,10 +338,13 @@ std::string_view content_encoding(Compression c) {
   return {};
 }
 
+static_assert(kZlibMaxChunk <= std::numeric_limits<uInt>::max());
+
 struct BodyEncoder::State {
   Compression c = Compression::kNone;
   std::string* out = nullptr;
   size_t used = 0;  // bytes of *out written (kGzip, kZstd)
+  size_t zlib_chunk = kZlibMaxChunk;
   bool failed = false;
   z_stream zs{};
   bool zs_ready = false;
@@ -357,9 +361,22 @@ struct BodyEncoder::State {
     size_t want = std::max({out->capacity(), out->size() * 2, size_t{64} << 10});
     out->resize(want);
   }
+
+  // One deflate() call over the room after `used` (at most zlib_chunk of
+  // it, growing *out when it is full); advances `used`.
+  int deflate_step(int flush) {
+    if (used == out->size()) grow();
+    zs.next_out = reinterpret_cast<Bytef*>(out->data() + used);
+    zs.avail_out = static_cast<uInt>(std::min(out->size() - used, zlib_chunk));
+    int rc = deflate(&zs, flush);
+    used = static_cast<size_t>(reinterpret_cast<char*>(zs.next_out) - out->data());
+    return rc;
+  }
 };
 
-BodyEncoder::BodyEncoder() : s_(std::make_unique<State>()) {}
+BodyEncoder::BodyEncoder(size_t zlib_chunk) : s_(std::make_unique<State>()) {
+  s_->zlib_chunk = std::clamp<size_t>(zlib_chunk, 1, kZlibMaxChunk);
+}
 BodyEncoder::~BodyEncoder() = default;
 
 bool BodyEncoder::begin(Compression c, int level, std::string* out) {
@@ -397,14 +414,17 @@ bool BodyEncoder::add(std::string_view piece) {
       s.out->append(piece);
       return true;
     case Compression::kGzip: {
-      s.zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(piece.data()));
-      s.zs.avail_in = static_cast<uInt>(piece.size());
-      while (s.zs.avail_in > 0) {
-        if (s.used == s.out->size()) s.grow();
-        s.zs.next_out = reinterpret_cast<Bytef*>(s.out->data() + s.used);
-        s.zs.avail_out = static_cast<uInt>(s.out->size() - s.used);
-        int rc = deflate(&s.zs, Z_NO_FLUSH);
-        s.used = s.out->size() - s.zs.avail_out;
+      // The piece goes to zlib in chunks of at most zlib_chunk bytes.
+      size_t given = 0;
+      s.zs.avail_in = 0;
+      while (given < piece.size() || s.zs.avail_in > 0) {
+        if (s.zs.avail_in == 0) {
+          size_t n = std::min(piece.size() - given, s.zlib_chunk);
+          s.zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(piece.data() + given));
+          s.zs.avail_in = static_cast<uInt>(n);
+          given += n;
+        }
+        int rc = s.deflate_step(Z_NO_FLUSH);
         if (rc != Z_OK && rc != Z_BUF_ERROR) {
           s.failed = true;
           return false;
@@ -437,11 +457,7 @@ bool BodyEncoder::finish() {
     s.zs.next_in = nullptr;
     s.zs.avail_in = 0;
     for (;;) {
-      if (s.used == s.out->size()) s.grow();
-      s.zs.next_out = reinterpret_cast<Bytef*>(s.out->data() + s.used);
-      s.zs.avail_out = static_cast<uInt>(s.out->size() - s.used);
-      int rc = deflate(&s.zs, Z_FINISH);
-      s.used = s.out->size() - s.zs.avail_out;
+      int rc = s.deflate_step(Z_FINISH);
       if (rc == Z_STREAM_END) break;
       if (rc != Z_OK && rc != Z_BUF_ERROR) return false;
     }
@@ -492,7 +508,8 @@ bool compress(Compression c, int level, std::string_view in, std::string* out) {
   return true;
 }
 
-bool decompress(Compression c, std::string_view in, std::string* out, size_t limit) {
+bool decompress(Compression c, std::string_view in, std::string* out, size_t limit,
+                size_t zlib_chunk) {
   out->clear();
   if (c == Compression::kNone) {
     if (in.size() > limit) return false;
@@ -519,21 +536,34 @@ bool decompress(Compression c, std::string_view in, std::string* out, size_t lim
   }
   z_stream zs{};
   if (inflateInit2(&zs, 15 + 32) != Z_OK) return false;
-  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
-  zs.avail_in = static_cast<uInt>(in.size());
+  zlib_chunk = std::clamp<size_t>(zlib_chunk, 1, kZlibMaxChunk);
+  size_t given = 0;  // bytes of `in` handed to zlib, in chunks of zlib_chunk
   char buf[65536];
   int rc = Z_OK;
   while (rc == Z_OK) {
+    if (zs.avail_in == 0 && given < in.size()) {
+      size_t n = std::min(in.size() - given, zlib_chunk);
+      zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data() + given));
+      zs.avail_in = static_cast<uInt>(n);
+      given += n;
+    }
     zs.next_out = reinterpret_cast<Bytef*>(buf);
-    zs.avail_out = sizeof(buf);
+    zs.avail_out = static_cast<uInt>(std::min(sizeof(buf), zlib_chunk));
+    uInt room = zs.avail_out;
     rc = inflate(&zs, Z_NO_FLUSH);
-    size_t n = sizeof(buf) - zs.avail_out;
-    if ((rc != Z_OK && rc != Z_STREAM_END) || out->size() + n > limit) {
+    size_t n = room - zs.avail_out;
+    if ((rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR) || out->size() + n > limit) {
       inflateEnd(&zs);
       return false;
     }
     out->append(buf, n);
-    if (rc == Z_OK && n == 0 && zs.avail_in == 0) break;
+    if (rc == Z_BUF_ERROR) {
+      // No progress was possible: the input given ran out before the stream
+      // ended. Only more input can help.
+      if (zs.avail_in > 0 || given == in.size()) break;
+      rc = Z_OK;
+    }
+    if (rc == Z_OK && n == 0 && zs.avail_in == 0 && given == in.size()) break;
   }
   inflateEnd(&zs);
   return rc == Z_STREAM_END;

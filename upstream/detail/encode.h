@@ -27,6 +27,11 @@ bool append_otlp_body(std::span<const std::string_view> docs, std::string* out, 
 // compressor failure.
 bool compress(Compression c, int level, std::string_view in, std::string* out);
 
+// zlib counts the bytes of one call in 32 bits (uInt): gzip input and output
+// are handed to it in pieces of at most this many bytes, so that a body of
+// 4 GiB or more is compressed whole.
+inline constexpr size_t kZlibMaxChunk = UINT32_MAX;
+
 // Builds request bodies one after another, keeping its compressor state
 // between them, and writing into the capacity *out already has: a fresh
 // deflate state, an uncompressed copy of the body and a new output buffer
@@ -37,7 +42,9 @@ bool compress(Compression c, int level, std::string_view in, std::string* out);
 // Thread safety: none; one encoder per thread (it is not shared).
 class BodyEncoder {
  public:
-  BodyEncoder();
+  // `zlib_chunk` (at most kZlibMaxChunk; smaller in tests) bounds the bytes
+  // of input and of output space given to one zlib call.
+  explicit BodyEncoder(size_t zlib_chunk = kZlibMaxChunk);
   ~BodyEncoder();
   BodyEncoder(const BodyEncoder&) = delete;
   BodyEncoder& operator=(const BodyEncoder&) = delete;
@@ -57,7 +64,9 @@ class BodyEncoder {
   std::unique_ptr<State> s_;
 };
 // The inverse (for tests and the benchmark server); bounded by `limit` bytes.
-bool decompress(Compression c, std::string_view in, std::string* out, size_t limit = 1u << 30);
+// `zlib_chunk` as for BodyEncoder.
+bool decompress(Compression c, std::string_view in, std::string* out, size_t limit = 1u << 30,
+                size_t zlib_chunk = kZlibMaxChunk);
 // The Content-Encoding value, empty for kNone.
 std::string_view content_encoding(Compression c);
 

@@ -4,8 +4,50 @@
 #include <charconv>
 #include <ctime>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
+
+#include "upstream/upstream.h"
+
+namespace sidetrace::upstream {
+
+std::string_view stage_name(Stage s) {
+  switch (s) {
+    case Stage::kDispatch:
+      return "upstream_dispatch";
+    case Stage::kEncode:
+      return "upstream_encode";
+    case Stage::kSend:
+      return "upstream_send";
+    case Stage::kFile:
+      return "file_exporter";
+    case Stage::kCount_:
+      break;
+  }
+  return "unknown";
+}
+
+}  // namespace sidetrace::upstream
 
 namespace sidetrace::upstream::detail {
+
+std::string current_exception_text() {
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "unknown exception";
+  }
+}
+
+std::string exception_text(std::exception_ptr e) {
+  if (!e) return {};
+  try {
+    std::rethrow_exception(e);
+  } catch (...) {
+    return current_exception_text();
+  }
+}
 
 const char* to_string(OutcomeKind k) {
   switch (k) {

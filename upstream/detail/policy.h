@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
 #include <optional>
 #include <random>
 #include <string>
@@ -45,5 +46,11 @@ uint64_t backoff_ms(uint32_t attempt, uint64_t initial_ms, uint64_t max_ms, std:
 // rejectedSpans of an OTLP partial_success response body (0 when absent or
 // the body is not JSON).
 uint64_t otlp_rejected_spans(std::string_view body, std::string* message);
+
+// The text of the exception being handled (what() of a std::exception, else
+// "unknown exception"). Call only inside a catch handler.
+std::string current_exception_text();
+// The text of `e` (as current_exception_text()); "" for a null pointer.
+std::string exception_text(std::exception_ptr e);
 
 }  // namespace sidetrace::upstream::detail

@@ -1,0 +1,34 @@
+// Built-in defaults of the keys whose values a component's own options also
+// carry. Config takes its defaults from here, and so do the component's
+// option structs (upstream::Options), so that a component built from its
+// options alone (tests, benchmarks) behaves as the agent does by default.
+// The agent itself always passes every value from Config (agent/wiring.cpp).
+//
+// Dependency-free: components include it through the config_defaults target
+// without linking the config library.
+#pragma once
+
+#include <cstdint>
+
+namespace sidetrace::config::defaults {
+
+// [upstream]
+inline constexpr int kUpstreamCompressionLevel = 1;
+inline constexpr uint32_t kUpstreamBatchMaxEvents = 2000;
+inline constexpr uint64_t kUpstreamBatchMaxBytes = 4ull << 20;
+inline constexpr uint32_t kUpstreamFlushIntervalMs = 200;
+inline constexpr uint32_t kUpstreamMaxInFlight = 4;
+inline constexpr uint32_t kUpstreamConnectTimeoutMs = 5000;
+inline constexpr uint32_t kUpstreamRequestTimeoutMs = 30000;
+inline constexpr uint32_t kUpstreamRetryInitialMs = 500;
+inline constexpr uint32_t kUpstreamRetryMaxMs = 60000;
+inline constexpr uint32_t kUpstreamRetryDeadlineS = 0;
+inline constexpr uint32_t kUpstreamRetryAfterMaxMs = 300000;
+inline constexpr uint32_t kUpstreamAuthProbeIntervalMs = 30000;
+inline constexpr uint64_t kUpstreamDeadletterMaxBytes = 256ull << 20;
+
+// [exporter]
+inline constexpr uint64_t kExporterRotateBytes = 64ull << 20;
+inline constexpr uint32_t kExporterKeepFiles = 5;
+
+}  // namespace sidetrace::config::defaults
