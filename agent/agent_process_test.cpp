@@ -30,25 +30,15 @@
 #include <boost/asio/write.hpp>
 
 #include "agent/admin.h"
+#include "common/wait_until.h"
 
 namespace fs = std::filesystem;
+using sidetrace::wait_until;
 using namespace std::chrono_literals;
 
 namespace {
 
 const char* kBin = SIDETRACE_BIN;
-
-bool wait_until(const std::function<bool()>& cond, std::chrono::milliseconds limit = 15s,
-                std::chrono::microseconds interval = 2ms) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (cond()) return true;
-    std::this_thread::yield();
-    // A poll interval, not a wait for an outcome.
-    ::usleep(static_cast<useconds_t>(interval.count()));
-  }
-  return cond();
-}
 
 std::string slurp(const fs::path& p) {
   std::ifstream in(p);

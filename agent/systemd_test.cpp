@@ -32,22 +32,15 @@
 #include <thread>
 #include <vector>
 
+#include "common/wait_until.h"
 #include "config/config.h"
 
 namespace fs = std::filesystem;
+using sidetrace::wait_until;
 namespace sd = sidetrace::agent::systemd;
 using namespace std::chrono_literals;
 
 namespace {
-
-bool wait_until(const std::function<bool()>& cond, std::chrono::milliseconds limit = 15s) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (cond()) return true;
-    ::usleep(2000);  // a poll interval, not a wait for an outcome
-  }
-  return cond();
-}
 
 std::string slurp(const fs::path& p) {
   std::ifstream in(p);

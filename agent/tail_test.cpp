@@ -17,21 +17,13 @@
 
 #include "agent/admin.h"
 #include "agent/viewer.h"
+#include "common/wait_until.h"
 
 namespace sidetrace::agent {
 namespace {
 
 using json = nlohmann::json;
 using namespace std::chrono_literals;
-
-bool wait_until(const std::function<bool()>& cond, std::chrono::milliseconds limit = 10s) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (cond()) return true;
-    ::usleep(2000);  // a poll interval, not a wait for an outcome
-  }
-  return cond();
-}
 
 // An ostream target that one thread writes while another reads.
 class SharedText : public std::streambuf {

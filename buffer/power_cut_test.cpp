@@ -24,6 +24,7 @@
 #include "buffer/testing/power_cut_fs.h"
 #include "buffer/testing/temp_dir.h"
 #include "buffer/writer.h"
+#include "common/wait_until.h"
 
 namespace sidetrace::buffer {
 namespace {
@@ -34,16 +35,6 @@ using testing::TempDir;
 int cycles() {
   const char* v = std::getenv("SIDETRACE_POWER_CUTS");
   return v ? std::atoi(v) : 20;
-}
-
-template <typename F>
-bool eventually(F&& cond, std::chrono::seconds limit = std::chrono::seconds(20)) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (cond()) return true;
-    std::this_thread::yield();
-  }
-  return cond();
 }
 
 // The messages the writer reported persisted.
@@ -138,9 +129,9 @@ Outcome power_cuts(SyncMode sync, int n) {
     // After a while under load, the power goes off between a write and
     // its sync.
     const size_t target = persisted.size() + 50 + rng() % 1000;
-    EXPECT_TRUE(eventually([&] { return persisted.size() >= target; }));
+    EXPECT_TRUE(wait_until([&] { return persisted.size() >= target; }));
     fs->cut_after_writes(1 + static_cast<int>(rng() % 4));
-    EXPECT_TRUE(eventually([&] { return fs->is_off(); }));
+    EXPECT_TRUE(wait_until([&] { return fs->is_off(); }));
     fs->cut();  // in case the writes did not come
     stop = true;
     producer.join();

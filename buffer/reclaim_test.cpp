@@ -13,22 +13,13 @@
 #include <thread>
 
 #include "buffer/testing/temp_dir.h"
+#include "common/wait_until.h"
 
 namespace sidetrace::buffer {
 namespace {
 
 namespace fs = std::filesystem;
 using testing::TempDir;
-
-template <typename F>
-bool eventually(F&& cond, std::chrono::seconds limit = std::chrono::seconds(10)) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (cond()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));  // a poll interval
-  }
-  return cond();
-}
 
 // Writes `bytes` of data to `path`, then preallocates `extra` bytes past its
 // end as RocksDB does for WAL files (FALLOC_FL_KEEP_SIZE).
@@ -73,7 +64,7 @@ TEST_F(ReclaimTest, AWalFileIsMovedAsideAndFreedInStepsPreallocationIncluded) {
 
   ASSERT_TRUE(rfs.DeleteFile(wal.string(), io_, nullptr).ok());
   EXPECT_FALSE(fs::exists(wal)) << "the name must be gone when DeleteFile returns";
-  ASSERT_TRUE(eventually([&] { return rfs.stats().reclaimed_files == 1; }));
+  ASSERT_TRUE(wait_until([&] { return rfs.stats().reclaimed_files == 1; }));
   ReclaimStats st = rfs.stats();
   EXPECT_EQ(st.deferred_files, 1u);
   EXPECT_GE(st.reclaimed_bytes, 2u << 20);
@@ -92,7 +83,7 @@ TEST_F(ReclaimTest, AStepLargerThanTheFileFreesItInOne) {
   ReclaimingFileSystem rfs(rocksdb::FileSystem::Default(), options(dir_, UINT64_MAX));
   rfs.start();
   ASSERT_TRUE(rfs.DeleteFile(wal.string(), io_, nullptr).ok());
-  ASSERT_TRUE(eventually([&] { return rfs.stats().reclaimed_files == 1; }));
+  ASSERT_TRUE(wait_until([&] { return rfs.stats().reclaimed_files == 1; }));
   EXPECT_EQ(rfs.stats().steps, 1u);
   EXPECT_GE(rfs.stats().reclaimed_bytes, 2u << 20);
 }
@@ -112,7 +103,7 @@ TEST_F(ReclaimTest, TableFilesAreDeferredAndOtherFilesDeletedAtOnce) {
   ASSERT_TRUE(rfs.DeleteFile(sst.string(), io_, nullptr).ok());
   EXPECT_FALSE(fs::exists(sst));
   EXPECT_EQ(rfs.stats().deferred_files, 1u);
-  EXPECT_TRUE(eventually([&] { return empty_dir(dir_.path() / "reclaim"); }));
+  EXPECT_TRUE(wait_until([&] { return empty_dir(dir_.path() / "reclaim"); }));
 }
 
 TEST_F(ReclaimTest, DeletingAMissingFileFails) {
@@ -135,7 +126,7 @@ TEST_F(ReclaimTest, FilesLeftByAnEarlierRunAreReclaimedOnlyOnceStarted) {
   EXPECT_EQ(rfs.stats().pending_files, 1u);
   EXPECT_TRUE(fs::exists(left));
   rfs.start();
-  EXPECT_TRUE(eventually([&] { return rfs.stats().reclaimed_files == 2; }));
+  EXPECT_TRUE(wait_until([&] { return rfs.stats().reclaimed_files == 2; }));
   EXPECT_EQ(rfs.stats().deferred_files, 2u);  // each once
   EXPECT_EQ(rfs.stats().errors, 0u);
   EXPECT_TRUE(empty_dir(dir_.path() / "reclaim"));
@@ -150,7 +141,7 @@ TEST_F(ReclaimTest, AFileWithAnotherLinkKeepsItsData) {
   rfs.start();
 
   ASSERT_TRUE(rfs.DeleteFile(sst.string(), io_, nullptr).ok());
-  ASSERT_TRUE(eventually([&] { return rfs.stats().reclaimed_files == 1; }));
+  ASSERT_TRUE(wait_until([&] { return rfs.stats().reclaimed_files == 1; }));
   EXPECT_EQ(fs::file_size(copy), 512u << 10);
   EXPECT_EQ(rfs.stats().steps, 0u);
 }
@@ -183,7 +174,7 @@ TEST_F(ReclaimTest, AboveTheHurryMarkStepsDoNotPause) {
   fs::path f = dir_.path() / "000200.log";
   make_file(f, 1 << 20);
   ASSERT_TRUE(rfs.DeleteFile(f.string(), io_, nullptr).ok());
-  EXPECT_TRUE(eventually([&] { return rfs.stats().reclaimed_files == 1; }));
+  EXPECT_TRUE(wait_until([&] { return rfs.stats().reclaimed_files == 1; }));
 }
 
 TEST_F(ReclaimTest, OnAFilesystemShortOfSpaceStepsDoNotPause) {
@@ -195,7 +186,7 @@ TEST_F(ReclaimTest, OnAFilesystemShortOfSpaceStepsDoNotPause) {
   fs::path f = dir_.path() / "000201.log";
   make_file(f, 1 << 20);
   ASSERT_TRUE(rfs.DeleteFile(f.string(), io_, nullptr).ok());
-  EXPECT_TRUE(eventually([&] { return rfs.stats().reclaimed_files == 1; }));
+  EXPECT_TRUE(wait_until([&] { return rfs.stats().reclaimed_files == 1; }));
 }
 
 }  // namespace

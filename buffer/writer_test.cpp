@@ -11,6 +11,7 @@
 #include "buffer/testing/fault_env.h"
 #include "buffer/testing/held_transform.h"
 #include "buffer/testing/temp_dir.h"
+#include "common/wait_until.h"
 #include "ipc/event.h"
 #include "ipc/redact.h"
 #include "ipc/test_support.h"
@@ -31,16 +32,6 @@ ipc::MessageBatch batch(const std::string& trace_id, int n, size_t size = 100) {
     b.push_back(std::move(m));
   }
   return b;
-}
-
-template <typename F>
-bool eventually(F&& cond, std::chrono::seconds limit = std::chrono::seconds(10)) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (cond()) return true;
-    std::this_thread::yield();
-  }
-  return cond();
 }
 
 // A store with SyncMode::kOs in `dir`; null if it does not open.
@@ -120,7 +111,7 @@ TEST(WriterTest, DropNewestCountsRefusals) {
     auto b = batch("t", 1, 1000);
     ASSERT_TRUE(q.try_push(b, 1));
     // One message per group: wait until each is handled.
-    ASSERT_TRUE(eventually([&] {
+    ASSERT_TRUE(wait_until([&] {
       auto s = w.stats();
       return s.persisted + s.dropped_full == static_cast<uint64_t>(i + 1);
     }));
@@ -164,20 +155,20 @@ TEST_F(FullDiskWriterTest, FullDiskDropsCountedAndResumesByItself) {
     ASSERT_TRUE(q.try_push(b, 1));
   };
   push("before");
-  ASSERT_TRUE(eventually([&] { return w.stats().persisted == 10; }));
+  ASSERT_TRUE(wait_until([&] { return w.stats().persisted == 10; }));
 
   fs->set_full(true);
   push("during");
-  ASSERT_TRUE(eventually([&] { return w.stats().dropped_no_space >= 10; }));
+  ASSERT_TRUE(wait_until([&] { return w.stats().dropped_no_space >= 10; }));
   EXPECT_TRUE(w.stats().degraded);
   EXPECT_GT(fs->failures(), 0u);
   for (int i = 0; i < 5; ++i)
     push("during");
-  ASSERT_TRUE(eventually([&] { return w.stats().dropped_no_space == 60; }));
+  ASSERT_TRUE(wait_until([&] { return w.stats().dropped_no_space == 60; }));
 
   fs->set_full(false);
   // Writing resumes by itself: keep offering until a message is persisted.
-  ASSERT_TRUE(eventually([&] {
+  ASSERT_TRUE(wait_until([&] {
     if (q.size() == 0) push("after");
     return w.stats().persisted > 10;
   }));
@@ -212,9 +203,9 @@ TEST_F(FullDiskWriterTest, ResumesAStoreThatFailedElsewhereWhileIdle) {
   fs->set_full(true);
   EXPECT_FALSE(store->meta_put("k", "v").ok());
   EXPECT_TRUE(store->needs_resume());
-  ASSERT_TRUE(eventually([&] { return w.stats().degraded; }));
+  ASSERT_TRUE(wait_until([&] { return w.stats().degraded; }));
   fs->set_full(false);
-  ASSERT_TRUE(eventually([&] { return !store->needs_resume() && !w.stats().degraded; }));
+  ASSERT_TRUE(wait_until([&] { return !store->needs_resume() && !w.stats().degraded; }));
   EXPECT_TRUE(store->meta_put("k", "v").ok());
   EXPECT_EQ(w.stats().persisted, 0u);
   w.stop();
@@ -350,8 +341,8 @@ TEST(WriterTest, ReportsHowLongItHasBeenBusyWithAGroup) {
   clock.advance(std::chrono::seconds(90));
   EXPECT_EQ(w.stats().busy_ns, 90'000'000'000u);
   held.release();
-  ASSERT_TRUE(eventually([&] { return w.stats().persisted == 1; }));
-  EXPECT_TRUE(eventually([&] { return w.stats().busy_ns == 0; }));
+  ASSERT_TRUE(wait_until([&] { return w.stats().persisted == 1; }));
+  EXPECT_TRUE(wait_until([&] { return w.stats().busy_ns == 0; }));
   w.stop();
 }
 
@@ -374,8 +365,8 @@ TEST(WriterTest, WatermarkIsNowWhenIdleAndTheLastGroupDoneWithWhenBusy) {
   first[0].recv_ns = 100;
   first[1].recv_ns = 200;
   ASSERT_TRUE(q.try_push(first, 2));
-  ASSERT_TRUE(eventually([&] { return w.stats().persisted == 2; }));
-  ASSERT_TRUE(eventually([&] { return w.watermark_ns(5'000) == 5'000u; }));
+  ASSERT_TRUE(wait_until([&] { return w.stats().persisted == 2; }));
+  ASSERT_TRUE(wait_until([&] { return w.watermark_ns(5'000) == 5'000u; }));
 
   hold.store(true);
   auto second = batch("t", 1);
@@ -385,8 +376,8 @@ TEST(WriterTest, WatermarkIsNowWhenIdleAndTheLastGroupDoneWithWhenBusy) {
   EXPECT_EQ(w.watermark_ns(5'000), 200u) << "busy: what was received after 200 may be on its way";
   EXPECT_EQ(w.watermark_ns(150), 150u) << "never past now";
   held.release();
-  ASSERT_TRUE(eventually([&] { return w.stats().persisted == 3; }));
-  EXPECT_TRUE(eventually([&] { return w.watermark_ns(5'000) == 5'000u; }));
+  ASSERT_TRUE(wait_until([&] { return w.stats().persisted == 3; }));
+  EXPECT_TRUE(wait_until([&] { return w.watermark_ns(5'000) == 5'000u; }));
   w.stop();
 }
 
@@ -410,7 +401,7 @@ TEST(WriterTest, CommitDelayLetsMessagesArrivingOneByOneShareACommit) {
     b[0].recv_ns = clock.now_ns();
     ASSERT_TRUE(q.try_push(b, 100));
   }
-  ASSERT_TRUE(eventually([&] { return w.stats().persisted == 3; }));
+  ASSERT_TRUE(wait_until([&] { return w.stats().persisted == 3; }));
   EXPECT_EQ(w.stats().commits, 1u);
   // A message already older than the delay is committed without waiting
   // for company, and commit_bytes in the queue end a wait early: both
@@ -423,12 +414,12 @@ TEST(WriterTest, CommitDelayLetsMessagesArrivingOneByOneShareACommit) {
   auto old = batch("u", 1);
   old[0].recv_ns = clock.now_ns() - 2 * 3'600'000'000'000ull;
   ASSERT_TRUE(q2.try_push(old, 100));
-  ASSERT_TRUE(eventually([&] { return w2.stats().persisted == 1; }));
+  ASSERT_TRUE(wait_until([&] { return w2.stats().persisted == 1; }));
   auto first = batch("v", 1);
   first[0].recv_ns = clock.now_ns();
   ASSERT_TRUE(q2.try_push(first, 100));
   ASSERT_TRUE(q2.try_push(batch("v", 3, 1000), 3000));
-  ASSERT_TRUE(eventually([&] { return w2.stats().persisted == 5; }));
+  ASSERT_TRUE(wait_until([&] { return w2.stats().persisted == 5; }));
   w2.stop();
   w.stop();
 }

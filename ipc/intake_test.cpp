@@ -19,6 +19,7 @@
 #include <set>
 #include <thread>
 
+#include "common/wait_until.h"
 #include "ipc/test_support.h"
 
 namespace sidetrace::ipc {
@@ -26,16 +27,6 @@ namespace {
 
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
-
-// Polls `cond` until it holds or the deadline passes.
-bool eventually(const std::function<bool()>& cond, std::chrono::milliseconds limit = 10s) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!cond()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::yield();
-  }
-  return true;
-}
 
 sockaddr_un unix_addr(const std::string& path) {
   sockaddr_un a{};
@@ -215,13 +206,13 @@ TEST_P(IntakeTest, EveryKindThroughEveryTransport) {
   for (size_t k : per_kind)
     EXPECT_EQ(k, 3u);
   for (auto t : {Transport::kUnixStream, Transport::kUnixDgram, Transport::kUdp}) {
-    EXPECT_TRUE(eventually([&] { return st(t).accepted == 5; })) << transport_name(t);
+    EXPECT_TRUE(wait_until([&] { return st(t).accepted == 5; })) << transport_name(t);
     EXPECT_EQ(st(t).received.load(), 5u);
     EXPECT_EQ(st(t).bytes.load(), all.size());
   }
   EXPECT_EQ(st(Transport::kUnixDgram).datagrams.load(), 1u);
   EXPECT_EQ(st(Transport::kUdp).datagrams.load(), 1u);
-  EXPECT_TRUE(eventually([&] { return st(Transport::kUnixStream).connections_open == 0; }));
+  EXPECT_TRUE(wait_until([&] { return st(Transport::kUnixStream).connections_open == 0; }));
   EXPECT_EQ(st(Transport::kUnixStream).connections_total.load(), 1u);
 }
 
@@ -313,7 +304,7 @@ TEST_P(IntakeTest, FloodOfOversizedAndRandomBytesLeavesTheIntakeServing) {
   for (auto& t : flooders)
     t.join();
   const auto& s = st(Transport::kUnixStream);
-  EXPECT_TRUE(eventually([&] { return s.connections_open == 0; }));
+  EXPECT_TRUE(wait_until([&] { return s.connections_open == 0; }));
   EXPECT_GE(s.rejected_of(Reject::kTooLarge), 20u);  // every oversized message counted
   EXPECT_EQ(st(Transport::kUdp).datagrams.load(), 51u);
   EXPECT_GE(st(Transport::kUdp).rejected_of(Reject::kTooLarge), 1u);
@@ -419,17 +410,17 @@ TEST_P(IntakeTest, FullQueuePausesDatagramReceiversUntilThereIsRoom) {
   ::close(fd);
   const auto& udp = st(Transport::kUdp);
   const auto& dgram = st(Transport::kUnixDgram);
-  EXPECT_TRUE(eventually([&] { return dgram.backpressure_pauses > 0; }));
+  EXPECT_TRUE(wait_until([&] { return dgram.backpressure_pauses > 0; }));
   // Draining the queue lets the receivers go on until the sockets are empty.
   size_t taken = 0;
-  ASSERT_TRUE(eventually([&] {
+  ASSERT_TRUE(wait_until([&] {
     taken += take(1000, 20ms).size();
     return dgram.accepted == dgram_taken;
   })) << "dgram accepted="
       << dgram.accepted << " of " << dgram_taken;
   // The kernel reports its drop count with the next datagram read: one more.
   send_udp(intake_->udp_port(), msg(kN));
-  ASSERT_TRUE(eventually([&] {
+  ASSERT_TRUE(wait_until([&] {
     taken += take(1000, 20ms).size();
     return udp.accepted + udp.kernel_drops == static_cast<uint64_t>(kN + 1);
   })) << "udp accepted="
@@ -454,13 +445,13 @@ TEST_P(IntakeTest, FullQueuePausesAStreamWithoutLosingAnything) {
     ::close(fd);
   });
   const auto& s = st(Transport::kUnixStream);
-  ASSERT_TRUE(eventually([&] { return s.backpressure_pauses > 0; }));
+  ASSERT_TRUE(wait_until([&] { return s.backpressure_pauses > 0; }));
   auto got = take(kN);
   sender.join();
   ASSERT_EQ(got.size(), static_cast<size_t>(kN));
   for (int i = 0; i < kN; ++i)
     EXPECT_EQ(got[static_cast<size_t>(i)].raw, msg(static_cast<uint64_t>(i)));
-  EXPECT_TRUE(eventually([&] { return s.accepted == static_cast<uint64_t>(kN); }));
+  EXPECT_TRUE(wait_until([&] { return s.accepted == static_cast<uint64_t>(kN); }));
   EXPECT_EQ(s.queue_full_drops.load(), 0u);
 }
 
@@ -475,7 +466,7 @@ TEST_P(IntakeTest, RejectionsAreCountedPerReason) {
   send_udp(intake_->udp_port(), msg(1) + "\xc1");
   const auto& s = st(Transport::kUdp);
   // `accepted` is counted once the batch is queued, after `received`.
-  ASSERT_TRUE(eventually([&] { return s.received == 5 && s.accepted == 1; }));
+  ASSERT_TRUE(wait_until([&] { return s.received == 5 && s.accepted == 1; }));
   EXPECT_EQ(s.rejected_of(Reject::kNotMap), 1u);
   EXPECT_EQ(s.rejected_of(Reject::kBadVersion), 1u);
   EXPECT_EQ(s.rejected_of(Reject::kBadKind), 1u);
@@ -490,7 +481,7 @@ TEST_P(IntakeTest, EmptyDatagramsAndMessagesCutByADisconnectAreCounted) {
   send_udp(intake_->udp_port(), "");
   send_udp(intake_->udp_port(), msg(1));
   const auto& u = st(Transport::kUdp);
-  ASSERT_TRUE(eventually([&] { return u.received == 2 && u.accepted == 1; }));
+  ASSERT_TRUE(wait_until([&] { return u.received == 2 && u.accepted == 1; }));
   EXPECT_EQ(u.rejected_of(Reject::kMalformed), 1u);
   ASSERT_EQ(take(1).size(), 1u);  // the valid datagram, out of the queue
 
@@ -500,7 +491,7 @@ TEST_P(IntakeTest, EmptyDatagramsAndMessagesCutByADisconnectAreCounted) {
   ASSERT_EQ(take(1).size(), 1u);
   ::close(fd);
   const auto& s = st(Transport::kUnixStream);
-  ASSERT_TRUE(eventually([&] { return s.rejected_of(Reject::kMalformed) == 1; }));
+  ASSERT_TRUE(wait_until([&] { return s.rejected_of(Reject::kMalformed) == 1; }));
   EXPECT_EQ(s.received.load(), 2u);
   EXPECT_EQ(s.accepted.load(), 1u);
 }
@@ -516,7 +507,7 @@ TEST_P(IntakeTest, AStreamMessagePastThePartialMemoryBoundIsSkippedAndCounted) {
   ASSERT_EQ(got.size(), 2u);
   const auto& s = st(Transport::kUnixStream);
   // Counted just after the queue took them.
-  ASSERT_TRUE(eventually([&] { return s.rejected_of(Reject::kNoMemory) == 1 && s.accepted == 2; }));
+  ASSERT_TRUE(wait_until([&] { return s.rejected_of(Reject::kNoMemory) == 1 && s.accepted == 2; }));
   EXPECT_EQ(s.connections_open.load(), 1u);  // the connection goes on
   ::close(fd);
 }
@@ -529,7 +520,7 @@ TEST_P(IntakeTest, AnIdleStreamIsClosedAfterReadingWhatItSent) {
   write_all(fd, msg(1));
   ASSERT_EQ(take(1).size(), 1u);
   const auto& s = st(Transport::kUnixStream);
-  ASSERT_TRUE(eventually([&] { return s.closed_idle == 1 && s.connections_open == 0; }));
+  ASSERT_TRUE(wait_until([&] { return s.closed_idle == 1 && s.connections_open == 0; }));
   // The sender learns at once: its next write fails instead of vanishing.
   const std::string m = msg(2);
   EXPECT_LT(::send(fd, m.data(), m.size(), MSG_NOSIGNAL), 0);
@@ -537,7 +528,7 @@ TEST_P(IntakeTest, AnIdleStreamIsClosedAfterReadingWhatItSent) {
   ::close(fd);
   // A connection that keeps sending stays open past the timeout.
   int busy = connect_unix(o.unix_stream);
-  ASSERT_TRUE(eventually([&] { return s.connections_open == 1; }));
+  ASSERT_TRUE(wait_until([&] { return s.connections_open == 1; }));
   const auto until = std::chrono::steady_clock::now() + 5 * o.idle_timeout / 2;
   size_t sent = 0;
   while (std::chrono::steady_clock::now() < until) {
@@ -555,9 +546,9 @@ TEST_P(IntakeTest, ConnectionsOverTheLimitAreRefused) {
   start(o);
   int a = connect_unix(o.unix_stream), b = connect_unix(o.unix_stream);
   const auto& s = st(Transport::kUnixStream);
-  ASSERT_TRUE(eventually([&] { return s.connections_open == 2; }));
+  ASSERT_TRUE(wait_until([&] { return s.connections_open == 2; }));
   int c = connect_unix(o.unix_stream);
-  ASSERT_TRUE(eventually([&] { return s.connections_refused == 1; }));
+  ASSERT_TRUE(wait_until([&] { return s.connections_refused == 1; }));
   char ch;
   pollfd p{c, POLLIN, 0};
   ASSERT_EQ(::poll(&p, 1, 10000), 1);
@@ -663,7 +654,7 @@ TEST_F(IntakeReadDelayTest, WithoutADelayEachDatagramIsReadAtOnce) {
   for (uint64_t i = 1; i <= 5; ++i) {
     send_dgram(opts_.unix_dgram, msg(i));
     // Far below the delay of the other tests: no timer stands in between.
-    ASSERT_TRUE(eventually([&] { return s.accepted == i; }, 900ms)) << "datagram " << i;
+    ASSERT_TRUE(wait_until([&] { return s.accepted == i; }, 900ms)) << "datagram " << i;
   }
   EXPECT_EQ(s.reads.load(), 5u);
   auto batches = take_batches(5);
@@ -684,13 +675,13 @@ TEST_F(IntakeReadDelayTest, AReadOfHalfABatchDoesNotLinger) {
   start(o);
   const auto& s = st(Transport::kUdp);
   send_udp(intake_->udp_port(), msg(0));
-  ASSERT_TRUE(eventually([&] { return s.accepted == 1; }));
+  ASSERT_TRUE(wait_until([&] { return s.accepted == 1; }));
   for (uint64_t i = 1; i <= 4; ++i)
     send_udp(intake_->udp_port(), msg(i));  // read together after the linger
-  ASSERT_TRUE(eventually([&] { return s.accepted == 5; }));
+  ASSERT_TRUE(wait_until([&] { return s.accepted == 5; }));
   EXPECT_EQ(s.reads.load(), 2u);
   send_udp(intake_->udp_port(), msg(5));
-  ASSERT_TRUE(eventually([&] { return s.accepted == 6; }, 900ms));
+  ASSERT_TRUE(wait_until([&] { return s.accepted == 6; }, 900ms));
   EXPECT_EQ(s.reads.load(), 3u);
 }
 
@@ -718,7 +709,7 @@ TEST_F(IntakeReadDelayTest, StreamWritesDuringTheDelayAreReadTogether) {
   EXPECT_EQ(s.reads.load(), 2u);
   // A close while the connection lingers is seen at its next read.
   ::close(fd);
-  EXPECT_TRUE(eventually([&] { return s.connections_open == 0; }));
+  EXPECT_TRUE(wait_until([&] { return s.connections_open == 0; }));
   EXPECT_EQ(s.rejected_total(), 0u);
 }
 

@@ -19,6 +19,8 @@
 #include <utility>
 #include <vector>
 
+#include "common/wait_until.h"
+
 namespace sidetrace::upstream::testing {
 
 struct RecordedRequest {
@@ -85,8 +87,7 @@ class HttpServer {
   friend struct Impl;
 };
 
-// Polls `pred` every millisecond until it holds or `timeout` passes.
-bool wait_until(const std::function<bool()>& pred,
-                std::chrono::milliseconds timeout = std::chrono::seconds(10));
+// Tests of upstream/ wait with the common helper.
+using sidetrace::wait_until;
 
 }  // namespace sidetrace::upstream::testing
