@@ -242,6 +242,23 @@ test('reconnects after the agent restarts', async () => {
   assert.ok(c.stats().connects >= 2);
 });
 
+test('a batch sent after the agent closed the connection goes out on a new one', async () => {
+  const a = await agent('unix', 'idle.sock');
+  const c = client({ endpoint: a.endpoint });
+  const trace = c.trace();
+  trace.send({ input: 'first' });
+  assert.equal(await c.flush(2000), true);
+  assert.ok(await a.waitCount(2));
+  a.dropConnections();
+  assert.ok(await waitUntil(() => a._conns.size === 0));
+  trace.send({ input: 'second' });
+  assert.equal(await c.flush(2000), true);
+  assert.ok(await a.waitCount(3));
+  assert.equal(a.messages[2].input, 'second');
+  assert.equal(c.stats().droppedSendError, 0);
+  assert.equal(a.connections, 2);
+});
+
 test('values msgpack cannot encode are sent as strings', async () => {
   const a = await agent('unix');
   const c = client({ endpoint: a.endpoint });

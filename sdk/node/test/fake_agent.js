@@ -67,6 +67,12 @@ class FakeAgent {
     return waitUntil(() => this.messages.length >= n, timeoutMs);
   }
 
+  // Closes every connection and goes on listening, as the agent does with a
+  // connection left idle.
+  dropConnections() {
+    for (const c of this._conns) c.destroy();
+  }
+
   async close() {
     for (const c of this._conns) c.destroy();
     await new Promise((r) => this.server.close(() => r()));
