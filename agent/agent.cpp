@@ -197,9 +197,8 @@ void Agent::Impl::start() {
   }
   redactor.store(make_redactor(cfg));
   writer = std::make_unique<buffer::Writer>(
-      *store, *queue,
-      [a = assembler.get()](std::span<const buffer::Committed> c) { a->on_committed(c); }, clock,
-      writer_opts);
+      *store, *queue, [a = assembler.get()](std::span<buffer::Committed> c) { a->on_committed(c); },
+      clock, writer_opts);
   exporter = upstream::make_exporter(*store, upstream_options(cfg), clock);
 
   assembler->start();

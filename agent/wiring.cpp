@@ -303,6 +303,16 @@ std::string render_metrics(const Components& c, const Clock& clock) {
     w.sample("sidetrace_assembler_rescanned_records_total", as.rescanned_records);
     w.family("sidetrace_assembler_store_errors_total", "counter", "Store errors while assembling.");
     w.sample("sidetrace_assembler_store_errors_total", as.store_errors);
+    w.family("sidetrace_assembler_builds_total", "counter",
+             "Trace builds, by where their messages came from (the event cache or the store).");
+    w.sample("sidetrace_assembler_builds_total", as.cache_hits, {{"source", "cache"}});
+    w.sample("sidetrace_assembler_builds_total", as.cache_misses, {{"source", "store"}});
+    w.family(
+        "sidetrace_assembler_cache_refused_total", "counter",
+        "Messages whose bytes did not fit the event cache (their traces are read from the store).");
+    w.sample("sidetrace_assembler_cache_refused_total", as.cache_refused);
+    w.family("sidetrace_assembler_cache_bytes", "gauge", "Message bytes held by the event cache.");
+    w.sample("sidetrace_assembler_cache_bytes", as.cache_bytes);
   }
   if (c.redact) {
     ipc::RedactCounters rc = c.redact->snapshot();

@@ -684,7 +684,10 @@ class RocksStore final : public Store {
     size_t written = 0;
     {
       std::lock_guard lock(state_mu_);
-      rocksdb::WriteBatch b;
+      // One batch reused for every emission write: its buffer is allocated
+      // (and its pages faulted in) once, not grown anew in every round.
+      rocksdb::WriteBatch& b = emit_batch_;
+      b.Clear();
       int64_t live = 0, docs_bytes = 0;
       uint64_t next = next_outbox_;
       for (size_t i = 0; i < es.size(); ++i) {
@@ -700,6 +703,8 @@ class RocksStore final : public Store {
       b.Merge(cfs_[kTraces], kCounterOutboxN, encode_i64(static_cast<int64_t>(written)));
       b.Merge(cfs_[kTraces], kCounterOutboxB, encode_i64(docs_bytes));
       rocksdb::Status rs = write(wo_derived_, &b);
+      // A rare large write (a part of a split trace) does not stay allocated.
+      if (b.GetDataSize() > kEmitBatchKeepBytes) b = rocksdb::WriteBatch();
       if (!rs.ok()) return from_rocks(rs, "emitting trace revisions");
       next_outbox_ = next;
       live_.fetch_add(static_cast<uint64_t>(live));
@@ -730,8 +735,11 @@ class RocksStore final : public Store {
     next.deleted_ns = cur.deleted_ns;
     if (cur.events_deleted) next.events_deleted = true;
     std::string obk = be64(outbox_seq);
-    std::string obv = encode_outbox(next.revision, e.emitted_ns, e.trace_id, e.document);
-    b->Put(cfs_[kOutbox], obk, obv);
+    std::string head = outbox_head(next.revision, e.emitted_ns, e.trace_id);
+    // Head and document in two parts: the document is copied once, into the batch.
+    rocksdb::Slice key_part(obk);
+    rocksdb::Slice value_parts[2] = {rocksdb::Slice(head), rocksdb::Slice(e.document)};
+    b->Put(cfs_[kOutbox], rocksdb::SliceParts(&key_part, 1), rocksdb::SliceParts(value_parts, 2));
     if (existed) {
       b->Delete(cfs_[kTraces], index_key(kRetainedPrefix, cur.last_emit_ns, e.trace_id));
       if (cur.events_deleted) {
@@ -740,7 +748,7 @@ class RocksStore final : public Store {
     }
     b->Put(cfs_[kTraces], state_key(e.trace_id), encode_state(next));
     b->Put(cfs_[kTraces], index_key(kRetainedPrefix, next.last_emit_ns, e.trace_id), "");
-    *live += static_cast<int64_t>(obk.size() + obv.size());
+    *live += static_cast<int64_t>(obk.size() + head.size() + e.document.size());
     if (!existed) *live += static_cast<int64_t>(1 + e.trace_id.size() + kStateBytes);
     for (uint64_t seq : e.pending_seqs) {
       b->Delete(cfs_[kPending], be64(seq));
@@ -960,6 +968,10 @@ class RocksStore final : public Store {
   std::unordered_map<std::string_view, std::pair<size_t, uint32_t>> append_records_;
   uint64_t next_seq_ = 1;
   std::mutex state_mu_;  // serialises trace-state read-modify-writes
+  // The batch of emit_many(), guarded by state_mu_; kept allocated up to
+  // kEmitBatchKeepBytes.
+  static constexpr size_t kEmitBatchKeepBytes = 1 << 20;
+  rocksdb::WriteBatch emit_batch_;
   uint64_t next_outbox_ = 1;
   std::mutex outbox_mu_;  // serialises outbox removals (exact counters)
   std::mutex listener_mu_;

@@ -100,6 +100,10 @@ struct Committed {
   // commit carries it). 0 for the trace's other messages of the commit.
   uint32_t record_messages = 0;
   uint32_t bytes = 0;  // the raw message's size (0 from scan_pending())
+  // The message's bytes when the writer hands them over with the notice
+  // (moved out of the committed message; see Writer::Sink). Empty from
+  // append() and scan_pending().
+  std::string raw;
 };
 
 // One stored message of a trace.

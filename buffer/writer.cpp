@@ -151,7 +151,7 @@ bool Writer::usable() {
   return true;
 }
 
-void Writer::commit(std::span<const ipc::Message> group, size_t bytes) {
+void Writer::commit(std::span<ipc::Message> group, size_t bytes) {
   store_group(group, bytes);
   // Committed or dropped, the group is done with; its notices (if any) are
   // with the sink already.
@@ -161,7 +161,7 @@ void Writer::commit(std::span<const ipc::Message> group, size_t bytes) {
   if (newest > done_recv_ns_.load()) done_recv_ns_.store(newest);
 }
 
-void Writer::store_group(std::span<const ipc::Message> group, size_t bytes) {
+void Writer::store_group(std::span<ipc::Message> group, size_t bytes) {
   uint64_t n = group.size();
   if (!usable()) {
     dropped_no_space_.fetch_add(n);
@@ -199,7 +199,14 @@ void Writer::store_group(std::span<const ipc::Message> group, size_t bytes) {
     latency_.record(now > m.recv_ns ? now - m.recv_ns : 0);
   persisted_.fetch_add(n);
   commits_.fetch_add(1);
-  if (sink_) sink_(committed_);
+  if (sink_) {
+    // The stored bytes go with the notices (the assembler builds quiet traces
+    // from them without reading them back); append() gives one notice per
+    // message, in order.
+    for (size_t i = 0; i < committed_.size() && i < group.size(); ++i)
+      committed_[i].raw = std::move(group[i].raw);
+    sink_(committed_);
+  }
 }
 
 }  // namespace sidetrace::buffer

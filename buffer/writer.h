@@ -6,8 +6,9 @@
 // RocksDB write per group, fsync'ed per write in SyncMode::kFsync (the group
 // bounds the cost). After each commit it counts the messages persisted,
 // records the receive->durable latency of each (wall clock at commit minus
-// Message::recv_ns), and hands the committed (trace_id, seq, recv_ns) to the
-// sink (the trace assembler).
+// Message::recv_ns), and hands the committed (trace_id, seq, recv_ns, and the
+// message's bytes, moved out of it: the group is done with them) to the sink
+// (the trace assembler).
 //
 // Refusals, each counted and logged (rate limited):
 //   - the quota is reached (Store::ensure_room() says Full): the group is
@@ -84,7 +85,8 @@ struct WriterStats {
 
 class Writer {
  public:
-  using Sink = std::function<void(std::span<const Committed>)>;
+  // The sink may move from the notices it is given (their `raw` bytes).
+  using Sink = std::function<void(std::span<Committed>)>;
 
   // Borrows `store`, `queue` and `clock`; they must outlive the writer.
   Writer(Store& store, BoundedQueue<ipc::MessageBatch>& queue, Sink sink,
@@ -113,8 +115,9 @@ class Writer {
   void run();
   // Waits, within the commit delay, for more messages to join `batches`.
   void linger(std::vector<ipc::MessageBatch>& batches);
-  void commit(std::span<const ipc::Message> group, size_t bytes);
-  void store_group(std::span<const ipc::Message> group, size_t bytes);
+  // Both leave the committed messages without their bytes (handed to the sink).
+  void commit(std::span<ipc::Message> group, size_t bytes);
+  void store_group(std::span<ipc::Message> group, size_t bytes);
   // False while the store is failing and not (yet) resumed; resumes it when
   // due (growing back-off).
   bool usable();

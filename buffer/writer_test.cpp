@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -93,6 +94,18 @@ TEST(WriterTest, PersistsEverythingFromSeveralProducersAndReportsCommits) {
   std::vector<StoredEvent> ev;
   ASSERT_TRUE(store->read_trace("trace-1", &ev).ok());
   EXPECT_EQ(ev.size(), 1000u);
+  // Each notice carries the bytes stored under its seq.
+  std::map<uint64_t, std::string> stored;
+  for (int p = 0; p < 3; ++p) {
+    ev.clear();
+    ASSERT_TRUE(store->read_trace("trace-" + std::to_string(p), &ev).ok());
+    for (auto& e : ev)
+      stored[e.seq] = std::move(e.raw);
+  }
+  for (const auto& c : sink.all) {
+    ASSERT_FALSE(c.raw.empty());
+    EXPECT_EQ(c.raw, stored.at(c.seq));
+  }
 }
 
 TEST(WriterTest, DropNewestCountsRefusals) {

@@ -34,14 +34,30 @@ Assembler::~Assembler() {
   stop();
 }
 
-void Assembler::on_committed(std::span<const buffer::Committed> committed) {
+void Assembler::on_committed(std::span<buffer::Committed> committed) {
   if (committed.empty()) return;
+  // The queue's bound counts the notices; the bytes they carry count against
+  // the cache's bound, from here until their trace is emitted.
   size_t weight = 0;
-  for (const auto& c : committed)
+  uint64_t carried = 0;
+  for (auto& c : committed) {
     weight += c.trace_id.size() + sizeof(buffer::Committed);
-  Notice notice{clock_.now_ns(), {committed.begin(), committed.end()}};
+    if (c.raw.empty()) continue;
+    const uint64_t w = cache_weight(c.raw.size());
+    if (cache_used_.fetch_add(w) + w > opts_.cache_bytes) {
+      cache_used_.fetch_sub(w);
+      cache_refused_.fetch_add(1);
+      std::string().swap(c.raw);
+      continue;
+    }
+    carried += w;
+  }
+  Notice notice{
+      clock_.now_ns(),
+      {std::make_move_iterator(committed.begin()), std::make_move_iterator(committed.end())}};
   notifications_.fetch_add(committed.size());
   if (!queue_.try_push(notice, weight)) {
+    cache_used_.fetch_sub(carried);
     // The pending column family still holds them: a rescan from the first
     // of them finds them (a commit's seqs are consecutive and increasing).
     notifications_dropped_.fetch_add(committed.size());
@@ -63,15 +79,25 @@ buffer::Status Assembler::recover() {
 }
 
 void Assembler::schedule(const std::string& key, Open& o, uint64_t deadline) {
-  if (o.deadline_ns != 0) timers_.erase({o.deadline_ns, &key});
   o.deadline_ns = deadline;
+  if (o.timer_ns != 0 && o.timer_ns <= deadline) return;  // moved when it comes due
+  if (o.timer_ns != 0) timers_.erase({o.timer_ns, &key});
+  o.timer_ns = deadline;
   timers_.emplace(deadline, &key);
+}
+
+void Assembler::drop_cache(Open& o) {
+  o.cache_whole = false;
+  if (o.cached_bytes > 0) cache_used_.fetch_sub(o.cached_bytes);
+  o.cached_bytes = 0;
+  std::vector<buffer::StoredEvent>().swap(o.cached);
 }
 
 void Assembler::forget(const std::string& trace_id) {
   auto it = open_.find(trace_id);
   if (it == open_.end()) return;
-  timers_.erase({it->second.deadline_ns, &trace_id});
+  drop_cache(it->second);
+  timers_.erase({it->second.timer_ns, &trace_id});
   age_.erase({it->second.first_ns, &trace_id});
   open_.erase(it);
   open_n_.store(open_.size());
@@ -87,13 +113,18 @@ bool Assembler::add_record(Open& o, uint64_t seq) {
   return true;
 }
 
-void Assembler::take(const buffer::Committed& c, uint64_t stored_ns, uint64_t now) {
+void Assembler::take(buffer::Committed& c, uint64_t stored_ns, uint64_t now, bool notified) {
   auto [it, inserted] = open_.try_emplace(c.trace_id);
   Open& o = it->second;
   const std::string& key = it->first;
   if (inserted) {
     o.first_ns = c.recv_ns;
     age_.emplace(o.first_ns, &key);
+    // A new trace's messages are all in hand only when none can be in the
+    // store unseen: not found by a rescan, and no notices lost or traces
+    // spilled since the last rescan (the store may hold earlier ones).
+    o.cache_whole = notified && opts_.cache_bytes > 0 && !spilled_ && !need_rescan_ &&
+                    rescan_from_ == UINT64_MAX;
   } else if (c.recv_ns < o.first_ns) {
     age_.erase({o.first_ns, &key});
     o.first_ns = c.recv_ns;
@@ -111,6 +142,18 @@ void Assembler::take(const buffer::Committed& c, uint64_t stored_ns, uint64_t no
   o.bytes += c.bytes;
   // Past a per-trace bound it goes out in parts, without waiting to be quiet.
   const bool over = o.events > opts_.max_trace_events || o.bytes > opts_.max_trace_bytes;
+  if (!c.raw.empty()) {
+    const uint64_t w = cache_weight(c.raw.size());
+    if (o.cache_whole && !over) {
+      o.cached.push_back(buffer::StoredEvent{c.seq, c.recv_ns, std::move(c.raw)});
+      o.cached_bytes += w;
+    } else {
+      cache_used_.fetch_sub(w);
+    }
+  }
+  // A message without its bytes (refused by the bound, or found by a
+  // rescan), or a trace in parts: read from the store from now on.
+  if (o.cache_whole && (o.cached.empty() || o.cached.back().seq != c.seq)) drop_cache(o);
   schedule(key, o, over ? std::min(now, quiet_deadline(o)) : quiet_deadline(o));
   if (inserted && open_.size() > opts_.max_open_traces) {
     // Spill the oldest open trace from memory; pending keeps it, and a
@@ -148,7 +191,7 @@ bool Assembler::rescan(uint64_t now, bool at_start) {
       return false;
     }
     rescanned_.fetch_add(page.size());
-    for (const auto& c : page) {
+    for (auto& c : page) {
       auto it = open_.find(c.trace_id);
       if (it == open_.end()) {
         if (open_.size() >= opts_.max_open_traces) {
@@ -157,11 +200,13 @@ bool Assembler::rescan(uint64_t now, bool at_start) {
           rescan_from_ = std::min(rescan_from_, c.seq);
           return true;
         }
-        take(c, at_start ? c.recv_ns : now, now);
+        take(c, at_start ? c.recv_ns : now, now, /*notified=*/false);
       } else {
         Open& o = it->second;
         if (add_record(o, c.seq)) {
-          // Messages it did not know of.
+          // Messages it did not know of (their notices were lost): not in
+          // its cache either.
+          drop_cache(o);
           o.last_ns = std::max(o.last_ns, at_start ? std::min(c.recv_ns, now) : now);
           schedule(it->first, o, quiet_deadline(o));
         }
@@ -196,13 +241,22 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
   // Read within the per-trace bounds. A trace that went out in parts goes
   // on in parts, each holding only what was stored after the one before.
   bool parts = st.parts > 0;
+  // Never emitted and all in memory: built from the cache. Otherwise read.
+  const bool cached = o.cache_whole && st.revision == 0 && !parts &&
+                      o.events <= opts_.max_trace_events && o.bytes <= opts_.max_trace_bytes;
   buffer::TraceRange range;
   range.max_events = opts_.max_trace_events;
   range.max_bytes = opts_.max_trace_bytes;
   if (parts) range.from_seq = st.max_seq + 1;
   std::vector<buffer::StoredEvent> events;
   bool more = false;
-  s = store_.read_trace(trace_id, range, &events, &more);
+  if (cached) {
+    s = buffer::Status::Ok();
+    cache_hits_.fetch_add(1);
+  } else {
+    cache_misses_.fetch_add(1);
+    s = store_.read_trace(trace_id, range, &events, &more);
+  }
   if (s.ok() && more && !parts) {
     // Too large to go out whole: in parts from here on, after what earlier
     // revisions held.
@@ -244,11 +298,12 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
     schedule(it->first, o, now + ns(opts_.retry_interval));
     return;
   }
+  const std::vector<buffer::StoredEvent>& read = cached ? o.cached : events;
   std::vector<StoredMessage> msgs;
-  msgs.reserve(events.size());
+  msgs.reserve(read.size());
   uint64_t max_seq = st.max_seq;
   bool fresh = false;
-  for (const auto& e : events) {
+  for (const auto& e : read) {
     msgs.push_back(StoredMessage{e.seq, e.recv_ns, e.raw});
     fresh = fresh || e.seq > st.max_seq;
     max_seq = std::max(max_seq, e.seq);
@@ -295,6 +350,8 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
   // A part goes out as it is: its events may begin or end in another part.
   if (!r.complete && !parts) {
     if (!emitted_before && !max_open_reached) {
+      // It may wait long: its bytes leave the cache to traces that finish.
+      drop_cache(o);
       schedule(it->first, o, o.first_ns + ns(opts_.max_open));
       return;
     }
@@ -375,19 +432,36 @@ size_t Assembler::poll() {
   // the watermark are then in hand.
   const uint64_t due_by = opts_.store_watermark ? std::min(now, opts_.store_watermark(now)) : now;
   queue_.pop_all(inbox_, std::chrono::milliseconds(0));
-  for (const auto& notice : inbox_) {
-    for (const auto& c : notice.committed)
-      take(c, notice.stored_ns, now);
+  for (auto& notice : inbox_) {
+    for (auto& c : notice.committed)
+      take(c, notice.stored_ns, now, /*notified=*/true);
   }
   inbox_.clear();
-  rescan_from_ = std::min(rescan_from_, resync_from_.exchange(UINT64_MAX));
+  const uint64_t lost_from = resync_from_.exchange(UINT64_MAX);
+  if (lost_from != UINT64_MAX) {
+    // Lost notices may have held messages of any open trace.
+    for (auto& [id, o] : open_)
+      drop_cache(o);
+    rescan_from_ = std::min(rescan_from_, lost_from);
+  }
   if ((need_rescan_ || spilled_ || rescan_from_ != UINT64_MAX) && now >= next_rescan_ns_) {
     rescan(now, /*at_start=*/false);
   }
 
   std::vector<std::string> due;
+  std::vector<const std::string*> later;  // entries whose deadline moved on
   for (auto it = timers_.begin(); it != timers_.end() && it->first <= due_by; ++it) {
-    due.push_back(*it->second);
+    if (open_.at(*it->second).deadline_ns > due_by) {
+      later.push_back(it->second);
+    } else {
+      due.push_back(*it->second);
+    }
+  }
+  for (const std::string* key : later) {
+    Open& o = open_.at(*key);
+    timers_.erase({o.timer_ns, key});
+    o.timer_ns = o.deadline_ns;
+    timers_.emplace(o.timer_ns, key);
   }
   // Revisions are written in groups: one store write for many traces.
   size_t emitted = 0;
@@ -464,6 +538,10 @@ AssemblerStats Assembler::stats() const {
   s.emitted_parts = emitted_parts_.load();
   s.late_revisions = late_.load();
   s.store_errors = store_errors_.load();
+  s.cache_hits = cache_hits_.load();
+  s.cache_misses = cache_misses_.load();
+  s.cache_refused = cache_refused_.load();
+  s.cache_bytes = cache_used_.load();
   return s;
 }
 

@@ -12,7 +12,7 @@
 // Rules, with the injected Clock (wall-clock readings, ns):
 //   - a trace quiet for `quiet_period` (counted from when its last message was
 //     stored, not received: a lagging store must not split a trace) is read
-//     from the store and built with
+//     from the store (or from the event cache, below) and built with
 //     trace::build_trace(); it is emitted when complete, or at once when it was
 //     emitted before (a late message: revision + 1 of the whole trace);
 //   - otherwise it waits for more messages, or until `max_open` after its
@@ -25,6 +25,15 @@
 //     deleted (the small state record stays `forget_after` more); a late
 //     message for such a trace yields a revision with what is known, marked
 //     partial.
+//
+// Event cache: the writer hands each committed message's bytes over with its
+// notice, and an open trace keeps them while they are the whole of what the
+// store holds of it (never emitted, every message notified with its bytes,
+// within the per-trace bounds). Such a trace is built from memory, without
+// reading its messages back; any other is read from the store, which stays
+// the truth: a trace found by a rescan (restart, lost notices, spill), a late
+// message, a trace in parts, or one whose bytes did not fit `cache_bytes`.
+// Lost notices drop every cached trace to the store path.
 //
 // Driving: poll() does one round of work (take notifications, emit due
 // traces, retention) and never sleeps; tests call it with a ManualClock.
@@ -70,9 +79,10 @@ struct AssemblerOptions {
   // assembler nor delivery ever holds a whole large trace.
   size_t max_trace_events = 10000;
   size_t max_trace_bytes = 4 << 20;
-  // Bound of the notification queue (bytes); overflow = drop + rescan. About
-  // 24,000 messages: a third of a second of a sustained load. An assembler
-  // further behind than that works from pending (a rescan) instead.
+  // Bound of the notification queue (bytes; the message bytes a notice
+  // carries count against cache_bytes instead); overflow = drop + rescan.
+  // About 17,000 messages: a quarter of a second of a sustained load. An
+  // assembler further behind than that works from pending (a rescan) instead.
   size_t queue_bytes = 2 << 20;
   // A failed emission or a rescan need is retried this often.
   std::chrono::milliseconds retry_interval{1000};
@@ -81,6 +91,12 @@ struct AssemblerOptions {
   size_t expire_batch = 1000;
   // Revisions written together in one store write, at most.
   size_t emit_batch = 256;
+  // Bound of the event cache: message bytes handed over by the writer and
+  // held until their trace is emitted (counted with a per-message overhead).
+  // A message past it is not held, and its trace is read from the store.
+  // About 5,000 messages of 800 bytes: at 2,000 msg/s, twice what waits out
+  // a one-second quiet period. 0: no cache.
+  size_t cache_bytes = 4 << 20;
   std::chrono::milliseconds tick{100};  // the owned thread's longest sleep
   // How many nice levels below the agent's other threads the owned thread
   // runs (common/thread.h): under CPU contention, intake and the writer get
@@ -113,6 +129,10 @@ struct AssemblerStats {
   uint64_t emitted_parts = 0;       // ... of which parts of a split trace
   uint64_t late_revisions = 0;      // ... of which revision > 1
   uint64_t store_errors = 0;
+  uint64_t cache_hits = 0;     // revisions built from the event cache
+  uint64_t cache_misses = 0;   // revisions built from messages read from the store
+  uint64_t cache_refused = 0;  // messages whose bytes did not fit cache_bytes
+  uint64_t cache_bytes = 0;    // held by the cache now (and on their way to it)
 };
 
 class Assembler {
@@ -126,7 +146,9 @@ class Assembler {
 
   // Called by the writer after each commit. Never blocks: on overflow the
   // notifications are dropped (counted) and a rescan of pending is scheduled.
-  void on_committed(std::span<const buffer::Committed> committed);
+  // Takes the messages' bytes (Committed::raw, moved out) into the event
+  // cache while they fit its bound.
+  void on_committed(std::span<buffer::Committed> committed);
 
   // Rebuilds the index from the store's pending entries. Call once before
   // poll()/start() after opening the store.
@@ -147,13 +169,25 @@ class Assembler {
     uint64_t max_seq = 0;           // highest seq notified
     uint64_t min_seq = UINT64_MAX;  // lowest seq notified (where a rescan must start to find it)
     uint64_t deadline_ns = 0;       // next look at it
+    uint64_t timer_ns = 0;          // its entry in timers_, at or before deadline_ns
     std::vector<uint64_t> records;  // its pending records known here (keys)
     uint64_t events = 0;            // messages notified since its last revision
     uint64_t bytes = 0;             // ... and their raw bytes
+    // The event cache: its messages as committed, in seq order, while
+    // `cache_whole` holds (they are all the store has of the trace).
+    std::vector<buffer::StoredEvent> cached;
+    uint64_t cached_bytes = 0;  // their weight against cache_bytes
+    bool cache_whole = false;
   };
 
   // `stored_ns`: when the message was stored (or found, see rescan()).
-  void take(const buffer::Committed& c, uint64_t stored_ns, uint64_t now);
+  // `notified`: from a notice (its bytes, if any, are moved to the cache);
+  // false from a rescan.
+  void take(buffer::Committed& c, uint64_t stored_ns, uint64_t now, bool notified);
+  // The weight of a message's bytes against cache_bytes.
+  static uint64_t cache_weight(size_t raw_bytes) { return raw_bytes + sizeof(buffer::StoredEvent); }
+  // Empties `o`'s cache; from here on it is read from the store.
+  void drop_cache(Open& o);
   // When `o` is next looked at: quiet, or at max_open.
   uint64_t quiet_deadline(const Open& o) const;
   // Adds a pending record's key to `o`; false when it was known.
@@ -204,8 +238,11 @@ class Assembler {
       return a.first != b.first ? a.first < b.first : *a.second < *b.second;
     }
   };
-  std::set<Entry, EntryLess> timers_;  // (deadline, trace_id)
-  std::set<Entry, EntryLess> age_;     // (first_ns, trace_id)
+  // (time, trace_id): one entry per open trace, at or before its deadline. A
+  // deadline that moves later (each message of a trace) keeps the entry,
+  // which moves once it comes due, instead of on every message.
+  std::set<Entry, EntryLess> timers_;
+  std::set<Entry, EntryLess> age_;  // (first_ns, trace_id)
   bool spilled_ = false;
   // Where the next rescan after a spill or dropped notifications starts: the
   // lowest pending seq that may belong to a trace not in memory. Entries
@@ -220,8 +257,11 @@ class Assembler {
   std::atomic<bool> stop_{false};
 
   std::atomic<uint64_t> notifications_{0}, notifications_dropped_{0}, rescans_{0}, rescanned_{0},
-      spilled_n_{0}, open_n_{0}, emitted_{0}, emitted_unfinished_{0}, emitted_partial_{0}, emitted_parts_{0}, late_{0},
-      store_errors_{0};
+      spilled_n_{0}, open_n_{0}, emitted_{0}, emitted_unfinished_{0}, emitted_partial_{0},
+      emitted_parts_{0}, late_{0}, store_errors_{0}, cache_hits_{0}, cache_misses_{0},
+      cache_refused_{0};
+  // Bytes held by the cache, and in notices on their way to it.
+  std::atomic<uint64_t> cache_used_{0};
 };
 
 }  // namespace sidetrace::trace

@@ -9,6 +9,7 @@
 
 #include "buffer/testing/temp_dir.h"
 #include "common/clock.h"
+#include "trace/reconstruct.h"
 
 namespace sidetrace::trace {
 namespace {
@@ -69,7 +70,8 @@ class AssemblerTest : public ::testing::Test {
     ASSERT_TRUE(assembler_->recover().ok());
   }
 
-  // Persists messages as the writer does and notifies the assembler.
+  // Persists messages as the writer does and notifies the assembler, the
+  // notices carrying the messages' bytes unless carry_bytes_ is false.
   void send(std::vector<std::string> raws, const std::string& trace_id, bool notify = true) {
     std::vector<ipc::Message> msgs;
     for (auto& r : raws) {
@@ -81,7 +83,14 @@ class AssemblerTest : public ::testing::Test {
     }
     std::vector<buffer::Committed> committed;
     ASSERT_TRUE(store_->append(msgs, &committed).ok());
+    carry(msgs, committed);
     if (notify) assembler_->on_committed(committed);
+  }
+
+  void carry(std::vector<ipc::Message>& msgs, std::vector<buffer::Committed>& committed) {
+    if (!carry_bytes_) return;
+    for (size_t i = 0; i < committed.size(); ++i)
+      committed[i].raw = std::move(msgs[i].raw);
   }
 
   // Persists one message received at `recv_ns` (stored now) and notifies.
@@ -92,6 +101,7 @@ class AssemblerTest : public ::testing::Test {
     msgs[0].recv_ns = recv_ns;
     std::vector<buffer::Committed> committed;
     ASSERT_TRUE(store_->append(msgs, &committed).ok());
+    carry(msgs, committed);
     assembler_->on_committed(committed);
   }
 
@@ -117,6 +127,7 @@ class AssemblerTest : public ::testing::Test {
   ManualClock clock_;
   TempDir dir_;
   AssemblerOptions opts_;
+  bool carry_bytes_ = true;
   std::unique_ptr<buffer::Store> store_;
   std::unique_ptr<Assembler> assembler_;
   int listener_calls_ = 0;
@@ -554,6 +565,143 @@ TEST_F(AssemblerTest, MaxBytesCutsPartsAtCommitBoundariesAndAfterARestart) {
   EXPECT_EQ(sizes["wide"], std::vector<size_t>{8});
   EXPECT_EQ(sizes["long"], (std::vector<size_t>{6, 6, 6, 2}));
   EXPECT_EQ(seen.size(), 28u);
+}
+
+// The document of revision 1 of `trace_id` built from what the store holds.
+std::string built_from_store(buffer::Store& store, const std::string& trace_id) {
+  std::vector<buffer::StoredEvent> events;
+  EXPECT_TRUE(store.read_trace(trace_id, &events).ok());
+  std::vector<StoredMessage> msgs;
+  for (const auto& e : events)
+    msgs.push_back(StoredMessage{e.seq, e.recv_ns, e.raw});
+  return build_trace(trace_id, msgs, BuildOptions{}).document;
+}
+
+// A trace whose messages all came with their notices is built from memory:
+// the same document as from the store, and its bytes leave the cache with it.
+TEST_F(AssemblerTest, ATraceBuiltFromTheCacheIsTheOneTheStoreGives) {
+  send({pack("end", "t1", "e1"), pack("trace", "t1", "", {{"session_id", "s"}})}, "t1");
+  advance_and_poll(100ms);
+  send({pack("start", "t1", "e1"), pack("end", "t1", "e1")}, "t1");  // a duplicate
+  send({pack("feedback", "t1", "", {{"tag", "good"}})}, "t1");
+  EXPECT_GT(assembler_->stats().cache_bytes, 0u);
+  advance_and_poll(1s);
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 1u);
+  EXPECT_EQ(ob[0].document, built_from_store(*store_, "t1"));
+  AssemblerStats st = assembler_->stats();
+  EXPECT_EQ(st.cache_hits, 1u);
+  EXPECT_EQ(st.cache_misses, 0u);
+  EXPECT_EQ(st.cache_bytes, 0u);
+  std::vector<buffer::Committed> pending;
+  ASSERT_TRUE(store_->scan_pending(0, 100, &pending).ok());
+  EXPECT_TRUE(pending.empty());
+}
+
+// Notices without the bytes (another writer, or none carried): the trace is
+// read from the store, with the same result.
+TEST_F(AssemblerTest, NoticesWithoutTheBytesReadTheTraceFromTheStore) {
+  carry_bytes_ = false;
+  send({pack("start", "t1", "e1"), pack("end", "t1", "e1")}, "t1");
+  advance_and_poll(1s);
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 1u);
+  EXPECT_EQ(ob[0].document, built_from_store(*store_, "t1"));
+  EXPECT_EQ(assembler_->stats().cache_hits, 0u);
+  EXPECT_EQ(assembler_->stats().cache_misses, 1u);
+}
+
+// Past cache_bytes the bytes are refused: the trace they belong to is read
+// from the store, whole; the bound is never passed.
+TEST_F(AssemblerTest, BytesPastTheCacheBoundSendTheirTraceToTheStore) {
+  const std::string pad(200, 'x');
+  const std::string first = pack("start", "big", "e1", {{"input", pad}});
+  const uint64_t first_weight = first.size() + sizeof(buffer::StoredEvent);
+  opts_.cache_bytes = first_weight + 100;  // the first message, not the second
+  reopen();
+  send({first}, "big");
+  EXPECT_EQ(assembler_->stats().cache_bytes, first_weight);
+  send({pack("end", "big", "e1", {{"output", pad}})}, "big");  // refused
+  advance_and_poll(1ms);
+  send({pack("event", "small", "x")}, "small");  // fits again: big left the cache
+  AssemblerStats st = assembler_->stats();
+  EXPECT_EQ(st.cache_refused, 1u);
+  EXPECT_LE(st.cache_bytes, opts_.cache_bytes);
+  advance_and_poll(1s);
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 2u);
+  for (const auto& e : ob) {
+    EXPECT_EQ(e.document, built_from_store(*store_, e.trace_id));
+    EXPECT_EQ(json::parse(e.document)["status"], "ok");
+  }
+  st = assembler_->stats();
+  EXPECT_EQ(st.cache_misses, 1u);  // big
+  EXPECT_EQ(st.cache_hits, 1u);    // small
+  EXPECT_EQ(st.cache_bytes, 0u);
+}
+
+// Lost notices may have held messages of a cached trace: every cached trace
+// is then read from the store, even before the rescan that finds them.
+TEST_F(AssemblerTest, LostNotificationsSendCachedTracesToTheStore) {
+  opts_.queue_bytes = 1;       // a push is refused while one waits
+  opts_.retry_interval = 10s;  // no rescan before the trace is due
+  reopen();
+  send({pack("start", "a", "e1")}, "a");
+  send({pack("end", "a", "e1")}, "a");  // lost
+  ASSERT_EQ(assembler_->stats().notifications_dropped, 1u);
+  advance_and_poll(1s);
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 1u);
+  json doc = json::parse(ob[0].document);
+  EXPECT_EQ(doc["status"], "ok");
+  EXPECT_EQ(doc["events"][0]["unfinished"], false);
+  EXPECT_EQ(ob[0].document, built_from_store(*store_, "a"));
+  EXPECT_EQ(assembler_->stats().cache_bytes, 0u);
+  advance_and_poll(10s);  // the rescan finds the lost record ...
+  advance_and_poll(1s);   // ... and releases it: nothing owed
+  std::vector<buffer::Committed> pending;
+  ASSERT_TRUE(store_->scan_pending(0, 100, &pending).ok());
+  EXPECT_TRUE(pending.empty());
+  EXPECT_EQ(outbox().size(), 1u);
+}
+
+// A trace spilled from the index may have stored messages it no longer knows
+// of: what arrives for it later is not taken for the whole trace.
+TEST_F(AssemblerTest, ATraceSpilledFromTheIndexIsNotBuiltFromTheCache) {
+  opts_.max_open_traces = 2;
+  opts_.retry_interval = 10s;  // no rescan before the trace is due
+  reopen();
+  for (const char* t : {"a", "b", "c"}) {
+    send({pack("start", t, "e1")}, t);
+    advance_and_poll(1ms);  // c spills a, the oldest
+  }
+  ASSERT_EQ(assembler_->stats().spilled, 1u);
+  send({pack("end", "a", "e1")}, "a");  // a is back in memory, without its start
+  advance_and_poll(1ms);
+  advance_and_poll(1s);
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 1u);
+  json doc = json::parse(ob[0].document);
+  EXPECT_EQ(ob[0].trace_id, "a");
+  EXPECT_EQ(doc["status"], "ok");
+  EXPECT_EQ(doc["events"].size(), 1u);
+  EXPECT_EQ(doc["events"][0]["unfinished"], false);
+  EXPECT_EQ(assembler_->stats().cache_bytes, 0u);  // c waits for max_open, from the store
+}
+
+// A late message of an emitted trace is built with everything stored before.
+TEST_F(AssemblerTest, ALateMessageOfACachedTraceRebuildsFromTheStore) {
+  send({pack("event", "t", "e1")}, "t");
+  advance_and_poll(1s);
+  send({pack("event", "t", "e2")}, "t");
+  advance_and_poll(1s);
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 2u);
+  EXPECT_EQ(ob[1].revision, 2u);
+  EXPECT_EQ(json::parse(ob[1].document)["events"].size(), 2u);
+  EXPECT_EQ(assembler_->stats().cache_hits, 1u);
+  EXPECT_EQ(assembler_->stats().cache_misses, 1u);
+  EXPECT_EQ(assembler_->stats().cache_bytes, 0u);
 }
 
 }  // namespace

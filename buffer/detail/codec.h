@@ -188,15 +188,15 @@ inline int64_t decode_i64(std::string_view s) {
 
 // ---- outbox: [be64 seq] -> [be32 revision][be64 emitted_ns][u8 len][trace_id][document]
 
-inline std::string encode_outbox(uint32_t revision, uint64_t emitted_ns, std::string_view trace_id,
-                                 std::string_view document) {
+// The value's head: everything before the document, which follows it in the
+// same value.
+inline std::string outbox_head(uint32_t revision, uint64_t emitted_ns, std::string_view trace_id) {
   std::string v;
-  v.reserve(13 + trace_id.size() + document.size());
+  v.reserve(13 + trace_id.size());
   put_be32(&v, revision);
   put_be64(&v, emitted_ns);
   v.push_back(static_cast<char>(trace_id.size()));
   v.append(trace_id);
-  v.append(document);
   return v;
 }
 
