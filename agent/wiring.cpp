@@ -303,6 +303,13 @@ std::string render_metrics(const Components& c, const Clock& clock) {
     w.sample("sidetrace_assembler_rescanned_records_total", as.rescanned_records);
     w.family("sidetrace_assembler_store_errors_total", "counter", "Store errors while assembling.");
     w.sample("sidetrace_assembler_store_errors_total", as.store_errors);
+    w.family("sidetrace_assembler_build_failures_total", "counter",
+             "Trace builds that threw (the trace is tried again, then set aside).");
+    w.sample("sidetrace_assembler_build_failures_total", as.build_failures);
+    w.family("sidetrace_traces_quarantined_total", "counter",
+             "Traces set aside after their build failed assembler.max_build_failures times in a "
+             "row; their messages stay in the store.");
+    w.sample("sidetrace_traces_quarantined_total", as.quarantined);
     w.family("sidetrace_assembler_builds_total", "counter",
              "Trace builds, by where their messages came from (the event cache or the store).");
     w.sample("sidetrace_assembler_builds_total", as.cache_hits, {{"source", "cache"}});

@@ -68,7 +68,21 @@ void Assembler::on_committed(std::span<buffer::Committed> committed) {
   }
 }
 
+namespace {
+constexpr std::string_view kQuarantinePrefix = "assembler/quarantine/";
+constexpr size_t kMaxQuarantined = 100000;  // read at start; far more than should ever be
+}  // namespace
+
 buffer::Status Assembler::recover() {
+  std::vector<std::pair<std::string, std::string>> rows;
+  buffer::Status qs = store_.meta_scan(kQuarantinePrefix, kMaxQuarantined, &rows);
+  if (!qs.ok()) return qs;
+  for (auto& [key, reason] : rows)
+    quarantined_.insert(key.substr(kQuarantinePrefix.size()));
+  if (!quarantined_.empty()) {
+    spdlog::warn("trace: {} trace(s) set aside earlier are not built (meta {}*)",
+                 quarantined_.size(), kQuarantinePrefix);
+  }
   need_rescan_ = true;
   next_rescan_ns_ = 0;
   uint64_t now = clock_.now_ns();
@@ -223,6 +237,47 @@ bool Assembler::rescan(uint64_t now, bool at_start) {
     if (page.size() < 4096) return true;
     from = page.back().seq + 1;
   }
+}
+
+void Assembler::process_guarded(const std::string& trace_id, uint64_t now,
+                                std::vector<Prepared>* out) {
+  if (quarantined_.count(trace_id)) {
+    forget(trace_id);  // its messages stay in the store
+    return;
+  }
+  const size_t before = out->size();
+  std::string what;
+  try {
+    if (opts_.before_build) opts_.before_build(trace_id);
+    process(trace_id, now, out);
+    if (!build_failures_.empty()) build_failures_.erase(trace_id);
+    return;
+  } catch (const std::exception& e) {
+    what = e.what();
+  } catch (...) {
+    what = "an exception that is not a std::exception";
+  }
+  out->resize(before);
+  build_failures_n_.fetch_add(1);
+  const uint32_t n = ++build_failures_[trace_id];
+  if (n >= opts_.max_build_failures) {
+    quarantine(trace_id, fmt::format("building failed {} times: {}", n, what));
+    return;
+  }
+  log_.log(spdlog::level::err, fmt::format("trace {}: building failed (try {} of {}): {}", trace_id,
+                                           n, opts_.max_build_failures, what));
+  auto it = open_.find(trace_id);
+  if (it != open_.end()) schedule(it->first, it->second, now + ns(opts_.retry_interval));
+}
+
+void Assembler::quarantine(const std::string& trace_id, const std::string& reason) {
+  build_failures_.erase(trace_id);
+  quarantined_.insert(trace_id);
+  quarantined_n_.fetch_add(1);
+  buffer::Status s = store_.meta_put(std::string(kQuarantinePrefix) + trace_id, reason);
+  if (!s.ok()) store_error(s, "recording a trace set aside");  // set aside until a restart
+  spdlog::error("trace {}: set aside, its messages kept in the store: {}", trace_id, reason);
+  forget(trace_id);
 }
 
 void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<Prepared>* out) {
@@ -469,7 +524,7 @@ size_t Assembler::poll() {
   size_t batch_bytes = 0;  // a write holds about one part's bound of documents
   for (const auto& id : due) {
     const size_t before = batch.size();
-    process(id, now, &batch);
+    process_guarded(id, now, &batch);
     if (batch.size() > before) batch_bytes += batch.back().emission.document.size();
     if (batch.size() >= opts_.emit_batch || batch_bytes >= opts_.max_trace_bytes) {
       emitted += emit(&batch, now);
@@ -490,27 +545,28 @@ size_t Assembler::poll() {
 void Assembler::start() {
   if (thread_.joinable()) return;
   stop_.store(false);
-  thread_ = std::thread([this] {
-    set_thread_name("st-assembler");
-    // Receiving and persisting come first while the CPU is short; assembly
-    // catches up when the load eases (the open-trace index stays bounded:
-    // it spills to the store).
-    lower_thread_priority(opts_.nice);
-    while (!stop_.load()) {
-      // With traces open, a round every tick (sooner when many notices
-      // wait); with none, nothing is due before the next notice or the
-      // next retention pass.
-      const uint64_t now = clock_.now_ns();
-      if (idle()) {
-        const uint64_t until_retention = next_retention_ns_ > now ? next_retention_ns_ - now : 0;
-        queue_.wait_for_weight(0, std::chrono::nanoseconds(std::min<uint64_t>(
-                                      until_retention, ns(opts_.retention_interval))));
-      } else {
-        queue_.wait_for_weight(queue_.wake_weight(), opts_.tick);
-      }
-      poll();
+  thread_ = std::thread([this] { run_thread("st-assembler", [this] { loop(); }); });
+}
+
+void Assembler::loop() {
+  // Receiving and persisting come first while the CPU is short; assembly
+  // catches up when the load eases (the open-trace index stays bounded: it
+  // spills to the store).
+  lower_thread_priority(opts_.nice);
+  while (!stop_.load()) {
+    // With traces open, a round every tick (sooner when many notices wait);
+    // with none, nothing is due before the next notice or the next retention
+    // pass.
+    const uint64_t now = clock_.now_ns();
+    if (idle()) {
+      const uint64_t until_retention = next_retention_ns_ > now ? next_retention_ns_ - now : 0;
+      queue_.wait_for_weight(0, std::chrono::nanoseconds(std::min<uint64_t>(
+                                    until_retention, ns(opts_.retention_interval))));
+    } else {
+      queue_.wait_for_weight(queue_.wake_weight(), opts_.tick);
     }
-  });
+    poll();
+  }
 }
 
 bool Assembler::idle() const {
@@ -538,6 +594,8 @@ AssemblerStats Assembler::stats() const {
   s.emitted_parts = emitted_parts_.load();
   s.late_revisions = late_.load();
   s.store_errors = store_errors_.load();
+  s.build_failures = build_failures_n_.load();
+  s.quarantined = quarantined_n_.load();
   s.cache_hits = cache_hits_.load();
   s.cache_misses = cache_misses_.load();
   s.cache_refused = cache_refused_.load();

@@ -108,6 +108,15 @@ struct AssemblerOptions {
   // empty: not called.
   std::function<void(const std::string& trace_id, uint32_t revision, std::string document)>
       on_emitted;
+  // A trace whose build throws is tried again after `retry_interval`, and
+  // after this many failures in a row it is set aside (quarantined): the
+  // reason is stored (meta key "assembler/quarantine/<trace id>"), its
+  // messages stay in the store, and it is not built again, also after a
+  // restart.
+  uint32_t max_build_failures = 3;
+  // Called before each build with the trace id (a fault-injection point for
+  // tests); empty: not called.
+  std::function<void(const std::string& trace_id)> before_build;
   // The store's watermark (buffer::Writer::watermark_ns): what was received
   // before it has been stored and notified. A trace whose quiet deadline is
   // past the watermark waits: part of it may still be on its way (a store
@@ -129,10 +138,12 @@ struct AssemblerStats {
   uint64_t emitted_parts = 0;       // ... of which parts of a split trace
   uint64_t late_revisions = 0;      // ... of which revision > 1
   uint64_t store_errors = 0;
-  uint64_t cache_hits = 0;     // revisions built from the event cache
-  uint64_t cache_misses = 0;   // revisions built from messages read from the store
-  uint64_t cache_refused = 0;  // messages whose bytes did not fit cache_bytes
-  uint64_t cache_bytes = 0;    // held by the cache now (and on their way to it)
+  uint64_t build_failures = 0;  // builds that threw
+  uint64_t quarantined = 0;     // traces set aside after max_build_failures
+  uint64_t cache_hits = 0;      // revisions built from the event cache
+  uint64_t cache_misses = 0;    // revisions built from messages read from the store
+  uint64_t cache_refused = 0;   // messages whose bytes did not fit cache_bytes
+  uint64_t cache_bytes = 0;     // held by the cache now (and on their way to it)
 };
 
 class Assembler {
@@ -205,6 +216,12 @@ class Assembler {
   // Looks at a due trace; appends its next revision to `out` when there is
   // one to emit.
   void process(const std::string& trace_id, uint64_t now, std::vector<Prepared>* out);
+  // process(), with what it throws caught: the trace is retried, and set
+  // aside after max_build_failures.
+  void process_guarded(const std::string& trace_id, uint64_t now, std::vector<Prepared>* out);
+  void quarantine(const std::string& trace_id, const std::string& reason);
+  // The owned thread's rounds, until stop().
+  void loop();
   // Writes the prepared revisions in one store write and settles each trace;
   // returns the number emitted.
   size_t emit(std::vector<Prepared>* batch, uint64_t now);
@@ -252,6 +269,8 @@ class Assembler {
   uint64_t next_rescan_ns_ = 0;
   uint64_t next_retention_ns_ = 0;
   std::vector<Notice> inbox_;
+  std::unordered_map<std::string, uint32_t> build_failures_;  // failures in a row, by trace
+  std::set<std::string> quarantined_;                         // set aside, not built again
 
   std::thread thread_;
   std::atomic<bool> stop_{false};
@@ -259,7 +278,7 @@ class Assembler {
   std::atomic<uint64_t> notifications_{0}, notifications_dropped_{0}, rescans_{0}, rescanned_{0},
       spilled_n_{0}, open_n_{0}, emitted_{0}, emitted_unfinished_{0}, emitted_partial_{0},
       emitted_parts_{0}, late_{0}, store_errors_{0}, cache_hits_{0}, cache_misses_{0},
-      cache_refused_{0};
+      cache_refused_{0}, build_failures_n_{0}, quarantined_n_{0};
   // Bytes held by the cache, and in notices on their way to it.
   std::atomic<uint64_t> cache_used_{0};
 };

@@ -6,6 +6,7 @@
 
 #include <map>
 #include <set>
+#include <stdexcept>
 
 #include "buffer/testing/temp_dir.h"
 #include "common/clock.h"
@@ -702,6 +703,48 @@ TEST_F(AssemblerTest, ALateMessageOfACachedTraceRebuildsFromTheStore) {
   EXPECT_EQ(assembler_->stats().cache_hits, 1u);
   EXPECT_EQ(assembler_->stats().cache_misses, 1u);
   EXPECT_EQ(assembler_->stats().cache_bytes, 0u);
+}
+
+// A trace whose build throws every time (a poison trace) is tried
+// max_build_failures times, then set aside with its reason: the others go
+// out, it is not built again, also after a restart, and its messages stay.
+// A build that fails once costs a retry, not the trace.
+TEST_F(AssemblerTest, APoisonTraceIsSetAsideAndTheOthersGoOut) {
+  int flaky_failures = 0;
+  opts_.max_build_failures = 3;
+  opts_.retry_interval = 1s;
+  opts_.before_build = [&](const std::string& id) {
+    if (id == "poison") throw std::runtime_error("cannot build this one");
+    if (id == "flaky" && flaky_failures++ == 0) throw std::runtime_error("once");
+  };
+  reopen();
+  send({pack("start", "poison", "a"), pack("end", "poison", "a")}, "poison");
+  send({pack("start", "ok", "a"), pack("end", "ok", "a")}, "ok");
+  send({pack("start", "flaky", "a"), pack("end", "flaky", "a")}, "flaky");
+  for (int i = 0; i < 6; ++i)
+    advance_and_poll(1s);
+  std::set<std::string> emitted;
+  for (const auto& e : outbox())
+    emitted.insert(e.trace_id);
+  EXPECT_EQ(emitted, (std::set<std::string>{"ok", "flaky"}));
+  AssemblerStats st = assembler_->stats();
+  EXPECT_EQ(st.build_failures, 4u);  // poison 3 times, flaky once
+  EXPECT_EQ(st.quarantined, 1u);
+  EXPECT_EQ(st.open_traces, 0u);
+  std::string reason;
+  ASSERT_TRUE(store_->meta_get("assembler/quarantine/poison", &reason).ok());
+  EXPECT_NE(reason.find("cannot build this one"), std::string::npos) << reason;
+  std::vector<buffer::StoredEvent> kept;
+  ASSERT_TRUE(store_->read_trace("poison", &kept).ok());
+  EXPECT_EQ(kept.size(), 2u);
+
+  // After a restart it is found in pending again, and left alone.
+  reopen();
+  for (int i = 0; i < 6; ++i)
+    advance_and_poll(1s);
+  EXPECT_EQ(assembler_->stats().build_failures, 0u);
+  EXPECT_EQ(assembler_->stats().open_traces, 0u);
+  EXPECT_EQ(outbox().size(), 2u);
 }
 
 }  // namespace
