@@ -41,6 +41,18 @@ TEST(WiringTest, UpstreamKeysReachTheDeliveryOptions) {
   EXPECT_EQ(o.auth_probe_interval_ms, 666u);
 }
 
+// trace::AssemblerOptions and the configuration's [trace] section agree.
+TEST(WiringTest, TheAssemblerOptionsDefaultsAreTheConfigurations) {
+  const trace::AssemblerOptions from_config = assembler_options(config::Config{});
+  const trace::AssemblerOptions own;
+  EXPECT_EQ(from_config.quiet_period, own.quiet_period);
+  EXPECT_EQ(from_config.max_open, own.max_open);
+  EXPECT_EQ(from_config.retain, own.retain);
+  EXPECT_EQ(from_config.max_open_traces, own.max_open_traces);
+  EXPECT_EQ(from_config.max_trace_events, own.max_trace_events);
+  EXPECT_EQ(from_config.max_trace_bytes, own.max_trace_bytes);
+}
+
 // upstream::Options and the agent's configuration take their defaults from
 // one place (config/defaults.h): the options the agent derives from a default
 // configuration are the options' own defaults, key by key.

@@ -96,14 +96,14 @@ struct Config {
   } upstream;
 
   struct Trace {
-    int64_t quiet_period_ms = 1000;
-    int64_t max_open_s = 600;
-    int64_t retain_s = 86400;
-    int64_t max_open_traces = 50000;
+    int64_t quiet_period_ms = defaults::kTraceQuietPeriodMs;
+    int64_t max_open_s = defaults::kTraceMaxOpenS;
+    int64_t retain_s = defaults::kTraceRetainS;
+    int64_t max_open_traces = defaults::kTraceMaxOpenTraces;
     // A trace whose unsent messages pass either bound goes out in numbered
     // parts, each holding only its own messages (docs/trace-document.md).
-    int64_t max_events = 10000;
-    uint64_t max_bytes = 4ull << 20;
+    int64_t max_events = defaults::kTraceMaxEvents;
+    uint64_t max_bytes = defaults::kTraceMaxBytes;
   } trace;
 
   struct Buffer {

@@ -1,6 +1,6 @@
 // Built-in defaults of the keys whose values a component's own options also
 // carry. Config takes its defaults from here, and so do the component's
-// option structs (upstream::Options), so that a component built from its
+// option structs (upstream::Options, trace::AssemblerOptions), so that a component built from its
 // options alone (tests, benchmarks) behaves as the agent does by default.
 // The agent itself always passes every value from Config (agent/wiring.cpp).
 //
@@ -26,6 +26,14 @@ inline constexpr uint32_t kUpstreamRetryDeadlineS = 0;
 inline constexpr uint32_t kUpstreamRetryAfterMaxMs = 300000;
 inline constexpr uint32_t kUpstreamAuthProbeIntervalMs = 30000;
 inline constexpr uint64_t kUpstreamDeadletterMaxBytes = 256ull << 20;
+
+// [trace]
+inline constexpr int64_t kTraceQuietPeriodMs = 1000;
+inline constexpr int64_t kTraceMaxOpenS = 600;
+inline constexpr int64_t kTraceRetainS = 86400;
+inline constexpr int64_t kTraceMaxOpenTraces = 50000;
+inline constexpr int64_t kTraceMaxEvents = 10000;
+inline constexpr uint64_t kTraceMaxBytes = 4ull << 20;
 
 // [exporter]
 inline constexpr uint64_t kExporterRotateBytes = 64ull << 20;

@@ -62,23 +62,25 @@
 #include "common/bounded_queue.h"
 #include "common/clock.h"
 #include "common/rate_limited_log.h"
+#include "config/defaults.h"
 
 namespace sidetrace::trace {
 
 struct AssemblerOptions {
-  std::chrono::milliseconds quiet_period{1000};  // trace.quiet_period_ms
-  std::chrono::seconds max_open{600};            // trace.max_open_s
-  std::chrono::seconds retain{86400};            // trace.retain_s
+  std::chrono::milliseconds quiet_period{config::defaults::kTraceQuietPeriodMs};
+  std::chrono::seconds max_open{config::defaults::kTraceMaxOpenS};
+  std::chrono::seconds retain{config::defaults::kTraceRetainS};
   // How long the state record (last revision) of a trace whose events were
   // deleted is kept, so that a very late message still gets revision + 1.
   std::chrono::seconds forget_after{7 * 86400};
-  size_t max_open_traces = 100000;  // bound of the in-memory index
+  // Bound of the in-memory index (trace.max_open_traces).
+  size_t max_open_traces = config::defaults::kTraceMaxOpenTraces;
   // A trace whose unemitted messages pass either bound goes out in parts
   // (trace.max_events, trace.max_bytes): each part a revision of at most
   // about that much, built from only its own messages, so that neither the
   // assembler nor delivery ever holds a whole large trace.
-  size_t max_trace_events = 10000;
-  size_t max_trace_bytes = 4 << 20;
+  size_t max_trace_events = config::defaults::kTraceMaxEvents;
+  size_t max_trace_bytes = config::defaults::kTraceMaxBytes;
   // Bound of the notification queue (bytes; the message bytes a notice
   // carries count against cache_bytes instead); overflow = drop + rescan.
   // About 17,000 messages: a quarter of a second of a sustained load. An
