@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "common/host_port.h"
+#include "common/text.h"
 #include "common/thread.h"
 
 namespace sidetrace::agent {
@@ -76,22 +77,6 @@ struct Refusal {
   unsigned status = 403;
   std::string reason;
 };
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
-    s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
-    s.remove_suffix(1);
-  return s;
-}
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) {
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  }
-  return out;
-}
 
 bool iequals(std::string_view a, std::string_view b) {
   return a.size() == b.size() && lower(a) == lower(b);

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
+#include "common/text.h"
 #include "upstream/upstream.h"
 
 namespace sidetrace::upstream {
@@ -93,14 +94,6 @@ int month_index(std::string_view m) {
     if (m == kMonths[i]) return i;
   }
   return -1;
-}
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
-    s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
-    s.remove_suffix(1);
-  return s;
 }
 
 }  // namespace
