@@ -12,6 +12,7 @@
 
 #include "buffer/detail/codec.h"
 #include "buffer/testing/temp_dir.h"
+#include "common/wait_until.h"
 
 namespace sidetrace::buffer {
 namespace {
@@ -489,10 +490,7 @@ TEST(StoreTest, DeletedStoreFilesAreReclaimed) {
     ASSERT_TRUE(s->compact().ok());  // flushes (WAL files go) and compacts (tables go)
   }
   fs::path trash = dir.path() / "store" / "reclaim";
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (std::chrono::steady_clock::now() < deadline &&
-         (s->counters().reclaim_pending_bytes > 0 || !fs::is_empty(trash)))
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));  // a poll interval
+  wait_until([&] { return s->counters().reclaim_pending_bytes == 0 && fs::is_empty(trash); });
   EXPECT_GT(s->counters().reclaimed_bytes, 0u);
   EXPECT_EQ(s->counters().reclaim_pending_bytes, 0u);
   EXPECT_TRUE(fs::is_empty(trash));
