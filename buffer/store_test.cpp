@@ -8,7 +8,6 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-#include <thread>
 
 #include "buffer/detail/codec.h"
 #include "buffer/testing/temp_dir.h"
