@@ -14,6 +14,7 @@ packages=(
   libtomlplusplus-dev libcli11-dev
   libssl-dev zlib1g-dev libzstd-dev
   nlohmann-json3-dev libsystemd-dev
+  libprotobuf-dev protobuf-compiler
 )
 build_only=0
 if [ "${1:-}" = "--build" ]; then
@@ -27,7 +28,7 @@ if [ $build_only -eq 0 ]; then
   packages+=(
     git openssl
     libgtest-dev libgmock-dev
-    python3 python3-msgpack python3-pytest
+    python3 python3-msgpack python3-pytest python3-protobuf
     clang-format clang libclang-rt-14-dev
     systemd
     chromium
