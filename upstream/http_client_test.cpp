@@ -5,6 +5,7 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/use_future.hpp>
 
 #include "upstream/testing/http_server.h"
@@ -81,6 +82,50 @@ TEST(UpstreamHttpClient, ClassifiesResponsesAndRefusedConnections) {
   o = post_once(io, c, "/v1/traces");
   EXPECT_EQ(o.kind, OutcomeKind::kRetryable);
   EXPECT_EQ(o.http_status, 0);
+}
+
+// A DNS lookup that never answers counts against the connect timeout: the
+// post gives up instead of waiting for it.
+TEST(UpstreamHttpClient, GivesUpOnAHangingDnsLookupWithinTheConnectTimeout) {
+  net::io_context io;
+  auto cfg = std::make_shared<ConnectionConfig>();
+  cfg->endpoint = parse_endpoint("http://upstream.invalid:4318");
+  cfg->connect_timeout_ms = 100;
+  ResolveDone pending;
+  cfg->resolve_hook = [&pending](ResolveDone done) { pending = std::move(done); };
+  HttpConnection c(io.get_executor(), cfg);
+  Outcome o = post_once(io, c, "/v1/traces");
+  EXPECT_EQ(o.kind, OutcomeKind::kRetryable);
+  EXPECT_EQ(o.http_status, 0);
+  EXPECT_NE(o.detail.find("resolve: timed out after 100 ms"), std::string::npos) << o.detail;
+  EXPECT_FALSE(c.connected());
+  // The lookup's late answer is dropped.
+  ASSERT_TRUE(pending);
+  pending(beast::error_code{}, {});
+}
+
+// A lookup that answers goes on to connect within what is left of the
+// timeout.
+TEST(UpstreamHttpClient, ConnectsWithTheAddressTheLookupGave) {
+  testing::HttpServer server;
+  net::io_context io;
+  auto cfg = std::make_shared<ConnectionConfig>();
+  cfg->endpoint = parse_endpoint(server.url());
+  cfg->endpoint.host = "upstream.invalid";
+  auto port = parse_endpoint(server.url()).port;
+  int lookups = 0;
+  cfg->resolve_hook = [&](ResolveDone done) {
+    ++lookups;
+    auto results = net::ip::tcp::resolver::results_type::create(
+        net::ip::tcp::endpoint(net::ip::make_address("127.0.0.1"),
+                               static_cast<unsigned short>(std::stoi(port))),
+        "upstream.invalid", port);
+    net::post(io, [done = std::move(done), results] { done(beast::error_code{}, results); });
+  };
+  HttpConnection c(io.get_executor(), cfg);
+  EXPECT_EQ(post_once(io, c, "/v1/traces").kind, OutcomeKind::kSuccess);
+  EXPECT_EQ(lookups, 1);
+  EXPECT_EQ(server.connections(), 1u);
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/ssl/host_name_verification.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/write.hpp>
@@ -100,16 +101,60 @@ void HttpConnection::close() {
   buffer_.clear();
 }
 
-net::awaitable<beast::error_code> HttpConnection::connect() {
+net::awaitable<beast::error_code> HttpConnection::resolve(
+    std::chrono::steady_clock::time_point deadline, tcp::resolver::results_type* out) {
+  // Shared with the lookup's completion, which may come after this
+  // coroutine gave up on it.
+  struct Lookup {
+    explicit Lookup(const net::any_io_executor& ex) : timer(ex), resolver(ex) {}
+    net::steady_timer timer;
+    tcp::resolver resolver;
+    bool done = false;
+    beast::error_code ec;
+    tcp::resolver::results_type results;
+  };
+  auto lookup = std::make_shared<Lookup>(ex_);
+  ResolveDone finish = [lookup](beast::error_code ec, tcp::resolver::results_type results) {
+    if (lookup->done) return;
+    lookup->done = true;
+    lookup->ec = ec;
+    lookup->results = std::move(results);
+    lookup->timer.cancel();
+  };
+  const auto& ep = config_->endpoint;
+  if (config_->resolve_hook) {
+    config_->resolve_hook(std::move(finish));
+  } else {
+    lookup->resolver.async_resolve(ep.host, ep.port, std::move(finish));
+  }
+  // The completion runs on this connection's executor, never between the
+  // test and the wait below.
+  if (!lookup->done) {
+    lookup->timer.expires_at(deadline);
+    beast::error_code wait_ec;
+    co_await lookup->timer.async_wait(net::redirect_error(net::use_awaitable, wait_ec));
+  }
+  if (!lookup->done) {
+    lookup->done = true;
+    lookup->resolver.cancel();
+    co_return beast::error::timeout;
+  }
+  *out = std::move(lookup->results);
+  co_return lookup->ec;
+}
+
+net::awaitable<beast::error_code> HttpConnection::connect(const char** phase) {
   beast::error_code ec;
   const auto& ep = config_->endpoint;
-  auto timeout = std::chrono::milliseconds(config_->connect_timeout_ms);
-  tcp::resolver resolver(ex_);
-  auto results = co_await resolver.async_resolve(ep.host, ep.port,
-                                                 net::redirect_error(net::use_awaitable, ec));
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(config_->connect_timeout_ms);
+  *phase = "resolve";
+  tcp::resolver::results_type results;
+  ec = co_await resolve(deadline, &results);
   if (ec) co_return ec;
+  *phase = "connect";
   beast::tcp_stream stream(ex_);
-  stream.expires_after(timeout);
+  stream.expires_at(deadline);
   co_await stream.async_connect(results, net::redirect_error(net::use_awaitable, ec));
   if (ec) co_return ec;
   stream.socket().set_option(tcp::no_delay(true), ec);
@@ -117,13 +162,14 @@ net::awaitable<beast::error_code> HttpConnection::connect() {
     tcp_.emplace(std::move(stream));
     co_return beast::error_code{};
   }
+  *phase = "handshake";
   beast::ssl_stream<beast::tcp_stream> s(std::move(stream), *config_->tls);
   if (!SSL_set_tlsext_host_name(s.native_handle(), ep.host.c_str())) {
     co_return beast::error_code(static_cast<int>(::ERR_get_error()),
                                 net::error::get_ssl_category());
   }
   if (config_->tls_verify) s.set_verify_callback(ssl::host_name_verification(ep.host));
-  beast::get_lowest_layer(s).expires_after(timeout);
+  beast::get_lowest_layer(s).expires_at(deadline);
   co_await s.async_handshake(ssl::stream_base::client, net::redirect_error(net::use_awaitable, ec));
   if (ec) co_return ec;
   tls_.emplace(std::move(s));
@@ -155,13 +201,17 @@ net::awaitable<Outcome> HttpConnection::post(const http::request<http::string_bo
     bool reused = connected();
     beast::error_code ec;
     if (!reused) {
-      ec = co_await connect();
+      const char* phase = "connect";
+      ec = co_await connect(&phase);
       if (ec) {
         close();
         Outcome o;
         o.kind = OutcomeKind::kRetryable;
         o.detail = "connect " + config_->endpoint.host + ":" + config_->endpoint.port + ": " +
-                   ec.message();
+                   phase + ": " +
+                   (ec == beast::error::timeout
+                        ? "timed out after " + std::to_string(config_->connect_timeout_ms) + " ms"
+                        : ec.message());
         co_return o;
       }
     }

@@ -9,12 +9,14 @@
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl/context.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -44,12 +46,20 @@ Endpoint parse_endpoint(std::string_view url);
 // certificate). Throws std::runtime_error naming the file that failed.
 std::shared_ptr<net::ssl::context> make_tls_context(const Options& options);
 
+using ResolveDone = std::function<void(beast::error_code, net::ip::tcp::resolver::results_type)>;
+
 struct ConnectionConfig {
   Endpoint endpoint;
   std::shared_ptr<net::ssl::context> tls;  // null for http
   bool tls_verify = true;
+  // The whole of a connection's set-up: the DNS lookup, the TCP connect and
+  // the TLS handshake together.
   uint32_t connect_timeout_ms = 5000;
   uint32_t request_timeout_ms = 30000;
+  // Fault injection, for tests only: stands for the DNS lookup of the
+  // endpoint's host, on the connection's executor. It may call `done` late
+  // or never (a lookup that hangs).
+  std::function<void(ResolveDone done)> resolve_hook;
 };
 
 class HttpConnection {
@@ -68,7 +78,13 @@ class HttpConnection {
   const ConnectionConfig& config() const { return *config_; }
 
  private:
-  net::awaitable<beast::error_code> connect();
+  // Sets *phase to the step that failed ("resolve", "connect", "handshake").
+  net::awaitable<beast::error_code> connect(const char** phase);
+  // The DNS lookup, given up at `deadline`: a lookup runs on a thread of its
+  // own and cannot be interrupted, so a hanging one is abandoned (its late
+  // answer is dropped), never waited for.
+  net::awaitable<beast::error_code> resolve(std::chrono::steady_clock::time_point deadline,
+                                            net::ip::tcp::resolver::results_type* out);
   template <typename Stream>
   net::awaitable<beast::error_code> exchange(Stream& s, const http::request<http::string_body>& req,
                                              http::response<http::string_body>* res,
