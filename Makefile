@@ -5,7 +5,7 @@ BUILD ?= build/release
 VAR ?= $(CURDIR)/var
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build run test bench bench-compare soak test-sanitize fuzz format clean install package
+.PHONY: all deps build run test bench bench-compare soak test-sanitize test-arm64 fuzz format clean install package
 
 all: build
 
@@ -75,6 +75,11 @@ test-sanitize: deps
 	TSAN_OPTIONS=suppressions=$(CURDIR)/tests/sanitize/tsan.supp:second_deadlock_stack=1 \
 	  $(SANITIZE_CTEST) --test-dir build/tsan || rc=1; \
 	exit $$rc
+
+# Cross-builds for arm64 (Debian's cross toolchain and arm64 packages) and runs
+# the unit tests under qemu-user; see scripts/test-arm64.sh.
+test-arm64:
+	@bash scripts/test-arm64.sh
 
 # The libFuzzer harnesses (tests/fuzz), five minutes each; make test runs them briefly.
 fuzz: deps

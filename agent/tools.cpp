@@ -46,7 +46,9 @@ int run_status(const std::string& admin_addr, const std::string& token, bool raw
 bool deadletter_action(buffer::Store& store, const std::string& action, std::string* text) {
   if (action == "list") {
     std::vector<upstream::DeadLetter> records;
-    buffer::Status s = upstream::deadletter_list(store, &records);
+    uint64_t count = 0, bytes = 0;
+    buffer::Status s = upstream::deadletter_list(store, &records, kDeadLetterListMax);
+    if (s.ok()) s = upstream::deadletter_stats(store, &count, &bytes);
     if (!s.ok()) {
       *text = "cannot list dead letters: " + s.ToString() + "\n";
       return false;
@@ -61,7 +63,11 @@ bool deadletter_action(buffer::Store& store, const std::string& action, std::str
       out += fmt::format("{}  ts={}  status={}  traces={}  bytes={}  reason={}  trace_ids={}\n",
                          r.id, r.ts_ns, r.http_status, r.traces, r.bytes, r.reason, ids);
     }
-    out += fmt::format("{} dead-lettered batch(es)\n", records.size());
+    if (count > records.size()) {
+      out += fmt::format("... the {} oldest shown\n", records.size());
+    }
+    out += fmt::format("{} dead-lettered batch(es), {} bytes\n",
+                       std::max<uint64_t>(count, records.size()), bytes);
     *text = std::move(out);
     return true;
   }

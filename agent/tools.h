@@ -33,7 +33,9 @@ int run_reload(const std::string& admin_addr, const std::string& token, std::ost
 
 // The dead-letter actions on an open store, as text (shared by the CLI and
 // the admin endpoint). `action` is "list", "replay" or "purge". Returns false
-// on a store error, with the reason in the text.
+// on a store error, with the reason in the text. A list shows at most
+// kDeadLetterListMax records, the oldest, and the totals of all.
+inline constexpr size_t kDeadLetterListMax = 1000;
 bool deadletter_action(buffer::Store& store, const std::string& action, std::string* text);
 
 }  // namespace sidetrace::agent

@@ -1,6 +1,5 @@
 #include "buffer/store.h"
 
-
 #include <rocksdb/cache.h>
 #include <rocksdb/db.h>
 #include <rocksdb/env.h>
@@ -455,15 +454,35 @@ class RocksStore final : public Store {
   }
   Status meta_scan(std::string_view prefix, size_t limit,
                    std::vector<std::pair<std::string, std::string>>* out) override {
+    return meta_scan_after(prefix, {}, limit, out);
+  }
+  Status meta_scan_after(std::string_view prefix, std::string_view after, size_t limit,
+                         std::vector<std::pair<std::string, std::string>>* out) override {
     StoreLock db_lock(db_mu_);
     if (!db_) return unavailable();
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cfs_[kMeta]));
+    if (after.empty() || after < prefix) {
+      it->Seek(prefix);
+    } else {
+      it->Seek(after);
+      if (it->Valid() && it->key() == after) it->Next();
+    }
     size_t n = 0;
-    for (it->Seek(prefix); it->Valid() && n < limit && it->key().starts_with(prefix); it->Next()) {
+    for (; it->Valid() && n < limit && it->key().starts_with(prefix); it->Next()) {
       out->emplace_back(it->key().ToString(), it->value().ToString());
       ++n;
     }
     return from_rocks(it->status(), "meta_scan");
+  }
+  Status meta_write(const MetaWrite& w) override {
+    StoreLock db_lock(db_mu_);
+    if (!db_) return unavailable();
+    rocksdb::WriteBatch b;
+    for (const auto& [k, v] : w.put)
+      b.Put(cfs_[kMeta], k, v);
+    for (const auto& k : w.del)
+      b.Delete(cfs_[kMeta], k);
+    return from_rocks(write(wo_, &b), "meta_write");
   }
 
   // ---- events ----

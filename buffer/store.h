@@ -192,6 +192,16 @@ class Store {
   // Every key starting with `prefix`, in key order, at most `limit`.
   virtual Status meta_scan(std::string_view prefix, size_t limit,
                            std::vector<std::pair<std::string, std::string>>* out) = 0;
+  // One page of that: the keys starting with `prefix` that sort after
+  // `after` (all of them when `after` is empty), at most `limit`.
+  virtual Status meta_scan_after(std::string_view prefix, std::string_view after, size_t limit,
+                                 std::vector<std::pair<std::string, std::string>>* out) = 0;
+  // Puts and deletes in one atomic write.
+  struct MetaWrite {
+    std::vector<std::pair<std::string, std::string>> put;
+    std::vector<std::string> del;
+  };
+  virtual Status meta_write(const MetaWrite& w) = 0;
 
   // ---- events (used by buffer::Writer) -----------------------------------
 

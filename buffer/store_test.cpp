@@ -450,6 +450,46 @@ TEST(StoreTest, MetaPutGetScanDelete) {
   EXPECT_EQ(kv.size(), 1u);
 }
 
+TEST(StoreTest, MetaScansInPagesAndWritesAtomically) {
+  TempDir dir;
+  auto s = open_store(options(dir));
+  buffer::Store::MetaWrite w;
+  for (char c = 'a'; c <= 'e'; ++c)
+    w.put.emplace_back(std::string("up/") + c, std::string(1, c));
+  w.put.emplace_back("uq", "outside");
+  ASSERT_TRUE(s->meta_write(w).ok());
+  // Pages of two, each starting after the last key of the one before.
+  std::vector<std::string> seen;
+  std::string after;
+  for (int page = 0; page < 10; ++page) {
+    std::vector<std::pair<std::string, std::string>> kv;
+    ASSERT_TRUE(s->meta_scan_after("up/", after, 2, &kv).ok());
+    if (kv.empty()) break;
+    EXPECT_LE(kv.size(), 2u);
+    for (auto& [k, v] : kv)
+      seen.push_back(k + "=" + v);
+    after = kv.back().first;
+  }
+  EXPECT_EQ(seen, (std::vector<std::string>{"up/a=a", "up/b=b", "up/c=c", "up/d=d", "up/e=e"}));
+  // A key that is not stored still starts the page after it.
+  std::vector<std::pair<std::string, std::string>> kv;
+  ASSERT_TRUE(s->meta_scan_after("up/", "up/bb", 10, &kv).ok());
+  ASSERT_EQ(kv.size(), 3u);
+  EXPECT_EQ(kv[0].first, "up/c");
+  // Puts and deletes together, across a reopen.
+  buffer::Store::MetaWrite w2;
+  w2.del = {"up/a", "up/b"};
+  w2.put = {{"up/f", "f"}};
+  ASSERT_TRUE(s->meta_write(w2).ok());
+  s.reset();
+  s = open_store(options(dir));
+  kv.clear();
+  ASSERT_TRUE(s->meta_scan("up/", 10, &kv).ok());
+  ASSERT_EQ(kv.size(), 4u);
+  EXPECT_EQ(kv.front().first, "up/c");
+  EXPECT_EQ(kv.back().first, "up/f");
+}
+
 // RocksDB writes no LOG file of its own on the data disk (a failing LOG
 // file aborts it when written again); its messages reach the agent's log.
 TEST(StoreTest, RocksDbMessagesGoToTheAgentLogNotToAFileInTheStore) {

@@ -5,22 +5,27 @@
 # refreshed at most once per run. Uses sudo when not run as root.
 set -euo pipefail
 
-# Building the agent.
-packages=(
-  build-essential cmake make pkg-config
+# The libraries the agent builds against (also unpacked for arm64 by
+# scripts/test-arm64.sh, which reads them with --libraries).
+libraries=(
   libboost-dev libboost-system-dev libboost-regex-dev
   libmsgpack-cxx-dev librocksdb-dev libjemalloc-dev
   libspdlog-dev libfmt-dev
   libtomlplusplus-dev libcli11-dev
   libssl-dev zlib1g-dev libzstd-dev
   nlohmann-json3-dev libsystemd-dev
-  libprotobuf-dev protobuf-compiler
+  libprotobuf-dev
 )
+# Building the agent.
+packages=(build-essential cmake make pkg-config protobuf-compiler "${libraries[@]}")
 build_only=0
 if [ "${1:-}" = "--build" ]; then
   build_only=1
+elif [ "${1:-}" = "--libraries" ]; then
+  echo "${libraries[@]}" libgtest-dev libgmock-dev
+  exit 0
 elif [ $# -gt 0 ]; then
-  echo "usage: $0 [--build]" >&2
+  echo "usage: $0 [--build | --libraries]" >&2
   exit 2
 fi
 # The tests, the benchmarks and the tools around them.

@@ -245,9 +245,14 @@ struct DeadLetter {
   std::vector<std::string> trace_ids;
 };
 
-// Lists up to `limit` records, oldest first.
+// Lists up to `limit` records, oldest first, from the one after the record
+// id `after` (from the oldest when empty). The store is read a few records at
+// a time: what this holds is the summaries, never the documents.
 buffer::Status deadletter_list(buffer::Store& store, std::vector<DeadLetter>* out,
-                               size_t limit = SIZE_MAX);
+                               size_t limit = SIZE_MAX, std::string_view after = {});
+// How many records the dead-letter store holds, and their bytes (kept beside
+// the records, not counted at each call).
+buffer::Status deadletter_stats(buffer::Store& store, uint64_t* count, uint64_t* bytes);
 // Turns every record into a pending delivery batch (meta "upstream/batch/")
 // with a new idempotency key and deletes it; a running Delivery picks these up
 // at its next start (use Delivery::replay_deadletters() while it runs).

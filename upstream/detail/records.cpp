@@ -99,31 +99,117 @@ buffer::Status max_batch_id(buffer::Store& store, uint64_t* id) {
   return s;
 }
 
+namespace {
+
+// Dead-letter changes of this process, one at a time: each reads the totals,
+// changes records and writes the totals back in one atomic write.
+std::mutex& deadletter_mu() {
+  static std::mutex mu;
+  return mu;
+}
+
+using Rows = std::vector<std::pair<std::string, std::string>>;
+
+std::string encode_totals(const DeadLetterTotals& t) {
+  return fmt::format("{{\"count\":{},\"bytes\":{}}}", t.count, t.bytes);
+}
+
+// The totals by counting every record, a page at a time (a store written
+// before the totals were kept, or totals that no longer match).
+buffer::Status count_deadletters(buffer::Store& store, DeadLetterTotals* t) {
+  *t = {};
+  std::string after;
+  for (;;) {
+    Rows rows;
+    buffer::Status s = store.meta_scan_after(kDeadLetterPrefix, after, kDeadLetterPage, &rows);
+    if (!s.ok()) return s;
+    if (rows.empty()) break;
+    for (auto& [k, v] : rows) {
+      ++t->count;
+      t->bytes += v.size();
+    }
+    after = rows.back().first;
+  }
+  return store.meta_put(kDeadLetterTotalsKey, encode_totals(*t));
+}
+
+buffer::Status load_totals(buffer::Store& store, DeadLetterTotals* t) {
+  std::string v;
+  buffer::Status s = store.meta_get(kDeadLetterTotalsKey, &v);
+  if (s.IsNotFound()) return count_deadletters(store, t);
+  if (!s.ok()) return s;
+  json j = json::parse(v, nullptr, false);
+  if (j.is_object() && j.contains("count") && j.contains("bytes") &&
+      j["count"].is_number_unsigned() && j["bytes"].is_number_unsigned()) {
+    t->count = j["count"].get<uint64_t>();
+    t->bytes = j["bytes"].get<uint64_t>();
+    return s;
+  }
+  return count_deadletters(store, t);
+}
+
+void take(DeadLetterTotals* t, size_t bytes) {
+  t->count = t->count > 0 ? t->count - 1 : 0;
+  t->bytes = t->bytes > bytes ? t->bytes - bytes : 0;
+}
+
+}  // namespace
+
+buffer::Status deadletter_totals(buffer::Store& store, DeadLetterTotals* t) {
+  std::lock_guard lock(deadletter_mu());
+  return load_totals(store, t);
+}
+
 buffer::Status deadletter_add(buffer::Store& store, const DeadLetterRecord& r, uint64_t max_bytes,
                               uint32_t max_count, uint64_t* evicted_records,
                               uint64_t* evicted_docs) {
   static std::atomic<uint32_t> counter{0};
+  std::lock_guard lock(deadletter_mu());
+  DeadLetterTotals t;
+  buffer::Status s = load_totals(store, &t);
+  if (!s.ok()) return s;
   std::string key = fmt::format("{}{:016x}-{:08x}", kDeadLetterPrefix, r.ts_ns,
                                 counter.fetch_add(1, std::memory_order_relaxed));
-  buffer::Status s = store.meta_put(key, encode_deadletter(r));
+  std::string value = encode_deadletter(r);
+  ++t.count;
+  t.bytes += value.size();
+  buffer::Store::MetaWrite w;
+  w.put = {{key, std::move(value)}, {std::string(kDeadLetterTotalsKey), encode_totals(t)}};
+  s = store.meta_write(w);
   if (!s.ok()) return s;
-  std::vector<std::pair<std::string, std::string>> rows;
-  s = store.meta_scan(kDeadLetterPrefix, SIZE_MAX, &rows);
-  if (!s.ok()) return s;
-  uint64_t total = 0;
-  for (auto& row : rows)
-    total += row.second.size();
-  size_t count = rows.size();
-  for (auto& [k, v] : rows) {
-    if ((count <= max_count && total <= max_bytes) || k == key) break;
-    DeadLetterRecord old;
-    size_t docs = decode_deadletter(v, &old) ? old.docs.size() : 0;
-    s = store.meta_delete(k);
+  // Evicts the oldest records, a page at a time, until the bounds hold (the
+  // new record stays even when it alone exceeds them).
+  bool recounted = false;
+  while (t.count > max_count || t.bytes > max_bytes) {
+    Rows rows;
+    s = store.meta_scan_after(kDeadLetterPrefix, {}, kDeadLetterPage, &rows);
     if (!s.ok()) return s;
-    --count;
-    total -= v.size();
-    ++*evicted_records;
+    bool only_new = rows.empty() || rows.front().first == key;
+    if (only_new) {
+      // Nothing older to evict: the totals overstate what is stored (records
+      // removed by a process that does not keep them). Count once and retry.
+      if (recounted) break;
+      s = count_deadletters(store, &t);
+      if (!s.ok()) return s;
+      recounted = true;
+      continue;
+    }
+    buffer::Store::MetaWrite evict;
+    DeadLetterTotals after = t;
+    uint64_t docs = 0;
+    for (auto& [k, v] : rows) {
+      if (k == key || (after.count <= max_count && after.bytes <= max_bytes)) break;
+      DeadLetterRecord old;
+      docs += decode_deadletter(v, &old) ? old.docs.size() : 0;
+      evict.del.push_back(k);
+      take(&after, v.size());
+    }
+    evict.put = {{std::string(kDeadLetterTotalsKey), encode_totals(after)}};
+    s = store.meta_write(evict);
+    if (!s.ok()) return s;
+    *evicted_records += evict.del.size();
     *evicted_docs += docs;
+    t = after;
   }
   return buffer::Status::Ok();
 }
@@ -131,26 +217,64 @@ buffer::Status deadletter_add(buffer::Store& store, const DeadLetterRecord& r, u
 buffer::Status replay_deadletters(buffer::Store& store, uint64_t* next_id,
                                   std::vector<BatchRecord>* created, size_t* replayed) {
   *replayed = 0;
-  std::vector<std::pair<std::string, std::string>> rows;
-  buffer::Status s = store.meta_scan(kDeadLetterPrefix, SIZE_MAX, &rows);
+  std::lock_guard lock(deadletter_mu());
+  DeadLetterTotals t;
+  buffer::Status s = load_totals(store, &t);
   if (!s.ok()) return s;
-  for (auto& [k, v] : rows) {
-    DeadLetterRecord d;
-    if (decode_deadletter(v, &d) && !d.docs.empty()) {
-      BatchRecord b;
-      b.id = (*next_id)++;
-      b.key = new_idempotency_key();
-      b.trace_ids = std::move(d.trace_ids);
-      b.docs = std::move(d.docs);
-      s = store.meta_put(batch_meta_key(b.id), encode_batch(b));
-      if (!s.ok()) return s;
-      if (created != nullptr) created->push_back(std::move(b));
-    }
-    s = store.meta_delete(k);
+  // A page at a time: its records become batches and leave the dead-letter
+  // store in one atomic write, so that a crash neither loses nor doubles one.
+  for (;;) {
+    Rows rows;
+    s = store.meta_scan_after(kDeadLetterPrefix, {}, kDeadLetterPage, &rows);
     if (!s.ok()) return s;
-    ++*replayed;
+    if (rows.empty()) break;
+    buffer::Store::MetaWrite w;
+    std::vector<BatchRecord> page;
+    for (auto& [k, v] : rows) {
+      DeadLetterRecord d;
+      if (decode_deadletter(v, &d) && !d.docs.empty()) {
+        BatchRecord b;
+        b.id = (*next_id)++;
+        b.key = new_idempotency_key();
+        b.trace_ids = std::move(d.trace_ids);
+        b.docs = std::move(d.docs);
+        w.put.emplace_back(batch_meta_key(b.id), encode_batch(b));
+        page.push_back(std::move(b));
+      }
+      w.del.push_back(k);
+      take(&t, v.size());
+    }
+    w.put.emplace_back(std::string(kDeadLetterTotalsKey), encode_totals(t));
+    s = store.meta_write(w);
+    if (!s.ok()) return s;
+    *replayed += rows.size();
+    if (created != nullptr) {
+      for (auto& b : page)
+        created->push_back(std::move(b));
+    }
   }
   return buffer::Status::Ok();
+}
+
+buffer::Status purge_deadletters(buffer::Store& store, size_t* purged) {
+  *purged = 0;
+  std::lock_guard lock(deadletter_mu());
+  for (;;) {
+    Rows rows;
+    buffer::Status s = store.meta_scan_after(kDeadLetterPrefix, {}, kDeadLetterPage, &rows);
+    if (!s.ok()) return s;
+    buffer::Store::MetaWrite w;
+    for (auto& row : rows)
+      w.del.push_back(row.first);
+    // The totals go with the last page: zero.
+    if (rows.size() < kDeadLetterPage) {
+      w.put = {{std::string(kDeadLetterTotalsKey), encode_totals({})}};
+    }
+    s = store.meta_write(w);
+    if (!s.ok()) return s;
+    *purged += rows.size();
+    if (rows.size() < kDeadLetterPage) return s;
+  }
 }
 
 }  // namespace sidetrace::upstream::detail

@@ -3,6 +3,7 @@
 //                                   and composition (outbox seqs, or inline
 //                                   documents for replayed dead letters)
 //   upstream/deadletter/<016x ts>-<08x n>  a batch the upstream rejected
+//   upstream/deadletter-totals      how many dead-letter records, and their bytes
 //
 // Thread safety: free functions; the store synchronises.
 #pragma once
@@ -52,6 +53,19 @@ std::string new_idempotency_key();
 // The largest batch id stored, 0 when none.
 buffer::Status max_batch_id(buffer::Store& store, uint64_t* id);
 
+// The dead-letter store is read and changed a page of records at a time, and
+// its totals are kept beside it (updated in the same atomic write as the
+// records), so that no operation loads it whole.
+inline constexpr size_t kDeadLetterPage = 16;
+inline constexpr std::string_view kDeadLetterTotalsKey = "upstream/deadletter-totals";
+
+struct DeadLetterTotals {
+  uint64_t count = 0;  // records
+  uint64_t bytes = 0;  // their value bytes
+};
+// The kept totals (counted, a page at a time, the first time).
+buffer::Status deadletter_totals(buffer::Store& store, DeadLetterTotals* t);
+
 // Stores `r`, then evicts the oldest records until at most `max_count`
 // records and `max_bytes` value bytes remain (the new one is kept even when it
 // alone exceeds the bound). Adds the evicted records and their documents to
@@ -65,5 +79,8 @@ buffer::Status deadletter_add(buffer::Store& store, const DeadLetterRecord& r, u
 // records are appended to `created` when it is not null.
 buffer::Status replay_deadletters(buffer::Store& store, uint64_t* next_id,
                                   std::vector<BatchRecord>* created, size_t* replayed);
+
+// Deletes every dead-letter record.
+buffer::Status purge_deadletters(buffer::Store& store, size_t* purged);
 
 }  // namespace sidetrace::upstream::detail
