@@ -352,6 +352,11 @@ std::string Agent::Impl::reload() {
   return fmt::format("reloaded: {} key(s) changed", changed.size());
 }
 
+namespace {
+// POST /quarantine/release/<percent-encoded trace id>
+constexpr std::string_view kReleasePath = "/quarantine/release/";
+}  // namespace
+
 AdminResponse Agent::Impl::handle(const std::string& method, const std::string& target) {
   AdminResponse r;
   if (handle_viewer(recent, method, target, &r)) return r;
@@ -381,6 +386,27 @@ AdminResponse Agent::Impl::handle(const std::string& method, const std::string& 
       r.body = fmt::format("replayed {} dead-lettered batch(es)\n", delivery->replay_deadletters());
     } else if (!deadletter_action(*store, path.substr(path.rfind('/') + 1), &r.body)) {
       r.status = 500;
+    }
+  } else if (path == "/quarantine" && method == "GET") {
+    if (!quarantine_action(*store, "list", {}, &r.body)) r.status = 500;
+  } else if (path.starts_with(kReleasePath) && method == "POST") {
+    std::string id;
+    std::string reason;
+    if (!url_decode(path.substr(kReleasePath.size()), &id) || id.empty()) {
+      r.status = 400;
+      r.body = "malformed trace id\n";
+    } else if (buffer::Status s =
+                   store->meta_get(std::string(trace::kQuarantinePrefix) + id, &reason);
+               !s.ok()) {
+      r.status = s.IsNotFound() ? 404 : 500;
+      r.body =
+          s.IsNotFound() ? fmt::format("trace {} is not set aside\n", id) : s.ToString() + "\n";
+    } else if (assembler) {
+      assembler->release(id);
+      r.body = fmt::format("released trace {}: it is being built again\n", id);
+    } else {
+      r.status = 503;
+      r.body = "the assembler is not running\n";
     }
   } else if (path == "/reload" && method == "POST") {
     // Reloads run on the intake's thread, as a SIGHUP does.

@@ -30,11 +30,17 @@
 #include <boost/asio/write.hpp>
 
 #include "agent/admin.h"
+#include "buffer/store.h"
 #include "common/wait_until.h"
+#include "ipc/test_support.h"
+#include "trace/assembler.h"
 
 namespace fs = std::filesystem;
 using sidetrace::wait_until;
 using namespace std::chrono_literals;
+namespace buffer = sidetrace::buffer;
+namespace ipc = sidetrace::ipc;
+namespace trace = sidetrace::trace;
 
 namespace {
 
@@ -731,6 +737,80 @@ TEST_F(AgentProcessTest, ToolsWorkAgainstAnAgentWithAToken) {
   EXPECT_EQ(r.status, 3) << r.out;
   EXPECT_NE(r.err.find("401"), std::string::npos) << r.err;
 
+  EXPECT_EQ(agent.signal_and_wait(SIGTERM), 0);
+}
+
+// A trace the assembler set aside is listed with its reason, and released:
+// from the store while no agent runs, through the admin endpoint while one
+// does, which then builds it.
+TEST_F(AgentProcessTest, QuarantinedTracesAreListedAndReleasedThroughTheCli) {
+  const std::string data = (dir_ / "data").string();
+  {
+    // A stored trace with a quarantine record, as the assembler leaves it.
+    buffer::StoreOptions so;
+    so.data_dir = data;
+    std::unique_ptr<buffer::Store> store;
+    ASSERT_TRUE(buffer::Store::open(so, &store).ok());
+    ipc::Message m;
+    m.trace_id = "stuck";
+    m.id = "e1";
+    m.recv_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                          std::chrono::system_clock::now().time_since_epoch())
+                                          .count());
+    m.raw = ipc::testing::MapBuilder()
+                .uint("v", 1)
+                .str("kind", "event")
+                .str("trace_id", "stuck")
+                .str("id", "e1")
+                .str("type", "TOOL")
+                .str("name", "lookup")
+                .build();
+    std::vector<buffer::Committed> committed;
+    ASSERT_TRUE(store->append(std::span<const ipc::Message>(&m, 1), &committed).ok());
+    for (const char* id : {"stuck", "other"}) {
+      ASSERT_TRUE(store
+                      ->meta_put(std::string(trace::kQuarantinePrefix) + id,
+                                 "building failed 3 times: bad input")
+                      .ok());
+    }
+  }
+  const std::vector<std::string> env = {"SIDETRACE_DATA_DIR=" + data};
+  Result r = run({"quarantine", "list"}, env);
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("stuck  reason=building failed 3 times: bad input"), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("2 trace(s) set aside"), std::string::npos) << r.out;
+  r = run({"quarantine", "release", "other"}, env);
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("released trace other"), std::string::npos) << r.out;
+  r = run({"quarantine", "release", "other"}, env);
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.err.find("trace other is not set aside"), std::string::npos) << r.err;
+
+  AgentProcess agent(dir_);
+  agent.start();
+  ASSERT_TRUE(agent.wait_ready()) << agent.log();
+  const std::string addr = agent.admin_addr();
+  const std::vector<std::string> via_agent = {"SIDETRACE_DATA_DIR=" + data,
+                                              "SIDETRACE_ADMIN_LISTEN=" + addr};
+  // Set aside, it is not built.
+  EXPECT_NE(agent.log().find("1 trace(s) set aside earlier are not built"), std::string::npos)
+      << agent.log();
+  r = run({"quarantine", "list"}, via_agent);
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("1 trace(s) set aside"), std::string::npos) << r.out;
+  r = run({"quarantine", "release", "no such trace"}, via_agent);
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.err.find("trace no such trace is not set aside"), std::string::npos) << r.err;
+  r = run({"quarantine", "release", "stuck"}, via_agent);
+  EXPECT_EQ(r.status, 0) << r.err;
+  ASSERT_TRUE(wait_until([&] {
+    for (const auto& t : agent.traces())
+      if (t["trace_id"] == "stuck") return true;
+    return false;
+  })) << agent.log();
+  r = run({"quarantine", "list"}, via_agent);
+  EXPECT_NE(r.out.find("0 trace(s) set aside"), std::string::npos) << r.out;
   EXPECT_EQ(agent.signal_and_wait(SIGTERM), 0);
 }
 

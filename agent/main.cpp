@@ -126,6 +126,18 @@ int main(int argc, char** argv) {
   for (CLI::App* sub : {dl_list, dl_replay, dl_purge})
     add_config_options(sub);
 
+  // sidetrace quarantine list|release <trace id>
+  CLI::App* q_cmd = app.add_subcommand(
+      "quarantine", "List the traces set aside after failing to build, or release one");
+  q_cmd->require_subcommand(1);
+  add_config_options(q_cmd);
+  CLI::App* q_list = q_cmd->add_subcommand("list", "List the traces set aside, with the reason");
+  CLI::App* q_release = q_cmd->add_subcommand("release", "Build a trace that was set aside again");
+  std::string q_trace;
+  q_release->add_option("trace_id", q_trace, "The trace id")->required();
+  for (CLI::App* sub : {q_list, q_release})
+    add_config_options(sub);
+
   // sidetrace tail
   sidetrace::agent::TailOptions tail;
   int64_t tail_interval_ms = 1000;
@@ -203,6 +215,11 @@ int main(int argc, char** argv) {
       tail.interval = std::chrono::milliseconds(tail_interval_ms);
       tail.color = !tail_no_color && ::isatty(STDOUT_FILENO) != 0;
       return sidetrace::agent::run_tail(tail, std::cout, std::cerr);
+    }
+    if (*q_cmd) {
+      Config cfg = load_config(config_file, sets);
+      return sidetrace::agent::run_quarantine(cfg, *q_list ? "list" : "release", q_trace, std::cout,
+                                              std::cerr);
     }
     if (*dl_cmd) {
       Config cfg = load_config(config_file, sets);

@@ -2,8 +2,14 @@
 
 #include <fmt/format.h>
 
+#include <cctype>
+#include <functional>
+#include <memory>
+#include <string_view>
+
 #include "agent/admin.h"
 #include "agent/wiring.h"
+#include "trace/assembler.h"
 #include "upstream/upstream.h"
 
 namespace sidetrace::agent {
@@ -83,38 +89,105 @@ bool deadletter_action(buffer::Store& store, const std::string& action, std::str
   return true;
 }
 
-int run_deadletter(const config::Config& cfg, const std::string& action, std::ostream& out,
-                   std::ostream& err) {
+namespace {
+
+// Runs `offline` on the store when no agent holds it; otherwise asks the
+// running agent's admin endpoint (`method` `target`) to do the same.
+int on_store_or_agent(const config::Config& cfg, const char* tool,
+                      const std::function<bool(buffer::Store&, std::string*)>& offline,
+                      const std::string& method, const std::string& target, std::ostream& out,
+                      std::ostream& err) {
   std::unique_ptr<buffer::Store> store;
   buffer::Status s = buffer::Store::open(store_options(cfg), &store);
   if (s.ok()) {
     std::string text;
-    bool ok = deadletter_action(*store, action, &text);
+    bool ok = offline(*store, &text);
     (ok ? out : err) << text;
     return ok ? 0 : 1;
   }
   if (s.code() != buffer::Status::Code::kBusy || cfg.admin.listen.empty()) {
-    err << "sidetrace deadletter: cannot open the store in " << cfg.data_dir << ": " << s.ToString()
-        << "\n";
+    err << tool << ": cannot open the store in " << cfg.data_dir << ": " << s.ToString() << "\n";
     return 1;
   }
   // A running agent holds the store: ask it.
   unsigned status = 0;
   std::string body, error;
-  const std::string token = config::admin_token(cfg);
-  bool reached = action == "list"
-                     ? admin_get(cfg.admin.listen, "/deadletter", &status, &body, &error, token)
-                     : admin_request(cfg.admin.listen, "POST", "/deadletter/" + action, &status,
-                                     &body, &error, token);
-  if (!reached) {
-    err << "sidetrace deadletter: the store is in use and the agent's admin endpoint is "
-           "unreachable: "
-        << error << "\n";
+  if (!admin_request(cfg.admin.listen, method, target, &status, &body, &error,
+                     config::admin_token(cfg))) {
+    err << tool << ": the store is in use and the agent's admin endpoint is unreachable: " << error
+        << "\n";
     return 1;
   }
-  if (refused("sidetrace deadletter", status, body, err)) return 1;
+  if (refused(tool, status, body, err)) return 1;
   (status == 200 ? out : err) << body;
   return status == 200 ? 0 : 1;
+}
+
+// Percent-encodes everything but unreserved characters (RFC 3986).
+std::string url_encode(std::string_view in) {
+  std::string out;
+  for (unsigned char c : in) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += fmt::format("%{:02X}", c);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+int run_deadletter(const config::Config& cfg, const std::string& action, std::ostream& out,
+                   std::ostream& err) {
+  return on_store_or_agent(
+      cfg, "sidetrace deadletter",
+      [&](buffer::Store& store, std::string* text) {
+        return deadletter_action(store, action, text);
+      },
+      action == "list" ? "GET" : "POST", action == "list" ? "/deadletter" : "/deadletter/" + action,
+      out, err);
+}
+
+bool quarantine_action(buffer::Store& store, const std::string& action, const std::string& trace_id,
+                       std::string* text) {
+  if (action == "list") {
+    std::vector<std::pair<std::string, std::string>> aside;
+    buffer::Status s = trace::quarantine_list(store, &aside, kQuarantineListMax);
+    if (!s.ok()) {
+      *text = "cannot list the traces set aside: " + s.ToString() + "\n";
+      return false;
+    }
+    std::string out;
+    for (const auto& [id, reason] : aside)
+      out += fmt::format("{}  reason={}\n", id, reason);
+    out += fmt::format("{} trace(s) set aside{}\n", aside.size(),
+                       aside.size() == kQuarantineListMax ? " (or more)" : "");
+    *text = std::move(out);
+    return true;
+  }
+  buffer::Status s = trace::quarantine_release(store, trace_id);
+  if (s.IsNotFound()) {
+    *text = fmt::format("trace {} is not set aside\n", trace_id);
+    return false;
+  }
+  if (!s.ok()) {
+    *text = fmt::format("cannot release trace {}: {}\n", trace_id, s.ToString());
+    return false;
+  }
+  *text = fmt::format("released trace {}: the agent builds it at its next start\n", trace_id);
+  return true;
+}
+
+int run_quarantine(const config::Config& cfg, const std::string& action,
+                   const std::string& trace_id, std::ostream& out, std::ostream& err) {
+  return on_store_or_agent(
+      cfg, "sidetrace quarantine",
+      [&](buffer::Store& store, std::string* text) {
+        return quarantine_action(store, action, trace_id, text);
+      },
+      action == "list" ? "GET" : "POST",
+      action == "list" ? "/quarantine" : "/quarantine/release/" + url_encode(trace_id), out, err);
 }
 
 int run_reload(const std::string& admin_addr, const std::string& token, std::ostream& out,

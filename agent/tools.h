@@ -36,6 +36,20 @@ int run_reload(const std::string& admin_addr, const std::string& token, std::ost
 // on a store error, with the reason in the text. A list shows at most
 // kDeadLetterListMax records, the oldest, and the totals of all.
 inline constexpr size_t kDeadLetterListMax = 1000;
+
+// `sidetrace quarantine list|release <trace id>`: the traces the assembler
+// set aside (a build that failed every time), on the store, or through the
+// running agent's admin endpoint when it holds the store. A release in a
+// running agent builds the trace at once; in a stopped one, at its next
+// start. Returns 0 on success, 1 otherwise.
+int run_quarantine(const config::Config& cfg, const std::string& action,
+                   const std::string& trace_id, std::ostream& out, std::ostream& err);
+// The quarantine actions on an open store, as text (shared by the CLI and
+// the admin endpoint); false when the trace is not set aside or on a store
+// error. A list shows at most kQuarantineListMax traces.
+bool quarantine_action(buffer::Store& store, const std::string& action, const std::string& trace_id,
+                       std::string* text);
+inline constexpr size_t kQuarantineListMax = 1000;
 bool deadletter_action(buffer::Store& store, const std::string& action, std::string* text);
 
 }  // namespace sidetrace::agent

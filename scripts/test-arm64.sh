@@ -65,6 +65,11 @@ if [ ! -f "$sysroot/.complete" ]; then
   for deb in "$out"/debs/*.deb; do
     dpkg-deb -x "$deb" "$sysroot"
   done
+  # Absolute symbolic links (libbz2.so -> /lib/...) point into the sysroot.
+  find "$sysroot" -type l -lname '/*' -print0 |
+    while IFS= read -r -d '' link; do
+      ln -sfn "$sysroot$(readlink "$link")" "$link"
+    done
   # Some packages' CMake files name their libraries by absolute path
   # (/usr/lib/aarch64-linux-gnu/...): point those into the sysroot.
   find "$sysroot" -name '*.cmake' -print0 |

@@ -69,9 +69,37 @@ void Assembler::on_committed(std::span<buffer::Committed> committed) {
 }
 
 namespace {
-constexpr std::string_view kQuarantinePrefix = "assembler/quarantine/";
 constexpr size_t kMaxQuarantined = 100000;  // read at start; far more than should ever be
 }  // namespace
+
+buffer::Status quarantine_list(buffer::Store& store,
+                               std::vector<std::pair<std::string, std::string>>* out, size_t limit,
+                               std::string_view after) {
+  std::vector<std::pair<std::string, std::string>> rows;
+  std::string from =
+      after.empty() ? std::string() : std::string(kQuarantinePrefix) + std::string(after);
+  buffer::Status s = store.meta_scan_after(kQuarantinePrefix, from, limit, &rows);
+  for (auto& [key, reason] : rows)
+    out->emplace_back(key.substr(kQuarantinePrefix.size()), std::move(reason));
+  return s;
+}
+
+buffer::Status quarantine_release(buffer::Store& store, std::string_view trace_id) {
+  std::string key = std::string(kQuarantinePrefix) + std::string(trace_id);
+  std::string reason;
+  buffer::Status s = store.meta_get(key, &reason);
+  if (!s.ok()) return s;
+  return store.meta_delete(key);
+}
+
+void Assembler::release(const std::string& trace_id) {
+  {
+    std::lock_guard lock(release_mu_);
+    released_.push_back(trace_id);
+    release_pending_.store(true);
+  }
+  queue_.notify();
+}
 
 buffer::Status Assembler::recover() {
   std::vector<std::pair<std::string, std::string>> rows;
@@ -278,6 +306,32 @@ void Assembler::quarantine(const std::string& trace_id, const std::string& reaso
   if (!s.ok()) store_error(s, "recording a trace set aside");  // set aside until a restart
   spdlog::error("trace {}: set aside, its messages kept in the store: {}", trace_id, reason);
   forget(trace_id);
+}
+
+void Assembler::take_released() {
+  std::vector<std::string> ids;
+  {
+    std::lock_guard lock(release_mu_);
+    if (!release_pending_.load()) return;
+    ids.swap(released_);
+    release_pending_.store(false);
+  }
+  bool any = false;
+  for (const auto& id : ids) {
+    buffer::Status s = store_.meta_delete(std::string(kQuarantinePrefix) + id);
+    if (!s.ok()) {
+      store_error(s, "deleting a trace's quarantine record");
+      continue;
+    }
+    build_failures_.erase(id);
+    if (quarantined_.erase(id) > 0) {
+      any = true;
+      spdlog::info("trace {}: taken back from quarantine; building it again", id);
+    }
+  }
+  // Its messages are pending in the store but known to no open trace: a
+  // rescan from the start finds them.
+  if (any) resync_from_.store(0);
 }
 
 void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<Prepared>* out) {
@@ -492,6 +546,7 @@ size_t Assembler::poll() {
       take(c, notice.stored_ns, now, /*notified=*/true);
   }
   inbox_.clear();
+  take_released();
   const uint64_t lost_from = resync_from_.exchange(UINT64_MAX);
   if (lost_from != UINT64_MAX) {
     // Lost notices may have held messages of any open trace.
@@ -571,7 +626,7 @@ void Assembler::loop() {
 
 bool Assembler::idle() const {
   return open_.empty() && !need_rescan_ && !spilled_ && rescan_from_ == UINT64_MAX &&
-         resync_from_.load() == UINT64_MAX;
+         resync_from_.load() == UINT64_MAX && !release_pending_.load();
 }
 
 void Assembler::stop() {

@@ -51,9 +51,11 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <set>
 #include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -148,6 +150,20 @@ struct AssemblerStats {
   uint64_t cache_bytes = 0;     // held by the cache now (and on their way to it)
 };
 
+// Where an assembler records the traces it set aside: meta key
+// "assembler/quarantine/<trace id>", its value the reason.
+inline constexpr std::string_view kQuarantinePrefix = "assembler/quarantine/";
+
+// The traces set aside by an assembler (meta "assembler/quarantine/<id>"),
+// for the CLI and the admin endpoint. `list` gives up to `limit` (trace id,
+// reason) pairs in trace id order, from the one after `after`.
+buffer::Status quarantine_list(buffer::Store& store,
+                               std::vector<std::pair<std::string, std::string>>* out, size_t limit,
+                               std::string_view after = {});
+// Deletes a trace's quarantine record in a store that no assembler runs on:
+// the next start builds the trace again. NotFound when it is not set aside.
+buffer::Status quarantine_release(buffer::Store& store, std::string_view trace_id);
+
 class Assembler {
  public:
   // Borrows `store` and `clock`; they must outlive the assembler.
@@ -169,6 +185,12 @@ class Assembler {
 
   // One round of work; returns the number of revisions emitted.
   size_t poll();
+
+  // Takes a trace that was set aside (see max_build_failures) back: at the
+  // next round its quarantine record is deleted and its stored messages are
+  // found again (a rescan of pending), so that it is built as if it had just
+  // arrived. Thread-safe; does not wait for the round.
+  void release(const std::string& trace_id);
 
   void start();
   void stop();
@@ -222,6 +244,8 @@ class Assembler {
   // aside after max_build_failures.
   void process_guarded(const std::string& trace_id, uint64_t now, std::vector<Prepared>* out);
   void quarantine(const std::string& trace_id, const std::string& reason);
+  // Applies release(): deletes the records, and rescans pending.
+  void take_released();
   // The owned thread's rounds, until stop().
   void loop();
   // Writes the prepared revisions in one store write and settles each trace;
@@ -245,6 +269,10 @@ class Assembler {
   // The lowest seq of a dropped notification (UINT64_MAX: none): a rescan
   // from there finds what the dropped ones stood for.
   std::atomic<uint64_t> resync_from_{UINT64_MAX};
+  // Traces to take back from quarantine (release()), for the next round.
+  std::mutex release_mu_;
+  std::vector<std::string> released_;
+  std::atomic<bool> release_pending_{false};  // released_ is not empty
 
   // Owned by the polling thread.
   std::unordered_map<std::string, Open> open_;

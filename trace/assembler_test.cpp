@@ -747,5 +747,54 @@ TEST_F(AssemblerTest, APoisonTraceIsSetAsideAndTheOthersGoOut) {
   EXPECT_EQ(outbox().size(), 2u);
 }
 
+// A trace set aside is taken back once what made it fail is fixed: released
+// in a running assembler, it is found again in pending and built; released
+// in the store while no assembler runs, the next start builds it.
+TEST_F(AssemblerTest, AQuarantinedTraceIsReleasedAndBuilt) {
+  bool poisoned = true;
+  opts_.max_build_failures = 2;
+  opts_.retry_interval = 1s;
+  opts_.before_build = [&](const std::string& id) {
+    if (poisoned && id.starts_with("poison")) throw std::runtime_error("cannot build this one");
+  };
+  reopen();
+  send({pack("start", "poison1", "a"), pack("end", "poison1", "a")}, "poison1");
+  send({pack("start", "poison2", "a"), pack("end", "poison2", "a")}, "poison2");
+  for (int i = 0; i < 4; ++i)
+    advance_and_poll(1s);
+  std::vector<std::pair<std::string, std::string>> aside;
+  ASSERT_TRUE(quarantine_list(*store_, &aside, 10).ok());
+  ASSERT_EQ(aside.size(), 2u);
+  EXPECT_EQ(aside[0].first, "poison1");
+  EXPECT_NE(aside[0].second.find("cannot build this one"), std::string::npos);
+  aside.clear();
+  ASSERT_TRUE(quarantine_list(*store_, &aside, 10, "poison1").ok());
+  ASSERT_EQ(aside.size(), 1u);
+  EXPECT_EQ(aside[0].first, "poison2");
+  EXPECT_TRUE(outbox().empty());
+
+  poisoned = false;
+  assembler_->release("poison1");
+  advance_and_poll(1s);
+  advance_and_poll(1s);
+  ASSERT_EQ(outbox().size(), 1u);
+  EXPECT_EQ(outbox()[0].trace_id, "poison1");
+  EXPECT_EQ(json::parse(outbox()[0].document)["events"].size(), 1u);
+  std::string reason;
+  EXPECT_TRUE(store_->meta_get("assembler/quarantine/poison1", &reason).IsNotFound());
+
+  // Offline: the record goes, and the next start builds the trace.
+  assembler_.reset();
+  ASSERT_TRUE(quarantine_release(*store_, "poison2").ok());
+  EXPECT_TRUE(quarantine_release(*store_, "poison2").IsNotFound());
+  reopen();
+  for (int i = 0; i < 3; ++i)
+    advance_and_poll(1s);
+  std::set<std::string> emitted;
+  for (const auto& e : outbox())
+    emitted.insert(e.trace_id);
+  EXPECT_EQ(emitted, (std::set<std::string>{"poison1", "poison2"}));
+}
+
 }  // namespace
 }  // namespace sidetrace::trace
