@@ -303,5 +303,376 @@ TEST(NeuralTrustMappingTest, TruncationReplacesTheLargerOfInputAndOutput) {
   EXPECT_FALSE(detail::truncate_neuraltrust_body(&not_json));
 }
 
+// ---- delivery ---------------------------------------------------------------
+
+class NeuralTrustDeliveryTest : public ::testing::Test {
+ protected:
+  void SetUp() override { store_ = testing::open_store(dir_.str()); }
+
+  Options options(const std::string& endpoint) {
+    Options o;
+    o.endpoint = endpoint;
+    o.format = Format::kNeuralTrust;
+    o.flush_interval_ms = 0;
+    o.retry_initial_ms = 1;
+    o.retry_max_ms = 5;
+    o.retry_after_max_ms = 100;
+    o.connect_timeout_ms = 2000;
+    o.request_timeout_ms = 2000;
+    o.auth_probe_interval_ms = 60000;
+    return o;
+  }
+
+  bool drained() { return store_->outbox_entries() == 0; }
+
+  // "<interaction_id>/<trace_id>" of a request (trace/event), "?" when the
+  // body is not JSON.
+  static std::string id_of(const RecordedRequest& r) {
+    ojson j = ojson::parse(r.decoded, nullptr, false);
+    if (j.is_discarded()) return "?";
+    return j["interaction_id"].get<std::string>() + "/" + j["trace_id"].get<std::string>();
+  }
+  static std::vector<std::string> ids_of(const std::vector<RecordedRequest>& reqs) {
+    std::vector<std::string> ids;
+    for (auto& r : reqs)
+      ids.push_back(id_of(r));
+    return ids;
+  }
+
+  buffer::testing::TempDir dir_;
+  std::unique_ptr<buffer::Store> store_;
+};
+
+TEST_F(NeuralTrustDeliveryTest, OneRequestPerEventAndFeedbackItemWithTheSdksHeaders) {
+  HttpServer server;
+  ojson doc = ojson::parse(make_doc("t1", 1, 2));
+  doc["feedback"] = ojson::parse(R"([{"tag":"THUMBS_UP","text":"ok","score":1,
+                                      "target_id":"e1","ts":1700000002000000000}])");
+  emit_doc(*store_, "t1", doc.dump());
+  Options o = options(server.url() + "/base/");
+  o.compression = Compression::kGzip;  // not for this format
+  o.headers = {{"X-Tenant", "acme"}};
+  ::setenv("SIDETRACE_NT_TEST_KEY", "nt-key\n", 1);
+  o.api_key_env = "SIDETRACE_NT_TEST_KEY";
+  Delivery d(*store_, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  d.stop();
+  detail::NeuralTrustRequests want = map(doc.dump());
+  auto reqs = server.requests();
+  ASSERT_EQ(reqs.size(), 3u);
+  uint64_t bytes = 0;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    const auto& r = reqs[i];
+    EXPECT_EQ(r.method, "POST");
+    EXPECT_EQ(r.target, "/base/v1/trace");
+    EXPECT_EQ(r.header("token"), "nt-key");
+    EXPECT_EQ(r.header("authorization"), "");
+    EXPECT_EQ(r.header("content-type"), "application/json");
+    EXPECT_EQ(r.header("content-encoding"), "");
+    EXPECT_EQ(r.header("idempotency-key"), "");
+    EXPECT_EQ(r.header("x-tenant"), "acme");
+    EXPECT_EQ(r.body, want.bodies[i]);
+    bytes += r.body.size();
+  }
+  EXPECT_EQ(ids_of(reqs), (std::vector<std::string>{"t1/e0", "t1/e1", "t1/" + want.ids[2]}));
+  Stats s = d.stats();
+  EXPECT_EQ(s.requests_sent, 3u);
+  EXPECT_EQ(s.batches_sent, 1u);
+  EXPECT_EQ(s.traces_delivered, 1u);
+  EXPECT_EQ(s.events_delivered, 2u);
+  EXPECT_EQ(s.bytes_sent, bytes);
+  EXPECT_EQ(s.latency_count, 1u);
+}
+
+TEST_F(NeuralTrustDeliveryTest, AnApiKeyHeaderOverridesToken) {
+  HttpServer server;
+  emit_doc(*store_, "t1", make_doc("t1", 1, 1));
+  Options o = options(server.url());
+  std::string key_file = dir_.str() + "/key";
+  { std::ofstream(key_file) << "k-9\n"; }
+  o.api_key_file = key_file;
+  o.api_key_header = "X-Api-Key";
+  Delivery d(*store_, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  auto r = server.requests().at(0);
+  EXPECT_EQ(r.header("x-api-key"), "k-9");
+  EXPECT_EQ(r.header("token"), "");
+  EXPECT_EQ(r.target, "/v1/trace");
+}
+
+// A 503 on the second request: the retry sends that one again, not the
+// first, which the upstream already has.
+TEST_F(NeuralTrustDeliveryTest, ARetryResumesAtTheRequestThatFailed) {
+  HttpServer server;
+  std::atomic<int> n{0};
+  server.set_handler([&](const RecordedRequest&) {
+    Reply r;
+    if (++n == 2) r.status = 503;
+    return r;
+  });
+  emit_doc(*store_, "t1", make_doc("t1", 1, 3));
+  Delivery d(*store_, options(server.url()));
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  EXPECT_EQ(ids_of(server.requests()),
+            (std::vector<std::string>{"t1/e0", "t1/e1", "t1/e1", "t1/e2"}));
+  Stats s = d.stats();
+  EXPECT_EQ(s.failed_retryable, 1u);
+  EXPECT_EQ(s.batches_retried, 1u);
+  EXPECT_EQ(s.requests_sent, 3u);
+  EXPECT_EQ(s.events_delivered, 3u);
+}
+
+// The upstream refuses one event: its whole document is dead-lettered, the
+// requests after it are not sent, and the other traces go on.
+TEST_F(NeuralTrustDeliveryTest, ARefusedRequestDeadLettersItsDocumentOnly) {
+  HttpServer server;
+  server.set_handler([&](const RecordedRequest& req) {
+    Reply r;
+    if (id_of(req) == "bad/e1") r.status = 400;
+    return r;
+  });
+  for (const char* id : {"good1", "bad", "good2"})
+    emit_doc(*store_, id, make_doc(id, 1, 3));
+  Delivery d(*store_, options(server.url()));
+  d.start();
+  ASSERT_TRUE(wait_until([&] {
+    Stats s = d.stats();
+    return drained() && s.deadlettered == 1 && s.traces_delivered == 2 && s.in_flight == 0;
+  }));
+  std::vector<DeadLetter> dl;
+  ASSERT_TRUE(deadletter_list(*store_, &dl).ok());
+  ASSERT_EQ(dl.size(), 1u);
+  EXPECT_EQ(dl[0].trace_ids, std::vector<std::string>{"bad"});
+  EXPECT_EQ(dl[0].http_status, 400);
+  EXPECT_NE(dl[0].reason.find("request 2 of 3 (id e1)"), std::string::npos) << dl[0].reason;
+  std::map<std::string, int> seen;
+  for (auto& id : ids_of(server.requests()))
+    ++seen[id];
+  EXPECT_EQ(seen["bad/e0"], 1);
+  EXPECT_EQ(seen["bad/e1"], 1);
+  EXPECT_EQ(seen.count("bad/e2"), 0u);
+  for (const char* g : {"good1", "good2"}) {
+    for (const char* e : {"/e0", "/e1", "/e2"}) {
+      EXPECT_EQ(seen[std::string(g) + e], 1) << g << e;
+    }
+  }
+  EXPECT_EQ(d.stats().failed_permanent, 1u);
+}
+
+TEST_F(NeuralTrustDeliveryTest, TooLargeTruncatesTheRequest) {
+  HttpServer server;
+  server.set_handler([&](const RecordedRequest& req) {
+    Reply r;
+    if (req.body.size() > 4000) r.status = 413;
+    return r;
+  });
+  emit_doc(*store_, "t1", make_doc("t1", 1, 1, std::string(10000, 'p')));
+  Delivery d(*store_, options(server.url()));
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  auto reqs = server.requests();
+  ASSERT_EQ(reqs.size(), 2u);
+  EXPECT_EQ(ojson::parse(reqs[1].body)["input"], "[truncated 10002 bytes]");
+  EXPECT_EQ(d.stats().documents_truncated, 1u);
+  EXPECT_EQ(d.stats().failed_too_large, 1u);
+}
+
+// 401 on the second request: sending pauses (a new trace waits on disk); a
+// reset probes again with that same request.
+TEST_F(NeuralTrustDeliveryTest, AuthFailurePausesAndResumesAtTheSameRequest) {
+  HttpServer server;
+  std::atomic<bool> auth_ok{false};
+  server.set_handler([&](const RecordedRequest& req) {
+    Reply r;
+    if (!auth_ok && id_of(req) == "t1/e1") r.status = 401;
+    return r;
+  });
+  emit_doc(*store_, "t1", make_doc("t1", 1, 2));
+  Options o = options(server.url());
+  o.max_in_flight = 2;
+  Delivery d(*store_, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return d.stats().auth_failed; }));
+  emit_doc(*store_, "t2", make_doc("t2", 1, 1));
+  EXPECT_EQ(server.request_count(), 2u);
+  auth_ok = true;
+  d.reset_auth();
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  EXPECT_EQ(ids_of(server.requests()),
+            (std::vector<std::string>{"t1/e0", "t1/e1", "t1/e1", "t2/e0"}));
+  EXPECT_FALSE(d.stats().auth_failed);
+  EXPECT_EQ(d.stats().failed_auth, 1u);
+}
+
+// Each document is a batch of its own: with the upstream answering after
+// 100 ms, three traces are sent side by side (max_in_flight), never more,
+// and the requests of one trace one after another, in order.
+TEST_F(NeuralTrustDeliveryTest, TracesGoSideBySideUpToMaxInFlightEachInOrder) {
+  HttpServer server;
+  constexpr auto kDelay = std::chrono::milliseconds(100);
+  server.set_handler([&](const RecordedRequest&) {
+    Reply r;
+    r.delay_ms = kDelay.count();
+    return r;
+  });
+  for (int t = 0; t < 6; ++t)
+    emit_doc(*store_, "t" + std::to_string(t), make_doc("t" + std::to_string(t), 1, 3));
+  Options o = options(server.url());
+  o.max_in_flight = 3;
+  Delivery d(*store_, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained(); }, std::chrono::seconds(30)));
+  auto reqs = server.requests();
+  ASSERT_EQ(reqs.size(), 18u);
+  std::map<std::string, std::vector<const RecordedRequest*>> by_trace;
+  for (auto& r : reqs) {
+    std::string id = id_of(r);
+    by_trace[id.substr(0, id.find('/'))].push_back(&r);
+  }
+  ASSERT_EQ(by_trace.size(), 6u);
+  for (auto& [trace, rs] : by_trace) {
+    ASSERT_EQ(rs.size(), 3u);
+    for (size_t i = 0; i < rs.size(); ++i) {
+      EXPECT_EQ(id_of(*rs[i]), trace + "/e" + std::to_string(i));
+      // The next request of a trace leaves only after the answer to the one before.
+      if (i > 0) {
+        EXPECT_GE(rs[i]->at - rs[i - 1]->at, kDelay);
+      }
+    }
+  }
+  size_t most = 0;
+  for (auto& a : reqs) {
+    size_t open = 0;
+    for (auto& b : reqs)
+      open += b.at >= a.at && b.at - a.at < kDelay;
+    most = std::max(most, open);
+  }
+  EXPECT_LE(most, 3u);
+  EXPECT_GE(most, 2u);
+  EXPECT_EQ(d.stats().batches_sent, 6u);
+}
+
+// Batches of several documents (replayed dead letters of another format)
+// are split into one batch per document, sent in their order.
+TEST_F(NeuralTrustDeliveryTest, ABatchOfSeveralDocumentsIsSplitIntoOnePerDocument) {
+  detail::DeadLetterRecord rec;
+  rec.reason = "test";
+  rec.key = detail::new_idempotency_key();
+  rec.trace_ids = {"a", "b", "c"};
+  for (auto& id : rec.trace_ids)
+    rec.docs.push_back(make_doc(id, 1, 2));
+  uint64_t evicted = 0, evicted_docs = 0;
+  ASSERT_TRUE(detail::deadletter_add(*store_, rec, 1u << 30, 100, &evicted, &evicted_docs).ok());
+  size_t replayed = 0;
+  ASSERT_TRUE(deadletter_replay(*store_, &replayed).ok());
+  ASSERT_EQ(replayed, 1u);
+  HttpServer server;
+  Options o = options(server.url());
+  o.max_in_flight = 1;
+  Delivery d(*store_, o);
+  d.start();
+  // Counted before the batch record is deleted: wait for both.
+  ASSERT_TRUE(wait_until([&] {
+    std::vector<std::pair<std::string, std::string>> rows;
+    return d.stats().traces_delivered == 3 &&
+           store_->meta_scan(detail::kBatchPrefix, 100, &rows).ok() && rows.empty();
+  }));
+  EXPECT_EQ(ids_of(server.requests()),
+            (std::vector<std::string>{"a/e0", "a/e1", "b/e0", "b/e1", "c/e0", "c/e1"}));
+  EXPECT_EQ(d.stats().batches_split, 1u);
+}
+
+// Revision 2 of a trace carries what changed: only that is sent, after
+// revision 1.
+TEST_F(NeuralTrustDeliveryTest, ALaterRevisionSendsOnlyItsChanges) {
+  HttpServer server;
+  ojson rev1 = ojson::parse(make_doc("t1", 1, 2));
+  ojson rev2 = rev1;
+  rev2["revision"] = 2;
+  rev2["events"][0]["changed"] = false;
+  rev2["events"][1]["changed"] = false;
+  rev2["feedback"] = ojson::parse(R"([{"tag":"late","text":null,"score":null,
+                                       "target_id":"e0","ts":1700000090000000000,
+                                       "changed":true}])");
+  emit_doc(*store_, "t1", rev1.dump());
+  emit_doc(*store_, "t1", rev2.dump());
+  Delivery d(*store_, options(server.url()));
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  auto reqs = server.requests();
+  ASSERT_EQ(reqs.size(), 3u);
+  EXPECT_EQ(id_of(reqs[0]), "t1/e0");
+  EXPECT_EQ(id_of(reqs[1]), "t1/e1");
+  ojson fb = ojson::parse(reqs[2].body);
+  EXPECT_EQ(fb["task"], "feedback");
+  EXPECT_EQ(fb["feedback_tag"], "late");
+  EXPECT_EQ(fb["parent_id"], "e0");
+  EXPECT_EQ(d.stats().traces_delivered, 2u);
+  EXPECT_EQ(d.stats().events_delivered, 2u);
+}
+
+// The NeuralTrust API has no idempotency key: a document interrupted by a
+// stop (or a crash) is sent again from its first request at the next start,
+// so the events the upstream had already accepted arrive twice.
+TEST_F(NeuralTrustDeliveryTest, AfterARestartADocumentIsSentAgainFromItsFirstRequest) {
+  HttpServer server;
+  std::atomic<bool> fail{true};
+  server.set_handler([&](const RecordedRequest& req) {
+    Reply r;
+    if (fail && id_of(req) == "t1/e1") r.status = 503;
+    return r;
+  });
+  emit_doc(*store_, "t1", make_doc("t1", 1, 2));
+  Options o = options(server.url());
+  o.retry_initial_ms = 20;
+  o.retry_max_ms = 20;
+  {
+    Delivery d(*store_, o);
+    d.start();
+    ASSERT_TRUE(wait_until([&] { return server.request_count() >= 3; }));
+  }
+  fail = false;
+  Delivery d(*store_, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  std::map<std::string, int> seen;
+  for (auto& id : ids_of(server.requests()))
+    ++seen[id];
+  EXPECT_EQ(seen["t1/e0"], 2);
+}
+
+// An exception while the requests are built is retried, then the document
+// is dead-lettered with it as the reason; the in-flight slot is freed.
+TEST_F(NeuralTrustDeliveryTest, AnEncoderThatThrowsDeadLettersTheDocument) {
+  HttpServer server;
+  emit_doc(*store_, "bad", make_doc("bad", 1, 1));
+  emit_doc(*store_, "good", make_doc("good", 1, 1));
+  Options o = options(server.url());
+  o.max_in_flight = 1;
+  o.encode_hook = [](const std::vector<std::string>& ids) {
+    if (ids.at(0) == "bad") throw std::runtime_error("injected encoder fault");
+  };
+  Delivery d(*store_, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] {
+    Stats s = d.stats();
+    return drained() && s.deadlettered == 1 && s.traces_delivered == 1 && s.in_flight == 0;
+  }));
+  std::vector<DeadLetter> dl;
+  ASSERT_TRUE(deadletter_list(*store_, &dl).ok());
+  ASSERT_EQ(dl.size(), 1u);
+  EXPECT_NE(dl[0].reason.find("injected encoder fault"), std::string::npos) << dl[0].reason;
+  EXPECT_EQ(d.stats().internal_errors[static_cast<size_t>(Stage::kEncode)], kExceptionTries);
+  EXPECT_EQ(ids_of(server.requests()), std::vector<std::string>{"good/e0"});
+}
+
+TEST(NeuralTrustFormatTest, ParsesItsName) {
+  EXPECT_EQ(parse_format("neuraltrust"), Format::kNeuralTrust);
+  EXPECT_THROW(parse_format("NeuralTrust"), std::invalid_argument);
+}
+
 }  // namespace
 }  // namespace sidetrace::upstream
