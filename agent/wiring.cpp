@@ -34,7 +34,7 @@ trace::AssemblerOptions assembler_options(const config::Config& c) {
 upstream::Options upstream_options(const config::Config& c) {
   upstream::Options o;
   const auto& u = c.upstream;
-  o.endpoint = u.endpoint;
+  o.endpoint = config::upstream_endpoint(c);
   o.format = upstream::parse_format(u.format);
   o.compression = upstream::parse_compression(u.compression);
   o.batch_max_events = static_cast<size_t>(u.batch_max_events);
@@ -169,6 +169,10 @@ void exporter_metrics(MetricsWriter& w, const upstream::Stats& u) {
   w.sample("sidetrace_batches_total", u.failed_too_large, {{"outcome", "too_large"}});
   w.sample("sidetrace_batches_total", u.failed_auth, {{"outcome", "auth"}});
   w.sample("sidetrace_batches_total", u.failed_permanent, {{"outcome", "permanent"}});
+  w.family("sidetrace_upstream_requests_total", "counter",
+           "Requests answered 2xx: one per batch, or one per event and feedback item "
+           "(neuraltrust).");
+  w.sample("sidetrace_upstream_requests_total", u.requests_sent);
   w.family("sidetrace_batches_retried_total", "counter", "Retries of batches.");
   w.sample("sidetrace_batches_retried_total", u.batches_retried);
   w.family("sidetrace_batches_split_total", "counter", "Batches split after a 413.");
@@ -353,8 +357,8 @@ std::string render_status(const Components& c, const Clock& clock) {
            ? fmt::format("{:.0f}s", static_cast<double>(clock.now_ns() - c.started_ns) / 1e9)
            : "-");
   line("data_dir", c.cfg.data_dir);
-  line("upstream", c.cfg.upstream.endpoint.empty() ? "none (local file exporter)"
-                                                   : c.cfg.upstream.format + " over HTTP");
+  line("upstream", config::upstream_endpoint(c.cfg).empty() ? "none (local file exporter)"
+                                                            : c.cfg.upstream.format + " over HTTP");
   if (c.intake) {
     uint64_t received = 0, accepted = 0, rejected = 0, dropped = 0;
     for (auto t : kTransports) {

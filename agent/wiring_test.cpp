@@ -41,6 +41,23 @@ TEST(WiringTest, UpstreamKeysReachTheDeliveryOptions) {
   EXPECT_EQ(o.auth_probe_interval_ms, 666u);
 }
 
+// format "neuraltrust" reaches the options, and without an endpoint the
+// delivery goes to NeuralTrust's default base (not to the file exporter).
+TEST(WiringTest, NeuralTrustWithoutAnEndpointSendsToItsDefaultBase) {
+  config::Config c;
+  config::apply_toml_string(c, "[upstream]\nformat = \"neuraltrust\"\n", "inline.toml");
+  upstream::Options o = upstream_options(c);
+  EXPECT_EQ(o.format, upstream::Format::kNeuralTrust);
+  EXPECT_EQ(o.endpoint, "https://api-prod.neuraltrust.ai");
+  buffer::testing::TempDir dir;
+  buffer::StoreOptions so;
+  so.data_dir = dir.str();
+  std::unique_ptr<buffer::Store> store;
+  ASSERT_TRUE(buffer::Store::open(so, &store).ok());
+  auto exporter = upstream::make_exporter(*store, o);
+  EXPECT_NE(dynamic_cast<upstream::Delivery*>(exporter.get()), nullptr);
+}
+
 // trace::AssemblerOptions and the configuration's [trace] section agree.
 TEST(WiringTest, TheAssemblerOptionsDefaultsAreTheConfigurations) {
   const trace::AssemblerOptions from_config = assembler_options(config::Config{});
@@ -92,7 +109,7 @@ TEST(WiringTest, UpstreamDefaultsAreTheConfigurationDefaults) {
   EXPECT_EQ(got.data_dir, config::Config{}.data_dir);
 }
 
-// The exporter's caught exceptions are published by stage.
+// The exporter's caught exceptions are published by stage, and its request count.
 TEST(WiringTest, InternalErrorsArePublishedByStage) {
   struct FakeExporter : upstream::Exporter {
     void start() override {}
@@ -100,6 +117,7 @@ TEST(WiringTest, InternalErrorsArePublishedByStage) {
     upstream::Stats stats() const override {
       upstream::Stats s;
       s.internal_errors[static_cast<size_t>(upstream::Stage::kEncode)] = 3;
+      s.requests_sent = 7;
       return s;
     }
     void reset_auth() override {}
@@ -119,6 +137,8 @@ TEST(WiringTest, InternalErrorsArePublishedByStage) {
   EXPECT_NE(text.find("sidetrace_internal_errors_total{stage=\"file_exporter\"} 0\n"),
             std::string::npos)
       << text;
+  // And so are the requests (one per event and feedback item with neuraltrust).
+  EXPECT_NE(text.find("sidetrace_upstream_requests_total 7\n"), std::string::npos) << text;
 }
 
 // A writer held on one group past kStuckAfter makes the agent not alive

@@ -118,7 +118,7 @@ const std::vector<Key>& keys() {
       Key("upstream.endpoint", Type::kString, at([](Config& c) { return &c.upstream.endpoint; }))
           .secret(),
       Key("upstream.format", Type::kEnum, at([](Config& c) { return &c.upstream.format; }))
-          .one_of({"native", "otlp"}),
+          .one_of({"native", "otlp", "neuraltrust"}),
       Key("upstream.compression", Type::kEnum,
           at([](Config& c) { return &c.upstream.compression; }))
           .one_of({"gzip", "zstd", "none"}),
@@ -801,6 +801,13 @@ std::string admin_token(const Config& c) {
         fmt::format("admin.token_file: the token in \"{}\" {}", c.admin.token_file, why));
   }
   return token;
+}
+
+std::string upstream_endpoint(const Config& c) {
+  if (c.upstream.endpoint.empty() && c.upstream.format == "neuraltrust") {
+    return std::string(defaults::kNeuralTrustEndpoint);
+  }
+  return c.upstream.endpoint;
 }
 
 void validate(const Config& c) {

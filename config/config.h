@@ -67,12 +67,14 @@ struct Config {
   } admin;
 
   struct Upstream {
-    std::string endpoint;  // "" = no upstream: the local file exporter
-    std::string format = "native";
+    // "" = no upstream: the local file exporter; with format "neuraltrust",
+    // the NeuralTrust SDK's default (see upstream_endpoint()).
+    std::string endpoint;
+    std::string format = "native";  // native, otlp or neuraltrust
     std::string compression = "gzip";
     std::string api_key_env;
     std::string api_key_file;
-    std::string api_key_header;  // "" = Authorization: Bearer <key>
+    std::string api_key_header;  // "" = Authorization: Bearer <key> (neuraltrust: token: <key>)
     std::map<std::string, std::string> headers;
     std::string ca_file;
     std::string client_cert;
@@ -175,6 +177,11 @@ void set_value(Config& config, std::string_view key, std::string_view value,
 // <= retry_max_ms; an admin.listen beyond loopback needs admin.token). Throws
 // ConfigError.
 void validate(const Config& config);
+
+// The endpoint delivery sends to: upstream.endpoint, or for format
+// "neuraltrust" without one, defaults::kNeuralTrustEndpoint (as the SDK,
+// whose traces it forwards). "" = none: the local file exporter.
+std::string upstream_endpoint(const Config& config);
 
 // The admin token: admin.token, or the contents of admin.token_file
 // (surrounding whitespace trimmed); "" when neither is set. Reads the file

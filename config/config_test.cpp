@@ -446,6 +446,28 @@ TEST(ConfigString, UpstreamTuningKeys) {
                ConfigError);
 }
 
+// format "neuraltrust" is a known value; without an endpoint it sends to the
+// NeuralTrust SDK's default base, while the other formats keep the file
+// exporter.
+TEST(ConfigString, NeuralTrustFormatAndItsDefaultEndpoint) {
+  Config c;
+  EXPECT_EQ(upstream_endpoint(c), "");
+  apply_toml_string(c, "[upstream]\nformat = \"neuraltrust\"\n", "inline.toml");
+  EXPECT_EQ(c.upstream.format, "neuraltrust");
+  EXPECT_EQ(c.upstream.endpoint, "");
+  EXPECT_EQ(upstream_endpoint(c), "https://api-prod.neuraltrust.ai");
+  EXPECT_EQ(upstream_endpoint(c), defaults::kNeuralTrustEndpoint);
+  EXPECT_NO_THROW(validate(c));
+  apply_toml_string(c, "[upstream]\nendpoint = \"http://127.0.0.1:9/nt\"\n", "inline.toml");
+  EXPECT_EQ(upstream_endpoint(c), "http://127.0.0.1:9/nt");
+  Config otlp;
+  apply_toml_string(otlp, "[upstream]\nformat = \"otlp\"\n", "inline.toml");
+  EXPECT_EQ(upstream_endpoint(otlp), "");
+  Config bad;
+  EXPECT_THROW(apply_toml_string(bad, "[upstream]\nformat = \"neural\"\n", "inline.toml"),
+               ConfigError);
+}
+
 TEST(ConfigToml, MasksSecretsAndRoundTrips) {
   Config c;
   c.upstream.endpoint = "https://user:hunter2@collector:4318";

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 
 namespace sidetrace::config::defaults {
 
@@ -26,6 +27,9 @@ inline constexpr uint32_t kUpstreamRetryDeadlineS = 0;
 inline constexpr uint32_t kUpstreamRetryAfterMaxMs = 300000;
 inline constexpr uint32_t kUpstreamAuthProbeIntervalMs = 30000;
 inline constexpr uint64_t kUpstreamDeadletterMaxBytes = 256ull << 20;
+// The NeuralTrust SDK's own default base URL: the endpoint of
+// `format = "neuraltrust"` when upstream.endpoint is empty.
+inline constexpr std::string_view kNeuralTrustEndpoint = "https://api-prod.neuraltrust.ai";
 
 // [trace]
 inline constexpr int64_t kTraceQuietPeriodMs = 1000;

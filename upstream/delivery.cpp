@@ -25,6 +25,7 @@
 #include <future>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <stdexcept>
 #include <thread>
@@ -34,6 +35,7 @@
 #include "common/thread.h"
 #include "upstream/detail/encode.h"
 #include "upstream/detail/http_client.h"
+#include "upstream/detail/neuraltrust.h"
 #include "upstream/detail/policy.h"
 #include "upstream/detail/records.h"
 #include "upstream/upstream.h"
@@ -49,7 +51,9 @@ using detail::OutcomeKind;
 Format parse_format(const std::string& s) {
   if (s == "native") return Format::kNative;
   if (s == "otlp") return Format::kOtlp;
-  throw std::invalid_argument("upstream.format must be native or otlp, not '" + s + "'");
+  if (s == "neuraltrust") return Format::kNeuralTrust;
+  throw std::invalid_argument("upstream.format must be native, otlp or neuraltrust, not '" + s +
+                              "'");
 }
 
 Compression parse_compression(const std::string& s) {
@@ -84,8 +88,13 @@ std::shared_ptr<const Config> build_config(const Options& o) {
     throw std::invalid_argument("upstream.batch_max_events and batch_max_bytes must be positive");
   }
   if (c->options.max_in_flight == 0) c->options.max_in_flight = 1;
+  // neuraltrust sends each document as requests of its own, so each is a
+  // batch of its own: documents of different traces then go out side by side
+  // (up to max_in_flight), and a failure holds back only its own trace.
+  if (c->options.format == Format::kNeuralTrust) c->options.batch_max_events = 1;
   auto conn = std::make_shared<detail::ConnectionConfig>();
-  conn->endpoint = detail::parse_endpoint(o.endpoint);
+  conn->endpoint = detail::parse_endpoint(
+      o.endpoint, o.format == Format::kNeuralTrust ? detail::kNeuralTrustPath : "/v1/traces");
   if (conn->endpoint.tls) conn->tls = detail::make_tls_context(o);
   conn->tls_verify = o.tls_verify;
   conn->connect_timeout_ms = o.connect_timeout_ms;
@@ -107,7 +116,9 @@ std::shared_ptr<const Config> build_config(const Options& o) {
   }
   c->headers = o.headers;
   if (!key.empty()) {
-    if (o.api_key_header.empty()) {
+    if (o.api_key_header.empty() && o.format == Format::kNeuralTrust) {
+      c->headers.emplace_back("token", key);  // as the NeuralTrust SDK sends it
+    } else if (o.api_key_header.empty()) {
       c->headers.emplace_back("Authorization", "Bearer " + key);
     } else {
       c->headers.emplace_back(o.api_key_header, key);
@@ -132,6 +143,12 @@ struct Batch {
   // When it was first sent (Clock::mono_ns(); 0: not yet), for
   // retry_deadline_s, which a retry after an exception does not restart.
   uint64_t first_try_mono = 0;
+  // neuraltrust: the requests of the batch's one document, built once, and
+  // how many of them the upstream has accepted; a retry (after a failure or
+  // an exception) resumes at the first one not accepted.
+  std::optional<detail::NeuralTrustRequests> requests;
+  size_t requests_done = 0;
+  uint64_t requests_bytes = 0;  // body bytes of the accepted ones
 };
 
 }  // namespace
@@ -683,6 +700,7 @@ struct Delivery::Impl {
     }
     update_stats([&](Stats& s) {
       ++s.batches_sent;
+      if (!b.requests) ++s.requests_sent;  // neuraltrust counts each of its own
       s.traces_delivered += b.record.trace_ids.size();
       s.events_delivered += b.events;
       s.bytes_sent += body_bytes;
@@ -777,6 +795,206 @@ struct Delivery::Impl {
     update_stats([](Stats& s) { ++s.batches_split; });
   }
 
+  // ---- neuraltrust: one request per event and feedback item ----------------
+
+  // Makes every document of a batch a batch of its own (new keys, persisted
+  // before the parent record is deleted, as split() does), first in line and
+  // in order.
+  net::awaitable<void> split_documents(Batch& b) {
+    const size_t n = b.record.trace_ids.size();
+    std::vector<BatchRecord> parts(n);
+    for (size_t i = 0; i < n; ++i) {
+      BatchRecord& r = parts[i];
+      r.id = next_id++;
+      r.key = detail::new_idempotency_key();
+      r.trace_ids = {b.record.trace_ids[i]};
+      if (b.record.is_inline()) {
+        r.docs = {b.record.docs[i]};
+      } else {
+        r.seqs = {b.record.seqs[i]};
+      }
+      if (!co_await store_retry(
+              [&] { return store.meta_put(detail::batch_meta_key(r.id), detail::encode_batch(r)); },
+              "batch record write")) {
+        co_return;
+      }
+    }
+    co_await store_retry([&] { return store.meta_delete(detail::batch_meta_key(b.record.id)); },
+                         "batch record delete");
+    for (size_t i = n; i-- > 0;)
+      pending.push_front(std::move(parts[i]));
+    update_stats([](Stats& s) { ++s.batches_split; });
+  }
+
+  static http::request<http::string_body> event_request(const Config& c, std::string body) {
+    http::request<http::string_body> req(http::verb::post, c.connection->endpoint.target, 11);
+    req.set(http::field::host, c.connection->endpoint.host_header);
+    req.set(http::field::user_agent, "sidetrace/0.1");
+    req.set(http::field::content_type, "application/json");
+    for (auto& [k, v] : c.headers)
+      req.set(k, v);
+    req.keep_alive(true);
+    req.body() = std::move(body);
+    req.prepare_payload();
+    return req;
+  }
+
+  // A request was accepted: the last success, and the end of an auth pause.
+  void note_accepted() {
+    last_success_mono = clock.mono_ns();
+    if (auth_failed) {
+      auth_failed = false;
+      spdlog::info("upstream: authentication accepted again, sending resumed");
+      wake();
+    }
+    update_stats([](Stats& s) {
+      ++s.requests_sent;
+      s.auth_failed = false;
+    });
+  }
+
+  // 401/403: counts it, pauses sending and waits for the next probe (the
+  // shared auth timer), as deliver() does.
+  net::awaitable<void> auth_pause(const Outcome& out, const Options& o) {
+    update_stats([](Stats& s) {
+      ++s.failed_auth;
+      s.auth_failed = true;
+    });
+    auth_failed = true;
+    auth_log.log(spdlog::level::err,
+                 fmt::format("upstream: authentication rejected ({}); sending paused, data "
+                             "kept on disk; fix the API key and reload",
+                             out.detail));
+    if (auth_timer->expiry() <= net::steady_timer::clock_type::now()) {
+      auth_timer->expires_after(std::chrono::milliseconds(o.auth_probe_interval_ms));
+    }
+    boost::system::error_code ec;
+    co_await auth_timer->async_wait(net::redirect_error(net::use_awaitable, ec));
+  }
+
+  // A retryable failure: counts it and waits the backoff (raised to a
+  // Retry-After, up to retry_after_max_ms), as deliver() does. False when the
+  // batch's retry deadline has passed instead: it is then dead-lettered.
+  net::awaitable<bool> retry_wait(Batch& b, const Outcome& out, const Options& o, uint32_t* attempt,
+                                  const std::string& what) {
+    update_stats([](Stats& s) {
+      ++s.failed_retryable;
+      ++s.batches_retried;
+    });
+    uint64_t elapsed_ms = (clock.mono_ns() - b.first_try_mono) / 1'000'000;
+    if (o.retry_deadline_s > 0 && elapsed_ms >= uint64_t{o.retry_deadline_s} * 1000) {
+      const std::string reason = fmt::format("retry deadline passed: {} ({})", out.detail, what);
+      co_await deadletter(b, out.http_status, reason);
+      co_return false;
+    }
+    uint64_t delay = detail::backoff_ms((*attempt)++, o.retry_initial_ms, o.retry_max_ms, rng);
+    if (out.retry_after_ms) {
+      delay = std::max(delay, std::min<uint64_t>(*out.retry_after_ms, o.retry_after_max_ms));
+    }
+    log_line(spdlog::level::warn,
+             fmt::format("upstream: {} failed ({}), retry in {} ms", what, out.detail, delay));
+    co_await sleep_ms(delay);
+    co_return true;
+  }
+
+  // Delivers a neuraltrust batch: its document's requests
+  // (detail/neuraltrust.h) one after another, in order, each with the
+  // outcomes of a batch. A retry resumes at the request that failed: what the
+  // upstream accepted is not sent again while the agent runs (after a restart
+  // the document is sent from its first request). The batch is acknowledged
+  // once every request is accepted; a refusal or the retry deadline
+  // dead-letters the whole document. Returns false when a reload changed the
+  // format (deliver() then sends the batch in the new one), true otherwise.
+  net::awaitable<bool> deliver_events(Batch& b, Stage* stage) {
+    if (b.record.trace_ids.size() > 1) {
+      // Persisted under another format, or replayed dead letters.
+      co_await split_documents(b);
+      co_return true;
+    }
+    if (!b.requests) {
+      if (!co_await reload_docs(b)) co_return true;
+      std::shared_ptr<const Config> cfg = config;
+      detail::NeuralTrustRequests requests;
+      std::string error;
+      *stage = Stage::kEncode;
+      bool built = co_await net::co_spawn(
+          encoder->get_executor(),
+          [&]() -> net::awaitable<bool> {
+            if (cfg->options.encode_hook) cfg->options.encode_hook(b.record.trace_ids);
+            co_return detail::neuraltrust_requests(b.docs.at(0), &requests, &error);
+          },
+          net::use_awaitable);
+      *stage = Stage::kSend;
+      if (stopping) co_return true;
+      if (!built) {
+        const std::string reason = "unencodable document: " + error;
+        co_await deadletter(b, 0, reason);
+        co_return true;
+      }
+      b.requests = std::move(requests);
+      b.requests_done = 0;
+      b.requests_bytes = 0;
+      drop_docs(b);
+    }
+    uint32_t attempt = 0;
+    const size_t total = b.requests->bodies.size();
+    while (!stopping && b.requests_done < total) {
+      std::shared_ptr<const Config> cfg = config;  // a reload must not pull it away mid-await
+      const Options& o = cfg->options;
+      if (o.format != Format::kNeuralTrust) co_return false;
+      const size_t i = b.requests_done;
+      std::string& body = b.requests->bodies[i];
+      http::request<http::string_body> req = event_request(*cfg, std::move(body));
+      uint64_t gen = config_generation;
+      std::unique_ptr<detail::HttpConnection> conn = take_connection();
+      Outcome out = co_await conn->post(req, clock.now_ns());
+      body = std::move(req.body());
+      if (stopping) break;
+      give_connection(std::move(conn), gen);
+      if (out.kind == OutcomeKind::kSuccess) {
+        note_accepted();
+        b.requests_bytes += body.size();
+        ++b.requests_done;
+        attempt = 0;
+        continue;
+      }
+      // Names the request in the logs and the dead-letter reason.
+      const std::string what = fmt::format("request {} of {} (id {}) of trace {}", i + 1, total,
+                                           b.requests->ids[i], b.record.trace_ids.at(0));
+      switch (out.kind) {
+        case OutcomeKind::kSuccess:  // above
+        case OutcomeKind::kRetryable:
+          break;
+        case OutcomeKind::kPermanent: {
+          update_stats([](Stats& s) { ++s.failed_permanent; });
+          const std::string reason = fmt::format("{} ({})", out.detail, what);
+          co_await deadletter(b, out.http_status, reason);
+          co_return true;
+        }
+        case OutcomeKind::kTooLarge: {
+          update_stats([](Stats& s) { ++s.failed_too_large; });
+          if (detail::truncate_neuraltrust_body(&body)) {
+            update_stats([](Stats& s) { ++s.documents_truncated; });
+            continue;
+          }
+          const std::string reason =
+              fmt::format("{} ({}; cannot shrink further)", out.detail, what);
+          co_await deadletter(b, out.http_status, reason);
+          co_return true;
+        }
+        case OutcomeKind::kAuth:
+          co_await auth_pause(out, o);
+          continue;
+      }
+      if (!co_await retry_wait(b, out, o, &attempt, what)) co_return true;
+    }
+    if (stopping) co_return true;  // the batch record stays; the next start resends it
+    b.events = b.requests->events;
+    const Outcome accepted;  // named: GCC 12 destroys a temporary argument of a coroutine twice
+    co_await on_success(b, accepted, b.requests_bytes);
+    co_return true;
+  }
+
   // Delivers a batch: builds its request, sends it, and acts on the outcome
   // until the batch is acknowledged, dead-lettered or split, or the delivery
   // stops. `*stage` tells where an exception it throws came from.
@@ -790,6 +1008,10 @@ struct Delivery::Impl {
       std::shared_ptr<const Config> cfg = config;  // a reload must not pull it away mid-await
       const uint64_t cfg_gen = config_generation;
       const Options& o = cfg->options;
+      if (o.format == Format::kNeuralTrust) {
+        if (co_await deliver_events(b, stage)) co_return;
+        continue;  // a reload changed the format: the batch goes out whole in the new one
+      }
       // Headers (the API key above all) may have changed with a reload.
       if (built_gen != cfg_gen) need_build = true;
       if (need_build) {

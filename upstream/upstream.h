@@ -5,7 +5,8 @@
 //     transient failures forever by default (data waits on disk), pausing on
 //     authentication failures and dead-lettering batches the upstream rejects
 //     permanently. An outbox entry is acked only after a 2xx (or after it was
-//     written to the dead-letter store).
+//     written to the dead-letter store). The neuraltrust format sends one
+//     request per event and feedback item instead of one per batch.
 //   * FileExporter writes each revision as one JSON line to
 //     `data_dir/traces.jsonl` (rotated by size), for when no endpoint is set.
 //   * deadletter_list/replay/purge operate on the dead-letter store (meta keys
@@ -48,24 +49,32 @@
 
 namespace sidetrace::upstream {
 
-enum class Format { kNative, kOtlp };
+enum class Format {
+  kNative,       // {"traces":[documents]}
+  kOtlp,         // OTLP/HTTP JSON
+  kNeuralTrust,  // one request per event and feedback item, as the NeuralTrust SDK sends them
+};
 enum class Compression { kGzip, kZstd, kNone };
 
-// Parses "native"/"otlp" and "gzip"/"zstd"/"none"; throw std::invalid_argument.
+// Parses "native"/"otlp"/"neuraltrust" and "gzip"/"zstd"/"none"; throw
+// std::invalid_argument.
 Format parse_format(const std::string& s);
 Compression parse_compression(const std::string& s);
 
 struct Options {
   // "http://host[:port][/base]" or "https://...". Requests go to
-  // `{endpoint}/v1/traces`. Empty: use the FileExporter instead.
+  // `{endpoint}/v1/traces` (neuraltrust: `{endpoint}/v1/trace`). Empty: use
+  // the FileExporter instead.
   std::string endpoint;
   Format format = Format::kNative;
+  // Request bodies; neuraltrust bodies are never compressed (as the SDK's).
   Compression compression = Compression::kGzip;
   // gzip 1..9, zstd 1..19; low levels favour throughput
   int compression_level = config::defaults::kUpstreamCompressionLevel;
 
   // A batch closes at whichever comes first: this many trace documents, this
-  // many document bytes, or its oldest document being this old.
+  // many document bytes, or its oldest document being this old. neuraltrust
+  // makes every document a batch of its own.
   size_t batch_max_events = config::defaults::kUpstreamBatchMaxEvents;
   size_t batch_max_bytes = config::defaults::kUpstreamBatchMaxBytes;
   uint32_t flush_interval_ms = config::defaults::kUpstreamFlushIntervalMs;
@@ -98,7 +107,8 @@ struct Options {
   bool tls_verify = true;
 
   // API key from an environment variable or a file (first non-empty wins);
-  // sent as "Authorization: Bearer <key>", or as `<api_key_header>: <key>`.
+  // sent as "Authorization: Bearer <key>" (neuraltrust: "token: <key>"), or
+  // as `<api_key_header>: <key>`.
   std::string api_key_env;
   std::string api_key_file;
   std::string api_key_header;
@@ -148,15 +158,16 @@ inline constexpr std::array<uint64_t, 12> kLatencyBoundsMs = {
 
 struct Stats {
   uint64_t batches_sent = 0;      // batches acknowledged with 2xx (or written by the file exporter)
+  uint64_t requests_sent = 0;     // requests answered 2xx (neuraltrust: one per event and feedback)
   uint64_t batches_retried = 0;   // retry attempts (any retryable outcome)
   uint64_t failed_retryable = 0;  // attempts that failed: connection, timeout, 408/429/5xx
   uint64_t failed_too_large = 0;  // 413 responses
   uint64_t failed_auth = 0;       // 401/403 responses
   uint64_t failed_permanent = 0;  // other 4xx
-  uint64_t batches_split = 0;     // 413 batches split in halves
-  uint64_t documents_truncated = 0;  // single documents whose fields were truncated after 413
+  uint64_t batches_split = 0;     // 413 batches split in halves; neuraltrust: into single documents
+  uint64_t documents_truncated = 0;  // documents (neuraltrust: requests) truncated after 413
   uint64_t traces_delivered = 0;     // trace documents acked
-  uint64_t events_delivered = 0;     // events inside those documents
+  uint64_t events_delivered = 0;     // events inside those documents (neuraltrust: events sent)
   uint64_t bytes_sent = 0;          // request body bytes (after compression) of successful requests
   uint64_t deadlettered = 0;        // trace documents moved to the dead-letter store
   uint64_t deadletter_evicted = 0;  // dead-letter records evicted by the bounds

@@ -19,7 +19,7 @@ namespace sidetrace::upstream::detail {
 namespace ssl = net::ssl;
 using tcp = net::ip::tcp;
 
-Endpoint parse_endpoint(std::string_view url) {
+Endpoint parse_endpoint(std::string_view url, std::string_view resource) {
   Endpoint ep;
   std::string_view rest;
   if (url.starts_with("http://")) {
@@ -46,7 +46,7 @@ Endpoint parse_endpoint(std::string_view url) {
   ep.port = hp->port ? std::to_string(*hp->port) : std::string(ep.tls ? "443" : "80");
   while (!path.empty() && path.back() == '/')
     path.remove_suffix(1);
-  ep.target = std::string(path) + "/v1/traces";
+  ep.target = std::string(path) + std::string(resource);
   ep.host_header = std::string(authority);
   return ep;
 }

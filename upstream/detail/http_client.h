@@ -35,12 +35,13 @@ struct Endpoint {
   bool tls = false;
   std::string host;    // without brackets for IPv6
   std::string port;    // numeric or service name
-  std::string target;  // path of the traces resource, e.g. "/v1/traces"
+  std::string target;  // path of the resource, e.g. "/v1/traces"
   std::string host_header;
 };
 
-// Parses "http(s)://host[:port][/base]". Throws std::invalid_argument.
-Endpoint parse_endpoint(std::string_view url);
+// Parses "http(s)://host[:port][/base]"; the target is `{base}{resource}`.
+// Throws std::invalid_argument.
+Endpoint parse_endpoint(std::string_view url, std::string_view resource = "/v1/traces");
 
 // The client TLS context for `options` (verification, CA file, client
 // certificate). Throws std::runtime_error naming the file that failed.
