@@ -315,6 +315,17 @@ TEST_F(AgentProcessTest, TakesOtlpHttpSpansAndNamesTheKeyWhenItsPortIsTaken) {
   EXPECT_EQ(t["events"][0]["name"], "checkout");
   EXPECT_EQ(t["events"][0]["input"], "cart 42");
   EXPECT_EQ(t["events"][0]["duration_ms"], 250);
+  unsigned st = 0;
+  std::string metrics, err;
+  ASSERT_TRUE(sidetrace::agent::admin_get(agent.admin_addr(), "/metrics", &st, &metrics, &err))
+      << err;
+  EXPECT_NE(metrics.find("sidetrace_otlp_requests_total{outcome=\"ok\"} 1\n"), std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("sidetrace_otlp_spans_total{outcome=\"stored\"} 1\n"), std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("sidetrace_otlp_received_bytes_total " + std::to_string(body.size())),
+            std::string::npos)
+      << metrics;
 
   // A second agent whose OTLP port is taken does not start, and says why.
   AgentProcess second(dir_ / "second",
