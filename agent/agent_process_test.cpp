@@ -340,6 +340,39 @@ TEST_F(AgentProcessTest, TakesOtlpHttpSpansAndNamesTheKeyWhenItsPortIsTaken) {
   EXPECT_EQ(agent.signal_and_wait(SIGTERM), 0) << agent.log();
 }
 
+// A span sent over OTLP and an event sent over the socket that share a trace
+// id are one trace, and redaction treats the span like any other event.
+TEST_F(AgentProcessTest, OtlpSpansAndSocketEventsOfOneTraceAreOneTraceAndAreRedacted) {
+  AgentProcess agent(dir_, {"SIDETRACE_REDACT_DETECTORS=emails"});
+  agent.start();
+  ASSERT_TRUE(agent.wait_ready()) << agent.log();
+  const std::string trace = "5b8efff798038103d269b633813fc60c";
+  Result r = emit(agent, "unix://" + agent.stream_path(),
+                  {"--kind", "event", "--trace-id", trace, "--id", "00000000000000a1", "--type",
+                   "MESSAGE", "--input", "hello", "--latency-ms", "9"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  const std::string body = R"({"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":")" + trace +
+                           R"(","spanId":"eee19b7ec3c1b174","parentSpanId":"00000000000000a1",
+      "name":"mail","startTimeUnixNano":"1700000000000000000",
+      "endTimeUnixNano":"1700000000001000000",
+      "attributes":[{"key":"input.value","value":{"stringValue":"write to bob@example.com"}}]
+      }]}]}]})";
+  const std::string reply =
+      http_post(otlp_port(agent.log()), "/v1/traces", "application/json", body);
+  ASSERT_EQ(reply.rfind("HTTP/1.1 200", 0), 0u) << reply;
+  ASSERT_TRUE(wait_until([&] { return !agent.traces().empty(); })) << agent.log();
+  ASSERT_EQ(agent.traces().size(), 1u);
+  const auto t = agent.traces()[0];
+  EXPECT_EQ(t["trace_id"], trace);
+  ASSERT_EQ(t["events"].size(), 1u) << t.dump();
+  EXPECT_EQ(t["events"][0]["id"], "00000000000000a1");
+  ASSERT_EQ(t["events"][0]["children"].size(), 1u) << t.dump();
+  const auto& span = t["events"][0]["children"][0];
+  EXPECT_EQ(span["id"], "eee19b7ec3c1b174");
+  EXPECT_EQ(span["input"], "write to [REDACTED:emails]") << span.dump();
+  EXPECT_EQ(agent.signal_and_wait(SIGTERM), 0) << agent.log();
+}
+
 TEST_F(AgentProcessTest, SocketFilesGetTheConfiguredMode) {
   AgentProcess agent(dir_, {"SIDETRACE_LISTEN_SOCKET_MODE=0600"});
   agent.start();
