@@ -546,7 +546,7 @@ class Mapper {
         kept + extra + (scope_name ? 1 : 0) + (scope_version ? 1 : 0) + (unused_events > 0 ? 1 : 0);
 
     std::string raw;
-    raw.reserve(256 + static_cast<size_t>(span.ByteSizeLong()));
+    raw.reserve(512);
     StringOut sink{&raw};
     Packer pk(sink);
     const bool has_parent = parent.size() == 8 && !all_zero(parent);
@@ -874,6 +874,13 @@ bool parse_otlp_json(std::string_view body, OtlpRequest* out, std::string* error
 void map_otlp_request(const OtlpRequest& request, const DecodeLimits& limits, uint64_t recv_ns,
                       OtlpMapped* out) {
   Mapper mapper(limits, recv_ns, out);
+  size_t spans = 0;
+  for (const auto& rs : request.resource_spans()) {
+    for (const auto& ss : rs.scope_spans())
+      spans += static_cast<size_t>(ss.spans_size());
+  }
+  // An event per span, and a trace context for some.
+  out->messages.reserve(out->messages.size() + spans + spans / 4 + 1);
   for (const auto& rs : request.resource_spans())
     mapper.resource(rs);
   mapper.finish();
