@@ -461,7 +461,16 @@ class Session : public std::enable_shared_from_this<Session> {
                                                      : parse_otlp_protobuf(body, request, &error);
     if (!parsed) return respond_error(http::status::bad_request, OtlpOutcome::kBadRequest, error);
     OtlpMapped mapped;
-    map_otlp_request(*request, sh_->opt.limits, sh_->clock.now_ns(), &mapped);
+    map_otlp_request(*request, sh_->opt.limits, sh_->clock.now_ns(), &mapped,
+                     sh_->opt.max_pending_bytes);
+    if (mapped.over_weight) {
+      // More than all waiting requests together may hold: never takeable.
+      return respond_error(http::status::payload_too_large, OtlpOutcome::kTooLarge,
+                           fmt::format("the request's spans take more than "
+                                       "listen.otlp_max_pending_bytes ({} bytes) as messages; "
+                                       "send smaller batches",
+                                       sh_->opt.max_pending_bytes));
+    }
     stats().spans_received.fetch_add(mapped.spans, std::memory_order_relaxed);
     stats().spans_rejected.fetch_add(mapped.rejected_spans, std::memory_order_relaxed);
     rejected_ = mapped.rejected_spans;

@@ -15,7 +15,8 @@
 //        span larger than limits.max_message_bytes) with the reasons;
 //   400  the body does not decode (protobuf, JSON or gzip);
 //   404  another path; 405 another method;
-//   413  the body, as sent or inflated, is larger than max_body_bytes;
+//   413  the body, as sent or inflated, is larger than max_body_bytes, or
+//        its messages would weigh more than max_pending_bytes;
 //   415  a content type other than the two, or an encoding other than gzip;
 //   429  with Retry-After: the intake queue stayed full for queue_wait, or
 //        max_pending_requests / max_pending_bytes are in use;

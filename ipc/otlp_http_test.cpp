@@ -470,18 +470,47 @@ TEST_F(OtlpHttpTest, RequestsBeyondThePendingBoundsAre429) {
   EXPECT_EQ(stored(14), 0u);
 }
 
-TEST_F(OtlpHttpTest, RequestsBeyondThePendingBytesAre429) {
+// What the messages of `req` weigh in the receiver's pending bytes.
+size_t weight_of(const OtlpRequest& req) {
+  OtlpMapped mapped;
+  map_otlp_request(req, {}, 1, &mapped);
+  return mapped.weight;
+}
+
+TEST_F(OtlpHttpTest, RequestsBeyondThePendingBytesAre429AndOneLargerThanAllOf413) {
+  buffer::testing::HeldTransform held;
+  writer_opts.transform = held.transform();
   OtlpHttpOptions o;
-  o.max_pending_bytes = 2000;
+  const size_t one = weight_of(spans_request(15, 12));
+  o.max_pending_bytes = one + one / 2;  // room for one such request, not two
   start(o);
-  // Small on the wire, but its messages need more than the bound.
-  auto r = post_proto(port, spans_request(15, 20));
+  std::promise<std::optional<Reply>> answered;
+  auto reply = answered.get_future();
+  std::thread client([&] { answered.set_value(post_proto(port, spans_request(15, 12))); });
+  ASSERT_TRUE(held.wait_entered());
+  EXPECT_EQ(receiver->stats().pending_bytes.load(), one);
+  // A second one does not fit beside it: later.
+  auto r = post_proto(port, spans_request(16, 12));
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 429u);
+  EXPECT_EQ(r->retry_after, "1");
   EXPECT_NE(status_of(*r).message().find("listen.otlp_max_pending_bytes"), std::string::npos);
-  r = post_proto(port, spans_request(15, 1));
+  held.release();
+  client.join();
+  ASSERT_TRUE(reply.get());
+  // Once the first is answered, the second gets in.
+  r = post_proto(port, spans_request(16, 12));
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200u);
+  // One that would not fit even alone: never.
+  ASSERT_TRUE(wait_until([&] { return receiver->stats().pending_bytes.load() == 0; }));
+  r = post_proto(port, spans_request(17, 30));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 413u);
+  EXPECT_NE(status_of(*r).message().find("send smaller batches"), std::string::npos);
+  EXPECT_EQ(stored(15), 12u);
+  EXPECT_EQ(stored(16), 12u);
+  EXPECT_EQ(stored(17), 0u);
   EXPECT_TRUE(wait_until([&] { return receiver->stats().pending_bytes.load() == 0; }));
 }
 

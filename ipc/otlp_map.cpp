@@ -302,14 +302,19 @@ struct TraceContext {
 
 class Mapper {
  public:
-  Mapper(const DecodeLimits& limits, uint64_t recv_ns, OtlpMapped* out)
-      : limits_(limits), recv_ns_(recv_ns), out_(out) {}
+  Mapper(const DecodeLimits& limits, uint64_t recv_ns, OtlpMapped* out, size_t max_weight)
+      : limits_(limits), recv_ns_(recv_ns), out_(out), max_weight_(max_weight) {}
 
-  void resource(const pbt::ResourceSpans& rs) {
+  // False once the messages passed the weight bound.
+  bool resource(const pbt::ResourceSpans& rs) {
     contexts_.clear();
     index_.clear();
     for (const auto& ss : rs.scope_spans()) {
       for (const auto& span : ss.spans()) {
+        if (out_->weight > max_weight_) {
+          out_->over_weight = true;
+          return false;
+        }
         ++out_->spans;
         this->span(span, ss.scope());
       }
@@ -317,6 +322,7 @@ class Mapper {
     for (const auto& ctx : contexts_) {
       if (ctx.has_span) trace(ctx, rs.resource().attributes());
     }
+    return true;
   }
 
   void finish() {
@@ -710,6 +716,7 @@ class Mapper {
   const DecodeLimits& limits_;
   const uint64_t recv_ns_;
   OtlpMapped* out_;
+  const size_t max_weight_;
   std::vector<TraceContext> contexts_;
   std::unordered_map<std::string, size_t> index_;
   std::vector<bool> consumed_;     // per attribute of the current span
@@ -872,8 +879,8 @@ bool parse_otlp_json(std::string_view body, OtlpRequest* out, std::string* error
 }
 
 void map_otlp_request(const OtlpRequest& request, const DecodeLimits& limits, uint64_t recv_ns,
-                      OtlpMapped* out) {
-  Mapper mapper(limits, recv_ns, out);
+                      OtlpMapped* out, size_t max_weight) {
+  Mapper mapper(limits, recv_ns, out, max_weight);
   size_t spans = 0;
   for (const auto& rs : request.resource_spans()) {
     for (const auto& ss : rs.scope_spans())
@@ -881,8 +888,9 @@ void map_otlp_request(const OtlpRequest& request, const DecodeLimits& limits, ui
   }
   // An event per span, and a trace context for some.
   out->messages.reserve(out->messages.size() + spans + spans / 4 + 1);
-  for (const auto& rs : request.resource_spans())
-    mapper.resource(rs);
+  for (const auto& rs : request.resource_spans()) {
+    if (!mapper.resource(rs)) break;
+  }
   mapper.finish();
 }
 

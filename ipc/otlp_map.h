@@ -60,14 +60,19 @@ struct OtlpMapped {
   // Why spans were rejected (the first few reasons), or a warning about
   // context that could not be kept; empty when there is nothing to say.
   std::string error;
+  // The messages passed `max_weight`: mapping stopped, and what it made is
+  // not the whole request.
+  bool over_weight = false;
 };
 
 // Translates every span of `request` into messages (see above) and appends
 // them to `out`. Messages longer than limits.max_message_bytes are refused
 // by the protocol's validation: such a span is rejected, and a trace
 // message that is refused only loses the trace's context (noted in `error`).
+// Stops with out->over_weight set once the messages weigh more than
+// `max_weight` (a bound on what one request may hold).
 void map_otlp_request(const OtlpRequest& request, const DecodeLimits& limits, uint64_t recv_ns,
-                      OtlpMapped* out);
+                      OtlpMapped* out, size_t max_weight = SIZE_MAX);
 
 // The protocol-v1 type of a span whose gen_ai.operation.name and
 // openinference.span.kind attributes hold `operation` and `kind` (empty when

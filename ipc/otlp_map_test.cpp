@@ -363,6 +363,26 @@ TEST(OtlpMapTest, ATooLargeSpanIsNamedInTheReason) {
   EXPECT_EQ(mapped.error.rfind("span " + kRootHex + ": too_large", 0), 0u) << mapped.error;
 }
 
+TEST(OtlpMapTest, MappingStopsPastTheWeightBound) {
+  OtlpRequest req;
+  auto* ss = req.add_resource_spans()->add_scope_spans();
+  for (int i = 1; i <= 100; ++i) {
+    std::string id = kRootHex;
+    id[15] = "0123456789abcdef"[i % 16];
+    id[14] = "0123456789abcdef"[i / 16];
+    add_span(ss, kTraceHex, id, "", "s", kStart, kStart + 5);
+  }
+  OtlpMapped all;
+  map_otlp_request(req, {}, kRecv, &all);
+  EXPECT_FALSE(all.over_weight);
+  EXPECT_EQ(all.messages.size(), 100u);
+  OtlpMapped some;
+  map_otlp_request(req, {}, kRecv, &some, all.weight / 4);
+  EXPECT_TRUE(some.over_weight);
+  EXPECT_LT(some.messages.size(), 30u);
+  EXPECT_LE(some.weight, all.weight / 4 + all.weight / 100 * 2);
+}
+
 TEST(OtlpMapTest, TheContextOfEachResourceIsItsOwnTraceMessage) {
   OtlpRequest req;
   for (const char* service : {"frontend", "backend"}) {
