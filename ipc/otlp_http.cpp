@@ -62,6 +62,10 @@ std::string_view otlp_outcome_name(OtlpOutcome o) {
 namespace {
 
 constexpr size_t kHeaderLimit = 16 * 1024;
+// What a connection reads at once while it reads a body. Beast reads only
+// into the room its buffer has, and a buffer sized for the headers makes
+// a body take a few hundred reads (and as many timer updates).
+constexpr size_t kBodyReadBytes = 64 * 1024;
 constexpr std::string_view kPath = "/v1/traces";
 // A listener whose accept fails (out of descriptors) tries again after this.
 constexpr std::chrono::milliseconds kAcceptRetry{100};
@@ -327,6 +331,8 @@ class Session : public std::enable_shared_from_this<Session> {
     if (closed_) return;
     if (!sh_->accepting.load(std::memory_order_relaxed)) return close();
     state_ = State::kIdle;
+    // Waiting for a request, a connection keeps no more than what it holds.
+    buffer_.shrink_to_fit();
     header_parser_.emplace();
     header_parser_->header_limit(kHeaderLimit);
     header_parser_->body_limit(sh_->opt.max_body_bytes);
@@ -407,6 +413,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void read_body() {
+    if (buffer_.capacity() < kBodyReadBytes) buffer_.reserve(kBodyReadBytes);
     body_parser_.emplace(std::move(*header_parser_));
     header_parser_.reset();
     body_parser_->body_limit(sh_->opt.max_body_bytes);
