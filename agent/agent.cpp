@@ -31,6 +31,7 @@
 #include "common/clock.h"
 #include "common/thread.h"
 #include "ipc/intake.h"
+#include "ipc/otlp_http.h"
 #include "trace/assembler.h"
 #include "upstream/upstream.h"
 
@@ -45,6 +46,9 @@ namespace {
 constexpr auto kShutdownDeadline = std::chrono::seconds(20);
 // How long an admin /reload waits for the intake's thread to run it.
 constexpr auto kReloadWait = std::chrono::seconds(10);
+// How long a stopping agent keeps answering OTLP/HTTP requests whose spans
+// are on their way to the store.
+constexpr auto kOtlpAnswerWait = std::chrono::seconds(5);
 
 // Runs `io` until it stops. A handler that throws is logged and counted, and
 // the loop goes on with the others (what that handler served is dropped: a
@@ -86,6 +90,7 @@ struct Agent::Impl {
   std::unique_ptr<buffer::Writer> writer;
   std::unique_ptr<upstream::Exporter> exporter;
   std::unique_ptr<ipc::Intake> intake;
+  std::unique_ptr<ipc::OtlpHttpReceiver> otlp_http;
   // The admin endpoint has a thread of its own, so that health checks answer
   // while the intake's thread is busy with a flood.
   net::io_context admin_io;
@@ -131,6 +136,7 @@ Components Agent::Impl::components() const {
   c.store = store.get();
   c.queue = queue.get();
   c.intake = intake.get();
+  c.otlp_http = otlp_http.get();
   c.writer = writer.get();
   c.assembler = assembler.get();
   c.exporter = exporter.get();
@@ -225,6 +231,10 @@ void Agent::Impl::start() {
   intake = ipc::Intake::create(io, std::move(intake_opts), *queue, clock);
   std::string err;
   if (intake->start(&err)) throw std::runtime_error(err);
+  if (!cfg.listen.otlp_http.empty()) {
+    otlp_http = ipc::OtlpHttpReceiver::create(io, otlp_http_options(cfg), *queue, clock);
+    if (otlp_http->start(&err)) throw std::runtime_error("listen.otlp_http: " + err);
+  }
 
   if (!cfg.admin.listen.empty()) {
     const bool admin_token_set = !admin_access.token.empty();
@@ -248,12 +258,15 @@ void Agent::Impl::start() {
                                   : "no token; loopback only");
   }
   is_ready = true;
-  spdlog::info("sidetrace ready: unix_stream={} unix_dgram={} udp={} admin={} upstream={}",
-               cfg.listen.unix_stream.empty() ? "off" : cfg.listen.unix_stream,
-               cfg.listen.unix_dgram.empty() ? "off" : cfg.listen.unix_dgram,
-               cfg.listen.udp.empty() ? "off" : cfg.listen.udp,
-               cfg.admin.listen.empty() ? "off" : cfg.admin.listen,
-               cfg.upstream.endpoint.empty() ? "local file" : "http");
+  spdlog::info(
+      "sidetrace ready: unix_stream={} unix_dgram={} udp={} otlp_http={} admin={} "
+      "upstream={}",
+      cfg.listen.unix_stream.empty() ? "off" : cfg.listen.unix_stream,
+      cfg.listen.unix_dgram.empty() ? "off" : cfg.listen.unix_dgram,
+      cfg.listen.udp.empty() ? "off" : cfg.listen.udp,
+      cfg.listen.otlp_http.empty() ? "off" : cfg.listen.otlp_http,
+      cfg.admin.listen.empty() ? "off" : cfg.admin.listen,
+      cfg.upstream.endpoint.empty() ? "local file" : "http");
   systemd::notify("READY=1\nSTATUS=serving");
 }
 
@@ -278,8 +291,23 @@ void Agent::Impl::shutdown() {
   admin_io.stop();
   if (admin_thread.joinable()) admin_thread.join();
   if (intake) intake->stop();  // stop accepting
+  if (otlp_http) otlp_http->stop_accepting();
   // The io_context was stopped to leave run(); let the closes complete.
   io.restart();
+  if (otlp_http) {
+    // OTLP/HTTP requests whose spans are queued are answered once the
+    // writer has stored them (the client would send them again otherwise).
+    const auto until = std::chrono::steady_clock::now() + kOtlpAnswerWait;
+    while (otlp_http->waiting() > 0 && std::chrono::steady_clock::now() < until) {
+      try {
+        io.run_for(std::chrono::milliseconds(10));
+      } catch (const std::exception& e) {
+        ThreadFailures::global().record_survived();
+        spdlog::error("event loop: a handler failed and was dropped: {}", e.what());
+      }
+    }
+    otlp_http->stop();
+  }
   io.poll();
   if (writer) writer->stop();  // commits everything already queued
   if (assembler) assembler->stop();

@@ -1,7 +1,8 @@
 // The agent's lifecycle: builds every component from a Config, runs until
 // asked to stop, and shuts down in data-flow order so that nothing accepted is
-// lost: intake stops accepting, the writer commits what is queued, the
-// assembler and the exporter stop, the store closes.
+// lost: intake stops accepting (OTLP/HTTP requests already read are answered
+// once their spans are stored, for a few seconds at most), the writer commits
+// what is queued, the assembler and the exporter stop, the store closes.
 //
 // Start-up failures (a socket that cannot be bound, a store that cannot be
 // opened even after quarantine, a bad upstream setting) throw

@@ -103,6 +103,7 @@ class AgentProcess {
             "SIDETRACE_LISTEN_UNIX_STREAM=" + stream_path(),
             "SIDETRACE_LISTEN_UNIX_DGRAM=" + dgram_path(),
             "SIDETRACE_LISTEN_UDP=127.0.0.1:0",
+            "SIDETRACE_LISTEN_OTLP_HTTP=127.0.0.1:0",
             "SIDETRACE_ADMIN_LISTEN=127.0.0.1:0",
             "SIDETRACE_TRACE_QUIET_PERIOD_MS=50",
             "SIDETRACE_BUFFER_SYNC=os"};
@@ -261,6 +262,121 @@ TEST_F(AgentProcessTest, AcceptsAllThreeTransportsAndStopsCleanlyOnSigterm) {
   EXPECT_FALSE(fs::exists(agent.stream_path()));
   EXPECT_FALSE(fs::exists(agent.dgram_path()));
   EXPECT_NE(agent.log().find("sidetrace stopped"), std::string::npos);
+}
+
+// POSTs `body` to http://127.0.0.1:`port``target` on a new connection and
+// returns the whole response (status line, headers, body); "" on failure.
+std::string http_post(unsigned short port, const std::string& target,
+                      const std::string& content_type, const std::string& body) {
+  namespace net = boost::asio;
+  try {
+    net::io_context io;
+    net::ip::tcp::socket s(io);
+    s.connect({net::ip::make_address("127.0.0.1"), port});
+    std::string req = "POST " + target +
+                      " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: " + content_type +
+                      "\r\nContent-Length: " + std::to_string(body.size()) +
+                      "\r\nConnection: close\r\n\r\n" + body;
+    net::write(s, net::buffer(req));
+    std::string out;
+    char buf[4096];
+    boost::system::error_code ec;
+    for (size_t n; (n = s.read_some(net::buffer(buf), ec)) > 0 || !ec;)
+      out.append(buf, n);
+    return out;
+  } catch (const std::exception&) {
+    return {};
+  }
+}
+
+// The port of the OTLP/HTTP listener, from the log line the agent prints at
+// start; 0 if absent.
+unsigned short otlp_port(const std::string& log) {
+  const std::string tag = "listening on http://127.0.0.1:";
+  size_t p = log.find(tag);
+  if (p == std::string::npos) return 0;
+  return static_cast<unsigned short>(std::stoi(log.substr(p + tag.size())));
+}
+
+TEST_F(AgentProcessTest, TakesOtlpHttpSpansAndNamesTheKeyWhenItsPortIsTaken) {
+  AgentProcess agent(dir_);
+  agent.start();
+  ASSERT_TRUE(agent.wait_ready()) << agent.log();
+  const unsigned short port = otlp_port(agent.log());
+  ASSERT_NE(port, 0) << agent.log();
+  const std::string body = R"({"resourceSpans":[{
+      "resource":{"attributes":[{"key":"service.name","value":{"stringValue":"shop"}}]},
+      "scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c",
+        "spanId":"eee19b7ec3c1b174","name":"checkout","startTimeUnixNano":"1700000000000000000",
+        "endTimeUnixNano":"1700000000250000000",
+        "attributes":[{"key":"input.value","value":{"stringValue":"cart 42"}}]}]}]}]})";
+  const std::string reply = http_post(port, "/v1/traces", "application/json", body);
+  ASSERT_EQ(reply.rfind("HTTP/1.1 200", 0), 0u) << reply;
+  EXPECT_NE(reply.find("Content-Type: application/json"), std::string::npos) << reply;
+  ASSERT_TRUE(wait_until([&] { return !agent.traces().empty(); })) << agent.log();
+  const auto t = agent.traces()[0];
+  EXPECT_EQ(t["trace_id"], "5b8efff798038103d269b633813fc60c");
+  EXPECT_EQ(t["metadata"]["service.name"], "shop");
+  EXPECT_EQ(t["events"][0]["id"], "eee19b7ec3c1b174");
+  EXPECT_EQ(t["events"][0]["name"], "checkout");
+  EXPECT_EQ(t["events"][0]["input"], "cart 42");
+  EXPECT_EQ(t["events"][0]["duration_ms"], 250);
+  unsigned st = 0;
+  std::string metrics, err;
+  ASSERT_TRUE(sidetrace::agent::admin_get(agent.admin_addr(), "/metrics", &st, &metrics, &err))
+      << err;
+  EXPECT_NE(metrics.find("sidetrace_otlp_requests_total{outcome=\"ok\"} 1\n"), std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("sidetrace_otlp_spans_total{outcome=\"stored\"} 1\n"), std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("sidetrace_otlp_received_bytes_total " + std::to_string(body.size())),
+            std::string::npos)
+      << metrics;
+
+  // A second agent whose OTLP port is taken does not start, and says why.
+  AgentProcess second(dir_ / "second",
+                      {"SIDETRACE_LISTEN_OTLP_HTTP=127.0.0.1:" + std::to_string(port)});
+  second.start();
+  ASSERT_TRUE(wait_until([&] { return second.exited(); })) << second.log();
+  EXPECT_NE(second.exit_status(), 0);
+  EXPECT_NE(second.log().find("listen.otlp_http: cannot listen on 127.0.0.1:" +
+                              std::to_string(port) + ": Address already in use"),
+            std::string::npos)
+      << second.log();
+  EXPECT_EQ(agent.signal_and_wait(SIGTERM), 0) << agent.log();
+}
+
+// A span sent over OTLP and an event sent over the socket that share a trace
+// id are one trace, and redaction treats the span like any other event.
+TEST_F(AgentProcessTest, OtlpSpansAndSocketEventsOfOneTraceAreOneTraceAndAreRedacted) {
+  AgentProcess agent(dir_, {"SIDETRACE_REDACT_DETECTORS=emails"});
+  agent.start();
+  ASSERT_TRUE(agent.wait_ready()) << agent.log();
+  const std::string trace = "5b8efff798038103d269b633813fc60c";
+  Result r = emit(agent, "unix://" + agent.stream_path(),
+                  {"--kind", "event", "--trace-id", trace, "--id", "00000000000000a1", "--type",
+                   "MESSAGE", "--input", "hello", "--latency-ms", "9"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  const std::string body = R"({"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":")" + trace +
+                           R"(","spanId":"eee19b7ec3c1b174","parentSpanId":"00000000000000a1",
+      "name":"mail","startTimeUnixNano":"1700000000000000000",
+      "endTimeUnixNano":"1700000000001000000",
+      "attributes":[{"key":"input.value","value":{"stringValue":"write to bob@example.com"}}]
+      }]}]}]})";
+  const std::string reply =
+      http_post(otlp_port(agent.log()), "/v1/traces", "application/json", body);
+  ASSERT_EQ(reply.rfind("HTTP/1.1 200", 0), 0u) << reply;
+  ASSERT_TRUE(wait_until([&] { return !agent.traces().empty(); })) << agent.log();
+  ASSERT_EQ(agent.traces().size(), 1u);
+  const auto t = agent.traces()[0];
+  EXPECT_EQ(t["trace_id"], trace);
+  ASSERT_EQ(t["events"].size(), 1u) << t.dump();
+  EXPECT_EQ(t["events"][0]["id"], "00000000000000a1");
+  ASSERT_EQ(t["events"][0]["children"].size(), 1u) << t.dump();
+  const auto& span = t["events"][0]["children"][0];
+  EXPECT_EQ(span["id"], "eee19b7ec3c1b174");
+  EXPECT_EQ(span["input"], "write to [REDACTED:emails]") << span.dump();
+  EXPECT_EQ(agent.signal_and_wait(SIGTERM), 0) << agent.log();
 }
 
 TEST_F(AgentProcessTest, SocketFilesGetTheConfiguredMode) {
@@ -646,7 +762,10 @@ TEST_F(AgentProcessTest, AdminBeyondLoopbackWithoutATokenRefusesToStart) {
   const std::vector<std::string> env = {
       "SIDETRACE_DATA_DIR=" + (dir_ / "data").string(),
       "SIDETRACE_LISTEN_UNIX_STREAM=" + (dir_ / "agent.sock").string(),
-      "SIDETRACE_LISTEN_UNIX_DGRAM=", "SIDETRACE_LISTEN_UDP=", "SIDETRACE_ADMIN_LISTEN=0.0.0.0:0"};
+      "SIDETRACE_LISTEN_UNIX_DGRAM=",
+      "SIDETRACE_LISTEN_UDP=",
+      "SIDETRACE_LISTEN_OTLP_HTTP=",
+      "SIDETRACE_ADMIN_LISTEN=0.0.0.0:0"};
   Result r = run({"agent"}, env);
   EXPECT_EQ(r.status, 2) << r.err;
   EXPECT_NE(r.err.find("admin.token"), std::string::npos) << r.err;

@@ -675,6 +675,7 @@ class BinaryTest : public ::testing::Test {
             "SIDETRACE_LISTEN_UNIX_STREAM=" + (dir_ / "agent.sock").string(),
             "SIDETRACE_LISTEN_UNIX_DGRAM=" + (dir_ / "agent.dgram.sock").string(),
             "SIDETRACE_LISTEN_UDP=127.0.0.1:0",
+            "SIDETRACE_LISTEN_OTLP_HTTP=127.0.0.1:0",
             "SIDETRACE_ADMIN_LISTEN=127.0.0.1:0",
             "SIDETRACE_TRACE_QUIET_PERIOD_MS=50",
             "SIDETRACE_BUFFER_SYNC=os"};
@@ -890,6 +891,9 @@ TEST_F(BinaryTest, ImageAndKubernetesExampleProtectTheAdminEndpointAndSockets) {
                 !sidetrace::config::admin_token(c).empty())
         << what << ": admin.listen " << c.admin.listen << " without a token";
     EXPECT_EQ(c.listen.socket_mode & 0007, 0u) << what << ": sockets open to every user";
+    EXPECT_TRUE(c.listen.otlp_http.empty() ||
+                sidetrace::config::is_loopback_listen(c.listen.otlp_http))
+        << what << ": OTLP/HTTP on " << c.listen.otlp_http << " takes spans from other hosts";
     return c;
   };
   check(image, "the image");
@@ -955,6 +959,7 @@ TEST_F(BinaryTest, ContainerEntrypointConfiguresTheAgentFromTheEnvironmentAlone)
       "SIDETRACE_LISTEN_UNIX_STREAM=" + (run / "agent.sock").string(),
       "SIDETRACE_LISTEN_UNIX_DGRAM=" + (run / "agent.dgram.sock").string(),
       "SIDETRACE_LISTEN_UDP=127.0.0.1:0",
+      "SIDETRACE_LISTEN_OTLP_HTTP=127.0.0.1:0",
       "SIDETRACE_ADMIN_LISTEN=127.0.0.1:0",
       "SIDETRACE_TRACE_QUIET_PERIOD_MS=50",
       "SIDETRACE_BUFFER_SYNC=os",

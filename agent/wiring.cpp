@@ -81,6 +81,17 @@ ipc::IntakeOptions intake_options(const config::Config& c) {
   return o;
 }
 
+ipc::OtlpHttpOptions otlp_http_options(const config::Config& c) {
+  ipc::OtlpHttpOptions o;
+  o.listen = c.listen.otlp_http;
+  o.max_body_bytes = c.listen.otlp_max_body_bytes;
+  o.max_pending_requests = static_cast<size_t>(c.listen.otlp_max_pending_requests);
+  o.max_pending_bytes = c.listen.otlp_max_pending_bytes;
+  o.max_connections = static_cast<size_t>(c.listen.max_connections);
+  o.limits.max_message_bytes = c.listen.max_message_bytes;
+  return o;
+}
+
 std::shared_ptr<const ipc::Redactor> make_redactor(const config::Config& c) {
   const auto& r = c.redact;
   if (r.detectors.empty() && r.rules.empty() && r.max_field_bytes == 0) return nullptr;
@@ -162,6 +173,42 @@ void intake_metrics(MetricsWriter& w, const ipc::Intake& intake) {
                 [](const TS& s) { return s.read_errors.load(); });
 }
 
+void otlp_http_metrics(MetricsWriter& w, const ipc::OtlpHttpStats& st) {
+  w.family("sidetrace_otlp_requests_total", "counter",
+           "OTLP/HTTP export requests, by how they were answered.");
+  for (size_t o = 0; o < static_cast<size_t>(ipc::OtlpOutcome::kCount_); ++o) {
+    w.sample("sidetrace_otlp_requests_total", st.requests[o].load(),
+             {{"outcome", ipc::otlp_outcome_name(static_cast<ipc::OtlpOutcome>(o))}});
+  }
+  w.family("sidetrace_otlp_received_spans_total", "counter",
+           "Spans in OTLP/HTTP requests that decoded.");
+  w.sample("sidetrace_otlp_received_spans_total", st.spans_received.load());
+  w.family("sidetrace_otlp_spans_total", "counter",
+           "OTLP spans by outcome: stored (durable, acknowledged), rejected (failed validation, "
+           "reported as partial success), refused (in requests answered 429 or 503).");
+  w.sample("sidetrace_otlp_spans_total", st.spans_stored.load(), {{"outcome", "stored"}});
+  w.sample("sidetrace_otlp_spans_total", st.spans_rejected.load(), {{"outcome", "rejected"}});
+  w.sample("sidetrace_otlp_spans_total", st.spans_refused.load(), {{"outcome", "refused"}});
+  w.family("sidetrace_otlp_received_bytes_total", "counter",
+           "OTLP/HTTP request bodies, as sent (compressed or not).");
+  w.sample("sidetrace_otlp_received_bytes_total", st.bytes.load());
+  w.family("sidetrace_otlp_pending_requests", "gauge",
+           "OTLP/HTTP requests read and not yet answered (waiting for the store).");
+  w.sample("sidetrace_otlp_pending_requests", st.pending_requests.load());
+  w.family("sidetrace_otlp_pending_bytes", "gauge", "Bytes those requests hold.");
+  w.sample("sidetrace_otlp_pending_bytes", st.pending_bytes.load());
+  w.family("sidetrace_otlp_queue_waits_total", "counter",
+           "OTLP/HTTP requests that waited for room in the intake queue.");
+  w.sample("sidetrace_otlp_queue_waits_total", st.queue_waits.load());
+  w.family("sidetrace_otlp_connections_open", "gauge", "Open OTLP/HTTP connections.");
+  w.sample("sidetrace_otlp_connections_open", st.connections_open.load());
+  w.family("sidetrace_otlp_connections_total", "counter", "OTLP/HTTP connections accepted.");
+  w.sample("sidetrace_otlp_connections_total", st.connections_total.load());
+  w.family("sidetrace_otlp_connections_refused_total", "counter",
+           "OTLP/HTTP connections closed at once because listen.max_connections were open.");
+  w.sample("sidetrace_otlp_connections_refused_total", st.connections_refused.load());
+}
+
 void exporter_metrics(MetricsWriter& w, const upstream::Stats& u) {
   w.family("sidetrace_batches_total", "counter", "Delivery attempts by outcome.");
   w.sample("sidetrace_batches_total", u.batches_sent, {{"outcome", "sent"}});
@@ -229,6 +276,7 @@ std::string render_metrics(const Components& c, const Clock& clock) {
            "Event-loop handlers that threw; the loop went on without them.");
   w.sample("sidetrace_handler_failures_total", ThreadFailures::global().survived());
   if (c.intake) intake_metrics(w, *c.intake);
+  if (c.otlp_http) otlp_http_metrics(w, c.otlp_http->stats());
   if (c.queue) {
     w.family("sidetrace_intake_queue_bytes", "gauge", "Decoded messages waiting for the store.");
     w.sample("sidetrace_intake_queue_bytes", static_cast<uint64_t>(c.queue->weight()));
@@ -370,6 +418,15 @@ std::string render_status(const Components& c, const Clock& clock) {
     }
     line("received", fmt::format("{} ({} accepted, {} rejected, {} dropped at intake)", received,
                                  accepted, rejected, dropped));
+  }
+  if (c.otlp_http) {
+    const auto& st = c.otlp_http->stats();
+    uint64_t requests = 0;
+    for (const auto& r : st.requests)
+      requests += r.load();
+    line("otlp spans", fmt::format("{} in {} requests ({} stored, {} rejected, {} refused)",
+                                   st.spans_received.load(), requests, st.spans_stored.load(),
+                                   st.spans_rejected.load(), st.spans_refused.load()));
   }
   if (c.writer) {
     auto ws = c.writer->stats();

@@ -16,6 +16,7 @@
 #include "config/config.h"
 #include "ipc/intake.h"
 #include "ipc/message.h"
+#include "ipc/otlp_http.h"
 #include "ipc/redact.h"
 #include "trace/assembler.h"
 #include "upstream/upstream.h"
@@ -30,6 +31,7 @@ buffer::StoreOptions store_options(const config::Config& c);
 trace::AssemblerOptions assembler_options(const config::Config& c);
 upstream::Options upstream_options(const config::Config& c);
 ipc::IntakeOptions intake_options(const config::Config& c);
+ipc::OtlpHttpOptions otlp_http_options(const config::Config& c);
 // The redactor for c.redact (nullptr when nothing is configured). Throws
 // config::ConfigError naming the key when a rule or detector is invalid.
 std::shared_ptr<const ipc::Redactor> make_redactor(const config::Config& c);
@@ -40,6 +42,7 @@ struct Components {
   buffer::Store* store = nullptr;
   const BoundedQueue<ipc::MessageBatch>* queue = nullptr;
   const ipc::Intake* intake = nullptr;
+  const ipc::OtlpHttpReceiver* otlp_http = nullptr;
   const buffer::Writer* writer = nullptr;
   const trace::Assembler* assembler = nullptr;
   const upstream::Exporter* exporter = nullptr;

@@ -122,7 +122,7 @@ class Agent:
             buffer += f"max_bytes = {max_bytes}\n"
         with open(os.path.join(work, "agent.toml"), "w") as f:
             f.write(f'data_dir = "{work}/data"\n\n[listen]\nunix_stream = "{self.stream}"\n'
-                    f'unix_dgram = "{self.sock}"\nudp = ""\n\n'
+                    f'unix_dgram = "{self.sock}"\nudp = ""\notlp_http = ""\n\n'
                     f'[admin]\nlisten = "127.0.0.1:{self.admin}"\n\n'
                     f'{upstream}{buffer}\n[log]\nlevel = "warn"\n')
         self.start()

@@ -8,6 +8,28 @@
 
 namespace sidetrace::buffer {
 
+namespace {
+
+// Tells the receipts of `group` what became of it: one call per run of
+// neighbouring messages that share a receipt (a request's messages arrive
+// together).
+void settle(std::span<ipc::Message> group, ipc::Receipt::Outcome outcome) {
+  for (size_t i = 0; i < group.size();) {
+    ipc::Receipt* r = group[i].receipt.get();
+    size_t j = i + 1;
+    if (r == nullptr) {
+      i = j;
+      continue;
+    }
+    while (j < group.size() && group[j].receipt.get() == r)
+      ++j;
+    r->settle(outcome, j - i);
+    i = j;
+  }
+}
+
+}  // namespace
+
 Writer::Writer(Store& store, BoundedQueue<ipc::MessageBatch>& queue, Sink sink, const Clock& clock,
                WriterOptions options)
     : store_(store),
@@ -81,6 +103,7 @@ void Writer::run() {
           dropped_invalid_.fetch_add(1);
           log_.log(spdlog::level::warn,
                    "buffer: dropped a message whose trace_id cannot be stored");
+          settle(std::span(&m, 1), ipc::Receipt::Outcome::kFailed);
           continue;
         }
         if (opts_.transform) {
@@ -165,6 +188,7 @@ void Writer::store_group(std::span<ipc::Message> group, size_t bytes) {
   uint64_t n = group.size();
   if (!usable()) {
     dropped_no_space_.fetch_add(n);
+    settle(group, ipc::Receipt::Outcome::kFailed);
     return;
   }
   Status s = store_.ensure_room(bytes);
@@ -172,6 +196,7 @@ void Writer::store_group(std::span<ipc::Message> group, size_t bytes) {
     dropped_full_.fetch_add(n);
     log_.log(spdlog::level::warn,
              fmt::format("buffer: full ({}); dropped {} new messages", s.message(), n));
+    settle(group, ipc::Receipt::Outcome::kFull);
     return;
   }
   committed_.clear();
@@ -192,6 +217,7 @@ void Writer::store_group(std::span<ipc::Message> group, size_t bytes) {
     next_resume_ns_ = clock_.mono_ns() + static_cast<uint64_t>(backoff_.count());
     log_.log(spdlog::level::err,
              fmt::format("buffer: write failed ({}); dropped {} messages", s.ToString(), n));
+    settle(group, ipc::Receipt::Outcome::kFailed);
     return;
   }
   uint64_t now = clock_.now_ns();
@@ -199,6 +225,7 @@ void Writer::store_group(std::span<ipc::Message> group, size_t bytes) {
     latency_.record(now > m.recv_ns ? now - m.recv_ns : 0);
   persisted_.fetch_add(n);
   commits_.fetch_add(1);
+  settle(group, ipc::Receipt::Outcome::kStored);
   if (sink_) {
     // The stored bytes go with the notices (the assembler builds quiet traces
     // from them without reading them back); append() gives one notice per

@@ -21,6 +21,14 @@
 //     of the agent that failed (Store::needs_resume()) is resumed the same
 //     way, also while no messages arrive.
 //
+// Receipts: a message that carries an ipc::Receipt (Message::receipt) is
+// settled exactly once, right after the group that holds it is done with:
+// kStored once the commit returned (synced in SyncMode::kFsync), kFull when
+// the quota refused the group, kFailed when the disk was full or failing or
+// the message could not be stored. Messages next to each other that share a
+// receipt are settled in one call. Every message taken from the queue is
+// settled, also those committed by stop().
+//
 // Before a message joins a group, the optional `transform` (redaction, see
 // ipc/redact.h) may rewrite it on the writer thread: nothing it removes ever
 // reaches the store. Messages it changed are counted.

@@ -108,6 +108,108 @@ TEST(WriterTest, PersistsEverythingFromSeveralProducersAndReportsCommits) {
   }
 }
 
+// Records what the writer reports to a receipt and, for each report, how
+// many messages of `trace` the store held at that moment.
+class RecordingReceipt : public ipc::Receipt {
+ public:
+  struct Call {
+    Outcome outcome;
+    size_t n;
+    size_t stored;
+  };
+  RecordingReceipt(Store* store, std::string trace) : store_(store), trace_(std::move(trace)) {}
+
+  void settle(Outcome outcome, size_t n) noexcept override {
+    std::vector<StoredEvent> ev;
+    if (store_) (void)store_->read_trace(trace_, &ev);
+    std::lock_guard lock(mu_);
+    calls_.push_back({outcome, n, ev.size()});
+  }
+  std::vector<Call> calls() {
+    std::lock_guard lock(mu_);
+    return calls_;
+  }
+  size_t settled(Outcome o) {
+    size_t n = 0;
+    for (const auto& c : calls())
+      n += c.outcome == o ? c.n : 0;
+    return n;
+  }
+
+ private:
+  Store* store_;
+  std::string trace_;
+  std::mutex mu_;
+  std::vector<Call> calls_;
+};
+
+ipc::MessageBatch with_receipt(ipc::MessageBatch b, const std::shared_ptr<ipc::Receipt>& r) {
+  for (auto& m : b)
+    m.receipt = r;
+  return b;
+}
+
+TEST(WriterTest, SettlesReceiptsOnlyOnceTheirMessagesAreCommitted) {
+  TempDir dir;
+  StoreOptions o;
+  o.data_dir = dir.str();  // fsync mode
+  std::unique_ptr<Store> store;
+  ASSERT_TRUE(Store::open(o, &store).ok());
+  BoundedQueue<ipc::MessageBatch> q(64 << 20);
+  Writer w(*store, q, nullptr);
+  auto a = std::make_shared<RecordingReceipt>(store.get(), "a");
+  auto b = std::make_shared<RecordingReceipt>(store.get(), "b");
+  // Two requests' messages in one batch, and messages without a receipt
+  // between them: the writer settles each run of a receipt's messages.
+  ipc::MessageBatch mixed = with_receipt(batch("a", 30), a);
+  for (auto& m : batch("plain", 5))
+    mixed.push_back(std::move(m));
+  for (auto& m : with_receipt(batch("b", 20), b))
+    mixed.push_back(std::move(m));
+  ASSERT_TRUE(q.try_push(mixed, 1));
+  w.start();
+  ASSERT_TRUE(wait_until([&] { return a->settled(ipc::Receipt::Outcome::kStored) == 30; }));
+  ASSERT_TRUE(wait_until([&] { return b->settled(ipc::Receipt::Outcome::kStored) == 20; }));
+  w.stop();
+  // One group: one call each, made when every message was in the store.
+  ASSERT_EQ(a->calls().size(), 1u);
+  EXPECT_EQ(a->calls()[0].stored, 30u);
+  ASSERT_EQ(b->calls().size(), 1u);
+  EXPECT_EQ(b->calls()[0].stored, 20u);
+  EXPECT_EQ(w.stats().persisted, 55u);
+  // The writer let go of the receipts: only the test holds them now.
+  EXPECT_EQ(a.use_count(), 1);
+  EXPECT_EQ(b.use_count(), 1);
+}
+
+TEST(WriterTest, SettlesReceiptsOfMessagesTheQuotaRefused) {
+  TempDir dir;
+  StoreOptions o;
+  o.data_dir = dir.str();
+  o.sync = SyncMode::kOs;
+  o.max_bytes = 20000;
+  o.when_full = WhenFull::kDropNewest;
+  std::unique_ptr<Store> store;
+  ASSERT_TRUE(Store::open(o, &store).ok());
+  BoundedQueue<ipc::MessageBatch> q(64 << 20);
+  Writer w(*store, q, nullptr);
+  w.start();
+  auto r = std::make_shared<RecordingReceipt>(nullptr, "t");
+  for (int i = 0; i < 40; ++i) {
+    auto b = with_receipt(batch("t", 1, 1000), r);
+    ASSERT_TRUE(q.try_push(b, 1));
+  }
+  ASSERT_TRUE(wait_until([&] {
+    return r->settled(ipc::Receipt::Outcome::kStored) + r->settled(ipc::Receipt::Outcome::kFull) ==
+           40;
+  }));
+  w.stop();
+  EXPECT_EQ(r->settled(ipc::Receipt::Outcome::kStored), w.stats().persisted);
+  EXPECT_EQ(r->settled(ipc::Receipt::Outcome::kFull), w.stats().dropped_full);
+  EXPECT_GT(w.stats().dropped_full, 0u);
+  EXPECT_EQ(r->settled(ipc::Receipt::Outcome::kFailed), 0u);
+}
+
 TEST(WriterTest, DropNewestCountsRefusals) {
   TempDir dir;
   StoreOptions o;
@@ -209,6 +311,27 @@ TEST_F(FullDiskWriterTest, FullDiskDropsCountedAndResumesByItself) {
 // A write of another part of the agent (here a metadata write, as delivery
 // makes) fails on a full disk while no messages arrive: the writer still
 // resumes the store once space returns, so that those writes succeed again.
+TEST_F(FullDiskWriterTest, SettlesReceiptsOfMessagesAFullDiskLost) {
+  Writer w(*store, q, nullptr, system_clock(), wo);
+  w.start();
+  fs->set_full(true);
+  auto r = std::make_shared<RecordingReceipt>(nullptr, "t");
+  auto b = with_receipt(batch("t", 10), r);
+  ASSERT_TRUE(q.try_push(b, 1));
+  ASSERT_TRUE(wait_until([&] { return r->settled(ipc::Receipt::Outcome::kFailed) == 10; }));
+  fs->set_full(false);
+  // Once the store resumes, later messages are stored and settled as such.
+  ASSERT_TRUE(wait_until([&] {
+    if (q.size() == 0 && r->settled(ipc::Receipt::Outcome::kStored) == 0) {
+      auto again = with_receipt(batch("t", 1), r);
+      (void)q.try_push(again, 1);
+    }
+    return r->settled(ipc::Receipt::Outcome::kStored) > 0;
+  }));
+  w.stop();
+  EXPECT_EQ(r->settled(ipc::Receipt::Outcome::kStored), w.stats().persisted);
+}
+
 TEST_F(FullDiskWriterTest, ResumesAStoreThatFailedElsewhereWhileIdle) {
   Writer w(*store, q, nullptr, system_clock(), wo);
   w.start();

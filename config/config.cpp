@@ -103,6 +103,20 @@ const std::vector<Key>& keys() {
           at([](Config& c) { return &c.listen.idle_timeout_s; }))
           .range(0, 7 * 86400)
           .restart(),
+      Key("listen.otlp_http", Type::kString, at([](Config& c) { return &c.listen.otlp_http; }))
+          .restart(),
+      Key("listen.otlp_max_body_bytes", Type::kSize,
+          at([](Config& c) { return &c.listen.otlp_max_body_bytes; }))
+          .range(1024, 1LL << 30)
+          .restart(),
+      Key("listen.otlp_max_pending_requests", Type::kInt,
+          at([](Config& c) { return &c.listen.otlp_max_pending_requests; }))
+          .range(1, 1 << 20)
+          .restart(),
+      Key("listen.otlp_max_pending_bytes", Type::kSize,
+          at([](Config& c) { return &c.listen.otlp_max_pending_bytes; }))
+          .range(1024, 1LL << 40)
+          .restart(),
       Key("intake.queue_bytes", Type::kSize, at([](Config& c) { return &c.intake.queue_bytes; }))
           .range(1 << 20, 1LL << 34)
           .restart(),
@@ -831,8 +845,16 @@ void validate(const Config& c) {
         fmt::format("listen.max_partial_bytes: {} is smaller than listen.max_message_bytes ({})",
                     c.listen.max_partial_bytes, c.listen.max_message_bytes));
   }
-  if (c.listen.unix_stream.empty() && c.listen.unix_dgram.empty() && c.listen.udp.empty()) {
+  if (c.listen.unix_stream.empty() && c.listen.unix_dgram.empty() && c.listen.udp.empty() &&
+      c.listen.otlp_http.empty()) {
     throw ConfigError("listen: every transport is disabled; enable at least one");
+  }
+  if (!c.listen.otlp_http.empty() &&
+      c.listen.otlp_max_pending_bytes < c.listen.otlp_max_body_bytes) {
+    throw ConfigError(fmt::format(
+        "listen.otlp_max_pending_bytes: {} is smaller than listen.otlp_max_body_bytes ({}): a "
+        "request of the largest size could never be taken",
+        c.listen.otlp_max_pending_bytes, c.listen.otlp_max_body_bytes));
   }
   if (!c.admin.token.empty() && !c.admin.token_file.empty()) {
     throw ConfigError("admin.token: set admin.token or admin.token_file, not both");

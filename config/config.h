@@ -48,6 +48,15 @@ struct Config {
     uint64_t max_partial_bytes = 16ull << 20;
     // A stream connection that sends nothing for this long is closed; 0 = never.
     int64_t idle_timeout_s = 3600;
+    // OTLP/HTTP: POST /v1/traces on "HOST:PORT"; "" disables it.
+    std::string otlp_http = defaults::kListenOtlpHttp;
+    // Larger request bodies (as sent, or once inflated) are answered 413.
+    uint64_t otlp_max_body_bytes = defaults::kOtlpMaxBodyBytes;
+    // Requests whose bodies were read and that wait for their answer (for
+    // the store), and the bytes they hold; beyond either, requests are
+    // answered 429. At least otlp_max_body_bytes.
+    int64_t otlp_max_pending_requests = defaults::kOtlpMaxPendingRequests;
+    uint64_t otlp_max_pending_bytes = defaults::kOtlpMaxPendingBytes;
   } listen;
 
   struct Intake {

@@ -45,6 +45,8 @@ TEST(ConfigDefaults, MatchTheDocumentedValues) {
   EXPECT_EQ(c.listen.unix_stream, "/run/sidetrace/agent.sock");
   EXPECT_EQ(c.listen.unix_dgram, "/run/sidetrace/agent.dgram.sock");
   EXPECT_EQ(c.listen.udp, "127.0.0.1:7717");
+  EXPECT_EQ(c.listen.otlp_http, "127.0.0.1:4318");
+  EXPECT_EQ(c.listen.otlp_max_body_bytes, 16u << 20);
   EXPECT_EQ(c.listen.socket_mode, 0660u);
   EXPECT_EQ(c.admin.listen, "127.0.0.1:7718");
   EXPECT_EQ(c.admin.token, "");
@@ -278,7 +280,15 @@ TEST(ConfigValidate, CrossKeyRules) {
   EXPECT_THROW(validate(d), ConfigError);
   Config e;
   e.listen.unix_stream = e.listen.unix_dgram = e.listen.udp = "";
+  EXPECT_NO_THROW(validate(e)) << "OTLP/HTTP alone is a transport";
+  e.listen.otlp_http = "";
   EXPECT_THROW(validate(e), ConfigError);
+  Config g;
+  g.listen.otlp_max_body_bytes = 32 << 20;
+  g.listen.otlp_max_pending_bytes = 16 << 20;  // could never hold one whole request
+  EXPECT_THROW(validate(g), ConfigError);
+  g.listen.otlp_http = "";
+  EXPECT_NO_THROW(validate(g)) << "not checked when OTLP/HTTP is off";
   Config f;
   f.listen.max_message_bytes = 8 << 20;
   f.listen.max_partial_bytes = 4 << 20;  // could never hold one whole message

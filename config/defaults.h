@@ -13,6 +13,12 @@
 
 namespace sidetrace::config::defaults {
 
+// [listen] OTLP/HTTP intake
+inline constexpr const char* kListenOtlpHttp = "127.0.0.1:4318";
+inline constexpr uint64_t kOtlpMaxBodyBytes = 16ull << 20;
+inline constexpr int64_t kOtlpMaxPendingRequests = 64;
+inline constexpr uint64_t kOtlpMaxPendingBytes = 64ull << 20;
+
 // [upstream]
 inline constexpr int kUpstreamCompressionLevel = 1;
 inline constexpr uint32_t kUpstreamBatchMaxEvents = 2000;

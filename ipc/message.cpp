@@ -30,4 +30,16 @@ std::string_view transport_name(Transport t) {
   return "unknown";
 }
 
+std::string_view outcome_name(Receipt::Outcome o) {
+  switch (o) {
+    case Receipt::Outcome::kStored:
+      return "stored";
+    case Receipt::Outcome::kFull:
+      return "full";
+    case Receipt::Outcome::kFailed:
+      return "failed";
+  }
+  return "unknown";
+}
+
 }  // namespace sidetrace::ipc

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the Python and Node.js SDK tests (make test calls it with the build dir).
+# Runs the Python and Node.js SDK tests, and the official OpenTelemetry JS SDK
+# against the agent's OTLP/HTTP intake (make test calls it with the build dir).
 # Their end-to-end tests use the agent binary of that build when it exists.
 # Exits non-zero when either suite fails; prints each runner's summary.
 set -uo pipefail
@@ -30,6 +31,16 @@ else
     npm ci --no-audit --no-fund --loglevel=error || status=1
   fi
   node --test --test-reporter=tap test/*.test.js || status=1
+fi
+
+echo "== OpenTelemetry JS SDK into the agent's OTLP/HTTP intake (tests/otel)"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "the OpenTelemetry tests need node and npm (scripts/install-deps.sh)" >&2
+  status=1
+else
+  (cd "$root/tests/otel" &&
+    { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; } &&
+    node --test --test-reporter=tap otlp_intake.test.js) || status=1
 fi
 
 echo "== Cross-language (tests/crosslang)"

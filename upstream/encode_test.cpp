@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 
 namespace sidetrace::upstream::detail {
 namespace {
@@ -214,6 +215,41 @@ TEST(UpstreamEncode, OtlpMappingFieldByField) {
   // Whole-trace feedback lands on the first root span.
   ASSERT_EQ(agent["events"].size(), 1u);
   EXPECT_EQ((*attr(agent, "annotation.overall.score"))["doubleValue"], 0.5);
+}
+
+// Attributes with OpenTelemetry names (as spans taken in over OTLP keep
+// them) go out as they are, over the attributes derived from the event;
+// arrays of scalars are OTLP arrays; an orphan keeps its parent's span id.
+TEST(UpstreamEncode, OtlpKeepsOpenTelemetryAttributesAndAnOrphansParent) {
+  const std::string doc = R"({"trace_id":"5b8efff798038103d269b633813fc60c","revision":1,
+    "events":[{"id":"eee19b7ec3c1b174","parent_id":"aaaaaaaaaaaaaaaa","type":"GENERATION",
+      "name":"chat","input":"{\"q\":1}","start_ts":1,"end_ts":2,"status":"ok","orphan":true,
+      "attrs":{"gen_ai.operation.name":"text_completion","input.mime_type":"application/json",
+               "http.status_code":200,"gen_ai.response.finish_reasons":["stop","length"],
+               "nested.list":[{"a":1}],"plain":"p","model":"m"},
+      "children":[{"id":"0000000000000b0b","parent_id":"eee19b7ec3c1b174","type":"TOOL",
+                   "start_ts":1,"end_ts":2,"children":[]}]}]})";
+  std::vector<std::string_view> docs = {doc};
+  std::string out, err;
+  ASSERT_TRUE(append_otlp_body(docs, &out, &err)) << err;
+  const json spans = json::parse(out)["resourceSpans"][0]["scopeSpans"][0]["spans"];
+  ASSERT_EQ(spans.size(), 2u);
+  const json& span = spans[0];
+  EXPECT_EQ(span["parentSpanId"], "aaaaaaaaaaaaaaaa");
+  EXPECT_EQ(spans[1]["parentSpanId"], "eee19b7ec3c1b174");
+  EXPECT_EQ((*attr(span, "gen_ai.operation.name"))["stringValue"], "text_completion");
+  EXPECT_EQ((*attr(span, "input.mime_type"))["stringValue"], "application/json");
+  EXPECT_EQ((*attr(span, "http.status_code"))["intValue"], "200");
+  EXPECT_EQ((*attr(span, "gen_ai.response.finish_reasons")),
+            json::parse(R"({"arrayValue":{"values":[{"stringValue":"stop"},
+                                                    {"stringValue":"length"}]}})"));
+  EXPECT_EQ((*attr(span, "nested.list"))["stringValue"], R"([{"a":1}])");
+  EXPECT_EQ((*attr(span, "sidetrace.attr.plain"))["stringValue"], "p");
+  EXPECT_EQ((*attr(span, "gen_ai.request.model"))["stringValue"], "m");
+  // Each key once.
+  std::set<std::string> keys;
+  for (const json& a : span["attributes"])
+    EXPECT_TRUE(keys.insert(a["key"].get<std::string>()).second) << a["key"];
 }
 
 TEST(UpstreamEncode, OtlpKindMapping) {

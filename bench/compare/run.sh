@@ -149,6 +149,7 @@ data_dir = "$dir/data"
 unix_stream = ""
 unix_dgram = "$dir/app.dgram.sock"
 udp = ""
+otlp_http = ""
 rcvbuf_bytes = "8MiB"
 
 [admin]

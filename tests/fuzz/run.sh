@@ -16,7 +16,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 build=${2:-$root/build/fuzz}
 src=${SIDETRACE_SOURCE_DIR:-$root}
-harnesses=(decoder splitter config)
+harnesses=(decoder splitter config otlp)
 
 if ! command -v clang++ >/dev/null; then
   echo "run.sh: clang++ not found (apt-get install clang libclang-rt-14-dev)" >&2

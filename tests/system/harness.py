@@ -200,6 +200,8 @@ class Agent:
         self.dgram_path = str(self.sockdir / "d.sock")
         self.udp_addr = ("127.0.0.1", free_port(socket.SOCK_DGRAM))
         self.admin_addr = ("127.0.0.1", free_port())
+        self.otlp_addr = ("127.0.0.1", free_port())
+        self.otlp_url = f"http://{self.otlp_addr[0]}:{self.otlp_addr[1]}"
         self.admin_url = f"http://{self.admin_addr[0]}:{self.admin_addr[1]}"
         self.data_dir = self.workdir / "data"
         self.log_path = self.workdir / "agent.log"
@@ -210,6 +212,7 @@ class Agent:
                 "unix_stream": self.stream_path,
                 "unix_dgram": self.dgram_path,
                 "udp": f"{self.udp_addr[0]}:{self.udp_addr[1]}",
+                "otlp_http": f"{self.otlp_addr[0]}:{self.otlp_addr[1]}",
             },
             "admin": {"listen": f"{self.admin_addr[0]}:{self.admin_addr[1]}"},
             "trace": {"quiet_period_ms": 200},

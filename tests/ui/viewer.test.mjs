@@ -68,6 +68,7 @@ async function startAgent(where, extraEnv) {
       SIDETRACE_LISTEN_UNIX_STREAM: path.join(where, "agent.sock"),
       SIDETRACE_LISTEN_UNIX_DGRAM: path.join(where, "agent.dgram.sock"),
       SIDETRACE_LISTEN_UDP: "127.0.0.1:0",
+      SIDETRACE_LISTEN_OTLP_HTTP: "127.0.0.1:0",
       SIDETRACE_ADMIN_LISTEN: "127.0.0.1:0",
       SIDETRACE_TRACE_QUIET_PERIOD_MS: "50",
       SIDETRACE_BUFFER_SYNC: "os",

@@ -8,6 +8,7 @@
 #include <cctype>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <unordered_set>
 
 namespace sidetrace::upstream::detail {
 
@@ -68,10 +69,24 @@ uint64_t u64_or(const json& j, const char* key, uint64_t dflt) {
   return static_cast<uint64_t>(std::max(0.0, it->get<double>()));
 }
 
-// OTLP AnyValue for a JSON value; false for null (attribute omitted).
+bool is_scalar(const json& v) {
+  return v.is_string() || v.is_boolean() || v.is_number();
+}
+
+// OTLP AnyValue for a JSON value; false for null (attribute omitted). An
+// array of scalars is an arrayValue, as OpenTelemetry's attribute arrays
+// are; other arrays and maps are written as JSON text.
 bool any_value(const json& v, json* out) {
   if (v.is_null()) return false;
-  if (v.is_string()) {
+  if (v.is_array() && std::all_of(v.begin(), v.end(), is_scalar)) {
+    json values = json::array();
+    for (const json& e : v) {
+      json ev;
+      any_value(e, &ev);
+      values.push_back(std::move(ev));
+    }
+    *out = {{"arrayValue", {{"values", std::move(values)}}}};
+  } else if (v.is_string()) {
     *out = {{"stringValue", v}};
   } else if (v.is_boolean()) {
     *out = {{"boolValue", v}};
@@ -91,6 +106,19 @@ void add_attr(json& attrs, std::string key, const json& v) {
   json av;
   if (!any_value(v, &av)) return;
   attrs.push_back({{"key", std::move(key)}, {"value", std::move(av)}});
+}
+
+// Sets `key` to `v`, replacing an attribute of that key added before.
+void set_attr(json& attrs, const std::string& key, const json& v) {
+  json av;
+  if (!any_value(v, &av)) return;
+  for (auto& a : attrs) {
+    if (a["key"] == key) {
+      a["value"] = std::move(av);
+      return;
+    }
+  }
+  attrs.push_back({{"key", key}, {"value", std::move(av)}});
 }
 
 void add_str(json& attrs, std::string key, const std::string& v) {
@@ -121,6 +149,7 @@ const char* genai_operation(const std::string& type) {
 
 struct TraceContext {
   std::string trace_id_hex;
+  std::unordered_set<std::string> event_ids;  // every event of the document
   std::string conversation_id;
   std::string session_id;
   std::string user_id;
@@ -168,7 +197,14 @@ void add_spans(const json& events, const std::string& parent_hex, const TraceCon
     span["traceId"] = ctx.trace_id_hex;
     std::string span_hex = otlp_id(id, 16);
     span["spanId"] = span_hex;
-    if (!parent_hex.empty()) span["parentSpanId"] = parent_hex;
+    if (!parent_hex.empty()) {
+      span["parentSpanId"] = parent_hex;
+    } else if (std::string parent = str_or_empty(e, "parent_id");
+               !parent.empty() && !ctx.event_ids.contains(parent)) {
+      // An orphan whose parent is elsewhere (another service's span, or one
+      // not received yet) keeps it, so that the backend can join them.
+      span["parentSpanId"] = otlp_id(parent, 16);
+    }
     span["name"] = name.empty() ? (type.empty() ? std::string("event") : type) : name;
     span["kind"] = type == "GENERATION" || type == "RETRIEVAL" ? 3 : 1;  // CLIENT : INTERNAL
     uint64_t start = u64_or(e, "start_ts", 0);
@@ -194,22 +230,27 @@ void add_spans(const json& events, const std::string& parent_hex, const TraceCon
     }
     if (e.value("orphan", false)) add_attr(attrs, "sidetrace.orphan", true);
     if (e.value("unfinished", false)) add_attr(attrs, "sidetrace.unfinished", true);
+    // A key with a dot is an OpenTelemetry name (such as the attributes of
+    // spans taken in over OTLP): it goes out as it is, over an attribute of
+    // that name derived above. Keys without a dot are the event's own.
     auto at = e.find("attrs");
     if (at != e.end() && at->is_object()) {
       for (auto& [k, v] : at->items()) {
         if (k == "model") {
-          add_attr(attrs, "gen_ai.request.model", v);
-          add_attr(attrs, "llm.model_name", v);
+          set_attr(attrs, "gen_ai.request.model", v);
+          set_attr(attrs, "llm.model_name", v);
         } else if (k == "input_tokens") {
-          add_attr(attrs, "gen_ai.usage.input_tokens", v);
-          add_attr(attrs, "llm.token_count.prompt", v);
+          set_attr(attrs, "gen_ai.usage.input_tokens", v);
+          set_attr(attrs, "llm.token_count.prompt", v);
         } else if (k == "output_tokens") {
-          add_attr(attrs, "gen_ai.usage.output_tokens", v);
-          add_attr(attrs, "llm.token_count.completion", v);
+          set_attr(attrs, "gen_ai.usage.output_tokens", v);
+          set_attr(attrs, "llm.token_count.completion", v);
         } else if (k == "temperature") {
-          add_attr(attrs, "gen_ai.request.temperature", v);
+          set_attr(attrs, "gen_ai.request.temperature", v);
+        } else if (k.find('.') != std::string::npos) {
+          set_attr(attrs, k, v);
         } else {
-          add_attr(attrs, "sidetrace.attr." + k, v);
+          set_attr(attrs, "sidetrace.attr." + k, v);
         }
       }
     }
@@ -234,6 +275,15 @@ void add_spans(const json& events, const std::string& parent_hex, const TraceCon
   }
 }
 
+void collect_ids(const json& events, std::unordered_set<std::string>& ids) {
+  if (!events.is_array()) return;
+  for (const json& e : events) {
+    if (!e.is_object()) continue;
+    if (std::string id = str_or_empty(e, "id"); !id.empty()) ids.insert(std::move(id));
+    if (auto ch = e.find("children"); ch != e.end()) collect_ids(*ch, ids);
+  }
+}
+
 json otlp_resource_spans(const json& doc) {
   TraceContext ctx;
   std::string trace_id = str_or_empty(doc, "trace_id");
@@ -252,6 +302,7 @@ json otlp_resource_spans(const json& doc) {
   json spans = json::array();
   std::vector<std::pair<std::string, size_t>> index;
   auto evs = doc.find("events");
+  if (evs != doc.end()) collect_ids(*evs, ctx.event_ids);
   if (evs != doc.end()) add_spans(*evs, "", ctx, spans, index);
   if (spans.empty()) {
     // A trace without events (feedback only): one synthetic root span.

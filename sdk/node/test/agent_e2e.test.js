@@ -40,6 +40,7 @@ async function withAgent(body) {
     SIDETRACE_LISTEN_UNIX_STREAM: path.join(dir, 'a.sock'),
     SIDETRACE_LISTEN_UNIX_DGRAM: path.join(dir, 'a.dgram'),
     SIDETRACE_LISTEN_UDP: '127.0.0.1:0',
+    SIDETRACE_LISTEN_OTLP_HTTP: '127.0.0.1:0',
     SIDETRACE_ADMIN_LISTEN: '127.0.0.1:0',
     SIDETRACE_TRACE_QUIET_PERIOD_MS: '100',
   };

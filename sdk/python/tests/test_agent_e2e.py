@@ -40,6 +40,7 @@ def real_agent():
         SIDETRACE_LISTEN_UNIX_STREAM=os.path.join(d, "a.sock"),
         SIDETRACE_LISTEN_UNIX_DGRAM=os.path.join(d, "a.dgram"),
         SIDETRACE_LISTEN_UDP="127.0.0.1:0",
+        SIDETRACE_LISTEN_OTLP_HTTP="127.0.0.1:0",
         SIDETRACE_ADMIN_LISTEN="127.0.0.1:0",
         SIDETRACE_TRACE_QUIET_PERIOD_MS="100",
     )
