@@ -54,6 +54,7 @@ class Agent {
             "SIDETRACE_LISTEN_UNIX_STREAM=" + socket(),
             "SIDETRACE_LISTEN_UNIX_DGRAM=",
             "SIDETRACE_LISTEN_UDP=",
+            "SIDETRACE_LISTEN_OTLP_HTTP=",
             "SIDETRACE_ADMIN_LISTEN=",
             "SIDETRACE_TRACE_QUIET_PERIOD_MS=100",
             "SIDETRACE_BUFFER_SYNC=os",

@@ -25,8 +25,10 @@ set(_lib ${SIDETRACE_ARM64_SYSROOT}/usr/lib/aarch64-linux-gnu)
 string(APPEND CMAKE_EXE_LINKER_FLAGS_INIT
        " -Wl,-rpath-link,${_lib} -Wl,-rpath-link,${SIDETRACE_ARM64_SYSROOT}/lib/aarch64-linux-gnu")
 string(APPEND CMAKE_SHARED_LINKER_FLAGS_INIT " -Wl,-rpath-link,${_lib}")
-# Headers that find modules locate by name (toml++, CLI11, msgpack, ...).
-include_directories(SYSTEM ${SIDETRACE_ARM64_SYSROOT}/usr/include)
+# Headers that find modules locate by name (toml++, CLI11, msgpack, ...),
+# and the architecture's own (openssl/opensslconf.h).
+include_directories(SYSTEM ${SIDETRACE_ARM64_SYSROOT}/usr/include/aarch64-linux-gnu
+                    ${SIDETRACE_ARM64_SYSROOT}/usr/include)
 
 # protoc runs on the build machine.
 set(Protobuf_PROTOC_EXECUTABLE /usr/bin/protoc CACHE FILEPATH "" FORCE)
