@@ -10,7 +10,8 @@
 # compiler and qemu-user.
 #
 # Environment: ARM64_BUILD (default build/arm64), JOBS (default nproc),
-# ARM64_CTEST_ARGS (extra ctest arguments, e.g. "-R Store").
+# ARM64_CTEST_ARGS (extra ctest arguments, e.g. "-R Store"), ARM64_TEST_TIMEOUT
+# (seconds per test under emulation, default 300).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -85,4 +86,4 @@ cmake -S "$root" -B "$out" -DCMAKE_BUILD_TYPE=Release \
 cmake --build "$out" -j"$jobs"
 file "$out/agent/sidetrace"
 # shellcheck disable=SC2086
-ctest --test-dir "$out" -j"$jobs" --output-on-failure --timeout 900 ${ARM64_CTEST_ARGS:-}
+ctest --test-dir "$out" -j"$jobs" --output-on-failure --timeout "${ARM64_TEST_TIMEOUT:-300}" ${ARM64_CTEST_ARGS:-}
