@@ -42,6 +42,8 @@ std::string make_trace(uint64_t n) {
   d["duration_ms"] = 900;
   d["status"] = "ok";
   d["partial"] = false;
+  d["part"] = nullptr;
+  d["trace_changed"] = true;
   nlohmann::json evs = nlohmann::json::array();
   for (int i = 0; i < kEventsPerTrace; ++i) {
     nlohmann::json e;
@@ -62,6 +64,7 @@ std::string make_trace(uint64_t n) {
     e["attrs"] = {{"model", "gpt-4o-mini"}, {"input_tokens", 100 + i}, {"output_tokens", 40 + i}};
     e["orphan"] = false;
     e["unfinished"] = false;
+    e["changed"] = true;
     e["children"] = nlohmann::json::array();
     evs.push_back(e);
   }
