@@ -68,6 +68,7 @@ json event(const std::string& id, const std::string& type, const std::string& na
               {"attrs", json::object()},
               {"orphan", false},
               {"unfinished", false},
+              {"changed", true},
               {"children", std::move(children)}};
 }
 
@@ -90,6 +91,7 @@ std::string doc(const std::string& trace_id, const std::string& session, bool er
             {"duration_ms", 812},
             {"status", error ? "error" : "ok"},
             {"partial", false},
+            {"trace_changed", true},
             {"events", std::move(events)},
             {"feedback", std::move(feedback)}};
   return d.dump();

@@ -29,6 +29,7 @@ json event(const std::string& id, const std::string& type, const std::string& na
               {"attrs", json::object()},
               {"orphan", false},
               {"unfinished", false},
+              {"changed", true},
               {"children", std::move(children)}};
 }
 
@@ -60,6 +61,7 @@ std::string doc(const std::string& trace_id, uint32_t revision, json events = js
             {"duration_ms", 500.0},
             {"status", error ? "error" : "ok"},
             {"partial", false},
+            {"trace_changed", true},
             {"events", std::move(events)},
             {"feedback", std::move(feedback)}};
   return d.dump();

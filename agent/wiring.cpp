@@ -36,6 +36,7 @@ upstream::Options upstream_options(const config::Config& c) {
   const auto& u = c.upstream;
   o.endpoint = config::upstream_endpoint(c);
   o.format = upstream::parse_format(u.format);
+  o.otlp_encoding = upstream::parse_otlp_encoding(u.otlp_encoding);
   o.compression = upstream::parse_compression(u.compression);
   o.batch_max_events = static_cast<size_t>(u.batch_max_events);
   o.batch_max_bytes = static_cast<size_t>(u.batch_max_bytes);
@@ -230,6 +231,10 @@ void exporter_metrics(MetricsWriter& w, const upstream::Stats& u) {
   w.sample("sidetrace_events_delivered_total", u.events_delivered);
   w.family("sidetrace_upstream_bytes_total", "counter", "Request body bytes sent (compressed).");
   w.sample("sidetrace_upstream_bytes_total", u.bytes_sent);
+  w.family("sidetrace_spans_rejected_total", "counter",
+           "Spans an OTLP upstream accepted the request of but rejected (partial_success); "
+           "not sent again.");
+  w.sample("sidetrace_spans_rejected_total", u.spans_rejected);
   w.family("sidetrace_deadlettered_total", "counter", "Trace revisions moved to dead letters.");
   w.sample("sidetrace_deadlettered_total", u.deadlettered);
   w.family("sidetrace_deadletter_evicted_total", "counter",

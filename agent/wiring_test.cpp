@@ -17,6 +17,8 @@ TEST(WiringTest, UpstreamKeysReachTheDeliveryOptions) {
   config::apply_toml_string(c,
                             "[upstream]\n"
                             "endpoint = \"http://127.0.0.1:9\"\n"
+                            "format = \"otlp\"\n"
+                            "otlp_encoding = \"json\"\n"
                             "compression = \"zstd\"\n"
                             "compression_level = 7\n"
                             "batch_max_events = 17\n"
@@ -30,6 +32,9 @@ TEST(WiringTest, UpstreamKeysReachTheDeliveryOptions) {
                             "inline.toml");
   upstream::Options o = upstream_options(c);
   EXPECT_EQ(o.endpoint, "http://127.0.0.1:9");
+  EXPECT_EQ(o.format, upstream::Format::kOtlp);
+  EXPECT_EQ(o.otlp_encoding, upstream::OtlpEncoding::kJson);
+  EXPECT_EQ(o.compression, upstream::Compression::kZstd);
   EXPECT_EQ(o.compression_level, 7);
   EXPECT_EQ(o.batch_max_events, 17u);
   EXPECT_EQ(o.flush_interval_ms, 33u);
@@ -78,6 +83,7 @@ TEST(WiringTest, UpstreamDefaultsAreTheConfigurationDefaults) {
   const upstream::Options got = upstream_options(config::Config{});
   EXPECT_EQ(got.endpoint, want.endpoint);
   EXPECT_EQ(got.format, want.format);
+  EXPECT_EQ(got.otlp_encoding, want.otlp_encoding);
   EXPECT_EQ(got.compression, want.compression);
   EXPECT_EQ(got.compression_level, want.compression_level);
   EXPECT_EQ(got.batch_max_events, want.batch_max_events);

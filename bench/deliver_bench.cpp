@@ -13,6 +13,7 @@
 #include <string>
 #include <thread>
 
+#include "bench/trace_docs.h"
 #include "buffer/store.h"
 #include "buffer/testing/temp_dir.h"
 #include "upstream/detail/encode.h"
@@ -25,51 +26,6 @@ namespace {
 
 constexpr int kEventsPerTrace = 4;
 
-std::string make_trace(uint64_t n) {
-  nlohmann::json d;
-  std::string id = fmt::format("{:032x}", n * 2654435761ull + 1);
-  d["trace_id"] = id;
-  d["revision"] = 1;
-  d["conversation_id"] = fmt::format("conv-{}", n % 1000);
-  d["session_id"] = fmt::format("sess-{}", n % 100);
-  d["interaction_id"] = nullptr;
-  d["channel_id"] = "web";
-  d["user"] = {{"id", fmt::format("user-{}", n % 5000)}};
-  d["metadata"] = {{"environment", "prod"}};
-  uint64_t t0 = 1'700'000'000'000'000'000ull + n * 1'000'000;
-  d["start_ts"] = t0;
-  d["end_ts"] = t0 + 900'000'000;
-  d["duration_ms"] = 900;
-  d["status"] = "ok";
-  d["partial"] = false;
-  nlohmann::json evs = nlohmann::json::array();
-  for (int i = 0; i < kEventsPerTrace; ++i) {
-    nlohmann::json e;
-    e["id"] = fmt::format("{:016x}", n * 16 + static_cast<uint64_t>(i));
-    e["type"] = i == 0 ? "MESSAGE" : "GENERATION";
-    e["name"] = i == 0 ? "user message" : "chat completion";
-    e["input"] = fmt::format(
-        "User {} asks about order {}: where is my parcel and when will it arrive? Please check "
-        "the tracking number and the carrier status for the latest update.",
-        n % 5000, n * 7 + static_cast<uint64_t>(i));
-    e["output"] = fmt::format("The parcel for order {} is in transit and should arrive in {} days.",
-                              n * 7 + static_cast<uint64_t>(i), 1 + n % 5);
-    e["start_ts"] = t0 + static_cast<uint64_t>(i) * 100'000'000;
-    e["end_ts"] = t0 + static_cast<uint64_t>(i) * 100'000'000 + 80'000'000;
-    e["duration_ms"] = 80;
-    e["status"] = "ok";
-    e["error"] = nullptr;
-    e["attrs"] = {{"model", "gpt-4o-mini"}, {"input_tokens", 100 + i}, {"output_tokens", 40 + i}};
-    e["orphan"] = false;
-    e["unfinished"] = false;
-    e["children"] = nlohmann::json::array();
-    evs.push_back(e);
-  }
-  d["events"] = evs;
-  d["feedback"] = nlohmann::json::array();
-  return d.dump();
-}
-
 void fill(buffer::Store& store, uint64_t traces) {
   uint64_t now = system_clock().now_ns();
   for (uint64_t n = 0; n < traces; ++n) {
@@ -77,7 +33,7 @@ void fill(buffer::Store& store, uint64_t traces) {
     e.trace_id = fmt::format("bench-{}", n);
     e.state.revision = 1;
     e.state.first_emit_ns = e.state.last_emit_ns = now;
-    e.document = make_trace(n);
+    e.document = bench::make_trace_document(n, kEventsPerTrace);
     e.emitted_ns = now;
     uint64_t seq;
     buffer::Status s = store.emit(e, &seq);

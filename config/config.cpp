@@ -133,6 +133,9 @@ const std::vector<Key>& keys() {
           .secret(),
       Key("upstream.format", Type::kEnum, at([](Config& c) { return &c.upstream.format; }))
           .one_of({"native", "otlp", "neuraltrust"}),
+      Key("upstream.otlp_encoding", Type::kEnum,
+          at([](Config& c) { return &c.upstream.otlp_encoding; }))
+          .one_of({"protobuf", "json"}),
       Key("upstream.compression", Type::kEnum,
           at([](Config& c) { return &c.upstream.compression; }))
           .one_of({"gzip", "zstd", "none"}),

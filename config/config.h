@@ -79,7 +79,8 @@ struct Config {
     // "" = no upstream: the local file exporter; with format "neuraltrust",
     // the NeuralTrust SDK's default (see upstream_endpoint()).
     std::string endpoint;
-    std::string format = "native";  // native, otlp or neuraltrust
+    std::string format = "native";                                // native, otlp or neuraltrust
+    std::string otlp_encoding = defaults::kUpstreamOtlpEncoding;  // with format "otlp"
     std::string compression = "gzip";
     std::string api_key_env;
     std::string api_key_file;

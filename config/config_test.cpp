@@ -54,6 +54,7 @@ TEST(ConfigDefaults, MatchTheDocumentedValues) {
   EXPECT_TRUE(c.admin.allowed_hosts.empty());
   EXPECT_EQ(c.upstream.endpoint, "");
   EXPECT_EQ(c.upstream.format, "native");
+  EXPECT_EQ(c.upstream.otlp_encoding, "protobuf");
   EXPECT_EQ(c.trace.quiet_period_ms, 1000);
   EXPECT_EQ(c.trace.max_open_s, 600);
   EXPECT_EQ(c.buffer.max_bytes, 2ull << 30);
@@ -76,6 +77,7 @@ listen = "127.0.0.1:0"
 [upstream]
 endpoint = "https://collector.example:4318"
 format   = "otlp"
+otlp_encoding = "json"
 headers  = { "X-Team" = "llm", "Authorization" = "Bearer s3cret" }
 [trace]
 quiet_period_ms = 250
@@ -93,6 +95,7 @@ level = "debug"
   EXPECT_EQ(c.listen.udp, "127.0.0.1:9999");
   EXPECT_EQ(c.listen.socket_mode, 0600u);
   EXPECT_EQ(c.upstream.format, "otlp");
+  EXPECT_EQ(c.upstream.otlp_encoding, "json");
   EXPECT_EQ(c.upstream.headers.at("X-Team"), "llm");
   EXPECT_EQ(c.trace.quiet_period_ms, 250);
   EXPECT_EQ(c.trace.max_open_s, 30);
@@ -175,6 +178,9 @@ TEST_F(ConfigFileTest, BadEnumListsTheChoices) {
   std::string err = error_of("[buffer]\nsync = \"sometimes\"\n");
   EXPECT_NE(err.find("buffer.sync"), std::string::npos) << err;
   EXPECT_NE(err.find("\"fsync\", \"os\""), std::string::npos) << err;
+  err = error_of("[upstream]\notlp_encoding = \"grpc\"\n");
+  EXPECT_NE(err.find("upstream.otlp_encoding"), std::string::npos) << err;
+  EXPECT_NE(err.find("\"protobuf\", \"json\""), std::string::npos) << err;
 }
 
 TEST_F(ConfigFileTest, SyntaxErrorNamesFileAndLine) {

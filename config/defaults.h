@@ -20,6 +20,9 @@ inline constexpr int64_t kOtlpMaxPendingRequests = 64;
 inline constexpr uint64_t kOtlpMaxPendingBytes = 64ull << 20;
 
 // [upstream]
+// upstream.otlp_encoding (upstream::Options::otlp_encoding, an enum that
+// agent/wiring_test.cpp checks against this).
+inline constexpr const char* kUpstreamOtlpEncoding = "protobuf";
 inline constexpr int kUpstreamCompressionLevel = 1;
 inline constexpr uint32_t kUpstreamBatchMaxEvents = 2000;
 inline constexpr uint64_t kUpstreamBatchMaxBytes = 4ull << 20;

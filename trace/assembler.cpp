@@ -455,6 +455,10 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
     return;
   }
   if (parts) bo.part = st.parts + 1;
+  // What the previous revision held is what was stored up to its max_seq:
+  // the messages above it are this revision's changes. A part holds only its
+  // own messages, all new.
+  if (!parts) bo.changed_after_seq = st.max_seq;
   BuildResult r = build_trace(trace_id, msgs, bo);
   // A part goes out as it is: its events may begin or end in another part.
   if (!r.complete && !parts) {

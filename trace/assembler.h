@@ -14,7 +14,9 @@
 //     stored, not received: a lagging store must not split a trace) is read
 //     from the store (or from the event cache, below) and built with
 //     trace::build_trace(); it is emitted when complete, or at once when it was
-//     emitted before (a late message: revision + 1 of the whole trace);
+//     emitted before (a late message: revision + 1 of the whole trace, whose
+//     events and feedback are marked "changed" when they hold a message stored
+//     after the revision before, i.e. above its TraceState::max_seq);
 //   - otherwise it waits for more messages, or until `max_open` after its
 //     first message, then is emitted with unfinished events marked;
 //   - emitting = one atomic store write (buffer::Store::emit): outbox entry,

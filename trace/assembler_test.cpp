@@ -285,6 +285,50 @@ TEST_F(AssemblerTest, LateFeedbackProducesRevisionTwoOfTheWholeTrace) {
   ASSERT_EQ(doc["feedback"].size(), 1u);
   EXPECT_EQ(doc["partial"], false);
   EXPECT_EQ(assembler_->stats().late_revisions, 1u);
+  // Only the feedback is new in it; in revision 1 everything was.
+  EXPECT_EQ(doc["events"][0]["changed"], false);
+  EXPECT_EQ(doc["feedback"][0]["changed"], true);
+  EXPECT_EQ(doc["trace_changed"], false);
+  json first = json::parse(ob[0].document);
+  EXPECT_EQ(first["events"][0]["changed"], true);
+  EXPECT_EQ(first["trace_changed"], true);
+}
+
+// A revision marks changed exactly what was stored after the revision
+// before: here the end of an event left open at max_open, a new child, and
+// the trace's context; the event that did not change is not marked.
+TEST_F(AssemblerTest, ALateRevisionMarksWhatWasStoredSinceTheRevisionBefore) {
+  send({pack("start", "t", "root"), pack("event", "t", "done", {{"parent_id", "root"}})}, "t");
+  advance_and_poll(601s);  // max_open: revision 1 with root unfinished
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 1u);
+  send({pack("end", "t", "root"), pack("event", "t", "new", {{"parent_id", "root"}}),
+        pack("trace", "t", "", {{"session_id", "s"}})},
+       "t");
+  advance_and_poll(1s);
+  ob = outbox();
+  ASSERT_EQ(ob.size(), 2u);
+  json doc = json::parse(ob[1].document);
+  EXPECT_EQ(doc["revision"], 2);
+  EXPECT_EQ(doc["trace_changed"], true);
+  ASSERT_EQ(doc["events"].size(), 1u);
+  const json& root = doc["events"][0];
+  EXPECT_EQ(root["changed"], true);
+  std::map<std::string, bool> kids;
+  for (const auto& c : root["children"])
+    kids[c["id"]] = c["changed"];
+  EXPECT_EQ(kids, (std::map<std::string, bool>{{"done", false}, {"new", true}}));
+  // The same after a restart: the state record says what was folded before.
+  send({pack("feedback", "t", "", {{"tag", "x"}})}, "t");
+  reopen();
+  advance_and_poll(1s);
+  ob = outbox();
+  ASSERT_EQ(ob.size(), 3u);
+  doc = json::parse(ob[2].document);
+  EXPECT_EQ(doc["revision"], 3);
+  EXPECT_EQ(doc["trace_changed"], false);
+  EXPECT_EQ(doc["events"][0]["changed"], false);
+  EXPECT_EQ(doc["feedback"][0]["changed"], true);
 }
 
 TEST_F(AssemblerTest, AfterRetentionALateMessageGivesAPartialRevision) {
@@ -305,7 +349,8 @@ TEST_F(AssemblerTest, AfterRetentionALateMessageGivesAPartialRevision) {
   EXPECT_EQ(ob[1].revision, 2u);
   json doc = json::parse(ob[1].document);
   EXPECT_EQ(doc["partial"], true);
-  EXPECT_EQ(doc["feedback"].size(), 1u);
+  ASSERT_EQ(doc["feedback"].size(), 1u);
+  EXPECT_EQ(doc["feedback"][0]["changed"], true);
   EXPECT_EQ(assembler_->stats().emitted_partial, 1u);
   // After retention and the keep time the state record is forgotten.
   advance_and_poll(3601s);
@@ -480,8 +525,12 @@ struct PartView {
 PartView view(const buffer::OutboxEntry& e) {
   json d = json::parse(e.document);
   PartView v;
-  for (const auto& ev : d["events"])
+  // A part holds only its own messages: everything in it is new.
+  EXPECT_EQ(d["trace_changed"], true);
+  for (const auto& ev : d["events"]) {
     v.ids.push_back(ev["id"]);
+    EXPECT_EQ(ev["changed"], true) << ev["id"];
+  }
   v.part = d["part"].is_null() ? 0 : d["part"].get<uint32_t>();
   v.revision = d["revision"];
   return v;

@@ -4,7 +4,9 @@
 // (and, for messages without `ts`, the earliest receive time of each). The
 // messages are deduplicated by their raw bytes, then sorted by (effective ts,
 // kind, raw bytes); every fold below walks that order, and every tie is broken
-// by bytes or ids, never by arrival order or store sequence.
+// by bytes or ids, never by arrival order or store sequence. The one
+// exception is the "changed" flags, which say which distinct messages have no
+// copy at or below BuildOptions::changed_after_seq.
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -25,6 +27,7 @@ struct Decoded {
   ipc::Event ev;
   uint64_t eff_ts = 0;  // ts, or else the earliest receive time of these bytes
   std::string_view raw;
+  bool fresh = true;  // no copy was folded into the previous revision
 };
 
 // One event of the trace, folded from its start/end/event messages.
@@ -44,6 +47,7 @@ struct Node {
   std::vector<MapEntry> attrs_merged;
   int64_t parent = -1;  // index into the node vector; -1 at the root
   bool orphan = false;
+  bool changed = false;  // one of its messages is fresh
   std::vector<uint32_t> children;
 };
 
@@ -148,8 +152,14 @@ BuildResult build_trace(std::string_view trace_id, std::span<const StoredMessage
   decoded.reserve(by_raw.size());
   std::string detail;
   size_t raw_bytes = 0;
-  for (size_t k = 0; k < by_raw.size(); ++k) {
-    if (k > 0 && by_raw[k]->raw == by_raw[k - 1]->raw) continue;
+  const uint64_t changed_after = options.changed_after_seq;
+  for (size_t next = 0; next < by_raw.size();) {
+    // by_raw[k] is the earliest copy of a group of equal bytes; the group is
+    // fresh when every copy's seq is above changed_after.
+    const size_t k = next;
+    bool fresh = changed_after == 0 || by_raw[k]->seq > changed_after;
+    for (++next; next < by_raw.size() && by_raw[next]->raw == by_raw[k]->raw; ++next)
+      fresh = fresh && (changed_after == 0 || by_raw[next]->seq > changed_after);
     Decoded& d = decoded.emplace_back();  // decoded in place: no Event copy
     ipc::Reject reason{};
     if (!ipc::decode_event(by_raw[k]->raw, limits, &d.ev, &reason, &detail)) {
@@ -169,6 +179,7 @@ BuildResult build_trace(std::string_view trace_id, std::span<const StoredMessage
     }
     d.raw = by_raw[k]->raw;
     d.eff_ts = d.ev.ts_ns.value_or(by_raw[k]->recv_ns);
+    d.fresh = fresh;
     raw_bytes += d.raw.size();
   }
 
@@ -204,6 +215,7 @@ BuildResult build_trace(std::string_view trace_id, std::span<const StoredMessage
   const std::string* channel_id = nullptr;
   std::vector<MapEntry> user, metadata;
   std::vector<const Decoded*> feedback;
+  bool trace_changed = changed_after == 0;
 
   for (uint32_t k : order) {
     const Decoded& d = decoded[k];
@@ -212,6 +224,7 @@ BuildResult build_trace(std::string_view trace_id, std::span<const StoredMessage
       case Kind::kStart: {
         Node& n = node_for(ev.id);
         n.has_start = true;
+        n.changed = n.changed || d.fresh;
         set_min(n.start_ts, d.eff_ts);
         fold_common(n, ev);
         break;
@@ -219,6 +232,7 @@ BuildResult build_trace(std::string_view trace_id, std::span<const StoredMessage
       case Kind::kEvent: {
         Node& n = node_for(ev.id);
         n.has_start = n.has_end = true;
+        n.changed = n.changed || d.fresh;
         set_min(n.start_ts, d.eff_ts);
         uint64_t end = d.eff_ts;
         if (ev.end_ts_ns) {
@@ -231,6 +245,7 @@ BuildResult build_trace(std::string_view trace_id, std::span<const StoredMessage
         break;
       }
       case Kind::kTrace:
+        trace_changed = trace_changed || d.fresh;
         if (ev.conversation_id) conversation_id = &*ev.conversation_id;
         if (ev.session_id) session_id = &*ev.session_id;
         if (ev.interaction_id) interaction_id = &*ev.interaction_id;
@@ -251,6 +266,7 @@ BuildResult build_trace(std::string_view trace_id, std::span<const StoredMessage
     if (ev.kind != Kind::kEnd) continue;
     Node& n = node_for(ev.id);
     n.has_end = true;
+    n.changed = n.changed || d.fresh;
     uint64_t end = d.eff_ts;
     if (!ev.ts_ns) {
       if (ev.end_ts_ns) {
@@ -332,6 +348,7 @@ BuildResult build_trace(std::string_view trace_id, std::span<const StoredMessage
     if (n.orphan) ++result.orphans;
     if (n.has_start && !n.has_end) ++result.unfinished;
     if (n.error) any_error = true;
+    if (n.changed) ++result.changed;
     if (n.start_ts) {
       set_min(trace_start, *n.start_ts);
       set_max(trace_end, *n.start_ts);
@@ -387,6 +404,8 @@ BuildResult build_trace(std::string_view trace_id, std::span<const StoredMessage
   } else {
     w.null();
   }
+  w.key_literal("trace_changed");
+  w.boolean(trace_changed);
   w.key_literal("events");
   w.begin_array();
   // Depth-first without recursion: a chain of any length cannot exhaust the
@@ -442,6 +461,8 @@ BuildResult build_trace(std::string_view trace_id, std::span<const StoredMessage
     w.boolean(n.orphan);
     w.key_literal("unfinished");
     w.boolean(mark && n.has_start && !n.has_end);
+    w.key_literal("changed");
+    w.boolean(n.changed);
     w.key_literal("children");
     w.begin_array();
     stack.push_back(Frame{&n.children, 0});
@@ -462,6 +483,8 @@ BuildResult build_trace(std::string_view trace_id, std::span<const StoredMessage
     w.optional_string(ev.target_id ? &*ev.target_id : nullptr);
     w.key_literal("ts");
     w.uint64(d->eff_ts);
+    w.key_literal("changed");
+    w.boolean(d->fresh);
     w.end_object();
   }
   w.end_array();

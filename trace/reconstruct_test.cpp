@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <msgpack.hpp>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -11,6 +12,8 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "ipc/event.h"
 
 namespace sidetrace::trace {
 namespace {
@@ -374,7 +377,7 @@ TEST(TraceBuildTrace, FeedbackIsListedInTimeOrder) {
   const json& f0 = doc["feedback"][0];
   const json& f1 = doc["feedback"][1];
   EXPECT_EQ(f0, json::parse(R"({"tag":null,"text":"great","score":1,"target_id":null,"ts":)" +
-                            std::to_string(kT0 + 3) + "}"));
+                            std::to_string(kT0 + 3) + R"(,"changed":true})"));
   EXPECT_EQ(f1["target_id"], "a");
   EXPECT_EQ(f1["tag"], "thumbs");
   EXPECT_EQ(f1["score"], 0.5);
@@ -429,19 +432,105 @@ TEST(TraceBuildTrace, KeySetIsFixed) {
       k.insert(it.key());
     return k;
   };
-  EXPECT_EQ(keys(doc), (std::set<std::string>{"trace_id", "revision", "conversation_id",
-                                              "session_id", "interaction_id", "channel_id", "user",
-                                              "metadata", "start_ts", "end_ts", "duration_ms",
-                                              "status", "partial", "part", "events", "feedback"}));
+  EXPECT_EQ(keys(doc),
+            (std::set<std::string>{"trace_id", "revision", "conversation_id", "session_id",
+                                   "interaction_id", "channel_id", "user", "metadata", "start_ts",
+                                   "end_ts", "duration_ms", "status", "partial", "part",
+                                   "trace_changed", "events", "feedback"}));
   EXPECT_EQ(keys(doc["events"][0]),
             (std::set<std::string>{"id", "parent_id", "type", "name", "input", "output", "start_ts",
                                    "end_ts", "duration_ms", "status", "error", "attrs", "orphan",
-                                   "unfinished", "children"}));
+                                   "unfinished", "changed", "children"}));
   EXPECT_EQ(keys(doc["feedback"][0]),
-            (std::set<std::string>{"tag", "text", "score", "target_id", "ts"}));
+            (std::set<std::string>{"tag", "text", "score", "target_id", "ts", "changed"}));
+  // The order of the keys is fixed too: the new flags follow "part",
+  // "unfinished" and "ts".
+  EXPECT_NE(r.document.find(R"("part":null,"trace_changed":true,"events":)"), std::string::npos);
+  EXPECT_NE(r.document.find(R"("unfinished":false,"changed":true,"children":)"), std::string::npos);
+  EXPECT_NE(r.document.find(R"(,"changed":true}])"), std::string::npos);
   EXPECT_EQ(doc["user"], json::object());
   EXPECT_EQ(doc["events"][0]["attrs"], json::object());
   EXPECT_EQ(doc["events"][0]["input"], nullptr);
+}
+
+// A later revision marks what its new messages touched: events with a new
+// start, end or event message, new feedback items, and the trace when a new
+// `trace` message arrived. A duplicate of a message folded before changes
+// nothing.
+TEST(TraceBuildTrace, ChangedFlagsMarkWhatNewMessagesTouched) {
+  const std::vector<std::string> raws = {
+      msg("trace", {{"session_id", S("s1")}, {"ts", U(kT0)}}),               // seq 1
+      msg("start", {{"id", S("a")}, {"type", S("AGENT")}, {"ts", U(kT0)}}),  // seq 2
+      msg("event", {{"id", S("b")},
+                    {"type", S("TOOL")},
+                    {"parent_id", S("a")},
+                    {"ts", U(kT0 + kMs)}}),                              // seq 3
+      msg("feedback", {{"tag", S("early")}, {"ts", U(kT0 + 2 * kMs)}}),  // seq 4
+      msg("end", {{"id", S("a")}, {"ts", U(kT0 + 5 * kMs)}}),            // seq 5
+      msg("event", {{"id", S("c")},
+                    {"type", S("TOOL")},
+                    {"parent_id", S("a")},
+                    {"ts", U(kT0 + 3 * kMs)}}),                         // seq 6
+      msg("feedback", {{"tag", S("late")}, {"ts", U(kT0 + 9 * kMs)}}),  // seq 7
+  };
+  std::vector<StoredMessage> stored;
+  for (size_t k = 0; k < raws.size(); ++k)
+    stored.push_back(StoredMessage{k + 1, kT0, raws[k]});
+  ASSERT_EQ(build_trace(kTraceId, stored, BuildOptions{}).events, 3u);
+  // Revision 1 (changed_after_seq 0): everything is new.
+  json doc = parse(build_trace(kTraceId, stored, BuildOptions{}));
+  EXPECT_EQ(doc["trace_changed"], true);
+  EXPECT_EQ(find_event(doc["events"], "a")->at("changed"), true);
+  EXPECT_EQ(find_event(doc["events"], "b")->at("changed"), true);
+  EXPECT_EQ(doc["feedback"][0]["changed"], true);
+
+  // Revision 2 after seq 4: a's end, c and the late feedback are new.
+  BuildOptions late{.revision = 2};
+  late.changed_after_seq = 4;
+  BuildResult r = build_trace(kTraceId, stored, late);
+  doc = parse(r);
+  EXPECT_EQ(doc["trace_changed"], false);
+  EXPECT_EQ(find_event(doc["events"], "a")->at("changed"), true);
+  EXPECT_EQ(find_event(doc["events"], "b")->at("changed"), false);
+  EXPECT_EQ(find_event(doc["events"], "c")->at("changed"), true);
+  ASSERT_EQ(doc["feedback"].size(), 2u);
+  EXPECT_EQ(doc["feedback"][0]["tag"], "early");
+  EXPECT_EQ(doc["feedback"][0]["changed"], false);
+  EXPECT_EQ(doc["feedback"][1]["changed"], true);
+  EXPECT_EQ(r.changed, 2u);
+
+  // A duplicate of the trace message and of b's event, stored after seq 4,
+  // is not a change; a new trace message is.
+  stored.push_back(StoredMessage{8, kT0, raws[0]});
+  stored.push_back(StoredMessage{9, kT0, raws[2]});
+  doc = parse(build_trace(kTraceId, stored, late));
+  EXPECT_EQ(doc["trace_changed"], false);
+  EXPECT_EQ(find_event(doc["events"], "b")->at("changed"), false);
+  const std::string user = msg("trace", {{"user", Raw(pack_map({{"id", S("u1")}}))}});
+  stored.push_back(StoredMessage{10, kT0, user});
+  doc = parse(build_trace(kTraceId, stored, late));
+  EXPECT_EQ(doc["trace_changed"], true);
+  EXPECT_EQ(doc["user"]["id"], "u1");
+
+  // Apart from the flags, the document is the one revision 2 always was.
+  json whole = parse(build_trace(kTraceId, stored, BuildOptions{.revision = 2}));
+  const auto strip = [](json d) {
+    d.erase("trace_changed");
+    std::vector<json*> todo;
+    for (auto& e : d["events"])
+      todo.push_back(&e);
+    while (!todo.empty()) {
+      json* e = todo.back();
+      todo.pop_back();
+      e->erase("changed");
+      for (auto& c : (*e)["children"])
+        todo.push_back(&c);
+    }
+    for (auto& f : d["feedback"])
+      f.erase("changed");
+    return d;
+  };
+  EXPECT_EQ(strip(doc), strip(whole));
 }
 
 TEST(TraceBuildTrace, EmptyTraceIsValidAndIncomplete) {
@@ -717,6 +806,65 @@ TEST(TraceBuildTraceProperty, AnyPermutationAndDuplicationGivesTheSameDocument) 
     }
   }
   EXPECT_EQ(checked, 60u * 25u);
+}
+
+// With changed_after_seq set, the flags depend only on which distinct
+// messages have a copy at or below it: any order of the messages and any
+// later duplicates give the same document, and an event is changed exactly
+// when one of its messages has no old copy.
+TEST(TraceBuildTraceProperty, ChangedFlagsDependOnlyOnWhichMessagesAreOld) {
+  constexpr uint64_t kOld = 1000;  // seqs up to this were folded before
+  for (uint64_t seed = 1; seed <= 40; ++seed) {
+    Gen g(seed);
+    std::vector<std::string> raws;
+    std::vector<StoredMessage> base = random_trace(g, &raws);
+    std::vector<bool> old(base.size());
+    for (size_t k = 0; k < base.size(); ++k) {
+      old[k] = g.chance(50);
+      base[k].seq = old[k] ? 1 + g.below(kOld) : kOld + 1 + g.below(kOld);
+    }
+    BuildOptions options{.revision = 2};
+    options.changed_after_seq = kOld;
+    const BuildResult want = build_trace(kTraceId, base, options);
+    const json doc = json::parse(want.document);
+    // A message is old when some copy of its bytes is; an event is changed
+    // when one of its messages is not.
+    std::map<std::string_view, bool> bytes_old;
+    for (size_t k = 0; k < base.size(); ++k)
+      bytes_old[raws[k]] = bytes_old[raws[k]] || old[k];
+    std::map<std::string, bool> expect;
+    bool trace_new = false;
+    for (const auto& [raw, is_old] : bytes_old) {
+      ipc::Event ev;
+      ipc::Reject reason{};
+      std::string detail;
+      ASSERT_TRUE(ipc::decode_event(raw, ipc::DecodeLimits{}, &ev, &reason, &detail)) << detail;
+      if (ev.kind == ipc::Kind::kTrace) trace_new = trace_new || !is_old;
+      if (ev.kind == ipc::Kind::kTrace || ev.kind == ipc::Kind::kFeedback) continue;
+      expect[ev.id] = expect[ev.id] || !is_old;
+    }
+    EXPECT_EQ(doc["trace_changed"], trace_new) << "seed " << seed;
+    size_t changed = 0;
+    for (const auto& [id, c] : expect) {
+      const json* e = find_event(doc["events"], id);
+      ASSERT_NE(e, nullptr) << id;
+      EXPECT_EQ(e->at("changed"), c) << "seed " << seed << " event " << id;
+      changed += c ? 1 : 0;
+    }
+    EXPECT_EQ(want.changed, changed);
+    for (int round = 0; round < 10; ++round) {
+      std::vector<StoredMessage> in = base;
+      // duplicates stored later: new seqs above kOld
+      for (uint64_t k = g.below(base.size() + 1); k > 0; --k) {
+        StoredMessage dup = base[g.below(base.size())];
+        dup.seq = 3 * kOld + in.size();
+        in.push_back(dup);
+      }
+      std::shuffle(in.begin(), in.end(), g.rng());
+      ASSERT_EQ(build_trace(kTraceId, in, options).document, want.document)
+          << "seed " << seed << " round " << round;
+    }
+  }
 }
 
 }  // namespace

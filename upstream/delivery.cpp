@@ -30,12 +30,14 @@
 #include <stdexcept>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "common/rate_limited_log.h"
 #include "common/thread.h"
 #include "upstream/detail/encode.h"
 #include "upstream/detail/http_client.h"
 #include "upstream/detail/neuraltrust.h"
+#include "upstream/detail/otlp.h"
 #include "upstream/detail/policy.h"
 #include "upstream/detail/records.h"
 #include "upstream/upstream.h"
@@ -54,6 +56,12 @@ Format parse_format(const std::string& s) {
   if (s == "neuraltrust") return Format::kNeuralTrust;
   throw std::invalid_argument("upstream.format must be native, otlp or neuraltrust, not '" + s +
                               "'");
+}
+
+OtlpEncoding parse_otlp_encoding(const std::string& s) {
+  if (s == "protobuf") return OtlpEncoding::kProtobuf;
+  if (s == "json") return OtlpEncoding::kJson;
+  throw std::invalid_argument("upstream.otlp_encoding must be protobuf or json, not '" + s + "'");
 }
 
 Compression parse_compression(const std::string& s) {
@@ -99,6 +107,7 @@ std::shared_ptr<const Config> build_config(const Options& o) {
   conn->tls_verify = o.tls_verify;
   conn->connect_timeout_ms = o.connect_timeout_ms;
   conn->request_timeout_ms = o.request_timeout_ms;
+  conn->format = o.format;
   c->connection = std::move(conn);
   std::string key;
   if (!o.api_key_env.empty()) {
@@ -464,15 +473,19 @@ struct Delivery::Impl {
     }
     if (staged.empty()) return std::nullopt;
     // The batch: the staged entries up to the first whose trace is in flight
-    // or behind a waiting batch (a cut: the batch cannot grow past it), and
-    // within the bounds.
+    // or behind a waiting batch, or already in the batch (a request never
+    // carries two revisions of one trace: an OTLP revision after the first
+    // holds only its changes, to be applied after the one before), and
+    // within the bounds. Each of these is a cut: the batch cannot grow past it.
     size_t bytes = 0;
     size_t n = 0;
     bool full = false;
+    std::unordered_set<std::string_view> in_batch;
     for (; n < staged.size(); ++n) {
       const buffer::OutboxEntry& e = staged[n];
       if (busy_traces.count(e.trace_id) != 0 || blocked.count(e.trace_id) != 0 ||
-          n >= o.batch_max_events || (n > 0 && bytes + e.document.size() > o.batch_max_bytes)) {
+          n >= o.batch_max_events || (n > 0 && bytes + e.document.size() > o.batch_max_bytes) ||
+          !in_batch.insert(e.trace_id).second) {
         full = true;
         break;
       }
@@ -608,22 +621,20 @@ struct Delivery::Impl {
     const Options& o = c.options;
     if (o.encode_hook) o.encode_hook(b.record.trace_ids);
     std::vector<std::string_view> views(b.docs.begin(), b.docs.end());
-    bool compressed;
+    const bool protobuf = o.format == Format::kOtlp && o.otlp_encoding == OtlpEncoding::kProtobuf;
     if (o.format == Format::kNative) {
-      compressed = body_encoder.native(o.compression, o.compression_level, views, &body);
-    } else {
-      std::string raw;
-      if (!detail::append_otlp_body(views, &raw, error)) return false;
-      compressed = body_encoder.compress(o.compression, o.compression_level, raw, &body);
-    }
-    if (!compressed) {
-      *error = "compression failed";
+      if (!body_encoder.native(o.compression, o.compression_level, views, &body)) {
+        *error = "compression failed";
+        return false;
+      }
+    } else if (!body_encoder.otlp(o.otlp_encoding, o.compression, o.compression_level, views, &body,
+                                  error)) {
       return false;
     }
     *req = http::request<http::string_body>(http::verb::post, c.connection->endpoint.target, 11);
     req->set(http::field::host, c.connection->endpoint.host_header);
     req->set(http::field::user_agent, "sidetrace/0.1");
-    req->set(http::field::content_type, "application/json");
+    req->set(http::field::content_type, protobuf ? "application/x-protobuf" : "application/json");
     auto enc = detail::content_encoding(c.options.compression);
     if (!enc.empty()) req->set(http::field::content_encoding, std::string(enc));
     req->set("Idempotency-Key", b.record.key);
@@ -681,11 +692,17 @@ struct Delivery::Impl {
 
   net::awaitable<void> on_success(Batch& b, const Outcome& o, size_t body_bytes) {
     if (config->options.format == Format::kOtlp) {
-      std::string msg;
-      uint64_t rejected = detail::otlp_rejected_spans(o.body, &msg);
-      if (rejected > 0) {
+      // Spans the upstream rejected are not sent again: it said why.
+      detail::PartialSuccess ps;
+      if (!detail::decode_partial_success(o.body, o.content_type, &ps)) {
+        log_line(spdlog::level::debug,
+                 fmt::format("upstream: {} answer of {} bytes ({}) is not an OTLP response",
+                             o.http_status, o.body.size(), o.content_type));
+      } else if (ps.any()) {
+        const uint64_t rejected = static_cast<uint64_t>(std::max<int64_t>(ps.rejected_spans, 0));
         log_line(spdlog::level::warn,
-                 fmt::format("upstream: partial success, {} spans rejected: {}", rejected, msg));
+                 fmt::format("upstream: partial success, {} spans rejected: {}", rejected,
+                             detail::log_safe(ps.error_message)));
         update_stats([&](Stats& s) { s.spans_rejected += rejected; });
       }
     }

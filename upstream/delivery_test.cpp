@@ -2,6 +2,8 @@
 // server on loopback.
 #include <gtest/gtest.h>
 
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
 #include <algorithm>
 #include <atomic>
 #include <fstream>
@@ -12,6 +14,9 @@
 #include <stdexcept>
 
 #include "common/clock.h"
+#include "otlp/proto/status.pb.h"
+#include "otlp/proto/trace_service.pb.h"
+#include "upstream/detail/encode.h"
 #include "upstream/detail/records.h"
 #include "upstream/testing/counting_store.h"
 #include "upstream/testing/http_server.h"
@@ -595,17 +600,286 @@ TEST_F(UpstreamDeliveryTest, OtlpFormatAndPartialSuccess) {
   emit_doc(*store_, "t1", make_doc("t1", 1));
   Options o = options(server.url());
   o.format = Format::kOtlp;
+  o.otlp_encoding = OtlpEncoding::kJson;
   o.compression = Compression::kNone;
   Delivery d(*store_, o);
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained(); }));
   auto r = server.requests().at(0);
   EXPECT_EQ(r.target, "/v1/traces");
+  EXPECT_EQ(r.header("content-type"), "application/json");
   EXPECT_EQ(r.header("content-encoding"), "");
   json body = json::parse(r.decoded);
   EXPECT_EQ(body["resourceSpans"][0]["scopeSpans"][0]["spans"].size(), 2u);
   EXPECT_EQ(d.stats().spans_rejected, 1u);
   EXPECT_EQ(server.request_count(), 1u);  // not retried
+}
+
+// ---- OTLP/HTTP protobuf -------------------------------------------------------
+
+namespace coll = opentelemetry::proto::collector::trace::v1;
+
+// The trace ids (sidetrace.trace_id) and span counts of an OTLP protobuf body.
+std::vector<std::pair<std::string, int>> otlp_traces(const RecordedRequest& r) {
+  coll::ExportTraceServiceRequest req;
+  EXPECT_TRUE(req.ParseFromString(r.decoded)) << "not an ExportTraceServiceRequest";
+  std::vector<std::pair<std::string, int>> out;
+  for (const auto& rs : req.resource_spans()) {
+    std::string id;
+    for (const auto& kv : rs.resource().attributes()) {
+      if (kv.key() == "sidetrace.trace_id") id = kv.value().string_value();
+    }
+    out.emplace_back(id, rs.scope_spans(0).spans_size());
+  }
+  return out;
+}
+
+// Captures what the delivery logs (through spdlog's default logger).
+class LogCapture {
+ public:
+  LogCapture()
+      : sink_(std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(1000)),
+        previous_(spdlog::default_logger()) {
+    auto logger = std::make_shared<spdlog::logger>("capture", sink_);
+    logger->set_level(spdlog::level::debug);
+    spdlog::set_default_logger(logger);
+  }
+  ~LogCapture() { spdlog::set_default_logger(previous_); }
+  std::string text() const {
+    std::string all;
+    for (auto& line : sink_->last_formatted())
+      all += line;
+    return all;
+  }
+
+ private:
+  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink_;
+  std::shared_ptr<spdlog::logger> previous_;
+};
+
+// format = "otlp" sends protobuf by default, compressed as configured; the
+// JSON encoding is the other choice.
+TEST_F(UpstreamDeliveryTest, OtlpSendsProtobufCompressedAsConfigured) {
+  HttpServer server;
+  for (Compression c : {Compression::kGzip, Compression::kZstd, Compression::kNone}) {
+    std::string id = std::string("t-") + std::string(detail::content_encoding(c));
+    emit_doc(*store_, id, make_doc(id, 1, 3));
+    Options o = options(server.url() + "/otlp");
+    o.format = Format::kOtlp;
+    o.compression = c;
+    Delivery d(*store_, o);
+    d.start();
+    ASSERT_TRUE(wait_until([&] { return drained(); }));
+    d.stop();
+    RecordedRequest r = server.requests().back();
+    EXPECT_EQ(r.target, "/otlp/v1/traces");
+    EXPECT_EQ(r.header("content-type"), "application/x-protobuf");
+    EXPECT_EQ(r.header("content-encoding"), detail::content_encoding(c));
+    ASSERT_TRUE(r.decode_ok);
+    EXPECT_EQ(otlp_traces(r), (std::vector<std::pair<std::string, int>>{{id, 3}}));
+    EXPECT_EQ(d.stats().events_delivered, 3u);
+  }
+  emit_doc(*store_, "t-json", make_doc("t-json", 1));
+  Options o = options(server.url());
+  o.format = Format::kOtlp;
+  o.otlp_encoding = OtlpEncoding::kJson;
+  Delivery d(*store_, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  RecordedRequest r = server.requests().back();
+  EXPECT_EQ(r.header("content-type"), "application/json");
+  EXPECT_EQ(r.header("content-encoding"), "gzip");
+  json body = json::parse(r.decoded);
+  EXPECT_EQ(body["resourceSpans"][0]["scopeSpans"][0]["spans"].size(), 2u);
+}
+
+// A 200 whose protobuf ExportTraceServiceResponse holds a partial_success:
+// logged with its message, counted, and not sent again; a message without
+// rejected spans is logged too.
+TEST_F(UpstreamDeliveryTest, OtlpPartialSuccessInProtobufIsLoggedAndCounted) {
+  LogCapture log;
+  HttpServer server;
+  std::atomic<int> n{0};
+  server.set_handler([&](const RecordedRequest&) {
+    coll::ExportTraceServiceResponse resp;
+    if (n++ == 0) {
+      resp.mutable_partial_success()->set_rejected_spans(2);
+      resp.mutable_partial_success()->set_error_message("spans older than 7 days");
+    } else {
+      resp.mutable_partial_success()->set_error_message("attribute value truncated");
+    }
+    Reply r;
+    r.headers = {{"Content-Type", "application/x-protobuf"}};
+    r.body = resp.SerializeAsString();
+    return r;
+  });
+  Options o = options(server.url());
+  o.format = Format::kOtlp;
+  o.max_in_flight = 1;
+  emit_doc(*store_, "t1", make_doc("t1", 1));
+  Delivery d(*store_, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  emit_doc(*store_, "t2", make_doc("t2", 1));
+  ASSERT_TRUE(wait_until([&] { return drained() && d.stats().traces_delivered == 2; }));
+  d.stop();
+  EXPECT_EQ(server.request_count(), 2u);  // neither was retried
+  EXPECT_EQ(d.stats().spans_rejected, 2u);
+  EXPECT_EQ(d.stats().failed_retryable, 0u);
+  std::string text = log.text();
+  EXPECT_NE(text.find("partial success, 2 spans rejected: spans older than 7 days"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("partial success, 0 spans rejected: attribute value truncated"),
+            std::string::npos)
+      << text;
+}
+
+// A refusal's google.rpc.Status (protobuf or JSON) is decoded into the log
+// line and the dead letter's reason.
+TEST_F(UpstreamDeliveryTest, OtlpRefusalStatusIsDecodedIntoTheLogAndTheDeadLetter) {
+  LogCapture log;
+  HttpServer server;
+  server.set_handler([&](const RecordedRequest& req) {
+    Reply r;
+    r.status = 400;
+    if (otlp_traces(req).at(0).first == "t-bin") {
+      google::rpc::Status st;
+      st.set_code(3);
+      st.set_message("span t-bin has no name");
+      r.headers = {{"Content-Type", "application/x-protobuf"}};
+      r.body = st.SerializeAsString();
+    } else {
+      r.status = 500;
+      r.headers = {{"Content-Type", "application/json"}};
+      r.body = R"({"code":13,"message":"storage write failed"})";
+    }
+    return r;
+  });
+  Options o = options(server.url());
+  o.format = Format::kOtlp;
+  o.max_in_flight = 1;
+  emit_doc(*store_, "t-bin", make_doc("t-bin", 1));
+  Delivery d(*store_, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return drained() && d.stats().deadlettered == 1; }));
+  emit_doc(*store_, "t-json", make_doc("t-json", 1));
+  ASSERT_TRUE(wait_until([&] { return drained() && d.stats().deadlettered == 2; }));
+  d.stop();
+  EXPECT_EQ(server.request_count(), 2u);  // 500 is not retried under OTLP
+  std::vector<DeadLetter> dl;
+  ASSERT_TRUE(deadletter_list(*store_, &dl).ok());
+  ASSERT_EQ(dl.size(), 2u);
+  EXPECT_EQ(dl[0].http_status, 400);
+  EXPECT_EQ(dl[0].reason, "400 Bad Request: code 3 (INVALID_ARGUMENT): span t-bin has no name");
+  EXPECT_EQ(dl[1].http_status, 500);
+  EXPECT_EQ(dl[1].reason, "500 Internal Server Error: code 13 (INTERNAL): storage write failed");
+  std::string text = log.text();
+  EXPECT_NE(text.find("code 3 (INVALID_ARGUMENT): span t-bin has no name"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("code 13 (INTERNAL): storage write failed"), std::string::npos) << text;
+}
+
+// OTLP retries 429, 502, 503, 504 (honouring Retry-After) and connection
+// failures, and dead-letters every other refusal (kept, replayable); the
+// native format retries 408 and 500 as before.
+TEST_F(UpstreamDeliveryTest, OtlpRetriesThrottlingAndUnavailabilityOnly) {
+  HttpServer server;
+  std::mutex mu;
+  std::map<std::string, int> seen;  // trace id -> requests
+  std::map<std::string, int> status_of = {{"s429", 429}, {"s502", 502}, {"s503", 503},
+                                          {"s504", 504}, {"s408", 408}, {"s500", 500},
+                                          {"s404", 404}, {"s307", 307}, {"reset", 0}};
+  server.set_handler([&](const RecordedRequest& req) {
+    std::string id;
+    if (req.header("content-type") == "application/x-protobuf") {
+      id = otlp_traces(req).at(0).first;
+    } else {
+      id = json::parse(req.decoded)["traces"][0]["trace_id"];
+    }
+    std::lock_guard lock(mu);
+    Reply r;
+    if (seen[id]++ == 0) {
+      r.status = status_of.at(id.substr(0, id.find('#')));
+      if (r.status == 0) r.action = Reply::Action::kCloseBeforeReply;
+      if (r.status == 503) r.headers = {{"Retry-After", "1"}};  // capped to 100 ms
+    }
+    return r;
+  });
+  Options o = options(server.url());
+  o.format = Format::kOtlp;
+  o.max_in_flight = 1;
+  Delivery d(*store_, o);
+  d.start();
+  std::set<std::string> retried = {"s429", "s502", "s503", "s504", "reset"};
+  for (auto& [id, status] : status_of) {
+    emit_doc(*store_, id, make_doc(id, 1));
+    ASSERT_TRUE(wait_until([&] { return drained(); })) << id;
+    std::lock_guard lock(mu);
+    EXPECT_EQ(seen[id], retried.count(id) ? 2 : 1) << id;
+  }
+  d.stop();
+  std::vector<DeadLetter> dl;
+  ASSERT_TRUE(deadletter_list(*store_, &dl).ok());
+  std::set<std::string> dead;
+  for (auto& l : dl)
+    dead.insert(l.trace_ids.begin(), l.trace_ids.end());
+  EXPECT_EQ(dead, (std::set<std::string>{"s307", "s404", "s408", "s500"}));
+  EXPECT_EQ(d.stats().traces_delivered, 5u);
+  // The native format retries what it always has.
+  Options native = options(server.url());
+  Delivery n(*store_, native);
+  n.start();
+  for (std::string id : {"s408#native", "s500#native"}) {
+    emit_doc(*store_, id, make_doc(id, 1));
+    ASSERT_TRUE(wait_until([&] { return drained(); })) << id;
+    std::lock_guard lock(mu);
+    EXPECT_EQ(seen[id], 2) << id;
+  }
+  EXPECT_EQ(n.stats().deadlettered, 0u);
+}
+
+// A revision after the first goes out in a request of its own (a batch ends
+// before a second revision of a trace it holds), and under OTLP it carries
+// only the spans that changed; the native format sends it whole.
+TEST_F(UpstreamDeliveryTest, ARequestNeverCarriesTwoRevisionsOfATrace) {
+  // Revision 2 of t1: e1 unchanged, e2 changed, trace context unchanged.
+  json rev2 = json::parse(make_doc("t1", 2));
+  rev2["trace_changed"] = false;
+  rev2["events"][0]["changed"] = false;
+  for (Format f : {Format::kNative, Format::kOtlp}) {
+    HttpServer server;
+    for (const char* t : {"t1", "t2"})
+      emit_doc(*store_, t, make_doc(t, 1));
+    emit_doc(*store_, "t1", rev2.dump());
+    emit_doc(*store_, "t3", make_doc("t3", 1));
+    Options o = options(server.url());
+    o.format = f;
+    o.max_in_flight = 4;
+    Delivery d(*store_, o);
+    d.start();
+    ASSERT_TRUE(wait_until([&] { return drained(); }));
+    d.stop();
+    auto reqs = server.requests();
+    ASSERT_EQ(reqs.size(), 2u);
+    std::vector<std::vector<std::pair<std::string, int>>> got;
+    for (auto& r : reqs) {
+      if (f == Format::kOtlp) {
+        got.push_back(otlp_traces(r));
+      } else {
+        std::vector<std::pair<std::string, int>> ids;
+        const json body = json::parse(r.decoded);
+        for (auto& t : body["traces"])
+          ids.emplace_back(t["trace_id"], static_cast<int>(t["events"].size()));
+        got.push_back(ids);
+      }
+    }
+    // Under OTLP revision 2 of t1 holds only e2's span.
+    const int t1_rev2_spans = f == Format::kOtlp ? 1 : 2;
+    EXPECT_EQ(got, (std::vector<std::vector<std::pair<std::string, int>>>{
+                       {{"t1", 2}, {"t2", 2}}, {{"t1", t1_rev2_spans}, {"t3", 2}}}))
+        << (f == Format::kOtlp ? "otlp" : "native");
+  }
 }
 
 using testing::CountingStore;

@@ -51,14 +51,18 @@ namespace sidetrace::upstream {
 
 enum class Format {
   kNative,       // {"traces":[documents]}
-  kOtlp,         // OTLP/HTTP JSON
+  kOtlp,         // OTLP/HTTP, in the OtlpEncoding
   kNeuralTrust,  // one request per event and feedback item, as the NeuralTrust SDK sends them
 };
+// The encoding of an OTLP request body: application/x-protobuf or
+// application/json.
+enum class OtlpEncoding { kProtobuf, kJson };
 enum class Compression { kGzip, kZstd, kNone };
 
-// Parses "native"/"otlp"/"neuraltrust" and "gzip"/"zstd"/"none"; throw
-// std::invalid_argument.
+// Parse "native"/"otlp"/"neuraltrust", "protobuf"/"json" and
+// "gzip"/"zstd"/"none"; throw std::invalid_argument.
 Format parse_format(const std::string& s);
+OtlpEncoding parse_otlp_encoding(const std::string& s);
 Compression parse_compression(const std::string& s);
 
 struct Options {
@@ -67,6 +71,8 @@ struct Options {
   // the FileExporter instead.
   std::string endpoint;
   Format format = Format::kNative;
+  // kOtlp only; config::defaults::kUpstreamOtlpEncoding.
+  OtlpEncoding otlp_encoding = OtlpEncoding::kProtobuf;
   // Request bodies; neuraltrust bodies are never compressed (as the SDK's).
   Compression compression = Compression::kGzip;
   // gzip 1..9, zstd 1..19; low levels favour throughput
@@ -157,13 +163,15 @@ inline constexpr std::array<uint64_t, 12> kLatencyBoundsMs = {
     1, 5, 10, 50, 100, 250, 500, 1000, 5000, 10000, 60000, UINT64_MAX};
 
 struct Stats {
-  uint64_t batches_sent = 0;      // batches acknowledged with 2xx (or written by the file exporter)
-  uint64_t requests_sent = 0;     // requests answered 2xx (neuraltrust: one per event and feedback)
-  uint64_t batches_retried = 0;   // retry attempts (any retryable outcome)
-  uint64_t failed_retryable = 0;  // attempts that failed: connection, timeout, 408/429/5xx
+  uint64_t batches_sent = 0;     // batches acknowledged with 2xx (or written by the file exporter)
+  uint64_t requests_sent = 0;    // requests answered 2xx (neuraltrust: one per event and feedback)
+  uint64_t batches_retried = 0;  // retry attempts (any retryable outcome)
+  // attempts that failed: connection, timeout, and the retryable statuses of
+  // the format (docs/upstream.md)
+  uint64_t failed_retryable = 0;
   uint64_t failed_too_large = 0;  // 413 responses
   uint64_t failed_auth = 0;       // 401/403 responses
-  uint64_t failed_permanent = 0;  // other 4xx
+  uint64_t failed_permanent = 0;  // refusals that are not retried (dead-lettered or split)
   uint64_t batches_split = 0;     // 413 batches split in halves; neuraltrust: into single documents
   uint64_t documents_truncated = 0;  // documents (neuraltrust: requests) truncated after 413
   uint64_t traces_delivered = 0;     // trace documents acked
@@ -172,7 +180,7 @@ struct Stats {
   uint64_t deadlettered = 0;        // trace documents moved to the dead-letter store
   uint64_t deadletter_evicted = 0;  // dead-letter records evicted by the bounds
   uint64_t dropped = 0;             // trace documents lost (only by dead-letter eviction)
-  uint64_t spans_rejected = 0;      // OTLP partial_success rejected spans (logged, not retried)
+  uint64_t spans_rejected = 0;      // OTLP partial_success rejected_spans (logged, not retried)
   uint64_t in_flight = 0;           // batches currently being sent or waiting to retry
   std::array<uint64_t, kStageCount> internal_errors{};              // exceptions caught, by Stage
   bool auth_failed = false;                                         // sending is paused on 401/403

@@ -30,11 +30,13 @@ DOCUMENT_TIMEOUT_S = 20.0
 
 # The normalised document every SDK's program must produce. Event ids become
 # their tree position ("e1" is the first root event, "e1.2" its second child),
-# timestamps "<ts>", durations "<ms>"; null stays null.
+# timestamps "<ts>", durations "<ms>", the change flags (which depend on the
+# revision the feedback landed in) "<flag>"; null stays null.
 EXPECTED = {
     "trace_id": "<trace>",
     "revision": "<revision>",
     "part": None,
+    "trace_changed": "<flag>",
     "conversation_id": "conv_123",
     "session_id": "session_123",
     "interaction_id": None,
@@ -62,6 +64,7 @@ EXPECTED = {
             "attrs": {},
             "orphan": False,
             "unfinished": False,
+            "changed": "<flag>",
             "children": [
                 {
                     "id": "e1.1",
@@ -78,6 +81,7 @@ EXPECTED = {
                     "attrs": {},
                     "orphan": False,
                     "unfinished": False,
+                    "changed": "<flag>",
                     "children": [],
                 },
                 {
@@ -95,6 +99,7 @@ EXPECTED = {
                     "attrs": {},
                     "orphan": False,
                     "unfinished": False,
+                    "changed": "<flag>",
                     "children": [],
                 },
                 {
@@ -112,6 +117,7 @@ EXPECTED = {
                     "attrs": {},
                     "orphan": False,
                     "unfinished": False,
+                    "changed": "<flag>",
                     "children": [],
                 },
                 {
@@ -134,6 +140,7 @@ EXPECTED = {
                     },
                     "orphan": False,
                     "unfinished": False,
+                    "changed": "<flag>",
                     "children": [],
                 },
                 {
@@ -151,6 +158,7 @@ EXPECTED = {
                     "attrs": {},
                     "orphan": False,
                     "unfinished": False,
+                    "changed": "<flag>",
                     "children": [],
                 },
             ],
@@ -170,12 +178,15 @@ EXPECTED = {
             "attrs": {},
             "orphan": False,
             "unfinished": False,
+            "changed": "<flag>",
             "children": [],
         },
     ],
     "feedback": [
-        {"tag": "THUMBS_UP", "text": "helpful", "score": 1, "target_id": None, "ts": "<ts>"},
-        {"tag": "WRONG_SOURCE", "text": None, "score": 0, "target_id": "e1.4", "ts": "<ts>"},
+        {"tag": "THUMBS_UP", "text": "helpful", "score": 1, "target_id": None, "ts": "<ts>",
+         "changed": "<flag>"},
+        {"tag": "WRONG_SOURCE", "text": None, "score": 0, "target_id": "e1.4", "ts": "<ts>",
+         "changed": "<flag>"},
     ],
 }
 
@@ -234,6 +245,10 @@ def _ms(value):
     return "<ms>" if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
+def _flag(value):
+    return "<flag>" if isinstance(value, bool) else value
+
+
 def _mapped(ids, value):
     if value is None:
         return None
@@ -247,6 +262,7 @@ def _rewrite_event(ev, ids):
     out["start_ts"] = _ts(ev["start_ts"])
     out["end_ts"] = _ts(ev["end_ts"])
     out["duration_ms"] = _ms(ev["duration_ms"])
+    out["changed"] = _flag(ev.get("changed"))
     out["children"] = [_rewrite_event(c, ids) for c in ev["children"]]
     return out
 
@@ -261,9 +277,12 @@ def normalise(doc):
     out["start_ts"] = _ts(doc["start_ts"])
     out["end_ts"] = _ts(doc["end_ts"])
     out["duration_ms"] = _ms(doc["duration_ms"])
+    out["trace_changed"] = _flag(doc.get("trace_changed"))
     out["events"] = [_rewrite_event(e, ids) for e in doc["events"]]
     out["feedback"] = [
-        dict(f, target_id=_mapped(ids, f["target_id"]), ts=_ts(f["ts"])) for f in doc["feedback"]
+        dict(f, target_id=_mapped(ids, f["target_id"]), ts=_ts(f["ts"]),
+             changed=_flag(f.get("changed")))
+        for f in doc["feedback"]
     ]
     return out
 
@@ -458,6 +477,24 @@ def test_the_three_documents_are_equal_after_normalisation(documents):
         for d in differences(normalise(documents[ref]), normalise(documents[other])):
             problems.append(f"{ref} vs {other}: {d}")
     assert not problems, "\n".join(problems)
+
+
+def test_change_flags_follow_the_revision(documents):
+    """Revision 1 marks everything changed; a later one at least what it added."""
+    for name, doc in documents.items():
+        flags = [doc["trace_changed"]] + [f["changed"] for f in doc["feedback"]]
+
+        def walk(events):
+            for ev in events:
+                flags.append(ev["changed"])
+                walk(ev["children"])
+
+        walk(doc["events"])
+        assert all(isinstance(f, bool) for f in flags), (name, flags)
+        if doc["revision"] == 1:
+            assert all(flags), (name, doc)
+        else:
+            assert any(flags), (name, doc)
 
 
 def test_ids_and_times_are_well_formed(documents):

@@ -8,7 +8,8 @@
 #include <cctype>
 #include <limits>
 #include <nlohmann/json.hpp>
-#include <unordered_set>
+
+#include "upstream/detail/otlp.h"
 
 namespace sidetrace::upstream::detail {
 
@@ -52,331 +53,6 @@ std::string otlp_id(std::string_view id, size_t hex_len) {
   return out;
 }
 
-namespace {
-
-std::string str_or_empty(const json& j, const char* key) {
-  auto it = j.find(key);
-  if (it == j.end() || !it->is_string()) return {};
-  return it->get<std::string>();
-}
-
-uint64_t u64_or(const json& j, const char* key, uint64_t dflt) {
-  auto it = j.find(key);
-  if (it == j.end() || !it->is_number()) return dflt;
-  if (it->is_number_unsigned()) return it->get<uint64_t>();
-  if (it->is_number_integer())
-    return static_cast<uint64_t>(std::max<int64_t>(0, it->get<int64_t>()));
-  return static_cast<uint64_t>(std::max(0.0, it->get<double>()));
-}
-
-bool is_scalar(const json& v) {
-  return v.is_string() || v.is_boolean() || v.is_number();
-}
-
-// OTLP AnyValue for a JSON value; false for null (attribute omitted). An
-// array of scalars is an arrayValue, as OpenTelemetry's attribute arrays
-// are; other arrays and maps are written as JSON text.
-bool any_value(const json& v, json* out) {
-  if (v.is_null()) return false;
-  if (v.is_array() && std::all_of(v.begin(), v.end(), is_scalar)) {
-    json values = json::array();
-    for (const json& e : v) {
-      json ev;
-      any_value(e, &ev);
-      values.push_back(std::move(ev));
-    }
-    *out = {{"arrayValue", {{"values", std::move(values)}}}};
-  } else if (v.is_string()) {
-    *out = {{"stringValue", v}};
-  } else if (v.is_boolean()) {
-    *out = {{"boolValue", v}};
-  } else if (v.is_number_unsigned()) {
-    *out = {{"intValue", std::to_string(v.get<uint64_t>())}};
-  } else if (v.is_number_integer()) {
-    *out = {{"intValue", std::to_string(v.get<int64_t>())}};
-  } else if (v.is_number_float()) {
-    *out = {{"doubleValue", v}};
-  } else {
-    *out = {{"stringValue", v.dump()}};
-  }
-  return true;
-}
-
-void add_attr(json& attrs, std::string key, const json& v) {
-  json av;
-  if (!any_value(v, &av)) return;
-  attrs.push_back({{"key", std::move(key)}, {"value", std::move(av)}});
-}
-
-// Sets `key` to `v`, replacing an attribute of that key added before.
-void set_attr(json& attrs, const std::string& key, const json& v) {
-  json av;
-  if (!any_value(v, &av)) return;
-  for (auto& a : attrs) {
-    if (a["key"] == key) {
-      a["value"] = std::move(av);
-      return;
-    }
-  }
-  attrs.push_back({{"key", key}, {"value", std::move(av)}});
-}
-
-void add_str(json& attrs, std::string key, const std::string& v) {
-  if (v.empty()) return;
-  attrs.push_back({{"key", std::move(key)}, {"value", {{"stringValue", v}}}});
-}
-
-// A value as text: strings verbatim, everything else as JSON.
-std::string as_text(const json& v) {
-  return v.is_string() ? v.get<std::string>() : v.dump();
-}
-
-const char* openinference_kind(const std::string& type) {
-  if (type == "TOOL") return "TOOL";
-  if (type == "GENERATION") return "LLM";
-  if (type == "AGENT") return "AGENT";
-  if (type == "RETRIEVAL") return "RETRIEVER";
-  return "CHAIN";  // MESSAGE, ROUTER and everything else
-}
-
-const char* genai_operation(const std::string& type) {
-  if (type == "GENERATION") return "chat";
-  if (type == "TOOL") return "execute_tool";
-  if (type == "AGENT") return "invoke_agent";
-  if (type == "RETRIEVAL") return "retrieval";
-  return nullptr;
-}
-
-struct TraceContext {
-  std::string trace_id_hex;
-  std::unordered_set<std::string> event_ids;  // every event of the document
-  std::string conversation_id;
-  std::string session_id;
-  std::string user_id;
-  std::string metadata;  // JSON text
-  json revision;
-};
-
-void add_feedback(json& span, const json& fb) {
-  json ev;
-  ev["timeUnixNano"] = std::to_string(u64_or(fb, "ts", 0));
-  ev["name"] = "feedback";
-  json attrs = json::array();
-  std::string tag = str_or_empty(fb, "tag");
-  add_str(attrs, "feedback.tag", tag);
-  if (fb.contains("text")) add_attr(attrs, "feedback.text", fb["text"]);
-  if (fb.contains("score")) add_attr(attrs, "feedback.score", fb["score"]);
-  ev["attributes"] = std::move(attrs);
-  span["events"].push_back(std::move(ev));
-  // Annotation attributes: the latest feedback per tag wins.
-  std::string base = "annotation." + (tag.empty() ? std::string("feedback") : tag);
-  json& sattrs = span["attributes"];
-  auto set = [&](const std::string& key, const json& v) {
-    for (auto& a : sattrs) {
-      if (a["key"] == key) {
-        json av;
-        if (any_value(v, &av)) a["value"] = std::move(av);
-        return;
-      }
-    }
-    add_attr(sattrs, key, v);
-  };
-  if (fb.contains("score")) set(base + ".score", fb["score"]);
-  if (fb.contains("text")) set(base + ".text", fb["text"]);
-}
-
-void add_spans(const json& events, const std::string& parent_hex, const TraceContext& ctx,
-               json& spans, std::vector<std::pair<std::string, size_t>>& index) {
-  if (!events.is_array()) return;
-  for (const json& e : events) {
-    if (!e.is_object()) continue;
-    std::string id = str_or_empty(e, "id");
-    std::string type = str_or_empty(e, "type");
-    std::string name = str_or_empty(e, "name");
-    json span;
-    span["traceId"] = ctx.trace_id_hex;
-    std::string span_hex = otlp_id(id, 16);
-    span["spanId"] = span_hex;
-    if (!parent_hex.empty()) {
-      span["parentSpanId"] = parent_hex;
-    } else if (std::string parent = str_or_empty(e, "parent_id");
-               !parent.empty() && !ctx.event_ids.contains(parent)) {
-      // An orphan whose parent is elsewhere (another service's span, or one
-      // not received yet) keeps it, so that the backend can join them.
-      span["parentSpanId"] = otlp_id(parent, 16);
-    }
-    span["name"] = name.empty() ? (type.empty() ? std::string("event") : type) : name;
-    span["kind"] = type == "GENERATION" || type == "RETRIEVAL" ? 3 : 1;  // CLIENT : INTERNAL
-    uint64_t start = u64_or(e, "start_ts", 0);
-    uint64_t end = u64_or(e, "end_ts", start);
-    span["startTimeUnixNano"] = std::to_string(start);
-    span["endTimeUnixNano"] = std::to_string(end);
-    json attrs = json::array();
-    add_str(attrs, "openinference.span.kind", openinference_kind(type));
-    if (const char* op = genai_operation(type)) add_str(attrs, "gen_ai.operation.name", op);
-    add_str(attrs, "sidetrace.event.id", id);
-    add_str(attrs, "sidetrace.event.type", type);
-    add_attr(attrs, "sidetrace.trace.revision", ctx.revision);
-    add_str(attrs, "gen_ai.conversation.id", ctx.conversation_id);
-    add_str(attrs, "session.id", ctx.session_id);
-    add_str(attrs, "user.id", ctx.user_id);
-    add_str(attrs, "metadata", ctx.metadata);
-    for (const char* io : {"input", "output"}) {
-      auto it = e.find(io);
-      if (it == e.end() || it->is_null()) continue;
-      std::string key = std::string(io);
-      add_str(attrs, key + ".value", as_text(*it));
-      add_str(attrs, key + ".mime_type", it->is_string() ? "text/plain" : "application/json");
-    }
-    if (e.value("orphan", false)) add_attr(attrs, "sidetrace.orphan", true);
-    if (e.value("unfinished", false)) add_attr(attrs, "sidetrace.unfinished", true);
-    // A key with a dot is an OpenTelemetry name (such as the attributes of
-    // spans taken in over OTLP): it goes out as it is, over an attribute of
-    // that name derived above. Keys without a dot are the event's own.
-    auto at = e.find("attrs");
-    if (at != e.end() && at->is_object()) {
-      for (auto& [k, v] : at->items()) {
-        if (k == "model") {
-          set_attr(attrs, "gen_ai.request.model", v);
-          set_attr(attrs, "llm.model_name", v);
-        } else if (k == "input_tokens") {
-          set_attr(attrs, "gen_ai.usage.input_tokens", v);
-          set_attr(attrs, "llm.token_count.prompt", v);
-        } else if (k == "output_tokens") {
-          set_attr(attrs, "gen_ai.usage.output_tokens", v);
-          set_attr(attrs, "llm.token_count.completion", v);
-        } else if (k == "temperature") {
-          set_attr(attrs, "gen_ai.request.temperature", v);
-        } else if (k.find('.') != std::string::npos) {
-          set_attr(attrs, k, v);
-        } else {
-          set_attr(attrs, "sidetrace.attr." + k, v);
-        }
-      }
-    }
-    span["attributes"] = std::move(attrs);
-    span["events"] = json::array();
-    std::string status = str_or_empty(e, "status");
-    json st = json::object();
-    if (e.value("unfinished", false)) {
-      st["code"] = 0;  // UNSET
-    } else if (status == "error") {
-      st["code"] = 2;  // ERROR
-      std::string err = str_or_empty(e, "error");
-      if (!err.empty()) st["message"] = err;
-    } else {
-      st["code"] = 1;  // OK
-    }
-    span["status"] = std::move(st);
-    index.emplace_back(id, spans.size());
-    spans.push_back(std::move(span));
-    auto ch = e.find("children");
-    if (ch != e.end()) add_spans(*ch, span_hex, ctx, spans, index);
-  }
-}
-
-void collect_ids(const json& events, std::unordered_set<std::string>& ids) {
-  if (!events.is_array()) return;
-  for (const json& e : events) {
-    if (!e.is_object()) continue;
-    if (std::string id = str_or_empty(e, "id"); !id.empty()) ids.insert(std::move(id));
-    if (auto ch = e.find("children"); ch != e.end()) collect_ids(*ch, ids);
-  }
-}
-
-json otlp_resource_spans(const json& doc) {
-  TraceContext ctx;
-  std::string trace_id = str_or_empty(doc, "trace_id");
-  ctx.trace_id_hex = otlp_id(trace_id, 32);
-  ctx.conversation_id = str_or_empty(doc, "conversation_id");
-  ctx.session_id = str_or_empty(doc, "session_id");
-  auto user = doc.find("user");
-  if (user != doc.end() && user->is_object()) {
-    auto uid = user->find("id");
-    if (uid != user->end() && !uid->is_null()) ctx.user_id = as_text(*uid);
-  }
-  auto md = doc.find("metadata");
-  if (md != doc.end() && !md->is_null()) ctx.metadata = md->dump();
-  ctx.revision = doc.contains("revision") ? doc["revision"] : json(nullptr);
-
-  json spans = json::array();
-  std::vector<std::pair<std::string, size_t>> index;
-  auto evs = doc.find("events");
-  if (evs != doc.end()) collect_ids(*evs, ctx.event_ids);
-  if (evs != doc.end()) add_spans(*evs, "", ctx, spans, index);
-  if (spans.empty()) {
-    // A trace without events (feedback only): one synthetic root span.
-    json span;
-    span["traceId"] = ctx.trace_id_hex;
-    span["spanId"] = otlp_id("trace:" + trace_id, 16);
-    span["name"] = "trace";
-    span["kind"] = 1;
-    span["startTimeUnixNano"] = std::to_string(u64_or(doc, "start_ts", 0));
-    span["endTimeUnixNano"] = std::to_string(u64_or(doc, "end_ts", u64_or(doc, "start_ts", 0)));
-    json attrs = json::array();
-    add_str(attrs, "openinference.span.kind", "CHAIN");
-    add_attr(attrs, "sidetrace.trace.revision", ctx.revision);
-    span["attributes"] = std::move(attrs);
-    span["events"] = json::array();
-    span["status"] = {{"code", 0}};
-    spans.push_back(std::move(span));
-  }
-  auto fbs = doc.find("feedback");
-  if (fbs != doc.end() && fbs->is_array()) {
-    for (const json& fb : *fbs) {
-      if (!fb.is_object()) continue;
-      size_t target = 0;  // the first root span
-      std::string tid = str_or_empty(fb, "target_id");
-      if (!tid.empty()) {
-        for (auto& [id, pos] : index) {
-          if (id == tid) {
-            target = pos;
-            break;
-          }
-        }
-      }
-      add_feedback(spans[target], fb);
-    }
-  }
-
-  json rattrs = json::array();
-  add_str(rattrs, "service.name", "sidetrace");
-  add_str(rattrs, "sidetrace.trace_id", trace_id);
-  add_attr(rattrs, "sidetrace.trace.revision", ctx.revision);
-  add_str(rattrs, "sidetrace.trace.status", str_or_empty(doc, "status"));
-  if (doc.value("partial", false)) add_attr(rattrs, "sidetrace.trace.partial", true);
-  if (auto p = doc.find("part"); p != doc.end() && p->is_number_unsigned()) {
-    add_attr(rattrs, "sidetrace.trace.part", p->get<uint64_t>());
-  }
-  add_str(rattrs, "sidetrace.interaction_id", str_or_empty(doc, "interaction_id"));
-  add_str(rattrs, "sidetrace.channel_id", str_or_empty(doc, "channel_id"));
-  add_str(rattrs, "gen_ai.conversation.id", ctx.conversation_id);
-  add_str(rattrs, "session.id", ctx.session_id);
-  add_str(rattrs, "user.id", ctx.user_id);
-
-  json scope = {{"scope", {{"name", "sidetrace"}, {"version", "1"}}}, {"spans", std::move(spans)}};
-  return {{"resource", {{"attributes", std::move(rattrs)}}},
-          {"scopeSpans", json::array({std::move(scope)})}};
-}
-
-}  // namespace
-
-bool append_otlp_body(std::span<const std::string_view> docs, std::string* out,
-                      std::string* error) {
-  json rs = json::array();
-  for (auto d : docs) {
-    json doc = json::parse(d, nullptr, false);
-    if (doc.is_discarded() || !doc.is_object()) {
-      *error = "trace document is not a JSON object";
-      return false;
-    }
-    rs.push_back(otlp_resource_spans(doc));
-  }
-  json body = {{"resourceSpans", std::move(rs)}};
-  out->append(body.dump(-1, ' ', false, json::error_handler_t::replace));
-  return true;
-}
-
 std::string_view content_encoding(Compression c) {
   switch (c) {
     case Compression::kGzip:
@@ -401,6 +77,7 @@ struct BodyEncoder::State {
   bool zs_ready = false;
   int zs_level = 0;
   ZSTD_CCtx* zc = nullptr;
+  std::unique_ptr<OtlpEncoder> otlp;  // made at the first OTLP body
 
   ~State() {
     if (zs_ready) deflateEnd(&zs);
@@ -542,6 +219,26 @@ bool BodyEncoder::native(Compression c, int level, std::span<const std::string_v
   }
   add("]}");
   return finish();
+}
+
+bool BodyEncoder::otlp(OtlpEncoding encoding, Compression c, int level,
+                       std::span<const std::string_view> docs, std::string* out,
+                       std::string* error) {
+  State& s = *s_;
+  if (!s.otlp) s.otlp = std::make_unique<OtlpEncoder>();
+  if (!begin(c, level, out)) {
+    *error = "compression failed";
+    return false;
+  }
+  // Compressed as it is made, a document at a time.
+  const bool encoded = s.otlp->encode(
+      docs, encoding, [&](std::string_view piece) { add(piece); }, error);
+  if (!encoded) return false;
+  if (!finish()) {
+    *error = "compression failed";
+    return false;
+  }
+  return true;
 }
 
 bool BodyEncoder::compress(Compression c, int level, std::string_view in, std::string* out) {

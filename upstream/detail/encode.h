@@ -18,10 +18,13 @@ namespace sidetrace::upstream::detail {
 // {"traces":[doc,doc,...]} with the documents copied verbatim. Appends to *out.
 void append_native_body(std::span<const std::string_view> docs, std::string* out);
 
-// An OTLP/HTTP JSON ExportTraceServiceRequest holding every document (one
-// resourceSpans per document). Returns false (and sets *error) when a document
-// is not valid JSON.
+// An OTLP/HTTP ExportTraceServiceRequest holding the documents (one
+// resourceSpans per document; see OtlpEncoder in otlp.h), in the JSON or the
+// protobuf encoding. Returns false (and sets *error) when a document is not
+// valid JSON.
 bool append_otlp_body(std::span<const std::string_view> docs, std::string* out, std::string* error);
+bool append_otlp_protobuf(std::span<const std::string_view> docs, std::string* out,
+                          std::string* error);
 
 // Compresses `in` into *out (replacing it). kNone copies. Returns false on a
 // compressor failure.
@@ -36,8 +39,8 @@ inline constexpr size_t kZlibMaxChunk = UINT32_MAX;
 // between them, and writing into the capacity *out already has: a fresh
 // deflate state, an uncompressed copy of the body and a new output buffer
 // per batch would each be faulted in anew (the allocator returns freed pages
-// within a fraction of a second). The native body is compressed as it is
-// formed, never held uncompressed.
+// within a fraction of a second). A body is compressed as it is formed,
+// never held uncompressed.
 //
 // Thread safety: none; one encoder per thread (it is not shared).
 class BodyEncoder {
@@ -52,6 +55,11 @@ class BodyEncoder {
   // The native body of `docs` (as append_native_body) compressed into *out,
   // replacing its content. False on a compressor failure.
   bool native(Compression c, int level, std::span<const std::string_view> docs, std::string* out);
+  // The OTLP body of `docs` in `encoding` (OtlpEncoder, otlp.h), compressed
+  // into *out as it is formed, replacing its content. False, with *error
+  // set, when a document is not valid JSON or the compressor fails.
+  bool otlp(OtlpEncoding encoding, Compression c, int level, std::span<const std::string_view> docs,
+            std::string* out, std::string* error);
   // `in` compressed into *out, replacing its content (kNone copies). False on
   // a compressor failure.
   bool compress(Compression c, int level, std::string_view in, std::string* out);

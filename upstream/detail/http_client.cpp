@@ -13,6 +13,7 @@
 #include <stdexcept>
 
 #include "common/host_port.h"
+#include "upstream/detail/otlp.h"
 
 namespace sidetrace::upstream::detail {
 
@@ -233,11 +234,19 @@ net::awaitable<Outcome> HttpConnection::post(const http::request<http::string_bo
       co_return o;
     }
     auto retry_after = res[http::field::retry_after];
-    Outcome o = classify(static_cast<int>(res.result_int()),
-                         std::string_view(retry_after.data(), retry_after.size()), now_ns);
+    Outcome o =
+        classify(static_cast<int>(res.result_int()),
+                 std::string_view(retry_after.data(), retry_after.size()), now_ns, config_->format);
     auto reason = res.reason();
     o.detail = std::to_string(res.result_int()) + " " + std::string(reason.data(), reason.size());
+    auto type = res[http::field::content_type];
+    o.content_type.assign(type.data(), type.size());
     o.body = std::move(res.body());
+    if (config_->format == Format::kOtlp && o.kind != OutcomeKind::kSuccess) {
+      // An OTLP receiver explains a refusal in a google.rpc.Status.
+      std::string why = describe_error_body(o.body, o.content_type);
+      if (!why.empty()) o.detail += ": " + why;
+    }
     if (!res.keep_alive()) close();
     co_return o;
   }

@@ -61,6 +61,9 @@ struct ConnectionConfig {
   // endpoint's host, on the connection's executor. It may call `done` late
   // or never (a lookup that hangs).
   std::function<void(ResolveDone done)> resolve_hook;
+  // Whose rules classify a response (classify()); with kOtlp, a refusal's
+  // google.rpc.Status body is decoded into the outcome's detail.
+  Format format = Format::kNative;
 };
 
 class HttpConnection {

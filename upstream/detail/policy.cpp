@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <charconv>
 #include <ctime>
-#include <nlohmann/json.hpp>
 #include <stdexcept>
 
 #include "common/text.h"
@@ -66,7 +65,7 @@ const char* to_string(OutcomeKind k) {
   return "unknown";
 }
 
-Outcome classify(int status, std::string_view retry_after, uint64_t now_ns) {
+Outcome classify(int status, std::string_view retry_after, uint64_t now_ns, Format format) {
   Outcome o;
   o.http_status = status;
   if (status >= 200 && status < 300) {
@@ -75,6 +74,10 @@ Outcome classify(int status, std::string_view retry_after, uint64_t now_ns) {
     o.kind = OutcomeKind::kTooLarge;
   } else if (status == 401 || status == 403) {
     o.kind = OutcomeKind::kAuth;
+  } else if (format == Format::kOtlp) {
+    // OTLP/HTTP: "throttled" and "unavailable" are the only retryable answers.
+    const bool retry = status == 429 || status == 502 || status == 503 || status == 504;
+    o.kind = retry ? OutcomeKind::kRetryable : OutcomeKind::kPermanent;
   } else if (status == 408 || status == 429 || (status >= 500 && status != 501 && status != 505) ||
              (status >= 300 && status < 400) || status < 200) {
     o.kind = OutcomeKind::kRetryable;
@@ -149,34 +152,6 @@ uint64_t backoff_ms(uint32_t attempt, uint64_t initial_ms, uint64_t max_ms, std:
   cap = std::min(cap, std::max<uint64_t>(max_ms, 1));
   std::uniform_int_distribution<uint64_t> dist(0, cap);
   return std::max<uint64_t>(dist(rng), 1);
-}
-
-uint64_t otlp_rejected_spans(std::string_view body, std::string* message) {
-  auto j = nlohmann::json::parse(body, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) return 0;
-  for (const char* key : {"partialSuccess", "partial_success"}) {
-    auto ps = j.find(key);
-    if (ps == j.end() || !ps->is_object()) continue;
-    for (const char* rk : {"rejectedSpans", "rejected_spans"}) {
-      auto r = ps->find(rk);
-      if (r == ps->end()) continue;
-      uint64_t n = 0;
-      if (r->is_string()) {
-        const std::string& s = r->get_ref<const std::string&>();
-        std::from_chars(s.data(), s.data() + s.size(), n);
-      } else if (r->is_number_unsigned()) {
-        n = r->get<uint64_t>();
-      } else if (r->is_number_integer()) {
-        n = static_cast<uint64_t>(std::max<int64_t>(0, r->get<int64_t>()));
-      }
-      for (const char* mk : {"errorMessage", "error_message"}) {
-        auto m = ps->find(mk);
-        if (m != ps->end() && m->is_string()) *message = m->get<std::string>();
-      }
-      return n;
-    }
-  }
-  return 0;
 }
 
 }  // namespace sidetrace::upstream::detail

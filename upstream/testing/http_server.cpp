@@ -89,7 +89,9 @@ struct HttpServer::Impl {
       for (auto& [k, v] : reply.headers)
         res.set(k, v);
       if (reply.body.empty() && reply.status != 204) reply.body = "{}";
-      res.set(http::field::content_type, "application/json");
+      if (res.find(http::field::content_type) == res.end()) {
+        res.set(http::field::content_type, "application/json");
+      }
       res.body() = reply.body;
       res.prepare_payload();
       if (reply.action == Reply::Action::kResetMidBody) {

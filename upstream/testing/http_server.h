@@ -40,8 +40,9 @@ struct RecordedRequest {
 struct Reply {
   enum class Action { kReply, kCloseBeforeReply, kResetMidBody };
   int status = 200;
+  // Content-Type is application/json unless given here.
   std::vector<std::pair<std::string, std::string>> headers;
-  std::string body;
+  std::string body;       // empty: "{}" (except for 204)
   uint32_t delay_ms = 0;  // wait this long before answering
   Action action = Action::kReply;
 };

@@ -37,6 +37,8 @@ inline std::string make_doc(const std::string& trace_id, uint32_t revision, int 
   d["duration_ms"] = 1000;
   d["status"] = "ok";
   d["partial"] = false;
+  d["part"] = nullptr;
+  d["trace_changed"] = true;
   nlohmann::json evs = nlohmann::json::array();
   for (int i = 0; i < events; ++i) {
     nlohmann::json e;
@@ -53,6 +55,7 @@ inline std::string make_doc(const std::string& trace_id, uint32_t revision, int 
     e["attrs"] = {{"model", "m"}};
     e["orphan"] = false;
     e["unfinished"] = false;
+    e["changed"] = true;
     e["children"] = nlohmann::json::array();
     evs.push_back(e);
   }
