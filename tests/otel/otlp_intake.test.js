@@ -89,6 +89,9 @@ async function startAgent(sinkPort) {
     SIDETRACE_TRACE_QUIET_PERIOD_MS: '200',
     SIDETRACE_UPSTREAM_ENDPOINT: `http://127.0.0.1:${sinkPort}`,
     SIDETRACE_UPSTREAM_FORMAT: 'otlp',
+    // The sink reads the JSON encoding; the protobuf one (the default) is
+    // decoded by tests/system/test_otlp_export.py.
+    SIDETRACE_UPSTREAM_OTLP_ENCODING: 'json',
     SIDETRACE_UPSTREAM_COMPRESSION: 'gzip',
     SIDETRACE_UPSTREAM_FLUSH_INTERVAL_MS: '20',
   };
