@@ -871,7 +871,7 @@ struct Delivery::Impl {
   }
 
   // 401/403: counts it, pauses sending and waits for the next probe (the
-  // shared auth timer), as deliver() does.
+  // auth timer, which the workers share; the first to fail arms it).
   net::awaitable<void> auth_pause(const Outcome& out, const Options& o) {
     update_stats([](Stats& s) {
       ++s.failed_auth;
@@ -890,8 +890,9 @@ struct Delivery::Impl {
   }
 
   // A retryable failure: counts it and waits the backoff (raised to a
-  // Retry-After, up to retry_after_max_ms), as deliver() does. False when the
-  // batch's retry deadline has passed instead: it is then dead-lettered.
+  // Retry-After, up to retry_after_max_ms). False when the batch's retry
+  // deadline has passed instead: it is then dead-lettered. `what` names what
+  // failed in the log and the dead letter's reason.
   net::awaitable<bool> retry_wait(Batch& b, const Outcome& out, const Options& o, uint32_t* attempt,
                                   const std::string& what) {
     update_stats([](Stats& s) {
@@ -1094,43 +1095,14 @@ struct Delivery::Impl {
           }
           co_await deadletter(b, out.http_status, out.detail + " (cannot shrink further)");
           co_return;
-        case OutcomeKind::kAuth: {
-          update_stats([](Stats& s) {
-            ++s.failed_auth;
-            s.auth_failed = true;
-          });
-          auth_failed = true;
-          auth_log.log(spdlog::level::err,
-                       fmt::format("upstream: authentication rejected ({}); sending paused, data "
-                                   "kept on disk; fix the API key and reload",
-                                   out.detail));
-          // Workers share one probe timer; the first to fail arms it.
-          if (auth_timer->expiry() <= net::steady_timer::clock_type::now()) {
-            auth_timer->expires_after(std::chrono::milliseconds(o.auth_probe_interval_ms));
-          }
-          boost::system::error_code ec;
-          co_await auth_timer->async_wait(net::redirect_error(net::use_awaitable, ec));
+        case OutcomeKind::kAuth:
+          co_await auth_pause(out, o);
           continue;
-        }
         case OutcomeKind::kRetryable:
           break;
       }
-      update_stats([](Stats& s) {
-        ++s.failed_retryable;
-        ++s.batches_retried;
-      });
-      uint64_t elapsed_ms = (clock.mono_ns() - b.first_try_mono) / 1'000'000;
-      if (o.retry_deadline_s > 0 && elapsed_ms >= uint64_t{o.retry_deadline_s} * 1000) {
-        co_await deadletter(b, out.http_status, "retry deadline passed: " + out.detail);
-        co_return;
-      }
-      uint64_t delay = detail::backoff_ms(attempt++, o.retry_initial_ms, o.retry_max_ms, rng);
-      if (out.retry_after_ms) {
-        delay = std::max(delay, std::min<uint64_t>(*out.retry_after_ms, o.retry_after_max_ms));
-      }
-      log_line(spdlog::level::warn, fmt::format("upstream: batch of {} failed ({}), retry in {} ms",
-                                                b.record.trace_ids.size(), out.detail, delay));
-      co_await sleep_ms(delay);
+      const std::string what = fmt::format("batch of {}", b.record.trace_ids.size());
+      if (!co_await retry_wait(b, out, o, &attempt, what)) co_return;
     }
     // Stopping: the batch record stays; the next start resends it.
   }
