@@ -29,6 +29,7 @@
 #include "buffer/writer.h"
 #include "common/bounded_queue.h"
 #include "common/clock.h"
+#include "common/memory.h"
 #include "common/thread.h"
 #include "ipc/intake.h"
 #include "ipc/otlp_http.h"
@@ -84,6 +85,10 @@ struct Agent::Impl {
   // Redaction on the writer thread; swapped atomically by a reload.
   ipc::RedactorSlot redactor;
   ipc::RedactStats redact_stats;
+  // Freed memory goes back to the kernel about a second after its last use
+  // (common/allocator.cpp); above this much held by the allocator, at once.
+  // Looked at from the writer's thread, which works whenever memory churns.
+  MemoryTrim memory_trim{64ull << 20, std::chrono::milliseconds(100)};
   std::unique_ptr<buffer::Store> store;
   std::unique_ptr<BoundedQueue<ipc::MessageBatch>> queue;
   std::unique_ptr<trace::Assembler> assembler;
@@ -141,6 +146,7 @@ Components Agent::Impl::components() const {
   c.assembler = assembler.get();
   c.exporter = exporter.get();
   c.redact = &redact_stats;
+  c.memory_trim = &memory_trim;
   c.started = is_ready.load();
   c.started_ns = started_ns;
   return c;
@@ -183,6 +189,7 @@ void Agent::Impl::start() {
   buffer::WriterOptions writer_opts;
   writer_opts.commit_delay = std::chrono::milliseconds(cfg.buffer.commit_delay_ms);
   writer_opts.transform = [this](ipc::Message& m) { return redactor.apply(m, &redact_stats); };
+  writer_opts.after_round = [this] { memory_trim.poll(clock.mono_ns()); };
   // The writer waiting out its commit delay is woken early by a group's worth.
   queue = std::make_unique<BoundedQueue<ipc::MessageBatch>>(cfg.intake.queue_bytes,
                                                             writer_opts.commit_bytes);

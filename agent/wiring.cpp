@@ -394,6 +394,14 @@ std::string render_metrics(const Components& c, const Clock& clock) {
              "Messages stored unredacted because redaction failed on them.");
     w.sample("sidetrace_redaction_failures_total", rc.failures);
   }
+  if (c.memory_trim) {
+    w.family("sidetrace_allocator_resident_bytes", "gauge",
+             "Memory the allocator holds resident (in use, and freed but not yet returned).");
+    w.sample("sidetrace_allocator_resident_bytes", MemoryTrim::resident_bytes());
+    w.family("sidetrace_allocator_trims_total", "counter",
+             "Times the allocator held more than its soft bound and returned its unused pages.");
+    w.sample("sidetrace_allocator_trims_total", c.memory_trim->trims());
+  }
   if (c.exporter) exporter_metrics(w, c.exporter->stats());
   return w.take();
 }

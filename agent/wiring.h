@@ -13,6 +13,7 @@
 #include "buffer/store.h"
 #include "common/bounded_queue.h"
 #include "common/clock.h"
+#include "common/memory.h"
 #include "config/config.h"
 #include "ipc/intake.h"
 #include "ipc/message.h"
@@ -47,6 +48,7 @@ struct Components {
   const trace::Assembler* assembler = nullptr;
   const upstream::Exporter* exporter = nullptr;
   const ipc::RedactStats* redact = nullptr;
+  const MemoryTrim* memory_trim = nullptr;
   bool started = false;
   uint64_t started_ns = 0;
 };

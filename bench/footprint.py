@@ -25,6 +25,7 @@ FOOTPRINT_EXPORTERS (default "http,file"),
 FOOTPRINT_QUOTA (default 1), FOOTPRINT_BIG_EVENTS (default 50000; 0 skips the big
 trace), FOOTPRINT_DIR (parent of the work directory).
 """
+import itertools
 import json
 import os
 import re
@@ -163,10 +164,17 @@ class Agent:
         self.log.close()
 
 
+RUNS = itertools.count(1)
+
+
 def loadgen(sock, rate, seconds):
+    # Each run sends traces of its own: the same trace ids again would make
+    # every trace of the run a late revision of one of an earlier run.
+    salt = f"{0x5eed0f00d0000000 + os.getpid() * 4096 + next(RUNS):016x}"
     return subprocess.Popen([os.path.join(TOOLS, "compare_loadgen"), "--socket", sock,
                              "--format", "msgpack", "--seconds", str(seconds),
-                             "--rate", str(rate)], stdout=subprocess.PIPE, text=True)
+                             "--rate", str(rate), "--salt", salt],
+                            stdout=subprocess.PIPE, text=True)
 
 
 def measure(agent, rate, exporter, at_quota):

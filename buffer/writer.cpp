@@ -126,6 +126,7 @@ void Writer::run() {
     if (!group.empty()) commit(group, bytes);
     group.clear();
     busy_since_ns_.store(0);
+    if (!batches.empty() && opts_.after_round) opts_.after_round();
     if (!open) return;
   }
 }

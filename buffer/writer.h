@@ -72,6 +72,9 @@ struct WriterOptions {
   // the message. Must not throw (a throw is counted and the message stored as
   // the transform left it). Must keep trace_id; empty = no transform.
   std::function<bool(ipc::Message&)> transform;
+  // Called on the writer thread each time it is done with what it took from
+  // the queue (committed or dropped). Must not block or throw; empty = none.
+  std::function<void()> after_round;
 };
 
 struct WriterStats {

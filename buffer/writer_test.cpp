@@ -182,6 +182,37 @@ TEST(WriterTest, SettlesReceiptsOnlyOnceTheirMessagesAreCommitted) {
   EXPECT_EQ(b.use_count(), 1);
 }
 
+TEST(WriterTest, CallsAfterRoundOnceItIsDoneWithWhatItTook) {
+  TempDir dir;
+  std::unique_ptr<Store> store = open_store(dir);
+  ASSERT_TRUE(store);
+  BoundedQueue<ipc::MessageBatch> q(64 << 20);
+  Sink sink;
+  std::atomic<size_t> rounds{0}, persisted_at_round{0};
+  WriterOptions wo;
+  Writer* wp = nullptr;
+  wo.after_round = [&] {
+    // Called on the writer's thread, after the round's commits.
+    persisted_at_round.store(wp->stats().persisted);
+    rounds.fetch_add(1);
+  };
+  Writer w(
+      *store, q, [&](std::span<const Committed> c) { sink(c); }, system_clock(), wo);
+  wp = &w;
+  w.start();
+  auto b = batch("t", 5);
+  ASSERT_TRUE(q.try_push(b, 1));
+  ASSERT_TRUE(wait_until([&] { return rounds.load() >= 1; }));
+  EXPECT_EQ(persisted_at_round.load(), 5u);
+  // Idle, the writer has no round to report.
+  const size_t idle_rounds = rounds.load();
+  auto b2 = batch("t", 3);
+  ASSERT_TRUE(q.try_push(b2, 1));
+  ASSERT_TRUE(wait_until([&] { return persisted_at_round.load() == 8; }));
+  w.stop();
+  EXPECT_LE(rounds.load(), idle_rounds + 2);
+}
+
 TEST(WriterTest, SettlesReceiptsOfMessagesTheQuotaRefused) {
   TempDir dir;
   StoreOptions o;

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
@@ -48,6 +49,10 @@ struct FileExporter::Impl {
 
   // Writer-thread state.
   std::FILE* file = nullptr;
+  // The stream's buffer: a batch goes out in a few large writes. glibc takes
+  // the size given to setvbuf() only with a buffer of the caller's (without
+  // one it allocates a block of the file system's, 4 KiB: one write() each).
+  std::unique_ptr<char[]> file_buffer;
   uint64_t file_size = 0;
   std::string path;
 
@@ -90,7 +95,9 @@ struct FileExporter::Impl {
     if (file == nullptr) {
       throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
     }
-    std::setvbuf(file, nullptr, _IOFBF, 1 << 20);
+    constexpr size_t kBufferBytes = 256 << 10;
+    if (!file_buffer) file_buffer = std::make_unique<char[]>(kBufferBytes);
+    std::setvbuf(file, file_buffer.get(), _IOFBF, kBufferBytes);
     std::error_code ec;
     file_size = fs::exists(path, ec) ? fs::file_size(path, ec) : 0;
   }

@@ -2,6 +2,7 @@
 // messages over a Unix datagram socket, one message per datagram.
 //
 //   compare_loadgen --socket PATH --format msgpack|json --seconds S [--rate R]
+//                   [--salt HEX]
 //
 // A trace is five messages: its context (`trace`: conversation, session, user,
 // metadata), a user MESSAGE, a GENERATION and a TOOL call under it, and a final
@@ -10,7 +11,9 @@
 // input of a log agent such as syslog-ng).
 //
 // Ids encode what the upstream sink needs to count unique messages: the trace
-// id is 32 hex digits whose last 16 are the trace number t, an event id is the
+// id is 32 hex digits: the run's salt (--salt, 16 hex digits; runs against one
+// agent need salts of their own, or the second run's traces are late revisions
+// of the first's), then the trace number t. An event id is the
 // 16-hex-digit number t*8+k (k = 1..4); the context counts as t*8 and the
 // feedback as t*8+5.
 //
@@ -44,12 +47,13 @@ struct Args {
   bool json = false;
   double seconds = 10;
   double rate = 0;  // messages per second; 0: as fast as the receiver takes them
+  uint64_t salt = kRunSalt;
 };
 
 [[noreturn]] void usage(const char* msg) {
   std::fprintf(stderr,
                "compare_loadgen: %s\nusage: compare_loadgen --socket PATH --format msgpack|json "
-               "--seconds S [--rate R]\n",
+               "--seconds S [--rate R] [--salt HEX]\n",
                msg);
   std::exit(2);
 }
@@ -69,6 +73,8 @@ Args parse(int argc, char** argv) {
       a.seconds = std::stod(v);
     } else if (k == "--rate") {
       a.rate = std::stod(v);
+    } else if (k == "--salt") {
+      a.salt = std::stoull(v, nullptr, 16);
     } else {
       usage("unknown option");
     }
@@ -200,8 +206,8 @@ const char* const kQuestions[] = {
 };
 
 // The five (or six) messages of trace t.
-std::vector<Field> make_trace(uint64_t t, int64_t now_ns) {
-  std::string trace_id = fmt::format("{:016x}{:016x}", kRunSalt, t);
+std::vector<Field> make_trace(uint64_t salt, uint64_t t, int64_t now_ns) {
+  std::string trace_id = fmt::format("{:016x}{:016x}", salt, t);
   auto eid = [&](int k) { return fmt::format("{:016x}", t * 8 + static_cast<uint64_t>(k)); };
   uint64_t order = 100000 + t * 7 % 900000;
   std::string question = fmt::format(fmt::runtime(kQuestions[t % 3]), order);
@@ -327,7 +333,7 @@ int main(int argc, char** argv) {
       double el = std::chrono::duration<double>(clock::now() - t0).count();
       if (el < due) std::this_thread::sleep_for(std::chrono::duration<double>(due - el));
     }
-    std::vector<Field> msgs = make_trace(traces, now_ns());
+    std::vector<Field> msgs = make_trace(a.salt, traces, now_ns());
     for (const Field& f : msgs) {
       const char* data;
       size_t len;
