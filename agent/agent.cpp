@@ -188,6 +188,7 @@ void Agent::Impl::start() {
 
   buffer::WriterOptions writer_opts;
   writer_opts.commit_delay = std::chrono::milliseconds(cfg.buffer.commit_delay_ms);
+  writer_opts.commit_bytes = cfg.buffer.commit_bytes;
   writer_opts.transform = [this](ipc::Message& m) { return redactor.apply(m, &redact_stats); };
   writer_opts.after_round = [this] { memory_trim.poll(clock.mono_ns()); };
   // The writer waiting out its commit delay is woken early by a group's worth.

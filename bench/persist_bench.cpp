@@ -14,8 +14,9 @@
 // (each latency run, default 10: long enough to include the periodic flush of
 // every column family that frees old WAL files), PERSIST_BENCH_ONLY (a
 // comma-separated subset of backlog,os,fsync,latency; default all),
-// PERSIST_BENCH_COMMIT_DELAY_MS (the writer's commit delay; default the
-// agent's buffer.commit_delay_ms).
+// PERSIST_BENCH_COMMIT_DELAY_MS and PERSIST_BENCH_COMMIT_BYTES (the writer's
+// commit delay and bytes; default the agent's buffer.commit_delay_ms and
+// buffer.commit_bytes).
 #include <malloc.h>
 #include <unistd.h>
 
@@ -102,9 +103,14 @@ int64_t commit_delay_ms() {
   const char* v = std::getenv("PERSIST_BENCH_COMMIT_DELAY_MS");
   return v ? std::atoll(v) : config::Config{}.buffer.commit_delay_ms;
 }
+uint64_t commit_bytes() {
+  const char* v = std::getenv("PERSIST_BENCH_COMMIT_BYTES");
+  return v ? std::strtoull(v, nullptr, 10) : config::Config{}.buffer.commit_bytes;
+}
 buffer::WriterOptions agent_writer_options() {
   buffer::WriterOptions o;
   o.commit_delay = std::chrono::milliseconds(commit_delay_ms());
+  o.commit_bytes = commit_bytes();
   return o;
 }
 
@@ -327,10 +333,10 @@ void latency(buffer::SyncMode sync, const char* name, uint64_t offered_per_s, do
   }  // The store is removed and its space freed before the floor is measured.
   std::printf(
       "{\"bench\":\"persist_latency\",\"sync\":\"%s\",\"offered_per_s\":%llu,"
-      "\"commit_delay_ms\":%lld,\"p50_ms\":%.3f,\"p99_ms\":%.3f",
+      "\"commit_delay_ms\":%lld,\"commit_bytes\":%llu,\"p50_ms\":%.3f,\"p99_ms\":%.3f",
       name, static_cast<unsigned long long>(offered_per_s),
-      static_cast<long long>(commit_delay_ms()), static_cast<double>(p50_ns) / 1e6,
-      static_cast<double>(p99_ns) / 1e6);
+      static_cast<long long>(commit_delay_ms()), static_cast<unsigned long long>(commit_bytes()),
+      static_cast<double>(p50_ns) / 1e6, static_cast<double>(p99_ns) / 1e6);
   if (sync == buffer::SyncMode::kFsync) {
     // The same load on the same filesystem, without the store, beside the
     // store's own background write rate.

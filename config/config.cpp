@@ -218,6 +218,9 @@ const std::vector<Key>& keys() {
           at([](Config& c) { return &c.buffer.commit_delay_ms; }))
           .range(0, 1000)
           .restart(),
+      Key("buffer.commit_bytes", Type::kSize, at([](Config& c) { return &c.buffer.commit_bytes; }))
+          .range(1, 2 << 20)
+          .restart(),
       Key("buffer.when_full", Type::kEnum, at([](Config& c) { return &c.buffer.when_full; }))
           .one_of({"drop_oldest", "drop_newest"}),
       Key("exporter.file", Type::kString, at([](Config& c) { return &c.exporter.file; })).restart(),
