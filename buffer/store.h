@@ -172,7 +172,12 @@ class Store {
                              std::vector<OutboxEntry>* out) = 0;
 
   // Deletes delivered entries. Deleting an absent seq is not an error.
-  // Durable per buffer.sync before it returns.
+  // Like every write below (meta), it is not synced on its own: it survives a
+  // crash of the agent at once, and a power loss once the next synced write
+  // (the writer's next group commit) or flush has made it durable. The WAL
+  // keeps a prefix of writes, so a power loss can only undo the last of them,
+  // whole and in order: acknowledged entries are then delivered again (at
+  // least once), and nothing stored is lost.
   virtual Status ack_outbox(std::span<const uint64_t> seqs) = 0;
 
   // Number of entries and document bytes currently in the outbox.
@@ -185,6 +190,7 @@ class Store {
   virtual void set_outbox_listener(std::function<void()> fn) = 0;
 
   // ---- meta (contract used by upstream/ and agent/) ----------------------
+  // Writes are durable as ack_outbox()'s are.
 
   virtual Status meta_put(std::string_view key, std::string_view value) = 0;
   virtual Status meta_get(std::string_view key, std::string* value) = 0;  // NotFound if absent
