@@ -58,12 +58,17 @@ class Worker {
   std::thread thread_;
 };
 
-// Answered on the admin thread itself: they read counters only.
-constexpr std::string_view kQuickPaths[] = {"/healthz", "/readyz", "/metrics"};
+// Answered on the admin thread itself: they read counters, or start a
+// background operation and answer at once (agent/operations.h).
+constexpr std::string_view kQuickPaths[] = {
+    "/healthz",           "/readyz",           "/metrics", "/operations",
+    "/deadletter/replay", "/deadletter/purge", "/reload"};
+constexpr std::string_view kQuickPrefix = "/operations/";
 
 bool quick(std::string_view target) {
   const std::string_view path = target.substr(0, target.find('?'));
-  return std::find(std::begin(kQuickPaths), std::end(kQuickPaths), path) != std::end(kQuickPaths);
+  return path.starts_with(kQuickPrefix) ||
+         std::find(std::begin(kQuickPaths), std::end(kQuickPaths), path) != std::end(kQuickPaths);
 }
 
 // What every session shares: the routes, the access rules and the worker.
@@ -153,6 +158,15 @@ std::optional<Refusal> refusal(const Request& req, const AdminAccess& access,
   return std::nullopt;
 }
 
+// The handler's answer; 500 with the reason when it throws.
+AdminResponse call(const Shared& shared, const std::string& method, const std::string& target) {
+  try {
+    return shared.handler(method, target);
+  } catch (const std::exception& e) {
+    return AdminResponse{500, "text/plain; charset=utf-8", std::string(e.what()) + "\n", {}};
+  }
+}
+
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket&& socket, std::shared_ptr<const Shared> shared)
@@ -203,16 +217,11 @@ class Session : public std::enable_shared_from_this<Session> {
       std::string method = req.method() == http::verb::post ? "POST" : "GET";
       std::string target(req.target());
       head_ = req.method() == http::verb::head;
-      if (quick(target)) return respond(shared_->handler(method, target));
+      if (quick(target)) return respond(call(*shared_, method, target));
       // The worker answers; the reply is written back on this session's strand.
       shared_->worker->post([self = shared_from_this(), method = std::move(method),
                              target = std::move(target)]() mutable {
-        AdminResponse r;
-        try {
-          r = self->shared_->handler(method, target);
-        } catch (const std::exception& e) {
-          r = AdminResponse{500, "text/plain; charset=utf-8", std::string(e.what()) + "\n"};
-        }
+        AdminResponse r = call(*self->shared_, method, target);
         auto* s = self.get();
         net::post(s->stream_.get_executor(), [self = std::move(self), r = std::move(r)]() mutable {
           self->respond(std::move(r));
@@ -227,6 +236,8 @@ class Session : public std::enable_shared_from_this<Session> {
     res_.result(r.status);
     res_.set(http::field::content_type, r.content_type);
     res_.set(http::field::cache_control, "no-store");
+    for (const auto& [name, value] : r.headers)
+      res_.set(name, value);
     if (!head_) res_.body() = std::move(r.body);
     write();
   }
