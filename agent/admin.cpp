@@ -58,23 +58,18 @@ class Worker {
   std::thread thread_;
 };
 
-// Answered on the admin thread itself: they read counters, or start a
-// background operation and answer at once (agent/operations.h).
-constexpr std::string_view kQuickPaths[] = {
-    "/healthz",           "/readyz",           "/metrics", "/operations",
-    "/deadletter/replay", "/deadletter/purge", "/reload"};
-constexpr std::string_view kQuickPrefix = "/operations/";
-
-bool quick(std::string_view target) {
+bool quick(const std::vector<std::string>& routes, std::string_view target) {
   const std::string_view path = target.substr(0, target.find('?'));
-  return path.starts_with(kQuickPrefix) ||
-         std::find(std::begin(kQuickPaths), std::end(kQuickPaths), path) != std::end(kQuickPaths);
+  return std::any_of(routes.begin(), routes.end(), [path](const std::string& r) {
+    return r.ends_with('/') ? path.starts_with(r) : path == r;
+  });
 }
 
 // What every session shares: the routes, the access rules and the worker.
 struct Shared {
   AdminHandler handler;
   AdminAccess access;
+  std::vector<std::string> quick_routes;
   std::unique_ptr<Worker> worker = std::make_unique<Worker>();
 };
 
@@ -217,7 +212,7 @@ class Session : public std::enable_shared_from_this<Session> {
       std::string method = req.method() == http::verb::post ? "POST" : "GET";
       std::string target(req.target());
       head_ = req.method() == http::verb::head;
-      if (quick(target)) return respond(call(*shared_, method, target));
+      if (quick(shared_->quick_routes, target)) return respond(call(*shared_, method, target));
       // The worker answers; the reply is written back on this session's strand.
       shared_->worker->post([self = shared_from_this(), method = std::move(method),
                              target = std::move(target)]() mutable {
@@ -271,10 +266,11 @@ class Session : public std::enable_shared_from_this<Session> {
 }  // namespace
 
 struct AdminServer::Impl : std::enable_shared_from_this<AdminServer::Impl> {
-  Impl(net::io_context& io, AdminHandler h, AdminAccess access)
+  Impl(net::io_context& io, AdminHandler h, AdminAccess access, std::vector<std::string> quick)
       : io(io),
         acceptor(net::make_strand(io)),
-        shared(std::make_shared<Shared>(Shared{std::move(h), std::move(access)})) {}
+        shared(
+            std::make_shared<Shared>(Shared{std::move(h), std::move(access), std::move(quick)})) {}
 
   void do_accept() {
     acceptor.async_accept(net::make_strand(io),
@@ -296,8 +292,14 @@ struct AdminServer::Impl : std::enable_shared_from_this<AdminServer::Impl> {
   std::shared_ptr<const Shared> shared;
 };
 
-AdminServer::AdminServer(net::io_context& io, AdminHandler handler, AdminAccess access)
-    : impl_(std::make_shared<Impl>(io, std::move(handler), std::move(access))) {}
+std::vector<std::string> default_quick_routes() {
+  return {"/healthz", "/readyz", "/metrics", "/operations", "/operations/"};
+}
+
+AdminServer::AdminServer(net::io_context& io, AdminHandler handler, AdminAccess access,
+                         std::vector<std::string> quick_routes)
+    : impl_(std::make_shared<Impl>(io, std::move(handler), std::move(access),
+                                   std::move(quick_routes))) {}
 
 AdminServer::~AdminServer() {
   stop();

@@ -250,9 +250,12 @@ void Agent::Impl::start() {
 
   if (!cfg.admin.listen.empty()) {
     const bool admin_token_set = !admin_access.token.empty();
+    // The POSTs that start an operation answer at once, on the admin thread.
+    std::vector<std::string> quick = default_quick_routes();
+    quick.insert(quick.end(), {"/deadletter/replay", "/deadletter/purge", "/reload"});
     admin = std::make_unique<AdminServer>(
         admin_io, [this](const std::string& m, const std::string& t) { return handle(m, t); },
-        std::move(admin_access));
+        std::move(admin_access), std::move(quick));
     if (admin->listen(cfg.admin.listen, &err)) throw std::runtime_error(err);
     admin_port = admin->port();
     admin_thread = std::thread([this] {

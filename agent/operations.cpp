@@ -173,8 +173,11 @@ std::vector<OperationSnapshot> Operations::list() const {
   std::vector<OperationSnapshot> out;
   for (const auto& r : running_)
     out.push_back(snapshot(*r));
-  for (auto it = finished_.rbegin(); it != finished_.rend(); ++it)
-    out.push_back(snapshot(**it));
+  const size_t first_finished = out.size();
+  for (const auto& r : finished_)
+    out.push_back(snapshot(*r));
+  std::sort(out.begin() + static_cast<std::ptrdiff_t>(first_finished), out.end(),
+            [](const OperationSnapshot& a, const OperationSnapshot& b) { return a.id > b.id; });
   return out;
 }
 

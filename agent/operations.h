@@ -7,7 +7,7 @@
 //                                 the operation as JSON; or 200 with the one
 //                                 of the same kind that is already running
 //   GET  /operations              every operation kept, running first, then
-//                                 the finished ones, newest first
+//                                 the finished ones, the last started first
 //   GET  /operations/<id>         one operation; 404 when unknown or
 //                                 forgotten
 //
@@ -20,7 +20,7 @@
 // At most one operation of each kind runs at a time: starting a kind that
 // runs returns the running one, so that a client that asks twice (a retry
 // after a timeout) follows the same work instead of queueing more. The last
-// `keep_finished` finished operations are kept; older ones are forgotten.
+// `keep_finished` operations to finish are kept; older ones are forgotten.
 //
 // Each running operation has a thread of its own (at most one per kind); what
 // its body throws ends it as failed, with the exception's text.
