@@ -31,9 +31,10 @@ constexpr size_t kBodyLimit = 16 * 1024;
 
 using Request = http::request<http::string_body>;
 
-// The thread that runs every request but the quick ones (kQuickPaths), so
-// that a slow one (a dead-letter listing, a replay, a reload) never holds up
-// /healthz. One thread: such requests run one at a time, in arrival order.
+// The thread that runs every request but the quick ones (the server's
+// quick routes), so that a slow one (a dead-letter listing, a viewer search)
+// never holds up /healthz. One thread: such requests run one at a time, in
+// arrival order.
 class Worker {
  public:
   Worker()
@@ -58,6 +59,7 @@ class Worker {
   std::thread thread_;
 };
 
+// Whether `target` is one of `routes` (default_quick_routes()).
 bool quick(const std::vector<std::string>& routes, std::string_view target) {
   const std::string_view path = target.substr(0, target.find('?'));
   return std::any_of(routes.begin(), routes.end(), [path](const std::string& r) {

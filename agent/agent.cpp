@@ -305,8 +305,9 @@ void Agent::Impl::shutdown() {
   if (admin) admin->stop();
   admin_io.stop();
   if (admin_thread.joinable()) admin_thread.join();
-  // A replay or purge under way ends its current page and the rest; the
-  // exporter and the store it works on stay open until then.
+  // A replay or purge under way runs to its end (it has no way to stop
+  // halfway); the exporter and the store it works on stay open until then.
+  // A reload waiting for the intake's thread gives up (`stopping`).
   operations.close();
   if (intake) intake->stop();  // stop accepting
   if (otlp_http) otlp_http->stop_accepting();
