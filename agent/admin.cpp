@@ -31,9 +31,10 @@ constexpr size_t kBodyLimit = 16 * 1024;
 
 using Request = http::request<http::string_body>;
 
-// The thread that runs every request but the quick ones (kQuickPaths), so
-// that a slow one (a dead-letter listing, a replay, a reload) never holds up
-// /healthz. One thread: such requests run one at a time, in arrival order.
+// The thread that runs every request but the quick ones (the server's
+// quick routes), so that a slow one (a dead-letter listing, a viewer search)
+// never holds up /healthz. One thread: such requests run one at a time, in
+// arrival order.
 class Worker {
  public:
   Worker()
@@ -58,18 +59,19 @@ class Worker {
   std::thread thread_;
 };
 
-// Answered on the admin thread itself: they read counters only.
-constexpr std::string_view kQuickPaths[] = {"/healthz", "/readyz", "/metrics"};
-
-bool quick(std::string_view target) {
+// Whether `target` is one of `routes` (default_quick_routes()).
+bool quick(const std::vector<std::string>& routes, std::string_view target) {
   const std::string_view path = target.substr(0, target.find('?'));
-  return std::find(std::begin(kQuickPaths), std::end(kQuickPaths), path) != std::end(kQuickPaths);
+  return std::any_of(routes.begin(), routes.end(), [path](const std::string& r) {
+    return r.ends_with('/') ? path.starts_with(r) : path == r;
+  });
 }
 
 // What every session shares: the routes, the access rules and the worker.
 struct Shared {
   AdminHandler handler;
   AdminAccess access;
+  std::vector<std::string> quick_routes;
   std::unique_ptr<Worker> worker = std::make_unique<Worker>();
 };
 
@@ -153,6 +155,15 @@ std::optional<Refusal> refusal(const Request& req, const AdminAccess& access,
   return std::nullopt;
 }
 
+// The handler's answer; 500 with the reason when it throws.
+AdminResponse call(const Shared& shared, const std::string& method, const std::string& target) {
+  try {
+    return shared.handler(method, target);
+  } catch (const std::exception& e) {
+    return AdminResponse{500, "text/plain; charset=utf-8", std::string(e.what()) + "\n", {}};
+  }
+}
+
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket&& socket, std::shared_ptr<const Shared> shared)
@@ -203,16 +214,11 @@ class Session : public std::enable_shared_from_this<Session> {
       std::string method = req.method() == http::verb::post ? "POST" : "GET";
       std::string target(req.target());
       head_ = req.method() == http::verb::head;
-      if (quick(target)) return respond(shared_->handler(method, target));
+      if (quick(shared_->quick_routes, target)) return respond(call(*shared_, method, target));
       // The worker answers; the reply is written back on this session's strand.
       shared_->worker->post([self = shared_from_this(), method = std::move(method),
                              target = std::move(target)]() mutable {
-        AdminResponse r;
-        try {
-          r = self->shared_->handler(method, target);
-        } catch (const std::exception& e) {
-          r = AdminResponse{500, "text/plain; charset=utf-8", std::string(e.what()) + "\n"};
-        }
+        AdminResponse r = call(*self->shared_, method, target);
         auto* s = self.get();
         net::post(s->stream_.get_executor(), [self = std::move(self), r = std::move(r)]() mutable {
           self->respond(std::move(r));
@@ -227,6 +233,8 @@ class Session : public std::enable_shared_from_this<Session> {
     res_.result(r.status);
     res_.set(http::field::content_type, r.content_type);
     res_.set(http::field::cache_control, "no-store");
+    for (const auto& [name, value] : r.headers)
+      res_.set(name, value);
     if (!head_) res_.body() = std::move(r.body);
     write();
   }
@@ -260,10 +268,11 @@ class Session : public std::enable_shared_from_this<Session> {
 }  // namespace
 
 struct AdminServer::Impl : std::enable_shared_from_this<AdminServer::Impl> {
-  Impl(net::io_context& io, AdminHandler h, AdminAccess access)
+  Impl(net::io_context& io, AdminHandler h, AdminAccess access, std::vector<std::string> quick)
       : io(io),
         acceptor(net::make_strand(io)),
-        shared(std::make_shared<Shared>(Shared{std::move(h), std::move(access)})) {}
+        shared(
+            std::make_shared<Shared>(Shared{std::move(h), std::move(access), std::move(quick)})) {}
 
   void do_accept() {
     acceptor.async_accept(net::make_strand(io),
@@ -285,8 +294,14 @@ struct AdminServer::Impl : std::enable_shared_from_this<AdminServer::Impl> {
   std::shared_ptr<const Shared> shared;
 };
 
-AdminServer::AdminServer(net::io_context& io, AdminHandler handler, AdminAccess access)
-    : impl_(std::make_shared<Impl>(io, std::move(handler), std::move(access))) {}
+std::vector<std::string> default_quick_routes() {
+  return {"/healthz", "/readyz", "/metrics", "/operations", "/operations/"};
+}
+
+AdminServer::AdminServer(net::io_context& io, AdminHandler handler, AdminAccess access,
+                         std::vector<std::string> quick_routes)
+    : impl_(std::make_shared<Impl>(io, std::move(handler), std::move(access),
+                                   std::move(quick_routes))) {}
 
 AdminServer::~AdminServer() {
   stop();

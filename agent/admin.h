@@ -1,10 +1,12 @@
 // The admin endpoint: a small HTTP/1.1 server on a loopback address for
 // health checks, Prometheus metrics, status and the local trace viewer.
 //
-// Routes are plain functions supplied by the agent; they run on the server's
-// io_context thread, so they must be quick and must not block (they read
-// counters and snapshots). Requests have a read deadline and a body limit;
-// connections are kept alive.
+// Routes are plain functions supplied by the agent. The quick ones (the
+// probes, /metrics, /operations and the POSTs that start a background
+// operation, see agent/operations.h) run on the server's io_context thread,
+// so they must not block; the others run one at a time on a worker thread of
+// the server, so that a slow one never holds up /healthz or a quick one. Requests have a
+// read deadline and a body limit; connections are kept alive.
 //
 // Before a request reaches the handler, the server refuses (AdminAccess):
 //   421  a Host header that names neither a loopback name or address
@@ -30,6 +32,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 namespace sidetrace::agent {
@@ -38,6 +41,7 @@ struct AdminResponse {
   unsigned status = 200;
   std::string content_type = "text/plain; charset=utf-8";
   std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;  // more headers (Location)
 };
 
 // Handles one request: `method` is "GET", "HEAD" or "POST"; `target` is the
@@ -57,9 +61,17 @@ struct AdminAccess {
   std::vector<std::string> open_paths = {"/healthz", "/readyz"};  // served without the token
 };
 
+// The routes answered on the server's own thread: the probes, /metrics and
+// the operations' states. An entry ending in '/' matches every path under it.
+std::vector<std::string> default_quick_routes();
+
 class AdminServer {
  public:
-  AdminServer(boost::asio::io_context& io, AdminHandler handler, AdminAccess access = {});
+  // `quick_routes`: the routes answered on the server's own thread (the
+  // agent adds the POSTs that start a background operation); every other
+  // route goes to the worker.
+  AdminServer(boost::asio::io_context& io, AdminHandler handler, AdminAccess access = {},
+              std::vector<std::string> quick_routes = default_quick_routes());
   ~AdminServer();
 
   // Binds "host:port" (port 0 picks a free one) and starts accepting.

@@ -6,12 +6,17 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
+#include <condition_variable>
+#include <mutex>
+#include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "agent/metrics.h"
+#include "agent/operations.h"
+#include "common/wait_until.h"
 
 namespace sidetrace::agent {
 namespace {
@@ -397,6 +402,257 @@ TEST(AdminGet, UnreachableIsAnErrorNotAHang) {
   // Port 1 on loopback: nothing listens there.
   EXPECT_FALSE(admin_get("127.0.0.1:1", "/healthz", &status, &body, &err));
   EXPECT_FALSE(err.empty());
+}
+
+// ---- background operations (agent/operations.h) through a real server ----
+
+// A gate that an operation's body waits at until the test opens it.
+class Gate {
+ public:
+  void open() {
+    std::lock_guard lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  void wait() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [this] { return open_; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = false;
+};
+
+class AdminOperationsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server_ = std::make_unique<AdminServer>(
+        io_,
+        [this](const std::string& method, const std::string& target) {
+          AdminResponse r;
+          if (target == "/healthz") {
+            r.body = "ok\n";
+          } else if (target == "/slowop" && method == "POST") {
+            // Three records: one at once, the other two once the gate opens.
+            return operation_started(ops_.start("slow", [this](OperationProgress& p) {
+              p.set_total(3);
+              p.set_done(1);
+              slow_gate_.wait();
+              p.set_done(3);
+              return OperationOutcome{true, "did 3 records"};
+            }));
+          } else if (target == "/failop" && method == "POST") {
+            return operation_started(ops_.start("fail", [](OperationProgress& p) {
+              p.set_total(5);
+              p.set_done(2);
+              return OperationOutcome{false, "the store said no after 2 records"};
+            }));
+          } else if (target == "/throwop" && method == "POST") {
+            return operation_started(
+                ops_.start("throw", [](OperationProgress&) -> OperationOutcome {
+                  throw std::runtime_error("the body threw");
+                }));
+          } else if (target == "/slowlist") {
+            // Holds the worker thread, as a long dead-letter listing does.
+            list_entered_ = true;
+            list_gate_.wait();
+            r.body = "listed\n";
+          } else if (!handle_operations(ops_, method, target, &r)) {
+            r.status = 404;
+          }
+          return r;
+        },
+        AdminAccess{}, quick_routes());
+    std::string err;
+    ASSERT_FALSE(server_->listen("127.0.0.1:0", &err)) << err;
+    thread_ = std::thread([this] { io_.run(); });
+  }
+  void TearDown() override {
+    slow_gate_.open();
+    list_gate_.open();
+    if (list_.joinable()) list_.join();
+    ops_.close();
+    server_->stop();
+    io_.stop();
+    thread_.join();
+  }
+  static std::vector<std::string> quick_routes() {
+    auto routes = default_quick_routes();
+    routes.insert(routes.end(), {"/slowop", "/failop", "/throwop"});
+    return routes;
+  }
+  std::string addr() const { return "127.0.0.1:" + std::to_string(server_->port()); }
+  RawResponse post(const std::string& target) {
+    return raw_request(server_->port(), http("POST", target,
+                                             {"Host: 127.0.0.1:" + std::to_string(server_->port()),
+                                              "X-Sidetrace-Request: 1"}));
+  }
+  // The operation at /operations/<id>, or null when it is not found.
+  nlohmann::json get_op(const std::string& id) {
+    unsigned status = 0;
+    std::string body, err;
+    if (!admin_get(addr(), "/operations/" + id, &status, &body, &err) || status != 200) {
+      return nullptr;
+    }
+    return nlohmann::json::parse(body);
+  }
+
+  Operations ops_;
+  Gate slow_gate_, list_gate_;
+  std::atomic<bool> list_entered_{false}, list_answered_{false};
+  std::thread list_;
+  boost::asio::io_context io_;
+  std::unique_ptr<AdminServer> server_;
+  std::thread thread_;
+};
+
+TEST_F(AdminOperationsTest, AnswersAtOnceThenShowsProgressThenTheResult) {
+  // The worker thread is busy with a slow request all along.
+  list_ = std::thread([this] {
+    unsigned status = 0;
+    std::string body, err;
+    admin_get(addr(), "/slowlist", &status, &body, &err);
+    list_answered_ = status == 200 && body == "listed\n";
+  });
+  ASSERT_TRUE(wait_until([&] { return list_entered_.load(); }));
+
+  // The body cannot end before the gate opens: the answer comes first.
+  RawResponse started = post("/slowop");
+  ASSERT_EQ(started.status, 202u) << started.head << started.body;
+  auto op = nlohmann::json::parse(started.body);
+  const std::string id = op.at("id");
+  EXPECT_EQ(op.at("kind"), "slow");
+  EXPECT_EQ(op.at("state"), "running");
+  EXPECT_NE(started.head.find("location: /operations/" + id), std::string::npos) << started.head;
+  EXPECT_NE(started.head.find("content-type: application/json"), std::string::npos);
+
+  unsigned status = 0;
+  std::string body, err;
+  ASSERT_TRUE(admin_get(addr(), "/healthz", &status, &body, &err)) << err;
+  EXPECT_EQ(status, 200u);
+
+  // Progress while it runs.
+  ASSERT_TRUE(wait_until([&] {
+    auto now = get_op(id);
+    return now.is_object() && now.value("done", 0) == 1;
+  }));
+  op = get_op(id);
+  EXPECT_EQ(op.at("state"), "running");
+  EXPECT_EQ(op.at("total"), 3);
+  EXPECT_EQ(op.at("message"), "");
+
+  // Asked again while it runs: the same operation, 200 rather than 202.
+  RawResponse again = post("/slowop");
+  EXPECT_EQ(again.status, 200u) << again.body;
+  EXPECT_EQ(nlohmann::json::parse(again.body).at("id"), id);
+  EXPECT_NE(again.head.find("location: /operations/" + id), std::string::npos);
+
+  slow_gate_.open();
+  ASSERT_TRUE(wait_until([&] {
+    auto now = get_op(id);
+    return now.is_object() && now.value("state", "") != "running";
+  }));
+  op = get_op(id);
+  EXPECT_EQ(op.at("state"), "ok");
+  EXPECT_EQ(op.at("done"), 3);
+  EXPECT_EQ(op.at("total"), 3);
+  EXPECT_EQ(op.at("message"), "did 3 records");
+
+  // Once it ended, asking starts a new one.
+  RawResponse next = post("/slowop");
+  EXPECT_EQ(next.status, 202u);
+  EXPECT_NE(nlohmann::json::parse(next.body).at("id"), id);
+  EXPECT_FALSE(list_answered_);  // the slow request held the worker all along
+  list_gate_.open();
+  list_.join();
+  EXPECT_TRUE(list_answered_);
+}
+
+TEST_F(AdminOperationsTest, AFailedOperationReportsFailedWithWhy) {
+  RawResponse started = post("/failop");
+  ASSERT_EQ(started.status, 202u) << started.body;
+  const std::string failed_id = nlohmann::json::parse(started.body).at("id");
+  started = post("/throwop");
+  ASSERT_EQ(started.status, 202u) << started.body;
+  const std::string threw_id = nlohmann::json::parse(started.body).at("id");
+  ASSERT_TRUE(wait_until([&] {
+    auto a = get_op(failed_id), b = get_op(threw_id);
+    return a.is_object() && b.is_object() && a.value("state", "") != "running" &&
+           b.value("state", "") != "running";
+  }));
+  auto op = get_op(failed_id);
+  EXPECT_EQ(op.at("state"), "failed");
+  EXPECT_EQ(op.at("message"), "the store said no after 2 records");
+  EXPECT_EQ(op.at("done"), 2);
+  EXPECT_EQ(op.at("total"), 5);
+  op = get_op(threw_id);
+  EXPECT_EQ(op.at("state"), "failed");
+  EXPECT_EQ(op.at("message"), "the body threw");
+  EXPECT_FALSE(op.contains("done"));  // it reported no counts
+
+  // The list holds both, newest first.
+  unsigned status = 0;
+  std::string body, err;
+  ASSERT_TRUE(admin_get(addr(), "/operations", &status, &body, &err)) << err;
+  EXPECT_EQ(status, 200u);
+  auto all = nlohmann::json::parse(body).at("operations");
+  ASSERT_EQ(all.size(), 2u) << body;
+  EXPECT_EQ(all[0].at("id"), threw_id);
+  EXPECT_EQ(all[1].at("id"), failed_id);
+}
+
+TEST_F(AdminOperationsTest, UnknownOperationsAnswer404AndTheRulesOfPostsHold) {
+  unsigned status = 0;
+  std::string body, err;
+  for (const char* target : {"/operations/999", "/operations/abc", "/operations/"}) {
+    ASSERT_TRUE(admin_get(addr(), target, &status, &body, &err)) << err;
+    EXPECT_EQ(status, 404u) << target;
+  }
+  ASSERT_TRUE(admin_request(addr(), "POST", "/operations/1", &status, &body, &err)) << err;
+  EXPECT_EQ(status, 405u);
+  // Starting one is a POST like any other: a form cannot, another site cannot.
+  const std::string host = "Host: " + addr();
+  EXPECT_EQ(raw_request(server_->port(), http("POST", "/slowop", {host})).status, 403u);
+  EXPECT_EQ(raw_request(server_->port(),
+                        http("POST", "/slowop",
+                             {host, "X-Sidetrace-Request: 1", "Origin: http://evil.example.com"}))
+                .status,
+            403u);
+  EXPECT_EQ(
+      raw_request(server_->port(), http("GET", "/operations", {"Host: evil.example.com:7718"}))
+          .status,
+      421u);
+  EXPECT_TRUE(ops_.list().empty());
+}
+
+TEST(Operations, KeepsTheLastFinishedAndRefusesNewOnesOnceClosed) {
+  Operations ops(2);
+  std::vector<uint64_t> ids;
+  for (const char* kind : {"a", "b", "c"}) {
+    auto started = ops.start(kind, [kind](OperationProgress&) {
+      return OperationOutcome{true, std::string("done ") + kind};
+    });
+    ASSERT_TRUE(started && started->created);
+    ids.push_back(started->op.id);
+    ASSERT_TRUE(wait_until([&] {
+      auto op = ops.get(ids.back());
+      return op && op->state != OperationState::kRunning;
+    }));
+  }
+  EXPECT_FALSE(ops.get(ids[0]));  // forgotten: only the last 2 are kept
+  ASSERT_TRUE(ops.get(ids[2]));
+  EXPECT_EQ(ops.get(ids[2])->message, "done c");
+  EXPECT_EQ(ops.list().size(), 2u);
+  // The same kind again, once the last one ended: a new operation.
+  auto again = ops.start("c", [](OperationProgress&) { return OperationOutcome{}; });
+  ASSERT_TRUE(again && again->created);
+  EXPECT_GT(again->op.id, ids[2]);
+  ops.close();
+  EXPECT_EQ(ops.get(again->op.id)->state, OperationState::kOk);  // close() waited for it
+  EXPECT_FALSE(ops.start("d", [](OperationProgress&) { return OperationOutcome{}; }));
+  EXPECT_EQ(operation_started(std::nullopt).status, 503u);
 }
 
 TEST(Metrics, PrometheusTextFormat) {

@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "agent/admin.h"
+#include "agent/operations.h"
 #include "agent/systemd.h"
 #include "agent/tools.h"
 #include "agent/viewer.h"
@@ -45,8 +46,12 @@ namespace {
 // How long a shutdown may take before the process gives up waiting for the
 // exporter (whose unacknowledged work stays in the store for the next start).
 constexpr auto kShutdownDeadline = std::chrono::seconds(20);
-// How long an admin /reload waits for the intake's thread to run it.
+// How long a reload operation waits for the intake's thread to run it.
 constexpr auto kReloadWait = std::chrono::seconds(10);
+// The kinds of background operation (agent/operations.h).
+constexpr std::string_view kReplayKind = "deadletter_replay";
+constexpr std::string_view kPurgeKind = "deadletter_purge";
+constexpr std::string_view kReloadKind = "reload";
 // How long a stopping agent keeps answering OTLP/HTTP requests whose spans
 // are on their way to the store.
 constexpr auto kOtlpAnswerWait = std::chrono::seconds(5);
@@ -105,12 +110,19 @@ struct Agent::Impl {
   std::atomic<bool> stopping{false};
   std::atomic<unsigned short> admin_port{0};
   uint64_t started_ns = 0;
+  // Replays, purges and reloads asked through the admin endpoint. Last: its
+  // destructor waits for their bodies, which use everything above.
+  Operations operations;
 
   void start();
   void shutdown();
   // Re-reads the configuration; returns what happened, for the log and the caller.
   std::string reload();
   AdminResponse handle(const std::string& method, const std::string& target);
+  // The bodies of the admin endpoint's background operations.
+  OperationOutcome replay_operation(OperationProgress& progress);
+  OperationOutcome purge_operation(OperationProgress& progress);
+  OperationOutcome reload_operation();
   Components components() const;
 };
 
@@ -246,9 +258,12 @@ void Agent::Impl::start() {
 
   if (!cfg.admin.listen.empty()) {
     const bool admin_token_set = !admin_access.token.empty();
+    // The POSTs that start an operation answer at once, on the admin thread.
+    std::vector<std::string> quick = default_quick_routes();
+    quick.insert(quick.end(), {"/deadletter/replay", "/deadletter/purge", "/reload"});
     admin = std::make_unique<AdminServer>(
         admin_io, [this](const std::string& m, const std::string& t) { return handle(m, t); },
-        std::move(admin_access));
+        std::move(admin_access), std::move(quick));
     if (admin->listen(cfg.admin.listen, &err)) throw std::runtime_error(err);
     admin_port = admin->port();
     admin_thread = std::thread([this] {
@@ -298,6 +313,10 @@ void Agent::Impl::shutdown() {
   if (admin) admin->stop();
   admin_io.stop();
   if (admin_thread.joinable()) admin_thread.join();
+  // A replay or purge under way runs to its end (it has no way to stop
+  // halfway); the exporter and the store it works on stay open until then.
+  // A reload waiting for the intake's thread gives up (`stopping`).
+  operations.close();
   if (intake) intake->stop();  // stop accepting
   if (otlp_http) otlp_http->stop_accepting();
   // The io_context was stopped to leave run(); let the closes complete.
@@ -416,13 +435,14 @@ AdminResponse Agent::Impl::handle(const std::string& method, const std::string& 
     r.body = render_status(components(), clock);
   } else if (path == "/deadletter" && method == "GET") {
     if (!deadletter_action(*store, "list", &r.body)) r.status = 500;
-  } else if ((path == "/deadletter/replay" || path == "/deadletter/purge") && method == "POST") {
-    auto* delivery = dynamic_cast<upstream::Delivery*>(exporter.get());
-    if (path == "/deadletter/replay" && delivery) {
-      r.body = fmt::format("replayed {} dead-lettered batch(es)\n", delivery->replay_deadletters());
-    } else if (!deadletter_action(*store, path.substr(path.rfind('/') + 1), &r.body)) {
-      r.status = 500;
-    }
+  } else if (path == "/deadletter/replay" && method == "POST") {
+    return operation_started(operations.start(
+        kReplayKind, [this](OperationProgress& p) { return replay_operation(p); }));
+  } else if (path == "/deadletter/purge" && method == "POST") {
+    return operation_started(
+        operations.start(kPurgeKind, [this](OperationProgress& p) { return purge_operation(p); }));
+  } else if (handle_operations(operations, method, target, &r)) {
+    return r;
   } else if (path == "/quarantine" && method == "GET") {
     if (!quarantine_action(*store, "list", {}, &r.body)) r.status = 500;
   } else if (path.starts_with(kReleasePath) && method == "POST") {
@@ -445,23 +465,70 @@ AdminResponse Agent::Impl::handle(const std::string& method, const std::string& 
       r.body = "the assembler is not running\n";
     }
   } else if (path == "/reload" && method == "POST") {
-    // Reloads run on the intake's thread, as a SIGHUP does.
-    auto done = std::make_shared<std::promise<std::string>>();
-    std::future<std::string> result_of = done->get_future();
-    net::post(io, [this, done] { done->set_value(reload()); });
-    if (stopping || result_of.wait_for(kReloadWait) != std::future_status::ready) {
-      r.status = 503;
-      r.body = "the agent did not take the reload in time (stopping or overloaded)\n";
-      return r;
-    }
-    std::string result = result_of.get();
-    r.body = result + "\n";
-    if (!result.starts_with("reloaded") && !result.starts_with("no change")) r.status = 409;
+    return operation_started(
+        operations.start(kReloadKind, [this](OperationProgress&) { return reload_operation(); }));
   } else {
     r.status = 404;
     r.body = "not found\n";
   }
   return r;
+}
+
+OperationOutcome Agent::Impl::replay_operation(OperationProgress& progress) {
+  uint64_t count = 0, bytes = 0;
+  if (buffer::Status s = upstream::deadletter_stats(*store, &count, &bytes); !s.ok()) {
+    return {false, "cannot read the dead-letter store: " + s.ToString()};
+  }
+  progress.set_total(count);
+  auto on_page = [&progress](size_t done) { progress.set_done(done); };
+  size_t n = 0;
+  std::string error;
+  // A running delivery takes the records as batches at once; the file
+  // exporter finds them at the next start.
+  if (auto* delivery = dynamic_cast<upstream::Delivery*>(exporter.get())) {
+    n = delivery->replay_deadletters(on_page, &error);
+  } else if (buffer::Status s = upstream::deadletter_replay(*store, &n, on_page); !s.ok()) {
+    error = s.ToString();
+  }
+  progress.set_done(n);
+  if (!error.empty()) {
+    return {false, fmt::format("cannot replay dead letters: {} ({} replayed before)", error, n)};
+  }
+  return {true, fmt::format("replayed {} dead-lettered batch(es)", n)};
+}
+
+OperationOutcome Agent::Impl::purge_operation(OperationProgress& progress) {
+  uint64_t count = 0, bytes = 0;
+  if (buffer::Status s = upstream::deadletter_stats(*store, &count, &bytes); !s.ok()) {
+    return {false, "cannot read the dead-letter store: " + s.ToString()};
+  }
+  progress.set_total(count);
+  size_t n = 0;
+  buffer::Status s =
+      upstream::deadletter_purge(*store, &n, [&progress](size_t done) { progress.set_done(done); });
+  progress.set_done(n);
+  if (!s.ok()) {
+    return {false,
+            fmt::format("cannot purge dead letters: {} ({} purged before)", s.ToString(), n)};
+  }
+  return {true, fmt::format("purged {} dead-lettered batch(es)", n)};
+}
+
+OperationOutcome Agent::Impl::reload_operation() {
+  // Reloads run on the intake's thread, as a SIGHUP does.
+  auto done = std::make_shared<std::promise<std::string>>();
+  std::future<std::string> result_of = done->get_future();
+  net::post(io, [this, done] { done->set_value(reload()); });
+  const auto until = std::chrono::steady_clock::now() + kReloadWait;
+  // Looks at `stopping` now and then: a stopping agent runs no more reloads.
+  while (result_of.wait_for(std::chrono::milliseconds(50)) != std::future_status::ready) {
+    if (stopping || std::chrono::steady_clock::now() >= until) {
+      return {false, "the agent did not take the reload in time (stopping or overloaded)"};
+    }
+  }
+  std::string result = result_of.get();
+  const bool ok = result.starts_with("reloaded") || result.starts_with("no change");
+  return {ok, std::move(result)};
 }
 
 int Agent::run() {

@@ -34,6 +34,7 @@
 #include "common/wait_until.h"
 #include "ipc/test_support.h"
 #include "trace/assembler.h"
+#include "upstream/detail/records.h"
 
 namespace fs = std::filesystem;
 using sidetrace::wait_until;
@@ -41,6 +42,7 @@ using namespace std::chrono_literals;
 namespace buffer = sidetrace::buffer;
 namespace ipc = sidetrace::ipc;
 namespace trace = sidetrace::trace;
+namespace upstream = sidetrace::upstream;
 
 namespace {
 
@@ -930,6 +932,105 @@ TEST_F(AgentProcessTest, QuarantinedTracesAreListedAndReleasedThroughTheCli) {
   })) << agent.log();
   r = run({"quarantine", "list"}, via_agent);
   EXPECT_NE(r.out.find("0 trace(s) set aside"), std::string::npos) << r.out;
+  EXPECT_EQ(agent.signal_and_wait(SIGTERM), 0);
+}
+
+// Dead letters in a running agent: a replay and a purge through the admin
+// endpoint answer 202 at once with an operation that ends with the counts;
+// the CLI follows them and prints the result as it always did. A reload the
+// agent refuses is an operation that failed, with the reason.
+TEST_F(AgentProcessTest, DeadLetterReplayPurgeAndReloadAreOperations) {
+  const std::string data = (dir_ / "data").string();
+  // Enough records for several pages (upstream::detail::kDeadLetterPage).
+  constexpr size_t kRecords = 40;
+  auto add_deadletters = [&] {
+    buffer::StoreOptions so;
+    so.data_dir = data;
+    std::unique_ptr<buffer::Store> store;
+    ASSERT_TRUE(buffer::Store::open(so, &store).ok());
+    for (size_t i = 0; i < kRecords; ++i) {
+      upstream::detail::DeadLetterRecord r;
+      r.ts_ns = 1 + i;
+      r.http_status = 400;
+      r.reason = "400 Bad Request";
+      r.key = upstream::detail::new_idempotency_key();
+      r.trace_ids = {"t" + std::to_string(i)};
+      r.docs = {R"({"trace_id":"t)" + std::to_string(i) + R"("})"};
+      uint64_t evicted = 0, docs = 0;
+      ASSERT_TRUE(
+          upstream::detail::deadletter_add(*store, r, 1 << 30, 100000, &evicted, &docs).ok());
+    }
+  };
+  add_deadletters();
+  fs::path cfg = dir_ / "agent.toml";
+  // An upstream that never answers: the replayed batches wait in delivery.
+  std::ofstream(cfg) << "[upstream]\nendpoint = \"http://127.0.0.1:1/v1/traces\"\n";
+  AgentProcess agent(dir_, {}, {"--config", cfg.string()});
+  agent.start();
+  ASSERT_TRUE(agent.wait_ready()) << agent.log();
+  const std::string addr = agent.admin_addr();
+  ASSERT_FALSE(addr.empty()) << agent.log();
+
+  unsigned st = 0;
+  std::string body, err;
+  ASSERT_TRUE(sidetrace::agent::admin_request(addr, "POST", "/deadletter/replay", &st, &body, &err))
+      << err;
+  ASSERT_EQ(st, 202u) << body;
+  auto op = nlohmann::json::parse(body);
+  EXPECT_EQ(op.at("kind"), "deadletter_replay");
+  const std::string id = op.at("id");
+  ASSERT_TRUE(sidetrace::agent::admin_get(addr, "/healthz", &st, &body, &err)) << err;
+  EXPECT_EQ(st, 200u);
+  auto state_of = [&](const std::string& op_id) {
+    unsigned s = 0;
+    std::string b, e;
+    if (!sidetrace::agent::admin_get(addr, "/operations/" + op_id, &s, &b, &e) || s != 200) {
+      return nlohmann::json();
+    }
+    return nlohmann::json::parse(b);
+  };
+  ASSERT_TRUE(wait_until([&] { return state_of(id).value("state", "running") != "running"; }));
+  op = state_of(id);
+  EXPECT_EQ(op.at("state"), "ok") << op.dump();
+  EXPECT_EQ(op.at("done"), kRecords);
+  EXPECT_EQ(op.at("total"), kRecords);
+  EXPECT_EQ(op.at("message"), "replayed 40 dead-lettered batch(es)");
+
+  const std::vector<std::string> via_agent = {"SIDETRACE_DATA_DIR=" + data,
+                                              "SIDETRACE_ADMIN_LISTEN=" + addr};
+  Result r = run({"deadletter", "list"}, via_agent);
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("0 dead-lettered batch(es)"), std::string::npos) << r.out;
+  r = run({"deadletter", "replay"}, via_agent);
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("replayed 0 dead-lettered batch(es)\n"), std::string::npos) << r.out;
+
+  // A reload that is refused: the operation failed, and says why.
+  std::ofstream(cfg) << "[log]\nlevel = \"loud\"\n";
+  ASSERT_TRUE(sidetrace::agent::admin_request(addr, "POST", "/reload", &st, &body, &err)) << err;
+  ASSERT_EQ(st, 202u) << body;
+  const std::string reload_id = nlohmann::json::parse(body).at("id");
+  ASSERT_TRUE(
+      wait_until([&] { return state_of(reload_id).value("state", "running") != "running"; }));
+  op = state_of(reload_id);
+  EXPECT_EQ(op.at("state"), "failed") << op.dump();
+  EXPECT_NE(op.at("message").get<std::string>().find("log.level"), std::string::npos) << op.dump();
+  ASSERT_TRUE(sidetrace::agent::admin_get(addr, "/operations", &st, &body, &err)) << err;
+  EXPECT_EQ(nlohmann::json::parse(body).at("operations").size(), 3u) << body;
+  EXPECT_EQ(agent.signal_and_wait(SIGTERM), 0);
+
+  // A purge: the same through the CLI, which follows the operation.
+  add_deadletters();
+  std::ofstream(cfg) << "[log]\nlevel = \"info\"\n";
+  agent.start();
+  ASSERT_TRUE(agent.wait_ready()) << agent.log();
+  const std::vector<std::string> via_again = {"SIDETRACE_DATA_DIR=" + data,
+                                              "SIDETRACE_ADMIN_LISTEN=" + agent.admin_addr()};
+  r = run({"deadletter", "purge"}, via_again);
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("purged 40 dead-lettered batch(es)\n"), std::string::npos) << r.out;
+  r = run({"deadletter", "list"}, via_again);
+  EXPECT_NE(r.out.find("0 dead-lettered batch(es)"), std::string::npos) << r.out;
   EXPECT_EQ(agent.signal_and_wait(SIGTERM), 0);
 }
 

@@ -115,6 +115,12 @@ int main(int argc, char** argv) {
       app.add_subcommand("reload", "Ask the running agent to re-read its configuration");
   add_config_options(reload_cmd);
   reload_cmd->add_option("--admin", admin_addr, "Admin endpoint host:port (default: admin.listen)");
+  int64_t reload_wait_s = sidetrace::agent::kReloadFollow.count();
+  reload_cmd
+      ->add_option("--wait", reload_wait_s,
+                   "Seconds to wait for the agent to finish the reload (it goes on after)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
 
   // sidetrace deadletter list|replay|purge
   CLI::App* dl_cmd = app.add_subcommand("deadletter", "Inspect, replay or purge dead letters");
@@ -125,6 +131,13 @@ int main(int argc, char** argv) {
   CLI::App* dl_purge = dl_cmd->add_subcommand("purge", "Delete every dead-lettered batch");
   for (CLI::App* sub : {dl_list, dl_replay, dl_purge})
     add_config_options(sub);
+  int64_t dl_wait_s = sidetrace::agent::kDeadLetterFollow.count();
+  for (CLI::App* sub : {dl_replay, dl_purge}) {
+    sub->add_option("--wait", dl_wait_s,
+                    "Seconds to wait for a running agent to finish (it goes on after)")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+  }
 
   // sidetrace quarantine list|release <trace id>
   CLI::App* q_cmd = app.add_subcommand(
@@ -206,7 +219,8 @@ int main(int argc, char** argv) {
       Config cfg = load_config(config_file, sets);
       if (admin_addr.empty()) admin_addr = cfg.admin.listen;
       return sidetrace::agent::run_reload(admin_addr, sidetrace::config::admin_token(cfg),
-                                          std::cout, std::cerr);
+                                          std::cout, std::cerr,
+                                          std::chrono::seconds(reload_wait_s));
     }
     if (*tail_cmd) {
       Config cfg = load_config(config_file, sets);
@@ -224,7 +238,8 @@ int main(int argc, char** argv) {
     if (*dl_cmd) {
       Config cfg = load_config(config_file, sets);
       std::string action = *dl_list ? "list" : *dl_replay ? "replay" : "purge";
-      return sidetrace::agent::run_deadletter(cfg, action, std::cout, std::cerr);
+      return sidetrace::agent::run_deadletter(cfg, action, std::cout, std::cerr,
+                                              std::chrono::seconds(dl_wait_s));
     }
   } catch (const ConfigError& e) {
     std::cerr << "sidetrace: configuration error: " << e.what() << "\n";

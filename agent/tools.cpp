@@ -5,7 +5,10 @@
 #include <cctype>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <string_view>
+#include <thread>
 
 #include "agent/admin.h"
 #include "agent/wiring.h"
@@ -15,6 +18,12 @@
 namespace sidetrace::agent {
 
 namespace {
+
+// How often a tool following an operation asks for its state (fast for the
+// first second), and reports the progress of a long one.
+constexpr std::chrono::milliseconds kPollFast{20};
+constexpr std::chrono::milliseconds kPollSlow{250};
+constexpr std::chrono::seconds kProgressEvery{2};
 
 // Whether the admin endpoint refused the request itself (rather than a route
 // answering it), and if so says why on `err`.
@@ -27,6 +36,63 @@ bool refused(const char* tool, unsigned status, const std::string& body, std::os
            "SIDETRACE_ADMIN_TOKEN_FILE, or admin.token or admin.token_file in --config\n";
   }
   return true;
+}
+
+// Follows the background operation that a POST started (its answer:
+// `status`, `body`) until it ends or `wait` passes. While it takes long, its
+// progress goes to `err` every few seconds; at the end its message goes to
+// `out` (ok) or `err` (failed). Returns 0 when it ended ok, `failed` when it
+// failed or was still running at the deadline, `unreachable` when the agent
+// stopped answering; nullopt when the answer is not an operation (an agent
+// that answered at once), for the caller to print as it is.
+std::optional<int> follow_operation(const std::string& addr, const std::string& token,
+                                    const char* tool, unsigned status, const std::string& body,
+                                    std::chrono::milliseconds wait, std::ostream& out,
+                                    std::ostream& err, int failed, int unreachable) {
+  if (status != 200 && status != 202) return std::nullopt;
+  auto op = nlohmann::json::parse(body, nullptr, false);
+  if (!op.is_object() || !op.contains("id") || !op.contains("state")) return std::nullopt;
+  const std::string id = op.value("id", "");
+  const std::string kind = op.value("kind", "");
+  const auto start = std::chrono::steady_clock::now();
+  auto last_report = start;
+  while (op.value("state", "") == "running") {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - start >= wait) {
+      err << tool << ": the agent is still at it after "
+          << std::chrono::duration_cast<std::chrono::seconds>(wait).count()
+          << "s; it goes on, and GET /operations/" << id << " on the admin endpoint follows it\n";
+      return failed;
+    }
+    if (op.contains("done") && now - last_report >= kProgressEvery) {
+      err << tool << ": " << op.value("done", uint64_t{0}) << " of "
+          << op.value("total", uint64_t{0}) << " done\n";
+      last_report = now;
+    }
+    // Often at first, so that a quick one ends the tool at once.
+    std::this_thread::sleep_for(now - start < std::chrono::seconds(1) ? kPollFast : kPollSlow);
+    unsigned st = 0;
+    std::string text, error;
+    if (!admin_get(addr, "/operations/" + id, &st, &text, &error, token)) {
+      err << tool << ": lost the agent while it was at it: " << error << "\n";
+      return unreachable;
+    }
+    if (refused(tool, st, text, err)) return unreachable;
+    auto next = nlohmann::json::parse(text, nullptr, false);
+    if (st != 200 || !next.is_object() || next.value("kind", "") != kind) {
+      err << tool << ": the agent no longer knows operation " << id
+          << " (it restarted?); see its log\n";
+      return failed;
+    }
+    op = std::move(next);
+  }
+  const std::string message = op.value("message", "");
+  if (op.value("state", "") == "ok") {
+    out << message << "\n";
+    return 0;
+  }
+  err << tool << ": " << message << "\n";
+  return failed;
 }
 
 }  // namespace
@@ -96,7 +162,8 @@ namespace {
 int on_store_or_agent(const config::Config& cfg, const char* tool,
                       const std::function<bool(buffer::Store&, std::string*)>& offline,
                       const std::string& method, const std::string& target, std::ostream& out,
-                      std::ostream& err) {
+                      std::ostream& err,
+                      std::chrono::milliseconds wait = std::chrono::milliseconds::zero()) {
   std::unique_ptr<buffer::Store> store;
   buffer::Status s = buffer::Store::open(store_options(cfg), &store);
   if (s.ok()) {
@@ -119,6 +186,12 @@ int on_store_or_agent(const config::Config& cfg, const char* tool,
     return 1;
   }
   if (refused(tool, status, body, err)) return 1;
+  if (method == "POST") {
+    if (auto rc = follow_operation(cfg.admin.listen, config::admin_token(cfg), tool, status, body,
+                                   wait, out, err, 1, 1)) {
+      return *rc;
+    }
+  }
   (status == 200 ? out : err) << body;
   return status == 200 ? 0 : 1;
 }
@@ -139,14 +212,14 @@ std::string url_encode(std::string_view in) {
 }  // namespace
 
 int run_deadletter(const config::Config& cfg, const std::string& action, std::ostream& out,
-                   std::ostream& err) {
+                   std::ostream& err, std::chrono::milliseconds wait) {
   return on_store_or_agent(
       cfg, "sidetrace deadletter",
       [&](buffer::Store& store, std::string* text) {
         return deadletter_action(store, action, text);
       },
       action == "list" ? "GET" : "POST", action == "list" ? "/deadletter" : "/deadletter/" + action,
-      out, err);
+      out, err, wait);
 }
 
 bool quarantine_action(buffer::Store& store, const std::string& action, const std::string& trace_id,
@@ -191,7 +264,7 @@ int run_quarantine(const config::Config& cfg, const std::string& action,
 }
 
 int run_reload(const std::string& admin_addr, const std::string& token, std::ostream& out,
-               std::ostream& err) {
+               std::ostream& err, std::chrono::milliseconds wait) {
   unsigned status = 0;
   std::string body, error;
   if (!admin_request(admin_addr, "POST", "/reload", &status, &body, &error, token)) {
@@ -199,6 +272,10 @@ int run_reload(const std::string& admin_addr, const std::string& token, std::ost
     return 3;
   }
   if (refused("sidetrace reload", status, body, err)) return 3;
+  if (auto rc = follow_operation(admin_addr, token, "sidetrace reload", status, body, wait, out,
+                                 err, 1, 3)) {
+    return *rc;
+  }
   (status == 200 ? out : err) << body;
   return status == 200 ? 0 : 1;
 }

@@ -2,6 +2,7 @@
 // endpoint) or to its store directly when no agent holds it.
 #pragma once
 
+#include <chrono>
 #include <ostream>
 #include <string>
 
@@ -19,17 +20,25 @@ namespace sidetrace::agent {
 int run_status(const std::string& admin_addr, const std::string& token, bool raw_metrics,
                std::ostream& out, std::ostream& err);
 
+// How long the tools below follow an operation they started in a running
+// agent (agent/operations.h) before they give up waiting (it goes on).
+inline constexpr std::chrono::seconds kDeadLetterFollow{3600};
+inline constexpr std::chrono::seconds kReloadFollow{60};
+
 // `sidetrace deadletter list|replay|purge`: works on the store in
 // cfg.data_dir when no agent runs, and through the running agent's admin
-// endpoint when one holds the store. Returns 0 on success.
+// endpoint when one holds the store: a replay or purge there is an operation
+// that the tool follows for up to `wait`, printing its progress on `err`
+// while it takes long. Returns 0 on success.
 int run_deadletter(const config::Config& cfg, const std::string& action, std::ostream& out,
-                   std::ostream& err);
+                   std::ostream& err, std::chrono::milliseconds wait = kDeadLetterFollow);
 
-// `sidetrace reload`: asks the running agent to re-read its configuration.
-// Returns 0 when it did, 1 when it refused the new configuration, 3 when it
+// `sidetrace reload`: asks the running agent to re-read its configuration
+// and follows the reload for up to `wait`. Returns 0 when it did, 1 when it
+// refused the new configuration (or did not finish in time), 3 when it
 // cannot be reached or refuses the request.
 int run_reload(const std::string& admin_addr, const std::string& token, std::ostream& out,
-               std::ostream& err);
+               std::ostream& err, std::chrono::milliseconds wait = kReloadFollow);
 
 // The dead-letter actions on an open store, as text (shared by the CLI and
 // the admin endpoint). `action` is "list", "replay" or "purge". Returns false

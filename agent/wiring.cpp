@@ -85,6 +85,7 @@ ipc::IntakeOptions intake_options(const config::Config& c) {
 ipc::OtlpHttpOptions otlp_http_options(const config::Config& c) {
   ipc::OtlpHttpOptions o;
   o.listen = c.listen.otlp_http;
+  o.allowed_hosts = c.listen.otlp_allowed_hosts;
   o.max_body_bytes = c.listen.otlp_max_body_bytes;
   o.max_pending_requests = static_cast<size_t>(c.listen.otlp_max_pending_requests);
   o.max_pending_bytes = c.listen.otlp_max_pending_bytes;

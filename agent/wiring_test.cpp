@@ -48,6 +48,16 @@ TEST(WiringTest, UpstreamKeysReachTheDeliveryOptions) {
 
 // format "neuraltrust" reaches the options, and without an endpoint the
 // delivery goes to NeuralTrust's default base (not to the file exporter).
+TEST(WiringTest, OtlpListenKeysReachTheReceiverOptions) {
+  config::Config c;
+  c.listen.otlp_http = "0.0.0.0:4318";
+  c.listen.otlp_allowed_hosts = {"sidetrace", ".svc.example"};
+  const ipc::OtlpHttpOptions o = otlp_http_options(c);
+  EXPECT_EQ(o.listen, "0.0.0.0:4318");
+  EXPECT_EQ(o.allowed_hosts, c.listen.otlp_allowed_hosts);
+  EXPECT_TRUE(otlp_http_options(config::Config{}).allowed_hosts.empty());
+}
+
 TEST(WiringTest, NeuralTrustWithoutAnEndpointSendsToItsDefaultBase) {
   config::Config c;
   config::apply_toml_string(c, "[upstream]\nformat = \"neuraltrust\"\n", "inline.toml");

@@ -117,6 +117,9 @@ const std::vector<Key>& keys() {
           at([](Config& c) { return &c.listen.otlp_max_pending_bytes; }))
           .range(1024, 1LL << 40)
           .restart(),
+      Key("listen.otlp_allowed_hosts", Type::kStringList,
+          at([](Config& c) { return &c.listen.otlp_allowed_hosts; }))
+          .restart(),
       Key("intake.queue_bytes", Type::kSize, at([](Config& c) { return &c.intake.queue_bytes; }))
           .range(1 << 20, 1LL << 34)
           .restart(),
@@ -767,7 +770,8 @@ std::string token_problem(std::string_view token) {
   return {};
 }
 
-// Why `entry` cannot be in admin.allowed_hosts, or "" when it can.
+// Why `entry` cannot be in admin.allowed_hosts or listen.otlp_allowed_hosts,
+// or "" when it can.
 std::string allowed_host_problem(const std::string& entry) {
   if (entry == "*") return "\"*\" would accept any host, which this list exists to prevent";
   if (entry.empty() || entry == ".") return "an empty name";
@@ -873,6 +877,11 @@ void validate(const Config& c) {
   for (const auto& host : c.admin.allowed_hosts) {
     if (std::string why = allowed_host_problem(host); !why.empty()) {
       throw ConfigError("admin.allowed_hosts: " + why);
+    }
+  }
+  for (const auto& host : c.listen.otlp_allowed_hosts) {
+    if (std::string why = allowed_host_problem(host); !why.empty()) {
+      throw ConfigError("listen.otlp_allowed_hosts: " + why);
     }
   }
   // (An admin.listen that is not host:port at all is reported when it is bound.)

@@ -57,6 +57,10 @@ struct Config {
     // answered 429. At least otlp_max_body_bytes.
     int64_t otlp_max_pending_requests = defaults::kOtlpMaxPendingRequests;
     uint64_t otlp_max_pending_bytes = defaults::kOtlpMaxPendingBytes;
+    // Host names accepted in an OTLP/HTTP request's Host header besides
+    // loopback names and addresses, the address the request came in on and
+    // otlp_http's own host; ".example.com" also accepts its subdomains.
+    std::vector<std::string> otlp_allowed_hosts;
   } listen;
 
   struct Intake {

@@ -383,6 +383,18 @@ TEST(ConfigAdmin, TokenAndAllowedHostsAreChecked) {
   EXPECT_EQ(validate_error(d), "");
 }
 
+TEST(ConfigListen, OtlpAllowedHostsAreReadAndChecked) {
+  Config c = load("", {"SIDETRACE_LISTEN_OTLP_ALLOWED_HOSTS=sidetrace, .svc.example"}, {});
+  EXPECT_EQ(c.listen.otlp_allowed_hosts, (std::vector<std::string>{"sidetrace", ".svc.example"}));
+  EXPECT_TRUE(needs_restart("listen.otlp_allowed_hosts"));
+  EXPECT_TRUE(Config{}.listen.otlp_allowed_hosts.empty());
+  for (const char* bad : {"*", "", "http://agent.example", "agent.example:4318"}) {
+    Config d;
+    d.listen.otlp_allowed_hosts = {bad};
+    EXPECT_NE(validate_error(d).find("listen.otlp_allowed_hosts"), std::string::npos) << bad;
+  }
+}
+
 TEST(ConfigAdmin, TokenIsMasked) {
   Config c;
   c.admin.token = kToken;

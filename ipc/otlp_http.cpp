@@ -4,6 +4,7 @@
 #include <google/protobuf/util/json_util.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
@@ -53,6 +54,10 @@ std::string_view otlp_outcome_name(OtlpOutcome o) {
       return "busy";
     case OtlpOutcome::kUnavailable:
       return "unavailable";
+    case OtlpOutcome::kMisdirected:
+      return "misdirected";
+    case OtlpOutcome::kForbidden:
+      return "forbidden";
     case OtlpOutcome::kCount_:
       break;
   }
@@ -130,6 +135,48 @@ Inflated gunzip(std::string_view in, size_t limit, std::string* out) {
 }
 
 // ---------------------------------------------------------------------------
+// Who may send
+
+// An IPv4 address carried in IPv6 (::ffff:a.b.c.d, as a dual-stack listener
+// sees IPv4 peers) as the IPv4 address itself.
+asio::ip::address unmapped(const asio::ip::address& a) {
+  if (a.is_v6() && a.to_v6().is_v4_mapped()) {
+    return asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6());
+  }
+  return a;
+}
+
+// A host name as compared: lower case, without a trailing dot.
+std::string host_key(std::string_view host) {
+  std::string h = lower(host);
+  if (h.ends_with('.')) h.pop_back();
+  return h;
+}
+
+// Whether a Host header value names this receiver: a loopback name or
+// address, the address the connection came in on, or one of `names` (the
+// listen address's host and the allowed hosts; ".example.com" also matches
+// its subdomains).
+bool host_allowed(std::string_view host_header, const std::vector<std::string>& names,
+                  const std::string& local_address) {
+  const auto hp = parse_host_port(trim(host_header));
+  if (!hp) return false;
+  const std::string host = host_key(hp->host);
+  if (host.empty()) return false;
+  if (host == "localhost" || host.ends_with(".localhost")) return true;
+  error_code ec;
+  const auto address = asio::ip::make_address(host, ec);
+  if (!ec) {
+    if (unmapped(address).is_loopback()) return true;
+    const auto local = asio::ip::make_address(local_address, ec);
+    if (!ec && unmapped(local) == unmapped(address)) return true;
+  }
+  return std::any_of(names.begin(), names.end(), [&host](const std::string& n) {
+    return host == n || (n.starts_with('.') && (host == n.substr(1) || host.ends_with(n)));
+  });
+}
+
+// ---------------------------------------------------------------------------
 // Shared state
 
 class Session;
@@ -142,9 +189,17 @@ struct Shared {
         out(q),
         clock(c),
         log(10, std::chrono::seconds(10), c),
-        budget(opt.max_pending_bytes) {}
+        budget(opt.max_pending_bytes) {
+    for (const auto& h : opt.allowed_hosts) {
+      if (std::string k = host_key(h); !k.empty()) host_names.push_back(std::move(k));
+    }
+    if (const auto hp = parse_host_port(opt.listen); hp && !hp->host.empty()) {
+      host_names.push_back(host_key(hp->host));
+    }
+  }
 
   const OtlpHttpOptions opt;
+  std::vector<std::string> host_names;  // accepted in Host: allowed_hosts, listen's host
   BoundedQueue<MessageBatch>& out;
   const Clock& clock;
   OtlpHttpStats stats;
@@ -276,7 +331,11 @@ class Session : public std::enable_shared_from_this<Session> {
       : sh_(std::move(sh)),
         stream_(std::move(socket)),
         timer_(stream_.get_executor()),
-        claim_(*sh_) {}
+        claim_(*sh_) {
+    error_code ec;
+    const auto local = stream_.socket().local_endpoint(ec);
+    if (!ec) local_address_ = unmapped(local.address()).to_string();
+  }
 
   ~Session() {
     sh_->stats.connections_open.fetch_sub(1, std::memory_order_relaxed);
@@ -359,6 +418,7 @@ class Session : public std::enable_shared_from_this<Session> {
     const std::string_view ctype = sv(req[http::field::content_type]);
     const std::string media = lower(trim(ctype.substr(0, ctype.find(';'))));
     encoding_ = media == "application/json" ? Encoding::kJson : Encoding::kProtobuf;
+    if (auto why = foreign(req)) return refuse_early(why->status, why->outcome, why->message);
     const std::string_view target = sv(req.target());
     if (target.substr(0, target.find('?')) != kPath) {
       return refuse_early(http::status::not_found, OtlpOutcome::kNotFound,
@@ -410,6 +470,47 @@ class Session : public std::enable_shared_from_this<Session> {
       return;
     }
     read_body();
+  }
+
+  struct Refusal {
+    http::status status;
+    OtlpOutcome outcome;
+    std::string message;
+  };
+
+  // Why a request that a web page could have sent is refused (otlp_http.h),
+  // if it is.
+  std::optional<Refusal> foreign(const http::request<http::empty_body>& req) const {
+    if (req.count(http::field::host) > 1) {
+      return Refusal{http::status::bad_request, OtlpOutcome::kBadRequest,
+                     "more than one Host header"};
+    }
+    const std::string_view host = sv(req[http::field::host]);
+    if (!host.empty() && !host_allowed(host, sh_->host_names, local_address_)) {
+      return Refusal{http::status::misdirected_request, OtlpOutcome::kMisdirected,
+                     fmt::format("the host name \"{}\" is not accepted here; send to 127.0.0.1 "
+                                 "or localhost, or add it to listen.otlp_allowed_hosts",
+                                 host)};
+    }
+    const std::string site = lower(trim(sv(req["Sec-Fetch-Site"])));
+    if (!site.empty() && site != "same-origin" && site != "none") {
+      return Refusal{http::status::forbidden, OtlpOutcome::kForbidden,
+                     fmt::format("a request from a web page on another site (Sec-Fetch-Site: "
+                                 "{}) is refused",
+                                 site)};
+    }
+    const std::string origin = lower(trim(sv(req[http::field::origin])));
+    if (!origin.empty()) {
+      const std::string self = lower(host);
+      const bool same =
+          !self.empty() && (origin == "http://" + self || origin == "https://" + self);
+      if (!same) {
+        return Refusal{
+            http::status::forbidden, OtlpOutcome::kForbidden,
+            fmt::format("a request from a web page on another origin ({}) is refused", origin)};
+      }
+    }
+    return std::nullopt;
   }
 
   void read_body() {
@@ -607,6 +708,9 @@ class Session : public std::enable_shared_from_this<Session> {
         return 8;  // RESOURCE_EXHAUSTED
       case http::status::service_unavailable:
         return 14;  // UNAVAILABLE
+      case http::status::forbidden:
+      case http::status::misdirected_request:
+        return 7;  // PERMISSION_DENIED
       default:
         return 3;  // INVALID_ARGUMENT
     }
@@ -694,6 +798,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool waited_ = false;
   std::vector<char> scratch_;
   size_t lingered_ = 0;
+  std::string local_address_;  // the address the connection came in on
 };
 
 // ---------------------------------------------------------------------------

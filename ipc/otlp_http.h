@@ -22,6 +22,17 @@
 //        max_pending_requests / max_pending_bytes are in use;
 //   503  with Retry-After: the store dropped the spans (its quota is full
 //        with when_full = drop_newest, or the disk is full or failing).
+// Before any of that, a request that a web page could have sent is refused
+// (closing the connection after the answer):
+//   421  a Host header that names neither a loopback name or address
+//        (localhost, *.localhost, 127.0.0.0/8, ::1), nor the address the
+//        connection came in on, nor the host of options.listen, nor one of
+//        allowed_hosts: a page reached through DNS rebinding sends its own
+//        host name;
+//   403  a request from a browser on another site: an Origin other than the
+//        request's own http(s)://<Host>, or Sec-Fetch-Site other than
+//        same-origin or none. OpenTelemetry exporters outside a browser
+//        (Node, Python, Go, Java, the Collector) send neither header.
 // Error bodies are a google.rpc.Status, in the request's content type (binary
 // protobuf when that is neither). A refusal made before the body was read
 // (404, 405, 413, 415, 429) closes the connection after the answer, reading
@@ -54,6 +65,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <vector>
 
 #include "common/bounded_queue.h"
 #include "common/clock.h"
@@ -66,6 +78,9 @@ namespace sidetrace::ipc {
 struct OtlpHttpOptions {
   std::string listen = config::defaults::kListenOtlpHttp;  // "HOST:PORT", "[V6]:PORT"; port 0
                                                            // picks a free port
+  // Host names accepted in the Host header besides the ones above;
+  // ".example.com" also accepts its subdomains.
+  std::vector<std::string> allowed_hosts;
   size_t max_body_bytes = config::defaults::kOtlpMaxBodyBytes;
   size_t max_pending_requests = config::defaults::kOtlpMaxPendingRequests;
   size_t max_pending_bytes = config::defaults::kOtlpMaxPendingBytes;
@@ -94,6 +109,8 @@ enum class OtlpOutcome : uint8_t {
   kUnsupported,  // 415
   kBusy,         // 429
   kUnavailable,  // 503
+  kMisdirected,  // 421: a Host that is not this agent's
+  kForbidden,    // 403: a request from a browser on another site
   kCount_,
 };
 

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ip/udp.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <future>
@@ -101,10 +102,13 @@ struct Reply {
 // A keep-alive HTTP/1.1 client on one connection.
 class Client {
  public:
-  explicit Client(uint16_t port) : stream_(io_) {
+  explicit Client(uint16_t port, const std::string& address = "127.0.0.1") : stream_(io_) {
     stream_.expires_after(std::chrono::seconds(20));
-    stream_.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+    stream_.connect(tcp::endpoint(asio::ip::make_address(address), port));
   }
+
+  // Headers of the next requests ("Host" replaces the default 127.0.0.1).
+  std::vector<std::pair<std::string, std::string>> headers;
 
   // POSTs `body`; nullopt when the connection failed or closed first.
   std::optional<Reply> post(const std::string& body, const std::string& content_type,
@@ -113,6 +117,8 @@ class Client {
                             http::verb verb = http::verb::post, bool expect_continue = false) {
     http::request<http::string_body> req{verb, target, 11};
     req.set(http::field::host, "127.0.0.1");
+    for (const auto& [name, value] : headers)
+      req.set(name, value);
     if (!content_type.empty()) req.set(http::field::content_type, content_type);
     if (!encoding.empty()) req.set(http::field::content_encoding, encoding);
     if (expect_continue) req.set(http::field::expect, "100-continue");
@@ -182,12 +188,13 @@ class OtlpHttpTest : public ::testing::Test {
     if (io_thread.joinable()) io_thread.join();
   }
 
-  void start(OtlpHttpOptions o = {}, bool start_writer = true) {
+  void start(OtlpHttpOptions o = {}, bool start_writer = true,
+             const std::string& listen = "127.0.0.1:0") {
     ASSERT_TRUE(buffer::Store::open(store_opts, &store).ok());
     queue = std::make_unique<BoundedQueue<MessageBatch>>(queue_bytes);
     writer = std::make_unique<buffer::Writer>(*store, *queue, nullptr, system_clock(), writer_opts);
     if (start_writer) writer->start();
-    o.listen = "127.0.0.1:0";
+    o.listen = listen;
     receiver = OtlpHttpReceiver::create(io, o, *queue, system_clock());
     std::string err;
     ASSERT_FALSE(receiver->start(&err)) << err;
@@ -616,6 +623,139 @@ TEST_F(OtlpHttpTest, ConnectionsBeyondTheBoundAreClosed) {
   auto r = first.post(spans_request(20, 1).SerializeAsString(), "application/x-protobuf");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200u);
+}
+
+// The answer to one request with `headers` on a new connection to `address`,
+// and whether the server closed the connection after it.
+struct Answer {
+  std::optional<Reply> reply;
+  bool closed = false;
+};
+Answer post_with(uint16_t port, int trace, std::vector<std::pair<std::string, std::string>> headers,
+                 const std::string& address = "127.0.0.1") {
+  Client c(port, address);
+  c.headers = std::move(headers);
+  Answer a;
+  a.reply = c.post(spans_request(trace, 1).SerializeAsString(), "application/x-protobuf");
+  if (a.reply && a.reply->status != 200) a.closed = c.closed_by_server();
+  return a;
+}
+
+TEST_F(OtlpHttpTest, AHostThatIsNotThisAgentsIs421AndNothingIsStored) {
+  start();
+  // What a page reached through DNS rebinding sends.
+  for (const char* host : {"evil.example.com:4318", "evil.example.com", "192.0.2.77:4318",
+                           "localhost.evil.example.com", "[fd00::1]:4318"}) {
+    Answer a = post_with(port, 30, {{"Host", host}});
+    ASSERT_TRUE(a.reply) << host;
+    EXPECT_EQ(a.reply->status, 421u) << host;
+    EXPECT_TRUE(a.closed) << host;
+    EXPECT_EQ(status_of(*a.reply).code(), 7) << host;  // PERMISSION_DENIED
+    EXPECT_NE(status_of(*a.reply).message().find("listen.otlp_allowed_hosts"), std::string::npos);
+  }
+  EXPECT_EQ(receiver->stats().requests_of(OtlpOutcome::kMisdirected), 5u);
+  EXPECT_EQ(receiver->stats().spans_received.load(), 0u);
+  EXPECT_EQ(stored(30), 0u);
+
+  // Loopback names and addresses are this agent.
+  int trace = 31;
+  for (const std::string& host :
+       {std::string("localhost:4318"), std::string("LocalHost."), std::string("app.localhost"),
+        "127.0.0.1:" + std::to_string(port), std::string("127.0.0.2"), std::string("[::1]:4318")}) {
+    Answer a = post_with(port, trace, {{"Host", host}});
+    ASSERT_TRUE(a.reply) << host;
+    EXPECT_EQ(a.reply->status, 200u) << host;
+    EXPECT_EQ(stored(trace), 1u) << host;
+    ++trace;
+  }
+  EXPECT_EQ(receiver->stats().requests_of(OtlpOutcome::kMisdirected), 5u);
+}
+
+TEST_F(OtlpHttpTest, TheAllowedHostsAreAccepted) {
+  OtlpHttpOptions o;
+  o.allowed_hosts = {"sidetrace", ".svc.example", "Agent.Example."};
+  start(o);
+  int trace = 40;
+  for (const char* host :
+       {"sidetrace:4318", "SIDETRACE", "svc.example", "otlp.svc.example:4318", "agent.example"}) {
+    Answer a = post_with(port, trace, {{"Host", host}});
+    ASSERT_TRUE(a.reply) << host;
+    EXPECT_EQ(a.reply->status, 200u) << host;
+    EXPECT_EQ(stored(trace), 1u) << host;
+    ++trace;
+  }
+  for (const char* host : {"sidetrace.evil.example", "evilsvc.example", "other.example"}) {
+    Answer a = post_with(port, 49, {{"Host", host}});
+    ASSERT_TRUE(a.reply) << host;
+    EXPECT_EQ(a.reply->status, 421u) << host;
+  }
+  EXPECT_EQ(stored(49), 0u);
+}
+
+// The first IPv4 address of this machine that is not loopback, if any.
+std::optional<std::string> non_loopback_address() {
+  asio::io_context io;
+  beast::error_code ec;
+  // A UDP "connection" picks the address a packet out would leave from.
+  asio::ip::udp::socket probe(io);
+  probe.open(asio::ip::udp::v4(), ec);
+  if (!ec) probe.connect({asio::ip::make_address("192.0.2.1"), 9}, ec);
+  if (ec) return std::nullopt;
+  const auto local = probe.local_endpoint(ec);
+  if (ec || local.address().is_loopback() || local.address().is_unspecified()) return std::nullopt;
+  return local.address().to_string();
+}
+
+TEST_F(OtlpHttpTest, AListenerBeyondLoopbackAcceptsTheAddressARequestCameInOn) {
+  const auto address = non_loopback_address();
+  if (!address) GTEST_SKIP() << "this machine has no address beyond loopback";
+  start({}, true, "0.0.0.0:0");
+  Answer a = post_with(port, 50, {{"Host", *address + ":" + std::to_string(port)}}, *address);
+  ASSERT_TRUE(a.reply);
+  EXPECT_EQ(a.reply->status, 200u);
+  EXPECT_EQ(stored(50), 1u);
+  // Another address in the Host header is refused, whatever it came in on.
+  a = post_with(port, 51, {{"Host", "198.51.100.7:4318"}}, *address);
+  ASSERT_TRUE(a.reply);
+  EXPECT_EQ(a.reply->status, 421u);
+  EXPECT_EQ(stored(51), 0u);
+}
+
+TEST_F(OtlpHttpTest, RequestsFromWebPagesOnOtherSitesAre403) {
+  start();
+  const std::string self = "127.0.0.1:" + std::to_string(port);
+  const std::vector<std::vector<std::pair<std::string, std::string>>> refused = {
+      {{"Host", self}, {"Origin", "http://evil.example.com"}},
+      {{"Host", self}, {"Origin", "null"}},
+      {{"Host", self}, {"Origin", "http://localhost:3000"}},
+      {{"Host", self}, {"Sec-Fetch-Site", "cross-site"}},
+      {{"Host", self}, {"Sec-Fetch-Site", "same-site"}},
+  };
+  for (const auto& headers : refused) {
+    Answer a = post_with(port, 60, headers);
+    ASSERT_TRUE(a.reply) << headers[1].second;
+    EXPECT_EQ(a.reply->status, 403u) << headers[1].second;
+    EXPECT_TRUE(a.closed) << headers[1].second;
+    EXPECT_EQ(status_of(*a.reply).code(), 7);
+  }
+  EXPECT_EQ(receiver->stats().requests_of(OtlpOutcome::kForbidden), refused.size());
+  EXPECT_EQ(stored(60), 0u);
+  // The page's own origin, and what exporters outside a browser send (no
+  // Origin at all), are served.
+  const std::vector<std::vector<std::pair<std::string, std::string>>> served = {
+      {{"Host", self}, {"Origin", "http://" + self}},
+      {{"Host", self}, {"Sec-Fetch-Site", "same-origin"}},
+      {{"Host", self}, {"Sec-Fetch-Site", "none"}},
+      {{"Host", self}, {"User-Agent", "OTel-OTLP-Exporter-JavaScript/1.26.0"}},
+  };
+  int trace = 61;
+  for (const auto& headers : served) {
+    Answer a = post_with(port, trace, headers);
+    ASSERT_TRUE(a.reply) << headers[1].second;
+    EXPECT_EQ(a.reply->status, 200u) << headers[1].second;
+    EXPECT_EQ(stored(trace), 1u);
+    ++trace;
+  }
 }
 
 TEST_F(OtlpHttpTest, APortInUseIsAStartUpErrorThatSaysSo) {

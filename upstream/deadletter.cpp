@@ -51,16 +51,18 @@ buffer::Status deadletter_stats(buffer::Store& store, uint64_t* count, uint64_t*
   return s;
 }
 
-buffer::Status deadletter_replay(buffer::Store& store, size_t* replayed) {
+buffer::Status deadletter_replay(buffer::Store& store, size_t* replayed,
+                                 const DeadLetterProgress& progress) {
   uint64_t next = 0;
   buffer::Status s = detail::max_batch_id(store, &next);
   if (!s.ok()) return s;
   ++next;
-  return detail::replay_deadletters(store, &next, nullptr, replayed);
+  return detail::replay_deadletters(store, &next, nullptr, replayed, progress);
 }
 
-buffer::Status deadletter_purge(buffer::Store& store, size_t* purged) {
-  return detail::purge_deadletters(store, purged);
+buffer::Status deadletter_purge(buffer::Store& store, size_t* purged,
+                                const DeadLetterProgress& progress) {
+  return detail::purge_deadletters(store, purged, progress);
 }
 
 }  // namespace sidetrace::upstream

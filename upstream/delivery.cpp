@@ -1301,28 +1301,31 @@ void Delivery::update_options(const Options& options) {
   });
 }
 
-size_t Delivery::replay_deadletters() {
+size_t Delivery::replay_deadletters(const DeadLetterProgress& progress, std::string* error) {
   std::lock_guard lock(impl_->life_mu);
   Impl* m = impl_.get();
   if (!m->running) {
     size_t n = 0;
-    deadletter_replay(m->store, &n);
+    buffer::Status s = deadletter_replay(m->store, &n, progress);
+    if (!s.ok() && error) *error = s.ToString();
     return n;
   }
   std::promise<size_t> done;
   auto fut = done.get_future();
-  net::post(*m->io, [m, &done] {
+  net::post(*m->io, [m, &done, &progress, error] {
     size_t n = 0;
     try {
       std::vector<BatchRecord> created;
-      buffer::Status s = detail::replay_deadletters(m->store, &m->next_id, &created, &n);
+      buffer::Status s = detail::replay_deadletters(m->store, &m->next_id, &created, &n, progress);
       if (!s.ok()) m->log_line(spdlog::level::err, "upstream: replay failed: " + s.message());
+      if (!s.ok() && error) *error = s.ToString();
       for (auto& r : created)
         m->pending.push_back(std::move(r));
     } catch (...) {
       // Records already turned into batches are sent at the next start.
       m->internal_error(Stage::kDispatch, detail::current_exception_text(),
                         "dead-letter replay stopped");
+      if (error) *error = "dead-letter replay stopped: " + detail::current_exception_text();
     }
     m->wake();
     done.set_value(n);

@@ -190,6 +190,10 @@ struct Stats {
   uint64_t latency_count = 0;
 };
 
+// Hears how many dead-letter records a replay or purge has done so far, after
+// each page of records (on the thread doing the work; keep it quick).
+using DeadLetterProgress = std::function<void(size_t done)>;
+
 // Something that consumes the outbox: Delivery or FileExporter.
 class Exporter {
  public:
@@ -220,8 +224,10 @@ class Delivery final : public Exporter {
   void reset_auth() override;
   void update_options(const Options& options) override;
   // Moves every dead-letter record back into delivery (as new batches).
-  // Returns the number of records replayed.
-  size_t replay_deadletters();
+  // Returns the number of records replayed; `progress` (if set) hears the
+  // count after each page, and `error` (if given) gets why a replay stopped
+  // early ("" when it did not).
+  size_t replay_deadletters(const DeadLetterProgress& progress = {}, std::string* error = nullptr);
 
   struct Impl;
 
@@ -275,8 +281,10 @@ buffer::Status deadletter_stats(buffer::Store& store, uint64_t* count, uint64_t*
 // Turns every record into a pending delivery batch (meta "upstream/batch/")
 // with a new idempotency key and deletes it; a running Delivery picks these up
 // at its next start (use Delivery::replay_deadletters() while it runs).
-buffer::Status deadletter_replay(buffer::Store& store, size_t* replayed);
+buffer::Status deadletter_replay(buffer::Store& store, size_t* replayed,
+                                 const DeadLetterProgress& progress = {});
 // Deletes every record.
-buffer::Status deadletter_purge(buffer::Store& store, size_t* purged);
+buffer::Status deadletter_purge(buffer::Store& store, size_t* purged,
+                                const DeadLetterProgress& progress = {});
 
 }  // namespace sidetrace::upstream

@@ -345,6 +345,24 @@ class Agent:
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode("utf-8", "replace")
 
+    def operation(self, path: str, timeout: float = 30.0) -> tuple[int, dict]:
+        """POSTs `path`, which starts a background operation (a reload, a dead-letter replay or
+        purge), and follows it at /operations/<id> until it ends. Returns the status of the
+        start (202 new, 200 one already running) and the operation as it ended."""
+        status, body = self.http_post(path)
+        if status not in (200, 202):
+            raise AssertionError(f"POST {path} answered {status}: {body}")
+        op = json.loads(body)
+        end = time.monotonic() + timeout
+        while op["state"] == "running":
+            if time.monotonic() > end:
+                raise WaitTimeout(f"operation {op} still running after {timeout}s")
+            time.sleep(0.02)  # a poll interval
+            st, text = self.http_get(f"/operations/{op['id']}")
+            assert st == 200, (st, text)
+            op = json.loads(text)
+        return status, op
+
     def healthy(self, timeout: float = 2.0) -> bool:
         try:
             return self.http_get("/healthz", timeout)[0] == 200

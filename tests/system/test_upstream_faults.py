@@ -93,8 +93,9 @@ def test_upstream_fault_phases(make_agent, upstream, emitters):
     # probes the credentials at once (not after auth_probe_interval_ms, 30 s).
     upstream.set_mode("ok")
     agent.set_config({"upstream": {"headers": {"X-Sidetrace-Test": "after-401"}}})
-    status, body = agent.http_post("/reload")
-    assert status == 200, (status, body)
+    status, op = agent.operation("/reload")
+    assert status == 202 and op["state"] == "ok", (status, op)
+    assert op["message"].startswith("reloaded"), op
     wait_until(lambda: agent.metric("sidetrace_upstream_auth_failed") == 0, 10, "auth recovered")
     wait_until(lambda: agent.ready()[0] == 200, 10, "ready again")
 
@@ -145,8 +146,8 @@ def test_fixed_api_key_file_and_reload_resumes_at_once(make_agent, upstream, emi
                "data kept while paused")
     assert upstream.distinct_events() == 0
     key_file.write_text("right-key\n")
-    status, body = agent.http_post("/reload")
-    assert status == 200, (status, body)
+    status, op = agent.operation("/reload")
+    assert status == 202 and op == {**op, "state": "ok", "message": "no change"}, (status, op)
     # auth_probe_interval_ms is 30 s: recovery within 5 s means the reload probed.
     wait_until(lambda: agent.metric("sidetrace_upstream_auth_failed") == 0, 5,
                "auth re-probed after the reload")

@@ -215,7 +215,8 @@ buffer::Status deadletter_add(buffer::Store& store, const DeadLetterRecord& r, u
 }
 
 buffer::Status replay_deadletters(buffer::Store& store, uint64_t* next_id,
-                                  std::vector<BatchRecord>* created, size_t* replayed) {
+                                  std::vector<BatchRecord>* created, size_t* replayed,
+                                  const std::function<void(size_t)>& progress) {
   *replayed = 0;
   std::lock_guard lock(deadletter_mu());
   DeadLetterTotals t;
@@ -252,11 +253,13 @@ buffer::Status replay_deadletters(buffer::Store& store, uint64_t* next_id,
       for (auto& b : page)
         created->push_back(std::move(b));
     }
+    if (progress) progress(*replayed);
   }
   return buffer::Status::Ok();
 }
 
-buffer::Status purge_deadletters(buffer::Store& store, size_t* purged) {
+buffer::Status purge_deadletters(buffer::Store& store, size_t* purged,
+                                 const std::function<void(size_t)>& progress) {
   *purged = 0;
   std::lock_guard lock(deadletter_mu());
   for (;;) {
@@ -273,6 +276,7 @@ buffer::Status purge_deadletters(buffer::Store& store, size_t* purged) {
     s = store.meta_write(w);
     if (!s.ok()) return s;
     *purged += rows.size();
+    if (progress && !rows.empty()) progress(*purged);
     if (rows.size() < kDeadLetterPage) return s;
   }
 }

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -76,11 +77,14 @@ buffer::Status deadletter_add(buffer::Store& store, const DeadLetterRecord& r, u
 
 // Turns every dead-letter record into an inline batch record with a new key
 // and id (from *next_id, incremented), deleting the dead letter. The created
-// records are appended to `created` when it is not null.
+// records are appended to `created` when it is not null. `progress` (if set)
+// hears the count after each page.
 buffer::Status replay_deadletters(buffer::Store& store, uint64_t* next_id,
-                                  std::vector<BatchRecord>* created, size_t* replayed);
+                                  std::vector<BatchRecord>* created, size_t* replayed,
+                                  const std::function<void(size_t)>& progress = {});
 
-// Deletes every dead-letter record.
-buffer::Status purge_deadletters(buffer::Store& store, size_t* purged);
+// Deletes every dead-letter record; `progress` as above.
+buffer::Status purge_deadletters(buffer::Store& store, size_t* purged,
+                                 const std::function<void(size_t)>& progress = {});
 
 }  // namespace sidetrace::upstream::detail
