@@ -74,11 +74,14 @@ buffer::Status deadletter_add(buffer::Store& store, const DeadLetterRecord& r, u
                               uint32_t max_count, uint64_t* evicted_records,
                               uint64_t* evicted_docs);
 
-// Turns every dead-letter record into an inline batch record with a new key
-// and id (from *next_id, incremented), deleting the dead letter. The created
-// records are appended to `created` when it is not null.
+// Turns every dead-letter record (at most `max_records` of them, oldest
+// first) into an inline batch record with a new key and id (from *next_id,
+// incremented), deleting the dead letter. The created records are appended to
+// `created` when it is not null. `*replayed` counts the records taken,
+// including malformed ones (deleted without a batch).
 buffer::Status replay_deadletters(buffer::Store& store, uint64_t* next_id,
-                                  std::vector<BatchRecord>* created, size_t* replayed);
+                                  std::vector<BatchRecord>* created, size_t* replayed,
+                                  size_t max_records = SIZE_MAX);
 
 // Deletes every dead-letter record.
 buffer::Status purge_deadletters(buffer::Store& store, size_t* purged);
