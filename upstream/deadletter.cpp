@@ -57,7 +57,7 @@ buffer::Status deadletter_replay(buffer::Store& store, size_t* replayed,
   buffer::Status s = detail::max_batch_id(store, &next);
   if (!s.ok()) return s;
   ++next;
-  return detail::replay_deadletters(store, &next, nullptr, replayed, progress);
+  return detail::replay_deadletters(store, &next, nullptr, replayed, SIZE_MAX, progress);
 }
 
 buffer::Status deadletter_purge(buffer::Store& store, size_t* purged,

@@ -1,6 +1,19 @@
-// Delivery: the HTTP(S) exporter. One io_context thread runs a dispatcher
-// coroutine (forms batches from persisted records and the outbox) and one
-// worker coroutine per in-flight batch (send, classify, retry, ack).
+// Delivery: the HTTP(S) exporter. One io_context thread (st-delivery) runs a
+// dispatcher coroutine (forms batches from persisted records and the outbox)
+// and one worker coroutine per in-flight batch (send, classify, retry, ack).
+//
+// The io thread never calls the store: every store call (outbox reads and
+// acknowledgements, batch records, dead letters, the recovery at start) runs
+// on the store thread (st-delivery-io) through on_store(), which suspends the
+// calling coroutine until the result is posted back to the io thread. In
+// buffer.sync = fsync mode a write waits for the disk; the io thread meanwhile
+// serves the other batches' responses and timers. A coroutine awaits its own
+// store call, so the order of its steps is as if the call were synchronous
+// (the batch record is written before the request is sent, the dead letter
+// before the acknowledgement, ...); and the store thread runs the calls one
+// at a time in the order they were made, so calls of different coroutines
+// reach the store in the order the io thread issued them. At most one call
+// per coroutine waits: max_in_flight + 2 (the dispatcher, a replay).
 //
 // Exceptions: the dispatcher, each worker and the io thread catch what is
 // thrown inside them (count it in Stats::internal_errors, log it) and carry
@@ -12,7 +25,9 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <boost/asio/async_result.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -29,6 +44,7 @@
 #include <set>
 #include <stdexcept>
 #include <thread>
+#include <type_traits>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -187,7 +203,8 @@ struct Delivery::Impl {
 
   std::mutex life_mu;  // serialises start/stop
   std::unique_ptr<net::io_context> io;
-  std::unique_ptr<net::thread_pool> encoder;  // one thread: body encoding + compression
+  std::unique_ptr<net::thread_pool> encoder;   // one thread: body encoding + compression
+  std::unique_ptr<net::thread_pool> store_io;  // one thread: every store call (on_store())
   std::thread thread;
   bool running = false;
 
@@ -196,6 +213,11 @@ struct Delivery::Impl {
   uint64_t config_generation = 0;
   bool stopping = false;
   bool woken = false;
+  // Whether the persisted batches were read at start (load_persisted()); a
+  // replay of dead letters takes batch ids only after that, and waits on
+  // load_gate until then.
+  bool loaded = false;
+  std::unique_ptr<net::steady_timer> load_gate;
   std::unique_ptr<net::steady_timer> wake_timer;
   std::unique_ptr<net::steady_timer> auth_timer;
   std::deque<BatchRecord> pending;  // persisted batches waiting, in order
@@ -242,24 +264,76 @@ struct Delivery::Impl {
              fmt::format("upstream: internal error ({}): {}; {}", stage_name(stage), what, next));
   }
 
+  // ---- the store thread -----------------------------------------------------
+
+  // Runs `op(store)` on the store thread and resumes the calling coroutine on
+  // its own executor (the io thread) with what `op` returned, by value; what
+  // `op` throws is caught there and rethrown in the coroutine. `op` must
+  // touch only the store, what it captured by value, and data of the
+  // suspended coroutine that nothing else changes; never the Impl's state of
+  // the io thread (config, pending, staged, busy_traces, ...).
+  //
+  // `op` is copied; callers pass a named one: GCC 12 destroys a temporary of
+  // a co_await expression twice (a lambda's captures would be freed twice).
+  //
+  // Until the result is back, the coroutine holds the io_context's work
+  // count, so that run() does not return under it. On stop() the io thread
+  // is joined first, then the store thread, which finishes the calls in
+  // progress and queued; their results are discarded with the suspended
+  // coroutines.
+  template <typename Op>
+  auto on_store(const Op& op) -> net::awaitable<std::invoke_result_t<Op&, buffer::Store&>> {
+    using R = std::invoke_result_t<Op&, buffer::Store&>;
+    static_assert(std::is_default_constructible_v<R> && std::is_move_constructible_v<R>);
+    return net::async_initiate<const net::use_awaitable_t<>&, void(std::exception_ptr, R)>(
+        [pool = store_io.get(), st = &store](auto handler, Op op) {
+          auto home = net::prefer(net::get_associated_executor(handler),
+                                  net::execution::outstanding_work.tracked);
+          net::post(*pool, [st, op = std::move(op), handler = std::move(handler),
+                            home = std::move(home)]() mutable {
+            std::exception_ptr error;
+            R result{};
+            try {
+              result = op(*st);
+            } catch (...) {
+              error = std::current_exception();
+            }
+            net::post(home,
+                      [handler = std::move(handler), error, result = std::move(result)]() mutable {
+                        std::move(handler)(error, std::move(result));
+                      });
+          });
+        },
+        net::use_awaitable, op);
+  }
+
   // ---- start-up -------------------------------------------------------------
 
-  void load_persisted() {
+  // The persisted batches as the store thread reads them (recover()).
+  struct Recovered {
+    buffer::Status status;               // of the scan
+    std::vector<BatchRecord> resume;     // in id order
+    std::vector<std::string> malformed;  // keys of records deleted as malformed
+    size_t superseded = 0;               // split parents deleted
+    uint64_t next_id = 1;                // after the highest record id
+    uint64_t cursor = 0;                 // after the highest seq of a resumed record
+  };
+
+  // Runs on the store thread.
+  static Recovered recover(buffer::Store& st) {
+    Recovered out;
     std::vector<std::pair<std::string, std::string>> rows;
-    buffer::Status s = store.meta_scan(detail::kBatchPrefix, SIZE_MAX, &rows);
-    if (!s.ok()) {
-      log_line(spdlog::level::err, "upstream: cannot read persisted batches: " + s.message());
-      return;
-    }
+    out.status = st.meta_scan(detail::kBatchPrefix, SIZE_MAX, &rows);
+    if (!out.status.ok()) return out;
     std::vector<BatchRecord> records;
     for (auto& [k, v] : rows) {
       BatchRecord r;
       if (!detail::decode_batch(k, v, &r)) {
-        log_line(spdlog::level::err, "upstream: deleting malformed batch record " + k);
-        store.meta_delete(k);
+        out.malformed.push_back(k);
+        st.meta_delete(k);  // best effort: a record left is dropped again at the next start
         continue;
       }
-      next_id = std::max(next_id, r.id + 1);
+      out.next_id = std::max(out.next_id, r.id + 1);
       records.push_back(std::move(r));
     }
     // A split writes the halves before deleting the parent: a record whose
@@ -274,16 +348,40 @@ struct Delivery::Impl {
       for (uint64_t seq : r.seqs)
         superseded = superseded && owner[seq] != r.id;
       if (superseded) {
-        store.meta_delete(detail::batch_meta_key(r.id));
+        st.meta_delete(detail::batch_meta_key(r.id));  // best effort, as above
+        ++out.superseded;
         continue;
       }
       for (uint64_t seq : r.seqs)
-        cursor = std::max(cursor, seq + 1);
-      pending.push_back(std::move(r));
+        out.cursor = std::max(out.cursor, seq + 1);
+      out.resume.push_back(std::move(r));
     }
+    return out;
+  }
+
+  net::awaitable<void> load_persisted() {
+    const auto op = [](buffer::Store& st) { return recover(st); };
+    Recovered r = co_await on_store(op);
+    if (!r.status.ok()) {
+      log_line(spdlog::level::err,
+               "upstream: cannot read persisted batches: " + r.status.message());
+      co_return;
+    }
+    for (const auto& k : r.malformed)
+      log_line(spdlog::level::err, "upstream: deleting malformed batch record " + k);
+    next_id = std::max(next_id, r.next_id);
+    cursor = std::max(cursor, r.cursor);
+    for (auto& b : r.resume)
+      pending.push_back(std::move(b));
     if (!pending.empty()) {
       spdlog::info("upstream: resuming {} persisted batches", pending.size());
     }
+  }
+
+  // Lets a dead-letter replay waiting on load_gate go on.
+  void mark_loaded() {
+    loaded = true;
+    if (load_gate) load_gate->cancel();
   }
 
   // ---- dispatcher -----------------------------------------------------------
@@ -302,57 +400,85 @@ struct Delivery::Impl {
     return n;
   }
 
-  // Reads the documents of a (not inline) batch from the outbox. Entries no
-  // longer there (acknowledged, or dropped for room by the quota) leave the
-  // batch and its persisted record; `removed` receives their trace ids.
-  // False when the read failed (logged; the batch is unchanged).
-  bool read_docs(Batch* b, std::vector<std::string>* removed) {
-    BatchRecord& rec = b->record;
-    std::vector<uint64_t> seqs, emitted;
-    std::vector<std::string> ids, docs;
+  // A batch's documents as the store thread reads them (read_docs_op()).
+  struct DocsRead {
+    buffer::Status status;  // of the read that failed; ok otherwise
+    BatchRecord record;     // the batch's record without the entries no longer there
+    std::vector<std::string> docs;
+    std::vector<uint64_t> emitted_ns;
+    std::vector<std::string> removed;  // trace ids of the entries no longer there
+    size_t events = 0;
+  };
+
+  // Runs on the store thread: reads the documents of the (not inline) batch
+  // `rec` from the outbox. Entries no longer there (acknowledged, or dropped
+  // for room by the quota) leave the record, which is written back (or
+  // deleted when none is left).
+  static DocsRead read_docs_op(buffer::Store& st, const BatchRecord& rec) {
+    DocsRead out;
+    out.record.id = rec.id;
+    out.record.key = rec.key;
     for (size_t i = 0; i < rec.seqs.size(); ++i) {
       std::vector<buffer::OutboxEntry> got;
-      buffer::Status s = store.read_outbox(rec.seqs[i], 1, SIZE_MAX, &got);
-      if (!s.ok()) {
-        log_line(spdlog::level::err, "upstream: outbox read failed: " + s.message());
-        return false;
-      }
+      out.status = st.read_outbox(rec.seqs[i], 1, SIZE_MAX, &got);
+      if (!out.status.ok()) return out;
       if (got.empty() || got[0].seq != rec.seqs[i]) {
-        removed->push_back(rec.trace_ids[i]);
+        out.removed.push_back(rec.trace_ids[i]);
         continue;
       }
-      seqs.push_back(rec.seqs[i]);
-      ids.push_back(rec.trace_ids[i]);
-      emitted.push_back(got[0].emitted_ns);
-      docs.push_back(std::move(got[0].document));
+      out.record.seqs.push_back(rec.seqs[i]);
+      out.record.trace_ids.push_back(rec.trace_ids[i]);
+      out.emitted_ns.push_back(got[0].emitted_ns);
+      out.docs.push_back(std::move(got[0].document));
     }
-    if (seqs.size() != rec.seqs.size()) {
-      rec.seqs = std::move(seqs);
-      rec.trace_ids = std::move(ids);
-      if (rec.seqs.empty()) {
-        store.meta_delete(detail::batch_meta_key(rec.id));
+    // Best effort: a stale record lists entries already gone, which the next
+    // read drops again.
+    if (!out.removed.empty()) {
+      if (out.record.seqs.empty()) {
+        st.meta_delete(detail::batch_meta_key(rec.id));
       } else {
-        store.meta_put(detail::batch_meta_key(rec.id), detail::encode_batch(rec));
+        st.meta_put(detail::batch_meta_key(rec.id), detail::encode_batch(out.record));
       }
     }
-    b->docs = std::move(docs);
-    b->emitted_ns = std::move(emitted);
-    b->events = events_in(b->docs);
-    return true;
+    out.events = events_in(out.docs);
+    return out;
   }
 
-  // Loads the documents of a persisted batch. Entries already acked are
-  // dropped from it; false when none is left.
-  bool load_batch(BatchRecord r, Batch* b) {
-    b->record = std::move(r);
+  // Reads the documents of a (not inline) batch from the outbox (on the
+  // store thread). Entries no longer there leave the batch and its persisted
+  // record; `removed` receives their trace ids. False when the read failed
+  // (logged; the batch is unchanged).
+  net::awaitable<bool> read_docs(Batch* b, std::vector<std::string>* removed) {
+    const auto op = [rec = b->record](buffer::Store& st) { return read_docs_op(st, rec); };
+    DocsRead r = co_await on_store(op);
+    if (!r.status.ok()) {
+      log_line(spdlog::level::err, "upstream: outbox read failed: " + r.status.message());
+      co_return false;
+    }
+    b->record.seqs = std::move(r.record.seqs);
+    b->record.trace_ids = std::move(r.record.trace_ids);
+    b->docs = std::move(r.docs);
+    b->emitted_ns = std::move(r.emitted_ns);
+    b->events = r.events;
+    *removed = std::move(r.removed);
+    co_return true;
+  }
+
+  // Loads the documents of a persisted batch (b->record). Entries already
+  // acked are dropped from it. Sets *empty when none is left; false when the
+  // read failed.
+  net::awaitable<bool> load_batch(Batch* b, bool* empty) {
+    *empty = false;
     if (b->record.is_inline()) {
       b->docs = b->record.docs;
       b->emitted_ns.assign(b->docs.size(), 0);
       b->events = events_in(b->docs);
-      return true;
+      co_return true;
     }
     std::vector<std::string> removed;
-    return read_docs(b, &removed) && !b->record.seqs.empty();
+    if (!co_await read_docs(b, &removed)) co_return false;
+    *empty = b->record.seqs.empty();
+    co_return true;
   }
 
   // Reads an in-flight batch's documents back (see Batch), retrying a failed
@@ -371,7 +497,7 @@ struct Delivery::Impl {
     if (!b.docs.empty()) co_return true;
     for (uint32_t attempt = 0; !stopping; ++attempt) {
       std::vector<std::string> removed;
-      if (read_docs(&b, &removed)) {
+      if (co_await read_docs(&b, &removed)) {
         for (const auto& id : removed) {
           auto it = busy_traces.find(id);
           if (it != busy_traces.end() && --it->second == 0) busy_traces.erase(it);
@@ -397,6 +523,8 @@ struct Delivery::Impl {
     uint64_t known_bytes = staged_bytes + inflight_bytes;
     for (const auto& r : pending)
       known_entries += r.seqs.size();
+    // The store's counters are in memory: the one store call the io thread
+    // makes itself.
     uint64_t entries = store.outbox_entries(), bytes = store.outbox_bytes();
     uint64_t unread_entries = entries > known_entries ? entries - known_entries : 0;
     uint64_t unread_bytes = bytes > known_bytes ? bytes - known_bytes : 0;
@@ -415,28 +543,42 @@ struct Delivery::Impl {
   }
 
   // Reads the outbox entries after the staged ones, up to the batch bounds.
-  // False when the read failed (logged).
-  bool stage(const Options& o) {
-    if (staged.size() >= o.batch_max_events || staged_bytes >= o.batch_max_bytes) return true;
-    std::vector<buffer::OutboxEntry> got;
-    buffer::Status s = store.read_outbox(cursor, o.batch_max_events - staged.size(),
-                                         o.batch_max_bytes - staged_bytes, &got);
-    if (!s.ok()) {
-      log_line(spdlog::level::err, "upstream: outbox read failed: " + s.message());
-      return false;
+  // False when the read failed (logged). Only the dispatcher changes
+  // `staged` and `cursor`, so they are as it left them when the read is back.
+  net::awaitable<bool> stage(const Options& o) {
+    if (staged.size() >= o.batch_max_events || staged_bytes >= o.batch_max_bytes) co_return true;
+    struct Read {
+      buffer::Status status;
+      std::vector<buffer::OutboxEntry> got;
+    };
+    const auto op = [from = cursor, max_entries = o.batch_max_events - staged.size(),
+                     max_bytes = o.batch_max_bytes - staged_bytes](buffer::Store& st) {
+      Read out;
+      out.status = st.read_outbox(from, max_entries, max_bytes, &out.got);
+      return out;
+    };
+    Read r = co_await on_store(op);
+    if (!r.status.ok()) {
+      log_line(spdlog::level::err, "upstream: outbox read failed: " + r.status.message());
+      co_return false;
     }
-    for (auto& e : got) {
+    for (auto& e : r.got) {
       cursor = e.seq + 1;
       staged_bytes += e.document.size();
       staged.push_back(std::move(e));
     }
-    return true;
+    co_return true;
   }
 
-  // Picks the next batch to send, or sets *wait_ms (0: until woken).
-  std::optional<Batch> next_batch(uint64_t* wait_ms) {
+  // Picks the next batch to send, or sets *wait_ms (0: until woken). While
+  // it awaits the store, the workers run: they may put batches in front of
+  // `pending` (split()) and free traces, so what it decided before an await
+  // it checks again after.
+  net::awaitable<std::optional<Batch>> next_batch(uint64_t* wait_ms) {
     *wait_ms = 0;
-    const Options& o = config->options;
+    // A reload must not pull the options away mid-await.
+    std::shared_ptr<const Config> cfg = config;
+    const Options& o = cfg->options;
     std::set<std::string> blocked;
     for (auto it = pending.begin(); it != pending.end();) {
       if (conflicts(it->trace_ids, blocked)) {
@@ -444,34 +586,50 @@ struct Delivery::Impl {
         ++it;
         continue;
       }
-      BatchRecord r = std::move(*it);
-      it = pending.erase(it);
       Batch b;
-      b.held_entries = r.seqs.size();
+      b.record = std::move(*it);
+      pending.erase(it);
+      b.held_entries = b.record.seqs.size();
+      bool read = false, empty = false;
+      std::string error;
       try {
-        if (load_batch(std::move(r), &b)) return b;
+        read = co_await load_batch(&b, &empty);
       } catch (...) {
+        error = detail::current_exception_text();
+      }
+      if (!error.empty()) {
         // The worker reads the documents again (reload_docs()) under its own
         // handling of exceptions, which cannot wedge the dispatcher.
-        internal_error(Stage::kDispatch, detail::current_exception_text(),
+        internal_error(Stage::kDispatch, error,
                        fmt::format("batch {} loads its documents again when sent", b.record.id));
         b.docs.clear();
         b.emitted_ns.clear();
         b.events = 0;
-        return b;
+        co_return std::move(b);
       }
+      if (read && !empty) co_return std::move(b);
+      if (!read) {
+        // The batch stays first in line; reading is tried again in a while.
+        pending.push_front(std::move(b.record));
+        *wait_ms = 1000;
+        co_return std::nullopt;
+      }
+      // Nothing of it is left. `pending` may have changed during the read:
+      // look at it again from the start.
+      blocked.clear();
+      it = pending.begin();
     }
     // New entries are read when they may complete a batch: with nothing
     // staged (the first gives the flush deadline), at the flush deadline, or
     // when the outbox may hold enough to fill one. Between these, the wake-up
     // an emission causes costs no read.
     if (staged.empty() || flush_wait_ms(o) == 0 || may_fill(o)) {
-      if (!stage(o)) {
+      if (!co_await stage(o)) {
         *wait_ms = 1000;
-        return std::nullopt;
+        co_return std::nullopt;
       }
     }
-    if (staged.empty()) return std::nullopt;
+    if (staged.empty()) co_return std::nullopt;
     // The batch: the staged entries up to the first whose trace is in flight
     // or behind a waiting batch, or already in the batch (a request never
     // carries two revisions of one trace: an OTLP revision after the first
@@ -491,11 +649,11 @@ struct Delivery::Impl {
       }
       bytes += e.document.size();
     }
-    if (n == 0) return std::nullopt;  // woken when the conflicting batch finishes
+    if (n == 0) co_return std::nullopt;  // woken when the conflicting batch finishes
     full = full || n >= o.batch_max_events || bytes >= o.batch_max_bytes / 2;
     if (!full) {
       *wait_ms = flush_wait_ms(o);
-      if (*wait_ms > 0) return std::nullopt;
+      if (*wait_ms > 0) co_return std::nullopt;
     }
     Batch b;
     b.record.id = next_id++;
@@ -504,13 +662,18 @@ struct Delivery::Impl {
       b.record.seqs.push_back(staged[i].seq);
       b.record.trace_ids.push_back(staged[i].trace_id);
     }
-    // Persist the composition and key before the first send.
-    buffer::Status s =
-        store.meta_put(detail::batch_meta_key(b.record.id), detail::encode_batch(b.record));
+    // Persist the composition and key before the first send. Meanwhile the
+    // staged entries stay (only the dispatcher takes them), and their traces
+    // stay free: only the dispatcher makes traces busy.
+    const auto persist = [key = detail::batch_meta_key(b.record.id),
+                          value = detail::encode_batch(b.record)](buffer::Store& st) {
+      return st.meta_put(key, value);
+    };
+    buffer::Status s = co_await on_store(persist);
     if (!s.ok()) {
       log_line(spdlog::level::err, "upstream: cannot persist batch record: " + s.message());
       *wait_ms = 1000;
-      return std::nullopt;
+      co_return std::nullopt;
     }
     b.docs.reserve(n);
     b.emitted_ns.reserve(n);
@@ -524,7 +687,7 @@ struct Delivery::Impl {
     staged_bytes -= bytes;
     b.held_entries = n;
     b.held_bytes = bytes;
-    return b;
+    co_return std::move(b);
   }
 
   // Starts the dispatcher (after reading the persisted batches when
@@ -540,17 +703,22 @@ struct Delivery::Impl {
 
   net::awaitable<void> dispatcher(bool resume) {
     if (resume) {
+      std::string error;
       try {
-        load_persisted();
+        co_await load_persisted();
       } catch (...) {
+        error = detail::current_exception_text();
+      }
+      if (!error.empty()) {
         // As when the records cannot be read: their outbox entries are read
         // again into new batches, and the stale records are dropped at the
         // next start, once their entries are acknowledged.
         pending.clear();
         cursor = 0;
-        internal_error(Stage::kDispatch, detail::current_exception_text(),
+        internal_error(Stage::kDispatch, error,
                        "persisted batches are not resumed; the outbox is read from its start");
       }
+      mark_loaded();
     }
     uint32_t errors = 0;
     while (!stopping) {
@@ -573,7 +741,7 @@ struct Delivery::Impl {
     woken = false;
     uint64_t wait_ms = 0;
     if (!auth_failed && in_flight < config->options.max_in_flight) {
-      std::optional<Batch> b = next_batch(&wait_ms);
+      std::optional<Batch> b = co_await next_batch(&wait_ms);
       if (b) {
         ++in_flight;
         inflight_entries += b->held_entries;
@@ -679,10 +847,15 @@ struct Delivery::Impl {
     wake();
   }
 
-  // Retries a store write until it succeeds or the delivery stops.
-  net::awaitable<bool> store_retry(const std::function<buffer::Status()>& op, const char* what) {
+  // Runs a store write, op(store) -> Status, on the store thread
+  // (on_store()), retrying it until it succeeds or the delivery stops. `op`
+  // lives in this coroutine's frame, suspended while it runs; see on_store()
+  // for what it may touch. Named by the caller (see on_store()).
+  template <typename Op>
+  net::awaitable<bool> store_retry(const Op& op, const char* what) {
     for (uint32_t attempt = 0; !stopping; ++attempt) {
-      buffer::Status s = op();
+      const auto call = [&op](buffer::Store& st) { return op(st); };
+      buffer::Status s = co_await on_store(call);
       if (s.ok()) co_return true;
       log_line(spdlog::level::err, fmt::format("upstream: {} failed: {}", what, s.message()));
       co_await sleep_ms(detail::backoff_ms(attempt, 100, 5000, rng));
@@ -733,13 +906,22 @@ struct Delivery::Impl {
         ++s.latency_count;
       }
     });
+    co_await ack(b);
+  }
+
+  // Acknowledges a delivered (or dead-lettered) batch: its outbox entries,
+  // then its record.
+  net::awaitable<void> ack(const Batch& b) {
     if (!b.record.is_inline()) {
-      if (!co_await store_retry([&] { return store.ack_outbox(b.record.seqs); }, "outbox ack")) {
-        co_return;
-      }
+      const auto ack_entries = [seqs = b.record.seqs](buffer::Store& st) {
+        return st.ack_outbox(seqs);
+      };
+      if (!co_await store_retry(ack_entries, "outbox ack")) co_return;
     }
-    co_await store_retry([&] { return store.meta_delete(detail::batch_meta_key(b.record.id)); },
-                         "batch record delete");
+    const auto delete_record = [key = detail::batch_meta_key(b.record.id)](buffer::Store& st) {
+      return st.meta_delete(key);
+    };
+    co_await store_retry(delete_record, "batch record delete");
   }
 
   net::awaitable<void> deadletter(Batch& b, int status, const std::string& reason) {
@@ -751,23 +933,15 @@ struct Delivery::Impl {
     d.key = b.record.key;
     d.trace_ids = b.record.trace_ids;
     d.docs = b.docs;
+    // `d`, `evicted` and `evicted_docs` belong to this coroutine, suspended
+    // while the store thread uses them; the bounds are copied.
     uint64_t evicted = 0, evicted_docs = 0;
-    const Options& o = config->options;
-    if (!co_await store_retry(
-            [&] {
-              return detail::deadletter_add(store, d, o.deadletter_max_bytes,
-                                            o.deadletter_max_count, &evicted, &evicted_docs);
-            },
-            "dead-letter write")) {
-      co_return;
-    }
-    if (!b.record.is_inline()) {
-      if (!co_await store_retry([&] { return store.ack_outbox(b.record.seqs); }, "outbox ack")) {
-        co_return;
-      }
-    }
-    co_await store_retry([&] { return store.meta_delete(detail::batch_meta_key(b.record.id)); },
-                         "batch record delete");
+    const auto add = [&d, &evicted, &evicted_docs, max_bytes = config->options.deadletter_max_bytes,
+                      max_count = config->options.deadletter_max_count](buffer::Store& st) {
+      return detail::deadletter_add(st, d, max_bytes, max_count, &evicted, &evicted_docs);
+    };
+    if (!co_await store_retry(add, "dead-letter write")) co_return;
+    co_await ack(b);
     log_line(spdlog::level::err,
              fmt::format("upstream: {} trace documents dead-lettered ({})", b.docs.size(), reason));
     if (evicted > 0) {
@@ -799,14 +973,14 @@ struct Delivery::Impl {
       } else {
         r.seqs.assign(b.record.seqs.begin() + lo, b.record.seqs.begin() + hi);
       }
-      if (!co_await store_retry(
-              [&] { return store.meta_put(detail::batch_meta_key(r.id), detail::encode_batch(r)); },
-              "batch record write")) {
-        co_return;
-      }
+      const auto write = [key = detail::batch_meta_key(r.id), value = detail::encode_batch(r)](
+                             buffer::Store& st) { return st.meta_put(key, value); };
+      if (!co_await store_retry(write, "batch record write")) co_return;
     }
-    co_await store_retry([&] { return store.meta_delete(detail::batch_meta_key(b.record.id)); },
-                         "batch record delete");
+    const auto delete_parent = [key = detail::batch_meta_key(b.record.id)](buffer::Store& st) {
+      return st.meta_delete(key);
+    };
+    co_await store_retry(delete_parent, "batch record delete");
     pending.push_front(std::move(halves[1]));
     pending.push_front(std::move(halves[0]));
     update_stats([](Stats& s) { ++s.batches_split; });
@@ -830,14 +1004,14 @@ struct Delivery::Impl {
       } else {
         r.seqs = {b.record.seqs[i]};
       }
-      if (!co_await store_retry(
-              [&] { return store.meta_put(detail::batch_meta_key(r.id), detail::encode_batch(r)); },
-              "batch record write")) {
-        co_return;
-      }
+      const auto write = [key = detail::batch_meta_key(r.id), value = detail::encode_batch(r)](
+                             buffer::Store& st) { return st.meta_put(key, value); };
+      if (!co_await store_retry(write, "batch record write")) co_return;
     }
-    co_await store_retry([&] { return store.meta_delete(detail::batch_meta_key(b.record.id)); },
-                         "batch record delete");
+    const auto delete_parent = [key = detail::batch_meta_key(b.record.id)](buffer::Store& st) {
+      return st.meta_delete(key);
+    };
+    co_await store_retry(delete_parent, "batch record delete");
     for (size_t i = n; i-- > 0;)
       pending.push_front(std::move(parts[i]));
     update_stats([](Stats& s) { ++s.batches_split; });
@@ -1050,7 +1224,8 @@ struct Delivery::Impl {
         *stage = Stage::kSend;
         if (stopping) break;
         if (!built) {
-          co_await deadletter(b, 0, "unencodable batch: " + error);
+          const std::string reason = "unencodable batch: " + error;  // named: see on_store()
+          co_await deadletter(b, 0, reason);
           co_return;
         }
         need_build = false;
@@ -1079,7 +1254,7 @@ struct Delivery::Impl {
           }
           co_await deadletter(b, out.http_status, out.detail);
           co_return;
-        case OutcomeKind::kTooLarge:
+        case OutcomeKind::kTooLarge: {
           update_stats([](Stats& s) { ++s.failed_too_large; });
           if (b.record.trace_ids.size() > 1) {
             co_await split(b);
@@ -1093,8 +1268,10 @@ struct Delivery::Impl {
             need_build = true;
             continue;
           }
-          co_await deadletter(b, out.http_status, out.detail + " (cannot shrink further)");
+          const std::string reason = out.detail + " (cannot shrink further)";  // named
+          co_await deadletter(b, out.http_status, reason);
           co_return;
+        }
         case OutcomeKind::kAuth:
           co_await auth_pause(out, o);
           continue;
@@ -1169,6 +1346,63 @@ struct Delivery::Impl {
                                b.record.id, b.record.trace_ids.size()));
   }
 
+  // ---- dead-letter replay ---------------------------------------------------
+
+  // Moves the dead letters back into delivery (as pending batches), a page at
+  // a time: each page runs on the store thread with batch ids reserved for
+  // it here, so that the ids the workers and the dispatcher take meanwhile
+  // (split(), next_batch()) never collide with them. Waits until the
+  // persisted batches are loaded (their ids come first). Returns the records
+  // replayed.
+  // `progress` (may be empty) hears the count after each page, on this
+  // thread; `error` (may be null) gets why the replay stopped early.
+  net::awaitable<size_t> replay(const DeadLetterProgress* progress, std::string* failure) {
+    while (!loaded && !stopping) {
+      boost::system::error_code ec;
+      co_await load_gate->async_wait(net::redirect_error(net::use_awaitable, ec));
+    }
+    struct Page {
+      buffer::Status status;
+      std::vector<BatchRecord> created;
+      size_t replayed = 0;
+    };
+    size_t total = 0;
+    std::string error;
+    try {
+      while (!stopping) {
+        const uint64_t first = next_id;
+        next_id += detail::kDeadLetterPage;
+        const auto op = [first](buffer::Store& st) {
+          Page out;
+          uint64_t id = first;
+          out.status = detail::replay_deadletters(st, &id, &out.created, &out.replayed,
+                                                  detail::kDeadLetterPage);
+          return out;
+        };
+        Page p = co_await on_store(op);
+        total += p.replayed;
+        for (auto& r : p.created)
+          pending.push_back(std::move(r));
+        if (!p.created.empty()) wake();
+        if (p.replayed > 0 && progress && *progress) (*progress)(total);
+        if (!p.status.ok()) {
+          log_line(spdlog::level::err, "upstream: replay failed: " + p.status.message());
+          if (failure) *failure = p.status.ToString();
+          break;
+        }
+        if (p.replayed < detail::kDeadLetterPage) break;
+      }
+    } catch (...) {
+      error = detail::current_exception_text();
+    }
+    if (!error.empty()) {
+      // The pages already replayed are pending batches (and persisted).
+      internal_error(Stage::kDispatch, error, "dead-letter replay stopped");
+      if (failure) *failure = "dead-letter replay stopped: " + error;
+    }
+    co_return total;
+  }
+
   // ---- control (io thread) --------------------------------------------------
 
   void do_reset_auth() {
@@ -1202,6 +1436,11 @@ void Delivery::start() {
   m.io = std::make_unique<net::io_context>(1);
   m.encoder = std::make_unique<net::thread_pool>(1);
   net::post(*m.encoder, [] { set_thread_name("st-encoder"); });
+  m.store_io = std::make_unique<net::thread_pool>(1);
+  net::post(*m.store_io, [] { set_thread_name("st-delivery-io"); });
+  m.load_gate = std::make_unique<net::steady_timer>(*m.io);
+  m.load_gate->expires_at(net::steady_timer::time_point::max());
+  m.loaded = false;
   m.wake_timer = std::make_unique<net::steady_timer>(*m.io);
   m.auth_timer = std::make_unique<net::steady_timer>(*m.io);
   m.stopping = false;
@@ -1259,14 +1498,21 @@ void Delivery::stop() {
   m.store.set_outbox_listener({});
   net::post(*m.io, [&m] { m.shutdown(); });
   m.thread.join();
+  // Store calls in progress and queued finish (an acknowledgement is not cut
+  // short); their results, like the encodings', are discarded: the
+  // coroutines waiting for them are destroyed with the io_context below.
+  // Neither thread waits for the io thread, so joining cannot deadlock.
+  m.store_io->join();
   m.encoder->join();  // encodings in progress finish; their results are discarded
   // Destroys the suspended coroutines (and their connections) while the rest
   // of the state is still alive.
   m.idle.clear();
   m.wake_timer.reset();
   m.auth_timer.reset();
+  m.load_gate.reset();
   m.io.reset();
   m.encoder.reset();
+  m.store_io.reset();
   m.running = false;
   m.update_stats([](Stats& s) { s.in_flight = 0; });
 }
@@ -1310,27 +1556,31 @@ size_t Delivery::replay_deadletters(const DeadLetterProgress& progress, std::str
     if (!s.ok() && error) *error = s.ToString();
     return n;
   }
-  std::promise<size_t> done;
-  auto fut = done.get_future();
-  net::post(*m->io, [m, &done, &progress, error] {
-    size_t n = 0;
-    try {
-      std::vector<BatchRecord> created;
-      buffer::Status s = detail::replay_deadletters(m->store, &m->next_id, &created, &n, progress);
-      if (!s.ok()) m->log_line(spdlog::level::err, "upstream: replay failed: " + s.message());
-      if (!s.ok() && error) *error = s.ToString();
-      for (auto& r : created)
-        m->pending.push_back(std::move(r));
-    } catch (...) {
-      // Records already turned into batches are sent at the next start.
-      m->internal_error(Stage::kDispatch, detail::current_exception_text(),
-                        "dead-letter replay stopped");
-      if (error) *error = "dead-letter replay stopped: " + detail::current_exception_text();
-    }
-    m->wake();
-    done.set_value(n);
+  // The replay runs on the io thread, its store calls on the store thread;
+  // this thread waits. stop() cannot run meanwhile (life_mu), so the
+  // coroutine ends; should it be destroyed unfinished all the same, the
+  // promise is broken rather than never set. `progress` and `error` outlive
+  // it: this thread waits for the promise.
+  auto done = std::make_shared<std::promise<size_t>>();
+  auto fut = done->get_future();
+  net::post(*m->io, [m, done, &progress, error] {
+    net::co_spawn(*m->io, m->replay(&progress, error),
+                  [m, done, error](std::exception_ptr e, size_t n) {
+                    if (e) {
+                      m->internal_error(Stage::kDispatch, detail::exception_text(e),
+                                        "dead-letter replay stopped");
+                      if (error)
+                        *error = "dead-letter replay stopped: " + detail::exception_text(e);
+                    }
+                    m->wake();
+                    done->set_value(n);
+                  });
   });
-  return fut.get();
+  try {
+    return fut.get();
+  } catch (const std::future_error&) {
+    return 0;
+  }
 }
 
 std::unique_ptr<Exporter> make_exporter(buffer::Store& store, const Options& options,

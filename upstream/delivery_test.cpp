@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <fstream>
+#include <future>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -20,6 +21,7 @@
 #include "upstream/detail/records.h"
 #include "upstream/testing/counting_store.h"
 #include "upstream/testing/http_server.h"
+#include "upstream/testing/observed_store.h"
 #include "upstream/testing/store_helpers.h"
 #include "upstream/testing/tls_files.h"
 #include "upstream/upstream.h"
@@ -995,6 +997,148 @@ TEST_F(UpstreamDeliveryTest, AStagedRevisionWaitsForItsTraceInFlight) {
   std::lock_guard lock(counting.mu);
   for (auto& [seq, n] : counting.times_read)
     EXPECT_EQ(n, 1) << "seq " << seq;
+}
+
+using testing::ObservedStore;
+
+// Opens the store's gate when it goes out of scope: declared after the
+// Delivery, so that a test that fails with the gate closed does not leave
+// stop() waiting for a held call.
+struct OpenGateAtExit {
+  ObservedStore& store;
+  ~OpenGateAtExit() { store.open_gate(); }
+};
+
+// The store is called from the store thread (st-delivery-io) only, never from
+// the network thread (st-delivery): delivery and acknowledgement, retries,
+// a resumed batch at start, a split, a dead letter with the documents read
+// back, and a replay of the dead letters while running.
+TEST_F(UpstreamDeliveryTest, TheNetworkThreadMakesNoStoreCall) {
+  HttpServer server;
+  std::atomic<bool> up{false};
+  std::atomic<bool> refuse_bad{true};
+  server.set_handler([&](const RecordedRequest& req) {
+    Reply r;
+    if (!up) r.status = 503;
+    if (refuse_bad && req.decoded.find("\"bad\"") != std::string::npos) r.status = 400;
+    return r;
+  });
+  ObservedStore observed(*store_);
+  Options o = options(server.url());
+  o.max_in_flight = 1;
+  emit_doc(*store_, "t1", make_doc("t1", 1));
+  {
+    // Retried, then stopped: its batch record is resumed by the next start.
+    Delivery d(observed, o);
+    d.start();
+    ASSERT_TRUE(wait_until([&] { return server.request_count() >= 3; }));
+    EXPECT_GE(d.stats().batches_retried, 2u);
+  }
+  up = true;
+  for (const char* id : {"good1", "bad", "good2"})
+    emit_doc(*store_, id, make_doc(id, 1));
+  Delivery d(observed, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] {
+    Stats s = d.stats();
+    return drained() && s.deadlettered == 1 && s.traces_delivered == 3 && s.in_flight == 0;
+  }));
+  EXPECT_GE(d.stats().batches_split, 1u);
+  refuse_bad = false;
+  EXPECT_EQ(d.replay_deadletters(), 1u);
+  ASSERT_TRUE(wait_until([&] { return d.stats().traces_delivered == 4; }));
+  d.stop();
+
+  std::map<std::string, size_t> by_method;
+  for (const auto& c : observed.calls()) {
+    EXPECT_EQ(c.thread, "st-delivery-io") << c.method;
+    ++by_method[c.method];
+  }
+  for (const char* m : {"read_outbox", "ack_outbox", "meta_put", "meta_delete", "meta_scan",
+                        "meta_scan_after", "meta_write"}) {
+    EXPECT_GT(by_method[m], 0u) << m;
+  }
+  std::vector<std::pair<std::string, std::string>> rows;
+  ASSERT_TRUE(store_->meta_scan(detail::kBatchPrefix, 100, &rows).ok());
+  EXPECT_TRUE(rows.empty());
+}
+
+// While the store is slow (a call held at the gate), the network thread goes
+// on with the batches in flight: a retrying batch's timers fire, its
+// requests go out and their answers are handled, up to its success (counted
+// before its acknowledgement, which waits for the store). Were the store
+// called from the network thread, the held call would stop all of it.
+TEST_F(UpstreamDeliveryTest, ASlowStoreDoesNotHoldUpTheBatchesInFlight) {
+  HttpServer server;
+  std::atomic<bool> up{false};
+  server.set_handler([&](const RecordedRequest&) {
+    Reply r;
+    if (!up) r.status = 503;
+    return r;
+  });
+  ObservedStore observed(*store_);
+  Options o = options(server.url());
+  emit_doc(*store_, "t1", make_doc("t1", 1));
+  Delivery d(observed, o);
+  OpenGateAtExit open_at_exit{observed};
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return server.request_count() >= 2; }));  // t1 retrying
+  observed.close_gate();
+  // The emission wakes the dispatcher, whose outbox read is held.
+  emit_doc(*store_, "t2", make_doc("t2", 1));
+  ASSERT_TRUE(wait_until([&] { return observed.held() == 1; }));
+  const size_t before = server.request_count();
+  EXPECT_TRUE(
+      wait_until([&] { return server.request_count() >= before + 3; }, std::chrono::seconds(5)))
+      << "retries stopped while the store was held";
+  up = true;
+  EXPECT_TRUE(wait_until([&] { return d.stats().traces_delivered == 1; }, std::chrono::seconds(5)))
+      << "a success was not handled while the store was held";
+  EXPECT_EQ(observed.held(), 1u);
+  EXPECT_EQ(store_->outbox_entries(), 2u);  // t1's acknowledgement waits for the store
+  observed.open_gate();
+  ASSERT_TRUE(wait_until([&] { return drained() && d.stats().traces_delivered == 2; }));
+}
+
+// stop() while a store call is held and another queued behind it: the network
+// thread stops at once, stop() waits for the store thread, and the calls
+// issued before it (here the acknowledgement after a 2xx) are done, not cut
+// short. The batch record whose deletion was not issued yet is cleared by the
+// next start, without sending the batch again.
+TEST_F(UpstreamDeliveryTest, StopFinishesTheStoreCallsInProgress) {
+  HttpServer server;
+  ObservedStore observed(*store_);
+  server.set_handler([&](const RecordedRequest&) {
+    observed.close_gate();  // whatever the store is asked next is held
+    return Reply{};
+  });
+  emit_doc(*store_, "t1", make_doc("t1", 1));
+  Options o = options(server.url());
+  {
+    Delivery d(observed, o);
+    OpenGateAtExit open_at_exit{observed};
+    d.start();
+    ASSERT_TRUE(wait_until([&] { return d.stats().traces_delivered == 1; }));
+    ASSERT_TRUE(wait_until([&] { return observed.held() == 1; }));
+    EXPECT_EQ(store_->outbox_entries(), 1u);
+    auto stopped = std::async(std::launch::async, [&] { d.stop(); });
+    // stop() cannot finish before the held call does.
+    EXPECT_EQ(stopped.wait_for(std::chrono::milliseconds(0)), std::future_status::timeout);
+    observed.open_gate();
+    ASSERT_TRUE(wait_until([&] {
+      return stopped.wait_for(std::chrono::milliseconds(0)) == std::future_status::ready;
+    }));
+  }
+  EXPECT_EQ(store_->outbox_entries(), 0u);  // acknowledged
+  ASSERT_EQ(server.request_count(), 1u);
+  Delivery d(observed, o);
+  d.start();
+  ASSERT_TRUE(wait_until([&] {
+    std::vector<std::pair<std::string, std::string>> rows;
+    return store_->meta_scan(detail::kBatchPrefix, 100, &rows).ok() && rows.empty();
+  }));
+  d.stop();
+  EXPECT_EQ(server.request_count(), 1u);
 }
 
 class UpstreamDeliveryTlsTest : public UpstreamDeliveryTest {

@@ -16,9 +16,16 @@
 // docs/upstream.md.
 //
 // Thread safety: every public method of Delivery and FileExporter may be called
-// from any thread. Each exporter runs on its own thread between start() and
-// stop(). The store must outlive the exporter. Only one exporter may consume a
-// store's outbox at a time.
+// from any thread. Each exporter runs on its own threads between start() and
+// stop(). Delivery: the network thread (st-delivery, an io_context: the
+// dispatcher and one worker coroutine per batch in flight) never calls the
+// store; every store call it needs runs on the store thread (st-delivery-io),
+// one at a time in the order made, while the calling coroutine is suspended;
+// bodies are encoded on st-encoder. stop() joins the network thread, then the
+// store thread (its calls in progress and queued finish), then the encoder.
+// FileExporter: one thread (st-exporter). replay_deadletters() blocks the
+// caller until the replay is done. The store must outlive the exporter. Only
+// one exporter may consume a store's outbox at a time.
 //
 // Errors: start() throws std::invalid_argument / std::runtime_error for a bad
 // configuration (unparsable endpoint, unreadable CA or key file, missing API

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <atomic>
 #include <charconv>
 #include <mutex>
@@ -216,7 +217,7 @@ buffer::Status deadletter_add(buffer::Store& store, const DeadLetterRecord& r, u
 
 buffer::Status replay_deadletters(buffer::Store& store, uint64_t* next_id,
                                   std::vector<BatchRecord>* created, size_t* replayed,
-                                  const std::function<void(size_t)>& progress) {
+                                  size_t max_records, const std::function<void(size_t)>& progress) {
   *replayed = 0;
   std::lock_guard lock(deadletter_mu());
   DeadLetterTotals t;
@@ -224,9 +225,10 @@ buffer::Status replay_deadletters(buffer::Store& store, uint64_t* next_id,
   if (!s.ok()) return s;
   // A page at a time: its records become batches and leave the dead-letter
   // store in one atomic write, so that a crash neither loses nor doubles one.
-  for (;;) {
+  while (*replayed < max_records) {
     Rows rows;
-    s = store.meta_scan_after(kDeadLetterPrefix, {}, kDeadLetterPage, &rows);
+    s = store.meta_scan_after(kDeadLetterPrefix, {},
+                              std::min(kDeadLetterPage, max_records - *replayed), &rows);
     if (!s.ok()) return s;
     if (rows.empty()) break;
     buffer::Store::MetaWrite w;

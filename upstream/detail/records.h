@@ -75,12 +75,15 @@ buffer::Status deadletter_add(buffer::Store& store, const DeadLetterRecord& r, u
                               uint32_t max_count, uint64_t* evicted_records,
                               uint64_t* evicted_docs);
 
-// Turns every dead-letter record into an inline batch record with a new key
-// and id (from *next_id, incremented), deleting the dead letter. The created
-// records are appended to `created` when it is not null. `progress` (if set)
-// hears the count after each page.
+// Turns every dead-letter record (at most `max_records` of them, oldest
+// first) into an inline batch record with a new key and id (from *next_id,
+// incremented), deleting the dead letter. The created records are appended to
+// `created` when it is not null. `*replayed` counts the records taken,
+// including malformed ones (deleted without a batch). `progress` (if set)
+// hears that count after each page.
 buffer::Status replay_deadletters(buffer::Store& store, uint64_t* next_id,
                                   std::vector<BatchRecord>* created, size_t* replayed,
+                                  size_t max_records = SIZE_MAX,
                                   const std::function<void(size_t)>& progress = {});
 
 // Deletes every dead-letter record; `progress` as above.
