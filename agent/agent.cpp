@@ -91,9 +91,9 @@ struct Agent::Impl {
   ipc::RedactorSlot redactor;
   ipc::RedactStats redact_stats;
   // Freed memory goes back to the kernel about a second after its last use
-  // (common/allocator.cpp); above this much held by the allocator, at once.
-  // Looked at from the writer's thread, which works whenever memory churns.
-  MemoryTrim memory_trim{64ull << 20, std::chrono::milliseconds(100)};
+  // (common/allocator.cpp); beyond this much of it, at once. Looked at from
+  // the writer's thread, which works whenever memory churns.
+  MemoryTrim memory_trim{32ull << 20, std::chrono::milliseconds(100)};
   std::unique_ptr<buffer::Store> store;
   std::unique_ptr<BoundedQueue<ipc::MessageBatch>> queue;
   std::unique_ptr<trace::Assembler> assembler;

@@ -399,8 +399,11 @@ std::string render_metrics(const Components& c, const Clock& clock) {
     w.family("sidetrace_allocator_resident_bytes", "gauge",
              "Memory the allocator holds resident (in use, and freed but not yet returned).");
     w.sample("sidetrace_allocator_resident_bytes", MemoryTrim::resident_bytes());
+    w.family("sidetrace_allocator_freed_bytes", "gauge",
+             "Freed memory the allocator holds for reuse, not yet returned to the kernel.");
+    w.sample("sidetrace_allocator_freed_bytes", MemoryTrim::freed_bytes());
     w.family("sidetrace_allocator_trims_total", "counter",
-             "Times the allocator held more than its soft bound and returned its unused pages.");
+             "Times the allocator held more freed memory than its bound and returned it at once.");
     w.sample("sidetrace_allocator_trims_total", c.memory_trim->trims());
   }
   if (c.exporter) exporter_metrics(w, c.exporter->stats());

@@ -14,9 +14,9 @@
 //                         next round (10-14 us a page on a virtual machine).
 //                         Against 100 ms, this cost 28-32% less CPU per message
 //                         at 2,000 and 20,000 msg/s (bench/footprint.py) for
-//                         2-3 MiB more RSS. What a flood frees is bounded
-//                         apart: above a soft bound the agent returns every
-//                         unused page at once (common/memory.h).
+//                         1-4 MiB more RSS. What a flood frees is bounded
+//                         apart: above 32 MiB of freed pages the agent returns
+//                         them at once (common/memory.h).
 //   tcache_max:4096       threads cache small objects only; the large buffers
 //                         (batches, request bodies) go back to the arena.
 extern "C" {

@@ -1,17 +1,19 @@
-// A soft bound on the memory the allocator keeps for reuse.
+// A bound on the freed memory the allocator keeps for reuse.
 //
 // The agent's jemalloc (common/allocator.cpp) returns freed pages to the
 // kernel about a second after they were last used: pages freed between two
 // rounds of work are reused as they are, not faulted in and zeroed again
 // (10-14 us a page on a virtual machine). Under a flood, though, a burst of
 // freed pages can pile up for that second. MemoryTrim bounds that pile: at most
-// once per `interval` it reads what the allocator holds resident, and above
-// `soft_limit_bytes` it returns every unused page at once.
+// once per `interval` it reads how much freed memory the allocator holds, and
+// above `limit_bytes` it returns every unused page at once. Memory in use is
+// not its business (the agent's queues and caches have bounds of their own),
+// so a large working set does not make it purge over and over.
 //
 // Without jemalloc (the sanitizer builds) it does nothing: `mallctl` is then
 // absent (a weak reference, null).
 //
-// Thread safety: poll() from one thread at a time; trims() from any.
+// Thread safety: poll() from one thread at a time; the rest from any.
 #pragma once
 
 #include <atomic>
@@ -26,9 +28,9 @@ namespace sidetrace {
 
 class MemoryTrim {
  public:
-  // soft_limit_bytes 0: never trims.
-  MemoryTrim(uint64_t soft_limit_bytes, std::chrono::milliseconds interval)
-      : limit_(soft_limit_bytes),
+  // limit_bytes 0: never trims.
+  MemoryTrim(uint64_t limit_bytes, std::chrono::milliseconds interval)
+      : limit_(limit_bytes),
         interval_ns_(static_cast<uint64_t>(std::chrono::nanoseconds(interval).count())) {}
 
   // Cheap enough to call after every unit of work: it looks at the allocator
@@ -37,30 +39,43 @@ class MemoryTrim {
   bool poll(uint64_t now_ns) {
     if (limit_ == 0 || mallctl == nullptr || now_ns < next_ns_) return false;
     next_ns_ = now_ns + interval_ns_;
-    uint64_t resident = resident_bytes();
-    if (resident <= limit_) return false;
+    if (freed_bytes() <= limit_) return false;
     // MALLCTL_ARENAS_ALL: every arena.
     if (mallctl("arena.4096.purge", nullptr, nullptr, nullptr, 0) != 0) return false;
     trims_.fetch_add(1, std::memory_order_relaxed);
     return true;
   }
 
-  // What the allocator holds resident now (0 without jemalloc's statistics).
+  // What the allocator holds resident now: in use, and freed but not yet
+  // returned (0 without jemalloc's statistics).
   static uint64_t resident_bytes() {
-    if (mallctl == nullptr) return 0;
-    // The statistics are a snapshot taken at each new epoch.
-    uint64_t epoch = 1;
-    size_t len = sizeof epoch;
-    if (mallctl("epoch", &epoch, &len, &epoch, len) != 0) return 0;
     size_t resident = 0;
-    len = sizeof resident;
-    if (mallctl("stats.resident", &resident, &len, nullptr, 0) != 0) return 0;
-    return resident;
+    return read_stat("stats.resident", &resident) ? resident : 0;
+  }
+
+  // Of that, the freed pages not yet returned to the kernel.
+  static uint64_t freed_bytes() {
+    size_t pages = 0, page = 0;
+    // MALLCTL_ARENAS_ALL (4096): every arena, merged.
+    if (!read_stat("stats.arenas.4096.pdirty", &pages)) return 0;
+    size_t len = sizeof page;
+    if (mallctl("arenas.page", &page, &len, nullptr, 0) != 0) return 0;
+    return static_cast<uint64_t>(pages) * page;
   }
 
   uint64_t trims() const { return trims_.load(std::memory_order_relaxed); }
 
  private:
+  static bool read_stat(const char* name, size_t* value) {
+    if (mallctl == nullptr) return false;
+    // The statistics are a snapshot taken at each new epoch.
+    uint64_t epoch = 1;
+    size_t len = sizeof epoch;
+    if (mallctl("epoch", &epoch, &len, &epoch, len) != 0) return false;
+    len = sizeof *value;
+    return mallctl(name, value, &len, nullptr, 0) == 0;
+  }
+
   const uint64_t limit_;
   const uint64_t interval_ns_;
   uint64_t next_ns_ = 0;

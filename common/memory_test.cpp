@@ -49,11 +49,12 @@ TEST(MemoryTrim, ReturnsFreedPagesAboveTheBound) {
   HoldFreedPages hold;
   MemoryTrim trim(16 * kMiB, std::chrono::milliseconds(0));
   churn(96);
-  const uint64_t before = MemoryTrim::resident_bytes();
-  ASSERT_GT(before, 80 * kMiB) << "the freed pages should still be held";
+  const uint64_t resident = MemoryTrim::resident_bytes();
+  ASSERT_GT(MemoryTrim::freed_bytes(), 80 * kMiB) << "the freed pages should still be held";
   EXPECT_TRUE(trim.poll(1));
   EXPECT_EQ(trim.trims(), 1u);
-  EXPECT_LT(MemoryTrim::resident_bytes(), 16 * kMiB);
+  EXPECT_LT(MemoryTrim::freed_bytes(), 1 * kMiB);
+  EXPECT_LT(MemoryTrim::resident_bytes(), resident - 80 * kMiB);
   // Below the bound now: nothing more to do.
   EXPECT_FALSE(trim.poll(2));
   EXPECT_EQ(trim.trims(), 1u);
@@ -61,11 +62,28 @@ TEST(MemoryTrim, ReturnsFreedPagesAboveTheBound) {
 
 TEST(MemoryTrim, LooksOncePerInterval) {
   if (mallctl == nullptr) GTEST_SKIP() << "built without jemalloc";
-  MemoryTrim trim(1, std::chrono::milliseconds(100));  // always above the bound
+  HoldFreedPages hold;
+  MemoryTrim trim(1 * kMiB, std::chrono::milliseconds(100));
+  churn(8);
   EXPECT_TRUE(trim.poll(1'000'000'000));
+  churn(8);
   EXPECT_FALSE(trim.poll(1'050'000'000));  // within the interval: not looked at
   EXPECT_TRUE(trim.poll(1'100'000'000));
   EXPECT_EQ(trim.trims(), 2u);
+}
+
+TEST(MemoryTrim, MemoryInUseIsNotTrimmed) {
+  if (mallctl == nullptr) GTEST_SKIP() << "built without jemalloc";
+  HoldFreedPages hold;
+  MemoryTrim trim(16 * kMiB, std::chrono::milliseconds(0));
+  trim.poll(1);  // whatever earlier tests left
+  std::vector<std::unique_ptr<char[]>> live;
+  for (int i = 0; i < 64; ++i) {
+    live.push_back(std::make_unique<char[]>(kMiB));
+    std::memset(live.back().get(), 1, kMiB);
+  }
+  ASSERT_GT(MemoryTrim::resident_bytes(), 64 * kMiB);
+  EXPECT_FALSE(trim.poll(2));
 }
 
 TEST(MemoryTrim, NoBoundNeverTrims) {
