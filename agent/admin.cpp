@@ -13,6 +13,7 @@
 #include <optional>
 #include <thread>
 
+#include "common/host_allowed.h"
 #include "common/host_port.h"
 #include "common/text.h"
 #include "common/thread.h"
@@ -40,10 +41,12 @@ class Worker {
   Worker()
       : guard_(net::make_work_guard(io_)),
         thread_([this] { run_thread("st-admin-work", [this] { io_.run(); }); }) {}
-  ~Worker() {
+  ~Worker() { close(); }
+  // Lets the request under way finish, drops the queued ones, and joins.
+  void close() {
     guard_.reset();
     io_.stop();
-    thread_.join();
+    if (thread_.joinable()) thread_.join();
   }
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -90,15 +93,6 @@ std::string_view header(const Request& req, std::string_view name) {
   return std::string_view(it->value().data(), it->value().size());
 }
 
-// An IPv4 address carried in IPv6 (::ffff:a.b.c.d, as a dual-stack listener
-// sees IPv4 peers) as the IPv4 address itself.
-net::ip::address unmapped(const net::ip::address& a) {
-  if (a.is_v6() && a.to_v6().is_v4_mapped()) {
-    return net::ip::make_address_v4(net::ip::v4_mapped, a.to_v6());
-  }
-  return a;
-}
-
 bool is_open_path(const AdminAccess& access, const Request& req) {
   if (req.method() != http::verb::get && req.method() != http::verb::head) return false;
   std::string_view target(req.target().data(), req.target().size());
@@ -123,7 +117,7 @@ std::optional<Refusal> refusal(const Request& req, const AdminAccess& access,
                                const std::string& local_address) {
   if (req.count(http::field::host) > 1) return Refusal{400, "more than one Host header"};
   std::string_view host = header(req, "Host");
-  if (!host.empty() && !admin_host_allowed(host, access.allowed_hosts, local_address)) {
+  if (!host.empty() && !host_allowed(host, access.allowed_hosts, local_address)) {
     return Refusal{421, "the host name \"" + std::string(host) +
                             "\" is not accepted here; use 127.0.0.1 or localhost, or add it "
                             "to admin.allowed_hosts"};
@@ -315,32 +309,6 @@ bool split_host_port(const std::string& host_port, std::string* host, unsigned s
   return true;
 }
 
-bool admin_host_allowed(std::string_view host_header, const std::vector<std::string>& allowed_hosts,
-                        std::string_view local_address) {
-  const auto hp = parse_host_port(trim(host_header));
-  if (!hp) return false;  // also an unbracketed IPv6 address
-  std::string host = lower(hp->host);
-  if (host.ends_with('.')) host.pop_back();
-  if (host.empty()) return false;
-  if (host == "localhost" || host.ends_with(".localhost")) return true;
-  beast::error_code ec;
-  auto address = net::ip::make_address(host, ec);
-  if (!ec) {
-    address = unmapped(address);
-    if (address.is_loopback()) return true;
-    auto local = net::ip::make_address(std::string(local_address), ec);
-    if (!ec && unmapped(local) == address) return true;
-  }
-  for (const auto& entry : allowed_hosts) {
-    std::string e = lower(entry);
-    if (e.ends_with('.')) e.pop_back();
-    if (e.empty()) continue;
-    if (host == e) return true;
-    if (e.front() == '.' && (host == e.substr(1) || host.ends_with(e))) return true;
-  }
-  return false;
-}
-
 bool equal_constant_time(std::string_view a, std::string_view b) {
   // Every byte of `b` is compared, against `a` cycled when it is shorter.
   unsigned diff = a.size() == b.size() ? 0u : 1u;
@@ -395,6 +363,10 @@ void AdminServer::stop() {
     beast::error_code ignored;
     impl->acceptor.close(ignored);
   });
+}
+
+void AdminServer::join_worker() {
+  if (impl_) impl_->shared->worker->close();
 }
 
 bool admin_request(const std::string& host_port, const std::string& method,

@@ -81,6 +81,11 @@ class AdminServer {
   // Stops accepting and closes the listener; open sessions end after their
   // current request.
   void stop();
+  // Once the io_context no longer runs (stopped, its thread joined): waits
+  // for the request the worker is running, drops those queued (never
+  // answered), and joins the worker. The handler is not called afterwards, so
+  // what it reaches (the store) may then be closed.
+  void join_worker();
 
  private:
   struct Impl;
@@ -89,13 +94,6 @@ class AdminServer {
 
 // Splits "host:port" ("[::1]:80" for IPv6). Returns false if malformed.
 bool split_host_port(const std::string& host_port, std::string* host, unsigned short* port);
-
-// Whether a request's Host header value ("name", "name:port", "1.2.3.4:80",
-// "[::1]:80") is accepted: a loopback name or address, `local_address` (the
-// address the connection came in on, as text), or a match in `allowed_hosts`.
-// Names compare case-insensitively, without a trailing dot.
-bool admin_host_allowed(std::string_view host_header, const std::vector<std::string>& allowed_hosts,
-                        std::string_view local_address);
 
 // Whether `a` equals `b`, in a time that depends on the length of `b` (the
 // secret) only.

@@ -16,6 +16,7 @@
 
 #include "agent/metrics.h"
 #include "agent/operations.h"
+#include "common/host_allowed.h"
 #include "common/wait_until.h"
 
 namespace sidetrace::agent {
@@ -140,6 +141,38 @@ TEST_F(AdminTest, ASlowRequestDoesNotHoldUpTheHealthCheck) {
   slow.join();
   EXPECT_EQ(slow_status, 200u) << slow_err;
   EXPECT_EQ(slow_body, "slow done\n");
+}
+
+TEST_F(AdminTest, JoiningTheWorkerWaitsForItsRequestAndDropsTheQueued) {
+  // Clients that send and never read: the test closes them at the end.
+  boost::asio::io_context cio;
+  auto client = [&](const std::string& request) {
+    auto s = std::make_unique<boost::asio::ip::tcp::socket>(cio);
+    s->connect({boost::asio::ip::make_address("127.0.0.1"), server_->port()});
+    boost::asio::write(*s, boost::asio::buffer(request));
+    return s;
+  };
+  auto slow = client(http("POST", "/slow", {host(), "X-Sidetrace-Request: 1"}));
+  ASSERT_TRUE(wait_until([&] { return slow_entered_.load(); }));
+  // Another request, behind it on the worker (or still being read).
+  auto queued = client(http("GET", "/echo", {host()}));
+  // As the agent stops: the server's thread first, then the worker.
+  server_->stop();
+  io_.stop();
+  thread_.join();
+  std::atomic<bool> joined{false};
+  std::thread joiner([&] {
+    server_->join_worker();
+    joined = true;
+  });
+  // It waits for the request under way...
+  EXPECT_FALSE(wait_until([&] { return joined.load(); }, std::chrono::milliseconds(200)));
+  slow_release_ = true;
+  ASSERT_TRUE(wait_until([&] { return joined.load(); }));
+  joiner.join();
+  // ...and nothing reaches the handler after it.
+  EXPECT_EQ(calls_.load(), 1);
+  thread_ = std::thread([] {});  // for TearDown
 }
 
 TEST_F(AdminTest, AHandlerThatThrowsAnswers500AndTheEndpointGoesOn) {
@@ -297,14 +330,14 @@ TEST_F(AdminAllowedHostsTest, AcceptsTheListedNamesAndTheirSubdomains) {
 
 TEST(AdminHostAllowed, TheAddressTheConnectionCameInOn) {
   // An agent listening on 0.0.0.0, reached at 10.0.0.5 (a kubelet probe).
-  EXPECT_TRUE(admin_host_allowed("10.0.0.5:7718", {}, "10.0.0.5"));
-  EXPECT_TRUE(admin_host_allowed("[fd00::5]:7718", {}, "fd00::5"));
-  EXPECT_FALSE(admin_host_allowed("10.0.0.6:7718", {}, "10.0.0.5"));
-  EXPECT_FALSE(admin_host_allowed("pod.example:7718", {}, "10.0.0.5"));
-  EXPECT_TRUE(admin_host_allowed("pod.example:7718", {"pod.example"}, "10.0.0.5"));
-  EXPECT_FALSE(admin_host_allowed("", {}, "127.0.0.1"));
-  EXPECT_FALSE(admin_host_allowed("[::1", {}, "127.0.0.1"));
-  EXPECT_FALSE(admin_host_allowed("localhost:80:80", {}, "127.0.0.1"));
+  EXPECT_TRUE(host_allowed("10.0.0.5:7718", {}, "10.0.0.5"));
+  EXPECT_TRUE(host_allowed("[fd00::5]:7718", {}, "fd00::5"));
+  EXPECT_FALSE(host_allowed("10.0.0.6:7718", {}, "10.0.0.5"));
+  EXPECT_FALSE(host_allowed("pod.example:7718", {}, "10.0.0.5"));
+  EXPECT_TRUE(host_allowed("pod.example:7718", {"pod.example"}, "10.0.0.5"));
+  EXPECT_FALSE(host_allowed("", {}, "127.0.0.1"));
+  EXPECT_FALSE(host_allowed("[::1", {}, "127.0.0.1"));
+  EXPECT_FALSE(host_allowed("localhost:80:80", {}, "127.0.0.1"));
 }
 
 TEST(AdminToken, ConstantTimeCompare) {

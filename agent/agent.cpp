@@ -90,10 +90,10 @@ struct Agent::Impl {
   // Redaction on the writer thread; swapped atomically by a reload.
   ipc::RedactorSlot redactor;
   ipc::RedactStats redact_stats;
-  // Freed memory goes back to the kernel about a second after its last use
-  // (common/allocator.cpp); beyond this much of it, at once. Looked at from
-  // the writer's thread, which works whenever memory churns.
-  MemoryTrim memory_trim{32ull << 20, std::chrono::milliseconds(100)};
+  // Freed memory goes back to the kernel about 0.3 s after its last use
+  // (common/allocator.cpp); beyond 16 MiB of it, at once. Woken by the
+  // writer, which works whenever memory churns.
+  MemoryTrimThread memory_trim{16ull << 20, std::chrono::milliseconds(50)};
   std::unique_ptr<buffer::Store> store;
   std::unique_ptr<BoundedQueue<ipc::MessageBatch>> queue;
   std::unique_ptr<trace::Assembler> assembler;
@@ -202,7 +202,7 @@ void Agent::Impl::start() {
   writer_opts.commit_delay = std::chrono::milliseconds(cfg.buffer.commit_delay_ms);
   writer_opts.commit_bytes = cfg.buffer.commit_bytes;
   writer_opts.transform = [this](ipc::Message& m) { return redactor.apply(m, &redact_stats); };
-  writer_opts.after_round = [this] { memory_trim.poll(clock.mono_ns()); };
+  writer_opts.after_round = [this] { memory_trim.poke(); };
   // The writer waiting out its commit delay is woken early by a group's worth.
   queue = std::make_unique<BoundedQueue<ipc::MessageBatch>>(cfg.intake.queue_bytes,
                                                             writer_opts.commit_bytes);
@@ -313,6 +313,9 @@ void Agent::Impl::shutdown() {
   if (admin) admin->stop();
   admin_io.stop();
   if (admin_thread.joinable()) admin_thread.join();
+  // A slow request (a dead-letter listing) may be running on the admin
+  // worker: it ends before the store closes, and none starts after it.
+  if (admin) admin->join_worker();
   // A replay or purge under way runs to its end (it has no way to stop
   // halfway); the exporter and the store it works on stay open until then.
   // A reload waiting for the intake's thread gives up (`stopping`).

@@ -48,7 +48,7 @@ struct Components {
   const trace::Assembler* assembler = nullptr;
   const upstream::Exporter* exporter = nullptr;
   const ipc::RedactStats* redact = nullptr;
-  const MemoryTrim* memory_trim = nullptr;
+  const MemoryTrimThread* memory_trim = nullptr;
   bool started = false;
   uint64_t started_ns = 0;
 };

@@ -1,10 +1,10 @@
 // A bound on the freed memory the allocator keeps for reuse.
 //
 // The agent's jemalloc (common/allocator.cpp) returns freed pages to the
-// kernel about a second after they were last used: pages freed between two
+// kernel about 0.3 s after they were last used: pages freed between two
 // rounds of work are reused as they are, not faulted in and zeroed again
 // (10-14 us a page on a virtual machine). Under a flood, though, a burst of
-// freed pages can pile up for that second. MemoryTrim bounds that pile: at most
+// freed pages can pile up meanwhile. MemoryTrim bounds that pile: at most
 // once per `interval` it reads how much freed memory the allocator holds, and
 // above `limit_bytes` it returns every unused page at once. Memory in use is
 // not its business (the agent's queues and caches have bounds of their own),
@@ -18,8 +18,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
+#include <thread>
+
+#include "common/thread.h"
 
 extern "C" int mallctl(const char* name, void* oldp, size_t* oldlenp, void* newp, size_t newlen)
     __attribute__((weak));
@@ -80,6 +85,69 @@ class MemoryTrim {
   const uint64_t interval_ns_;
   uint64_t next_ns_ = 0;
   std::atomic<uint64_t> trims_{0};
+};
+
+// MemoryTrim on a thread of its own (st-memory), so that a thread that
+// stalls (the writer waiting for the store) does not stop it. poke() (cheap,
+// from any thread; the writer pokes after each round of work) wakes it; it
+// then looks every `interval` until the allocator holds less than 1 MiB of
+// freed pages, and sleeps until the next poke. Idle, it does not wake.
+// Without jemalloc it starts no thread.
+class MemoryTrimThread {
+ public:
+  MemoryTrimThread(uint64_t limit_bytes, std::chrono::milliseconds interval)
+      : trim_(limit_bytes, interval), interval_(interval) {
+    if (mallctl != nullptr && limit_bytes > 0) {
+      thread_ = std::thread([this] { run_thread("st-memory", [this] { run(); }); });
+    }
+  }
+  ~MemoryTrimThread() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_one();
+    if (thread_.joinable()) thread_.join();
+  }
+  MemoryTrimThread(const MemoryTrimThread&) = delete;
+  MemoryTrimThread& operator=(const MemoryTrimThread&) = delete;
+
+  void poke() {
+    if (active_.exchange(true, std::memory_order_relaxed)) return;
+    std::lock_guard lock(mu_);
+    cv_.notify_one();
+  }
+
+  uint64_t trims() const { return trim_.trims(); }
+
+ private:
+  void run() {
+    std::unique_lock lock(mu_);
+    while (!stop_) {
+      cv_.wait(lock, [this] { return stop_ || active_.load(std::memory_order_relaxed); });
+      while (!stop_) {
+        lock.unlock();
+        trim_.poll(static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch() /
+                                         std::chrono::nanoseconds(1)));
+        const bool settled = MemoryTrim::freed_bytes() < (1u << 20);
+        lock.lock();
+        if (settled) {
+          // A poke from here on wakes it again.
+          active_.store(false, std::memory_order_relaxed);
+          break;
+        }
+        cv_.wait_for(lock, interval_, [this] { return stop_; });
+      }
+    }
+  }
+
+  MemoryTrim trim_;
+  const std::chrono::milliseconds interval_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::atomic<bool> active_{false};
+  std::thread thread_;
 };
 
 }  // namespace sidetrace

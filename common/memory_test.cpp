@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "common/wait_until.h"
+
 #include <cstring>
 #include <memory>
 #include <string>
@@ -84,6 +86,22 @@ TEST(MemoryTrim, MemoryInUseIsNotTrimmed) {
   }
   ASSERT_GT(MemoryTrim::resident_bytes(), 64 * kMiB);
   EXPECT_FALSE(trim.poll(2));
+}
+
+TEST(MemoryTrimThread, APokeHasItReturnFreedPagesOnItsOwnThread) {
+  if (mallctl == nullptr) GTEST_SKIP() << "built without jemalloc";
+  HoldFreedPages hold;
+  MemoryTrimThread t(16 * kMiB, std::chrono::milliseconds(10));
+  churn(64);
+  ASSERT_GT(MemoryTrim::freed_bytes(), 48 * kMiB);
+  EXPECT_EQ(t.trims(), 0u);  // not poked: it sleeps
+  t.poke();
+  ASSERT_TRUE(wait_until([&] { return t.trims() >= 1; }));
+  EXPECT_LT(MemoryTrim::freed_bytes(), 16 * kMiB);
+  // Woken again by the next poke.
+  churn(64);
+  t.poke();
+  ASSERT_TRUE(wait_until([&] { return t.trims() >= 2; }));
 }
 
 TEST(MemoryTrim, NoBoundNeverTrims) {

@@ -18,6 +18,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/host_allowed.h"
 #include "common/host_port.h"
 #include "common/rate_limited_log.h"
 #include "common/text.h"
@@ -136,45 +137,6 @@ Inflated gunzip(std::string_view in, size_t limit, std::string* out) {
 
 // ---------------------------------------------------------------------------
 // Who may send
-
-// An IPv4 address carried in IPv6 (::ffff:a.b.c.d, as a dual-stack listener
-// sees IPv4 peers) as the IPv4 address itself.
-asio::ip::address unmapped(const asio::ip::address& a) {
-  if (a.is_v6() && a.to_v6().is_v4_mapped()) {
-    return asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6());
-  }
-  return a;
-}
-
-// A host name as compared: lower case, without a trailing dot.
-std::string host_key(std::string_view host) {
-  std::string h = lower(host);
-  if (h.ends_with('.')) h.pop_back();
-  return h;
-}
-
-// Whether a Host header value names this receiver: a loopback name or
-// address, the address the connection came in on, or one of `names` (the
-// listen address's host and the allowed hosts; ".example.com" also matches
-// its subdomains).
-bool host_allowed(std::string_view host_header, const std::vector<std::string>& names,
-                  const std::string& local_address) {
-  const auto hp = parse_host_port(trim(host_header));
-  if (!hp) return false;
-  const std::string host = host_key(hp->host);
-  if (host.empty()) return false;
-  if (host == "localhost" || host.ends_with(".localhost")) return true;
-  error_code ec;
-  const auto address = asio::ip::make_address(host, ec);
-  if (!ec) {
-    if (unmapped(address).is_loopback()) return true;
-    const auto local = asio::ip::make_address(local_address, ec);
-    if (!ec && unmapped(local) == unmapped(address)) return true;
-  }
-  return std::any_of(names.begin(), names.end(), [&host](const std::string& n) {
-    return host == n || (n.starts_with('.') && (host == n.substr(1) || host.ends_with(n)));
-  });
-}
 
 // ---------------------------------------------------------------------------
 // Shared state

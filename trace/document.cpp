@@ -1,5 +1,7 @@
 #include "trace/document.h"
 
+#include "ipc/detail/msgpack_reader.h"
+
 #include <charconv>
 #include <cmath>
 #include <cstring>
@@ -39,178 +41,80 @@ struct Token {
   std::string_view data;  // str, bin, ext payload
 };
 
-template <typename T>
-T load_be(const char* p) {
-  T v = 0;
-  for (size_t k = 0; k < sizeof(T); ++k) {
-    v = static_cast<T>((v << 8) | static_cast<unsigned char>(p[k]));
-  }
-  return v;
-}
-
-// Reads one token (a scalar, or a container header) at `p`, advancing it.
+// Reads one token (a scalar, or a container header) at `p`, advancing it,
+// with the protocol's own msgpack reader (ipc/detail/msgpack_reader.h).
 // Returns false on truncated or invalid input; `p` is then unspecified.
 bool read_token(const char*& p, const char* end, Token* t) {
-  if (p >= end) return false;
-  const auto avail = [&](size_t n) { return static_cast<size_t>(end - p) >= n; };
-  const unsigned char c = static_cast<unsigned char>(*p++);
-  size_t len = 0;
-  if (c <= 0x7f) {
-    t->type = Tok::kUint;
-    t->u = c;
-    return true;
-  }
-  if (c >= 0xe0) {
-    t->type = Tok::kInt;
-    t->i = static_cast<int8_t>(c);
-    return true;
-  }
-  if (c <= 0x8f || (c >= 0x90 && c <= 0x9f)) {
-    t->type = c <= 0x8f ? Tok::kMap : Tok::kArray;
-    t->count = c & 0x0f;
-  } else if (c >= 0xa0 && c <= 0xbf) {
-    t->type = Tok::kStr;
-    len = c & 0x1f;
-    if (!avail(len)) return false;
-    t->data = std::string_view(p, len);
-    p += len;
-    return true;
-  } else {
-    switch (c) {
-      case 0xc0:
-        t->type = Tok::kNil;
-        return true;
-      case 0xc2:
-      case 0xc3:
-        t->type = Tok::kBool;
-        t->b = c == 0xc3;
-        return true;
-      case 0xc4:
-      case 0xc5:
-      case 0xc6:
-      case 0xd9:
-      case 0xda:
-      case 0xdb: {
-        const bool bin = c <= 0xc6;
-        const size_t width = bin ? (size_t{1} << (c - 0xc4)) : (size_t{1} << (c - 0xd9));
-        if (!avail(width)) return false;
-        len = width == 1   ? load_be<uint8_t>(p)
-              : width == 2 ? load_be<uint16_t>(p)
-                           : load_be<uint32_t>(p);
-        p += width;
-        if (!avail(len)) return false;
-        t->type = bin ? Tok::kBin : Tok::kStr;
-        t->data = std::string_view(p, len);
-        p += len;
-        return true;
-      }
-      case 0xc7:
-      case 0xc8:
-      case 0xc9: {
-        const size_t width = size_t{1} << (c - 0xc7);
-        if (!avail(width + 1)) return false;
-        len = width == 1   ? load_be<uint8_t>(p)
-              : width == 2 ? load_be<uint16_t>(p)
-                           : load_be<uint32_t>(p);
-        p += width;
-        t->ext_type = static_cast<int8_t>(*p++);
-        if (!avail(len)) return false;
-        t->type = Tok::kExt;
-        t->data = std::string_view(p, len);
-        p += len;
-        return true;
-      }
-      case 0xd4:
-      case 0xd5:
-      case 0xd6:
-      case 0xd7:
-      case 0xd8: {
-        len = size_t{1} << (c - 0xd4);
-        if (!avail(len + 1)) return false;
-        t->ext_type = static_cast<int8_t>(*p++);
-        t->type = Tok::kExt;
-        t->data = std::string_view(p, len);
-        p += len;
-        return true;
-      }
-      case 0xca: {
-        if (!avail(4)) return false;
-        uint32_t bits = load_be<uint32_t>(p);
-        p += 4;
-        std::memcpy(&t->f, &bits, 4);
+  using ipc::detail::MpItem;
+  using ipc::detail::MpType;
+  MpItem it;
+  const int h = ipc::detail::read_header(reinterpret_cast<const uint8_t*>(p),
+                                         static_cast<size_t>(end - p), &it);
+  if (h <= 0) return false;
+  p += h;
+  switch (it.type) {
+    case MpType::kNil:
+      t->type = Tok::kNil;
+      return true;
+    case MpType::kBool:
+      t->type = Tok::kBool;
+      t->b = it.b;
+      return true;
+    case MpType::kUint:
+      t->type = Tok::kUint;
+      t->u = it.u;
+      return true;
+    case MpType::kInt:
+      t->type = Tok::kInt;
+      t->i = it.i;
+      return true;
+    case MpType::kFloat:
+      if (it.f32) {
         t->type = Tok::kFloat32;
-        return true;
-      }
-      case 0xcb: {
-        if (!avail(8)) return false;
-        uint64_t bits = load_be<uint64_t>(p);
-        p += 8;
-        std::memcpy(&t->d, &bits, 8);
+        t->f = static_cast<float>(it.f);
+      } else {
         t->type = Tok::kFloat64;
-        return true;
+        t->d = it.f;
       }
-      case 0xcc:
-      case 0xcd:
-      case 0xce:
-      case 0xcf: {
-        const size_t width = size_t{1} << (c - 0xcc);
-        if (!avail(width)) return false;
-        t->u = width == 1   ? load_be<uint8_t>(p)
-               : width == 2 ? load_be<uint16_t>(p)
-               : width == 4 ? load_be<uint32_t>(p)
-                            : load_be<uint64_t>(p);
-        p += width;
-        t->type = Tok::kUint;
-        return true;
-      }
-      case 0xd0:
-      case 0xd1:
-      case 0xd2:
-      case 0xd3: {
-        const size_t width = size_t{1} << (c - 0xd0);
-        if (!avail(width)) return false;
-        t->i = width == 1   ? static_cast<int8_t>(load_be<uint8_t>(p))
-               : width == 2 ? static_cast<int16_t>(load_be<uint16_t>(p))
-               : width == 4 ? static_cast<int32_t>(load_be<uint32_t>(p))
-                            : static_cast<int64_t>(load_be<uint64_t>(p));
-        p += width;
-        t->type = Tok::kInt;
-        return true;
-      }
-      case 0xdc:
-      case 0xdd:
-      case 0xde:
-      case 0xdf: {
-        const size_t width = (c == 0xdc || c == 0xde) ? 2 : 4;
-        if (!avail(width)) return false;
-        t->count = width == 2 ? load_be<uint16_t>(p) : load_be<uint32_t>(p);
-        p += width;
-        t->type = c <= 0xdd ? Tok::kArray : Tok::kMap;
-        break;
-      }
-      default:  // 0xc1 is never used
-        return false;
+      return true;
+    case MpType::kStr:
+    case MpType::kBin:
+    case MpType::kExt:
+      if (static_cast<size_t>(end - p) < it.len) return false;
+      t->type = it.type == MpType::kStr   ? Tok::kStr
+                : it.type == MpType::kBin ? Tok::kBin
+                                          : Tok::kExt;
+      t->ext_type = it.ext_type;
+      t->data = std::string_view(p, it.len);
+      p += it.len;
+      return true;
+    case MpType::kArray:
+    case MpType::kMap: {
+      t->type = it.type == MpType::kMap ? Tok::kMap : Tok::kArray;
+      t->count = it.len;
+      // Every element takes at least one byte, so a count beyond the
+      // remaining bytes is malformed; refusing it early bounds the work.
+      const uint64_t elements = t->type == Tok::kMap ? t->count * 2 : t->count;
+      return elements <= static_cast<uint64_t>(end - p);
     }
   }
-  // A container: every element takes at least one byte, so a count beyond the
-  // remaining bytes is malformed; refusing it early bounds the work.
-  const uint64_t elements = t->type == Tok::kMap ? t->count * 2 : t->count;
-  return elements <= static_cast<uint64_t>(end - p);
+  return false;
 }
 
 // Decodes the msgpack timestamp ext payload to ns since the epoch.
 bool timestamp_ns(std::string_view d, int64_t* ns) {
   int64_t sec = 0;
   uint64_t nsec = 0;
+  const auto* b = reinterpret_cast<const uint8_t*>(d.data());
   if (d.size() == 4) {
-    sec = load_be<uint32_t>(d.data());
+    sec = ipc::detail::load_be32(b);
   } else if (d.size() == 8) {
-    uint64_t v = load_be<uint64_t>(d.data());
+    uint64_t v = ipc::detail::load_be64(b);
     nsec = v >> 34;
     sec = static_cast<int64_t>(v & 0x3ffffffffull);
   } else if (d.size() == 12) {
-    nsec = load_be<uint32_t>(d.data());
-    sec = static_cast<int64_t>(load_be<uint64_t>(d.data() + 4));
+    nsec = ipc::detail::load_be32(b);
+    sec = static_cast<int64_t>(ipc::detail::load_be64(b + 4));
   } else {
     return false;
   }

@@ -1,6 +1,7 @@
-// A minimal, allocation-free msgpack reader over a byte range. Used by the
-// event validator and the stream splitter, which need the exact extent and
-// type of each value but never a materialised object tree.
+// A minimal, allocation-free msgpack reader over a byte range: the agent's one
+// msgpack reader. Used by the event validator, the stream splitter, redaction
+// and the trace document writer (trace/document.cpp), which need the exact
+// extent and type of each value but never a materialised object tree.
 //
 // Thread safety: stateless functions; safe from any thread.
 #pragma once
@@ -21,9 +22,10 @@ struct MpItem {
   int8_t ext_type = 0;
   bool b = false;
   uint32_t len = 0;
-  uint64_t u = 0;  // kUint
-  int64_t i = 0;   // kInt (always negative)
-  double f = 0;    // kFloat
+  uint64_t u = 0;    // kUint
+  int64_t i = 0;     // kInt (always negative)
+  double f = 0;      // kFloat
+  bool f32 = false;  // kFloat: encoded as a float32 (exact as a float)
 };
 
 inline uint16_t load_be16(const uint8_t* p) {
@@ -129,12 +131,14 @@ inline int read_header(const uint8_t* p, size_t avail, MpItem* it) {
       std::memcpy(&v, &bits, sizeof v);
       it->type = MpType::kFloat;
       it->f = v;
+      it->f32 = true;
       break;
     }
     case 0xcb: {
       uint64_t bits = load_be64(q);
       std::memcpy(&it->f, &bits, sizeof it->f);
       it->type = MpType::kFloat;
+      it->f32 = false;
       break;
     }
     case 0xcc:
