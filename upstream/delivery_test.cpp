@@ -347,8 +347,11 @@ TEST_F(UpstreamDeliveryTest, AnEncoderThatThrowsOnOneTraceDeadLettersOnlyThatTra
   EXPECT_EQ(sent, (std::multiset<std::string>{"good1#1", "good2#1", "good3#1"}));
   // The slot was released: the next revision goes out.
   emit_doc(*store_, "good4", make_doc("good4", 1));
-  ASSERT_TRUE(wait_until([&] { return drained() && d.stats().traces_delivered == 4; }));
-  EXPECT_EQ(d.stats().in_flight, 0u);
+  // Its slot is free once its acknowledgement is written, after the count.
+  ASSERT_TRUE(wait_until([&] {
+    Stats s = d.stats();
+    return drained() && s.traces_delivered == 4 && s.in_flight == 0;
+  }));
   d.stop();
   std::vector<std::pair<std::string, std::string>> rows;
   ASSERT_TRUE(store_->meta_scan(detail::kBatchPrefix, 100, &rows).ok());
