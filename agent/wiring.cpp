@@ -77,6 +77,7 @@ ipc::IntakeOptions intake_options(const config::Config& c) {
   o.limits.max_message_bytes = c.listen.max_message_bytes;
   o.max_connections = static_cast<size_t>(c.listen.max_connections);
   o.read_delay = std::chrono::milliseconds(c.listen.read_delay_ms);
+  o.stream_read_delay = std::chrono::milliseconds(c.listen.stream_read_delay_ms);
   o.max_partial_bytes = c.listen.max_partial_bytes;
   o.idle_timeout = std::chrono::seconds(c.listen.idle_timeout_s);
   return o;

@@ -5,7 +5,8 @@
 
 For each exporter (a loopback HTTP sink, the file exporter) and each offered load
 (idle, then FOOTPRINT_RATES messages/s of realistic 5-message traces sent by
-compare_loadgen over the Unix datagram socket), the agent starts on a fresh store
+compare_loadgen over the Unix stream socket, the SDKs' default, or with
+FOOTPRINT_TRANSPORT=dgram over the Unix datagram socket), the agent starts on a fresh store
 with the default buffer.sync = "fsync", the load runs for a warm-up, and then for
 FOOTPRINT_SECONDS the agent's CPU is read from /proc/<pid>/task/*/stat (split by
 thread name) and its messages from its own accepted counter. With the quota
@@ -15,13 +16,14 @@ Last, one trace of FOOTPRINT_BIG_EVENTS events of 2 KB (100 MB) goes through eac
 its peak RSS, and the agent's CPU once it is delivered and after a restart.
 
 One JSON line per measurement:
-  {"bench":"footprint","exporter":"http","rate":2000,"at_quota":false,
+  {"bench":"footprint","exporter":"http","transport":"stream","rate":2000,"at_quota":false,
    "messages":20000,"cpu_us_per_msg":..,"core_pct":..,"threads_us_per_msg":{..},
+   "threads_wakes_per_s":{..},
    "peak_rss_mib":..,"rss_mib":..,"delivered_events":..}
 Idle lines give core_pct (no messages). Environment: SIDETRACE_BIN,
 FOOTPRINT_RATES (default "200,2000,20000"), FOOTPRINT_SECONDS (default 10),
 FOOTPRINT_WARMUP_S (default 3), FOOTPRINT_IDLE_S (default 30),
-FOOTPRINT_EXPORTERS (default "http,file"),
+FOOTPRINT_EXPORTERS (default "http,file"), FOOTPRINT_TRANSPORT (default "stream"),
 FOOTPRINT_QUOTA (default 1), FOOTPRINT_BIG_EVENTS (default 50000; 0 skips the big
 trace), FOOTPRINT_DIR (parent of the work directory).
 """
@@ -48,6 +50,7 @@ WARMUP = float(os.environ.get("FOOTPRINT_WARMUP_S", "3"))
 IDLE_SECONDS = float(os.environ.get("FOOTPRINT_IDLE_S", "30"))
 EXPORTERS = os.environ.get("FOOTPRINT_EXPORTERS", "http,file").split(",")
 QUOTA = os.environ.get("FOOTPRINT_QUOTA", "1") == "1"
+TRANSPORT = os.environ.get("FOOTPRINT_TRANSPORT", "stream")
 BIG_EVENTS = int(os.environ.get("FOOTPRINT_BIG_EVENTS", "50000"))
 QUOTA_BYTES = 64 << 20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -80,19 +83,24 @@ def free_port():
 
 
 def thread_cpu(pid):
-    """CPU seconds per thread name (utime + stime), summed over same-named threads."""
+    """Per thread name, summed over same-named threads: (CPU seconds (utime +
+    stime), times it was switched out, i.e. its wake-ups)."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/stat") as f:
                 stat = f.read()
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                status = f.read()
         except OSError:
             continue  # the thread ended
         name = stat[stat.index("(") + 1:stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()
+        switches = sum(int(m) for m in re.findall(r"ctxt_switches:\s+(\d+)", status))
         # Thread pools (RocksDB's, jemalloc's) are summed under one name.
         name = re.sub(r"[:\d]+$", "", name) or name
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+        cpu, wakes = out.get(name, (0.0, 0))
+        out[name] = (cpu + (int(fields[11]) + int(fields[12])) / CLK_TCK, wakes + switches)
     return out
 
 
@@ -167,13 +175,14 @@ class Agent:
 RUNS = itertools.count(1)
 
 
-def loadgen(sock, rate, seconds):
+def loadgen(agent, rate, seconds):
     # Each run sends traces of its own: the same trace ids again would make
     # every trace of the run a late revision of one of an earlier run.
     salt = f"{0x5eed0f00d0000000 + os.getpid() * 4096 + next(RUNS):016x}"
+    sock = agent.stream if TRANSPORT == "stream" else agent.sock
     return subprocess.Popen([os.path.join(TOOLS, "compare_loadgen"), "--socket", sock,
                              "--format", "msgpack", "--seconds", str(seconds),
-                             "--rate", str(rate), "--salt", salt],
+                             "--rate", str(rate), "--salt", salt, "--transport", TRANSPORT],
                             stdout=subprocess.PIPE, text=True)
 
 
@@ -181,7 +190,7 @@ def measure(agent, rate, exporter, at_quota):
     pid = agent.proc.pid
     gen = None
     if rate > 0:
-        gen = loadgen(agent.sock, rate, WARMUP + SECONDS + 1)
+        gen = loadgen(agent, rate, WARMUP + SECONDS + 1)
         time.sleep(WARMUP)  # the load generator runs on; this is the warm-up it gets
     accepted0 = agent.metric("sidetrace_accepted_messages_total")
     delivered0 = agent.metric("sidetrace_events_delivered_total")
@@ -195,7 +204,8 @@ def measure(agent, rate, exporter, at_quota):
         gen.communicate(timeout=WARMUP + SECONDS + 60)
     msgs = accepted1 - accepted0
     cpu = cpu1 - cpu0
-    line = {"bench": "footprint", "exporter": exporter, "rate": rate, "at_quota": at_quota,
+    line = {"bench": "footprint", "exporter": exporter, "transport": TRANSPORT, "rate": rate,
+            "at_quota": at_quota,
             "seconds": round(t1 - t0, 2), "messages": int(msgs),
             "core_pct": round(100 * cpu / (t1 - t0), 3),
             "peak_rss_mib": round(status_mib(pid, "VmHWM"), 1),
@@ -203,9 +213,13 @@ def measure(agent, rate, exporter, at_quota):
             "delivered_events": int(delivered1 - delivered0)}
     if msgs > 0:
         line["cpu_us_per_msg"] = round(1e6 * cpu / msgs, 2)
+        before = {k: threads0.get(k, (0.0, 0)) for k in threads1}
         line["threads_us_per_msg"] = {
-            k: round(1e6 * (threads1.get(k, 0) - threads0.get(k, 0)) / msgs, 2)
-            for k in sorted(threads1) if threads1.get(k, 0) - threads0.get(k, 0) > 0}
+            k: round(1e6 * (threads1[k][0] - before[k][0]) / msgs, 2)
+            for k in sorted(threads1) if threads1[k][0] - before[k][0] > 0}
+        line["threads_wakes_per_s"] = {
+            k: round((threads1[k][1] - before[k][1]) / (t1 - t0))
+            for k in sorted(threads1) if threads1[k][1] > before[k][1]}
     print(json.dumps(line), flush=True)
 
 
@@ -253,7 +267,7 @@ def big_trace(agent, exporter):
 
 def fill_to_quota(agent):
     """Floods the agent until its store holds buffer.max_bytes (it then evicts)."""
-    gen = loadgen(agent.sock, 0, 120)
+    gen = loadgen(agent, 0, 120)
     try:
         wait_until(lambda: agent.metric("sidetrace_buffer_bytes") >= 0.9 * QUOTA_BYTES and
                    agent.metric("sidetrace_dropped_by_policy_total") > 0,

@@ -97,6 +97,7 @@ void Writer::run() {
       if (open) linger(batches);
     }
     size_t bytes = 0;
+    size_t round_bytes = 0;
     for (auto& batch : batches) {
       for (auto& m : batch) {
         if (m.trace_id.empty() || m.trace_id.size() > 255) {
@@ -115,6 +116,7 @@ void Writer::run() {
           }
         }
         bytes += m.trace_id.size() + m.raw.size() + 40;
+        round_bytes += m.raw.size();
         group.push_back(std::move(m));
         if (group.size() >= opts_.max_group_messages || bytes >= opts_.max_group_bytes) {
           commit(group, bytes);
@@ -126,7 +128,7 @@ void Writer::run() {
     if (!group.empty()) commit(group, bytes);
     group.clear();
     busy_since_ns_.store(0);
-    if (!batches.empty() && opts_.after_round) opts_.after_round();
+    if (!batches.empty() && opts_.after_round) opts_.after_round(round_bytes);
     if (!open) return;
   }
 }

@@ -49,6 +49,7 @@
 #include "common/bounded_queue.h"
 #include "common/clock.h"
 #include "common/rate_limited_log.h"
+#include "config/defaults.h"
 #include "ipc/message.h"
 
 namespace sidetrace::buffer {
@@ -61,9 +62,10 @@ struct WriterOptions {
   // hand: a sustained load fills groups without waiting, while messages that
   // arrive one by one share a commit (and its sync) instead of paying one
   // each. The queue's wake weight should be `commit_bytes`, so that it wakes
-  // the waiting writer. 0 = commit at once.
+  // the waiting writer. 0 = commit at once (the agent's default is
+  // config::defaults::kBufferCommitDelayMs).
   std::chrono::milliseconds commit_delay{0};
-  size_t commit_bytes = 16 << 10;
+  size_t commit_bytes = config::defaults::kBufferCommitBytes;
   // After a write failure, Store::resume() is tried after `resume_interval`,
   // then at doubling intervals up to `max_resume_interval`.
   std::chrono::milliseconds resume_interval{100};
@@ -73,8 +75,9 @@ struct WriterOptions {
   // the transform left it). Must keep trace_id; empty = no transform.
   std::function<bool(ipc::Message&)> transform;
   // Called on the writer thread each time it is done with what it took from
-  // the queue (committed or dropped). Must not block or throw; empty = none.
-  std::function<void()> after_round;
+  // the queue (committed or dropped), with the raw bytes of those messages.
+  // Must not block or throw; empty = none.
+  std::function<void(size_t bytes)> after_round;
 };
 
 struct WriterStats {

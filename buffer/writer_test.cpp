@@ -191,7 +191,7 @@ TEST(WriterTest, CallsAfterRoundOnceItIsDoneWithWhatItTook) {
   std::atomic<size_t> rounds{0}, persisted_at_round{0};
   WriterOptions wo;
   Writer* wp = nullptr;
-  wo.after_round = [&] {
+  wo.after_round = [&](size_t) {
     // Called on the writer's thread, after the round's commits.
     persisted_at_round.store(wp->stats().persisted);
     rounds.fetch_add(1);

@@ -88,15 +88,20 @@ class MemoryTrim {
 };
 
 // MemoryTrim on a thread of its own (st-memory), so that a thread that
-// stalls (the writer waiting for the store) does not stop it. poke() (cheap,
-// from any thread; the writer pokes after each round of work) wakes it; it
-// then looks every `interval` until the allocator holds less than 1 MiB of
-// freed pages, and sleeps until the next poke. Idle, it does not wake.
+// stalls (the writer waiting for the store) does not stop it. Freed pages
+// pile up only as fast as memory is used and freed, which goes with the work
+// the agent does: poke(bytes) (cheap, from any thread; the writer pokes after
+// each round of work with the bytes it took) counts that work, and once
+// `look_bytes` of it has been done since the last look, wakes the thread. It
+// then looks (at most once per `interval`), and while a look finds a pile to
+// return, looks again after `interval`, so that a flood is followed closely;
+// otherwise it sleeps until enough work has been done again. An everyday load
+// wakes it every few seconds, and idle it does not wake.
 // Without jemalloc it starts no thread.
 class MemoryTrimThread {
  public:
-  MemoryTrimThread(uint64_t limit_bytes, std::chrono::milliseconds interval)
-      : trim_(limit_bytes, interval), interval_(interval) {
+  MemoryTrimThread(uint64_t limit_bytes, std::chrono::milliseconds interval, uint64_t look_bytes)
+      : trim_(limit_bytes, interval), interval_(interval), look_bytes_(look_bytes) {
     if (mallctl != nullptr && limit_bytes > 0) {
       thread_ = std::thread([this] { run_thread("st-memory", [this] { run(); }); });
     }
@@ -112,12 +117,14 @@ class MemoryTrimThread {
   MemoryTrimThread(const MemoryTrimThread&) = delete;
   MemoryTrimThread& operator=(const MemoryTrimThread&) = delete;
 
-  void poke() {
+  void poke(uint64_t bytes) {
+    if (work_.fetch_add(bytes, std::memory_order_relaxed) + bytes < look_bytes_) return;
     if (active_.exchange(true, std::memory_order_relaxed)) return;
     std::lock_guard lock(mu_);
     cv_.notify_one();
   }
 
+  uint64_t looks() const { return looks_.load(std::memory_order_relaxed); }
   uint64_t trims() const { return trim_.trims(); }
 
  private:
@@ -127,12 +134,13 @@ class MemoryTrimThread {
       cv_.wait(lock, [this] { return stop_ || active_.load(std::memory_order_relaxed); });
       while (!stop_) {
         lock.unlock();
-        trim_.poll(static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch() /
-                                         std::chrono::nanoseconds(1)));
-        const bool settled = MemoryTrim::freed_bytes() < (1u << 20);
+        work_.store(0, std::memory_order_relaxed);
+        looks_.fetch_add(1, std::memory_order_relaxed);
+        const bool trimmed = trim_.poll(static_cast<uint64_t>(
+            std::chrono::steady_clock::now().time_since_epoch() / std::chrono::nanoseconds(1)));
         lock.lock();
-        if (settled) {
-          // A poke from here on wakes it again.
+        if (!trimmed) {
+          // A poke after enough work wakes it again.
           active_.store(false, std::memory_order_relaxed);
           break;
         }
@@ -143,10 +151,13 @@ class MemoryTrimThread {
 
   MemoryTrim trim_;
   const std::chrono::milliseconds interval_;
+  const uint64_t look_bytes_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;
   std::atomic<bool> active_{false};
+  std::atomic<uint64_t> work_{0};
+  std::atomic<uint64_t> looks_{0};
   std::thread thread_;
 };
 

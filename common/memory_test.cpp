@@ -88,20 +88,42 @@ TEST(MemoryTrim, MemoryInUseIsNotTrimmed) {
   EXPECT_FALSE(trim.poll(2));
 }
 
-TEST(MemoryTrimThread, APokeHasItReturnFreedPagesOnItsOwnThread) {
+TEST(MemoryTrimThread, EnoughWorkHasItReturnFreedPagesOnItsOwnThread) {
   if (mallctl == nullptr) GTEST_SKIP() << "built without jemalloc";
   HoldFreedPages hold;
-  MemoryTrimThread t(16 * kMiB, std::chrono::milliseconds(10));
+  MemoryTrimThread t(16 * kMiB, std::chrono::milliseconds(10), 4 * kMiB);
   churn(64);
   ASSERT_GT(MemoryTrim::freed_bytes(), 48 * kMiB);
   EXPECT_EQ(t.trims(), 0u);  // not poked: it sleeps
-  t.poke();
+  t.poke(3 * kMiB);
+  t.poke(512 * 1024);
+  EXPECT_EQ(t.looks(), 0u);  // less work than look_bytes: not woken
+  t.poke(512 * 1024);
   ASSERT_TRUE(wait_until([&] { return t.trims() >= 1; }));
   EXPECT_LT(MemoryTrim::freed_bytes(), 16 * kMiB);
-  // Woken again by the next poke.
+  // It looks once more after a trim, finds nothing, and sleeps.
+  ASSERT_TRUE(wait_until([&] { return t.looks() >= 2; }));
+  // Woken again once enough work is done.
   churn(64);
-  t.poke();
+  t.poke(4 * kMiB);
   ASSERT_TRUE(wait_until([&] { return t.trims() >= 2; }));
+}
+
+// A look that finds nothing to return puts it to sleep: it does not look
+// again until the next look_bytes of work.
+TEST(MemoryTrimThread, SleepsAfterALookThatFindsLittle) {
+  if (mallctl == nullptr) GTEST_SKIP() << "built without jemalloc";
+  MemoryTrimThread t(1024 * kMiB, std::chrono::milliseconds(1), 1 * kMiB);
+  t.poke(1 * kMiB);
+  ASSERT_TRUE(wait_until([&] { return t.looks() >= 1; }));
+  // Were it still awake it would look every millisecond: poll until it is
+  // known to be asleep (a poke below look_bytes does not wake it).
+  const uint64_t looks = t.looks();
+  t.poke(1024);
+  uint64_t later = 0;
+  wait_until([&] { return (later = t.looks()) > looks; }, std::chrono::milliseconds(50));
+  EXPECT_EQ(later, looks);
+  EXPECT_EQ(t.trims(), 0u);
 }
 
 TEST(MemoryTrim, NoBoundNeverTrims) {

@@ -95,6 +95,10 @@ const std::vector<Key>& keys() {
       Key("listen.read_delay_ms", Type::kInt, at([](Config& c) { return &c.listen.read_delay_ms; }))
           .range(0, 100)
           .restart(),
+      Key("listen.stream_read_delay_ms", Type::kInt,
+          at([](Config& c) { return &c.listen.stream_read_delay_ms; }))
+          .range(0, 100)
+          .restart(),
       Key("listen.max_partial_bytes", Type::kSize,
           at([](Config& c) { return &c.listen.max_partial_bytes; }))
           .range(256, 1LL << 34)

@@ -19,6 +19,12 @@ inline constexpr uint64_t kOtlpMaxBodyBytes = 16ull << 20;
 inline constexpr int64_t kOtlpMaxPendingRequests = 64;
 inline constexpr uint64_t kOtlpMaxPendingBytes = 64ull << 20;
 
+// [buffer] group commits: a commit (one write and one sync) costs the same
+// few hundred us of CPU whatever it carries, so a group waits up to the delay
+// for others to join it unless this many bytes of messages are in hand.
+inline constexpr int64_t kBufferCommitDelayMs = 100;
+inline constexpr uint64_t kBufferCommitBytes = 128ull << 10;
+
 // [upstream]
 // upstream.otlp_encoding (upstream::Options::otlp_encoding, an enum that
 // agent/wiring_test.cpp checks against this).

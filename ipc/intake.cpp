@@ -403,13 +403,13 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
       close();
       return;
     }
-    if (short_read_ && sh_->opt.read_delay.count() > 0) {
+    if (short_read_ && sh_->opt.stream_read_delay.count() > 0) {
       // The sender writes a little at a time: let more arrive before the
       // next read. Released from the reactor meanwhile, the socket does not
       // wake this thread for every write.
       error_code ignored;
       sock_.release(ignored);
-      timer_.expires_after(sh_->opt.read_delay);
+      timer_.expires_after(sh_->opt.stream_read_delay);
       timer_.async_wait(std::bind_front(&StreamSession::on_read_delay, shared_from_this()));
       return;
     }

@@ -27,7 +27,11 @@
 //    at the rate just seen only as long as it takes that half to arrive, so
 //    that senders are not made to wait for room. Under a sustained load reads
 //    fill and nothing lingers;
-//  - a stream connection lingers after a read that did not fill its buffer.
+//  - a stream connection lingers `stream_read_delay` after a read that did
+//    not fill its buffer. A stream has no small queue to overflow (a sender
+//    waits only once the socket buffer, some hundreds of KiB, is full), so it
+//    may linger much longer than a datagram socket, and at an everyday load a
+//    wake-up takes tens of messages instead of a few.
 // Messages are stamped (recv_ns) when read, so one may have waited up to the
 // delay in the kernel's buffer before.
 //
@@ -106,8 +110,10 @@ struct IntakeOptions {
   size_t recv_batch = 64;                 // datagrams per recvmmsg() call
   std::chrono::milliseconds backpressure_retry{2};
   // The linger after a read that found only a few messages (see Read delay
-  // above); 0 reads every arrival at once.
+  // above): `read_delay` for datagram sockets, `stream_read_delay` for stream
+  // connections; 0 reads every arrival at once.
   std::chrono::microseconds read_delay{0};
+  std::chrono::microseconds stream_read_delay{0};
   // Already-bound sockets to adopt instead of creating one (e.g. from systemd
   // socket activation): a listening AF_UNIX stream socket, a bound AF_UNIX
   // datagram socket, a bound UDP socket. -1: none. The intake takes ownership

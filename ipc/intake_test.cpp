@@ -91,6 +91,7 @@ class IntakeFixture : public ::testing::Test {
     o.unix_dgram = dir_ + "/run/dgram.sock";
     o.udp = "127.0.0.1:0";
     o.read_delay = read_delay_;
+    o.stream_read_delay = read_delay_;
     return o;
   }
 
@@ -711,6 +712,33 @@ TEST_F(IntakeReadDelayTest, StreamWritesDuringTheDelayAreReadTogether) {
   ::close(fd);
   EXPECT_TRUE(wait_until([&] { return s.connections_open == 0; }));
   EXPECT_EQ(s.rejected_total(), 0u);
+}
+
+// A stream connection lingers its own delay: with none for datagrams, each
+// datagram is read at once while a connection's writes are read together.
+TEST_F(IntakeReadDelayTest, StreamsAndDatagramsLingerEachTheirOwnDelay) {
+  read_delay_ = 0us;
+  IntakeOptions o = options();
+  o.stream_read_delay = 1s;
+  o.udp.clear();
+  start(o);
+  int fd = connect_unix(opts_.unix_stream);
+  ASSERT_GE(fd, 0);
+  write_all(fd, msg(0));
+  ASSERT_EQ(take(1).size(), 1u);
+  const auto& stream = st(Transport::kUnixStream);
+  const auto& dgram = st(Transport::kUnixDgram);
+  for (uint64_t i = 1; i <= 3; ++i)
+    write_all(fd, msg(i));
+  for (uint64_t i = 1; i <= 3; ++i) {
+    send_dgram(opts_.unix_dgram, msg(100 + i));
+    // Far below the stream's delay: no timer stands in between.
+    ASSERT_TRUE(wait_until([&] { return dgram.accepted == i; }, 900ms)) << "datagram " << i;
+  }
+  EXPECT_EQ(dgram.reads.load(), 3u);
+  ASSERT_TRUE(wait_until([&] { return stream.accepted == 4; }));
+  EXPECT_EQ(stream.reads.load(), 2u);
+  ::close(fd);
 }
 
 // Stopping while sockets linger (released from the reactor) closes them all.

@@ -1,8 +1,10 @@
 // Load generator of the side-by-side benchmark: realistic LLM-tracing
-// messages over a Unix datagram socket, one message per datagram.
+// messages over a Unix datagram socket, one message per datagram, or (with
+// --transport stream, msgpack only) over a Unix stream socket, messages back
+// to back, as the SDKs send them by default.
 //
 //   compare_loadgen --socket PATH --format msgpack|json --seconds S [--rate R]
-//                   [--salt HEX]
+//                   [--salt HEX] [--transport dgram|stream]
 //
 // A trace is five messages: its context (`trace`: conversation, session, user,
 // metadata), a user MESSAGE, a GENERATION and a TOOL call under it, and a final
@@ -48,12 +50,13 @@ struct Args {
   double seconds = 10;
   double rate = 0;  // messages per second; 0: as fast as the receiver takes them
   uint64_t salt = kRunSalt;
+  bool stream = false;
 };
 
 [[noreturn]] void usage(const char* msg) {
   std::fprintf(stderr,
                "compare_loadgen: %s\nusage: compare_loadgen --socket PATH --format msgpack|json "
-               "--seconds S [--rate R] [--salt HEX]\n",
+               "--seconds S [--rate R] [--salt HEX] [--transport dgram|stream]\n",
                msg);
   std::exit(2);
 }
@@ -75,11 +78,15 @@ Args parse(int argc, char** argv) {
       a.rate = std::stod(v);
     } else if (k == "--salt") {
       a.salt = std::stoull(v, nullptr, 16);
+    } else if (k == "--transport") {
+      if (v != "dgram" && v != "stream") usage("bad --transport");
+      a.stream = v == "stream";
     } else {
       usage("unknown option");
     }
   }
   if (a.socket.empty()) usage("--socket is required");
+  if (a.stream && a.json) usage("--transport stream takes --format msgpack");
   return a;
 }
 
@@ -306,7 +313,7 @@ int64_t now_ns() {
 
 int main(int argc, char** argv) {
   Args a = parse(argc, argv);
-  int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  int fd = ::socket(AF_UNIX, (a.stream ? SOCK_STREAM : SOCK_DGRAM) | SOCK_CLOEXEC, 0);
   if (fd < 0) usage("socket() failed");
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
@@ -350,10 +357,15 @@ int main(int argc, char** argv) {
         len = buf.size();
       }
       for (;;) {
-        ssize_t r = ::send(fd, data, len, 0);
+        ssize_t r = ::send(fd, data, len, MSG_NOSIGNAL);
         if (r == static_cast<ssize_t>(len)) {
           ++sent;
           break;
+        }
+        if (a.stream && r > 0) {  // a stream may take part of it
+          data += r;
+          len -= static_cast<size_t>(r);
+          continue;
         }
         if (r < 0 && errno == EINTR) continue;
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
