@@ -220,6 +220,19 @@ class AgentProcessTest : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
+  // Starts `agent` and returns its admin address: empty, with the failure
+  // recorded, when it does not become ready or has no admin address.
+  static std::string start_for_admin(AgentProcess& agent) {
+    agent.start();
+    if (!agent.wait_ready()) {
+      ADD_FAILURE() << "the agent did not become ready\n" << agent.log();
+      return {};
+    }
+    std::string addr = agent.admin_addr();
+    if (addr.empty()) ADD_FAILURE() << "the agent has no admin address\n" << agent.log();
+    return addr;
+  }
+
   Result emit(const AgentProcess& a, const std::string& endpoint,
               const std::vector<std::string>& args) {
     std::vector<std::string> full = {"emit", "--endpoint", endpoint};
@@ -729,10 +742,8 @@ unsigned raw_status(const std::string& addr, const std::string& request) {
 
 TEST_F(AgentProcessTest, AdminRefusesRebindingAndCrossSiteRequests) {
   AgentProcess agent(dir_);
-  agent.start();
-  ASSERT_TRUE(agent.wait_ready()) << agent.log();
-  const std::string addr = agent.admin_addr();
-  ASSERT_FALSE(addr.empty()) << agent.log();
+  const std::string addr = start_for_admin(agent);
+  ASSERT_FALSE(addr.empty());
   // A page reached through DNS rebinding.
   EXPECT_EQ(raw_status(addr,
                        "GET /api/traces HTTP/1.1\r\nHost: evil.example.com:7718\r\n"
@@ -788,10 +799,8 @@ TEST_F(AgentProcessTest, ToolsWorkAgainstAnAgentWithAToken) {
   fs::path cfg = dir_ / "agent.toml";
   std::ofstream(cfg) << "[log]\nlevel = \"info\"\n";
   AgentProcess agent(dir_, {"SIDETRACE_ADMIN_TOKEN=" + token}, {"--config", cfg.string()});
-  agent.start();
-  ASSERT_TRUE(agent.wait_ready()) << agent.log();
-  const std::string addr = agent.admin_addr();
-  ASSERT_FALSE(addr.empty()) << agent.log();
+  const std::string addr = start_for_admin(agent);
+  ASSERT_FALSE(addr.empty());
 
   // Probes need no token; everything else does.
   unsigned st = 0;
@@ -966,10 +975,8 @@ TEST_F(AgentProcessTest, DeadLetterReplayPurgeAndReloadAreOperations) {
   // An upstream that never answers: the replayed batches wait in delivery.
   std::ofstream(cfg) << "[upstream]\nendpoint = \"http://127.0.0.1:1/v1/traces\"\n";
   AgentProcess agent(dir_, {}, {"--config", cfg.string()});
-  agent.start();
-  ASSERT_TRUE(agent.wait_ready()) << agent.log();
-  const std::string addr = agent.admin_addr();
-  ASSERT_FALSE(addr.empty()) << agent.log();
+  const std::string addr = start_for_admin(agent);
+  ASSERT_FALSE(addr.empty());
 
   unsigned st = 0;
   std::string body, err;

@@ -605,7 +605,20 @@ size_t open_sockets() {
   return n;
 }
 
-using IntakeReadDelayTest = IntakeFixture;
+class IntakeReadDelayTest : public IntakeFixture {
+ protected:
+  // Starts the intake, connects to its stream socket and sends one message,
+  // which is read at once (nothing lingered before it); returns the
+  // connection.
+  int start_with_one_stream_message(const IntakeOptions& o) {
+    start(o);
+    int fd = connect_unix(opts_.unix_stream);
+    EXPECT_GE(fd, 0);
+    write_all(fd, msg(0));
+    EXPECT_EQ(take(1).size(), 1u);
+    return fd;
+  }
+};
 
 // After a read that found one datagram the receiver lingers: datagrams sent
 // one by one meanwhile are read by one recvmmsg() and queued as one batch.
@@ -693,11 +706,8 @@ TEST_F(IntakeReadDelayTest, StreamWritesDuringTheDelayAreReadTogether) {
   IntakeOptions o = options();
   o.unix_dgram.clear();
   o.udp.clear();
-  start(o);
-  int fd = connect_unix(opts_.unix_stream);
+  int fd = start_with_one_stream_message(o);
   ASSERT_GE(fd, 0);
-  write_all(fd, msg(0));
-  ASSERT_EQ(take(1).size(), 1u);
   const auto& s = st(Transport::kUnixStream);
   EXPECT_EQ(s.reads.load(), 1u);
   for (uint64_t i = 1; i <= 4; ++i)
@@ -721,11 +731,8 @@ TEST_F(IntakeReadDelayTest, StreamsAndDatagramsLingerEachTheirOwnDelay) {
   IntakeOptions o = options();
   o.stream_read_delay = 1s;
   o.udp.clear();
-  start(o);
-  int fd = connect_unix(opts_.unix_stream);
+  int fd = start_with_one_stream_message(o);
   ASSERT_GE(fd, 0);
-  write_all(fd, msg(0));
-  ASSERT_EQ(take(1).size(), 1u);
   const auto& stream = st(Transport::kUnixStream);
   const auto& dgram = st(Transport::kUnixDgram);
   for (uint64_t i = 1; i <= 3; ++i)
