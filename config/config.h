@@ -37,7 +37,7 @@ struct Config {
     uint64_t max_message_bytes = 1ull << 20;
     int64_t max_connections = 1024;
     // After a read that found only a few messages, the next read of that
-    // socket or connection waits up to this long (shorter when messages come
+    // datagram socket waits up to this long (shorter when messages come
     // fast enough to fill a read sooner), so that one wake-up of the receive
     // thread takes several messages at an everyday load. 0 = read as soon as
     // anything arrives.
