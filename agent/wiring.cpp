@@ -326,6 +326,13 @@ std::string render_metrics(const Components& c, const Clock& clock) {
     w.sample("sidetrace_outbox_entries", c.store->outbox_entries());
     w.family("sidetrace_outbox_bytes", "gauge", "Bytes of revisions waiting for delivery.");
     w.sample("sidetrace_outbox_bytes", c.store->outbox_bytes());
+    w.family("sidetrace_outbox_memory_bytes", "gauge",
+             "Documents of revisions waiting in memory for delivery to read them.");
+    w.sample("sidetrace_outbox_memory_bytes", sc.document_cache_bytes);
+    w.family("sidetrace_outbox_documents_rebuilt_total", "counter",
+             "Revision documents built again from the stored messages (a retry, a restart, "
+             "a backlog past the memory bound).");
+    w.sample("sidetrace_outbox_documents_rebuilt_total", sc.documents_rebuilt);
     w.family("sidetrace_dropped_by_policy_total", "counter",
              "Data removed to make room under the quota (drop_oldest).");
     w.sample("sidetrace_dropped_by_policy_total", sc.dropped_retained_events,

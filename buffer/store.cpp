@@ -372,22 +372,86 @@ class RocksStore final : public Store {
 
   Status read_outbox(uint64_t from_seq, size_t max_entries, size_t max_bytes,
                      std::vector<OutboxEntry>* out) override {
-    StoreLock db_lock(db_mu_);
-    if (!db_) return unavailable();
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cfs_[kOutbox]));
-    size_t n = 0, bytes = 0;
-    for (it->Seek(be64(from_seq)); it->Valid() && n < max_entries; it->Next()) {
-      OutboxEntry e;
-      if (it->key().size() != 8 ||
-          !decode_outbox(get_be64(it->key().ToStringView()), it->value().ToStringView(), &e)) {
-        return Status::Corruption("outbox entry with a malformed key or value");
+    // Entries of `out` (from `first`) whose documents are to be built, and
+    // their recipes.
+    const size_t first = out->size();
+    std::vector<std::pair<size_t, std::string>> to_build;
+    {
+      StoreLock db_lock(db_mu_);
+      if (!db_) return unavailable();
+      std::unique_ptr<rocksdb::Iterator> it(
+          db_->NewIterator(rocksdb::ReadOptions(), cfs_[kOutbox]));
+      size_t n = 0, bytes = 0;
+      for (it->Seek(be64(from_seq)); it->Valid() && n < max_entries; it->Next()) {
+        OutboxValue v;
+        if (it->key().size() != 8 || !parse_outbox(it->value().ToStringView(), &v)) {
+          return Status::Corruption("outbox entry with a malformed key or value");
+        }
+        if (n > 0 && bytes + v.document_bytes > max_bytes) break;
+        bytes += v.document_bytes;
+        OutboxEntry& e = out->emplace_back();
+        e.seq = get_be64(it->key().ToStringView());
+        e.trace_id.assign(v.trace_id);
+        e.revision = v.revision;
+        e.emitted_ns = v.emitted_ns;
+        if (!v.by_recipe) {
+          e.document.assign(v.document);
+        } else if (!take_document(e.seq, &e.document)) {
+          to_build.emplace_back(out->size() - 1, std::string(v.recipe));
+        }
+        ++n;
       }
-      if (n > 0 && bytes + e.document.size() > max_bytes) break;
-      bytes += e.document.size();
-      out->push_back(std::move(e));
-      ++n;
+      if (!it->status().ok()) {
+        out->resize(first);
+        return from_rocks(it->status(), "reading the outbox");
+      }
     }
-    return from_rocks(it->status(), "reading the outbox");
+    if (to_build.empty()) return Status::Ok();
+    DocumentBuilder build;
+    {
+      std::lock_guard lock(listener_mu_);
+      build = builder_;
+    }
+    for (auto& [i, recipe] : to_build) {
+      OutboxEntry& e = (*out)[i];
+      Status s = build ? Status::Ok() : Status::IOError("no document builder is set");
+      if (s.ok()) {
+        try {
+          s = build(e.trace_id, e.revision, recipe, &e.document);
+        } catch (const std::exception& ex) {
+          // Delivery sets an entry it cannot encode aside, with the reason.
+          spdlog::error("buffer: building outbox document {} ({}) failed: {}", e.seq, e.trace_id,
+                        ex.what());
+          e.document.clear();
+        }
+      }
+      if (!s.ok()) {
+        out->resize(first);
+        return s;
+      }
+      documents_rebuilt_.fetch_add(1);
+    }
+    return Status::Ok();
+  }
+
+  // Moves the document of recipe entry `seq` out of memory; false when it
+  // is not there.
+  bool take_document(uint64_t seq, std::string* document) {
+    std::lock_guard lock(docs_mu_);
+    auto it = docs_.find(seq);
+    if (it == docs_.end()) return false;
+    docs_bytes_.fetch_sub(it->second.size());
+    *document = std::move(it->second);
+    docs_.erase(it);
+    return true;
+  }
+
+  void forget_document(uint64_t seq) {
+    std::lock_guard lock(docs_mu_);
+    auto it = docs_.find(seq);
+    if (it == docs_.end()) return;
+    docs_bytes_.fetch_sub(it->second.size());
+    docs_.erase(it);
   }
 
   Status ack_outbox(std::span<const uint64_t> seqs) override {
@@ -395,7 +459,7 @@ class RocksStore final : public Store {
     if (!db_) return unavailable();
     std::lock_guard lock(outbox_mu_);
     // One sorted MultiGet with pinned values: the entries are only looked at
-    // for their sizes, and neighbours share data blocks.
+    // for their sizes and traces, and neighbours share data blocks.
     std::vector<uint64_t> sorted(seqs.begin(), seqs.end());
     std::sort(sorted.begin(), sorted.end());
     sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
@@ -412,19 +476,15 @@ class RocksStore final : public Store {
     db_->MultiGet(rocksdb::ReadOptions(), cfs_[kOutbox], keys.size(), keys.data(), values.data(),
                   statuses.data(), /*sorted_input=*/true);
     rocksdb::WriteBatch b;
-    int64_t n = 0, doc_bytes = 0, live = 0;
+    Removal r;
     for (size_t i = 0; i < keys.size(); ++i) {
       if (statuses[i].IsNotFound()) continue;
       if (!statuses[i].ok()) return from_rocks(statuses[i], "acknowledging outbox entries");
       b.Delete(cfs_[kOutbox], keys[i]);
-      std::string_view v = values[i].ToStringView();
-      size_t id_len = v.size() > 12 ? static_cast<uint8_t>(v[12]) : 0;
-      ++n;
-      if (v.size() >= 13 + id_len) doc_bytes += static_cast<int64_t>(v.size() - 13 - id_len);
-      live += static_cast<int64_t>(keys[i].size() + v.size());
+      r.add(sorted[i], keys[i].size(), values[i].ToStringView());
     }
-    if (n == 0) return Status::Ok();
-    return commit_outbox_removal(b, n, doc_bytes, live, "acknowledging outbox entries");
+    if (r.n == 0) return Status::Ok();
+    return commit_outbox_removal(b, r, "acknowledging outbox entries");
   }
 
   uint64_t outbox_entries() const override { return outbox_n_.load(); }
@@ -433,6 +493,11 @@ class RocksStore final : public Store {
   void set_outbox_listener(std::function<void()> fn) override {
     std::lock_guard lock(listener_mu_);
     listener_ = std::move(fn);
+  }
+
+  void set_document_builder(DocumentBuilder fn) override {
+    std::lock_guard lock(listener_mu_);
+    builder_ = std::move(fn);
   }
 
   // ---- meta ----
@@ -554,18 +619,19 @@ class RocksStore final : public Store {
     StoreLock db_lock(db_mu_);
     if (!db_) return unavailable();
     if (live_.load() + bytes <= opts_.max_bytes) return Status::Ok();
-    if (opts_.when_full == WhenFull::kDropNewest) {
-      return Status::Full("buffer.max_bytes reached (drop_newest)");
-    }
     // Make a little more room than asked so that this does not run on every
     // commit while the store sits at its bound.
     uint64_t slack = std::min<uint64_t>(opts_.max_bytes / 64, 16 << 20);
     uint64_t target = opts_.max_bytes > bytes + slack ? opts_.max_bytes - bytes - slack : 0;
+    // Retained events of traces that no outbox entry refers to first (they
+    // only serve late revisions, whichever the policy); then, with
+    // kDropOldest, the oldest outbox entries, after which the events they
+    // referred to are retained events too.
+    const bool drop_undelivered = opts_.when_full == WhenFull::kDropOldest;
     while (live_.load() > target) {
       std::vector<std::string> idx;
       Status s = scan_index(kRetainedPrefix, UINT64_MAX, 64, &idx);
       if (!s.ok()) return s;
-      if (idx.empty()) break;
       for (const std::string& k : idx) {
         uint64_t events = 0;
         s = drop_trace_events(k, &events);
@@ -574,15 +640,16 @@ class RocksStore final : public Store {
         counters_.dropped_retained_events.fetch_add(events);
         if (live_.load() <= target) break;
       }
-    }
-    while (live_.load() > target) {
+      if (!idx.empty()) continue;
+      if (!drop_undelivered) break;
       uint64_t dropped = 0;
-      Status s = drop_oldest_outbox(64, live_.load() - target, &dropped);
+      s = drop_oldest_outbox(64, live_.load() - target, &dropped);
       if (!s.ok()) return s;
       if (dropped == 0) break;
       counters_.dropped_outbox_entries.fetch_add(dropped);
     }
     if (live_.load() + bytes <= opts_.max_bytes) return Status::Ok();
+    if (!drop_undelivered) return Status::Full("buffer.max_bytes reached (drop_newest)");
     return Status::Full("buffer.max_bytes reached: only pending events remain");
   }
 
@@ -730,10 +797,18 @@ class RocksStore final : public Store {
       b.Merge(cfs_[kTraces], kCounterLive, encode_i64(live));
       b.Merge(cfs_[kTraces], kCounterOutboxN, encode_i64(static_cast<int64_t>(written)));
       b.Merge(cfs_[kTraces], kCounterOutboxB, encode_i64(docs_bytes));
+      // The documents of recipe entries wait in memory, there before the
+      // entries can be read.
+      hold_documents(es, results, outbox_seqs);
       rocksdb::Status rs = write(wo_derived_, &b);
       // A rare large write (a part of a split trace) does not stay allocated.
       if (b.GetDataSize() > kEmitBatchKeepBytes) b = rocksdb::WriteBatch();
-      if (!rs.ok()) return from_rocks(rs, "emitting trace revisions");
+      if (!rs.ok()) {
+        for (size_t i = 0; i < es.size(); ++i) {
+          if (results[i].ok() && !es[i].recipe.empty()) forget_document(outbox_seqs[i]);
+        }
+        return from_rocks(rs, "emitting trace revisions");
+      }
       next_outbox_ = next;
       live_.fetch_add(static_cast<uint64_t>(live));
       outbox_n_.fetch_add(written);
@@ -742,6 +817,18 @@ class RocksStore final : public Store {
     std::lock_guard lock(listener_mu_);
     if (listener_) listener_();
     return Status::Ok();
+  }
+
+  void hold_documents(std::span<const Emission> es, std::span<const Status> results,
+                      std::span<const uint64_t> outbox_seqs) {
+    std::lock_guard lock(docs_mu_);
+    for (size_t i = 0; i < es.size(); ++i) {
+      if (!results[i].ok() || es[i].recipe.empty()) continue;
+      const size_t size = es[i].document.size();
+      if (docs_bytes_.load() + size > opts_.document_cache_bytes) continue;
+      docs_.emplace(outbox_seqs[i], es[i].document);
+      docs_bytes_.fetch_add(size);
+    }
   }
 
   // Adds one revision's writes to `b` as outbox entry `outbox_seq`. Busy when
@@ -761,23 +848,37 @@ class RocksStore final : public Store {
     TraceState next = e.state;
     next.generation = cur.generation + 1;
     next.deleted_ns = cur.deleted_ns;
+    next.undelivered = cur.undelivered;
     if (cur.events_deleted) next.events_deleted = true;
     std::string obk = be64(outbox_seq);
     std::string head = outbox_head(next.revision, e.emitted_ns, e.trace_id);
-    // Head and document in two parts: the document is copied once, into the batch.
+    // Head and body in parts: the body is copied once, into the batch.
     rocksdb::Slice key_part(obk);
-    rocksdb::Slice value_parts[2] = {rocksdb::Slice(head), rocksdb::Slice(e.document)};
-    b->Put(cfs_[kOutbox], rocksdb::SliceParts(&key_part, 1), rocksdb::SliceParts(value_parts, 2));
-    if (existed) {
+    if (e.recipe.empty()) {
+      rocksdb::Slice value_parts[2] = {rocksdb::Slice(head), rocksdb::Slice(e.document)};
+      b->Put(cfs_[kOutbox], rocksdb::SliceParts(&key_part, 1), rocksdb::SliceParts(value_parts, 2));
+      *live += static_cast<int64_t>(obk.size() + head.size() + e.document.size());
+    } else {
+      std::string mark = outbox_recipe_head(e.document.size());
+      rocksdb::Slice value_parts[3] = {rocksdb::Slice(head), rocksdb::Slice(mark),
+                                       rocksdb::Slice(e.recipe)};
+      b->Put(cfs_[kOutbox], rocksdb::SliceParts(&key_part, 1), rocksdb::SliceParts(value_parts, 3));
+      *live += static_cast<int64_t>(obk.size() + head.size() + mark.size() + e.recipe.size());
+      ++next.undelivered;
+    }
+    // The retention index holds the traces whose events nothing refers to
+    // any more: retention and the quota take only those.
+    if (existed && cur.undelivered == 0) {
       b->Delete(cfs_[kTraces], index_key(kRetainedPrefix, cur.last_emit_ns, e.trace_id));
-      if (cur.events_deleted) {
-        b->Delete(cfs_[kTraces], index_key(kDeletedPrefix, cur.deleted_ns, e.trace_id));
-      }
+    }
+    if (existed && cur.events_deleted) {
+      b->Delete(cfs_[kTraces], index_key(kDeletedPrefix, cur.deleted_ns, e.trace_id));
     }
     b->Put(cfs_[kTraces], state_key(e.trace_id), encode_state(next));
-    b->Put(cfs_[kTraces], index_key(kRetainedPrefix, next.last_emit_ns, e.trace_id), "");
-    *live += static_cast<int64_t>(obk.size() + head.size() + e.document.size());
-    if (!existed) *live += static_cast<int64_t>(1 + e.trace_id.size() + kStateBytes);
+    if (next.undelivered == 0) {
+      b->Put(cfs_[kTraces], index_key(kRetainedPrefix, next.last_emit_ns, e.trace_id), "");
+    }
+    if (!existed) *live += static_cast<int64_t>(1 + e.trace_id.size() + kStateQuotaBytes);
     for (uint64_t seq : e.pending_seqs) {
       b->Delete(cfs_[kPending], be64(seq));
       *live -= static_cast<int64_t>(pending_bytes(e.trace_id));
@@ -810,7 +911,7 @@ class RocksStore final : public Store {
       s = get_state_nolock(trace_id, &st);
       if (s.ok() && st.events_deleted && st.deleted_ns == get_be64(std::string_view(k).substr(1))) {
         b.Delete(cfs_[kTraces], state_key(trace_id));
-        live = -static_cast<int64_t>(1 + trace_id.size() + kStateBytes);
+        live = -static_cast<int64_t>(1 + trace_id.size() + kStateQuotaBytes);
         b.Merge(cfs_[kTraces], kCounterLive, encode_i64(live));
       } else if (!s.ok() && !s.IsNotFound()) {
         return s;
@@ -839,6 +940,8 @@ class RocksStore final : public Store {
     c.dropped_retained_traces = counters_.dropped_retained_traces.load();
     c.dropped_retained_events = counters_.dropped_retained_events.load();
     c.dropped_outbox_entries = counters_.dropped_outbox_entries.load();
+    c.documents_rebuilt = documents_rebuilt_.load();
+    c.document_cache_bytes = docs_bytes_.load();
     c.expired_traces = counters_.expired_traces.load();
     c.forgotten_traces = counters_.forgotten_traces.load();
     ReclaimStats r = reclaim_->stats();
@@ -913,7 +1016,9 @@ class RocksStore final : public Store {
     b.Delete(cfs_[kTraces], rkey);
     int64_t live = 0;
     if (!s.ok() && !s.IsNotFound()) return s;
-    if (s.ok() && st.last_emit_ns == emit_ns) {
+    // An index key that outlived its emission, or a trace that outbox
+    // entries refer to again, only loses the key.
+    if (s.ok() && st.last_emit_ns == emit_ns && st.undelivered == 0) {
       std::string prefix = event_prefix(trace_id);
       std::string upper = prefix;
       put_be64(&upper, st.max_seq + 1);
@@ -945,36 +1050,69 @@ class RocksStore final : public Store {
   Status drop_oldest_outbox(size_t limit, uint64_t enough, uint64_t* dropped) {
     std::lock_guard lock(outbox_mu_);
     rocksdb::WriteBatch b;
-    int64_t n = 0, doc_bytes = 0, live = 0;
+    Removal r;
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cfs_[kOutbox]));
-    for (it->SeekToFirst();
-         it->Valid() && static_cast<size_t>(n) < limit && static_cast<uint64_t>(live) < enough;
-         it->Next()) {
-      OutboxEntry e;
-      decode_outbox(0, it->value().ToStringView(), &e);
+    // Everything below drop_from_ went before: no seeking over its deletions.
+    for (it->Seek(be64(drop_from_)); it->Valid() && r.n < limit && r.live < enough; it->Next()) {
+      if (it->key().size() != 8) continue;
       b.Delete(cfs_[kOutbox], it->key());
-      ++n;
-      doc_bytes += static_cast<int64_t>(e.document.size());
-      live += static_cast<int64_t>(it->key().size() + it->value().size());
+      r.add(get_be64(it->key().ToStringView()), it->key().size(), it->value().ToStringView());
+      drop_from_ = r.seqs.back() + 1;
+      // A recipe entry frees little by itself: the events it referred to go
+      // next, as retained events, before anything more is dropped.
+      if (!r.pins.empty()) break;
     }
     if (!it->status().ok()) return from_rocks(it->status(), "dropping outbox entries");
-    if (n == 0) return Status::Ok();
-    Status s = commit_outbox_removal(b, n, doc_bytes, live, "dropping outbox entries");
-    if (s.ok()) *dropped = static_cast<uint64_t>(n);
+    if (r.n == 0) return Status::Ok();
+    Status s = commit_outbox_removal(b, r, "dropping outbox entries");
+    if (s.ok()) *dropped = r.n;
     return s;
   }
 
-  // Requires outbox_mu_.
-  Status commit_outbox_removal(rocksdb::WriteBatch& b, int64_t n, int64_t doc_bytes, int64_t live,
-                               std::string_view what) {
-    b.Merge(cfs_[kTraces], kCounterLive, encode_i64(-live));
-    b.Merge(cfs_[kTraces], kCounterOutboxN, encode_i64(-n));
-    b.Merge(cfs_[kTraces], kCounterOutboxB, encode_i64(-doc_bytes));
+  // Outbox entries on their way out, and what they held.
+  struct Removal {
+    uint64_t n = 0, doc_bytes = 0, live = 0;
+    std::vector<uint64_t> seqs;
+    // Recipe entries per trace: the traces' undelivered counts fall by these.
+    std::unordered_map<std::string, uint32_t> pins;
+    void add(uint64_t seq, size_t key_bytes, std::string_view value) {
+      ++n;
+      live += key_bytes + value.size();
+      seqs.push_back(seq);
+      OutboxValue v;
+      if (!parse_outbox(value, &v)) return;
+      doc_bytes += v.document_bytes;
+      if (v.by_recipe) ++pins[std::string(v.trace_id)];
+    }
+  };
+
+  // Requires outbox_mu_. Writes the removal `b` (deletes of outbox entries)
+  // with the counters and the traces' undelivered counts: a trace that no
+  // entry refers to any more goes (back) into the retention index.
+  Status commit_outbox_removal(rocksdb::WriteBatch& b, const Removal& r, std::string_view what) {
+    std::unique_lock<std::mutex> state_lock;
+    if (!r.pins.empty()) state_lock = std::unique_lock(state_mu_);
+    for (const auto& [trace_id, n] : r.pins) {
+      TraceState st;
+      Status s = get_state_nolock(trace_id, &st);
+      if (s.IsNotFound()) continue;
+      if (!s.ok()) return s;
+      st.undelivered = st.undelivered > n ? st.undelivered - n : 0;
+      b.Put(cfs_[kTraces], state_key(trace_id), encode_state(st));
+      if (st.undelivered == 0) {
+        b.Put(cfs_[kTraces], index_key(kRetainedPrefix, st.last_emit_ns, trace_id), "");
+      }
+    }
+    b.Merge(cfs_[kTraces], kCounterLive, encode_i64(-static_cast<int64_t>(r.live)));
+    b.Merge(cfs_[kTraces], kCounterOutboxN, encode_i64(-static_cast<int64_t>(r.n)));
+    b.Merge(cfs_[kTraces], kCounterOutboxB, encode_i64(-static_cast<int64_t>(r.doc_bytes)));
     rocksdb::Status s = write(wo_derived_, &b);
     if (!s.ok()) return from_rocks(s, what);
-    live_.fetch_sub(static_cast<uint64_t>(live));
-    outbox_n_.fetch_sub(static_cast<uint64_t>(n));
-    outbox_b_.fetch_sub(static_cast<uint64_t>(doc_bytes));
+    live_.fetch_sub(r.live);
+    outbox_n_.fetch_sub(r.n);
+    outbox_b_.fetch_sub(r.doc_bytes);
+    for (uint64_t seq : r.seqs)
+      forget_document(seq);
     return Status::Ok();
   }
 
@@ -1001,9 +1139,16 @@ class RocksStore final : public Store {
   static constexpr size_t kEmitBatchKeepBytes = 1 << 20;
   rocksdb::WriteBatch emit_batch_;
   uint64_t next_outbox_ = 1;
-  std::mutex outbox_mu_;  // serialises outbox removals (exact counters)
-  std::mutex listener_mu_;
+  std::mutex outbox_mu_;    // serialises outbox removals (exact counters)
+  uint64_t drop_from_ = 0;  // the outbox entries below it were dropped; guarded by outbox_mu_
+  std::mutex listener_mu_;  // guards listener_ and builder_
   std::function<void()> listener_;
+  DocumentBuilder builder_;
+  // The documents of recipe entries not read yet, by outbox seq, within
+  // opts_.document_cache_bytes.
+  std::mutex docs_mu_;
+  std::unordered_map<uint64_t, std::string> docs_;
+  std::atomic<uint64_t> docs_bytes_{0}, documents_rebuilt_{0};
 
   std::atomic<uint64_t> live_{0}, outbox_n_{0}, outbox_b_{0};
   std::atomic<bool> write_failed_{false};

@@ -11,8 +11,10 @@
 //            source of truth for what the assembler still owes.
 //   traces   trace_id -> per-trace state (last emitted revision, times, ...),
 //            plus the retention index and the store's own counters.
-//   outbox   outbox seq -> finished trace revision (JSON document) waiting for
-//            delivery, in emission order.
+//   outbox   outbox seq -> finished trace revision waiting for delivery, in
+//            emission order: its JSON document, or a recipe to build the
+//            document again from the trace's stored messages (the document
+//            itself then waits in memory; see Emission::recipe).
 //   meta     free-form keys for other components (delivery batches, dead
 //            letters, schema version), namespaced by a prefix per owner.
 //
@@ -59,8 +61,9 @@ enum class SyncMode {
 };
 
 enum class WhenFull {
-  kDropOldest,  // make room: retained events of emitted traces, then the outbox
-  kDropNewest,  // refuse new events
+  kDropOldest,  // make room: retained events of delivered traces, then the outbox
+  kDropNewest,  // make room from retained events of delivered traces only, then
+                // refuse new events
 };
 
 struct StoreOptions {
@@ -79,6 +82,11 @@ struct StoreOptions {
   // did not slow the side-by-side job (bench/footprint.py, bench/compare).
   size_t block_cache_bytes = 4 << 20;
   size_t memtable_budget_bytes = 12 << 20;
+  // Bound of the outbox documents held in memory for entries written with a
+  // recipe (Emission::recipe) until delivery reads them; past it a document
+  // is built again when it is read. At 2,000 msg/s about four seconds of
+  // traces: delivery reads them within its flush interval.
+  size_t document_cache_bytes = 4 << 20;
   // Bound on the write-ahead log before memtables are flushed to free it.
   uint64_t max_wal_bytes = 128 << 20;
   // Filesystem access; nullptr = the default Env. Tests inject faults here.
@@ -120,8 +128,12 @@ struct TraceState {
   uint64_t last_emit_ns = 0;    // wall clock of the last revision
   uint64_t max_seq = 0;         // highest event seq folded into a revision
   bool events_deleted = false;  // events up to max_seq were deleted (retention/quota)
-  uint64_t deleted_ns = 0;      // when they were deleted (store-maintained)
-  uint64_t generation = 0;      // bumped by every change; guards read-modify-write
+  // Outbox entries of the trace written with a recipe and not yet
+  // acknowledged (store-maintained): while there are any, its events are
+  // kept whatever retention says, and quota takes them only with the entries.
+  uint32_t undelivered = 0;
+  uint64_t deleted_ns = 0;  // when they were deleted (store-maintained)
+  uint64_t generation = 0;  // bumped by every change; guards read-modify-write
   // Revisions that went out as parts (trace.max_events / trace.max_bytes):
   // once a trace is split, each revision carries only the messages stored
   // after the one before it. 0: every revision was the whole trace.
@@ -145,14 +157,29 @@ struct Emission {
   TraceState state;                    // the new state (generation is set by the store)
   std::vector<uint64_t> pending_seqs;  // pending records folded into this revision
   std::string document;
+  // Empty: the outbox entry holds the document. Otherwise the entry holds
+  // this instead (what the document builder, set_document_builder(), needs
+  // to build the same document again from the trace's stored messages), and
+  // the document waits in memory for read_outbox(), within
+  // StoreOptions::document_cache_bytes. The trace's messages are then kept
+  // until the entry is acknowledged (TraceState::undelivered).
+  std::string recipe;
   uint64_t emitted_ns = 0;
 };
+
+// Builds the document of an outbox entry written with a recipe, from the
+// trace's stored messages (see Emission::recipe). Called by read_outbox(),
+// with no lock of the store held, so it may read the store.
+using DocumentBuilder = std::function<Status(std::string_view trace_id, uint32_t revision,
+                                             std::string_view recipe, std::string* document)>;
 
 struct StoreCounters {
   uint64_t live_bytes = 0;               // logical bytes held (quota measure)
   uint64_t dropped_retained_traces = 0;  // traces whose retained events went for room
   uint64_t dropped_retained_events = 0;
   uint64_t dropped_outbox_entries = 0;  // undelivered revisions dropped for room
+  uint64_t documents_rebuilt = 0;       // outbox documents built again (not in memory)
+  uint64_t document_cache_bytes = 0;    // outbox documents waiting in memory now
   uint64_t expired_traces = 0;          // traces whose events passed retain_s
   uint64_t forgotten_traces = 0;        // state records removed after their keep time
   uint64_t reclaimed_bytes = 0;         // disk space of deleted files given back
@@ -167,7 +194,9 @@ class Store {
 
   // Appends up to `max_entries` entries, stopping before `max_bytes` of
   // documents would be exceeded (at least one entry when any exists), whose
-  // seq is >= `from_seq`, in seq order, to `out`.
+  // seq is >= `from_seq`, in seq order, to `out`. The document of an entry
+  // written with a recipe is taken from memory (once: a second read builds
+  // it again) or built by the document builder; IOError when there is none.
   virtual Status read_outbox(uint64_t from_seq, size_t max_entries, size_t max_bytes,
                              std::vector<OutboxEntry>* out) = 0;
 
@@ -188,6 +217,11 @@ class Store {
   // call back into the store) whenever entries are appended to the outbox.
   // One listener; setting another replaces it.
   virtual void set_outbox_listener(std::function<void()> fn) = 0;
+
+  // Sets how the documents of entries written with a recipe are built again
+  // (the one who writes recipes sets it). One builder; setting another
+  // replaces it.
+  virtual void set_document_builder(DocumentBuilder fn) = 0;
 
   // ---- meta (contract used by upstream/ and agent/) ----------------------
   // Writes are durable as ack_outbox()'s are.
@@ -220,9 +254,10 @@ class Store {
   // The quota is not checked here (see ensure_room()).
   virtual Status append(std::span<const ipc::Message> msgs, std::vector<Committed>* out) = 0;
 
-  // Quota: whether `bytes` more fit under max_bytes. With kDropOldest, makes
-  // room first (retained events of emitted traces, oldest emission first;
-  // then the oldest outbox entries). Returns Full when they do not fit, and
+  // Quota: whether `bytes` more fit under max_bytes. Makes room first from
+  // the retained events of delivered traces (oldest emission first), and
+  // with kDropOldest then from the oldest outbox entries, each with the
+  // events it refers to. Returns Full when they do not fit, and
   // the error of a failed write (NoSpace, IOError) when making room failed.
   virtual Status ensure_room(uint64_t bytes) = 0;
 

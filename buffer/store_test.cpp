@@ -62,7 +62,7 @@ std::vector<uint64_t> records_of(Store& s, const std::string& trace_id) {
 
 // Emits the trace's pending messages as the next revision.
 uint64_t emit_all(Store& s, const std::string& trace_id, uint64_t now_ns,
-                  const std::string& doc = "{}") {
+                  const std::string& doc = "{}", const std::string& recipe = "") {
   TraceState cur;
   Status st = s.get_state(trace_id, &cur);
   EXPECT_TRUE(st.ok() || st.IsNotFound());
@@ -79,6 +79,7 @@ uint64_t emit_all(Store& s, const std::string& trace_id, uint64_t now_ns,
     e.state.max_seq = std::max(e.state.max_seq, ev.seq);
   e.pending_seqs = records_of(s, trace_id);
   e.document = doc;
+  e.recipe = recipe;
   e.emitted_ns = now_ns;
   uint64_t seq = 0;
   st = s.emit(e, &seq);
@@ -415,6 +416,116 @@ TEST(StoreTest, DropOldestMakesRoomFromRetainedEventsThenTheOutbox) {
   EXPECT_EQ(ev.size(), 1u);
 }
 
+// A document builder for the tests: the recipe, then the trace's stored
+// messages. Counts its calls.
+DocumentBuilder concatenating_builder(Store& s, int* calls) {
+  return
+      [&s, calls](std::string_view trace_id, uint32_t, std::string_view recipe, std::string* doc) {
+        ++*calls;
+        std::vector<StoredEvent> events;
+        Status st = s.read_trace(trace_id, &events);
+        doc->assign(recipe);
+        for (const auto& e : events)
+          doc->append(e.raw);
+        return st;
+      };
+}
+
+TEST(StoreTest, ARecipeEntryKeepsItsTracesEventsUntilItIsAcknowledged) {
+  TempDir dir;
+  auto s = open_store(options(dir));
+  std::vector<Committed> out;
+  std::vector<ipc::Message> in = {msg("t", "a"), msg("t", "b")};
+  ASSERT_TRUE(s->append(in, &out).ok());
+  const std::string doc(100, 'd');
+  uint64_t seq = emit_all(*s, "t", 1000, doc, "r:");
+  EXPECT_EQ(s->outbox_bytes(), doc.size());
+  EXPECT_EQ(s->counters().document_cache_bytes, doc.size());
+  // Read once from memory; after that (a retry, a restart) built again.
+  int built = 0;
+  std::vector<OutboxEntry> ob;
+  ASSERT_TRUE(s->read_outbox(0, 10, SIZE_MAX, &ob).ok());
+  ASSERT_EQ(ob.size(), 1u);
+  EXPECT_EQ(ob[0].document, doc);
+  EXPECT_EQ(s->counters().document_cache_bytes, 0u);
+  ob.clear();
+  EXPECT_EQ(s->read_outbox(0, 10, SIZE_MAX, &ob).code(), Status::Code::kIOError);  // no builder
+  EXPECT_TRUE(ob.empty());
+  s->set_document_builder(concatenating_builder(*s, &built));
+  ASSERT_TRUE(s->read_outbox(0, 10, SIZE_MAX, &ob).ok());
+  ASSERT_EQ(ob.size(), 1u);
+  EXPECT_EQ(ob[0].document, "r:ab");
+  EXPECT_EQ(ob[0].revision, 1u);
+  EXPECT_EQ(s->counters().documents_rebuilt, 1u);
+  // Retention passes it by while it is undelivered.
+  ASSERT_TRUE(s->expire(2000, 0, 100).ok());
+  EXPECT_EQ(s->counters().expired_traces, 0u);
+  TraceState st;
+  ASSERT_TRUE(s->get_state("t", &st).ok());
+  EXPECT_EQ(st.undelivered, 1u);
+  EXPECT_FALSE(st.events_deleted);
+  // A second revision refers to them too; acknowledging the first is not enough.
+  std::vector<ipc::Message> late = {msg("t", "c")};
+  ASSERT_TRUE(s->append(late, &out).ok());
+  uint64_t seq2 = emit_all(*s, "t", 1500, doc, "r2:");
+  ASSERT_TRUE(s->ack_outbox({&seq, 1}).ok());
+  ASSERT_TRUE(s->expire(2000, 0, 100).ok());
+  EXPECT_EQ(s->counters().expired_traces, 0u);
+  s.reset();
+  s = open_store(options(dir));
+  s->set_document_builder(concatenating_builder(*s, &built));
+  ob.clear();
+  ASSERT_TRUE(s->read_outbox(0, 10, SIZE_MAX, &ob).ok());
+  ASSERT_EQ(ob.size(), 1u);
+  EXPECT_EQ(ob[0].document, "r2:abc");
+  ASSERT_TRUE(s->ack_outbox({&seq2, 1}).ok());
+  ASSERT_TRUE(s->get_state("t", &st).ok());
+  EXPECT_EQ(st.undelivered, 0u);
+  // Delivered: retention takes the events as it would have.
+  ASSERT_TRUE(s->expire(2000, 0, 100).ok());
+  EXPECT_EQ(s->counters().expired_traces, 1u);
+  std::vector<StoredEvent> ev;
+  ASSERT_TRUE(s->read_trace("t", &ev).ok());
+  EXPECT_TRUE(ev.empty());
+  EXPECT_EQ(built, 2);
+}
+
+TEST(StoreTest, DropOldestTakesARecipeEntryWithTheEventsItRefersTo) {
+  TempDir dir;
+  StoreOptions o = options(dir);
+  o.max_bytes = 64 << 10;
+  auto s = open_store(o);
+  int built = 0;
+  s->set_document_builder(concatenating_builder(*s, &built));
+  std::vector<Committed> out;
+  // 8 undelivered traces of ~4 KiB each, oldest first: no retained events
+  // are free to go.
+  for (int i = 0; i < 8; ++i) {
+    std::string t = "t" + std::to_string(i);
+    std::vector<ipc::Message> in = {msg(t, std::string(4000, 'x'))};
+    ASSERT_TRUE(s->ensure_room(4100).ok());
+    ASSERT_TRUE(s->append(in, &out).ok());
+    emit_all(*s, t, 1000 + static_cast<uint64_t>(i), std::string(2000, 'd'), "r:");
+  }
+  ASSERT_TRUE(s->ensure_room(40000).ok());
+  StoreCounters c = s->counters();
+  EXPECT_LE(c.live_bytes + 40000, o.max_bytes);
+  EXPECT_GT(c.dropped_outbox_entries, 0u);
+  EXPECT_EQ(c.dropped_retained_traces, c.dropped_outbox_entries);
+  TraceState st;
+  ASSERT_TRUE(s->get_state("t0", &st).ok());
+  EXPECT_TRUE(st.events_deleted);  // the oldest went first, entry and events
+  EXPECT_EQ(st.undelivered, 0u);
+  std::vector<OutboxEntry> ob;
+  ASSERT_TRUE(s->read_outbox(0, 100, 1 << 30, &ob).ok());
+  ASSERT_EQ(ob.size(), 8 - c.dropped_outbox_entries);
+  EXPECT_EQ(ob.size(), s->outbox_entries());
+  EXPECT_EQ(s->outbox_bytes(), ob.size() * 2000);
+  EXPECT_EQ(ob.back().trace_id, "t7");  // the newest stay, whole
+  EXPECT_EQ(ob.back().document, std::string(2000, 'd'));
+  EXPECT_EQ(s->counters().document_cache_bytes, 0u);  // dropped entries' documents went too
+}
+
 TEST(StoreTest, DropNewestRefusesWhenFull) {
   TempDir dir;
   StoreOptions o = options(dir);
@@ -422,12 +533,24 @@ TEST(StoreTest, DropNewestRefusesWhenFull) {
   o.when_full = WhenFull::kDropNewest;
   auto s = open_store(o);
   std::vector<Committed> out;
-  std::vector<ipc::Message> in = {msg("t", std::string(8000, 'x'))};
-  ASSERT_TRUE(s->ensure_room(8100).ok());
+  // A delivered trace's retained events still make room; an undelivered
+  // one's do not.
+  std::vector<ipc::Message> in = {msg("delivered", std::string(3000, 'x'))};
+  ASSERT_TRUE(s->ensure_room(3100).ok());
   ASSERT_TRUE(s->append(in, &out).ok());
-  emit_all(*s, "t", 100);
+  emit_all(*s, "delivered", 100);
+  in = {msg("t", std::string(5000, 'x'))};
+  ASSERT_TRUE(s->ensure_room(5100).ok());
+  ASSERT_TRUE(s->append(in, &out).ok());
+  emit_all(*s, "t", 200, "{}", "r:");
+  ASSERT_TRUE(s->ensure_room(3000).ok());
+  EXPECT_EQ(s->counters().dropped_retained_traces, 1u);
   EXPECT_TRUE(s->ensure_room(5000).IsFull());
-  EXPECT_EQ(s->counters().dropped_retained_traces, 0u);
+  EXPECT_EQ(s->outbox_entries(), 2u);
+  EXPECT_EQ(s->counters().dropped_outbox_entries, 0u);
+  std::vector<StoredEvent> ev;
+  ASSERT_TRUE(s->read_trace("t", &ev).ok());
+  EXPECT_EQ(ev.size(), 1u);
 }
 
 TEST(StoreTest, MetaPutGetScanDelete) {

@@ -19,6 +19,68 @@ uint64_t minus(uint64_t now, uint64_t d) {
   return now > d ? now - d : 0;
 }
 
+// An outbox recipe: which of the trace's stored messages a revision was
+// built from, and how. [u8 1][be64 from_seq][be64 until_seq]
+// [be64 changed_after_seq][be32 part][u8 flags: 1 partial, 2 unfinished]
+constexpr char kRecipeVersion = 1;
+constexpr size_t kRecipeBytes = 1 + 8 + 8 + 8 + 4 + 1;
+
+void put_be(std::string* out, uint64_t v, int bytes) {
+  for (int shift = 8 * (bytes - 1); shift >= 0; shift -= 8)
+    out->push_back(static_cast<char>((v >> shift) & 0xff));
+}
+
+uint64_t get_be(std::string_view in, size_t at, int bytes) {
+  uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i)
+    v = (v << 8) | static_cast<uint8_t>(in[at + static_cast<size_t>(i)]);
+  return v;
+}
+
+std::string encode_recipe(uint64_t from_seq, uint64_t until_seq, const BuildOptions& bo) {
+  std::string r;
+  r.reserve(kRecipeBytes);
+  r.push_back(kRecipeVersion);
+  put_be(&r, from_seq, 8);
+  put_be(&r, until_seq, 8);
+  put_be(&r, bo.changed_after_seq, 8);
+  put_be(&r, bo.part, 4);
+  r.push_back(static_cast<char>((bo.partial ? 1 : 0) | (bo.mark_unfinished ? 2 : 0)));
+  return r;
+}
+
+// The document builder the assembler gives its store: the same revision,
+// built again from the same stored messages.
+buffer::Status build_from_recipe(buffer::Store& store, std::string_view trace_id, uint32_t revision,
+                                 std::string_view recipe, std::string* document) {
+  if (recipe.size() != kRecipeBytes || recipe[0] != kRecipeVersion) {
+    // Delivery sets an entry whose document is not JSON aside, with the reason.
+    spdlog::error("trace {}: revision {} has an outbox recipe that cannot be read", trace_id,
+                  revision);
+    document->clear();
+    return buffer::Status::Ok();
+  }
+  buffer::TraceRange range;
+  range.from_seq = get_be(recipe, 1, 8);
+  range.until_seq = get_be(recipe, 9, 8);
+  BuildOptions bo;
+  bo.revision = revision;
+  bo.changed_after_seq = get_be(recipe, 17, 8);
+  bo.part = static_cast<uint32_t>(get_be(recipe, 25, 4));
+  bo.partial = (recipe[29] & 1) != 0;
+  bo.mark_unfinished = (recipe[29] & 2) != 0;
+  std::vector<buffer::StoredEvent> events;
+  bool more = false;
+  buffer::Status s = store.read_trace(trace_id, range, &events, &more);
+  if (!s.ok()) return s;
+  std::vector<StoredMessage> msgs;
+  msgs.reserve(events.size());
+  for (const auto& e : events)
+    msgs.push_back(StoredMessage{e.seq, e.recv_ns, e.raw});
+  *document = build_trace(trace_id, msgs, bo).document;
+  return buffer::Status::Ok();
+}
+
 }  // namespace
 
 Assembler::Assembler(buffer::Store& store, const Clock& clock, AssemblerOptions options)
@@ -28,7 +90,13 @@ Assembler::Assembler(buffer::Store& store, const Clock& clock, AssemblerOptions 
       log_(10, std::chrono::seconds(10), clock),
       // The thread works in rounds of one tick: notices end a round early
       // only once a quarter of the queue's bound waits.
-      queue_(options.queue_bytes, options.queue_bytes / 4) {}
+      queue_(options.queue_bytes, options.queue_bytes / 4) {
+  // The outbox keeps how each revision was built, not its document.
+  store_.set_document_builder([&store](std::string_view trace_id, uint32_t revision,
+                                       std::string_view recipe, std::string* document) {
+    return build_from_recipe(store, trace_id, revision, recipe, document);
+  });
+}
 
 Assembler::~Assembler() {
   stop();
@@ -483,6 +551,8 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
   if (parts) e.state.parts = st.parts + 1;
   e.pending_seqs = std::move(folded);
   e.document = std::move(r.document);
+  // The messages it was built from: those read, below the cut of a part.
+  e.recipe = encode_recipe(range.from_seq, cut != UINT64_MAX ? cut : max_seq + 1, bo);
   out->push_back(Prepared{std::move(e), bo.mark_unfinished, more});
 }
 

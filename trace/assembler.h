@@ -22,7 +22,11 @@
 //   - emitting = one atomic store write (buffer::Store::emit): outbox entry,
 //     trace state, retention index, deletion of the folded pending records
 //     (a record learnt of after its messages were emitted is released on its
-//     own);
+//     own). The outbox entry holds a recipe (the seq range of the messages
+//     the revision was built from, and the build options), not the document:
+//     the document waits in the store's memory for delivery, and the
+//     assembler gives the store the builder (set_document_builder()) that
+//     builds it again, from the same messages, when it is not there;
 //   - a trace's events are kept `retain` after its last emission, then
 //     deleted (the small state record stays `forget_after` more); a late
 //     message for such a trace yields a revision with what is known, marked

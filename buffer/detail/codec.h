@@ -2,6 +2,7 @@
 // big-endian so that RocksDB's bytewise order is numeric order.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -139,7 +140,11 @@ inline std::string index_key(char prefix, uint64_t ns, std::string_view trace_id
   return k;
 }
 
-constexpr size_t kStateBytes = 4 + 8 * 6 + 1;
+constexpr size_t kStateBytes = 4 + 8 * 6 + 1 + 4;
+// States written before TraceState::undelivered existed lack its 4 bytes.
+constexpr size_t kStateBytesV1 = kStateBytes - 4;
+// What a state record counts towards the quota, whichever its form.
+constexpr size_t kStateQuotaBytes = kStateBytesV1;
 
 inline std::string encode_state(const TraceState& s) {
   std::string v;
@@ -152,11 +157,12 @@ inline std::string encode_state(const TraceState& s) {
   put_be64(&v, s.generation);
   put_be64(&v, s.parts);
   v.push_back(s.events_deleted ? 1 : 0);
+  put_be32(&v, s.undelivered);
   return v;
 }
 
 inline bool decode_state(std::string_view v, TraceState* s) {
-  if (v.size() != kStateBytes) return false;
+  if (v.size() != kStateBytes && v.size() != kStateBytesV1) return false;
   s->revision = get_be32(v);
   s->first_emit_ns = get_be64(v.substr(4));
   s->last_emit_ns = get_be64(v.substr(12));
@@ -165,6 +171,7 @@ inline bool decode_state(std::string_view v, TraceState* s) {
   s->generation = get_be64(v.substr(36));
   s->parts = static_cast<uint32_t>(get_be64(v.substr(44)));
   s->events_deleted = v[52] != 0;
+  s->undelivered = v.size() == kStateBytes ? get_be32(v.substr(53)) : 0;
   return true;
 }
 
@@ -186,9 +193,15 @@ inline int64_t decode_i64(std::string_view s) {
   return v;
 }
 
-// ---- outbox: [be64 seq] -> [be32 revision][be64 emitted_ns][u8 len][trace_id][document]
+// ---- outbox: [be64 seq] -> [be32 revision][be64 emitted_ns][u8 len][trace_id][body]
+// The body is the document itself (it begins with '{'), or, for an entry
+// written with a recipe (Emission::recipe):
+//   [u8 0][be32 document bytes][recipe]
+// from which the document is built again when it is not in memory.
 
-// The value's head: everything before the document, which follows it in the
+constexpr char kRecipeMark = '\0';
+
+// The value's head: everything before the body, which follows it in the
 // same value.
 inline std::string outbox_head(uint32_t revision, uint64_t emitted_ns, std::string_view trace_id) {
   std::string v;
@@ -200,15 +213,43 @@ inline std::string outbox_head(uint32_t revision, uint64_t emitted_ns, std::stri
   return v;
 }
 
-inline bool decode_outbox(uint64_t seq, std::string_view v, OutboxEntry* e) {
+// What goes before the recipe in a recipe entry's body.
+inline std::string outbox_recipe_head(size_t document_bytes) {
+  std::string v(1, kRecipeMark);
+  put_be32(&v, static_cast<uint32_t>(std::min<size_t>(document_bytes, UINT32_MAX)));
+  return v;
+}
+
+// An outbox value, its parts viewing the value.
+struct OutboxValue {
+  uint32_t revision = 0;
+  uint64_t emitted_ns = 0;
+  std::string_view trace_id;
+  std::string_view document;  // empty for a recipe entry
+  bool by_recipe = false;
+  std::string_view recipe;
+  size_t document_bytes = 0;  // the document's size, in either form
+};
+
+inline bool parse_outbox(std::string_view v, OutboxValue* out) {
   if (v.size() < 13) return false;
   size_t len = static_cast<uint8_t>(v[12]);
   if (v.size() < 13 + len) return false;
-  e->seq = seq;
-  e->revision = get_be32(v);
-  e->emitted_ns = get_be64(v.substr(4));
-  e->trace_id.assign(v.substr(13, len));
-  e->document.assign(v.substr(13 + len));
+  out->revision = get_be32(v);
+  out->emitted_ns = get_be64(v.substr(4));
+  out->trace_id = v.substr(13, len);
+  std::string_view body = v.substr(13 + len);
+  out->by_recipe = !body.empty() && body[0] == kRecipeMark;
+  if (out->by_recipe) {
+    if (body.size() < 5) return false;
+    out->document = {};
+    out->document_bytes = get_be32(body.substr(1));
+    out->recipe = body.substr(5);
+  } else {
+    out->document = body;
+    out->document_bytes = body.size();
+    out->recipe = {};
+  }
   return true;
 }
 

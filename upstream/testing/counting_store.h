@@ -44,6 +44,9 @@ class CountingStore final : public buffer::Store {
   void set_outbox_listener(std::function<void()> fn) override {
     s_.set_outbox_listener(std::move(fn));
   }
+  void set_document_builder(buffer::DocumentBuilder fn) override {
+    s_.set_document_builder(std::move(fn));
+  }
   buffer::Status meta_put(std::string_view k, std::string_view v) override {
     return s_.meta_put(k, v);
   }
