@@ -785,9 +785,20 @@ class RocksStore final : public Store {
       b.Clear();
       int64_t live = 0, docs_bytes = 0;
       uint64_t next = next_outbox_;
+      // The outbox seqs of the documents put in memory by this write.
+      std::vector<uint64_t>& held = emit_held_;
+      held.clear();
       for (size_t i = 0; i < es.size(); ++i) {
-        results[i] = add_emission_locked(es[i], next, &b, &live);
-        if (!results[i].ok()) continue;
+        // A recipe when the document waits in memory; when memory is full
+        // (delivery is behind), the document itself, as a backlog is best
+        // read back in emission order.
+        const bool by_recipe = !es[i].recipe.empty() && hold_document(next, es[i].document);
+        results[i] = add_emission_locked(es[i], next, by_recipe, &b, &live);
+        if (!results[i].ok()) {
+          if (by_recipe) forget_document(next);
+          continue;
+        }
+        if (by_recipe) held.push_back(next);
         outbox_seqs[i] = next++;
         docs_bytes += static_cast<int64_t>(es[i].document.size());
         ++written;
@@ -797,16 +808,12 @@ class RocksStore final : public Store {
       b.Merge(cfs_[kTraces], kCounterLive, encode_i64(live));
       b.Merge(cfs_[kTraces], kCounterOutboxN, encode_i64(static_cast<int64_t>(written)));
       b.Merge(cfs_[kTraces], kCounterOutboxB, encode_i64(docs_bytes));
-      // The documents of recipe entries wait in memory, there before the
-      // entries can be read.
-      hold_documents(es, results, outbox_seqs);
       rocksdb::Status rs = write(wo_derived_, &b);
       // A rare large write (a part of a split trace) does not stay allocated.
       if (b.GetDataSize() > kEmitBatchKeepBytes) b = rocksdb::WriteBatch();
       if (!rs.ok()) {
-        for (size_t i = 0; i < es.size(); ++i) {
-          if (results[i].ok() && !es[i].recipe.empty()) forget_document(outbox_seqs[i]);
-        }
+        for (uint64_t seq : held)
+          forget_document(seq);
         return from_rocks(rs, "emitting trace revisions");
       }
       next_outbox_ = next;
@@ -819,22 +826,20 @@ class RocksStore final : public Store {
     return Status::Ok();
   }
 
-  void hold_documents(std::span<const Emission> es, std::span<const Status> results,
-                      std::span<const uint64_t> outbox_seqs) {
+  // Puts a copy of `document` in memory as outbox entry `seq`'s; false when
+  // it does not fit opts_.document_cache_bytes.
+  bool hold_document(uint64_t seq, const std::string& document) {
     std::lock_guard lock(docs_mu_);
-    for (size_t i = 0; i < es.size(); ++i) {
-      if (!results[i].ok() || es[i].recipe.empty()) continue;
-      const size_t size = es[i].document.size();
-      if (docs_bytes_.load() + size > opts_.document_cache_bytes) continue;
-      docs_.emplace(outbox_seqs[i], es[i].document);
-      docs_bytes_.fetch_add(size);
-    }
+    if (docs_bytes_.load() + document.size() > opts_.document_cache_bytes) return false;
+    docs_.emplace(seq, document);
+    docs_bytes_.fetch_add(document.size());
+    return true;
   }
 
   // Adds one revision's writes to `b` as outbox entry `outbox_seq`. Busy when
   // the trace's state changed since the revision was built.
-  Status add_emission_locked(const Emission& e, uint64_t outbox_seq, rocksdb::WriteBatch* b,
-                             int64_t* live) {
+  Status add_emission_locked(const Emission& e, uint64_t outbox_seq, bool by_recipe,
+                             rocksdb::WriteBatch* b, int64_t* live) {
     if (e.trace_id.empty() || e.trace_id.size() > kMaxTraceIdBytes) {
       return Status::InvalidArgument("emit: bad trace_id");
     }
@@ -854,7 +859,7 @@ class RocksStore final : public Store {
     std::string head = outbox_head(next.revision, e.emitted_ns, e.trace_id);
     // Head and body in parts: the body is copied once, into the batch.
     rocksdb::Slice key_part(obk);
-    if (e.recipe.empty()) {
+    if (!by_recipe) {
       rocksdb::Slice value_parts[2] = {rocksdb::Slice(head), rocksdb::Slice(e.document)};
       b->Put(cfs_[kOutbox], rocksdb::SliceParts(&key_part, 1), rocksdb::SliceParts(value_parts, 2));
       *live += static_cast<int64_t>(obk.size() + head.size() + e.document.size());
@@ -1138,6 +1143,7 @@ class RocksStore final : public Store {
   // kEmitBatchKeepBytes.
   static constexpr size_t kEmitBatchKeepBytes = 1 << 20;
   rocksdb::WriteBatch emit_batch_;
+  std::vector<uint64_t> emit_held_;  // guarded by state_mu_
   uint64_t next_outbox_ = 1;
   std::mutex outbox_mu_;    // serialises outbox removals (exact counters)
   uint64_t drop_from_ = 0;  // the outbox entries below it were dropped; guarded by outbox_mu_

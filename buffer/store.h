@@ -83,9 +83,9 @@ struct StoreOptions {
   size_t block_cache_bytes = 4 << 20;
   size_t memtable_budget_bytes = 12 << 20;
   // Bound of the outbox documents held in memory for entries written with a
-  // recipe (Emission::recipe) until delivery reads them; past it a document
-  // is built again when it is read. At 2,000 msg/s about four seconds of
-  // traces: delivery reads them within its flush interval.
+  // recipe (Emission::recipe) until delivery reads them; past it the outbox
+  // entry holds the document. At 2,000 msg/s about four seconds of traces:
+  // delivery reads them within its flush interval.
   size_t document_cache_bytes = 4 << 20;
   // Bound on the write-ahead log before memtables are flushed to free it.
   uint64_t max_wal_bytes = 128 << 20;
@@ -157,12 +157,13 @@ struct Emission {
   TraceState state;                    // the new state (generation is set by the store)
   std::vector<uint64_t> pending_seqs;  // pending records folded into this revision
   std::string document;
-  // Empty: the outbox entry holds the document. Otherwise the entry holds
-  // this instead (what the document builder, set_document_builder(), needs
-  // to build the same document again from the trace's stored messages), and
-  // the document waits in memory for read_outbox(), within
-  // StoreOptions::document_cache_bytes. The trace's messages are then kept
-  // until the entry is acknowledged (TraceState::undelivered).
+  // Empty: the outbox entry holds the document. Otherwise, while the
+  // document fits StoreOptions::document_cache_bytes, it waits in memory for
+  // read_outbox() and the entry holds this instead (what the document
+  // builder, set_document_builder(), needs to build the same document again
+  // from the trace's stored messages); the trace's messages are then kept
+  // until the entry is acknowledged (TraceState::undelivered). Past that
+  // bound (delivery is behind) the entry holds the document.
   std::string recipe;
   uint64_t emitted_ns = 0;
 };

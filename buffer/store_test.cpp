@@ -490,6 +490,38 @@ TEST(StoreTest, ARecipeEntryKeepsItsTracesEventsUntilItIsAcknowledged) {
   EXPECT_EQ(built, 2);
 }
 
+TEST(StoreTest, PastTheMemoryBoundTheOutboxHoldsTheDocument) {
+  TempDir dir;
+  StoreOptions o = options(dir);
+  o.document_cache_bytes = 250;
+  auto s = open_store(o);
+  std::vector<Committed> out;
+  for (int i = 0; i < 3; ++i) {
+    std::string t = "t" + std::to_string(i);
+    std::vector<ipc::Message> in = {msg(t, "m")};
+    ASSERT_TRUE(s->append(in, &out).ok());
+    emit_all(*s, t, 1000, std::string(100, 'a' + static_cast<char>(i)), "r:");
+  }
+  // Two documents fit in memory; the third went to the store whole, and its
+  // trace's events are not held for it.
+  EXPECT_EQ(s->counters().document_cache_bytes, 200u);
+  TraceState st;
+  ASSERT_TRUE(s->get_state("t2", &st).ok());
+  EXPECT_EQ(st.undelivered, 0u);
+  ASSERT_TRUE(s->get_state("t1", &st).ok());
+  EXPECT_EQ(st.undelivered, 1u);
+  // After a restart (no builder set) the whole entry reads back as it is.
+  s.reset();
+  s = open_store(o);
+  std::vector<OutboxEntry> ob;
+  ASSERT_TRUE(s->read_outbox(3, 10, SIZE_MAX, &ob).ok());
+  ASSERT_EQ(ob.size(), 1u);
+  EXPECT_EQ(ob[0].trace_id, "t2");
+  EXPECT_EQ(ob[0].document, std::string(100, 'c'));
+  EXPECT_EQ(s->read_outbox(2, 10, SIZE_MAX, &ob).code(), Status::Code::kIOError);
+  EXPECT_EQ(s->outbox_bytes(), 300u);
+}
+
 TEST(StoreTest, DropOldestTakesARecipeEntryWithTheEventsItRefersTo) {
   TempDir dir;
   StoreOptions o = options(dir);
