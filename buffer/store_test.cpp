@@ -373,20 +373,26 @@ TEST(StoreTest, ExpireDeletesRetainedEventsThenForgetsTheState) {
   EXPECT_TRUE(s->get_state("new", &st).ok());
 }
 
+// Emits 8 traces t0 ... t7 of ~4 KiB of events each, oldest first, with
+// 2,000-byte documents and `recipe`.
+void emit_eight_traces(Store& s, const std::string& recipe) {
+  std::vector<Committed> out;
+  for (int i = 0; i < 8; ++i) {
+    std::string t = "t" + std::to_string(i);
+    std::vector<ipc::Message> in = {msg(t, std::string(4000, 'x'))};
+    ASSERT_TRUE(s.ensure_room(4100).ok());
+    ASSERT_TRUE(s.append(in, &out).ok());
+    emit_all(s, t, 1000 + static_cast<uint64_t>(i), std::string(2000, 'd'), recipe);
+  }
+}
+
 TEST(StoreTest, DropOldestMakesRoomFromRetainedEventsThenTheOutbox) {
   TempDir dir;
   StoreOptions o = options(dir);
   o.max_bytes = 64 << 10;
   auto s = open_store(o);
   std::vector<Committed> out;
-  // 8 emitted traces of ~4 KiB each, oldest first.
-  for (int i = 0; i < 8; ++i) {
-    std::string t = "t" + std::to_string(i);
-    std::vector<ipc::Message> in = {msg(t, std::string(4000, 'x'))};
-    ASSERT_TRUE(s->ensure_room(4100).ok());
-    ASSERT_TRUE(s->append(in, &out).ok());
-    emit_all(*s, t, 1000 + static_cast<uint64_t>(i), std::string(2000, 'd'));
-  }
+  emit_eight_traces(*s, "");
   uint64_t before = s->counters().live_bytes;
   EXPECT_LT(before, o.max_bytes);
   ASSERT_TRUE(s->ensure_room(30000).ok());
@@ -529,16 +535,8 @@ TEST(StoreTest, DropOldestTakesARecipeEntryWithTheEventsItRefersTo) {
   auto s = open_store(o);
   int built = 0;
   s->set_document_builder(concatenating_builder(*s, &built));
-  std::vector<Committed> out;
-  // 8 undelivered traces of ~4 KiB each, oldest first: no retained events
-  // are free to go.
-  for (int i = 0; i < 8; ++i) {
-    std::string t = "t" + std::to_string(i);
-    std::vector<ipc::Message> in = {msg(t, std::string(4000, 'x'))};
-    ASSERT_TRUE(s->ensure_room(4100).ok());
-    ASSERT_TRUE(s->append(in, &out).ok());
-    emit_all(*s, t, 1000 + static_cast<uint64_t>(i), std::string(2000, 'd'), "r:");
-  }
+  // Undelivered, written with recipes: no retained events are free to go.
+  emit_eight_traces(*s, "r:");
   ASSERT_TRUE(s->ensure_room(40000).ok());
   StoreCounters c = s->counters();
   EXPECT_LE(c.live_bytes + 40000, o.max_bytes);
