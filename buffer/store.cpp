@@ -1062,7 +1062,6 @@ class RocksStore final : public Store {
       if (it->key().size() != 8) continue;
       b.Delete(cfs_[kOutbox], it->key());
       r.add(get_be64(it->key().ToStringView()), it->key().size(), it->value().ToStringView());
-      drop_from_ = r.seqs.back() + 1;
       // A recipe entry frees little by itself: the events it referred to go
       // next, as retained events, before anything more is dropped.
       if (!r.pins.empty()) break;
@@ -1070,7 +1069,9 @@ class RocksStore final : public Store {
     if (!it->status().ok()) return from_rocks(it->status(), "dropping outbox entries");
     if (r.n == 0) return Status::Ok();
     Status s = commit_outbox_removal(b, r, "dropping outbox entries");
-    if (s.ok()) *dropped = r.n;
+    if (!s.ok()) return s;
+    *dropped = r.n;
+    drop_from_ = r.seqs.back() + 1;
     return s;
   }
 
