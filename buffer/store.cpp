@@ -447,11 +447,8 @@ class RocksStore final : public Store {
   }
 
   void forget_document(uint64_t seq) {
-    std::lock_guard lock(docs_mu_);
-    auto it = docs_.find(seq);
-    if (it == docs_.end()) return;
-    docs_bytes_.fetch_sub(it->second.size());
-    docs_.erase(it);
+    std::string unused;
+    take_document(seq, &unused);
   }
 
   Status ack_outbox(std::span<const uint64_t> seqs) override {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "common/big_endian.h"
 #include "common/thread.h"
 #include "trace/reconstruct.h"
 
@@ -25,26 +26,14 @@ uint64_t minus(uint64_t now, uint64_t d) {
 constexpr char kRecipeVersion = 1;
 constexpr size_t kRecipeBytes = 1 + 8 + 8 + 8 + 4 + 1;
 
-void put_be(std::string* out, uint64_t v, int bytes) {
-  for (int shift = 8 * (bytes - 1); shift >= 0; shift -= 8)
-    out->push_back(static_cast<char>((v >> shift) & 0xff));
-}
-
-uint64_t get_be(std::string_view in, size_t at, int bytes) {
-  uint64_t v = 0;
-  for (int i = 0; i < bytes; ++i)
-    v = (v << 8) | static_cast<uint8_t>(in[at + static_cast<size_t>(i)]);
-  return v;
-}
-
 std::string encode_recipe(uint64_t from_seq, uint64_t until_seq, const BuildOptions& bo) {
   std::string r;
   r.reserve(kRecipeBytes);
   r.push_back(kRecipeVersion);
-  put_be(&r, from_seq, 8);
-  put_be(&r, until_seq, 8);
-  put_be(&r, bo.changed_after_seq, 8);
-  put_be(&r, bo.part, 4);
+  put_be64(&r, from_seq);
+  put_be64(&r, until_seq);
+  put_be64(&r, bo.changed_after_seq);
+  put_be32(&r, bo.part);
   r.push_back(static_cast<char>((bo.partial ? 1 : 0) | (bo.mark_unfinished ? 2 : 0)));
   return r;
 }
@@ -61,12 +50,12 @@ buffer::Status build_from_recipe(buffer::Store& store, std::string_view trace_id
     return buffer::Status::Ok();
   }
   buffer::TraceRange range;
-  range.from_seq = get_be(recipe, 1, 8);
-  range.until_seq = get_be(recipe, 9, 8);
+  range.from_seq = get_be64(recipe.substr(1));
+  range.until_seq = get_be64(recipe.substr(9));
   BuildOptions bo;
   bo.revision = revision;
-  bo.changed_after_seq = get_be(recipe, 17, 8);
-  bo.part = static_cast<uint32_t>(get_be(recipe, 25, 4));
+  bo.changed_after_seq = get_be64(recipe.substr(17));
+  bo.part = get_be32(recipe.substr(25));
   bo.partial = (recipe[29] & 1) != 0;
   bo.mark_unfinished = (recipe[29] & 2) != 0;
   std::vector<buffer::StoredEvent> events;
