@@ -23,6 +23,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <mutex>
+#include <set>
 #include <shared_mutex>
 #include <system_error>
 #include <unordered_map>
@@ -626,21 +627,16 @@ class RocksStore final : public Store {
     // referred to are retained events too.
     const bool drop_undelivered = opts_.when_full == WhenFull::kDropOldest;
     while (live_.load() > target) {
-      std::vector<std::string> idx;
-      Status s = scan_index(kRetainedPrefix, UINT64_MAX, 64, &idx);
+      uint64_t traces = 0;
+      uint64_t events = 0;
+      Status s = drop_retained(UINT64_MAX, kDropRound, target, &traces, &events);
       if (!s.ok()) return s;
-      for (const std::string& k : idx) {
-        uint64_t events = 0;
-        s = drop_trace_events(k, &events);
-        if (!s.ok()) return s;
-        counters_.dropped_retained_traces.fetch_add(1);
-        counters_.dropped_retained_events.fetch_add(events);
-        if (live_.load() <= target) break;
-      }
-      if (!idx.empty()) continue;
+      counters_.dropped_retained_traces.fetch_add(traces);
+      counters_.dropped_retained_events.fetch_add(events);
+      if (traces > 0) continue;
       if (!drop_undelivered) break;
       uint64_t dropped = 0;
-      s = drop_oldest_outbox(64, live_.load() - target, &dropped);
+      s = drop_oldest_outbox(kDropRound, live_.load() - target, &dropped);
       if (!s.ok()) return s;
       if (dropped == 0) break;
       counters_.dropped_outbox_entries.fetch_add(dropped);
@@ -871,15 +867,15 @@ class RocksStore final : public Store {
     // The retention index holds the traces whose events nothing refers to
     // any more: retention and the quota take only those.
     if (existed && cur.undelivered == 0) {
-      b->Delete(cfs_[kTraces], index_key(kRetainedPrefix, cur.last_emit_ns, e.trace_id));
+      std::string k = index_key(kRetainedPrefix, cur.last_emit_ns, e.trace_id);
+      b->Delete(cfs_[kTraces], k);
+      if (!retained_behind_.empty()) retained_behind_.erase(k);
     }
     if (existed && cur.events_deleted) {
       b->Delete(cfs_[kTraces], index_key(kDeletedPrefix, cur.deleted_ns, e.trace_id));
     }
     b->Put(cfs_[kTraces], state_key(e.trace_id), encode_state(next));
-    if (next.undelivered == 0) {
-      b->Put(cfs_[kTraces], index_key(kRetainedPrefix, next.last_emit_ns, e.trace_id), "");
-    }
+    if (next.undelivered == 0) put_index_key(b, kRetainedPrefix, next.last_emit_ns, e.trace_id);
     if (!existed) *live += static_cast<int64_t>(1 + e.trace_id.size() + kStateQuotaBytes);
     for (uint64_t seq : e.pending_seqs) {
       b->Delete(cfs_[kPending], be64(seq));
@@ -891,38 +887,38 @@ class RocksStore final : public Store {
   Status expire(uint64_t emitted_before_ns, uint64_t forget_before_ns, size_t max_traces) override {
     StoreLock db_lock(db_mu_);
     if (!db_) return unavailable();
+    uint64_t traces = 0, events = 0;
+    Status s = drop_retained(emitted_before_ns, max_traces, 0, &traces, &events);
+    if (!s.ok()) return s;
+    counters_.expired_traces.fetch_add(traces);
     std::vector<std::string> idx;
-    Status s = scan_index(kRetainedPrefix, emitted_before_ns, max_traces, &idx);
+    std::lock_guard lock(state_mu_);
+    scan_index(kDeletedPrefix, deleted_from_, UINT64_MAX, forget_before_ns, max_traces, &idx, &s);
     if (!s.ok()) return s;
+    if (idx.empty()) return Status::Ok();
+    // One write for the round.
+    rocksdb::WriteBatch b;
+    int64_t live = 0;
+    uint64_t forgotten = 0;
     for (const std::string& k : idx) {
-      uint64_t events = 0;
-      s = drop_trace_events(k, &events);
-      if (!s.ok()) return s;
-      counters_.expired_traces.fetch_add(1);
-    }
-    idx.clear();
-    s = scan_index(kDeletedPrefix, forget_before_ns, max_traces, &idx);
-    if (!s.ok()) return s;
-    for (const std::string& k : idx) {
-      std::lock_guard lock(state_mu_);
       std::string trace_id = k.substr(9);
       TraceState st;
-      rocksdb::WriteBatch b;
       b.Delete(cfs_[kTraces], k);
-      int64_t live = 0;
       s = get_state_nolock(trace_id, &st);
       if (s.ok() && st.events_deleted && st.deleted_ns == get_be64(std::string_view(k).substr(1))) {
         b.Delete(cfs_[kTraces], state_key(trace_id));
-        live = -static_cast<int64_t>(1 + trace_id.size() + kStateQuotaBytes);
-        b.Merge(cfs_[kTraces], kCounterLive, encode_i64(live));
+        live -= static_cast<int64_t>(1 + trace_id.size() + kStateQuotaBytes);
+        ++forgotten;
       } else if (!s.ok() && !s.IsNotFound()) {
         return s;
       }
-      rocksdb::Status rs = write(wo_derived_, &b);
-      if (!rs.ok()) return from_rocks(rs, "forgetting a trace state");
-      live_.fetch_add(static_cast<uint64_t>(live));
-      if (live != 0) counters_.forgotten_traces.fetch_add(1);
     }
+    if (live != 0) b.Merge(cfs_[kTraces], kCounterLive, encode_i64(live));
+    rocksdb::Status rs = write(wo_derived_, &b);
+    if (!rs.ok()) return from_rocks(rs, "forgetting trace states");
+    live_.fetch_add(static_cast<uint64_t>(live));
+    counters_.forgotten_traces.fetch_add(forgotten);
+    deleted_from_ = index_time(idx.back());
     return Status::Ok();
   }
 
@@ -993,58 +989,160 @@ class RocksStore final : public Store {
     return Status::Ok();
   }
 
-  // Index keys (whole keys) with the given prefix whose time is < `before_ns`.
-  Status scan_index(char prefix, uint64_t before_ns, size_t limit, std::vector<std::string>* out) {
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cfs_[kTraces]));
-    std::string p(1, prefix);
-    for (it->Seek(p); it->Valid() && out->size() < limit; it->Next()) {
-      rocksdb::Slice k = it->key();
-      if (k.empty() || k[0] != prefix || k.size() < 10) break;
-      if (get_be64(std::string_view(k.data() + 1, 8)) >= before_ns) break;
-      out->push_back(k.ToString());
+  // Where scans of the retention (R) and deletion (D) indexes start, so that
+  // they do not step over the deletions of every key taken before (until
+  // compaction drops them, each seek would read them all again). Guarded by
+  // state_mu_:
+  // - no D key is older than deleted_from_;
+  // - no R key is older than retained_from_, except traces delivered after
+  //   newer ones went (the quota takes outbox entries oldest first, and a
+  //   backlog is delivered after the traces emitted since). Those are taken
+  //   first: up to kMaxRetainedBehind of them are held in retained_behind_;
+  //   past that, they are found by a scan from retained_low_, which moves up
+  //   as they go, so that each stretch of the index is stepped over once.
+  static constexpr uint64_t kNoLow = UINT64_MAX;
+  static constexpr size_t kMaxRetainedBehind = 4096;
+  uint64_t retained_from_ = 0, retained_low_ = kNoLow, deleted_from_ = 0;
+  std::set<std::string> retained_behind_;  // empty while retained_low_ is set
+
+  static uint64_t index_time(std::string_view key) { return get_be64(key.substr(1)); }
+
+  // Requires state_mu_. Adds the index key of `trace_id` at `ns` to `b`.
+  void put_index_key(rocksdb::WriteBatch* b, char prefix, uint64_t ns, std::string_view trace_id) {
+    std::string k = index_key(prefix, ns, trace_id);
+    b->Put(cfs_[kTraces], k, "");
+    if (prefix == kDeletedPrefix) {
+      deleted_from_ = std::min(deleted_from_, ns);
+    } else if (ns < retained_from_) {
+      if (retained_low_ == kNoLow && retained_behind_.size() < kMaxRetainedBehind) {
+        retained_behind_.insert(std::move(k));
+        return;
+      }
+      if (!retained_behind_.empty()) ns = std::min(ns, index_time(*retained_behind_.begin()));
+      retained_behind_.clear();
+      retained_low_ = std::min(retained_low_, ns);
     }
-    return from_rocks(it->status(), "scanning the retention index");
   }
 
-  // Deletes the retained events (seq <= max_seq) of the trace named by the
-  // retention index key `rkey`, keeping its state with events_deleted set.
-  Status drop_trace_events(const std::string& rkey, uint64_t* events) {
-    std::lock_guard lock(state_mu_);
-    std::string trace_id = rkey.substr(9);
-    uint64_t emit_ns = get_be64(std::string_view(rkey).substr(1));
-    TraceState st;
-    Status s = get_state_nolock(trace_id, &st);
-    rocksdb::WriteBatch b;
-    b.Delete(cfs_[kTraces], rkey);
-    int64_t live = 0;
-    if (!s.ok() && !s.IsNotFound()) return s;
-    // An index key that outlived its emission, or a trace that outbox
-    // entries refer to again, only loses the key.
-    if (s.ok() && st.last_emit_ns == emit_ns && st.undelivered == 0) {
-      std::string prefix = event_prefix(trace_id);
-      std::string upper = prefix;
-      put_be64(&upper, st.max_seq + 1);
-      rocksdb::Slice ub(upper);
-      rocksdb::ReadOptions ro;
-      ro.iterate_upper_bound = &ub;
-      ro.prefix_same_as_start = true;
-      std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, cfs_[kEvents]));
-      for (it->Seek(event_key(trace_id, 0)); it->Valid(); it->Next()) {
-        b.Delete(cfs_[kEvents], it->key());
-        live -= static_cast<int64_t>(it->key().size() + it->value().size());
-        ++*events;
+  // Requires state_mu_. Adds to `out` the index keys (whole keys) with the
+  // given prefix whose time is in [from, until) and < `before_ns`, oldest
+  // first, up to `limit` keys in `out`. True when it reached `until`.
+  bool scan_index(char prefix, uint64_t from, uint64_t until, uint64_t before_ns, size_t limit,
+                  std::vector<std::string>* out, Status* status) {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cfs_[kTraces]));
+    std::string start(1, prefix);
+    put_be64(&start, from);
+    bool reached = true;
+    for (it->Seek(start); it->Valid(); it->Next()) {
+      rocksdb::Slice k = it->key();
+      if (k.empty() || k[0] != prefix || k.size() < 10) break;
+      const uint64_t t = index_time(k.ToStringView());
+      if (t >= until) break;
+      if (t >= before_ns || out->size() >= limit) {
+        reached = false;
+        break;
       }
-      if (!it->status().ok()) return from_rocks(it->status(), "dropping retained events");
-      st.events_deleted = true;
-      st.deleted_ns = clock_.now_ns();
-      ++st.generation;
-      b.Put(cfs_[kTraces], state_key(trace_id), encode_state(st));
-      b.Put(cfs_[kTraces], index_key(kDeletedPrefix, st.deleted_ns, trace_id), "");
-      b.Merge(cfs_[kTraces], kCounterLive, encode_i64(live));
+      out->push_back(k.ToString());
     }
+    *status = from_rocks(it->status(), "scanning the retention index");
+    return reached && status->ok();
+  }
+
+  // Deletes the retained events of the oldest traces in the retention index
+  // (emitted before `before_ns`), in one write: at most `limit` traces,
+  // stopping once the store's live bytes are down to `target` (0: no such
+  // stop). Each trace keeps its state, with events_deleted set.
+  Status drop_retained(uint64_t before_ns, size_t limit, uint64_t target, uint64_t* traces,
+                       uint64_t* events) {
+    std::lock_guard lock(state_mu_);
+    // First the keys behind retained_from_, then from it on.
+    std::vector<std::string> idx;
+    Status s;
+    bool low_done = true;
+    if (retained_low_ != kNoLow) {
+      low_done =
+          scan_index(kRetainedPrefix, retained_low_, retained_from_, before_ns, limit, &idx, &s);
+      if (!s.ok()) return s;
+    }
+    for (const std::string& k : retained_behind_) {
+      if (idx.size() >= limit || index_time(k) >= before_ns) {
+        low_done = false;
+        break;
+      }
+      idx.push_back(k);
+    }
+    const size_t low = idx.size();
+    if (low_done) {
+      scan_index(kRetainedPrefix, retained_from_, UINT64_MAX, before_ns, limit, &idx, &s);
+      if (!s.ok()) return s;
+    }
+    if (idx.empty()) {
+      if (low_done) retained_low_ = kNoLow;
+      return Status::Ok();
+    }
+    rocksdb::WriteBatch b;
+    int64_t live = 0;
+    // One iterator for the round: each trace's events are a seek away.
+    rocksdb::ReadOptions ro;
+    ro.prefix_same_as_start = true;
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, cfs_[kEvents]));
+    const uint64_t now = clock_.now_ns();
+    size_t taken = 0;
+    while (taken < idx.size()) {
+      s = add_events_drop(idx[taken++], it.get(), now, &b, &live, events);
+      if (!s.ok()) return s;
+      if (target > 0 && static_cast<int64_t>(live_.load()) + live <= static_cast<int64_t>(target)) {
+        break;
+      }
+    }
+    b.Merge(cfs_[kTraces], kCounterLive, encode_i64(live));
     rocksdb::Status rs = write(wo_derived_, &b);
     if (!rs.ok()) return from_rocks(rs, "dropping retained events");
     live_.fetch_add(static_cast<uint64_t>(live));
+    *traces += taken;
+    // The scans go on from the last key taken.
+    if (!retained_behind_.empty()) {
+      retained_behind_.erase(retained_behind_.begin(),
+                             std::next(retained_behind_.begin(), std::min(taken, low)));
+    } else if (taken < low || (taken == low && !low_done)) {
+      retained_low_ = index_time(idx[taken - 1]);
+    } else {
+      retained_low_ = kNoLow;
+    }
+    if (taken > low) retained_from_ = index_time(idx[taken - 1]);
+    return Status::Ok();
+  }
+
+  // Requires state_mu_. Adds to `b` the deletion of the retention index key
+  // `rkey` and of the retained events (seq <= max_seq) of the trace it names,
+  // found with `it`, an iterator over the events. The state stays, with
+  // events_deleted set; `live` and `events` count what goes.
+  Status add_events_drop(const std::string& rkey, rocksdb::Iterator* it, uint64_t now,
+                         rocksdb::WriteBatch* b, int64_t* live, uint64_t* events) {
+    std::string trace_id = rkey.substr(9);
+    uint64_t emit_ns = index_time(rkey);
+    TraceState st;
+    Status s = get_state_nolock(trace_id, &st);
+    if (!s.ok() && !s.IsNotFound()) return s;
+    b->Delete(cfs_[kTraces], rkey);
+    // An index key that outlived its emission, or a trace that outbox
+    // entries refer to again, only loses the key. (Two keys of one trace in
+    // a round: only the one of its last emission matches.)
+    if (!s.ok() || st.last_emit_ns != emit_ns || st.undelivered != 0) return Status::Ok();
+    const std::string prefix = event_prefix(trace_id);
+    for (it->Seek(event_key(trace_id, 0)); it->Valid(); it->Next()) {
+      rocksdb::Slice k = it->key();
+      if (!k.starts_with(prefix) || event_key_seq(k.ToStringView()) > st.max_seq) break;
+      b->Delete(cfs_[kEvents], k);
+      *live -= static_cast<int64_t>(k.size() + it->value().size());
+      ++*events;
+    }
+    if (!it->status().ok()) return from_rocks(it->status(), "dropping retained events");
+    st.events_deleted = true;
+    st.deleted_ns = now;
+    ++st.generation;
+    b->Put(cfs_[kTraces], state_key(trace_id), encode_state(st));
+    put_index_key(b, kDeletedPrefix, st.deleted_ns, trace_id);
     return Status::Ok();
   }
 
@@ -1102,9 +1200,7 @@ class RocksStore final : public Store {
       if (!s.ok()) return s;
       st.undelivered = st.undelivered > n ? st.undelivered - n : 0;
       b.Put(cfs_[kTraces], state_key(trace_id), encode_state(st));
-      if (st.undelivered == 0) {
-        b.Put(cfs_[kTraces], index_key(kRetainedPrefix, st.last_emit_ns, trace_id), "");
-      }
+      if (st.undelivered == 0) put_index_key(&b, kRetainedPrefix, st.last_emit_ns, trace_id);
     }
     b.Merge(cfs_[kTraces], kCounterLive, encode_i64(-static_cast<int64_t>(r.live)));
     b.Merge(cfs_[kTraces], kCounterOutboxN, encode_i64(-static_cast<int64_t>(r.n)));
@@ -1145,6 +1241,8 @@ class RocksStore final : public Store {
   uint64_t next_outbox_ = 1;
   std::mutex outbox_mu_;    // serialises outbox removals (exact counters)
   uint64_t drop_from_ = 0;  // the outbox entries below it were dropped; guarded by outbox_mu_
+  // Traces (or outbox entries) the quota drops in one write, at most.
+  static constexpr size_t kDropRound = 64;
   std::mutex listener_mu_;  // guards listener_ and builder_
   std::function<void()> listener_;
   DocumentBuilder builder_;

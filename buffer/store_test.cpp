@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "buffer/detail/codec.h"
+#include "buffer/testing/fault_env.h"
 #include "buffer/testing/temp_dir.h"
 #include "common/wait_until.h"
 
@@ -257,6 +258,52 @@ TEST(StoreTest, AckCountsEachEntryOnceWhateverTheOrder) {
   EXPECT_GE(s->counters().live_bytes, live_before);
 }
 
+TEST(StoreTest, TraceStatesReadAfterAFailedWriteAreWhatTheStoreHolds) {
+  TempDir dir;
+  auto nospace = std::make_shared<testing::NoSpaceFileSystem>();
+  std::unique_ptr<rocksdb::Env> env = testing::make_env(nospace);
+  StoreOptions o = options(dir);
+  o.env = env.get();
+  auto s = open_store(o);
+  std::vector<Committed> out;
+  std::vector<ipc::Message> in = {msg("t", "a")};
+  ASSERT_TRUE(s->append(in, &out).ok());
+  emit_all(*s, "t", 1000);
+  TraceState before;
+  ASSERT_TRUE(s->get_state("t", &before).ok());
+  EXPECT_EQ(before.revision, 1u);
+  EXPECT_TRUE(s->get_state("unknown", &before).IsNotFound());
+  // A second revision whose write fails leaves the first.
+  Emission e;
+  e.trace_id = "t";
+  e.expected_generation = before.generation;
+  e.state = before;
+  e.state.revision = 2;
+  e.emitted_ns = 2000;
+  e.document = "{}";
+  nospace->set_full(true);
+  uint64_t seq = 0;
+  EXPECT_FALSE(s->emit(e, &seq).ok());
+  nospace->set_full(false);
+  ASSERT_TRUE(s->resume().ok());
+  TraceState after;
+  ASSERT_TRUE(s->get_state("t", &after).ok());
+  EXPECT_EQ(after.revision, 1u);
+  EXPECT_EQ(after.generation, before.generation);
+  // Each change is seen at once, and is what a reopened store reads.
+  ASSERT_TRUE(s->emit(e, &seq).ok());
+  ASSERT_TRUE(s->ack_outbox({&seq, 1}).ok());
+  ASSERT_TRUE(s->expire(5000, 0, 10).ok());
+  ASSERT_TRUE(s->get_state("t", &after).ok());
+  EXPECT_EQ(after.revision, 2u);
+  EXPECT_TRUE(after.events_deleted);
+  s.reset();
+  s = open_store(o);
+  TraceState reopened;
+  ASSERT_TRUE(s->get_state("t", &reopened).ok());
+  EXPECT_EQ(detail::encode_state(reopened), detail::encode_state(after));
+}
+
 TEST(StoreTest, EmitRefusesAStaleGeneration) {
   TempDir dir;
   auto s = open_store(options(dir));
@@ -371,6 +418,88 @@ TEST(StoreTest, ExpireDeletesRetainedEventsThenForgetsTheState) {
   EXPECT_TRUE(s->get_state("old", &st).IsNotFound());
   EXPECT_EQ(s->counters().forgotten_traces, 1u);
   EXPECT_TRUE(s->get_state("new", &st).ok());
+}
+
+TEST(StoreTest, RetentionTakesTracesDeliveredAfterNewerOnesWent) {
+  // Retention reads its index from where the last round stopped. Traces
+  // delivered late go back into the index at their emission times, behind
+  // that point, and are still found, over as many rounds as they take: a few
+  // thousand held in memory, more by a scan from the oldest of them.
+  TempDir dir;
+  auto s = open_store(options(dir));
+  std::vector<Committed> out;
+  for (size_t n : {size_t{1}, size_t{2500}, size_t{4200}}) {
+    SCOPED_TRACE(n);
+    const uint64_t base = s->counters().expired_traces;
+    const uint64_t t0 = 1000000 * n;
+    std::vector<uint64_t> seqs;
+    for (size_t i = 0; i < n; ++i) {
+      std::string t = "early" + std::to_string(n) + "." + std::to_string(i);
+      std::vector<ipc::Message> m = {msg(t, "1")};
+      ASSERT_TRUE(s->append(m, &out).ok());
+      seqs.push_back(emit_all(*s, t, t0 + i, "doc", "r:"));
+    }
+    for (int i = 0; i < 100; ++i) {
+      std::string t = "later" + std::to_string(n) + "." + std::to_string(i);
+      std::vector<ipc::Message> m = {msg(t, "2")};
+      ASSERT_TRUE(s->append(m, &out).ok());
+      emit_all(*s, t, t0 + 500000 + static_cast<uint64_t>(i));
+    }
+    ASSERT_TRUE(s->expire(t0 + 900000, 0, 10000).ok());
+    EXPECT_EQ(s->counters().expired_traces, base + 100);
+    ASSERT_TRUE(s->ack_outbox(seqs).ok());
+    // A round takes at most 1,000.
+    for (size_t i = 0; i <= n / 1000; ++i)
+      ASSERT_TRUE(s->expire(t0 + 900000, 0, 1000).ok());
+    EXPECT_EQ(s->counters().expired_traces, base + 100 + n);
+    for (size_t i = 0; i < n; i += 499) {
+      std::string t = "early" + std::to_string(n) + "." + std::to_string(i);
+      TraceState st;
+      ASSERT_TRUE(s->get_state(t, &st).ok());
+      EXPECT_TRUE(st.events_deleted) << t;
+      std::vector<StoredEvent> ev;
+      ASSERT_TRUE(s->read_trace(t, &ev).ok());
+      EXPECT_TRUE(ev.empty()) << t;
+    }
+  }
+}
+
+TEST(StoreTest, TheQuotaDropsRetainedTracesOldestFirstOverManyRounds) {
+  TempDir dir;
+  StoreOptions o = options(dir);
+  o.max_bytes = 1 << 20;
+  auto s = open_store(o);
+  std::vector<Committed> out;
+  constexpr int kTraces = 300;
+  for (int i = 0; i < kTraces; ++i) {
+    std::string t = "t" + std::to_string(i);
+    std::vector<ipc::Message> in = {msg(t, std::string(1000, 'x')), msg(t, std::string(1000, 'y'))};
+    ASSERT_TRUE(s->append(in, &out).ok());
+    emit_all(*s, t, 1000 + static_cast<uint64_t>(i));
+  }
+  const uint64_t before = s->counters().live_bytes;
+  ASSERT_LT(before, o.max_bytes);
+  // Room for about 250 of the traces' 2 KB: many rounds of drops.
+  const uint64_t ask = o.max_bytes - before + 250 * 2000;
+  ASSERT_TRUE(s->ensure_room(ask).ok());
+  StoreCounters c = s->counters();
+  EXPECT_LE(c.live_bytes + ask, o.max_bytes);
+  EXPECT_GE(c.dropped_retained_traces, 250u);
+  EXPECT_LT(c.dropped_retained_traces, static_cast<uint64_t>(kTraces));
+  EXPECT_EQ(c.dropped_retained_events, 2 * c.dropped_retained_traces);
+  // The oldest went, in order; the newest stay whole.
+  for (int i = 0; i < kTraces; ++i) {
+    TraceState st;
+    ASSERT_TRUE(s->get_state("t" + std::to_string(i), &st).ok());
+    EXPECT_EQ(st.events_deleted, static_cast<uint64_t>(i) < c.dropped_retained_traces) << i;
+    std::vector<StoredEvent> ev;
+    ASSERT_TRUE(s->read_trace("t" + std::to_string(i), &ev).ok());
+    EXPECT_EQ(ev.size(), st.events_deleted ? 0u : 2u) << i;
+  }
+  // What is left of the quota's measure is what the store holds.
+  s.reset();
+  s = open_store(o);
+  EXPECT_EQ(s->counters().live_bytes, c.live_bytes);
 }
 
 // Emits 8 traces t0 ... t7 of ~4 KiB of events each, oldest first, with
