@@ -893,7 +893,7 @@ class RocksStore final : public Store {
     counters_.expired_traces.fetch_add(traces);
     std::vector<std::string> idx;
     std::lock_guard lock(state_mu_);
-    scan_index(kDeletedPrefix, deleted_from_, UINT64_MAX, forget_before_ns, max_traces, &idx, &s);
+    scan_index(kDeletedPrefix, deleted_from_, {}, forget_before_ns, max_traces, &idx, &s);
     if (!s.ok()) return s;
     if (idx.empty()) return Status::Ok();
     // One write for the round.
@@ -918,7 +918,7 @@ class RocksStore final : public Store {
     if (!rs.ok()) return from_rocks(rs, "forgetting trace states");
     live_.fetch_add(static_cast<uint64_t>(live));
     counters_.forgotten_traces.fetch_add(forgotten);
-    deleted_from_ = index_time(idx.back());
+    deleted_from_ = idx.back();
     return Status::Ok();
   }
 
@@ -991,18 +991,18 @@ class RocksStore final : public Store {
 
   // Where scans of the retention (R) and deletion (D) indexes start, so that
   // they do not step over the deletions of every key taken before (until
-  // compaction drops them, each seek would read them all again). Guarded by
-  // state_mu_:
-  // - no D key is older than deleted_from_;
-  // - no R key is older than retained_from_, except traces delivered after
-  //   newer ones went (the quota takes outbox entries oldest first, and a
-  //   backlog is delivered after the traces emitted since). Those are taken
-  //   first: up to kMaxRetainedBehind of them are held in retained_behind_;
-  //   past that, they are found by a scan from retained_low_, which moves up
-  //   as they go, so that each stretch of the index is stepped over once.
-  static constexpr uint64_t kNoLow = UINT64_MAX;
+  // compaction drops them, each seek would read them all again): whole keys,
+  // as the traces of one emission share its time. Guarded by state_mu_:
+  // - no D key is below deleted_from_;
+  // - no R key is below retained_from_, except traces delivered after newer
+  //   ones went (the quota takes outbox entries oldest first, and a backlog
+  //   is delivered after the traces emitted since). Those are taken first:
+  //   up to kMaxRetainedBehind of them are held in retained_behind_; past
+  //   that, they are found by a scan from retained_low_ (empty: none), which
+  //   moves up as they go, so that each stretch of the index is stepped over
+  //   once.
   static constexpr size_t kMaxRetainedBehind = 4096;
-  uint64_t retained_from_ = 0, retained_low_ = kNoLow, deleted_from_ = 0;
+  std::string retained_from_{kRetainedPrefix}, retained_low_, deleted_from_{kDeletedPrefix};
   std::set<std::string> retained_behind_;  // empty while retained_low_ is set
 
   static uint64_t index_time(std::string_view key) { return get_be64(key.substr(1)); }
@@ -1012,33 +1012,30 @@ class RocksStore final : public Store {
     std::string k = index_key(prefix, ns, trace_id);
     b->Put(cfs_[kTraces], k, "");
     if (prefix == kDeletedPrefix) {
-      deleted_from_ = std::min(deleted_from_, ns);
-    } else if (ns < retained_from_) {
-      if (retained_low_ == kNoLow && retained_behind_.size() < kMaxRetainedBehind) {
+      deleted_from_ = std::min(deleted_from_, k);
+    } else if (k < retained_from_) {
+      if (retained_low_.empty() && retained_behind_.size() < kMaxRetainedBehind) {
         retained_behind_.insert(std::move(k));
         return;
       }
-      if (!retained_behind_.empty()) ns = std::min(ns, index_time(*retained_behind_.begin()));
+      if (!retained_behind_.empty()) k = std::min(k, *retained_behind_.begin());
       retained_behind_.clear();
-      retained_low_ = std::min(retained_low_, ns);
+      if (retained_low_.empty() || k < retained_low_) retained_low_ = std::move(k);
     }
   }
 
-  // Requires state_mu_. Adds to `out` the index keys (whole keys) with the
-  // given prefix whose time is in [from, until) and < `before_ns`, oldest
-  // first, up to `limit` keys in `out`. True when it reached `until`.
-  bool scan_index(char prefix, uint64_t from, uint64_t until, uint64_t before_ns, size_t limit,
-                  std::vector<std::string>* out, Status* status) {
+  // Requires state_mu_. Adds to `out` the index keys with the given prefix
+  // in [from, until) (until empty: no bound) whose time is < `before_ns`,
+  // oldest first, up to `limit` keys in `out`. True when it reached `until`.
+  bool scan_index(char prefix, const std::string& from, const std::string& until,
+                  uint64_t before_ns, size_t limit, std::vector<std::string>* out, Status* status) {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cfs_[kTraces]));
-    std::string start(1, prefix);
-    put_be64(&start, from);
     bool reached = true;
-    for (it->Seek(start); it->Valid(); it->Next()) {
+    for (it->Seek(from); it->Valid(); it->Next()) {
       rocksdb::Slice k = it->key();
       if (k.empty() || k[0] != prefix || k.size() < 10) break;
-      const uint64_t t = index_time(k.ToStringView());
-      if (t >= until) break;
-      if (t >= before_ns || out->size() >= limit) {
+      if (!until.empty() && k.compare(until) >= 0) break;
+      if (index_time(k.ToStringView()) >= before_ns || out->size() >= limit) {
         reached = false;
         break;
       }
@@ -1059,7 +1056,7 @@ class RocksStore final : public Store {
     std::vector<std::string> idx;
     Status s;
     bool low_done = true;
-    if (retained_low_ != kNoLow) {
+    if (!retained_low_.empty()) {
       low_done =
           scan_index(kRetainedPrefix, retained_low_, retained_from_, before_ns, limit, &idx, &s);
       if (!s.ok()) return s;
@@ -1073,11 +1070,11 @@ class RocksStore final : public Store {
     }
     const size_t low = idx.size();
     if (low_done) {
-      scan_index(kRetainedPrefix, retained_from_, UINT64_MAX, before_ns, limit, &idx, &s);
+      scan_index(kRetainedPrefix, retained_from_, {}, before_ns, limit, &idx, &s);
       if (!s.ok()) return s;
     }
     if (idx.empty()) {
-      if (low_done) retained_low_ = kNoLow;
+      if (low_done) retained_low_.clear();
       return Status::Ok();
     }
     rocksdb::WriteBatch b;
@@ -1105,11 +1102,11 @@ class RocksStore final : public Store {
       retained_behind_.erase(retained_behind_.begin(),
                              std::next(retained_behind_.begin(), std::min(taken, low)));
     } else if (taken < low || (taken == low && !low_done)) {
-      retained_low_ = index_time(idx[taken - 1]);
+      retained_low_ = idx[taken - 1];
     } else {
-      retained_low_ = kNoLow;
+      retained_low_.clear();
     }
-    if (taken > low) retained_from_ = index_time(idx[taken - 1]);
+    if (taken > low) retained_from_ = idx[taken - 1];
     return Status::Ok();
   }
 
