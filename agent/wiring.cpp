@@ -359,6 +359,10 @@ std::string render_metrics(const Components& c, const Clock& clock) {
     w.sample("sidetrace_traces_emitted_total", as.emitted_partial, {{"kind", "partial"}});
     w.sample("sidetrace_traces_emitted_total", as.emitted_parts, {{"kind", "part"}});
     w.sample("sidetrace_traces_emitted_total", as.late_revisions, {{"kind", "late_revision"}});
+    w.family("sidetrace_assembler_parts_waited_total", "counter",
+             "Times the next part of a split trace waited for the outbox to drain below a few "
+             "parts' worth, so that other traces do not queue behind it.");
+    w.sample("sidetrace_assembler_parts_waited_total", as.parts_waited);
     w.family("sidetrace_assembler_spilled_total", "counter",
              "Open traces dropped from memory (re-read from the store later).");
     w.sample("sidetrace_assembler_spilled_total", as.spilled);

@@ -404,6 +404,17 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
     return;
   }
   if (s.IsNotFound()) st = buffer::TraceState{};
+  // The next part of a trace in parts waits while the outbox holds a few
+  // parts' worth of documents: delivery takes entries in order, and every
+  // other trace's revision would wait behind all of them (a flood into a few
+  // traces made traces sent after it wait minutes).
+  const bool in_parts =
+      st.parts > 0 || o.events > opts_.max_trace_events || o.bytes > opts_.max_trace_bytes;
+  if (in_parts && store_.outbox_bytes() > kPartsAhead * opts_.max_trace_bytes) {
+    parts_waited_.fetch_add(1);
+    schedule(it->first, o, now + ns(opts_.retry_interval));
+    return;
+  }
   // Read within the per-trace bounds. A trace that went out in parts goes
   // on in parts, each holding only what was stored after the one before.
   bool parts = st.parts > 0;
@@ -710,6 +721,7 @@ AssemblerStats Assembler::stats() const {
   s.emitted_unfinished = emitted_unfinished_.load();
   s.emitted_partial = emitted_partial_.load();
   s.emitted_parts = emitted_parts_.load();
+  s.parts_waited = parts_waited_.load();
   s.late_revisions = late_.load();
   s.store_errors = store_errors_.load();
   s.build_failures = build_failures_n_.load();

@@ -146,6 +146,7 @@ struct AssemblerStats {
   uint64_t emitted_unfinished = 0;  // ... of which at max_open with open events
   uint64_t emitted_partial = 0;     // ... of which missing retention-deleted events
   uint64_t emitted_parts = 0;       // ... of which parts of a split trace
+  uint64_t parts_waited = 0;        // times a part waited for the outbox (kPartsAhead)
   uint64_t late_revisions = 0;      // ... of which revision > 1
   uint64_t store_errors = 0;
   uint64_t build_failures = 0;  // builds that threw
@@ -172,6 +173,11 @@ buffer::Status quarantine_release(buffer::Store& store, std::string_view trace_i
 
 class Assembler {
  public:
+  // The next part of a trace in parts waits while the outbox holds more than
+  // this many parts' bound (max_trace_bytes) of documents: entries go out in
+  // order, and other traces' revisions are not to queue behind all of them.
+  static constexpr uint64_t kPartsAhead = 4;
+
   // Borrows `store` and `clock`; they must outlive the assembler.
   Assembler(buffer::Store& store, const Clock& clock, AssemblerOptions options = {});
   ~Assembler();  // stops
@@ -313,8 +319,8 @@ class Assembler {
 
   std::atomic<uint64_t> notifications_{0}, notifications_dropped_{0}, rescans_{0}, rescanned_{0},
       spilled_n_{0}, open_n_{0}, emitted_{0}, emitted_unfinished_{0}, emitted_partial_{0},
-      emitted_parts_{0}, late_{0}, store_errors_{0}, cache_hits_{0}, cache_misses_{0},
-      cache_refused_{0}, build_failures_n_{0}, quarantined_n_{0};
+      emitted_parts_{0}, parts_waited_{0}, late_{0}, store_errors_{0}, cache_hits_{0},
+      cache_misses_{0}, cache_refused_{0}, build_failures_n_{0}, quarantined_n_{0};
   // Bytes held by the cache, and in notices on their way to it.
   std::atomic<uint64_t> cache_used_{0};
 };

@@ -640,6 +640,47 @@ TEST_F(AssemblerTest, ATracePastMaxEventsGoesOutInPartsThatHoldEveryEventOnce) {
   EXPECT_EQ(assembler_->stats().open_traces, 0u);
 }
 
+TEST_F(AssemblerTest, PartsWaitForTheOutboxAndOtherTracesGoAhead) {
+  opts_.max_trace_events = 10;
+  opts_.max_trace_bytes = 1000;
+  reopen();
+  for (int i = 0; i < 100; ++i)
+    send({pack("event", "big", "e" + std::to_string(i))}, "big");
+  poll_until_settled(*assembler_);
+  // Parts went out until the outbox held a few parts' bound of documents.
+  const uint64_t ahead = Assembler::kPartsAhead * opts_.max_trace_bytes;
+  auto ob = outbox();
+  ASSERT_GE(ob.size(), 2u);
+  EXPECT_LT(ob.size(), 10u);
+  EXPECT_GT(store_->outbox_bytes(), ahead);
+  EXPECT_GT(assembler_->stats().parts_waited, 0u);
+  // Another trace goes out once quiet, ahead of the rest of the split one.
+  send({pack("event", "small", "s1")}, "small");
+  advance_and_poll(1100ms);
+  ob = outbox();
+  ASSERT_FALSE(ob.empty());
+  EXPECT_EQ(ob.back().trace_id, "small");
+  // As delivery takes entries, the rest follows, every event once.
+  std::multiset<std::string> seen;
+  for (int round = 0; round < 50 && seen.size() < 100; ++round) {
+    std::vector<uint64_t> seqs;
+    for (const auto& e : outbox()) {
+      seqs.push_back(e.seq);
+      if (e.trace_id == "big") {
+        for (auto& id : view(e).ids)
+          seen.insert(id);
+      }
+    }
+    ASSERT_TRUE(store_->ack_outbox(seqs).ok());
+    advance_and_poll(1100ms);
+    poll_until_settled(*assembler_);
+  }
+  EXPECT_EQ(seen.size(), 100u);
+  for (int i = 0; i < 100; ++i)
+    EXPECT_EQ(seen.count("e" + std::to_string(i)), 1u) << i;
+  EXPECT_EQ(assembler_->stats().open_traces, 0u);
+}
+
 TEST_F(AssemblerTest, MaxBytesCutsPartsAtCommitBoundariesAndAfterARestart) {
   opts_.max_trace_bytes = 64 << 10;
   reopen();
@@ -660,9 +701,22 @@ TEST_F(AssemblerTest, MaxBytesCutsPartsAtCommitBoundariesAndAfterARestart) {
   advance_and_poll(1100ms);
   poll_until_settled(*assembler_);
   advance_and_poll(1100ms);
+  // Delivered as they come: further parts wait while the outbox holds a few.
+  std::vector<buffer::OutboxEntry> all;
+  for (int round = 0; round < 20; ++round) {
+    std::vector<uint64_t> seqs;
+    for (auto& e : outbox()) {
+      seqs.push_back(e.seq);
+      all.push_back(std::move(e));
+    }
+    if (seqs.empty()) break;
+    ASSERT_TRUE(store_->ack_outbox(seqs).ok());
+    advance_and_poll(1100ms);
+    poll_until_settled(*assembler_);
+  }
   std::map<std::string, std::vector<size_t>> sizes;
   std::set<std::string> seen;
-  for (const auto& e : outbox()) {
+  for (const auto& e : all) {
     PartView v = view(e);
     EXPECT_GT(v.part, 0u) << e.trace_id;
     EXPECT_LE(e.document.size(), (8u * pad.size()) + 8192u);
