@@ -146,8 +146,8 @@ struct AssemblerStats {
   uint64_t emitted_unfinished = 0;  // ... of which at max_open with open events
   uint64_t emitted_partial = 0;     // ... of which missing retention-deleted events
   uint64_t emitted_parts = 0;       // ... of which parts of a split trace
-  uint64_t parts_waited = 0;        // times a part waited for the outbox (kPartsAhead)
   uint64_t late_revisions = 0;      // ... of which revision > 1
+  uint64_t parts_waited = 0;        // times a part waited for the outbox (kPartsAhead)
   uint64_t store_errors = 0;
   uint64_t build_failures = 0;  // builds that threw
   uint64_t quarantined = 0;     // traces set aside after max_build_failures
