@@ -380,6 +380,10 @@ class RocksStore final : public Store {
     {
       StoreLock db_lock(db_mu_);
       if (!db_) return unavailable();
+      // What the entries read are, for their removal (read_entries_): only
+      // when nothing was removed while the iterator's view was taken.
+      uint64_t removals = removals_.load();
+      std::vector<std::pair<uint64_t, ReadEntry>> seen;
       std::unique_ptr<rocksdb::Iterator> it(
           db_->NewIterator(rocksdb::ReadOptions(), cfs_[kOutbox]));
       size_t n = 0, bytes = 0;
@@ -392,6 +396,8 @@ class RocksStore final : public Store {
         bytes += v.document_bytes;
         OutboxEntry& e = out->emplace_back();
         e.seq = get_be64(it->key().ToStringView());
+        seen.emplace_back(e.seq, ReadEntry{std::string(v.by_recipe ? v.trace_id : ""),
+                                           it->value().size(), v.document_bytes, v.by_recipe});
         e.trace_id.assign(v.trace_id);
         e.revision = v.revision;
         e.emitted_ns = v.emitted_ns;
@@ -406,6 +412,7 @@ class RocksStore final : public Store {
         out->resize(first);
         return from_rocks(it->status(), "reading the outbox");
       }
+      remember_read(removals, seen);
     }
     if (to_build.empty()) return Status::Ok();
     DocumentBuilder build;
@@ -456,33 +463,65 @@ class RocksStore final : public Store {
     StoreLock db_lock(db_mu_);
     if (!db_) return unavailable();
     std::lock_guard lock(outbox_mu_);
-    // One sorted MultiGet with pinned values: the entries are only looked at
-    // for their sizes and traces, and neighbours share data blocks.
     std::vector<uint64_t> sorted(seqs.begin(), seqs.end());
     std::sort(sorted.begin(), sorted.end());
     sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
-    std::vector<std::string> key_bytes;
-    key_bytes.reserve(sorted.size());
-    std::vector<rocksdb::Slice> keys;
-    keys.reserve(sorted.size());
+    rocksdb::WriteBatch b;
+    Removal r;
+    // Entries read since the last removal are known without reading them
+    // again (a backlog's documents would be read and decompressed twice).
+    // The rest: one sorted MultiGet with pinned values, as neighbours share
+    // data blocks.
+    std::vector<uint64_t> unknown;
     for (uint64_t seq : sorted) {
+      auto known = read_entries_.find(seq);
+      if (known == read_entries_.end()) {
+        unknown.push_back(seq);
+        continue;
+      }
+      std::string key = be64(seq);
+      b.Delete(cfs_[kOutbox], key);
+      r.add(seq, key.size(), known->second);
+    }
+    std::vector<std::string> key_bytes;
+    key_bytes.reserve(unknown.size());
+    std::vector<rocksdb::Slice> keys;
+    keys.reserve(unknown.size());
+    for (uint64_t seq : unknown) {
       key_bytes.push_back(be64(seq));
       keys.emplace_back(key_bytes.back());
     }
     std::vector<rocksdb::PinnableSlice> values(keys.size());
     std::vector<rocksdb::Status> statuses(keys.size());
-    db_->MultiGet(rocksdb::ReadOptions(), cfs_[kOutbox], keys.size(), keys.data(), values.data(),
-                  statuses.data(), /*sorted_input=*/true);
-    rocksdb::WriteBatch b;
-    Removal r;
+    if (!keys.empty()) {
+      db_->MultiGet(rocksdb::ReadOptions(), cfs_[kOutbox], keys.size(), keys.data(), values.data(),
+                    statuses.data(), /*sorted_input=*/true);
+    }
     for (size_t i = 0; i < keys.size(); ++i) {
       if (statuses[i].IsNotFound()) continue;
       if (!statuses[i].ok()) return from_rocks(statuses[i], "acknowledging outbox entries");
       b.Delete(cfs_[kOutbox], keys[i]);
-      r.add(sorted[i], keys[i].size(), values[i].ToStringView());
+      r.add(unknown[i], keys[i].size(), values[i].ToStringView());
     }
     if (r.n == 0) return Status::Ok();
     return commit_outbox_removal(b, r, "acknowledging outbox entries");
+  }
+
+  // What an entry read by read_outbox() is, for its removal.
+  struct ReadEntry {
+    std::string trace_id;  // for a recipe entry (its trace's undelivered count)
+    size_t value_bytes = 0, document_bytes = 0;
+    bool by_recipe = false;
+  };
+
+  // Keeps what read_outbox() saw of `seen`, unless an entry was removed
+  // since `removals` was read (its view may hold entries no longer there).
+  void remember_read(uint64_t removals, std::vector<std::pair<uint64_t, ReadEntry>>& seen) {
+    std::lock_guard lock(outbox_mu_);
+    if (removals_.load() != removals) return;
+    if (read_entries_.size() + seen.size() > kMaxReadEntries) read_entries_.clear();
+    for (auto& [seq, entry] : seen)
+      read_entries_.insert_or_assign(seq, std::move(entry));
   }
 
   uint64_t outbox_entries() const override { return outbox_n_.load(); }
@@ -663,6 +702,12 @@ class RocksStore final : public Store {
     // acknowledged is in the old WAL or in SSTs.
     std::unique_lock db_lock(db_mu_);
     spdlog::warn("buffer: reopening the store after a failed write");
+    {
+      // A failed write may still have reached the WAL: entries are read again.
+      std::lock_guard lock(outbox_mu_);
+      read_entries_.clear();
+      removals_.fetch_add(1);
+    }
     close_db();
     Status s = open_db(opts_, &db_, &cfs_);
     if (!s.ok()) return s;
@@ -1182,6 +1227,13 @@ class RocksStore final : public Store {
       doc_bytes += v.document_bytes;
       if (v.by_recipe) ++pins[std::string(v.trace_id)];
     }
+    void add(uint64_t seq, size_t key_bytes, const ReadEntry& e) {
+      ++n;
+      live += key_bytes + e.value_bytes;
+      seqs.push_back(seq);
+      doc_bytes += e.document_bytes;
+      if (e.by_recipe) ++pins[e.trace_id];
+    }
   };
 
   // Requires outbox_mu_. Writes the removal `b` (deletes of outbox entries)
@@ -1204,11 +1256,14 @@ class RocksStore final : public Store {
     b.Merge(cfs_[kTraces], kCounterOutboxB, encode_i64(-static_cast<int64_t>(r.doc_bytes)));
     rocksdb::Status s = write(wo_derived_, &b);
     if (!s.ok()) return from_rocks(s, what);
+    removals_.fetch_add(1);
     live_.fetch_sub(r.live);
     outbox_n_.fetch_sub(r.n);
     outbox_b_.fetch_sub(r.doc_bytes);
-    for (uint64_t seq : r.seqs)
+    for (uint64_t seq : r.seqs) {
       forget_document(seq);
+      read_entries_.erase(seq);
+    }
     return Status::Ok();
   }
 
@@ -1238,6 +1293,16 @@ class RocksStore final : public Store {
   uint64_t next_outbox_ = 1;
   std::mutex outbox_mu_;    // serialises outbox removals (exact counters)
   uint64_t drop_from_ = 0;  // the outbox entries below it were dropped; guarded by outbox_mu_
+  // Entries read and not removed since, by seq; guarded by outbox_mu_. Only
+  // ack_outbox() and drop_oldest_outbox() remove entries, and both erase
+  // them here, so one found here is still stored.
+  // Cleared when a reopen may have lost a write; bounded by kMaxReadEntries
+  // (past it, cleared: acknowledgements then read the entries).
+  std::unordered_map<uint64_t, ReadEntry> read_entries_;
+  static constexpr size_t kMaxReadEntries = 16384;
+  // Removals committed; read_outbox() remembers what it read only when none
+  // happened while it read.
+  std::atomic<uint64_t> removals_{0};
   // Traces (or outbox entries) the quota drops in one write, at most.
   static constexpr size_t kDropRound = 64;
   std::mutex listener_mu_;  // guards listener_ and builder_

@@ -685,6 +685,60 @@ TEST(StoreTest, DropOldestTakesARecipeEntryWithTheEventsItRefersTo) {
   EXPECT_EQ(s->counters().document_cache_bytes, 0u);  // dropped entries' documents went too
 }
 
+// Entries delivery has read are acknowledged from what was read; the quota
+// may have taken some of them meanwhile, and acknowledgements repeat. The
+// counters and the traces come out as when every entry is read back to be
+// acknowledged (a store that read nothing), and as a reopened store reads them.
+TEST(StoreTest, AckOfEntriesReadCountsEachOnceAfterTheQuotaTookSome) {
+  struct Outcome {
+    uint64_t dropped = 0, live = 0, live_reopened = 0, expired = 0;
+  };
+  auto run = [](bool read_first, Outcome& r) {
+    TempDir dir;
+    StoreOptions o = options(dir);
+    o.max_bytes = 64 << 10;
+    {
+      auto s = open_store(o);
+      int built = 0;
+      s->set_document_builder(concatenating_builder(*s, &built));
+      emit_eight_traces(*s, "r:");
+      std::vector<OutboxEntry> ob;
+      if (read_first) {
+        ASSERT_TRUE(s->read_outbox(0, 100, SIZE_MAX, &ob).ok());
+        EXPECT_EQ(ob.size(), 8u);
+      }
+      ASSERT_TRUE(s->ensure_room(40000).ok());
+      r.dropped = s->counters().dropped_outbox_entries;
+      EXPECT_GT(r.dropped, 0u);
+      uint64_t seqs[] = {8, 1, 2, 3, 4, 5, 6, 7, 8, 2};
+      ASSERT_TRUE(s->ack_outbox(seqs).ok());
+      ASSERT_TRUE(s->ack_outbox(seqs).ok());
+      EXPECT_EQ(s->outbox_entries(), 0u);
+      EXPECT_EQ(s->outbox_bytes(), 0u);
+      for (int i = 0; i < 8; ++i) {
+        TraceState st;
+        ASSERT_TRUE(s->get_state("t" + std::to_string(i), &st).ok());
+        EXPECT_EQ(st.undelivered, 0u) << i;
+      }
+      r.live = s->counters().live_bytes;
+    }
+    auto s = open_store(o);
+    r.live_reopened = s->counters().live_bytes;
+    EXPECT_EQ(s->outbox_entries(), 0u);
+    // Every trace is retained once nothing refers to its events.
+    ASSERT_TRUE(s->expire(1 << 20, 0, 100).ok());
+    r.expired = s->counters().expired_traces;
+  };
+  Outcome read, unread;
+  run(true, read);
+  run(false, unread);
+  EXPECT_EQ(read.dropped, unread.dropped);
+  EXPECT_EQ(read.live, unread.live);
+  EXPECT_EQ(read.live, read.live_reopened);
+  EXPECT_EQ(read.expired, 8 - read.dropped);
+  EXPECT_EQ(read.expired, unread.expired);
+}
+
 TEST(StoreTest, DropNewestRefusesWhenFull) {
   TempDir dir;
   StoreOptions o = options(dir);

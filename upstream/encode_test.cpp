@@ -645,6 +645,11 @@ TEST(UpstreamEncode, CountsEvents) {
   EXPECT_EQ(count_events(R"({"events":[]})"), 0u);
   std::string compact = json::parse(kDoc).dump();
   EXPECT_EQ(count_events(compact), 3u);
+  EXPECT_EQ(count_events(""), 0u);
+  EXPECT_EQ(count_events("["), 0u);
+  EXPECT_EQ(count_events(R"("children":[])"), 1u);
+  // Text in a value that looks like the key is escaped: not an event.
+  EXPECT_EQ(count_events(R"({"input":"[\"children\":[","events":[{"children":[[]]}]})"), 1u);
 }
 
 }  // namespace
