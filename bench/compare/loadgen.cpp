@@ -13,9 +13,12 @@
 // input of a log agent such as syslog-ng).
 //
 // Ids encode what the upstream sink needs to count unique messages: the trace
-// id is 32 hex digits: the run's salt (--salt, 16 hex digits; runs against one
-// agent need salts of their own, or the second run's traces are late revisions
-// of the first's), then the trace number t. An event id is the
+// id is 32 hex digits: 16 mixed from the run's salt and the trace number t
+// (--salt, 16 hex digits; runs against one agent need salts of their own, or
+// the second run's traces are late revisions of the first's), then t. The
+// mixed half spreads the ids over their whole range, in no order, as the
+// random ids of real emitters are: the agent's store sees the same key order
+// as in production, not one that grows with t. An event id is the
 // 16-hex-digit number t*8+k (k = 1..4); the context counts as t*8 and the
 // feedback as t*8+5.
 //
@@ -212,9 +215,19 @@ const char* const kQuestions[] = {
     "building has a reception desk that accepts parcels on weekdays between nine and five.",
 };
 
+// A bijective 64-bit mix (the splitmix64 finaliser): neighbouring inputs
+// land far apart.
+uint64_t mix(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
 // The five (or six) messages of trace t.
 std::vector<Field> make_trace(uint64_t salt, uint64_t t, int64_t now_ns) {
-  std::string trace_id = fmt::format("{:016x}{:016x}", salt, t);
+  std::string trace_id = fmt::format("{:016x}{:016x}", mix(salt ^ mix(t)), t);
   auto eid = [&](int k) { return fmt::format("{:016x}", t * 8 + static_cast<uint64_t>(k)); };
   uint64_t order = 100000 + t * 7 % 900000;
   std::string question = fmt::format(fmt::runtime(kQuestions[t % 3]), order);
