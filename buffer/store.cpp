@@ -245,12 +245,12 @@ Status open_db(const StoreOptions& o, std::unique_ptr<rocksdb::DB>* out,
     cf.level_compaction_dynamic_level_bytes = true;
     cf.write_buffer_size = i == kEvents ? (o.memtable_budget_bytes / 3) : (4 << 20);
     cf.max_write_buffer_number = 3;
-    // Room for bursts before RocksDB slows writes (default 20 and 36 files).
     // Trace ids are random, so every flushed file of the events and of the
     // trace states overlaps the whole of the level below, and a compaction
     // rewrites it. Compacting 8 files at a time (RocksDB's default is 4)
     // rewrites it half as often (docs/benchmarks.md, "The sixth round").
     if (i == kEvents || i == kTraces) cf.level0_file_num_compaction_trigger = 8;
+    // Room for bursts before RocksDB slows writes (default 20 and 36 files).
     cf.level0_slowdown_writes_trigger = 36;
     cf.level0_stop_writes_trigger = 72;
     cf.compression =
