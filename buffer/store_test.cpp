@@ -657,15 +657,23 @@ TEST(StoreTest, PastTheMemoryBoundTheOutboxHoldsTheDocument) {
   EXPECT_EQ(s->outbox_bytes(), 300u);
 }
 
+// A store at a 64 KiB quota holding eight traces not delivered yet, written
+// with recipes (emit_eight_traces): no retained events are free to go.
+// `built` counts the documents built again; it outlives the store.
+std::unique_ptr<Store> eight_recipe_traces(const TempDir& dir, StoreOptions* o, int* built) {
+  *o = options(dir);
+  o->max_bytes = 64 << 10;
+  auto s = open_store(*o);
+  s->set_document_builder(concatenating_builder(*s, built));
+  emit_eight_traces(*s, "r:");
+  return s;
+}
+
 TEST(StoreTest, DropOldestTakesARecipeEntryWithTheEventsItRefersTo) {
   TempDir dir;
-  StoreOptions o = options(dir);
-  o.max_bytes = 64 << 10;
-  auto s = open_store(o);
+  StoreOptions o;
   int built = 0;
-  s->set_document_builder(concatenating_builder(*s, &built));
-  // Undelivered, written with recipes: no retained events are free to go.
-  emit_eight_traces(*s, "r:");
+  auto s = eight_recipe_traces(dir, &o, &built);
   ASSERT_TRUE(s->ensure_room(40000).ok());
   StoreCounters c = s->counters();
   EXPECT_LE(c.live_bytes + 40000, o.max_bytes);
@@ -695,13 +703,10 @@ TEST(StoreTest, AckOfEntriesReadCountsEachOnceAfterTheQuotaTookSome) {
   };
   auto run = [](bool read_first, Outcome& r) {
     TempDir dir;
-    StoreOptions o = options(dir);
-    o.max_bytes = 64 << 10;
+    StoreOptions o;
+    int built = 0;
     {
-      auto s = open_store(o);
-      int built = 0;
-      s->set_document_builder(concatenating_builder(*s, &built));
-      emit_eight_traces(*s, "r:");
+      auto s = eight_recipe_traces(dir, &o, &built);
       std::vector<OutboxEntry> ob;
       if (read_first) {
         ASSERT_TRUE(s->read_outbox(0, 100, SIZE_MAX, &ob).ok());
