@@ -50,6 +50,13 @@ StoreOptions options(const TempDir& dir) {
   return o;
 }
 
+// A store in `dir` whose quota is `max_bytes`, opened with `*o`.
+std::unique_ptr<Store> open_with_quota(const TempDir& dir, uint64_t max_bytes, StoreOptions* o) {
+  *o = options(dir);
+  o->max_bytes = max_bytes;
+  return open_store(*o);
+}
+
 // The seqs of the trace's pending records.
 std::vector<uint64_t> records_of(Store& s, const std::string& trace_id) {
   std::vector<Committed> pending;
@@ -86,6 +93,17 @@ uint64_t emit_all(Store& s, const std::string& trace_id, uint64_t now_ns,
   st = s.emit(e, &seq);
   EXPECT_TRUE(st.ok()) << st.ToString();
   return seq;
+}
+
+// Appends `in` and emits its trace `trace_id` as the next revision; the
+// outbox seq of the revision.
+uint64_t append_and_emit(Store& s, const std::string& trace_id, std::vector<ipc::Message> in,
+                         uint64_t now_ns, const std::string& doc = "{}",
+                         const std::string& recipe = "") {
+  std::vector<Committed> out;
+  Status st = s.append(in, &out);
+  EXPECT_TRUE(st.ok()) << st.ToString();
+  return emit_all(s, trace_id, now_ns, doc, recipe);
 }
 
 TEST(StoreTest, AppendAssignsSeqsAndReadsBackPerTraceAcrossReopen) {
@@ -427,7 +445,6 @@ TEST(StoreTest, RetentionTakesTracesDeliveredAfterNewerOnesWent) {
   // thousand held in memory, more by a scan from the oldest of them.
   TempDir dir;
   auto s = open_store(options(dir));
-  std::vector<Committed> out;
   for (size_t n : {size_t{1}, size_t{2500}, size_t{4200}}) {
     SCOPED_TRACE(n);
     const uint64_t base = s->counters().expired_traces;
@@ -435,15 +452,12 @@ TEST(StoreTest, RetentionTakesTracesDeliveredAfterNewerOnesWent) {
     std::vector<uint64_t> seqs;
     for (size_t i = 0; i < n; ++i) {
       std::string t = "early" + std::to_string(n) + "." + std::to_string(i);
-      std::vector<ipc::Message> m = {msg(t, "1")};
-      ASSERT_TRUE(s->append(m, &out).ok());
-      seqs.push_back(emit_all(*s, t, t0 + i % 2, "doc", "r:"));
+      seqs.push_back(append_and_emit(*s, t, {msg(t, "1")}, t0 + i % 2, "doc", "r:"));
     }
     for (int i = 0; i < 100; ++i) {
       std::string t = "later" + std::to_string(n) + "." + std::to_string(i);
-      std::vector<ipc::Message> m = {msg(t, "2")};
-      ASSERT_TRUE(s->append(m, &out).ok());
-      emit_all(*s, t, t0 + 500000);  // traces emitted together share the time
+      // Traces emitted together share the time.
+      append_and_emit(*s, t, {msg(t, "2")}, t0 + 500000);
     }
     ASSERT_TRUE(s->expire(t0 + 900000, 0, 10000).ok());
     EXPECT_EQ(s->counters().expired_traces, base + 100);
@@ -466,16 +480,13 @@ TEST(StoreTest, RetentionTakesTracesDeliveredAfterNewerOnesWent) {
 
 TEST(StoreTest, TheQuotaDropsRetainedTracesOldestFirstOverManyRounds) {
   TempDir dir;
-  StoreOptions o = options(dir);
-  o.max_bytes = 1 << 20;
-  auto s = open_store(o);
-  std::vector<Committed> out;
+  StoreOptions o;
+  auto s = open_with_quota(dir, 1 << 20, &o);
   constexpr int kTraces = 300;
   for (int i = 0; i < kTraces; ++i) {
     std::string t = "t" + std::to_string(i);
-    std::vector<ipc::Message> in = {msg(t, std::string(1000, 'x')), msg(t, std::string(1000, 'y'))};
-    ASSERT_TRUE(s->append(in, &out).ok());
-    emit_all(*s, t, 1000 + static_cast<uint64_t>(i));
+    append_and_emit(*s, t, {msg(t, std::string(1000, 'x')), msg(t, std::string(1000, 'y'))},
+                    1000 + static_cast<uint64_t>(i));
   }
   const uint64_t before = s->counters().live_bytes;
   ASSERT_LT(before, o.max_bytes);
@@ -505,21 +516,18 @@ TEST(StoreTest, TheQuotaDropsRetainedTracesOldestFirstOverManyRounds) {
 // Emits 8 traces t0 ... t7 of ~4 KiB of events each, oldest first, with
 // 2,000-byte documents and `recipe`.
 void emit_eight_traces(Store& s, const std::string& recipe) {
-  std::vector<Committed> out;
   for (int i = 0; i < 8; ++i) {
     std::string t = "t" + std::to_string(i);
-    std::vector<ipc::Message> in = {msg(t, std::string(4000, 'x'))};
     ASSERT_TRUE(s.ensure_room(4100).ok());
-    ASSERT_TRUE(s.append(in, &out).ok());
-    emit_all(s, t, 1000 + static_cast<uint64_t>(i), std::string(2000, 'd'), recipe);
+    append_and_emit(s, t, {msg(t, std::string(4000, 'x'))}, 1000 + static_cast<uint64_t>(i),
+                    std::string(2000, 'd'), recipe);
   }
 }
 
 TEST(StoreTest, DropOldestMakesRoomFromRetainedEventsThenTheOutbox) {
   TempDir dir;
-  StoreOptions o = options(dir);
-  o.max_bytes = 64 << 10;
-  auto s = open_store(o);
+  StoreOptions o;
+  auto s = open_with_quota(dir, 64 << 10, &o);
   std::vector<Committed> out;
   emit_eight_traces(*s, "");
   uint64_t before = s->counters().live_bytes;
@@ -661,9 +669,7 @@ TEST(StoreTest, PastTheMemoryBoundTheOutboxHoldsTheDocument) {
 // with recipes (emit_eight_traces): no retained events are free to go.
 // `built` counts the documents built again; it outlives the store.
 std::unique_ptr<Store> eight_recipe_traces(const TempDir& dir, StoreOptions* o, int* built) {
-  *o = options(dir);
-  o->max_bytes = 64 << 10;
-  auto s = open_store(*o);
+  auto s = open_with_quota(dir, 64 << 10, o);
   s->set_document_builder(concatenating_builder(*s, built));
   emit_eight_traces(*s, "r:");
   return s;
