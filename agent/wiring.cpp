@@ -348,6 +348,12 @@ std::string render_metrics(const Components& c, const Clock& clock) {
     w.family("sidetrace_buffer_reclaim_pending_bytes", "gauge",
              "Disk space of deleted store files still to give back.");
     w.sample("sidetrace_buffer_reclaim_pending_bytes", sc.reclaim_pending_bytes);
+    w.family("sidetrace_buffer_log_garbage_bytes", "gauge",
+             "Bytes of dropped messages still in the store's log, until its front passes them.");
+    w.sample("sidetrace_buffer_log_garbage_bytes", sc.log_garbage_bytes);
+    w.family("sidetrace_buffer_log_moved_total", "counter",
+             "Messages still needed at the log's front, moved to its head.");
+    w.sample("sidetrace_buffer_log_moved_total", sc.log_moved_messages);
   }
   if (c.assembler) {
     trace::AssemblerStats as = c.assembler->stats();

@@ -194,12 +194,14 @@ def measure(agent, rate, exporter, at_quota):
         time.sleep(WARMUP)  # the load generator runs on; this is the warm-up it gets
     accepted0 = agent.metric("sidetrace_accepted_messages_total")
     delivered0 = agent.metric("sidetrace_events_delivered_total")
+    moved0 = agent.metric("sidetrace_buffer_log_moved_total")
     threads0, cpu0, t0 = thread_cpu(pid), process_cpu(pid), time.monotonic()
     # The measured window; idle CPU is read in 10 ms ticks, so it gets longer.
     time.sleep(SECONDS if rate > 0 else IDLE_SECONDS)
     threads1, cpu1, t1 = thread_cpu(pid), process_cpu(pid), time.monotonic()
     accepted1 = agent.metric("sidetrace_accepted_messages_total")
     delivered1 = agent.metric("sidetrace_events_delivered_total")
+    moved1 = agent.metric("sidetrace_buffer_log_moved_total")
     if gen:
         gen.communicate(timeout=WARMUP + SECONDS + 60)
     msgs = accepted1 - accepted0
@@ -210,7 +212,9 @@ def measure(agent, rate, exporter, at_quota):
             "core_pct": round(100 * cpu / (t1 - t0), 3),
             "peak_rss_mib": round(status_mib(pid, "VmHWM"), 1),
             "rss_mib": round(status_mib(pid, "VmRSS"), 1),
-            "delivered_events": int(delivered1 - delivered0)}
+            "delivered_events": int(delivered1 - delivered0),
+            # Messages the store's log moved from its front to its head.
+            "log_moved": int(moved1 - moved0)}
     if msgs > 0:
         line["cpu_us_per_msg"] = round(1e6 * cpu / msgs, 2)
         before = {k: threads0.get(k, (0.0, 0)) for k in threads1}

@@ -1,6 +1,7 @@
 #include "buffer/store.h"
 
 #include <rocksdb/cache.h>
+#include <rocksdb/convenience.h>
 #include <rocksdb/db.h>
 #include <rocksdb/env.h>
 #include <rocksdb/filter_policy.h>
@@ -97,8 +98,9 @@ class AddOperator final : public rocksdb::AssociativeMergeOperator {
   const char* Name() const override { return "sidetrace.add_i64"; }
 };
 
-// The prefix of an events key that names its trace: [u8 len][trace_id],
-// everything but the 8-byte sequence number.
+// The prefix of an events key stored before the log that names its trace:
+// [u8 len][trace_id], everything but the 8-byte sequence number. (Every key of
+// the log has the same prefix, its first byte.)
 class TracePrefix final : public rocksdb::SliceTransform {
  public:
   const char* Name() const override { return "sidetrace.trace_prefix"; }
@@ -229,8 +231,8 @@ Status open_db(const StoreOptions& o, std::unique_ptr<rocksdb::DB>* out,
     rocksdb::ColumnFamilyOptions cf;
     rocksdb::BlockBasedTableOptions t = table;
     if (i == kEvents) {
-      // A trace's events are read by prefix: a prefix filter lets the read
-      // skip every file that holds none of them.
+      // Messages stored before the log are read by their trace's prefix: a
+      // prefix filter lets the read skip every file that holds none of them.
       cf.prefix_extractor = std::make_shared<TracePrefix>();
       t.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
       t.whole_key_filtering = false;
@@ -245,11 +247,12 @@ Status open_db(const StoreOptions& o, std::unique_ptr<rocksdb::DB>* out,
     cf.level_compaction_dynamic_level_bytes = true;
     cf.write_buffer_size = i == kEvents ? (o.memtable_budget_bytes / 3) : (4 << 20);
     cf.max_write_buffer_number = 3;
-    // Trace ids are random, so every flushed file of the events and of the
-    // trace states overlaps the whole of the level below, and a compaction
-    // rewrites it. Compacting 8 files at a time (RocksDB's default is 4)
-    // rewrites it half as often (docs/benchmarks.md, "The sixth round").
-    if (i == kEvents || i == kTraces) cf.level0_file_num_compaction_trigger = 8;
+    // Trace ids are random, so every flushed file of the trace states (and
+    // runs) overlaps the whole of the level below, and a compaction rewrites
+    // it. Compacting 8 files at a time (RocksDB's default is 4) rewrites it
+    // half as often (docs/benchmarks.md, "The sixth round"). The log's files
+    // do not overlap: they are moved down, not rewritten.
+    if (i == kTraces) cf.level0_file_num_compaction_trigger = 8;
     // Room for bursts before RocksDB slows writes (default 20 and 36 files).
     cf.level0_slowdown_writes_trigger = 36;
     cf.level0_stop_writes_trigger = 72;
@@ -371,6 +374,21 @@ class RocksStore final : public Store {
     s = get_u64(kCounterOutboxB, &v, false);
     if (!s.ok()) return s;
     outbox_b_.store(v);
+    // Messages stored before the log are read and dropped as they were
+    // until the last of them goes.
+    rocksdb::ReadOptions ro;
+    ro.total_order_seek = true;
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, cfs_[kEvents]));
+    it->Seek(std::string(1, kLogTag + 1));
+    legacy_events_ = it->Valid();
+    if (!it->status().ok()) return from_rocks(it->status(), "opening the events");
+    s = get_u64(kCounterLogFloor, &floor_, true);
+    if (!s.ok()) return s;
+    s = get_u64(kCounterGarbage, &v, false);
+    if (!s.ok()) return s;
+    garbage_.store(v);
+    // Files the front passed before a restart, if they were not deleted then.
+    delete_files_below_floor();
     return Status::Ok();
   }
 
@@ -606,55 +624,78 @@ class RocksStore final : public Store {
     // One batch reused for every group commit: its buffer is allocated once.
     rocksdb::WriteBatch& b = append_batch_;
     b.Clear();
-    uint64_t seq = next_seq_;
     int64_t live = 0;
-    std::string key, recv;
-    // One pending record per trace: the index of its first message in `msgs`
-    // and how many messages it stands for.
-    std::unordered_map<std::string_view, std::pair<size_t, uint32_t>>& records = append_records_;
-    records.clear();
+    std::string key, head;
+    // One run per trace: its messages take consecutive seqs (traces in the
+    // order of their first message), with one pending record and one run
+    // key for them all.
+    std::unordered_map<std::string_view, AppendRun>& runs = append_runs_;
+    runs.clear();
     for (size_t i = 0; i < msgs.size(); ++i) {
       const ipc::Message& m = msgs[i];
       if (m.trace_id.empty() || m.trace_id.size() > kMaxTraceIdBytes) {
         return Status::InvalidArgument("a message's trace_id is empty or longer than 255 bytes");
       }
-      ++records.try_emplace(m.trace_id, i, 0).first->second.second;
+      ++runs.try_emplace(m.trace_id, AppendRun{i}).first->second.n;
     }
-    for (const ipc::Message& m : msgs) {
-      key = event_key(m.trace_id, seq);
-      recv.clear();
-      put_be64(&recv, m.recv_ns);
-      // The value is recv_ns followed by the raw message, given in two parts
-      // so that the message is copied once, into the batch.
+    uint64_t next = next_seq_;
+    for (size_t i = 0; i < msgs.size(); ++i) {
+      AppendRun& r = runs.at(msgs[i].trace_id);
+      if (r.first != i) continue;
+      r.seq = next;
+      next += r.n;
+    }
+    std::vector<uint64_t>& seqs = append_seqs_;
+    seqs.resize(msgs.size());
+    for (size_t i = 0; i < msgs.size(); ++i) {
+      const ipc::Message& m = msgs[i];
+      AppendRun& r = runs.at(m.trace_id);
+      const uint64_t seq = r.seq + r.taken++;
+      seqs[i] = seq;
+      key = log_key(seq);
+      head = log_value_head(m.recv_ns, m.trace_id);
+      // The value is its head followed by the raw message, given in two
+      // parts so that the message is copied once, into the batch.
       rocksdb::Slice key_part(key);
-      rocksdb::Slice value_parts[2] = {rocksdb::Slice(recv), rocksdb::Slice(m.raw)};
+      rocksdb::Slice value_parts[2] = {rocksdb::Slice(head), rocksdb::Slice(m.raw)};
       b.Put(cfs_[kEvents], rocksdb::SliceParts(&key_part, 1), rocksdb::SliceParts(value_parts, 2));
-      live += static_cast<int64_t>(key.size() + recv.size() + m.raw.size());
-      ++seq;
+      r.bytes += key.size() + head.size() + m.raw.size();
     }
-    for (const auto& [trace_id, rec] : records) {
-      const ipc::Message& m = msgs[rec.first];
-      b.Put(cfs_[kPending], be64(next_seq_ + rec.first),
-            pending_value(m.recv_ns, rec.second, trace_id));
-      live += static_cast<int64_t>(pending_bytes(trace_id));
+    for (const auto& [trace_id, r] : runs) {
+      const ipc::Message& m = msgs[r.first];
+      b.Put(cfs_[kPending], be64(r.seq), pending_value(m.recv_ns, r.n, trace_id));
+      std::string rk = run_key(trace_id, r.seq);
+      std::string rv = run_value(Run{r.seq, r.seq, r.n, clamp32(r.bytes)});
+      b.Put(cfs_[kTraces], rk, rv);
+      live += static_cast<int64_t>(r.bytes + pending_bytes(trace_id) + rk.size() + rv.size());
     }
-    b.Put(cfs_[kTraces], kCounterEventNext, be64(seq));
+    b.Put(cfs_[kTraces], kCounterEventNext, be64(next));
     b.Merge(cfs_[kTraces], kCounterLive, encode_i64(live));
     rocksdb::Status s = write(wo_, &b);
     if (!s.ok()) return from_rocks(s, "persisting events");
-    uint64_t first = next_seq_;
-    next_seq_ = seq;
+    next_seq_ = next;
     live_.fetch_add(static_cast<uint64_t>(live));
     out->reserve(out->size() + msgs.size());
     for (size_t i = 0; i < msgs.size(); ++i) {
       const ipc::Message& m = msgs[i];
-      const auto& rec = records.at(m.trace_id);
-      out->push_back(Committed{m.trace_id, first + i, m.recv_ns,
-                               rec.first == i ? rec.second : uint32_t{0},
-                               static_cast<uint32_t>(std::min<size_t>(m.raw.size(), UINT32_MAX))});
+      const AppendRun& r = runs.at(m.trace_id);
+      out->push_back(Committed{m.trace_id, seqs[i], m.recv_ns, r.first == i ? r.n : uint32_t{0},
+                               clamp32(m.raw.size())});
     }
-    records.clear();
+    runs.clear();
     return Status::Ok();
+  }
+
+  // A trace's messages in one group commit.
+  struct AppendRun {
+    size_t first = 0;  // the index of its first message
+    uint32_t n = 0, taken = 0;
+    uint64_t seq = 0;  // the seq of its first message
+    size_t bytes = 0;  // of their keys and values in the log
+  };
+
+  static uint32_t clamp32(size_t v) {
+    return static_cast<uint32_t>(std::min<size_t>(v, UINT32_MAX));
   }
 
   Status ensure_room(uint64_t bytes) override {
@@ -671,9 +712,15 @@ class RocksStore final : public Store {
     // referred to are retained events too.
     const bool drop_undelivered = opts_.when_full == WhenFull::kDropOldest;
     while (live_.load() > target) {
+      // The log's front first: the retained traces received first go there,
+      // passed over as they go (no second pass later to reclaim them).
+      const uint64_t live = live_.load();
+      Status s = drop_at_log_front(target);
+      if (!s.ok()) return s;
+      if (live_.load() < live) continue;
       uint64_t traces = 0;
       uint64_t events = 0;
-      Status s = drop_retained(UINT64_MAX, kDropRound, target, &traces, &events);
+      s = drop_retained(UINT64_MAX, kDropRound, target, &traces, &events);
       if (!s.ok()) return s;
       counters_.dropped_retained_traces.fetch_add(traces);
       counters_.dropped_retained_events.fetch_add(events);
@@ -685,6 +732,8 @@ class RocksStore final : public Store {
       if (dropped == 0) break;
       counters_.dropped_outbox_entries.fetch_add(dropped);
     }
+    Status reclaimed = reclaim_log(Front::kReclaimForRoom);
+    if (!reclaimed.ok()) return reclaimed;
     if (live_.load() + bytes <= opts_.max_bytes) return Status::Ok();
     if (!drop_undelivered) return Status::Full("buffer.max_bytes reached (drop_newest)");
     return Status::Full("buffer.max_bytes reached: only pending events remain");
@@ -727,6 +776,66 @@ class RocksStore final : public Store {
     StoreLock db_lock(db_mu_);
     if (!db_) return unavailable();
     *more = false;
+    // The trace's messages within `range`'s bounds; false once one is past
+    // them (`more` is then set).
+    size_t n = 0, bytes = 0;
+    auto take = [&](uint64_t seq, uint64_t recv_ns, std::string_view raw) {
+      if (n >= range.max_events || (n > 0 && bytes + raw.size() > range.max_bytes)) {
+        *more = true;
+        return false;
+      }
+      out->push_back(StoredEvent{seq, recv_ns, std::string(raw)});
+      ++n;
+      bytes += raw.size();
+      return true;
+    };
+    // Messages stored before the log have the lower seqs.
+    if (legacy_events_) {
+      Status s = read_legacy(trace_id, range, take);
+      if (!s.ok() || *more) return s;
+    }
+    // The trace's runs and the log, from one view of the store.
+    std::vector<rocksdb::Iterator*> its;
+    rocksdb::Status rs =
+        db_->NewIterators(rocksdb::ReadOptions(), {cfs_[kTraces], cfs_[kEvents]}, &its);
+    if (!rs.ok()) return from_rocks(rs, "reading a trace");
+    std::unique_ptr<rocksdb::Iterator> runs(its[0]), log(its[1]);
+    const std::string prefix = run_prefix(trace_id);
+    const std::string from = run_key(trace_id, range.from_seq);
+    // The run that holds from_seq may begin below it.
+    if (range.from_seq > 0) runs->SeekForPrev(from);
+    if (range.from_seq == 0 || !runs->Valid() || !runs->key().starts_with(prefix)) {
+      runs->Seek(from);
+    }
+    for (; runs->Valid() && runs->key().starts_with(prefix); runs->Next()) {
+      Run r;
+      if (!parse_run(runs->key().ToStringView(), prefix.size(), runs->value().ToStringView(), &r)) {
+        return Status::Corruption("a malformed run of trace messages");
+      }
+      if (r.seq >= range.until_seq) break;
+      if (r.seq + r.n <= range.from_seq) continue;
+      uint64_t seq = std::max(r.seq, range.from_seq);
+      const uint64_t end = std::min<uint64_t>(r.seq + r.n, range.until_seq);
+      log->Seek(log_key(r.pos + (seq - r.seq)));
+      for (; seq < end; ++seq, log->Next()) {
+        LogValue v;
+        if (!log->Valid() || !is_log_key(log->key().ToStringView()) ||
+            get_be64(log->key().ToStringView().substr(1)) != r.pos + (seq - r.seq) ||
+            !parse_log_value(log->value().ToStringView(), &v) || v.trace_id != trace_id) {
+          if (!log->status().ok()) break;
+          return Status::Corruption("a trace's run names a message the log does not hold");
+        }
+        if (!take(seq, v.recv_ns, v.raw)) return Status::Ok();
+      }
+      if (!log->status().ok()) return from_rocks(log->status(), "reading a trace");
+    }
+    return from_rocks(runs->status(), "reading a trace");
+  }
+
+  // Requires db_mu_. Reads the messages of `trace_id` in `range` stored
+  // before the log into `take`, until it refuses one.
+  template <typename Take>
+  Status read_legacy(std::string_view trace_id, const TraceRange& range, Take& take) {
     std::string prefix = event_prefix(trace_id);
     std::string upper = prefix;
     put_be64(&upper, range.until_seq);
@@ -735,20 +844,15 @@ class RocksStore final : public Store {
     ro.iterate_upper_bound = &ub;
     ro.prefix_same_as_start = true;
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, cfs_[kEvents]));
-    size_t n = 0, bytes = 0;
     for (it->Seek(event_key(trace_id, range.from_seq)); it->Valid(); it->Next()) {
       rocksdb::Slice k = it->key(), v = it->value();
       if (k.size() != prefix.size() + 8 || v.size() < 8) {
         return Status::Corruption("events entry with a malformed key or value");
       }
-      if (n >= range.max_events || (n > 0 && bytes + v.size() - 8 > range.max_bytes)) {
-        *more = true;
+      if (!take(event_key_seq(k.ToStringView()), get_be64(v.ToStringView()),
+                std::string_view(v.data() + 8, v.size() - 8))) {
         break;
       }
-      out->push_back(StoredEvent{event_key_seq(k.ToStringView()), get_be64(v.ToStringView()),
-                                 std::string(v.data() + 8, v.size() - 8)});
-      ++n;
-      bytes += v.size() - 8;
     }
     return from_rocks(it->status(), "reading a trace");
   }
@@ -941,6 +1045,8 @@ class RocksStore final : public Store {
     Status s = drop_retained(emitted_before_ns, max_traces, 0, &traces, &events);
     if (!s.ok()) return s;
     counters_.expired_traces.fetch_add(traces);
+    s = reclaim_log(Front::kReclaim);
+    if (!s.ok()) return s;
     std::vector<std::string> idx;
     std::lock_guard lock(state_mu_);
     scan_index(kDeletedPrefix, deleted_from_, {}, forget_before_ns, max_traces, &idx, &s);
@@ -995,6 +1101,8 @@ class RocksStore final : public Store {
     ReclaimStats r = reclaim_->stats();
     c.reclaimed_bytes = r.reclaimed_bytes;
     c.reclaim_pending_bytes = r.pending_bytes;
+    c.log_garbage_bytes = garbage_.load();
+    c.log_moved_messages = moved_.load();
     return c;
   }
 
@@ -1128,25 +1236,31 @@ class RocksStore final : public Store {
       return Status::Ok();
     }
     rocksdb::WriteBatch b;
-    int64_t live = 0;
-    // One iterator for the round: each trace's events are a seek away.
-    rocksdb::ReadOptions ro;
-    ro.prefix_same_as_start = true;
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, cfs_[kEvents]));
+    DropTally tally;
+    // Iterators for the round: each trace's runs (and messages stored
+    // before the log) are a seek away.
+    Iterators its = drop_iterators();
     const uint64_t now = clock_.now_ns();
     size_t taken = 0;
     while (taken < idx.size()) {
-      s = add_events_drop(idx[taken++], it.get(), now, &b, &live, events);
+      s = add_events_drop(idx[taken++], its, now, &b, &tally);
       if (!s.ok()) return s;
-      if (target > 0 && static_cast<int64_t>(live_.load()) + live <= static_cast<int64_t>(target)) {
+      if (target > 0 &&
+          static_cast<int64_t>(live_.load()) + tally.live <= static_cast<int64_t>(target)) {
         break;
       }
     }
-    b.Merge(cfs_[kTraces], kCounterLive, encode_i64(live));
+    its = Iterators();  // released before the write (see move_front())
+    b.Merge(cfs_[kTraces], kCounterLive, encode_i64(tally.live));
+    if (tally.garbage > 0) {
+      b.Merge(cfs_[kTraces], kCounterGarbage, encode_i64(static_cast<int64_t>(tally.garbage)));
+    }
     rocksdb::Status rs = write(wo_derived_, &b);
     if (!rs.ok()) return from_rocks(rs, "dropping retained events");
-    live_.fetch_add(static_cast<uint64_t>(live));
+    live_.fetch_add(static_cast<uint64_t>(tally.live));
+    garbage_.fetch_add(tally.garbage);
     *traces += taken;
+    *events += tally.events;
     // The scans go on from the last key taken.
     if (!retained_behind_.empty()) {
       retained_behind_.erase(retained_behind_.begin(),
@@ -1160,12 +1274,37 @@ class RocksStore final : public Store {
     return Status::Ok();
   }
 
+  // What a round of drops takes: the change of live bytes, the messages
+  // dropped, and the bytes of those that stay in the log as garbage.
+  struct DropTally {
+    int64_t live = 0;
+    uint64_t events = 0, garbage = 0;
+  };
+
+  struct Iterators {
+    std::unique_ptr<rocksdb::Iterator> runs;    // over the traces family
+    std::unique_ptr<rocksdb::Iterator> legacy;  // over the events, when stored before the log
+  };
+
+  // What add_events_drop() reads with.
+  Iterators drop_iterators() {
+    Iterators its;
+    its.runs.reset(db_->NewIterator(rocksdb::ReadOptions(), cfs_[kTraces]));
+    if (legacy_events_) {
+      rocksdb::ReadOptions ro;
+      ro.prefix_same_as_start = true;
+      its.legacy.reset(db_->NewIterator(ro, cfs_[kEvents]));
+    }
+    return its;
+  }
+
   // Requires state_mu_. Adds to `b` the deletion of the retention index key
   // `rkey` and of the retained events (seq <= max_seq) of the trace it names,
-  // found with `it`, an iterator over the events. The state stays, with
-  // events_deleted set; `live` and `events` count what goes.
-  Status add_events_drop(const std::string& rkey, rocksdb::Iterator* it, uint64_t now,
-                         rocksdb::WriteBatch* b, int64_t* live, uint64_t* events) {
+  // found with `its`. The state stays, with events_deleted set; `tally`
+  // counts what goes.
+  Status add_events_drop(const std::string& rkey, Iterators& its, uint64_t now,
+                         rocksdb::WriteBatch* b, DropTally* tally,
+                         const std::vector<Run>* known_runs = nullptr) {
     std::string trace_id = rkey.substr(9);
     uint64_t emit_ns = index_time(rkey);
     TraceState st;
@@ -1176,21 +1315,294 @@ class RocksStore final : public Store {
     // entries refer to again, only loses the key. (Two keys of one trace in
     // a round: only the one of its last emission matches.)
     if (!s.ok() || st.last_emit_ns != emit_ns || st.undelivered != 0) return Status::Ok();
-    const std::string prefix = event_prefix(trace_id);
-    for (it->Seek(event_key(trace_id, 0)); it->Valid(); it->Next()) {
-      rocksdb::Slice k = it->key();
-      if (!k.starts_with(prefix) || event_key_seq(k.ToStringView()) > st.max_seq) break;
-      b->Delete(cfs_[kEvents], k);
-      *live -= static_cast<int64_t>(k.size() + it->value().size());
-      ++*events;
+    if (its.legacy) {
+      rocksdb::Iterator* it = its.legacy.get();
+      const std::string prefix = event_prefix(trace_id);
+      for (it->Seek(event_key(trace_id, 0)); it->Valid(); it->Next()) {
+        rocksdb::Slice k = it->key();
+        if (!k.starts_with(prefix) || event_key_seq(k.ToStringView()) > st.max_seq) break;
+        b->Delete(cfs_[kEvents], k);
+        tally->live -= static_cast<int64_t>(k.size() + it->value().size());
+        ++tally->events;
+      }
+      if (!it->status().ok()) return from_rocks(it->status(), "dropping retained events");
     }
-    if (!it->status().ok()) return from_rocks(it->status(), "dropping retained events");
+    s = add_runs_drop(trace_id, st.max_seq, its.runs.get(), known_runs, b, tally);
+    if (!s.ok()) return s;
     st.events_deleted = true;
     st.deleted_ns = now;
     ++st.generation;
     b->Put(cfs_[kTraces], state_key(trace_id), encode_state(st));
     put_index_key(b, kDeletedPrefix, st.deleted_ns, trace_id);
     return Status::Ok();
+  }
+
+  // Adds to `b` the deletion of the trace's runs (`known`, or else found with
+  // `runs`, an iterator over the traces family) up to seq `max_seq`: a run
+  // that goes on past it keeps the rest. Their messages stay in the log as
+  // garbage until its front passes them (reclaim_log()).
+  Status add_runs_drop(const std::string& trace_id, uint64_t max_seq, rocksdb::Iterator* runs,
+                       const std::vector<Run>* known, rocksdb::WriteBatch* b, DropTally* tally) {
+    std::vector<Run> loaded;
+    if (!known) {
+      Status s = load_runs(trace_id, runs, &loaded);
+      if (!s.ok()) return s;
+      known = &loaded;
+    }
+    for (const Run& r : *known) {
+      if (r.seq > max_seq) continue;
+      const uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(r.n, max_seq - r.seq + 1));
+      uint64_t dropped = r.bytes;
+      if (n < r.n) {
+        // The messages that go are counted one by one; the rest stays a run.
+        uint64_t rest = 0;
+        Status s = log_bytes(r.pos + n, r.n - n, &rest);
+        if (!s.ok()) return s;
+        dropped = r.bytes > rest ? r.bytes - rest : 0;
+        Run kept{r.seq + n, r.pos + n, r.n - n, clamp32(rest)};
+        std::string k = run_key(trace_id, kept.seq), v = run_value(kept);
+        b->Put(cfs_[kTraces], k, v);
+        tally->live += static_cast<int64_t>(k.size() + v.size());
+      }
+      std::string k = run_key(trace_id, r.seq);
+      b->Delete(cfs_[kTraces], k);
+      tally->live -= static_cast<int64_t>(dropped + k.size() + kRunValueBytes);
+      tally->events += n;
+      tally->garbage += dropped;
+    }
+    return Status::Ok();
+  }
+
+  // ---- the log's front ----
+  // Dropped messages stay in the log as garbage, and whole table files are
+  // deleted once the front has passed them: nothing is deleted message by
+  // message, so the log's files never overlap and compactions only move them
+  // down. Past a bound of garbage the front moves on in steps; a message it
+  // meets that a run still refers to (a long trace, a pending or undelivered
+  // one) is moved to the head first, with the rest of its run.
+
+  // The garbage past which the front moves (an eighth of the quota), and
+  // down to which it then moves (a sixteenth).
+  uint64_t garbage_high() const { return std::max<uint64_t>(opts_.max_bytes / 8, 1); }
+  uint64_t garbage_low() const { return opts_.max_bytes / 16; }
+  // The log a step reads at most, and the steps of one call.
+  static constexpr uint64_t kStepBytes = 1 << 20;
+  static constexpr size_t kMaxSteps = 8;
+
+  // How the front moves.
+  enum class Front {
+    kReclaim,         // over garbage, moving what is still needed
+    kReclaimForRoom,  // ... dropping retained traces rather than moving them
+    kRoom,            // over garbage and retained traces (dropped) until the
+                      // live bytes are down to a target; stops at anything else
+  };
+
+  // Requires db_mu_ (shared). One step of Front::kRoom.
+  Status drop_at_log_front(uint64_t target) {
+    bool moved = false;
+    {
+      std::lock_guard append_lock(append_mu_);
+      Status s = move_front(Front::kRoom, target, &moved);
+      if (!s.ok()) return s;
+    }
+    if (moved) delete_files_below_floor();
+    return Status::Ok();
+  }
+
+  // Requires db_mu_ (shared). Moves the front while the garbage is past its
+  // bound (in steps), with `how` kReclaim or kReclaimForRoom.
+  Status reclaim_log(Front how) {
+    for (size_t i = 0; i < kMaxSteps; ++i) {
+      bool moved = false;
+      {
+        std::lock_guard append_lock(append_mu_);
+        if (garbage_.load() > garbage_high()) reclaiming_ = true;
+        if (!reclaiming_ || garbage_.load() <= garbage_low()) {
+          reclaiming_ = false;
+          break;
+        }
+        Status s = move_front(how, 0, &moved);
+        if (!s.ok()) return s;
+      }
+      if (!moved) break;
+      delete_files_below_floor();
+    }
+    return Status::Ok();
+  }
+
+  // Requires append_mu_. Moves the front over up to kStepBytes of the log,
+  // as `how` says (`live_target`: for Front::kRoom); `moved` tells whether
+  // it moved. A retained trace met (emitted and delivered) is dropped rather
+  // than moved when the quota asks for room, as the quota would drop it soon.
+  Status move_front(Front how, uint64_t live_target, bool* moved) {
+    std::lock_guard state_lock(state_mu_);
+    const uint64_t head = next_seq_;
+    const std::string from = log_key(floor_), until = log_key(head);
+    rocksdb::Slice ub(until);
+    rocksdb::ReadOptions ro;
+    ro.iterate_upper_bound = &ub;
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, cfs_[kEvents]));
+    Iterators its = drop_iterators();
+    rocksdb::Iterator* runs_it = its.runs.get();
+    // The runs of the traces met, by position.
+    std::unordered_map<std::string, std::vector<Run>> runs_of;
+    rocksdb::WriteBatch b;
+    DropTally dropped;
+    uint64_t dropped_traces = 0;
+    const uint64_t now = clock_.now_ns();
+    uint64_t front = floor_, next = head, read = 0, garbage = 0, moved_n = 0;
+    it->Seek(from);
+    // Until the step's bound, or until the garbage left is down to the low
+    // mark (the live bytes to the target): no more is moved or dropped than
+    // that takes.
+    auto more = [&] {
+      if (how == Front::kRoom) {
+        return static_cast<int64_t>(live_.load()) + dropped.live >
+               static_cast<int64_t>(live_target);
+      }
+      return garbage_.load() + dropped.garbage > garbage + garbage_low();
+    };
+    while (it->Valid() && read < kStepBytes && more()) {
+      LogValue v;
+      if (!is_log_key(it->key().ToStringView()) ||
+          !parse_log_value(it->value().ToStringView(), &v)) {
+        return Status::Corruption("a malformed message in the log");
+      }
+      const uint64_t pos = get_be64(it->key().ToStringView().substr(1));
+      const uint64_t bytes = it->key().size() + it->value().size();
+      auto [found, fresh] = runs_of.try_emplace(std::string(v.trace_id));
+      if (fresh) {
+        Status s = load_runs(found->first, runs_it, &found->second);
+        if (!s.ok()) return s;
+      }
+      auto run = std::find_if(found->second.begin(), found->second.end(),
+                              [&](const Run& r) { return pos >= r.pos && pos < r.pos + r.n; });
+      if (run == found->second.end()) {
+        garbage += bytes;
+        read += bytes;
+        front = pos + 1;
+        it->Next();
+        continue;
+      }
+      if (pos != run->pos) return Status::Corruption("the log's front is inside a run");
+      if (how != Front::kReclaim) {
+        uint64_t max_seq = 0;
+        Status s =
+            drop_at_front(found->first, run->seq, found->second, its, now, &b, &dropped, &max_seq);
+        if (!s.ok()) return s;
+        if (max_seq > 0) {
+          // Its runs up to the revision went: the front passes them as garbage.
+          std::erase_if(found->second, [&](const Run& r) { return r.seq <= max_seq; });
+          ++dropped_traces;
+          continue;
+        }
+        if (how == Front::kRoom) break;  // it stays where it is
+      }
+      // Still needed: the run moves to the head.
+      for (uint32_t i = 0; i < run->n; ++i, it->Next()) {
+        if (!it->Valid() || it->key() != log_key(run->pos + i)) {
+          if (!it->status().ok()) break;
+          return Status::Corruption("a run's message is missing from the log");
+        }
+        b.Put(cfs_[kEvents], log_key(next + i), it->value());
+        read += it->key().size() + it->value().size();
+      }
+      if (!it->status().ok()) break;
+      front = run->pos + run->n;
+      run->pos = next;
+      next += run->n;
+      moved_n += run->n;
+      b.Put(cfs_[kTraces], run_key(found->first, run->seq), run_value(*run));
+    }
+    if (!it->status().ok()) return from_rocks(it->status(), "reading the log's front");
+    if (!it->Valid() && it->status().ok()) front = head;  // all of it was read
+    // Iterators pin the memtables they read: held over the write, they
+    // could keep it waiting for memory that only their release frees.
+    it.reset();
+    its = Iterators();
+    if (front == floor_) return Status::Ok();
+    b.Put(cfs_[kTraces], kCounterLogFloor, be64(front));
+    if (next != head) b.Put(cfs_[kTraces], kCounterEventNext, be64(next));
+    b.Merge(cfs_[kTraces], kCounterGarbage,
+            encode_i64(static_cast<int64_t>(dropped.garbage) - static_cast<int64_t>(garbage)));
+    if (dropped.live != 0) b.Merge(cfs_[kTraces], kCounterLive, encode_i64(dropped.live));
+    // Synced like the messages themselves: the files below the front are
+    // deleted next, and the moved messages must not go with them.
+    rocksdb::Status rs = write(wo_, &b);
+    if (!rs.ok()) return from_rocks(rs, "moving the log's front");
+    floor_ = front;
+    next_seq_ = next;
+    garbage_.fetch_add(dropped.garbage);
+    garbage_.fetch_sub(std::min(garbage, garbage_.load()));
+    live_.fetch_add(static_cast<uint64_t>(dropped.live));
+    moved_.fetch_add(moved_n);
+    counters_.dropped_retained_traces.fetch_add(dropped_traces);
+    counters_.dropped_retained_events.fetch_add(dropped.events);
+    *moved = true;
+    return Status::Ok();
+  }
+
+  // Requires state_mu_. Adds to `b` the drop of the trace's retained
+  // messages when its run at the front (`seq`) is among them (the trace is
+  // emitted, and no outbox entry refers to it); `max_seq` is then the last of
+  // them (0: nothing dropped). A trace whose revision ends within a run (it
+  // went out in parts) is left to the other drops.
+  Status drop_at_front(const std::string& trace_id, uint64_t seq, const std::vector<Run>& runs,
+                       Iterators& its, uint64_t now, rocksdb::WriteBatch* b, DropTally* tally,
+                       uint64_t* max_seq) {
+    TraceState st;
+    Status s = get_state_nolock(trace_id, &st);
+    if (s.IsNotFound()) return Status::Ok();
+    if (!s.ok()) return s;
+    if (st.revision == 0 || st.undelivered != 0 || seq > st.max_seq) return Status::Ok();
+    for (const Run& r : runs) {
+      if (r.seq <= st.max_seq && r.seq + r.n - 1 > st.max_seq) return Status::Ok();
+    }
+    std::string rkey = index_key(kRetainedPrefix, st.last_emit_ns, trace_id);
+    s = add_events_drop(rkey, its, now, b, tally, &runs);
+    if (!s.ok()) return s;
+    if (!retained_behind_.empty()) retained_behind_.erase(rkey);
+    *max_seq = std::max<uint64_t>(st.max_seq, 1);
+    return Status::Ok();
+  }
+
+  // The runs of `trace_id`, read with `runs` (an iterator over the traces
+  // family).
+  Status load_runs(const std::string& trace_id, rocksdb::Iterator* runs, std::vector<Run>* out) {
+    const std::string prefix = run_prefix(trace_id);
+    for (runs->Seek(prefix); runs->Valid() && runs->key().starts_with(prefix); runs->Next()) {
+      Run& r = out->emplace_back();
+      if (!parse_run(runs->key().ToStringView(), prefix.size(), runs->value().ToStringView(), &r)) {
+        return Status::Corruption("a malformed run of trace messages");
+      }
+    }
+    return from_rocks(runs->status(), "reading a trace's runs");
+  }
+
+  // Deletes the log's table files that lie wholly below its front.
+  void delete_files_below_floor() {
+    uint64_t floor = 0;
+    {
+      std::lock_guard lock(append_mu_);
+      floor = floor_;
+    }
+    if (floor == 0) return;
+    const std::string begin = log_key(0), end = log_key(floor);
+    rocksdb::Slice b(begin), e(end);
+    rocksdb::Status s = rocksdb::DeleteFilesInRange(db_.get(), cfs_[kEvents], &b, &e, false);
+    if (!s.ok()) spdlog::warn("buffer: deleting the log's files below its front: {}", s.ToString());
+  }
+
+  // The bytes (keys and values) of the `n` messages in the log from `pos`.
+  Status log_bytes(uint64_t pos, uint64_t n, uint64_t* bytes) {
+    *bytes = 0;
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cfs_[kEvents]));
+    uint64_t i = 0;
+    for (it->Seek(log_key(pos)); it->Valid() && i < n; it->Next(), ++i) {
+      if (it->key() != log_key(pos + i)) return Status::Corruption("a run's message is missing");
+      *bytes += it->key().size() + it->value().size();
+    }
+    return from_rocks(it->status(), "reading the log");
   }
 
   // Drops up to `limit` of the oldest entries, stopping once `enough` bytes went.
@@ -1209,6 +1621,7 @@ class RocksStore final : public Store {
       if (!r.pins.empty()) break;
     }
     if (!it->status().ok()) return from_rocks(it->status(), "dropping outbox entries");
+    it.reset();  // released before the write (see move_front())
     if (r.n == 0) return Status::Ok();
     Status s = commit_outbox_removal(b, r, "dropping outbox entries");
     if (!s.ok()) return s;
@@ -1286,10 +1699,18 @@ class RocksStore final : public Store {
 
   std::mutex append_mu_;              // serialises append(): seqs become visible in order
   rocksdb::WriteBatch append_batch_;  // guarded by append_mu_
-  // Pending records of the commit being built; guarded by append_mu_.
-  std::unordered_map<std::string_view, std::pair<size_t, uint32_t>> append_records_;
+  // The runs and seqs of the commit being built; guarded by append_mu_.
+  std::unordered_map<std::string_view, AppendRun> append_runs_;
+  std::vector<uint64_t> append_seqs_;
   uint64_t next_seq_ = 1;
-  std::mutex state_mu_;  // serialises trace-state read-modify-writes
+  // The events family holds messages stored before the log (set at open).
+  bool legacy_events_ = false;
+  // The log's front: no run refers to a message below it. Guarded by
+  // append_mu_ (written by reclaim_log(), which holds it).
+  uint64_t floor_ = 0;
+  std::atomic<uint64_t> garbage_{0}, moved_{0};
+  bool reclaiming_ = false;  // guarded by append_mu_
+  std::mutex state_mu_;      // serialises trace-state read-modify-writes
   // The batch of emit_many(), guarded by state_mu_; kept allocated up to
   // kEmitBatchKeepBytes.
   static constexpr size_t kEmitBatchKeepBytes = 1 << 20;

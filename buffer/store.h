@@ -2,15 +2,20 @@
 // written here before anything else happens to it.
 //
 // Column families:
-//   events   (len(trace_id), trace_id, seq) -> recv_ns, raw msgpack message.
-//            A trace's messages are one key range; kept after emission for
-//            trace.retain_s so that late messages can rebuild the whole trace.
+//   events   the log: position -> recv_ns, trace_id, raw msgpack message, in
+//            arrival order. A trace's messages are found through its runs
+//            (in traces); kept after emission for trace.retain_s so that late
+//            messages can rebuild the whole trace. Dropped messages stay in
+//            the log until its front passes them, and whole table files go:
+//            nothing is deleted message by message, so its files never
+//            overlap and are never rewritten.
 //   pending  seq -> recv_ns, message count, trace_id. One record per trace and
 //            group commit (keyed by the seq of the trace's first message in
 //            it) for messages not yet folded into an emitted revision; the
 //            source of truth for what the assembler still owes.
 //   traces   trace_id -> per-trace state (last emitted revision, times, ...),
-//            plus the retention index and the store's own counters.
+//            the trace's runs (where its messages of each group commit are
+//            in the log), the retention index and the store's own counters.
 //   outbox   outbox seq -> finished trace revision waiting for delivery, in
 //            emission order: its JSON document, or a recipe to build the
 //            document again from the trace's stored messages (the document
@@ -185,6 +190,10 @@ struct StoreCounters {
   uint64_t forgotten_traces = 0;        // state records removed after their keep time
   uint64_t reclaimed_bytes = 0;         // disk space of deleted files given back
   uint64_t reclaim_pending_bytes = 0;   // ... and still to give back (see reclaim.h)
+  // Bytes of dropped messages still in the log, below its reclaimed front
+  // (not counted in live_bytes).
+  uint64_t log_garbage_bytes = 0;
+  uint64_t log_moved_messages = 0;  // still needed at the log's front: moved to its head
 };
 
 class Store {

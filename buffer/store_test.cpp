@@ -1,13 +1,17 @@
 #include "buffer/store.h"
 
 #include <gtest/gtest.h>
+#include <rocksdb/db.h>
+#include <rocksdb/write_batch.h>
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "buffer/detail/codec.h"
 #include "buffer/testing/fault_env.h"
@@ -113,9 +117,12 @@ TEST(StoreTest, AppendAssignsSeqsAndReadsBackPerTraceAcrossReopen) {
     std::vector<ipc::Message> in = {msg("a", "a1", 10), msg("b", "b1", 11), msg("a", "a2", 12)};
     std::vector<Committed> out;
     ASSERT_TRUE(s->append(in, &out).ok());
+    // One notice per message, in the order given; a trace's messages of a
+    // commit take consecutive seqs, traces in the order of their first.
     ASSERT_EQ(out.size(), 3u);
     EXPECT_EQ(out[0].seq, 1u);
-    EXPECT_EQ(out[2].seq, 3u);
+    EXPECT_EQ(out[2].seq, 2u);
+    EXPECT_EQ(out[1].seq, 3u);
     EXPECT_EQ(out[1].trace_id, "b");
     // One pending record per trace of the commit, on its first message.
     EXPECT_EQ(out[0].record_messages, 2u);
@@ -133,6 +140,8 @@ TEST(StoreTest, AppendAssignsSeqsAndReadsBackPerTraceAcrossReopen) {
   ASSERT_EQ(a.size(), 3u);
   EXPECT_EQ(a[0].raw, "a1");
   EXPECT_EQ(a[0].recv_ns, 10u);
+  EXPECT_EQ(a[1].raw, "a2");
+  EXPECT_EQ(a[1].seq, 2u);
   EXPECT_EQ(a[2].raw, "a3");
   EXPECT_EQ(a[2].seq, 4u);
   // A trace id that is a prefix of another does not see the other's events.
@@ -148,12 +157,350 @@ TEST(StoreTest, AppendAssignsSeqsAndReadsBackPerTraceAcrossReopen) {
   EXPECT_EQ(pending[0].seq, 1u);
   EXPECT_EQ(pending[0].record_messages, 2u);
   EXPECT_EQ(pending[1].trace_id, "b");
+  EXPECT_EQ(pending[1].seq, 3u);
   EXPECT_EQ(pending[1].recv_ns, 11u);
   EXPECT_EQ(pending[2].seq, 4u);
   pending.clear();
-  ASSERT_TRUE(s->scan_pending(3, 1, &pending).ok());
+  ASSERT_TRUE(s->scan_pending(2, 1, &pending).ok());  // no record at 2: a's run took it
   ASSERT_EQ(pending.size(), 1u);
-  EXPECT_EQ(pending[0].seq, 4u);
+  EXPECT_EQ(pending[0].seq, 3u);
+}
+
+// A trace's messages are found through its runs, one per commit, whatever
+// range is asked for.
+TEST(StoreTest, ATraceIsReadFromItsRunsInAnyRange) {
+  TempDir dir;
+  auto s = open_store(options(dir));
+  std::vector<Committed> out;
+  std::vector<ipc::Message> c1 = {msg("a", "a1"), msg("b", "b1"), msg("a", "a2"), msg("a", "a3")};
+  std::vector<ipc::Message> c2 = {msg("b", "b2"), msg("a", "a4")};
+  std::vector<ipc::Message> c3 = {msg("a", "a5"), msg("a", "a6")};
+  for (auto* c : {&c1, &c2, &c3})
+    ASSERT_TRUE(s->append(*c, &out).ok());
+  auto read = [&](std::string_view trace_id, const TraceRange& range, bool* more) {
+    std::vector<StoredEvent> ev;
+    EXPECT_TRUE(s->read_trace(trace_id, range, &ev, more).ok());
+    std::string got;
+    for (const auto& e : ev)
+      got += std::to_string(e.seq) + ":" + e.raw + " ";
+    return got;
+  };
+  bool more = false;
+  EXPECT_EQ(read("a", {}, &more), "1:a1 2:a2 3:a3 6:a4 7:a5 8:a6 ");
+  EXPECT_FALSE(more);
+  EXPECT_EQ(read("b", {}, &more), "4:b1 5:b2 ");
+  EXPECT_EQ(read("a", {.from_seq = 2, .until_seq = 8}, &more), "2:a2 3:a3 6:a4 7:a5 ");
+  EXPECT_EQ(read("a", {.from_seq = 4}, &more), "6:a4 7:a5 8:a6 ");
+  EXPECT_EQ(read("a", {.from_seq = 3, .max_events = 2}, &more), "3:a3 6:a4 ");
+  EXPECT_TRUE(more);
+  EXPECT_EQ(read("a", {.from_seq = 7, .max_bytes = 1}, &more), "7:a5 ");
+  EXPECT_TRUE(more);
+  EXPECT_EQ(read("a", {.from_seq = 9}, &more), "");
+  EXPECT_FALSE(more);
+  // The same after the log is flushed and compacted into table files.
+  ASSERT_TRUE(s->compact().ok());
+  EXPECT_EQ(read("a", {.from_seq = 2, .until_seq = 8}, &more), "2:a2 3:a3 6:a4 7:a5 ");
+}
+
+// Retention takes a trace's messages up to the last revision's max_seq, also
+// when that falls within a run, and the quota measure stays exact: it ends
+// where a store that emitted the whole trace at once ends.
+TEST(StoreTest, RetentionSplitsARunAtTheRevisionAndCountsExactly) {
+  TempDir split_dir, whole_dir;
+  auto split = open_store(options(split_dir));
+  auto whole = open_store(options(whole_dir));
+  std::vector<ipc::Message> in = {msg("p", "one"), msg("p", "second"), msg("p", "the third"),
+                                  msg("p", "and the fourth")};
+  std::vector<Committed> out;
+  ASSERT_TRUE(split->append(in, &out).ok());
+  // A first part up to seq 2 (its pending record stays: seqs 3 and 4 are owed).
+  Emission e;
+  e.trace_id = "p";
+  e.state.revision = 1;
+  e.state.first_emit_ns = e.state.last_emit_ns = e.emitted_ns = 1000;
+  e.state.max_seq = 2;
+  e.state.parts = 1;
+  e.document = "{}";
+  uint64_t seq = 0;
+  ASSERT_TRUE(split->emit(e, &seq).ok());
+  ASSERT_TRUE(split->expire(2000, 0, 100).ok());
+  std::vector<StoredEvent> ev;
+  ASSERT_TRUE(split->read_trace("p", &ev).ok());
+  ASSERT_EQ(ev.size(), 2u);
+  EXPECT_EQ(ev[0].seq, 3u);
+  EXPECT_EQ(ev[0].raw, "the third");
+  EXPECT_EQ(ev[1].raw, "and the fourth");
+  EXPECT_EQ(split->counters().dropped_retained_events, 0u);  // retention counts traces
+  EXPECT_EQ(split->counters().expired_traces, 1u);
+  // The second part, then retention again: nothing of the trace is left.
+  emit_all(*split, "p", 3000);
+  ASSERT_TRUE(split->expire(4000, 0, 100).ok());
+  ev.clear();
+  ASSERT_TRUE(split->read_trace("p", &ev).ok());
+  EXPECT_TRUE(ev.empty());
+
+  append_and_emit(*whole, "p", in, 3000);
+  ASSERT_TRUE(whole->expire(4000, 0, 100).ok());
+  uint64_t acks[] = {1, 2};
+  ASSERT_TRUE(split->ack_outbox(acks).ok());
+  ASSERT_TRUE(whole->ack_outbox(acks).ok());
+  EXPECT_EQ(split->counters().live_bytes, whole->counters().live_bytes);
+  EXPECT_EQ(whole->counters().live_bytes, 1 + 1 + detail::kStateQuotaBytes);  // the state alone
+}
+
+// The bytes of the store's table files.
+uint64_t table_bytes(const TempDir& dir) {
+  uint64_t n = 0;
+  for (const auto& f : fs::directory_iterator(dir.path() / "store")) {
+    if (f.path().extension() == ".sst") n += f.file_size();
+  }
+  return n;
+}
+
+// `n` bytes that do not compress.
+std::string noise(size_t n, uint64_t seed) {
+  std::string s;
+  for (uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1; s.size() < n;) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    s.push_back(static_cast<char>(x));
+  }
+  return s;
+}
+
+// Dropped messages stay in the log until its front passes them. Messages
+// still needed at the front (a pending trace, a retained one) move to the
+// head with their seqs, and everything holds across a reopen.
+TEST(StoreTest, TheLogsFrontCarriesWhatIsStillNeeded) {
+  TempDir dir;
+  StoreOptions o;
+  auto s = open_with_quota(dir, 512 << 10, &o);
+  std::vector<Committed> out;
+  std::vector<ipc::Message> pending = {msg("pending", "p1"), msg("pending", "p2")};
+  ASSERT_TRUE(s->append(pending, &out).ok());
+  std::vector<ipc::Message> kept = {msg("kept", "k1")};
+  ASSERT_TRUE(s->append(kept, &out).ok());
+  for (int i = 0; i < 200; ++i) {
+    std::vector<ipc::Message> in = {msg("old" + std::to_string(i), noise(1000, i))};
+    ASSERT_TRUE(s->append(in, &out).ok());
+  }
+  emit_all(*s, "kept", 5000);
+  for (int i = 0; i < 200; ++i)
+    emit_all(*s, "old" + std::to_string(i), 1000);
+  std::vector<uint64_t> acks;
+  for (uint64_t seq = 1; seq <= 201; ++seq)
+    acks.push_back(seq);
+  ASSERT_TRUE(s->ack_outbox(acks).ok());
+  const uint64_t live_before = s->counters().live_bytes;
+
+  // Retention takes the 200 old traces; their messages are past the bound
+  // of garbage, so the front moves over them, down to the low mark.
+  ASSERT_TRUE(s->expire(2000, 0, 1000).ok());
+  EXPECT_EQ(s->counters().expired_traces, 200u);
+  EXPECT_LE(s->counters().log_garbage_bytes, o.max_bytes / 16);
+  EXPECT_GT(s->counters().log_garbage_bytes, 0u);
+  EXPECT_EQ(s->counters().log_moved_messages, 3u);
+  EXPECT_LT(s->counters().live_bytes, live_before - 200u * 1000u);
+
+  auto check = [&](Store& st) {
+    std::vector<StoredEvent> ev;
+    ASSERT_TRUE(st.read_trace("pending", &ev).ok());
+    ASSERT_EQ(ev.size(), 2u);
+    EXPECT_EQ(ev[0].seq, 1u);
+    EXPECT_EQ(ev[0].raw, "p1");
+    EXPECT_EQ(ev[1].seq, 2u);
+    EXPECT_EQ(ev[1].raw, "p2");
+    ev.clear();
+    ASSERT_TRUE(st.read_trace("kept", &ev).ok());
+    ASSERT_EQ(ev.size(), 1u);
+    EXPECT_EQ(ev[0].seq, 3u);
+    EXPECT_EQ(ev[0].raw, "k1");
+    std::vector<Committed> records;
+    ASSERT_TRUE(st.scan_pending(0, 10, &records).ok());
+    ASSERT_EQ(records.size(), 1u);
+    EXPECT_EQ(records[0].trace_id, "pending");
+  };
+  check(*s);
+  const uint64_t live = s->counters().live_bytes;
+  s.reset();
+  s = open_store(o);
+  check(*s);
+  EXPECT_EQ(s->counters().live_bytes, live);
+  // New messages take seqs past the moved ones, and retention takes the
+  // moved messages as any others.
+  std::vector<ipc::Message> more = {msg("kept", "k2")};
+  out.clear();
+  ASSERT_TRUE(s->append(more, &out).ok());
+  EXPECT_GT(out[0].seq, 203u + 3u);
+  emit_all(*s, "kept", 6000);
+  ASSERT_TRUE(s->expire(7000, 0, 1000).ok());
+  std::vector<StoredEvent> ev;
+  ASSERT_TRUE(s->read_trace("kept", &ev).ok());
+  EXPECT_TRUE(ev.empty());
+  // Below the bound of garbage they stay in the log for now.
+  EXPECT_GT(s->counters().log_garbage_bytes, 0u);
+}
+
+// Under the quota the front drops the retained traces it meets, the first
+// received first, and stops at the first message still needed: a trace's
+// late message, not yet emitted, stays.
+TEST(StoreTest, TheQuotaDropsAtTheLogsFrontUpToWhatIsStillNeeded) {
+  TempDir dir;
+  StoreOptions o;
+  auto s = open_with_quota(dir, 1 << 20, &o);
+  append_and_emit(*s, "a", {msg("a", std::string(1000, 'a'))}, 1000);
+  std::vector<Committed> out;
+  std::vector<ipc::Message> late = {msg("a", "late")};
+  ASSERT_TRUE(s->append(late, &out).ok());
+  const uint64_t late_seq = out[0].seq;
+  for (int i = 0; i < 100; ++i) {
+    std::string t = "t" + std::to_string(i);
+    append_and_emit(*s, t, {msg(t, std::string(1000, 'x'))}, 2000 + static_cast<uint64_t>(i));
+  }
+  const uint64_t before = s->counters().live_bytes;
+  // Room for about 20 of the traces' 1 KB.
+  const uint64_t ask = o.max_bytes - before + 20 * 1000;
+  ASSERT_TRUE(s->ensure_room(ask).ok());
+  StoreCounters c = s->counters();
+  EXPECT_LE(c.live_bytes + ask, o.max_bytes);
+  EXPECT_GE(c.dropped_retained_traces, 20u);
+  EXPECT_LT(c.dropped_retained_traces, 100u);
+  // "a" went first (received first), all but its late message.
+  TraceState st;
+  ASSERT_TRUE(s->get_state("a", &st).ok());
+  EXPECT_TRUE(st.events_deleted);
+  std::vector<StoredEvent> ev;
+  ASSERT_TRUE(s->read_trace("a", &ev).ok());
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].seq, late_seq);
+  EXPECT_EQ(ev[0].raw, "late");
+  EXPECT_EQ(records_of(*s, "a"), std::vector<uint64_t>{late_seq});
+  // The newest stay whole, and the measure matches a reopened store's.
+  ev.clear();
+  ASSERT_TRUE(s->read_trace("t99", &ev).ok());
+  EXPECT_EQ(ev.size(), 1u);
+  s.reset();
+  s = open_store(o);
+  EXPECT_EQ(s->counters().live_bytes, c.live_bytes);
+}
+
+// Moving the front writes more than the memtables may hold: the writes wait
+// for flushes, which the front's own reads must not hold up. The table files
+// the front passed are deleted.
+TEST(StoreTest, TheLogsFrontMovesMoreThanTheMemtablesHoldAndDeletesFiles) {
+  TempDir dir;
+  StoreOptions o = options(dir);
+  o.max_bytes = 64 << 20;  // the front moves past 8 MiB of garbage
+  o.memtable_budget_bytes = 6 << 20;
+  auto s = open_store(o);
+  std::atomic<bool> done{false};
+  uint64_t tables = 0;
+  std::thread work([&] {
+    std::vector<Committed> out;
+    for (int i = 0; i < 800; ++i) {  // 8 MiB still needed at the front
+      std::vector<ipc::Message> in;
+      for (int j = 0; j < 10; ++j)
+        in.push_back(msg("pending", noise(1000, 10 * i + j)));
+      EXPECT_TRUE(s->append(in, &out).ok());
+    }
+    for (int i = 0; i < 900; ++i) {  // then 9 MiB that retention takes
+      std::string id = "gone" + std::to_string(i);
+      std::vector<ipc::Message> in;
+      for (int j = 0; j < 10; ++j)
+        in.push_back(msg(id, noise(1000, 10000 + 10 * i + j)));
+      append_and_emit(*s, id, in, 1000);
+    }
+    tables = table_bytes(dir);
+    // Each round moves the front a bounded way.
+    for (int round = 0; round < 4; ++round)
+      EXPECT_TRUE(s->expire(2000, 0, 1000).ok());
+    done = true;
+  });
+  if (!wait_until([&] { return done.load(); }, std::chrono::seconds(60))) {
+    ADD_FAILURE() << "the store did not finish: a write waits for memory it holds";
+    std::_Exit(1);
+  }
+  work.join();
+  EXPECT_EQ(s->counters().log_moved_messages, 8000u);
+  EXPECT_LE(s->counters().log_garbage_bytes, o.max_bytes / 16);
+  // 17 MiB were written, and 8 of them again at the head: the disk holds
+  // less all the same, as the files below the front went (those of the
+  // first level stay until they move down).
+  EXPECT_GT(tables, 8u << 20);
+  EXPECT_TRUE(wait_until([&] { return table_bytes(dir) < tables * 9 / 10; }))
+      << table_bytes(dir) << " of " << tables;
+  std::vector<StoredEvent> ev;
+  ASSERT_TRUE(s->read_trace("pending", &ev).ok());
+  ASSERT_EQ(ev.size(), 8000u);
+  EXPECT_EQ(ev[7999].raw, noise(1000, 7999));
+}
+
+// A store written before the log keyed each message by its trace. Those
+// messages are read with the trace's new ones, in seq order, and retention
+// and the quota measure take them as before.
+TEST(StoreTest, MessagesStoredBeforeTheLogAreReadAndDropped) {
+  TempDir dir;
+  {
+    rocksdb::Options o;
+    o.create_if_missing = true;
+    o.create_missing_column_families = true;
+    std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
+    for (const char* name : {"default", "events", "pending", "traces", "outbox", "meta"})
+      cfs.emplace_back(name, rocksdb::ColumnFamilyOptions());
+    std::vector<rocksdb::ColumnFamilyHandle*> h;
+    rocksdb::DB* raw = nullptr;
+    fs::create_directories(fs::path(dir.str()) / "store");
+    ASSERT_TRUE(rocksdb::DB::Open(o, (fs::path(dir.str()) / "store").string(), cfs, &h, &raw).ok());
+    std::unique_ptr<rocksdb::DB> db(raw);
+    rocksdb::WriteBatch b;
+    int64_t live = 0;
+    uint64_t seq = 1;
+    for (const char* trace_id : {"t", "u", "t"}) {
+      std::string k = detail::event_key(trace_id, seq);
+      std::string v = detail::be64(100 + seq) + "old" + std::to_string(seq);
+      ASSERT_TRUE(b.Put(h[1], k, v).ok());
+      ASSERT_TRUE(
+          b.Put(h[2], detail::be64(seq), detail::pending_value(100 + seq, 1, trace_id)).ok());
+      live += static_cast<int64_t>(k.size() + v.size() + detail::pending_bytes(trace_id));
+      ++seq;
+    }
+    ASSERT_TRUE(b.Put(h[3], detail::kCounterEventNext, detail::be64(seq)).ok());
+    ASSERT_TRUE(b.Put(h[3], detail::kCounterLive, detail::encode_i64(live)).ok());
+    ASSERT_TRUE(db->Write(rocksdb::WriteOptions(), &b).ok());
+    for (auto* handle : h)
+      ASSERT_TRUE(db->DestroyColumnFamilyHandle(handle).ok());
+    ASSERT_TRUE(db->Close().ok());
+  }
+  auto s = open_store(options(dir));
+  std::vector<Committed> out;
+  std::vector<ipc::Message> in = {msg("t", "new4"), msg("t", "new5")};
+  ASSERT_TRUE(s->append(in, &out).ok());
+  EXPECT_EQ(out[0].seq, 4u);  // after the old store's seqs
+  std::vector<StoredEvent> ev;
+  bool more = false;
+  ASSERT_TRUE(s->read_trace("t", {.from_seq = 2, .max_events = 2}, &ev, &more).ok());
+  ASSERT_EQ(ev.size(), 2u);
+  EXPECT_EQ(ev[0].raw, "old3");
+  EXPECT_EQ(ev[0].recv_ns, 103u);
+  EXPECT_EQ(ev[1].raw, "new4");
+  EXPECT_TRUE(more);
+  ev.clear();
+  ASSERT_TRUE(s->read_trace("t", &ev).ok());
+  ASSERT_EQ(ev.size(), 4u);
+  EXPECT_EQ(ev[0].raw, "old1");
+  EXPECT_EQ(ev[3].raw, "new5");
+
+  emit_all(*s, "t", 1000);
+  emit_all(*s, "u", 1000);
+  uint64_t acks[] = {1, 2};
+  ASSERT_TRUE(s->ack_outbox(acks).ok());
+  ASSERT_TRUE(s->expire(2000, 0, 100).ok());
+  EXPECT_EQ(s->counters().expired_traces, 2u);
+  for (const char* trace_id : {"t", "u"}) {
+    ev.clear();
+    ASSERT_TRUE(s->read_trace(trace_id, &ev).ok());
+    EXPECT_TRUE(ev.empty()) << trace_id;
+  }
+  EXPECT_EQ(s->counters().live_bytes, 2 * (1 + 1 + detail::kStateQuotaBytes));  // two states
 }
 
 // A record learnt of after its messages were emitted is released alone, and
@@ -230,7 +577,7 @@ TEST(StoreTest, EmitIsAtomicAndSurvivesReopen) {
   TraceState st;
   ASSERT_TRUE(s->get_state("t1", &st).ok());
   EXPECT_EQ(st.revision, 1u);
-  EXPECT_EQ(st.max_seq, 3u);
+  EXPECT_EQ(st.max_seq, 2u);  // t1's messages of the commit took seqs 1 and 2
   std::vector<Committed> pending;
   ASSERT_TRUE(s->scan_pending(0, 100, &pending).ok());
   ASSERT_EQ(pending.size(), 1u);  // only t2's message is still owed

@@ -116,9 +116,11 @@ void Assembler::on_committed(std::span<buffer::Committed> committed) {
   if (!queue_.try_push(notice, weight)) {
     cache_used_.fetch_sub(carried);
     // The pending column family still holds them: a rescan from the first
-    // of them finds them (a commit's seqs are consecutive and increasing).
+    // of them finds them (a commit's seqs are consecutive).
     notifications_dropped_.fetch_add(committed.size());
-    uint64_t from = committed.front().seq;
+    uint64_t from = UINT64_MAX;
+    for (const auto& c : committed)
+      from = std::min(from, c.seq);
     uint64_t cur = resync_from_.load();
     while (from < cur && !resync_from_.compare_exchange_weak(cur, from)) {
     }

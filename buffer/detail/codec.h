@@ -25,7 +25,52 @@ inline std::string be64(uint64_t v) {
   return s;
 }
 
-// ---- events: [u8 len][trace_id][be64 seq] -> [be64 recv_ns][raw] ----------
+// ---- events, in arrival order: [u8 0][be64 pos] -> [be64 recv_ns][u8 len][trace_id][raw]
+// `pos` is the message's place in the log. A trace's messages are found
+// through its runs (below). The key's first byte, 0, sets it apart from the
+// keys of stores written before the log (a trace id is never empty).
+
+constexpr char kLogTag = '\0';
+constexpr size_t kLogKeyBytes = 9;
+
+inline std::string log_key(uint64_t pos) {
+  std::string k(1, kLogTag);
+  put_be64(&k, pos);
+  return k;
+}
+
+inline bool is_log_key(std::string_view key) {
+  return key.size() == kLogKeyBytes && key[0] == kLogTag;
+}
+
+// The value's head: everything before the raw message.
+inline std::string log_value_head(uint64_t recv_ns, std::string_view trace_id) {
+  std::string v;
+  v.reserve(9 + trace_id.size());
+  put_be64(&v, recv_ns);
+  v.push_back(static_cast<char>(trace_id.size()));
+  v.append(trace_id);
+  return v;
+}
+
+struct LogValue {
+  uint64_t recv_ns = 0;
+  std::string_view trace_id;
+  std::string_view raw;
+};
+
+inline bool parse_log_value(std::string_view v, LogValue* out) {
+  if (v.size() < 9) return false;
+  size_t len = static_cast<uint8_t>(v[8]);
+  if (v.size() < 9 + len) return false;
+  out->recv_ns = get_be64(v);
+  out->trace_id = v.substr(9, len);
+  out->raw = v.substr(9 + len);
+  return true;
+}
+
+// ---- events of stores written before the log: [u8 len][trace_id][be64 seq]
+// -> [be64 recv_ns][raw]. Read and dropped as before; never written.
 
 constexpr size_t kMaxTraceIdBytes = 255;
 
@@ -97,7 +142,57 @@ inline size_t pending_bytes(std::string_view trace_id) {
 // 'X' be64 deleted_ns trace_id   -> ""   events deleted, state kept a while
 // 'C' name                      -> counters
 
+// 'L' u8 len trace_id be64 seq -> [be64 pos][be32 n][be32 bytes]
+//                                       a run: messages seq .. seq+n-1 of the
+//                                       trace are in the log at pos .. pos+n-1,
+//                                       `bytes` their keys and values
+// One run per trace and group commit (the trace's messages of a commit take
+// consecutive seqs).
+
 constexpr char kStatePrefix = 'S';
+constexpr char kRunPrefix = 'L';
+
+inline std::string run_prefix(std::string_view trace_id) {
+  std::string k;
+  k.reserve(2 + trace_id.size() + 8);
+  k.push_back(kRunPrefix);
+  k.push_back(static_cast<char>(trace_id.size()));
+  k.append(trace_id);
+  return k;
+}
+
+inline std::string run_key(std::string_view trace_id, uint64_t seq) {
+  std::string k = run_prefix(trace_id);
+  put_be64(&k, seq);
+  return k;
+}
+
+struct Run {
+  uint64_t seq = 0, pos = 0;
+  uint32_t n = 0, bytes = 0;
+};
+
+constexpr size_t kRunValueBytes = 16;
+
+inline std::string run_value(const Run& r) {
+  std::string v;
+  v.reserve(kRunValueBytes);
+  put_be64(&v, r.pos);
+  put_be32(&v, r.n);
+  put_be32(&v, r.bytes);
+  return v;
+}
+
+// `key` is a run key of a trace whose prefix has `prefix_bytes`.
+inline bool parse_run(std::string_view key, size_t prefix_bytes, std::string_view value, Run* r) {
+  if (key.size() != prefix_bytes + 8 || value.size() != kRunValueBytes) return false;
+  r->seq = get_be64(key.substr(prefix_bytes));
+  r->pos = get_be64(value);
+  r->n = get_be32(value.substr(8));
+  r->bytes = get_be32(value.substr(12));
+  return r->n > 0;
+}
+
 constexpr char kRetainedPrefix = 'R';
 constexpr char kDeletedPrefix = 'X';
 
@@ -154,6 +249,8 @@ inline const std::string kCounterOutboxNext = "Coutbox_next";  // Put: next outb
 inline const std::string kCounterLive = "Clive_bytes";         // Merge: int64 add
 inline const std::string kCounterOutboxN = "Coutbox_entries";  // Merge: int64 add
 inline const std::string kCounterOutboxB = "Coutbox_bytes";    // Merge: int64 add
+inline const std::string kCounterLogFloor = "Clog_floor";      // Put: the log's first pos
+inline const std::string kCounterGarbage = "Clog_garbage";     // Merge: int64 add
 
 inline std::string encode_i64(int64_t v) {
   std::string s(8, '\0');
