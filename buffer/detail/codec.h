@@ -152,19 +152,13 @@ inline size_t pending_bytes(std::string_view trace_id) {
 constexpr char kStatePrefix = 'S';
 constexpr char kRunPrefix = 'L';
 
+// A run's key is 'L' and what an events key stored before the log was.
 inline std::string run_prefix(std::string_view trace_id) {
-  std::string k;
-  k.reserve(2 + trace_id.size() + 8);
-  k.push_back(kRunPrefix);
-  k.push_back(static_cast<char>(trace_id.size()));
-  k.append(trace_id);
-  return k;
+  return kRunPrefix + event_prefix(trace_id);
 }
 
 inline std::string run_key(std::string_view trace_id, uint64_t seq) {
-  std::string k = run_prefix(trace_id);
-  put_be64(&k, seq);
-  return k;
+  return kRunPrefix + event_key(trace_id, seq);
 }
 
 struct Run {
