@@ -31,14 +31,14 @@
 #include <thread>
 #include <vector>
 
-#include <msgpack.hpp>
-
 #include "bench/disk_floor.h"
+#include "bench/messages.h"
 #include "buffer/store.h"
 #include "buffer/writer.h"
 #include "config/config.h"
 
 using namespace sidetrace;
+using bench::event_bytes;
 namespace fs = std::filesystem;
 
 namespace {
@@ -53,49 +53,6 @@ bool selected(const char* part) {
 uint64_t env_u64(const char* name, uint64_t def) {
   const char* v = std::getenv(name);
   return v ? std::strtoull(v, nullptr, 10) : def;
-}
-
-// A ~500-byte protocol-v1 `event` message with unique ids.
-std::string event_bytes(uint64_t n, const std::string& trace_id) {
-  std::string id = std::to_string(n);
-  msgpack::sbuffer buf;
-  msgpack::packer<msgpack::sbuffer> pk(buf);
-  pk.pack_map(11);
-  pk.pack("v");
-  pk.pack(1);
-  pk.pack("kind");
-  pk.pack("event");
-  pk.pack("trace_id");
-  pk.pack(trace_id);
-  pk.pack("id");
-  pk.pack(id);
-  pk.pack("type");
-  pk.pack("GENERATION");
-  pk.pack("name");
-  pk.pack("llm.call");
-  pk.pack("input");
-  pk.pack(
-      "{\"role\":\"user\",\"content\":\"Summarise the following support ticket and propose a "
-      "reply; customer " +
-      id + " reports that the export job fails after the upgrade with error E1234.\"}");
-  pk.pack("output");
-  pk.pack(
-      "The export fails because the new schema renames a column; re-run the migration "
-      "and retry. Ticket " +
-      id + " can be closed once confirmed.");
-  pk.pack("attrs");
-  pk.pack_map(3);
-  pk.pack("model");
-  pk.pack("gpt-4o-mini");
-  pk.pack("input_tokens");
-  pk.pack(300);
-  pk.pack("output_tokens");
-  pk.pack(90);
-  pk.pack("status");
-  pk.pack("ok");
-  pk.pack("latency_ms");
-  pk.pack(1000);
-  return std::string(buf.data(), buf.size());
 }
 
 // The writer as the agent runs it: with its default commit delay.

@@ -634,6 +634,11 @@ size_t Assembler::poll() {
     rescan(now, /*at_start=*/false);
   }
 
+  // Due traces are taken in deadline order, then trace id order: the traces
+  // a rescan brings back share one deadline, so their states and runs (keyed
+  // by trace id) are looked up in key order, and neighbours share the blocks
+  // read. Taking them in the log's order instead slowed a backlog's drain by a
+  // third (docs/benchmarks.md, "The eighth round").
   std::vector<std::string> due;
   std::vector<const std::string*> later;  // entries whose deadline moved on
   for (auto it = timers_.begin(); it != timers_.end() && it->first <= due_by; ++it) {
