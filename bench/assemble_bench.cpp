@@ -12,7 +12,6 @@
 // One JSON object:
 // {"bench":"assemble","traces":...,"traces_per_s":...,"cpu_us_per_trace":...}
 // ASSEMBLE_BENCH_DIR: where the store goes (default: the temp directory).
-#include <time.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -27,23 +26,19 @@
 #include <vector>
 
 #include "bench/messages.h"
+#include "bench/thread_cpu.h"
 #include "buffer/store.h"
 #include "common/clock.h"
 #include "trace/assembler.h"
 
 using namespace sidetrace;
+using bench::thread_cpu_s;
 namespace fs = std::filesystem;
 
 namespace {
 
 constexpr int kEventsPerTrace = 5;
 constexpr int kTracesPerCommit = 50;
-
-double thread_cpu_s() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
-}
 
 [[noreturn]] void fail(const char* what, const buffer::Status& s) {
   std::fprintf(stderr, "assemble_bench: %s: %s\n", what, s.ToString().c_str());

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/thread_cpu.h"
 #include "bench/trace_docs.h"
 #include "otlp/proto/trace_service.pb.h"
 #include "upstream/detail/encode.h"
@@ -24,6 +25,7 @@
 #include "upstream/upstream.h"
 
 using namespace sidetrace;
+using bench::thread_cpu_s;
 using upstream::Compression;
 using upstream::OtlpEncoding;
 
@@ -32,12 +34,6 @@ namespace {
 constexpr int kEventsPerTrace = 4;
 constexpr size_t kTracesPerBatch = 1000;  // ~2.7 MB of documents: a full default batch
 constexpr int kBatches = 40;
-
-double thread_cpu_s() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
-}
 
 const char* name(Compression c) {
   return c == Compression::kGzip ? "gzip" : c == Compression::kZstd ? "zstd" : "none";

@@ -15,7 +15,10 @@
 #include <string>
 #include <vector>
 
+#include "bench/thread_cpu.h"
 #include "trace/reconstruct.h"
+
+using sidetrace::bench::thread_cpu_s;
 
 namespace {
 
@@ -95,12 +98,6 @@ std::vector<std::string> make_trace(const std::string& trace_id, size_t events, 
   out.emplace_back(buf.data(), buf.size());
   std::shuffle(out.begin(), out.end(), rng);
   return out;
-}
-
-double thread_cpu_s() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
 }
 
 void run(size_t events_per_trace) {
