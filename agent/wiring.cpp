@@ -387,9 +387,12 @@ std::string render_metrics(const Components& c, const Clock& clock) {
              "row; their messages stay in the store.");
     w.sample("sidetrace_traces_quarantined_total", as.quarantined);
     w.family("sidetrace_assembler_builds_total", "counter",
-             "Trace builds, by where their messages came from (the event cache or the store).");
+             "Trace builds, by where their messages came from: the event cache, the store "
+             "where their pending records say, or the store through the trace's runs.");
     w.sample("sidetrace_assembler_builds_total", as.cache_hits, {{"source", "cache"}});
-    w.sample("sidetrace_assembler_builds_total", as.cache_misses, {{"source", "store"}});
+    w.sample("sidetrace_assembler_builds_total", as.record_reads, {{"source", "records"}});
+    w.sample("sidetrace_assembler_builds_total",
+             as.cache_misses - std::min(as.cache_misses, as.record_reads), {{"source", "store"}});
     w.family(
         "sidetrace_assembler_cache_refused_total", "counter",
         "Messages whose bytes did not fit the event cache (their traces are read from the store).");

@@ -8,7 +8,9 @@
 // 50 traces), none notified; then an assembler recovers them and emits every
 // one, while a delivery thread reads and acknowledges the outbox as it grows.
 // The assembler runs on a manual clock, so that no round waits out a quiet
-// period; cpu_us_per_trace is its thread's CPU time.
+// period; cpu_us_per_trace is its thread's CPU time. record_reads: the
+// traces read where their pending records say (all those a rescan that read
+// pending to its end brought in; the rest through their runs).
 // One JSON object:
 // {"bench":"assemble","traces":...,"traces_per_s":...,"cpu_us_per_trace":...}
 // ASSEMBLE_BENCH_DIR: where the store goes (default: the temp directory).
@@ -156,11 +158,12 @@ int main() {
   std::printf(
       "{\"bench\":\"assemble\",\"traces\":%llu,\"messages\":%llu,\"seconds\":%.2f,"
       "\"traces_per_s\":%.0f,\"events_per_s\":%.0f,\"cpu_us_per_trace\":%.2f,"
-      "\"rescans\":%llu,\"cache_misses\":%llu}\n",
+      "\"rescans\":%llu,\"cache_misses\":%llu,\"record_reads\":%llu}\n",
       static_cast<unsigned long long>(traces), static_cast<unsigned long long>(n), wall,
       static_cast<double>(traces) / wall, static_cast<double>(n) / wall,
       cpu * 1e6 / static_cast<double>(traces), static_cast<unsigned long long>(st.rescans),
-      static_cast<unsigned long long>(st.cache_misses));
+      static_cast<unsigned long long>(st.cache_misses),
+      static_cast<unsigned long long>(st.record_reads));
   store.reset();
   fs::remove_all(dir);
   return 0;

@@ -832,6 +832,51 @@ class RocksStore final : public Store {
     return from_rocks(runs->status(), "reading a trace");
   }
 
+  Status read_records(std::string_view trace_id, std::span<const RecordRef> records,
+                      std::vector<StoredEvent>* out) override {
+    StoreLock db_lock(db_mu_);
+    if (!db_) return unavailable();
+    // Point lookups, not iterators: a position's key is in at most one of
+    // the log's files (they never overlap), and nothing else is read.
+    std::vector<std::string> key_bytes;
+    std::vector<uint64_t> seqs;
+    for (const RecordRef& r : records) {
+      for (uint32_t i = 0; i < r.messages; ++i) {
+        seqs.push_back(r.seq + i);
+        key_bytes.push_back(log_key(r.seq + i));
+      }
+    }
+    std::vector<size_t> order(seqs.size());
+    for (size_t i = 0; i < order.size(); ++i)
+      order[i] = i;
+    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return seqs[a] < seqs[b]; });
+    std::vector<rocksdb::Slice> keys;
+    keys.reserve(order.size());
+    for (size_t i : order)
+      keys.emplace_back(key_bytes[i]);
+    std::vector<rocksdb::PinnableSlice> values(keys.size());
+    std::vector<rocksdb::Status> statuses(keys.size());
+    if (!keys.empty()) {
+      db_->MultiGet(rocksdb::ReadOptions(), cfs_[kEvents], keys.size(), keys.data(), values.data(),
+                    statuses.data(), /*sorted_input=*/true);
+    }
+    const size_t before = out->size();
+    for (size_t k = 0; k < keys.size(); ++k) {
+      LogValue v;
+      if (statuses[k].ok() && parse_log_value(values[k].ToStringView(), &v) &&
+          v.trace_id == trace_id) {
+        out->push_back(StoredEvent{seqs[order[k]], v.recv_ns, std::string(v.raw)});
+        continue;
+      }
+      out->resize(before);
+      if (!statuses[k].ok() && !statuses[k].IsNotFound()) {
+        return from_rocks(statuses[k], "reading a trace's records");
+      }
+      return Status::NotFound("a record's messages are no longer where they were stored");
+    }
+    return Status::Ok();
+  }
+
   // Requires db_mu_. Reads the messages of `trace_id` in `range` stored
   // before the log into `take`, until it refuses one.
   template <typename Take>

@@ -145,6 +145,13 @@ struct TraceState {
   uint32_t parts = 0;
 };
 
+// One pending record: the seq of a trace's first message in a group commit,
+// and how many of its messages the commit held (Committed::record_messages).
+struct RecordRef {
+  uint64_t seq = 0;
+  uint32_t messages = 0;
+};
+
 // Which of a trace's stored messages read_trace() reads: those with seq in
 // [from_seq, until_seq), at most `max_events` of them and, past the first,
 // no more than `max_bytes` of raw messages.
@@ -292,6 +299,15 @@ class Store {
     bool more = false;
     return read_trace(trace_id, TraceRange{}, out, &more);
   }
+
+  // The messages of `trace_id` that its pending records `records` stand for,
+  // read where append() stored them (a record's messages take the log
+  // positions [seq, seq + messages)), appended to `out` in seq order.
+  // NotFound when one of them is not there any more (the log's front moved or
+  // dropped it; read_trace() finds them). Cheaper than read_trace() for what
+  // is still where it was stored: no lookup of the trace's runs.
+  virtual Status read_records(std::string_view trace_id, std::span<const RecordRef> records,
+                              std::vector<StoredEvent>* out) = 0;
 
   // The pending records with seq >= `from_seq`, at most `limit`, in seq order
   // (record_messages > 0 in each).

@@ -6,6 +6,7 @@
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -202,6 +203,47 @@ TEST(StoreTest, ATraceIsReadFromItsRunsInAnyRange) {
   EXPECT_EQ(read("a", {.from_seq = 2, .until_seq = 8}, &more), "2:a2 3:a3 6:a4 7:a5 ");
 }
 
+// A pending record names where its messages were stored: they are read
+// there, in seq order; what is not there as recorded is NotFound.
+TEST(StoreTest, RecordsAreReadWhereTheirMessagesWereStored) {
+  TempDir dir;
+  auto s = open_store(options(dir));
+  std::vector<Committed> out;
+  std::vector<ipc::Message> c1 = {msg("a", "a1"), msg("b", "b1"), msg("a", "a2")};
+  std::vector<ipc::Message> c2 = {msg("a", "a3")};
+  for (auto* c : {&c1, &c2})
+    ASSERT_TRUE(s->append(*c, &out).ok());
+  std::vector<RecordRef> a, b;
+  std::vector<Committed> pending;
+  ASSERT_TRUE(s->scan_pending(0, 100, &pending).ok());
+  for (const Committed& c : pending)
+    (c.trace_id == "a" ? a : b).push_back(RecordRef{c.seq, c.record_messages});
+  ASSERT_EQ(a.size(), 2u);
+  std::reverse(a.begin(), a.end());  // any order
+  auto read = [&](std::string_view trace_id, const std::vector<RecordRef>& records) {
+    std::vector<StoredEvent> ev;
+    Status st = s->read_records(trace_id, records, &ev);
+    if (st.IsNotFound()) {
+      EXPECT_TRUE(ev.empty());
+      return std::string("not found");
+    }
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    std::string got;
+    for (const auto& e : ev)
+      got += std::to_string(e.seq) + ":" + e.raw + " ";
+    return got;
+  };
+  for (int round = 0; round < 2; ++round) {
+    EXPECT_EQ(read("a", a), "1:a1 2:a2 4:a3 ");
+    EXPECT_EQ(read("b", b), "3:b1 ");
+    EXPECT_EQ(read("b", a), "not found");                  // another trace's messages
+    EXPECT_EQ(read("a", {RecordRef{4, 2}}), "not found");  // past the log's head
+    EXPECT_EQ(read("a", {}), "");
+    // The same from table files.
+    ASSERT_TRUE(s->compact().ok());
+  }
+}
+
 // Retention takes a trace's messages up to the last revision's max_seq, also
 // when that falls within a run, and the quota measure stays exact: it ends
 // where a store that emitted the whole trace at once ends.
@@ -300,6 +342,19 @@ TEST(StoreTest, TheLogsFrontCarriesWhatIsStillNeeded) {
   EXPECT_GT(s->counters().log_garbage_bytes, 0u);
   EXPECT_EQ(s->counters().log_moved_messages, 3u);
   EXPECT_LT(s->counters().live_bytes, live_before - 200u * 1000u);
+  // Where "pending" was first stored, its own messages are still read, or
+  // nothing once the front's files are gone: never anything else.
+  std::vector<StoredEvent> at;
+  const RecordRef pending_record[] = {{1, 2}};
+  Status at_first = s->read_records("pending", pending_record, &at);
+  if (at_first.ok()) {
+    ASSERT_EQ(at.size(), 2u);
+    EXPECT_EQ(at[0].raw, "p1");
+    EXPECT_EQ(at[1].raw, "p2");
+    EXPECT_EQ(at[1].seq, 2u);
+  } else {
+    EXPECT_TRUE(at_first.IsNotFound()) << at_first.ToString();
+  }
 
   auto check = [&](Store& st) {
     std::vector<StoredEvent> ev;

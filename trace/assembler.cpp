@@ -208,9 +208,11 @@ uint64_t Assembler::quiet_deadline(const Open& o) const {
   return std::min(o.last_ns + ns(opts_.quiet_period), o.first_ns + ns(opts_.max_open));
 }
 
-bool Assembler::add_record(Open& o, uint64_t seq) {
-  if (std::find(o.records.begin(), o.records.end(), seq) != o.records.end()) return false;
-  o.records.push_back(seq);
+bool Assembler::add_record(Open& o, uint64_t seq, uint32_t messages) {
+  for (const buffer::RecordRef& r : o.records) {
+    if (r.seq == seq) return false;
+  }
+  o.records.push_back(buffer::RecordRef{seq, messages});
   return true;
 }
 
@@ -224,8 +226,8 @@ void Assembler::take(buffer::Committed& c, uint64_t stored_ns, uint64_t now, boo
     // A new trace's messages are all in hand only when none can be in the
     // store unseen: not found by a rescan, and no notices lost or traces
     // spilled since the last rescan (the store may hold earlier ones).
-    o.cache_whole = notified && opts_.cache_bytes > 0 && !spilled_ && !need_rescan_ &&
-                    rescan_from_ == UINT64_MAX;
+    o.records_whole = notified && !spilled_ && !need_rescan_ && rescan_from_ == UINT64_MAX;
+    o.cache_whole = o.records_whole && opts_.cache_bytes > 0;
   } else if (c.recv_ns < o.first_ns) {
     age_.erase({o.first_ns, &key});
     o.first_ns = c.recv_ns;
@@ -238,7 +240,7 @@ void Assembler::take(buffer::Committed& c, uint64_t stored_ns, uint64_t now, boo
   o.last_ns = std::max(o.last_ns, std::min(stored_ns, now));
   o.max_seq = std::max(o.max_seq, c.seq);
   o.min_seq = std::min(o.min_seq, c.seq);
-  if (c.record_messages > 0) add_record(o, c.seq);
+  if (c.record_messages > 0) add_record(o, c.seq, c.record_messages);
   ++o.events;
   o.bytes += c.bytes;
   // Past a per-trace bound it goes out in parts, without waiting to be quiet.
@@ -282,6 +284,10 @@ bool Assembler::rescan(uint64_t now, bool at_start) {
   rescan_from_ = UINT64_MAX;
   next_rescan_ns_ = now + ns(opts_.retry_interval);
   if (from == UINT64_MAX) return true;
+  // The traces this rescan brings in: their records are all known once it
+  // has read pending to its end (entries before `from` are all held, so
+  // none of theirs is there).
+  std::vector<const std::string*> found;
   std::vector<buffer::Committed> page;
   for (;;) {
     page.clear();
@@ -302,9 +308,10 @@ bool Assembler::rescan(uint64_t now, bool at_start) {
           return true;
         }
         take(c, at_start ? c.recv_ns : now, now, /*notified=*/false);
+        found.push_back(&open_.find(c.trace_id)->first);
       } else {
         Open& o = it->second;
-        if (add_record(o, c.seq)) {
+        if (add_record(o, c.seq, c.record_messages)) {
           // Messages it did not know of (their notices were lost): not in
           // its cache either.
           drop_cache(o);
@@ -321,7 +328,11 @@ bool Assembler::rescan(uint64_t now, bool at_start) {
         o.max_seq = std::max(o.max_seq, c.seq);
       }
     }
-    if (page.size() < 4096) return true;
+    if (page.size() < 4096) {
+      for (const std::string* id : found)
+        open_.at(*id).records_whole = true;
+      return true;
+    }
     from = page.back().seq + 1;
   }
 }
@@ -434,7 +445,25 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
     cache_hits_.fetch_add(1);
   } else {
     cache_misses_.fetch_add(1);
-    s = store_.read_trace(trace_id, range, &events, &more);
+    s = buffer::Status::NotFound();
+    if (o.records_whole && st.revision == 0 && !parts) {
+      // Never emitted, and all its records known: read where they say,
+      // unless that is past a per-trace bound (parts are read by runs).
+      s = store_.read_records(trace_id, o.records, &events);
+      size_t bytes = 0;
+      for (const auto& e : events)
+        bytes += e.raw.size();
+      if (s.ok() &&
+          (events.size() > range.max_events || (events.size() > 1 && bytes > range.max_bytes))) {
+        s = buffer::Status::NotFound();
+      }
+      if (s.ok()) {
+        record_reads_.fetch_add(1);
+      } else {
+        events.clear();
+      }
+    }
+    if (s.IsNotFound()) s = store_.read_trace(trace_id, range, &events, &more);
   }
   if (s.ok() && more && !parts) {
     // Too large to go out whole: in parts from here on, after what earlier
@@ -454,7 +483,8 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
     // record below the cut stands for messages of this part only.
     const uint64_t first = events.front().seq, last = events.back().seq;
     uint64_t next = UINT64_MAX;
-    for (uint64_t r : o.records) {
+    for (const buffer::RecordRef& rec : o.records) {
+      const uint64_t r = rec.seq;
       if (r > first && r <= last + 1) cut = cut == UINT64_MAX ? r : std::max(cut, r);
       if (r > last) next = std::min(next, r);
     }
@@ -492,11 +522,11 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
   // record at or below it was learnt of after its messages were emitted (a
   // rescan, a late notification): it may still exist, and is released.
   std::vector<uint64_t> folded, stale;
-  for (uint64_t seq : o.records) {
-    if (seq <= st.max_seq) {
-      stale.push_back(seq);
-    } else if (seq < cut) {
-      folded.push_back(seq);
+  for (const buffer::RecordRef& r : o.records) {
+    if (r.seq <= st.max_seq) {
+      stale.push_back(r.seq);
+    } else if (r.seq < cut) {
+      folded.push_back(r.seq);
     }
   }
   if (!stale.empty()) {
@@ -506,7 +536,7 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
       schedule(it->first, o, now + ns(opts_.retry_interval));
       return;
     }
-    std::erase_if(o.records, [&](uint64_t seq) { return seq <= st.max_seq; });
+    std::erase_if(o.records, [&](const buffer::RecordRef& r) { return r.seq <= st.max_seq; });
   }
   if (!fresh) {
     // Everything notified was already folded into an emitted revision.
@@ -599,7 +629,8 @@ size_t Assembler::emit(std::vector<Prepared>* batch, uint64_t now) {
     if ((*batch)[i].more) {
       // More of it is stored: its next part is built in the next round.
       Open& o = it->second;
-      std::erase_if(o.records, [&](uint64_t r) { return r <= e.state.max_seq; });
+      std::erase_if(o.records,
+                    [&](const buffer::RecordRef& r) { return r.seq <= e.state.max_seq; });
       o.events = 0;
       o.bytes = 0;
       schedule(it->first, o, now);
@@ -626,8 +657,10 @@ size_t Assembler::poll() {
   const uint64_t lost_from = resync_from_.exchange(UINT64_MAX);
   if (lost_from != UINT64_MAX) {
     // Lost notices may have held messages of any open trace.
-    for (auto& [id, o] : open_)
+    for (auto& [id, o] : open_) {
       drop_cache(o);
+      o.records_whole = false;
+    }
     rescan_from_ = std::min(rescan_from_, lost_from);
   }
   if ((need_rescan_ || spilled_ || rescan_from_ != UINT64_MAX) && now >= next_rescan_ns_) {
@@ -734,6 +767,8 @@ AssemblerStats Assembler::stats() const {
   s.build_failures = build_failures_n_.load();
   s.quarantined = quarantined_n_.load();
   s.cache_hits = cache_hits_.load();
+  // Before the misses it is a part of, which grow first.
+  s.record_reads = record_reads_.load();
   s.cache_misses = cache_misses_.load();
   s.cache_refused = cache_refused_.load();
   s.cache_bytes = cache_used_.load();

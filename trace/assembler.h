@@ -41,6 +41,12 @@
 // message, a trace in parts, or one whose bytes did not fit `cache_bytes`.
 // Lost notices drop every cached trace to the store path.
 //
+// Reads from the store: a never-emitted trace whose pending records are all
+// known (every one notified, or found by a rescan that went to the end of
+// pending) is read where its records say its messages were stored
+// (Store::read_records), one point lookup per message; otherwise, or when
+// the log's front has moved them since, through its runs (read_trace).
+//
 // Driving: poll() does one round of work (take notifications, emit due
 // traces, retention) and never sleeps; tests call it with a ManualClock.
 // start() runs poll() on an owned thread, waking on notifications or every
@@ -153,6 +159,7 @@ struct AssemblerStats {
   uint64_t quarantined = 0;     // traces set aside after max_build_failures
   uint64_t cache_hits = 0;      // revisions built from the event cache
   uint64_t cache_misses = 0;    // revisions built from messages read from the store
+  uint64_t record_reads = 0;    // ... of which read where their pending records say
   uint64_t cache_refused = 0;   // messages whose bytes did not fit cache_bytes
   uint64_t cache_bytes = 0;     // held by the cache now (and on their way to it)
 };
@@ -217,9 +224,12 @@ class Assembler {
     uint64_t min_seq = UINT64_MAX;  // lowest seq notified (where a rescan must start to find it)
     uint64_t deadline_ns = 0;       // next look at it
     uint64_t timer_ns = 0;          // its entry in timers_, at or before deadline_ns
-    std::vector<uint64_t> records;  // its pending records known here (keys)
-    uint64_t events = 0;            // messages notified since its last revision
-    uint64_t bytes = 0;             // ... and their raw bytes
+    std::vector<buffer::RecordRef> records;  // its pending records known here
+    // `records` are all it has pending in the store: known from its first
+    // message on, with no notice lost since (see take() and rescan()).
+    bool records_whole = false;
+    uint64_t events = 0;  // messages notified since its last revision
+    uint64_t bytes = 0;   // ... and their raw bytes
     // The event cache: its messages as committed, in seq order, while
     // `cache_whole` holds (they are all the store has of the trace).
     std::vector<buffer::StoredEvent> cached;
@@ -237,8 +247,8 @@ class Assembler {
   void drop_cache(Open& o);
   // When `o` is next looked at: quiet, or at max_open.
   uint64_t quiet_deadline(const Open& o) const;
-  // Adds a pending record's key to `o`; false when it was known.
-  static bool add_record(Open& o, uint64_t seq);
+  // Adds a pending record to `o`; false when it was known.
+  static bool add_record(Open& o, uint64_t seq, uint32_t messages);
   // `key` is the trace's key in open_.
   void schedule(const std::string& key, Open& o, uint64_t deadline);
   void forget(const std::string& trace_id);
@@ -320,7 +330,8 @@ class Assembler {
   std::atomic<uint64_t> notifications_{0}, notifications_dropped_{0}, rescans_{0}, rescanned_{0},
       spilled_n_{0}, open_n_{0}, emitted_{0}, emitted_unfinished_{0}, emitted_partial_{0},
       emitted_parts_{0}, parts_waited_{0}, late_{0}, store_errors_{0}, cache_hits_{0},
-      cache_misses_{0}, cache_refused_{0}, build_failures_n_{0}, quarantined_n_{0};
+      cache_misses_{0}, record_reads_{0}, cache_refused_{0}, build_failures_n_{0},
+      quarantined_n_{0};
   // Bytes held by the cache, and in notices on their way to it.
   std::atomic<uint64_t> cache_used_{0};
 };

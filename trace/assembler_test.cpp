@@ -11,6 +11,7 @@
 #include "buffer/testing/temp_dir.h"
 #include "common/clock.h"
 #include "trace/reconstruct.h"
+#include "upstream/testing/counting_store.h"
 
 namespace sidetrace::trace {
 namespace {
@@ -770,6 +771,73 @@ TEST_F(AssemblerTest, NoticesWithoutTheBytesReadTheTraceFromTheStore) {
   EXPECT_EQ(ob[0].document, built_from_store(*store_, "t1"));
   EXPECT_EQ(assembler_->stats().cache_hits, 0u);
   EXPECT_EQ(assembler_->stats().cache_misses, 1u);
+  EXPECT_EQ(assembler_->stats().record_reads, 1u);  // every record notified
+}
+
+// Traces found by a rescan (here at a restart), stored in several commits,
+// are read where their pending records say: the documents their runs give.
+TEST_F(AssemblerTest, TracesFoundByARescanAreReadWhereTheirRecordsSay) {
+  for (const char* t : {"a", "b"})
+    send({pack("start", t, "e1")}, t, /*notify=*/false);
+  send({pack("end", "b", "e1")}, "b", /*notify=*/false);
+  send({pack("end", "a", "e1"), pack("feedback", "a", "", {{"tag", "good"}})}, "a",
+       /*notify=*/false);
+  reopen();  // its rescan reads pending to the end
+  advance_and_poll(1s);
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 2u);
+  for (const auto& e : ob) {
+    EXPECT_EQ(e.document, built_from_store(*store_, e.trace_id));
+    json doc = json::parse(e.document);
+    EXPECT_EQ(doc["status"], "ok");
+    EXPECT_EQ(doc["events"][0]["unfinished"], false);
+  }
+  AssemblerStats st = assembler_->stats();
+  EXPECT_EQ(st.cache_misses, 2u);
+  EXPECT_EQ(st.record_reads, 2u);
+}
+
+// A rescan that stops for room may not have met every record of the traces
+// it took: those are read through their runs; the one a later, complete
+// rescan brings in is read where its records say.
+TEST_F(AssemblerTest, ARescanThatStopsForRoomLeavesItsTracesToTheRuns) {
+  opts_.max_open_traces = 2;
+  for (const char* t : {"a", "b", "c"}) {
+    send({pack("start", t, "e1")}, t, /*notify=*/false);
+    send({pack("end", t, "e1")}, t, /*notify=*/false);
+  }
+  reopen();
+  for (int i = 0; i < 5 && outbox().size() < 3; ++i)
+    advance_and_poll(1s);
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 3u);
+  for (const auto& e : ob) {
+    EXPECT_EQ(e.document, built_from_store(*store_, e.trace_id));
+    EXPECT_EQ(json::parse(e.document)["events"][0]["unfinished"], false);
+  }
+  AssemblerStats st = assembler_->stats();
+  EXPECT_EQ(st.cache_misses, 3u);
+  EXPECT_EQ(st.record_reads, 1u);  // c
+}
+
+// Messages no longer where their records say (the log's front moved them)
+// are read through the trace's runs, with the same result.
+TEST_F(AssemblerTest, RecordsTheLogsFrontMovedAreReadThroughTheRuns) {
+  upstream::testing::CountingStore moved(*store_);
+  moved.records_moved = true;
+  assembler_ = std::make_unique<Assembler>(moved, clock_, opts_);
+  ASSERT_TRUE(assembler_->recover().ok());
+  carry_bytes_ = false;
+  send({pack("start", "t1", "e1")}, "t1");
+  send({pack("end", "t1", "e1")}, "t1");
+  advance_and_poll(1s);
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 1u);
+  EXPECT_EQ(ob[0].document, built_from_store(*store_, "t1"));
+  EXPECT_EQ(json::parse(ob[0].document)["events"][0]["unfinished"], false);
+  EXPECT_EQ(assembler_->stats().cache_misses, 1u);
+  EXPECT_EQ(assembler_->stats().record_reads, 0u);
+  assembler_.reset();  // before the store it reads
 }
 
 // Past cache_bytes the bytes are refused: the trace they belong to is read
@@ -818,8 +886,9 @@ TEST_F(AssemblerTest, LostNotificationsSendCachedTracesToTheStore) {
   EXPECT_EQ(doc["events"][0]["unfinished"], false);
   EXPECT_EQ(ob[0].document, built_from_store(*store_, "a"));
   EXPECT_EQ(assembler_->stats().cache_bytes, 0u);
-  advance_and_poll(10s);  // the rescan finds the lost record ...
-  advance_and_poll(1s);   // ... and releases it: nothing owed
+  EXPECT_EQ(assembler_->stats().record_reads, 0u);  // its records were not all known
+  advance_and_poll(10s);                            // the rescan finds the lost record ...
+  advance_and_poll(1s);                             // ... and releases it: nothing owed
   std::vector<buffer::Committed> pending;
   ASSERT_TRUE(store_->scan_pending(0, 100, &pending).ok());
   EXPECT_TRUE(pending.empty());
@@ -847,7 +916,8 @@ TEST_F(AssemblerTest, ATraceSpilledFromTheIndexIsNotBuiltFromTheCache) {
   EXPECT_EQ(doc["status"], "ok");
   EXPECT_EQ(doc["events"].size(), 1u);
   EXPECT_EQ(doc["events"][0]["unfinished"], false);
-  EXPECT_EQ(assembler_->stats().cache_bytes, 0u);  // c waits for max_open, from the store
+  EXPECT_EQ(assembler_->stats().cache_bytes, 0u);   // c waits for max_open, from the store
+  EXPECT_EQ(assembler_->stats().record_reads, 0u);  // a's first record is not known to it
 }
 
 // A late message of an emitted trace is built with everything stored before.

@@ -1,6 +1,8 @@
 // A store that forwards to another and counts what is read from it: the
-// outbox entries (how often each), and the rows of meta scans. For tests
-// that assert what a consumer reads, not only what it ends up with.
+// outbox entries (how often each), and the rows of meta scans; it can also
+// make reads of pending records find nothing, as when the log's front has
+// moved their messages. For tests that assert what a consumer reads, not
+// only what it ends up with.
 #pragma once
 
 #include <atomic>
@@ -24,6 +26,7 @@ class CountingStore final : public buffer::Store {
   std::mutex mu;
   std::map<uint64_t, int> times_read;       // seq -> how often it was read
   std::atomic<uint64_t> meta_rows_read{0};  // rows returned by meta scans
+  std::atomic<bool> records_moved{false};   // read_records finds nothing where recorded
 
   buffer::Status read_outbox(uint64_t from_seq, size_t max_entries, size_t max_bytes,
                              std::vector<buffer::OutboxEntry>* out) override {
@@ -78,6 +81,12 @@ class CountingStore final : public buffer::Store {
   buffer::Status read_trace(std::string_view id, const buffer::TraceRange& range,
                             std::vector<buffer::StoredEvent>* out, bool* more) override {
     return s_.read_trace(id, range, out, more);
+  }
+  buffer::Status read_records(std::string_view id, std::span<const buffer::RecordRef> records,
+                              std::vector<buffer::StoredEvent>* out) override {
+    // As after the log's front moved every message it was asked for.
+    if (records_moved) return buffer::Status::NotFound("moved");
+    return s_.read_records(id, records, out);
   }
   buffer::Status scan_pending(uint64_t from, size_t limit,
                               std::vector<buffer::Committed>* out) override {

@@ -118,6 +118,11 @@ class ObservedStore final : public buffer::Store {
     enter("read_trace");
     return s_.read_trace(id, range, out, more);
   }
+  buffer::Status read_records(std::string_view id, std::span<const buffer::RecordRef> records,
+                              std::vector<buffer::StoredEvent>* out) override {
+    enter("read_records");
+    return s_.read_records(id, records, out);
+  }
   buffer::Status scan_pending(uint64_t from, size_t limit,
                               std::vector<buffer::Committed>* out) override {
     enter("scan_pending");
