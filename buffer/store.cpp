@@ -833,46 +833,58 @@ class RocksStore final : public Store {
   }
 
   Status read_records(std::string_view trace_id, std::span<const RecordRef> records,
-                      std::vector<StoredEvent>* out) override {
+                      size_t max_bytes, std::vector<StoredEvent>* out) override {
     StoreLock db_lock(db_mu_);
     if (!db_) return unavailable();
-    // Point lookups, not iterators: a position's key is in at most one of
-    // the log's files (they never overlap), and nothing else is read.
-    std::vector<std::string> key_bytes;
+    std::vector<RecordRef> sorted(records.begin(), records.end());
+    std::sort(sorted.begin(), sorted.end(),
+              [](const RecordRef& a, const RecordRef& b) { return a.seq < b.seq; });
     std::vector<uint64_t> seqs;
-    for (const RecordRef& r : records) {
-      for (uint32_t i = 0; i < r.messages; ++i) {
+    for (const RecordRef& r : sorted) {
+      for (uint32_t i = 0; i < r.messages; ++i)
         seqs.push_back(r.seq + i);
-        key_bytes.push_back(log_key(r.seq + i));
-      }
     }
-    std::vector<size_t> order(seqs.size());
-    for (size_t i = 0; i < order.size(); ++i)
-      order[i] = i;
-    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return seqs[a] < seqs[b]; });
-    std::vector<rocksdb::Slice> keys;
-    keys.reserve(order.size());
-    for (size_t i : order)
-      keys.emplace_back(key_bytes[i]);
-    std::vector<rocksdb::PinnableSlice> values(keys.size());
-    std::vector<rocksdb::Status> statuses(keys.size());
-    if (!keys.empty()) {
-      db_->MultiGet(rocksdb::ReadOptions(), cfs_[kEvents], keys.size(), keys.data(), values.data(),
-                    statuses.data(), /*sorted_input=*/true);
-    }
+    // Point lookups, not iterators: a position's key is in at most one of
+    // the log's files (they never overlap), and nothing else is read. A few
+    // at a time, so that few blocks are pinned at once.
+    constexpr size_t kKeysAtOnce = 64;
     const size_t before = out->size();
-    for (size_t k = 0; k < keys.size(); ++k) {
-      LogValue v;
-      if (statuses[k].ok() && parse_log_value(values[k].ToStringView(), &v) &&
-          v.trace_id == trace_id) {
-        out->push_back(StoredEvent{seqs[order[k]], v.recv_ns, std::string(v.raw)});
-        continue;
+    size_t bytes = 0;
+    std::vector<std::string> key_bytes;
+    std::vector<rocksdb::Slice> keys;
+    std::vector<rocksdb::PinnableSlice> values(std::min(kKeysAtOnce, seqs.size()));
+    std::vector<rocksdb::Status> statuses(values.size());
+    for (size_t at = 0; at < seqs.size(); at += kKeysAtOnce) {
+      const size_t n = std::min(kKeysAtOnce, seqs.size() - at);
+      key_bytes.clear();
+      keys.clear();
+      for (size_t i = 0; i < n; ++i)
+        key_bytes.push_back(log_key(seqs[at + i]));
+      for (const std::string& k : key_bytes)
+        keys.emplace_back(k);
+      db_->MultiGet(rocksdb::ReadOptions(), cfs_[kEvents], n, keys.data(), values.data(),
+                    statuses.data(), /*sorted_input=*/true);
+      for (size_t i = 0; i < n; ++i) {
+        LogValue v;
+        Status failed;
+        if (!statuses[i].ok() || !parse_log_value(values[i].ToStringView(), &v) ||
+            v.trace_id != trace_id) {
+          failed =
+              !statuses[i].ok() && !statuses[i].IsNotFound()
+                  ? from_rocks(statuses[i], "reading a trace's records")
+                  : Status::NotFound("a record's messages are no longer where they were stored");
+        } else if (out->size() > before && bytes + v.raw.size() > max_bytes) {
+          failed = Status::Full("a trace's records hold more than max_bytes");
+        }
+        if (!failed.ok()) {
+          out->resize(before);
+          return failed;
+        }
+        out->push_back(StoredEvent{seqs[at + i], v.recv_ns, std::string(v.raw)});
+        bytes += v.raw.size();
       }
-      out->resize(before);
-      if (!statuses[k].ok() && !statuses[k].IsNotFound()) {
-        return from_rocks(statuses[k], "reading a trace's records");
-      }
-      return Status::NotFound("a record's messages are no longer where they were stored");
+      for (size_t i = 0; i < n; ++i)
+        values[i].Reset();
     }
     return Status::Ok();
   }

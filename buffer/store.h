@@ -304,10 +304,12 @@ class Store {
   // read where append() stored them (a record's messages take the log
   // positions [seq, seq + messages)), appended to `out` in seq order.
   // NotFound when one of them is not there any more (the log's front moved or
-  // dropped it; read_trace() finds them). Cheaper than read_trace() for what
-  // is still where it was stored: no lookup of the trace's runs.
+  // dropped it; read_trace() finds them); Full when, past the first, their
+  // raw bytes pass `max_bytes`. Either way nothing is appended. Cheaper than
+  // read_trace() for what is still where it was stored: no lookup of the
+  // trace's runs.
   virtual Status read_records(std::string_view trace_id, std::span<const RecordRef> records,
-                              std::vector<StoredEvent>* out) = 0;
+                              size_t max_bytes, std::vector<StoredEvent>* out) = 0;
 
   // The pending records with seq >= `from_seq`, at most `limit`, in seq order
   // (record_messages > 0 in each).

@@ -204,7 +204,8 @@ TEST(StoreTest, ATraceIsReadFromItsRunsInAnyRange) {
 }
 
 // A pending record names where its messages were stored: they are read
-// there, in seq order; what is not there as recorded is NotFound.
+// there, in seq order, within a bound of bytes; what is not there as
+// recorded is NotFound.
 TEST(StoreTest, RecordsAreReadWhereTheirMessagesWereStored) {
   TempDir dir;
   auto s = open_store(options(dir));
@@ -220,12 +221,13 @@ TEST(StoreTest, RecordsAreReadWhereTheirMessagesWereStored) {
     (c.trace_id == "a" ? a : b).push_back(RecordRef{c.seq, c.record_messages});
   ASSERT_EQ(a.size(), 2u);
   std::reverse(a.begin(), a.end());  // any order
-  auto read = [&](std::string_view trace_id, const std::vector<RecordRef>& records) {
+  auto read = [&](std::string_view trace_id, const std::vector<RecordRef>& records,
+                  size_t max_bytes = SIZE_MAX) {
     std::vector<StoredEvent> ev;
-    Status st = s->read_records(trace_id, records, &ev);
-    if (st.IsNotFound()) {
+    Status st = s->read_records(trace_id, records, max_bytes, &ev);
+    if (st.IsNotFound() || st.IsFull()) {
       EXPECT_TRUE(ev.empty());
-      return std::string("not found");
+      return std::string(st.IsFull() ? "full" : "not found");
     }
     EXPECT_TRUE(st.ok()) << st.ToString();
     std::string got;
@@ -239,6 +241,10 @@ TEST(StoreTest, RecordsAreReadWhereTheirMessagesWereStored) {
     EXPECT_EQ(read("b", a), "not found");                  // another trace's messages
     EXPECT_EQ(read("a", {RecordRef{4, 2}}), "not found");  // past the log's head
     EXPECT_EQ(read("a", {}), "");
+    // Past the first message, no more than max_bytes of them.
+    EXPECT_EQ(read("a", a, 6), "1:a1 2:a2 4:a3 ");
+    EXPECT_EQ(read("a", a, 5), "full");
+    EXPECT_EQ(read("b", b, 1), "3:b1 ");
     // The same from table files.
     ASSERT_TRUE(s->compact().ok());
   }
@@ -346,7 +352,7 @@ TEST(StoreTest, TheLogsFrontCarriesWhatIsStillNeeded) {
   // nothing once the front's files are gone: never anything else.
   std::vector<StoredEvent> at;
   const RecordRef pending_record[] = {{1, 2}};
-  Status at_first = s->read_records("pending", pending_record, &at);
+  Status at_first = s->read_records("pending", pending_record, SIZE_MAX, &at);
   if (at_first.ok()) {
     ASSERT_EQ(at.size(), 2u);
     EXPECT_EQ(at[0].raw, "p1");

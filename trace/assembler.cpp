@@ -129,6 +129,8 @@ void Assembler::on_committed(std::span<buffer::Committed> committed) {
 
 namespace {
 constexpr size_t kMaxQuarantined = 100000;  // read at start; far more than should ever be
+// A trace read where its pending records say has at most this many of them.
+constexpr size_t kMaxRecordsLookedUp = 16;
 }  // namespace
 
 buffer::Status quarantine_list(buffer::Store& store,
@@ -446,24 +448,19 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
   } else {
     cache_misses_.fetch_add(1);
     s = buffer::Status::NotFound();
-    if (o.records_whole && st.revision == 0 && !parts) {
-      // Never emitted, and all its records known: read where they say,
-      // unless that is past a per-trace bound (parts are read by runs).
-      s = store_.read_records(trace_id, o.records, &events);
-      size_t bytes = 0;
-      for (const auto& e : events)
-        bytes += e.raw.size();
-      if (s.ok() &&
-          (events.size() > range.max_events || (events.size() > 1 && bytes > range.max_bytes))) {
-        s = buffer::Status::NotFound();
-      }
-      if (s.ok()) {
-        record_reads_.fetch_add(1);
-      } else {
-        events.clear();
-      }
+    size_t messages = 0;
+    for (const buffer::RecordRef& r : o.records)
+      messages += r.messages;
+    // Never emitted, and all its records known: read where they say. Not a
+    // trace past a per-trace bound (parts are read by runs), nor one stored
+    // a message or two per commit over many (a flood into few traces): one
+    // lookup per message costs it more than a walk of its runs.
+    if (o.records_whole && st.revision == 0 && !parts && messages <= range.max_events &&
+        o.records.size() <= kMaxRecordsLookedUp) {
+      s = store_.read_records(trace_id, o.records, range.max_bytes, &events);
+      if (s.ok()) record_reads_.fetch_add(1);
     }
-    if (s.IsNotFound()) s = store_.read_trace(trace_id, range, &events, &more);
+    if (s.IsNotFound() || s.IsFull()) s = store_.read_trace(trace_id, range, &events, &more);
   }
   if (s.ok() && more && !parts) {
     // Too large to go out whole: in parts from here on, after what earlier

@@ -41,9 +41,9 @@
 // message, a trace in parts, or one whose bytes did not fit `cache_bytes`.
 // Lost notices drop every cached trace to the store path.
 //
-// Reads from the store: a never-emitted trace whose pending records are all
-// known (every one notified, or found by a rescan that went to the end of
-// pending) is read where its records say its messages were stored
+// Reads from the store: a never-emitted trace whose pending records (a few)
+// are all known (every one notified, or found by a rescan that went to the
+// end of pending) is read where its records say its messages were stored
 // (Store::read_records), one point lookup per message; otherwise, or when
 // the log's front has moved them since, through its runs (read_trace).
 //

@@ -774,6 +774,24 @@ TEST_F(AssemblerTest, NoticesWithoutTheBytesReadTheTraceFromTheStore) {
   EXPECT_EQ(assembler_->stats().record_reads, 1u);  // every record notified
 }
 
+// A trace stored a message at a time over many commits (a flood into few
+// traces) is read through its runs: a lookup per message would cost more.
+TEST_F(AssemblerTest, ATraceOfManyRecordsIsReadThroughItsRuns) {
+  carry_bytes_ = false;
+  for (const char* t : {"few", "many"}) {
+    const int commits = std::string(t) == "few" ? 16 : 17;
+    for (int i = 0; i < commits; ++i)
+      send({pack("event", t, "e" + std::to_string(i))}, t);
+  }
+  advance_and_poll(1s);
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 2u);
+  for (const auto& e : ob)
+    EXPECT_EQ(e.document, built_from_store(*store_, e.trace_id));
+  EXPECT_EQ(assembler_->stats().cache_misses, 2u);
+  EXPECT_EQ(assembler_->stats().record_reads, 1u);  // few
+}
+
 // Traces found by a rescan (here at a restart), stored in several commits,
 // are read where their pending records say: the documents their runs give.
 TEST_F(AssemblerTest, TracesFoundByARescanAreReadWhereTheirRecordsSay) {

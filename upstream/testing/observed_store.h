@@ -119,9 +119,9 @@ class ObservedStore final : public buffer::Store {
     return s_.read_trace(id, range, out, more);
   }
   buffer::Status read_records(std::string_view id, std::span<const buffer::RecordRef> records,
-                              std::vector<buffer::StoredEvent>* out) override {
+                              size_t max_bytes, std::vector<buffer::StoredEvent>* out) override {
     enter("read_records");
-    return s_.read_records(id, records, out);
+    return s_.read_records(id, records, max_bytes, out);
   }
   buffer::Status scan_pending(uint64_t from, size_t limit,
                               std::vector<buffer::Committed>* out) override {
