@@ -851,6 +851,7 @@ class RocksStore final : public Store {
     const size_t before = out->size();
     size_t bytes = 0;
     std::vector<std::string> key_bytes;
+    key_bytes.reserve(kKeysAtOnce);  // the slices below point into them
     std::vector<rocksdb::Slice> keys;
     std::vector<rocksdb::PinnableSlice> values(std::min(kKeysAtOnce, seqs.size()));
     std::vector<rocksdb::Status> statuses(values.size());
@@ -859,9 +860,7 @@ class RocksStore final : public Store {
       key_bytes.clear();
       keys.clear();
       for (size_t i = 0; i < n; ++i)
-        key_bytes.push_back(log_key(seqs[at + i]));
-      for (const std::string& k : key_bytes)
-        keys.emplace_back(k);
+        keys.emplace_back(key_bytes.emplace_back(log_key(seqs[at + i])));
       db_->MultiGet(rocksdb::ReadOptions(), cfs_[kEvents], n, keys.data(), values.data(),
                     statuses.data(), /*sorted_input=*/true);
       for (size_t i = 0; i < n; ++i) {
