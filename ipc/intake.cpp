@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -599,7 +600,10 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
 #endif
     const size_t slots = std::max<size_t>(1, sh_->opt.recv_batch);
     slot_bytes_ = std::max<size_t>(64, sh_->opt.max_datagram_bytes);
-    data_.resize(slots * slot_bytes_);
+    // Not zeroed: the kernel writes a datagram into the pages it needs, so a
+    // slot holds in memory only what its largest datagram took (all 4 MiB of
+    // the default slots were resident from start-up when zeroed).
+    data_ = std::make_unique_for_overwrite<char[]>(slots * slot_bytes_);
     iov_.resize(slots);
     hdr_.resize(slots);
     ctrl_.assign(slots * kCtrlBytes, 0);
@@ -755,7 +759,7 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
   int receive() {
     const size_t slots = hdr_.size();
     for (size_t i = 0; i < slots; ++i) {
-      iov_[i].iov_base = data_.data() + i * slot_bytes_;
+      iov_[i].iov_base = data_.get() + i * slot_bytes_;
       iov_[i].iov_len = slot_bytes_;
       msghdr& h = hdr_[i].msg_hdr;
       h = msghdr{};
@@ -795,7 +799,7 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
         b.reject(Reject::kMalformed, "empty datagram");
         continue;
       }
-      const std::string_view dgram(data_.data() + static_cast<size_t>(i) * slot_bytes_, len);
+      const std::string_view dgram(data_.get() + static_cast<size_t>(i) * slot_bytes_, len);
       const size_t rest = for_each_value(dgram, [&](std::string_view msg) { b.add(msg); });
       if (rest > 0) b.reject(Reject::kMalformed, "datagram holds bytes that are not msgpack");
     }
@@ -848,7 +852,7 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
   size_t held_count_ = 0;
   bool ovfl_ = false;
   size_t slot_bytes_ = 0;
-  std::vector<char> data_;
+  std::unique_ptr<char[]> data_;
   std::vector<iovec> iov_;
   std::vector<mmsghdr> hdr_;
   std::vector<char> ctrl_;
