@@ -12,7 +12,7 @@ libraries=(
   libmsgpack-cxx-dev librocksdb-dev libjemalloc-dev
   libspdlog-dev libfmt-dev
   libtomlplusplus-dev libcli11-dev
-  libssl-dev zlib1g-dev libzstd-dev
+  libssl-dev zlib1g-dev libzstd-dev libisal-dev
   nlohmann-json3-dev libsystemd-dev
   libprotobuf-dev
 )

@@ -49,13 +49,21 @@ TEST(UpstreamEncode, CompressionRoundTrips) {
   for (int i = 0; i < 1000; ++i)
     in += R"({"traces":[{"x":"yyyyyyyyyyyy"}]})";
   for (Compression c : {Compression::kGzip, Compression::kZstd, Compression::kNone}) {
-    std::string z, back;
-    ASSERT_TRUE(compress(c, 1, in, &z));
-    if (c != Compression::kNone) {
-      EXPECT_LT(z.size(), in.size() / 4);
+    // gzip: level 1 through igzip, the others through zlib.
+    for (int level : {1, 2, 9}) {
+      std::string z, back;
+      ASSERT_TRUE(compress(c, level, in, &z));
+      if (c != Compression::kNone) {
+        EXPECT_LT(z.size(), in.size() / 4);
+      }
+      if (c == Compression::kGzip) {
+        // A gzip member (RFC 1952: ID1 ID2 CM=deflate), not a zlib stream.
+        ASSERT_GE(z.size(), 18u);
+        EXPECT_EQ(z.substr(0, 3), std::string("\x1f\x8b\x08")) << level;
+      }
+      ASSERT_TRUE(decompress(c, z, &back));
+      EXPECT_EQ(back, in);
     }
-    ASSERT_TRUE(decompress(c, z, &back));
-    EXPECT_EQ(back, in);
   }
   EXPECT_EQ(content_encoding(Compression::kGzip), "gzip");
   EXPECT_EQ(content_encoding(Compression::kNone), "");
@@ -129,9 +137,11 @@ TEST(UpstreamEncode, GzipInChunksRoundTrips) {
                                           std::string_view(text).substr(0, 5000), "{}"};
     std::string want, z, back;
     append_native_body(docs, &want);
-    ASSERT_TRUE(enc.native(Compression::kGzip, 6, docs, &z));
-    ASSERT_TRUE(decompress(Compression::kGzip, z, &back, 1u << 30, chunk));
-    EXPECT_EQ(back, want) << "chunk " << chunk;
+    for (int level : {1, 6}) {
+      ASSERT_TRUE(enc.native(Compression::kGzip, level, docs, &z));
+      ASSERT_TRUE(decompress(Compression::kGzip, z, &back, 1u << 30, chunk));
+      EXPECT_EQ(back, want) << "chunk " << chunk << ", level " << level;
+    }
   }
   // A stream cut short fails in chunks as it does whole.
   std::string z, back;
