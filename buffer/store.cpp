@@ -195,6 +195,11 @@ Status open_db(const StoreOptions& o, std::unique_ptr<rocksdb::DB>* out,
   db.keep_log_file_num = 3;
   db.max_log_file_size = 4 << 20;
   db.bytes_per_sync = 1 << 20;
+  // Table files are written through a buffer that grows to this (RocksDB's
+  // default is 1 MiB) and goes with the file: a flush's MiB was faulted in
+  // page by page whenever the allocator had returned the last one's. WAL
+  // appends larger than the buffer go to the file directly.
+  db.writable_file_max_buffer_size = 64 << 10;
   // No rate limiter for flushes and compactions: RocksDB's (7.8) can leave
   // every requester waiting with no thread timed to refill it, when three
   // background jobs ask at once. The flush then never ends, and the memtable
