@@ -30,9 +30,9 @@ bool append_otlp_protobuf(std::span<const std::string_view> docs, std::string* o
 // compressor failure.
 bool compress(Compression c, int level, std::string_view in, std::string* out);
 
-// zlib counts the bytes of one call in 32 bits (uInt): gzip input and output
-// are handed to it in pieces of at most this many bytes, so that a body of
-// 4 GiB or more is compressed whole.
+// zlib and igzip count the bytes of one call in 32 bits: gzip input and
+// output are handed to them in pieces of at most this many bytes, so that a
+// body of 4 GiB or more is compressed whole.
 inline constexpr size_t kZlibMaxChunk = UINT32_MAX;
 
 // Builds request bodies one after another, keeping its compressor state
@@ -46,7 +46,7 @@ inline constexpr size_t kZlibMaxChunk = UINT32_MAX;
 class BodyEncoder {
  public:
   // `zlib_chunk` (at most kZlibMaxChunk; smaller in tests) bounds the bytes
-  // of input and of output space given to one zlib call.
+  // of input and of output space given to one compressor call (gzip).
   explicit BodyEncoder(size_t zlib_chunk = kZlibMaxChunk);
   ~BodyEncoder();
   BodyEncoder(const BodyEncoder&) = delete;
