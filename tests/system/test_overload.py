@@ -176,9 +176,12 @@ def test_datagram_flood(transport, flood_bin, make_agent, upstream):
 def test_stream_backpressure(flood_bin, make_agent, upstream):
     """Stream senders far above capacity are slowed down, and lose nothing."""
     # The smallest intake queue (1 MiB) so that the writer's group commits, not
-    # only the receive path, hold the senders back.
+    # only the receive path, hold the senders back: a group waits for twice what
+    # the queue holds, so each one waits out buffer.commit_delay_ms with the queue
+    # full, however fast the writer is.
     config = agent_config(upstream)
     config["intake"] = {"queue_bytes": "1MiB"}
+    config.setdefault("buffer", {})["commit_bytes"] = "2MiB"
     agent = make_agent(config)
     count = (200_000 if harness.SOAK else 60_000) // PROCS
     before = totals(agent.metrics(), "unix_stream")
