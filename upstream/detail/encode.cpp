@@ -123,6 +123,29 @@ struct BodyEncoder::State {
   }
 };
 
+namespace {
+
+// Hands `piece` to a gzip stream (zlib's or igzip's, which count in 32 bits)
+// in chunks of at most `chunk` bytes, calling `step` (one compressor call;
+// false on its failure) until the stream has taken all of it.
+template <class Stream, class Step>
+bool feed(Stream& stream, std::string_view piece, size_t chunk, Step step) {
+  size_t given = 0;
+  stream.avail_in = 0;
+  while (given < piece.size() || stream.avail_in > 0) {
+    if (stream.avail_in == 0) {
+      const size_t n = std::min(piece.size() - given, chunk);
+      stream.next_in = reinterpret_cast<unsigned char*>(const_cast<char*>(piece.data() + given));
+      stream.avail_in = static_cast<uint32_t>(n);
+      given += n;
+    }
+    if (!step()) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 BodyEncoder::BodyEncoder(size_t zlib_chunk) : s_(std::make_unique<State>()) {
   s_->zlib_chunk = std::clamp<size_t>(zlib_chunk, 1, kZlibMaxChunk);
 }
@@ -178,41 +201,13 @@ bool BodyEncoder::add(std::string_view piece) {
       s.out->append(piece);
       return true;
     case Compression::kGzip: {
-      if (s.igzip) {
-        // In chunks of at most zlib_chunk bytes, as for zlib.
-        size_t given = 0;
-        s.is.avail_in = 0;
-        while (given < piece.size() || s.is.avail_in > 0) {
-          if (s.is.avail_in == 0) {
-            const size_t n = std::min(piece.size() - given, s.zlib_chunk);
-            s.is.next_in = reinterpret_cast<uint8_t*>(const_cast<char*>(piece.data() + given));
-            s.is.avail_in = static_cast<uint32_t>(n);
-            given += n;
-          }
-          if (!s.igzip_step()) {
-            s.failed = true;
-            return false;
-          }
-        }
-        return true;
-      }
-      // The piece goes to zlib in chunks of at most zlib_chunk bytes.
-      size_t given = 0;
-      s.zs.avail_in = 0;
-      while (given < piece.size() || s.zs.avail_in > 0) {
-        if (s.zs.avail_in == 0) {
-          size_t n = std::min(piece.size() - given, s.zlib_chunk);
-          s.zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(piece.data() + given));
-          s.zs.avail_in = static_cast<uInt>(n);
-          given += n;
-        }
-        int rc = s.deflate_step(Z_NO_FLUSH);
-        if (rc != Z_OK && rc != Z_BUF_ERROR) {
-          s.failed = true;
-          return false;
-        }
-      }
-      return true;
+      const bool ok = s.igzip ? feed(s.is, piece, s.zlib_chunk, [&] { return s.igzip_step(); })
+                              : feed(s.zs, piece, s.zlib_chunk, [&] {
+                                  const int rc = s.deflate_step(Z_NO_FLUSH);
+                                  return rc == Z_OK || rc == Z_BUF_ERROR;
+                                });
+      if (!ok) s.failed = true;
+      return ok;
     }
     case Compression::kZstd: {
       ZSTD_inBuffer in{piece.data(), piece.size(), 0};
