@@ -34,8 +34,8 @@ inline constexpr uint32_t kUpstreamBatchMaxEvents = 2000;
 inline constexpr uint64_t kUpstreamBatchMaxBytes = 4ull << 20;
 // A partial batch waits this long for more: each request costs its batch
 // record, acknowledgement and wake-ups of three threads whatever it carries
-// (at 2,000 msg/s, 1000 ms against 200 took delivery's threads from 5-7 to
-// 2.5-4.5 us per message, bench/footprint.py).
+// (at 2,000 msg/s, 1000 ms against 200 took delivery's threads from 5.0-8.8
+// to 2.5-5.0 us per message, bench/footprint.py).
 inline constexpr uint32_t kUpstreamFlushIntervalMs = 1000;
 inline constexpr uint32_t kUpstreamMaxInFlight = 4;
 inline constexpr uint32_t kUpstreamConnectTimeoutMs = 5000;
