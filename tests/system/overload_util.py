@@ -9,9 +9,9 @@ import select
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
-import urllib.request
 
 import msgpack
 
@@ -73,8 +73,48 @@ class Flood:
                 p.wait(10)
 
 
+# The prober's loop, run in a process of its own: in the test's process it would
+# wait for the interpreter's lock whenever the test upstream parses a delivered
+# batch (for a second and more under a flood), and count that against the agent.
+# One JSON line per check: [t, latency_s, error or null, VmRSS KiB or null, exited].
+PROBE_SCRIPT = r"""
+import json, sys, time, urllib.request
+url, interval, timeout, pid = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+def state():
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            st = f.read().rsplit(")", 1)[1].split()[0]
+        rss = None
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+        return rss, st in ("Z", "X")
+    except OSError:
+        return None, True
+t0 = time.monotonic()
+while True:
+    start = time.monotonic()
+    error = None
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            r.read()
+            if r.status != 200:
+                error = f"status {r.status}"
+    except Exception as e:
+        error = repr(e)
+    latency = time.monotonic() - start
+    rss, exited = state()
+    print(json.dumps([start - t0, latency, error, rss, exited]), flush=True)
+    if exited:
+        break
+    time.sleep(max(0.0, interval - (time.monotonic() - start)))
+"""
+
+
 class HealthProbe:
-    """Polls GET /healthz every `interval` s from a thread, and samples VmRSS.
+    """Polls GET /healthz every `interval` s from a process of its own, and samples
+    VmRSS.
 
     .checks, .failures (list of (t, error)), .max_latency_s, .max_rss_kib, .exited
     (the agent process was seen dead).
@@ -89,15 +129,20 @@ class HealthProbe:
         self.latencies: list[float] = []
         self.max_rss_kib = 0
         self.exited = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="health-probe", daemon=True)
+        self._proc: subprocess.Popen | None = None
+        self._thread = threading.Thread(target=self._read, name="health-probe", daemon=True)
 
     def __enter__(self):
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", PROBE_SCRIPT, self.agent.admin_url + "/healthz",
+             str(self.interval), str(self.timeout), str(self.agent.pid)],
+            stdout=subprocess.PIPE, text=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc):
-        self._stop.set()
+        self._proc.kill()
+        self._proc.wait(10)
         self._thread.join(10)
 
     @property
@@ -111,28 +156,17 @@ class HealthProbe:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
-    def _run(self):
-        url = self.agent.admin_url + "/healthz"
-        t0 = time.monotonic()
-        while not self._stop.is_set():
-            start = time.monotonic()
-            try:
-                with urllib.request.urlopen(url, timeout=self.timeout) as r:
-                    r.read()
-                    if r.status != 200:
-                        self.failures.append((start - t0, f"status {r.status}"))
-            except Exception as e:  # noqa: BLE001 - any failure to answer is a failure
-                self.failures.append((start - t0, repr(e)))
-            self.latencies.append(time.monotonic() - start)
-            self.checks += 1
-            if not self.agent.running():
+    def _read(self):
+        for line in self._proc.stdout:
+            t, latency, error, rss, exited = json.loads(line)
+            if error is not None:
+                self.failures.append((t, error))
+            self.latencies.append(latency)
+            if rss is not None:
+                self.max_rss_kib = max(self.max_rss_kib, rss)
+            if exited:
                 self.exited = True
-            else:
-                try:
-                    self.max_rss_kib = max(self.max_rss_kib, self.agent.rss_kib())
-                except (OSError, RuntimeError):
-                    pass
-            self._stop.wait(max(0.0, self.interval - (time.monotonic() - start)))
+            self.checks += 1
 
 
 DIAG_KEYS = ("sidetrace_persisted_messages_total", "sidetrace_open_traces",
