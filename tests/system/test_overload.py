@@ -1,7 +1,7 @@
 """Overload: emitters far above the agent's capacity, with no pacing.
 
 Datagram transports (UDP, Unix datagrams): several flood processes send for a while
-(10 s each in the short form, 60 s in the long form) while a thread checks /healthz
+(10 s each in the short form, 60 s in the long form) while a prober of its own checks /healthz
 every 100 ms. Every datagram sent must be accounted for: accepted, dropped by the
 agent on a full intake queue, dropped by the kernel (UDP: the socket's drop count,
 SO_RXQ_OVFL) or refused to the sender with EAGAIN (Unix datagrams: the sender's
