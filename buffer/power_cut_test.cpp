@@ -97,21 +97,21 @@ void churn(Store& store, int cycle, const std::atomic<bool>& stop) {
 void retire_load(Store& store, Persisted& persisted) {
   std::vector<Committed> records;
   ASSERT_TRUE(store.scan_pending(0, SIZE_MAX, &records).ok());
-  std::map<std::string, std::vector<uint64_t>> by_trace;
-  std::map<std::string, uint64_t> last_seq;
+  // Per trace: its records' seqs and the last position they stand for.
+  std::map<std::string, std::pair<std::vector<uint64_t>, uint64_t>> by_trace;
   for (const Committed& r : records) {
-    by_trace[r.trace_id].push_back(r.seq);
-    uint64_t& last = last_seq[r.trace_id];
+    auto& [seqs, last] = by_trace[r.trace_id];
+    seqs.push_back(r.seq);
     last = std::max(last, r.seq + std::max<uint32_t>(r.record_messages, 1) - 1);
   }
   std::lock_guard lock(persisted.mu);
-  for (const auto& [trace_id, seqs] : by_trace) {
+  for (const auto& [trace_id, records_of] : by_trace) {
     Emission e;
     e.trace_id = trace_id;
     e.state.revision = 1;
     e.state.first_emit_ns = e.state.last_emit_ns = e.emitted_ns = 1;
-    e.state.max_seq = last_seq[trace_id];
-    e.pending_seqs = seqs;
+    e.pending_seqs = records_of.first;
+    e.state.max_seq = records_of.second;
     e.document = "{}";
     uint64_t seq = 0;
     ASSERT_TRUE(store.emit(e, &seq).ok());
