@@ -724,6 +724,33 @@ TEST_F(IntakeReadDelayTest, StreamWritesDuringTheDelayAreReadTogether) {
   EXPECT_EQ(s.rejected_total(), 0u);
 }
 
+// Writes made while a connection lingers that fill its buffer many times over
+// are read on, buffer after buffer, whole and in order.
+TEST_F(IntakeReadDelayTest, MoreThanABufferWrittenDuringTheDelayIsReadWhole) {
+  read_delay_ = 500ms;
+  IntakeOptions o = options();
+  o.unix_dgram.clear();
+  o.udp.clear();
+  o.conn_buffer_bytes = 4096;
+  int fd = start_with_one_stream_message(o);
+  ASSERT_GE(fd, 0);
+  const auto& s = st(Transport::kUnixStream);
+  size_t bytes = 0;
+  constexpr uint64_t kMessages = 200;
+  for (uint64_t i = 1; i <= kMessages; ++i) {
+    write_all(fd, msg(i));
+    bytes += msg(i).size();
+  }
+  std::vector<Message> got = take(kMessages);
+  ASSERT_EQ(got.size(), kMessages);
+  for (uint64_t i = 1; i <= kMessages; ++i)
+    EXPECT_EQ(got[i - 1].raw, msg(i)) << i;
+  EXPECT_GE(s.reads.load(), 1 + bytes / o.conn_buffer_bytes);
+  EXPECT_EQ(s.rejected_total(), 0u);
+  ::close(fd);
+  EXPECT_TRUE(wait_until([&] { return s.connections_open == 0; }));
+}
+
 // A stream connection lingers its own delay: with none for datagrams, each
 // datagram is read at once while a connection's writes are read together.
 TEST_F(IntakeReadDelayTest, StreamsAndDatagramsLingerEachTheirOwnDelay) {
