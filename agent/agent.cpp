@@ -211,7 +211,7 @@ void Agent::Impl::start() {
                                                             writer_opts.commit_bytes);
   trace::AssemblerOptions assembler_opts = assembler_options(cfg);
   assembler_opts.on_emitted = [this](const std::string& id, uint32_t revision,
-                                     std::string document) {
+                                     buffer::Document document) {
     recent.add(id, revision, std::move(document));
   };
   // The writer is created before the assembler's thread starts and stopped

@@ -244,23 +244,33 @@ std::string summary_json(const TraceSummary& s) {
 RecentTraces::RecentTraces(RecentTracesOptions options) : opts_(options) {}
 
 bool RecentTraces::add(const std::string& trace_id, uint32_t revision, std::string document) {
+  return add(trace_id, revision, std::make_shared<const std::string>(std::move(document)));
+}
+
+bool RecentTraces::add(const std::string& trace_id, uint32_t revision,
+                       std::shared_ptr<const std::string> document) {
   // Only cheap work here, on the assembler's thread: parsing waits until the
   // viewer lists the entry (see list()).
+  if (!document) {
+    std::lock_guard lock(mu_);
+    ++stats_.rejected;
+    return false;
+  }
   auto entry = std::make_shared<Entry>();
   entry->summary.trace_id = trace_id;
   entry->summary.revision = revision;
-  entry->bytes = document.size() + kEntryOverhead;
+  entry->bytes = document->size() + kEntryOverhead;
   std::lock_guard lock(mu_);
   auto it = by_id_.find(trace_id);
   if (it != by_id_.end() && by_seq_.at(it->second)->summary.revision >= revision) {
     ++stats_.stale;
     return false;
   }
-  if (entry->bytes > opts_.max_bytes || !looks_like_object(document)) {
+  if (entry->bytes > opts_.max_bytes || !looks_like_object(*document)) {
     ++stats_.rejected;
     return false;
   }
-  entry->document = std::make_shared<const std::string>(std::move(document));
+  entry->document = std::move(document);
   if (it != by_id_.end()) {
     auto old = by_seq_.find(it->second);
     bytes_ -= old->second->bytes;

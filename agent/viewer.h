@@ -104,8 +104,11 @@ class RecentTraces {
   RecentTraces(const RecentTraces&) = delete;
   RecentTraces& operator=(const RecentTraces&) = delete;
 
-  // Keeps `document` (handed over) as the latest revision of `trace_id`.
-  // Returns false when it was ignored (stale) or rejected (see Errors above).
+  // Keeps `document` (shared, never copied) as the latest revision of
+  // `trace_id`. Returns false when it was ignored (stale) or rejected (see
+  // Errors above; a null document is rejected).
+  bool add(const std::string& trace_id, uint32_t revision,
+           std::shared_ptr<const std::string> document);
   bool add(const std::string& trace_id, uint32_t revision, std::string document);
 
   TraceList list(const TraceQuery& query) const;

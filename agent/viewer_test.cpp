@@ -179,9 +179,20 @@ TEST(RecentTraces, MalformedDocumentsAreRejectedAndCounted) {
   RecentTraces r;
   EXPECT_FALSE(r.add("t", 1, "{not json"));
   EXPECT_FALSE(r.add("t", 1, "[1,2]"));
-  EXPECT_EQ(r.stats().rejected, 2u);
+  EXPECT_FALSE(r.add("t", 1, std::shared_ptr<const std::string>()));
+  EXPECT_EQ(r.stats().rejected, 3u);
   EXPECT_TRUE(r.list({}).traces.empty());
   EXPECT_EQ(r.list({}).last_seq, 0u);
+}
+
+// A shared document is kept as it is, not copied: the outbox holds the same
+// text until delivery reads it.
+TEST(RecentTraces, KeepsASharedDocumentWithoutACopy) {
+  RecentTraces r;
+  auto doc = std::make_shared<const std::string>(R"({"trace_id":"t","events":[]})");
+  ASSERT_TRUE(r.add("t", 1, doc));
+  EXPECT_EQ(r.get("t").get(), doc.get());
+  EXPECT_EQ(*r.get("t"), *doc);
 }
 
 // add() does not parse (it runs on the assembler's thread); a document within

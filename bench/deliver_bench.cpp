@@ -33,7 +33,7 @@ void fill(buffer::Store& store, uint64_t traces) {
     e.trace_id = fmt::format("bench-{}", n);
     e.state.revision = 1;
     e.state.first_emit_ns = e.state.last_emit_ns = now;
-    e.document = bench::make_trace_document(n, kEventsPerTrace);
+    e.document = buffer::make_document(bench::make_trace_document(n, kEventsPerTrace));
     e.emitted_ns = now;
     uint64_t seq;
     buffer::Status s = store.emit(e, &seq);

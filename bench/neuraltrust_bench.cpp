@@ -88,7 +88,7 @@ void run(uint64_t traces, uint32_t delay_ms, uint32_t max_in_flight) {
     e.trace_id = fmt::format("bench-{}", n);
     e.state.revision = 1;
     e.state.first_emit_ns = e.state.last_emit_ns = now;
-    e.document = make_trace(n);
+    e.document = buffer::make_document(make_trace(n));
     e.emitted_ns = now;
     uint64_t seq;
     s = store->emit(e, &seq);

@@ -81,7 +81,7 @@ void churn(Store& store, int cycle, const std::atomic<bool>& stop) {
     for (const Committed& c : out)
       e.state.max_seq = std::max(e.state.max_seq, c.seq);
     e.pending_seqs = {out[0].seq};
-    e.document = "{}";
+    e.document = make_document("{}");
     uint64_t seq = 0;
     (void)store.emit(e, &seq);
     (void)store.ack_outbox({&seq, 1});
@@ -112,7 +112,7 @@ void retire_load(Store& store, Persisted& persisted) {
     e.state.first_emit_ns = e.state.last_emit_ns = e.emitted_ns = 1;
     e.pending_seqs = records_of.first;
     e.state.max_seq = records_of.second;
-    e.document = "{}";
+    e.document = make_document("{}");
     uint64_t seq = 0;
     ASSERT_TRUE(store.emit(e, &seq).ok());
     ASSERT_TRUE(store.ack_outbox({&seq, 1}).ok());

@@ -430,7 +430,7 @@ class RocksStore final : public Store {
         e.revision = v.revision;
         e.emitted_ns = v.emitted_ns;
         if (!v.by_recipe) {
-          e.document.assign(v.document);
+          e.document = make_document(std::string(v.document));
         } else if (!take_document(e.seq, &e.document)) {
           to_build.emplace_back(out->size() - 1, std::string(v.recipe));
         }
@@ -451,20 +451,22 @@ class RocksStore final : public Store {
     for (auto& [i, recipe] : to_build) {
       OutboxEntry& e = (*out)[i];
       Status s = build ? Status::Ok() : Status::IOError("no document builder is set");
+      std::string text;
       if (s.ok()) {
         try {
-          s = build(e.trace_id, e.revision, recipe, &e.document);
+          s = build(e.trace_id, e.revision, recipe, &text);
         } catch (const std::exception& ex) {
           // Delivery sets an entry it cannot encode aside, with the reason.
           spdlog::error("buffer: building outbox document {} ({}) failed: {}", e.seq, e.trace_id,
                         ex.what());
-          e.document.clear();
+          text.clear();
         }
       }
       if (!s.ok()) {
         out->resize(first);
         return s;
       }
+      e.document = make_document(std::move(text));
       documents_rebuilt_.fetch_add(1);
     }
     return Status::Ok();
@@ -472,18 +474,18 @@ class RocksStore final : public Store {
 
   // Moves the document of recipe entry `seq` out of memory; false when it
   // is not there.
-  bool take_document(uint64_t seq, std::string* document) {
+  bool take_document(uint64_t seq, Document* document) {
     std::lock_guard lock(docs_mu_);
     auto it = docs_.find(seq);
     if (it == docs_.end()) return false;
-    docs_bytes_.fetch_sub(it->second.size());
+    docs_bytes_.fetch_sub(it->second->size());
     *document = std::move(it->second);
     docs_.erase(it);
     return true;
   }
 
   void forget_document(uint64_t seq) {
-    std::string unused;
+    Document unused;
     take_document(seq, &unused);
   }
 
@@ -1000,7 +1002,8 @@ class RocksStore final : public Store {
         // A recipe when the document waits in memory; when memory is full
         // (delivery is behind), the document itself, as a backlog is best
         // read back in emission order.
-        const bool by_recipe = !es[i].recipe.empty() && hold_document(next, es[i].document);
+        const bool by_recipe =
+            es[i].document && !es[i].recipe.empty() && hold_document(next, es[i].document);
         results[i] = add_emission_locked(es[i], next, by_recipe, &b, &live);
         if (!results[i].ok()) {
           if (by_recipe) forget_document(next);
@@ -1008,7 +1011,7 @@ class RocksStore final : public Store {
         }
         if (by_recipe) held.push_back(next);
         outbox_seqs[i] = next++;
-        docs_bytes += static_cast<int64_t>(es[i].document.size());
+        docs_bytes += static_cast<int64_t>(es[i].document->size());
         ++written;
       }
       if (written == 0) return Status::Ok();
@@ -1034,13 +1037,14 @@ class RocksStore final : public Store {
     return Status::Ok();
   }
 
-  // Puts a copy of `document` in memory as outbox entry `seq`'s; false when
-  // it does not fit opts_.document_cache_bytes.
-  bool hold_document(uint64_t seq, const std::string& document) {
+  // Keeps `document` in memory as outbox entry `seq`'s (shared with the
+  // emitter, not copied); false when it does not fit
+  // opts_.document_cache_bytes.
+  bool hold_document(uint64_t seq, const Document& document) {
     std::lock_guard lock(docs_mu_);
-    if (docs_bytes_.load() + document.size() > opts_.document_cache_bytes) return false;
+    if (docs_bytes_.load() + document->size() > opts_.document_cache_bytes) return false;
     docs_.emplace(seq, document);
-    docs_bytes_.fetch_add(document.size());
+    docs_bytes_.fetch_add(document->size());
     return true;
   }
 
@@ -1051,6 +1055,7 @@ class RocksStore final : public Store {
     if (e.trace_id.empty() || e.trace_id.size() > kMaxTraceIdBytes) {
       return Status::InvalidArgument("emit: bad trace_id");
     }
+    if (!e.document) return Status::InvalidArgument("emit: no document");
     TraceState cur;
     Status s = get_state_nolock(e.trace_id, &cur);
     bool existed = s.ok();
@@ -1068,11 +1073,11 @@ class RocksStore final : public Store {
     // Head and body in parts: the body is copied once, into the batch.
     rocksdb::Slice key_part(obk);
     if (!by_recipe) {
-      rocksdb::Slice value_parts[2] = {rocksdb::Slice(head), rocksdb::Slice(e.document)};
+      rocksdb::Slice value_parts[2] = {rocksdb::Slice(head), rocksdb::Slice(*e.document)};
       b->Put(cfs_[kOutbox], rocksdb::SliceParts(&key_part, 1), rocksdb::SliceParts(value_parts, 2));
-      *live += static_cast<int64_t>(obk.size() + head.size() + e.document.size());
+      *live += static_cast<int64_t>(obk.size() + head.size() + e.document->size());
     } else {
-      std::string mark = outbox_recipe_head(e.document.size());
+      std::string mark = outbox_recipe_head(e.document->size());
       rocksdb::Slice value_parts[3] = {rocksdb::Slice(head), rocksdb::Slice(mark),
                                        rocksdb::Slice(e.recipe)};
       b->Put(cfs_[kOutbox], rocksdb::SliceParts(&key_part, 1), rocksdb::SliceParts(value_parts, 3));
@@ -1798,7 +1803,7 @@ class RocksStore final : public Store {
   // The documents of recipe entries not read yet, by outbox seq, within
   // opts_.document_cache_bytes.
   std::mutex docs_mu_;
-  std::unordered_map<uint64_t, std::string> docs_;
+  std::unordered_map<uint64_t, Document> docs_;
   std::atomic<uint64_t> docs_bytes_{0}, documents_rebuilt_{0};
 
   std::atomic<uint64_t> live_{0}, outbox_n_{0}, outbox_b_{0};

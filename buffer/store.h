@@ -52,12 +52,22 @@ class Env;
 
 namespace sidetrace::buffer {
 
+// A trace document, JSON (docs/trace-document.md). Shared, never changed: the
+// one text built at emission serves the outbox, the viewer and the request
+// that delivers it, without a copy for each.
+using Document = std::shared_ptr<const std::string>;
+
+// A Document holding `text`.
+inline Document make_document(std::string text) {
+  return std::make_shared<const std::string>(std::move(text));
+}
+
 struct OutboxEntry {
   uint64_t seq = 0;  // outbox sequence; strictly increasing in emission order
   std::string trace_id;
   uint32_t revision = 0;
   uint64_t emitted_ns = 0;  // wall clock at emission
-  std::string document;     // the trace document, JSON (docs/trace-document.md)
+  Document document;        // never null in an entry read_outbox() returns
 };
 
 enum class SyncMode {
@@ -168,10 +178,10 @@ struct Emission {
   uint64_t expected_generation = 0;    // TraceState::generation read before building
   TraceState state;                    // the new state (generation is set by the store)
   std::vector<uint64_t> pending_seqs;  // pending records folded into this revision
-  std::string document;
+  Document document;                   // not null
   // Empty: the outbox entry holds the document. Otherwise, while the
   // document fits StoreOptions::document_cache_bytes, it waits in memory for
-  // read_outbox() and the entry holds this instead (what the document
+  // read_outbox() (the same text, not a copy) and the entry holds this instead (what the document
   // builder, set_document_builder(), needs to build the same document again
   // from the trace's stored messages); the trace's messages are then kept
   // until the entry is acknowledged (TraceState::undelivered). Past that

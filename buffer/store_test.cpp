@@ -91,7 +91,7 @@ uint64_t emit_all(Store& s, const std::string& trace_id, uint64_t now_ns,
   for (const auto& ev : events)
     e.state.max_seq = std::max(e.state.max_seq, ev.seq);
   e.pending_seqs = records_of(s, trace_id);
-  e.document = doc;
+  e.document = make_document(doc);
   e.recipe = recipe;
   e.emitted_ns = now_ns;
   uint64_t seq = 0;
@@ -268,7 +268,7 @@ TEST(StoreTest, RetentionSplitsARunAtTheRevisionAndCountsExactly) {
   e.state.first_emit_ns = e.state.last_emit_ns = e.emitted_ns = 1000;
   e.state.max_seq = 2;
   e.state.parts = 1;
-  e.document = "{}";
+  e.document = make_document("{}");
   uint64_t seq = 0;
   ASSERT_TRUE(split->emit(e, &seq).ok());
   ASSERT_TRUE(split->expire(2000, 0, 100).ok());
@@ -634,7 +634,7 @@ TEST(StoreTest, EmitIsAtomicAndSurvivesReopen) {
   EXPECT_EQ(ob[0].trace_id, "t1");
   EXPECT_EQ(ob[0].revision, 1u);
   EXPECT_EQ(ob[0].emitted_ns, 5000u);
-  EXPECT_EQ(ob[0].document, "{\"doc\":1}");
+  EXPECT_EQ(*ob[0].document, "{\"doc\":1}");
   TraceState st;
   ASSERT_TRUE(s->get_state("t1", &st).ok());
   EXPECT_EQ(st.revision, 1u);
@@ -706,7 +706,7 @@ TEST(StoreTest, TraceStatesReadAfterAFailedWriteAreWhatTheStoreHolds) {
   e.state = before;
   e.state.revision = 2;
   e.emitted_ns = 2000;
-  e.document = "{}";
+  e.document = make_document("{}");
   nospace->set_full(true);
   uint64_t seq = 0;
   EXPECT_FALSE(s->emit(e, &seq).ok());
@@ -741,6 +741,7 @@ TEST(StoreTest, EmitRefusesAStaleGeneration) {
   e.trace_id = "t";
   e.expected_generation = 0;  // read before the first emission
   e.state.revision = 1;
+  e.document = make_document("{}");
   uint64_t seq = 0;
   EXPECT_EQ(s->emit(e, &seq).code(), Status::Code::kBusy);
   EXPECT_EQ(s->outbox_entries(), 1u);
@@ -766,7 +767,7 @@ TEST(StoreTest, EmitManyWritesTogetherAndRefusesOnlyTheStale) {
     es[i].state.revision = 1;
     es[i].state.max_seq = out[i].seq;
     es[i].pending_seqs = {out[i].seq};
-    es[i].document = std::string("{\"t\":\"") + ids[i] + "\"}";
+    es[i].document = make_document(std::string("{\"t\":\"") + ids[i] + "\"}");
     es[i].emitted_ns = 200;
   }
   Status results[3];
@@ -786,6 +787,29 @@ TEST(StoreTest, EmitManyWritesTogetherAndRefusesOnlyTheStale) {
   std::vector<Committed> pending;
   ASSERT_TRUE(s->scan_pending(0, 100, &pending).ok());
   EXPECT_TRUE(pending.empty());
+}
+
+// An emission without a document is refused, and nothing of it is written.
+TEST(StoreTest, EmissionWithoutADocumentIsRefused) {
+  TempDir dir;
+  auto s = open_store(options(dir));
+  std::vector<Committed> out;
+  std::vector<ipc::Message> in = {msg("a", "x")};
+  ASSERT_TRUE(s->append(in, &out).ok());
+  for (const std::string recipe : {"", "r"}) {
+    Emission e;
+    e.trace_id = "a";
+    e.state.revision = 1;
+    e.state.max_seq = out[0].seq;
+    e.pending_seqs = {out[0].seq};
+    e.recipe = recipe;
+    uint64_t seq = 0;
+    EXPECT_EQ(s->emit(e, &seq).code(), Status::Code::kInvalidArgument) << recipe;
+  }
+  EXPECT_EQ(s->outbox_entries(), 0u);
+  std::vector<Committed> pending;
+  ASSERT_TRUE(s->scan_pending(0, 100, &pending).ok());
+  EXPECT_EQ(pending.size(), 1u);
 }
 
 TEST(StoreTest, ReadOutboxHonoursEntryAndByteLimits) {
@@ -997,7 +1021,7 @@ TEST(StoreTest, ARecipeEntryKeepsItsTracesEventsUntilItIsAcknowledged) {
   std::vector<OutboxEntry> ob;
   ASSERT_TRUE(s->read_outbox(0, 10, SIZE_MAX, &ob).ok());
   ASSERT_EQ(ob.size(), 1u);
-  EXPECT_EQ(ob[0].document, doc);
+  EXPECT_EQ(*ob[0].document, doc);
   EXPECT_EQ(s->counters().document_cache_bytes, 0u);
   ob.clear();
   EXPECT_EQ(s->read_outbox(0, 10, SIZE_MAX, &ob).code(), Status::Code::kIOError);  // no builder
@@ -1005,7 +1029,7 @@ TEST(StoreTest, ARecipeEntryKeepsItsTracesEventsUntilItIsAcknowledged) {
   s->set_document_builder(concatenating_builder(*s, &built));
   ASSERT_TRUE(s->read_outbox(0, 10, SIZE_MAX, &ob).ok());
   ASSERT_EQ(ob.size(), 1u);
-  EXPECT_EQ(ob[0].document, "r:ab");
+  EXPECT_EQ(*ob[0].document, "r:ab");
   EXPECT_EQ(ob[0].revision, 1u);
   EXPECT_EQ(s->counters().documents_rebuilt, 1u);
   // Retention passes it by while it is undelivered.
@@ -1028,7 +1052,7 @@ TEST(StoreTest, ARecipeEntryKeepsItsTracesEventsUntilItIsAcknowledged) {
   ob.clear();
   ASSERT_TRUE(s->read_outbox(0, 10, SIZE_MAX, &ob).ok());
   ASSERT_EQ(ob.size(), 1u);
-  EXPECT_EQ(ob[0].document, "r2:abc");
+  EXPECT_EQ(*ob[0].document, "r2:abc");
   ASSERT_TRUE(s->ack_outbox({&seq2, 1}).ok());
   ASSERT_TRUE(s->get_state("t", &st).ok());
   EXPECT_EQ(st.undelivered, 0u);
@@ -1068,7 +1092,7 @@ TEST(StoreTest, PastTheMemoryBoundTheOutboxHoldsTheDocument) {
   ASSERT_TRUE(s->read_outbox(3, 10, SIZE_MAX, &ob).ok());
   ASSERT_EQ(ob.size(), 1u);
   EXPECT_EQ(ob[0].trace_id, "t2");
-  EXPECT_EQ(ob[0].document, std::string(100, 'c'));
+  EXPECT_EQ(*ob[0].document, std::string(100, 'c'));
   EXPECT_EQ(s->read_outbox(2, 10, SIZE_MAX, &ob).code(), Status::Code::kIOError);
   EXPECT_EQ(s->outbox_bytes(), 300u);
 }
@@ -1103,7 +1127,7 @@ TEST(StoreTest, DropOldestTakesARecipeEntryWithTheEventsItRefersTo) {
   EXPECT_EQ(ob.size(), s->outbox_entries());
   EXPECT_EQ(s->outbox_bytes(), ob.size() * 2000);
   EXPECT_EQ(ob.back().trace_id, "t7");  // the newest stay, whole
-  EXPECT_EQ(ob.back().document, std::string(2000, 'd'));
+  EXPECT_EQ(*ob.back().document, std::string(2000, 'd'));
   EXPECT_EQ(s->counters().document_cache_bytes, 0u);  // dropped entries' documents went too
 }
 

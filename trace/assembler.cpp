@@ -579,7 +579,7 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
   e.state.max_seq = max_seq;
   if (parts) e.state.parts = st.parts + 1;
   e.pending_seqs = std::move(folded);
-  e.document = std::move(r.document);
+  e.document = buffer::make_document(std::move(r.document));
   // The messages it was built from: those read, below the cut of a part.
   e.recipe = encode_recipe(range.from_seq, cut != UINT64_MAX ? cut : max_seq + 1, bo);
   out->push_back(Prepared{std::move(e), bo.mark_unfinished, more});
@@ -691,7 +691,7 @@ size_t Assembler::poll() {
   for (const auto& id : due) {
     const size_t before = batch.size();
     process_guarded(id, now, &batch);
-    if (batch.size() > before) batch_bytes += batch.back().emission.document.size();
+    if (batch.size() > before) batch_bytes += batch.back().emission.document->size();
     if (batch.size() >= opts_.emit_batch || batch_bytes >= opts_.max_trace_bytes) {
       emitted += emit(&batch, now);
       batch_bytes = 0;

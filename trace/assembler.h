@@ -119,10 +119,10 @@ struct AssemblerOptions {
   // the larger share.
   int nice = 5;
   // Called after each successful emission, on the thread that runs poll(),
-  // with the emitted revision's document (handed over: the assembler keeps
-  // no copy). It must be quick and must not call back into the assembler;
+  // with the emitted revision's document (the text the outbox holds, shared:
+  // the assembler keeps no reference). It must be quick and must not call back into the assembler;
   // empty: not called.
-  std::function<void(const std::string& trace_id, uint32_t revision, std::string document)>
+  std::function<void(const std::string& trace_id, uint32_t revision, buffer::Document document)>
       on_emitted;
   // A trace whose build throws is tried again after `retry_interval`, and
   // after this many failures in a row it is set aside (quarantined): the

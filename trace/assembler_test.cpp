@@ -118,7 +118,7 @@ class AssemblerTest : public ::testing::Test {
     auto ob = outbox();
     ASSERT_EQ(ob.size(), 1u);
     EXPECT_EQ(ob[0].revision, 1u);
-    EXPECT_EQ(json::parse(ob[0].document)["events"].size(), events);
+    EXPECT_EQ(json::parse(*ob[0].document)["events"].size(), events);
   }
 
   void advance_and_poll(std::chrono::nanoseconds d) {
@@ -147,7 +147,7 @@ TEST_F(AssemblerTest, CompleteTraceIsEmittedAfterTheQuietPeriod) {
   EXPECT_EQ(ob[0].trace_id, "t1");
   EXPECT_EQ(ob[0].revision, 1u);
   EXPECT_EQ(listener_calls_, 1);
-  json doc = json::parse(ob[0].document);
+  json doc = json::parse(*ob[0].document);
   EXPECT_EQ(doc["revision"], 1);
   EXPECT_EQ(doc["status"], "ok");
   EXPECT_EQ(doc["partial"], false);
@@ -215,12 +215,12 @@ TEST_F(AssemblerTest, OnEmittedSeesEachCommittedRevisionAndItsDocument) {
     std::string document;
   };
   std::vector<Seen> seen;
-  opts_.on_emitted = [&](const std::string& id, uint32_t rev, const std::string& doc) {
+  opts_.on_emitted = [&](const std::string& id, uint32_t rev, buffer::Document doc) {
     // Called after the commit: the outbox already holds this revision.
     auto ob = outbox();
     ASSERT_FALSE(ob.empty());
     EXPECT_EQ(ob.back().revision, rev);
-    seen.push_back({id, rev, doc});
+    seen.push_back({id, rev, *doc});
   };
   reopen();
   send({pack("start", "t", "a")}, "t");
@@ -236,8 +236,25 @@ TEST_F(AssemblerTest, OnEmittedSeesEachCommittedRevisionAndItsDocument) {
   for (size_t i = 0; i < 2; ++i) {
     EXPECT_EQ(seen[i].trace_id, "t");
     EXPECT_EQ(seen[i].revision, i + 1);
-    EXPECT_EQ(seen[i].document, ob[i].document);
+    EXPECT_EQ(seen[i].document, *ob[i].document);
   }
+}
+
+// The document on_emitted() receives is the text the outbox hands to
+// delivery: one document, shared, not a copy for each.
+TEST_F(AssemblerTest, OnEmittedSharesTheOutboxDocument) {
+  std::vector<buffer::Document> seen;
+  opts_.on_emitted = [&](const std::string&, uint32_t, buffer::Document doc) {
+    seen.push_back(std::move(doc));
+  };
+  reopen();
+  send({pack("start", "t", "a"), pack("end", "t", "a")}, "t");
+  advance_and_poll(2s);
+  ASSERT_EQ(seen.size(), 1u);
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 1u);
+  EXPECT_EQ(ob[0].document.get(), seen[0].get());
+  EXPECT_EQ(store_->counters().documents_rebuilt, 0u);
 }
 
 TEST_F(AssemblerTest, IncompleteTraceWaitsThenEmitsUnfinishedAtMaxOpen) {
@@ -249,7 +266,7 @@ TEST_F(AssemblerTest, IncompleteTraceWaitsThenEmitsUnfinishedAtMaxOpen) {
   advance_and_poll(98s);  // 600 s after the first message
   auto ob = outbox();
   ASSERT_EQ(ob.size(), 1u);
-  json doc = json::parse(ob[0].document);
+  json doc = json::parse(*ob[0].document);
   EXPECT_EQ(doc["status"], "unfinished");
   EXPECT_EQ(assembler_->stats().emitted_unfinished, 1u);
   // The missing end arrives: revision 2, complete.
@@ -258,7 +275,7 @@ TEST_F(AssemblerTest, IncompleteTraceWaitsThenEmitsUnfinishedAtMaxOpen) {
   ob = outbox();
   ASSERT_EQ(ob.size(), 2u);
   EXPECT_EQ(ob[1].revision, 2u);
-  EXPECT_EQ(json::parse(ob[1].document)["status"], "ok");
+  EXPECT_EQ(json::parse(*ob[1].document)["status"], "ok");
 }
 
 TEST_F(AssemblerTest, ACompletingMessageEndsTheWaitEarly) {
@@ -280,7 +297,7 @@ TEST_F(AssemblerTest, LateFeedbackProducesRevisionTwoOfTheWholeTrace) {
   auto ob = outbox();
   ASSERT_EQ(ob.size(), 2u);
   EXPECT_EQ(ob[1].revision, 2u);
-  json doc = json::parse(ob[1].document);
+  json doc = json::parse(*ob[1].document);
   EXPECT_EQ(doc["revision"], 2);
   EXPECT_EQ(doc["events"].size(), 1u);  // the whole trace, not just the feedback
   ASSERT_EQ(doc["feedback"].size(), 1u);
@@ -290,7 +307,7 @@ TEST_F(AssemblerTest, LateFeedbackProducesRevisionTwoOfTheWholeTrace) {
   EXPECT_EQ(doc["events"][0]["changed"], false);
   EXPECT_EQ(doc["feedback"][0]["changed"], true);
   EXPECT_EQ(doc["trace_changed"], false);
-  json first = json::parse(ob[0].document);
+  json first = json::parse(*ob[0].document);
   EXPECT_EQ(first["events"][0]["changed"], true);
   EXPECT_EQ(first["trace_changed"], true);
 }
@@ -309,7 +326,7 @@ TEST_F(AssemblerTest, ALateRevisionMarksWhatWasStoredSinceTheRevisionBefore) {
   advance_and_poll(1s);
   ob = outbox();
   ASSERT_EQ(ob.size(), 2u);
-  json doc = json::parse(ob[1].document);
+  json doc = json::parse(*ob[1].document);
   EXPECT_EQ(doc["revision"], 2);
   EXPECT_EQ(doc["trace_changed"], true);
   ASSERT_EQ(doc["events"].size(), 1u);
@@ -325,7 +342,7 @@ TEST_F(AssemblerTest, ALateRevisionMarksWhatWasStoredSinceTheRevisionBefore) {
   advance_and_poll(1s);
   ob = outbox();
   ASSERT_EQ(ob.size(), 3u);
-  doc = json::parse(ob[2].document);
+  doc = json::parse(*ob[2].document);
   EXPECT_EQ(doc["revision"], 3);
   EXPECT_EQ(doc["trace_changed"], false);
   EXPECT_EQ(doc["events"][0]["changed"], false);
@@ -356,7 +373,7 @@ TEST_F(AssemblerTest, AfterRetentionALateMessageGivesAPartialRevision) {
   auto ob = outbox();
   ASSERT_EQ(ob.size(), 1u);
   EXPECT_EQ(ob[0].revision, 2u);
-  json doc = json::parse(ob[0].document);
+  json doc = json::parse(*ob[0].document);
   EXPECT_EQ(doc["partial"], true);
   ASSERT_EQ(doc["feedback"].size(), 1u);
   EXPECT_EQ(doc["feedback"][0]["changed"], true);
@@ -406,7 +423,7 @@ TEST_F(AssemblerTest, EmissionIsAtomicAcrossReopen) {
   std::vector<buffer::Committed> pending;
   ASSERT_TRUE(store_->scan_pending(0, 100, &pending).ok());
   EXPECT_TRUE(pending.empty());
-  EXPECT_EQ(json::parse(ob[0].document)["events"].size(), 2u);
+  EXPECT_EQ(json::parse(*ob[0].document)["events"].size(), 2u);
 }
 
 TEST_F(AssemblerTest, ManyTracesWithASmallIndexSpillAndAreAllEmittedOnce) {
@@ -533,7 +550,7 @@ struct PartView {
   uint32_t revision = 0;
 };
 PartView view(const buffer::OutboxEntry& e) {
-  json d = json::parse(e.document);
+  json d = json::parse(*e.document);
   PartView v;
   // A part holds only its own messages: everything in it is new.
   EXPECT_EQ(d["trace_changed"], true);
@@ -572,7 +589,7 @@ TEST_F(AssemblerTest, TheOutboxBuildsEachRevisionAgainByteForByte) {
   EXPECT_EQ(store_->counters().document_cache_bytes, 0u);
   std::set<std::string> kinds;
   for (const auto& e : from_memory) {
-    json doc = json::parse(e.document);
+    json doc = json::parse(*e.document);
     const bool part = !doc["part"].is_null();
     if (part) kinds.insert("part");
     if (e.revision > 1 && !part) kinds.insert("late");
@@ -587,9 +604,9 @@ TEST_F(AssemblerTest, TheOutboxBuildsEachRevisionAgainByteForByte) {
   ASSERT_EQ(after_restart.size(), from_memory.size());
   uint64_t bytes = 0;
   for (size_t i = 0; i < from_memory.size(); ++i) {
-    EXPECT_EQ(again[i].document, from_memory[i].document) << i;
-    EXPECT_EQ(after_restart[i].document, from_memory[i].document) << i;
-    bytes += from_memory[i].document.size();
+    EXPECT_EQ(*again[i].document, *from_memory[i].document) << i;
+    EXPECT_EQ(*after_restart[i].document, *from_memory[i].document) << i;
+    bytes += from_memory[i].document->size();
   }
   EXPECT_EQ(store_->outbox_bytes(), bytes);  // counted as the documents, kept as recipes
 }
@@ -720,7 +737,7 @@ TEST_F(AssemblerTest, MaxBytesCutsPartsAtCommitBoundariesAndAfterARestart) {
   for (const auto& e : all) {
     PartView v = view(e);
     EXPECT_GT(v.part, 0u) << e.trace_id;
-    EXPECT_LE(e.document.size(), (8u * pad.size()) + 8192u);
+    EXPECT_LE(e.document->size(), (8u * pad.size()) + 8192u);
     sizes[e.trace_id].push_back(v.ids.size());
     seen.insert(v.ids.begin(), v.ids.end());
   }
@@ -750,7 +767,7 @@ TEST_F(AssemblerTest, ATraceBuiltFromTheCacheIsTheOneTheStoreGives) {
   advance_and_poll(1s);
   auto ob = outbox();
   ASSERT_EQ(ob.size(), 1u);
-  EXPECT_EQ(ob[0].document, built_from_store(*store_, "t1"));
+  EXPECT_EQ(*ob[0].document, built_from_store(*store_, "t1"));
   AssemblerStats st = assembler_->stats();
   EXPECT_EQ(st.cache_hits, 1u);
   EXPECT_EQ(st.cache_misses, 0u);
@@ -768,7 +785,7 @@ TEST_F(AssemblerTest, NoticesWithoutTheBytesReadTheTraceFromTheStore) {
   advance_and_poll(1s);
   auto ob = outbox();
   ASSERT_EQ(ob.size(), 1u);
-  EXPECT_EQ(ob[0].document, built_from_store(*store_, "t1"));
+  EXPECT_EQ(*ob[0].document, built_from_store(*store_, "t1"));
   EXPECT_EQ(assembler_->stats().cache_hits, 0u);
   EXPECT_EQ(assembler_->stats().cache_misses, 1u);
   EXPECT_EQ(assembler_->stats().record_reads, 1u);  // every record notified
@@ -787,7 +804,7 @@ TEST_F(AssemblerTest, ATraceOfManyRecordsIsReadThroughItsRuns) {
   auto ob = outbox();
   ASSERT_EQ(ob.size(), 2u);
   for (const auto& e : ob)
-    EXPECT_EQ(e.document, built_from_store(*store_, e.trace_id));
+    EXPECT_EQ(*e.document, built_from_store(*store_, e.trace_id));
   EXPECT_EQ(assembler_->stats().cache_misses, 2u);
   EXPECT_EQ(assembler_->stats().record_reads, 1u);  // few
 }
@@ -805,8 +822,8 @@ TEST_F(AssemblerTest, TracesFoundByARescanAreReadWhereTheirRecordsSay) {
   auto ob = outbox();
   ASSERT_EQ(ob.size(), 2u);
   for (const auto& e : ob) {
-    EXPECT_EQ(e.document, built_from_store(*store_, e.trace_id));
-    json doc = json::parse(e.document);
+    EXPECT_EQ(*e.document, built_from_store(*store_, e.trace_id));
+    json doc = json::parse(*e.document);
     EXPECT_EQ(doc["status"], "ok");
     EXPECT_EQ(doc["events"][0]["unfinished"], false);
   }
@@ -830,8 +847,8 @@ TEST_F(AssemblerTest, ARescanThatStopsForRoomLeavesItsTracesToTheRuns) {
   auto ob = outbox();
   ASSERT_EQ(ob.size(), 3u);
   for (const auto& e : ob) {
-    EXPECT_EQ(e.document, built_from_store(*store_, e.trace_id));
-    EXPECT_EQ(json::parse(e.document)["events"][0]["unfinished"], false);
+    EXPECT_EQ(*e.document, built_from_store(*store_, e.trace_id));
+    EXPECT_EQ(json::parse(*e.document)["events"][0]["unfinished"], false);
   }
   AssemblerStats st = assembler_->stats();
   EXPECT_EQ(st.cache_misses, 3u);
@@ -851,8 +868,8 @@ TEST_F(AssemblerTest, RecordsTheLogsFrontMovedAreReadThroughTheRuns) {
   advance_and_poll(1s);
   auto ob = outbox();
   ASSERT_EQ(ob.size(), 1u);
-  EXPECT_EQ(ob[0].document, built_from_store(*store_, "t1"));
-  EXPECT_EQ(json::parse(ob[0].document)["events"][0]["unfinished"], false);
+  EXPECT_EQ(*ob[0].document, built_from_store(*store_, "t1"));
+  EXPECT_EQ(json::parse(*ob[0].document)["events"][0]["unfinished"], false);
   EXPECT_EQ(assembler_->stats().cache_misses, 1u);
   EXPECT_EQ(assembler_->stats().record_reads, 0u);
   assembler_.reset();  // before the store it reads
@@ -878,8 +895,8 @@ TEST_F(AssemblerTest, BytesPastTheCacheBoundSendTheirTraceToTheStore) {
   auto ob = outbox();
   ASSERT_EQ(ob.size(), 2u);
   for (const auto& e : ob) {
-    EXPECT_EQ(e.document, built_from_store(*store_, e.trace_id));
-    EXPECT_EQ(json::parse(e.document)["status"], "ok");
+    EXPECT_EQ(*e.document, built_from_store(*store_, e.trace_id));
+    EXPECT_EQ(json::parse(*e.document)["status"], "ok");
   }
   st = assembler_->stats();
   EXPECT_EQ(st.cache_misses, 1u);  // big
@@ -899,10 +916,10 @@ TEST_F(AssemblerTest, LostNotificationsSendCachedTracesToTheStore) {
   advance_and_poll(1s);
   auto ob = outbox();
   ASSERT_EQ(ob.size(), 1u);
-  json doc = json::parse(ob[0].document);
+  json doc = json::parse(*ob[0].document);
   EXPECT_EQ(doc["status"], "ok");
   EXPECT_EQ(doc["events"][0]["unfinished"], false);
-  EXPECT_EQ(ob[0].document, built_from_store(*store_, "a"));
+  EXPECT_EQ(*ob[0].document, built_from_store(*store_, "a"));
   EXPECT_EQ(assembler_->stats().cache_bytes, 0u);
   EXPECT_EQ(assembler_->stats().record_reads, 0u);  // its records were not all known
   advance_and_poll(10s);                            // the rescan finds the lost record ...
@@ -929,7 +946,7 @@ TEST_F(AssemblerTest, ATraceSpilledFromTheIndexIsNotBuiltFromTheCache) {
   advance_and_poll(1s);
   auto ob = outbox();
   ASSERT_EQ(ob.size(), 1u);
-  json doc = json::parse(ob[0].document);
+  json doc = json::parse(*ob[0].document);
   EXPECT_EQ(ob[0].trace_id, "a");
   EXPECT_EQ(doc["status"], "ok");
   EXPECT_EQ(doc["events"].size(), 1u);
@@ -947,7 +964,7 @@ TEST_F(AssemblerTest, ALateMessageOfACachedTraceRebuildsFromTheStore) {
   auto ob = outbox();
   ASSERT_EQ(ob.size(), 2u);
   EXPECT_EQ(ob[1].revision, 2u);
-  EXPECT_EQ(json::parse(ob[1].document)["events"].size(), 2u);
+  EXPECT_EQ(json::parse(*ob[1].document)["events"].size(), 2u);
   EXPECT_EQ(assembler_->stats().cache_hits, 1u);
   EXPECT_EQ(assembler_->stats().cache_misses, 1u);
   EXPECT_EQ(assembler_->stats().cache_bytes, 0u);
@@ -1027,7 +1044,7 @@ TEST_F(AssemblerTest, AQuarantinedTraceIsReleasedAndBuilt) {
   advance_and_poll(1s);
   ASSERT_EQ(outbox().size(), 1u);
   EXPECT_EQ(outbox()[0].trace_id, "poison1");
-  EXPECT_EQ(json::parse(outbox()[0].document)["events"].size(), 1u);
+  EXPECT_EQ(json::parse(*outbox()[0].document)["events"].size(), 1u);
   std::string reason;
   EXPECT_TRUE(store_->meta_get("assembler/quarantine/poison1", &reason).IsNotFound());
 

@@ -158,8 +158,8 @@ std::shared_ptr<const Config> build_config(const Options& o) {
 // after a reload, truncation, dead letters). Inline batches keep theirs.
 struct Batch {
   BatchRecord record;
-  std::vector<std::string> docs;
-  std::vector<uint64_t> emitted_ns;  // 0 when unknown (inline)
+  std::vector<buffer::Document> docs;  // not null
+  std::vector<uint64_t> emitted_ns;    // 0 when unknown (inline)
   size_t events = 0;
   // Outbox entries and document bytes (0: unknown) it accounts for in the
   // dispatcher's Impl::inflight_entries / inflight_bytes.
@@ -393,18 +393,27 @@ struct Delivery::Impl {
     return false;
   }
 
-  static size_t events_in(const std::vector<std::string>& docs) {
+  static size_t events_in(const std::vector<buffer::Document>& docs) {
     size_t n = 0;
     for (const auto& d : docs)
-      n += detail::count_events(d);
+      n += detail::count_events(*d);
     return n;
+  }
+
+  // The documents of an inline batch record, as a batch holds them.
+  static std::vector<buffer::Document> inline_docs(const BatchRecord& rec) {
+    std::vector<buffer::Document> docs;
+    docs.reserve(rec.docs.size());
+    for (const std::string& d : rec.docs)
+      docs.push_back(buffer::make_document(d));
+    return docs;
   }
 
   // A batch's documents as the store thread reads them (read_docs_op()).
   struct DocsRead {
     buffer::Status status;  // of the read that failed; ok otherwise
     BatchRecord record;     // the batch's record without the entries no longer there
-    std::vector<std::string> docs;
+    std::vector<buffer::Document> docs;
     std::vector<uint64_t> emitted_ns;
     std::vector<std::string> removed;  // trace ids of the entries no longer there
     size_t events = 0;
@@ -470,7 +479,7 @@ struct Delivery::Impl {
   net::awaitable<bool> load_batch(Batch* b, bool* empty) {
     *empty = false;
     if (b->record.is_inline()) {
-      b->docs = b->record.docs;
+      b->docs = inline_docs(b->record);
       b->emitted_ns.assign(b->docs.size(), 0);
       b->events = events_in(b->docs);
       co_return true;
@@ -488,7 +497,7 @@ struct Delivery::Impl {
       // Loading a persisted inline batch may have thrown before its
       // documents were copied (next_batch()).
       if (b.docs.size() != b.record.docs.size()) {
-        b.docs = b.record.docs;
+        b.docs = inline_docs(b.record);
         b.emitted_ns.assign(b.docs.size(), 0);
         b.events = events_in(b.docs);
       }
@@ -510,7 +519,7 @@ struct Delivery::Impl {
   }
 
   static void drop_docs(Batch& b) {
-    if (!b.record.is_inline()) std::vector<std::string>().swap(b.docs);
+    if (!b.record.is_inline()) std::vector<buffer::Document>().swap(b.docs);
   }
 
   // Whether the outbox may hold enough unread entries to fill the staged
@@ -564,7 +573,7 @@ struct Delivery::Impl {
     }
     for (auto& e : r.got) {
       cursor = e.seq + 1;
-      staged_bytes += e.document.size();
+      staged_bytes += e.document->size();
       staged.push_back(std::move(e));
     }
     co_return true;
@@ -642,12 +651,12 @@ struct Delivery::Impl {
     for (; n < staged.size(); ++n) {
       const buffer::OutboxEntry& e = staged[n];
       if (busy_traces.count(e.trace_id) != 0 || blocked.count(e.trace_id) != 0 ||
-          n >= o.batch_max_events || (n > 0 && bytes + e.document.size() > o.batch_max_bytes) ||
+          n >= o.batch_max_events || (n > 0 && bytes + e.document->size() > o.batch_max_bytes) ||
           !in_batch.insert(e.trace_id).second) {
         full = true;
         break;
       }
-      bytes += e.document.size();
+      bytes += e.document->size();
     }
     if (n == 0) co_return std::nullopt;  // woken when the conflicting batch finishes
     full = full || n >= o.batch_max_events || bytes >= o.batch_max_bytes / 2;
@@ -680,7 +689,7 @@ struct Delivery::Impl {
     for (size_t i = 0; i < n; ++i) {
       buffer::OutboxEntry& e = staged.front();
       b.emitted_ns.push_back(e.emitted_ns);
-      b.events += detail::count_events(e.document);
+      b.events += detail::count_events(*e.document);
       b.docs.push_back(std::move(e.document));
       staged.pop_front();
     }
@@ -788,7 +797,10 @@ struct Delivery::Impl {
                      http::request<http::string_body>* req, std::string* error) {
     const Options& o = c.options;
     if (o.encode_hook) o.encode_hook(b.record.trace_ids);
-    std::vector<std::string_view> views(b.docs.begin(), b.docs.end());
+    std::vector<std::string_view> views;
+    views.reserve(b.docs.size());
+    for (const buffer::Document& d : b.docs)
+      views.emplace_back(*d);
     const bool protobuf = o.format == Format::kOtlp && o.otlp_encoding == OtlpEncoding::kProtobuf;
     if (o.format == Format::kNative) {
       if (!body_encoder.native(o.compression, o.compression_level, views, &body)) {
@@ -932,7 +944,9 @@ struct Delivery::Impl {
     d.reason = reason;
     d.key = b.record.key;
     d.trace_ids = b.record.trace_ids;
-    d.docs = b.docs;
+    d.docs.reserve(b.docs.size());
+    for (const buffer::Document& doc : b.docs)
+      d.docs.push_back(*doc);
     // `d`, `evicted` and `evicted_docs` belong to this coroutine, suspended
     // while the store thread uses them; the bounds are copied.
     uint64_t evicted = 0, evicted_docs = 0;
@@ -1121,7 +1135,7 @@ struct Delivery::Impl {
           encoder->get_executor(),
           [&]() -> net::awaitable<bool> {
             if (cfg->options.encode_hook) cfg->options.encode_hook(b.record.trace_ids);
-            co_return detail::neuraltrust_requests(b.docs.at(0), &requests, &error);
+            co_return detail::neuraltrust_requests(*b.docs.at(0), &requests, &error);
           },
           net::use_awaitable);
       *stage = Stage::kSend;
@@ -1271,7 +1285,9 @@ struct Delivery::Impl {
           if (!co_await reload_docs(b)) {
             co_return;
           }
-          if (detail::truncate_largest_field(&b.docs[0])) {
+          // The document may be shared (the viewer's): truncate a copy.
+          if (std::string doc = *b.docs[0]; detail::truncate_largest_field(&doc)) {
+            b.docs[0] = buffer::make_document(std::move(doc));
             update_stats([](Stats& s) { ++s.documents_truncated; });
             need_build = true;
             continue;

@@ -129,17 +129,18 @@ struct FileExporter::Impl {
   bool write_all(const std::vector<buffer::OutboxEntry>& entries, const Options& o) {
     for (auto& e : entries) {
       if (file == nullptr && !rotate(o.file_keep)) return false;
-      if (file_size > 0 && file_size + e.document.size() + 1 > o.file_max_bytes) {
+      const std::string& doc = *e.document;
+      if (file_size > 0 && file_size + doc.size() + 1 > o.file_max_bytes) {
         if (std::fflush(file) != 0 || ::fdatasync(::fileno(file)) != 0) return false;
         if (!rotate(o.file_keep)) return false;
       }
-      if (std::fwrite(e.document.data(), 1, e.document.size(), file) != e.document.size() ||
+      if (std::fwrite(doc.data(), 1, doc.size(), file) != doc.size() ||
           std::fputc('\n', file) == EOF) {
         return false;
       }
-      file_size += e.document.size() + 1;
+      file_size += doc.size() + 1;
       if (o.print) {
-        std::fwrite(e.document.data(), 1, e.document.size(), stdout);
+        std::fwrite(doc.data(), 1, doc.size(), stdout);
         std::fputc('\n', stdout);
       }
     }
@@ -179,8 +180,8 @@ struct FileExporter::Impl {
             size_t events = 0, bytes = 0;
             for (auto& e : entries) {
               seqs.push_back(e.seq);
-              events += detail::count_events(e.document);
-              bytes += e.document.size() + 1;
+              events += detail::count_events(*e.document);
+              bytes += e.document->size() + 1;
             }
             s = store.ack_outbox(seqs);
             if (!s.ok()) {

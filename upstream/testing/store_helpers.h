@@ -78,7 +78,7 @@ inline uint64_t emit_doc(buffer::Store& store, const std::string& trace_id, cons
     uint64_t now = emitted_ns != 0 ? emitted_ns : system_clock().now_ns();
     if (e.state.first_emit_ns == 0) e.state.first_emit_ns = now;
     e.state.last_emit_ns = now;
-    e.document = doc;
+    e.document = buffer::make_document(doc);
     e.emitted_ns = now;
     uint64_t seq = 0;
     s = store.emit(e, &seq);
