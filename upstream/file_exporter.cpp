@@ -9,6 +9,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
@@ -155,6 +157,8 @@ struct FileExporter::Impl {
     // are appended in seq order, and those before it are acknowledged (their
     // deleted keys are never walked again).
     uint64_t next = 0;
+    // When the last round was written (none yet: the first goes at once).
+    auto last_round = std::chrono::steady_clock::time_point::min();
     for (;;) {
       Options o;
       {
@@ -197,6 +201,7 @@ struct FileExporter::Impl {
               stats.events_delivered += events;
               stats.bytes_sent += bytes;
               last_success_mono = clock.mono_ns();
+              last_round = std::chrono::steady_clock::now();
               next = entries.back().seq + 1;
               for (auto& e : entries) {
                 uint64_t ms = now > e.emitted_ns ? (now - e.emitted_ns) / 1'000'000 : 0;
@@ -225,8 +230,14 @@ struct FileExporter::Impl {
       }
       std::unique_lock lock(mu);
       if (ok) {
-        // Nothing left to write: sleep until the outbox grows.
+        // Nothing left to write: sleep until the outbox grows. Then a round
+        // that would be small gathers more, as a partial batch of delivery
+        // does: each round costs a write, an fdatasync and an
+        // acknowledgement whatever it carries. It goes once the last one is
+        // flush_interval_ms old, or at half a batch.
         cv.wait(lock, [&] { return stop_requested || notified; });
+        cv.wait_until(lock, last_round + std::chrono::milliseconds(o.flush_interval_ms),
+                      [&] { return stop_requested || round_is_full(o); });
       } else {
         cv.wait_for(
             lock,
@@ -236,6 +247,12 @@ struct FileExporter::Impl {
       }
     }
     close_file();
+  }
+
+  // Whether the outbox holds half a batch of entries or bytes.
+  bool round_is_full(const Options& o) const {
+    return store.outbox_entries() >= std::max<size_t>(o.batch_max_events / 2, 1) ||
+           store.outbox_bytes() >= o.batch_max_bytes / 2;
   }
 
   void close_file() {

@@ -68,6 +68,40 @@ TEST(UpstreamFileExporter, APartialLastLineFromACrashIsRemovedAndWrittenAgain) {
   EXPECT_EQ(lines_of(path), (std::vector<std::string>{done, cut}));
 }
 
+// Traces emitted while it runs are written in rounds of half a batch, or
+// once the last round is flush_interval_ms old: not a write, an fdatasync and
+// an acknowledgement for each.
+TEST(UpstreamFileExporter, SmallRoundsGatherUntilHalfABatchOrTheFlushInterval) {
+  buffer::testing::TempDir dir;
+  auto store = testing::open_store(dir.str());
+  Options o;
+  o.data_dir = dir.str();
+  o.batch_max_events = 8;
+  o.flush_interval_ms = 3'600'000;
+  auto exporter = make_exporter(*store, o);
+  exporter->start();
+  testing::emit_doc(*store, "first", testing::make_doc("first", 1));
+  ASSERT_TRUE(testing::wait_until([&] { return store->outbox_entries() == 0; }));
+  EXPECT_EQ(exporter->stats().batches_sent, 1u);  // the first round goes at once
+  // Three traces are less than half a batch: they wait for a fourth, then go
+  // out in one round.
+  for (int i = 0; i < 3; ++i)
+    testing::emit_doc(*store, "t" + std::to_string(i), testing::make_doc("t", 1));
+  testing::emit_doc(*store, "t3", testing::make_doc("t", 1));
+  ASSERT_TRUE(testing::wait_until([&] { return store->outbox_entries() == 0; }));
+  EXPECT_EQ(exporter->stats().batches_sent, 2u);
+  EXPECT_EQ(exporter->stats().traces_delivered, 5u);
+  exporter->stop();
+  // A short interval lets a single trace go on its own.
+  o.flush_interval_ms = 50;
+  exporter = make_exporter(*store, o);
+  exporter->start();
+  testing::emit_doc(*store, "late", testing::make_doc("late", 1));
+  ASSERT_TRUE(testing::wait_until([&] { return store->outbox_entries() == 0; }));
+  exporter->stop();
+  EXPECT_EQ(lines_of(dir.str() + "/traces.jsonl").size(), 6u);
+}
+
 TEST(UpstreamFileExporter, UnwritableDirectoryThrowsAtStart) {
   buffer::testing::TempDir dir;
   auto store = testing::open_store(dir.str());
