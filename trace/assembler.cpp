@@ -286,10 +286,9 @@ bool Assembler::rescan(uint64_t now, bool at_start) {
   rescan_from_ = UINT64_MAX;
   next_rescan_ns_ = now + ns(opts_.retry_interval);
   if (from == UINT64_MAX) return true;
-  // The traces this rescan brings in: their records are all known once it
-  // has read pending to its end (entries before `from` are all held, so
-  // none of theirs is there).
-  std::vector<const std::string*> found;
+  // Once it has read pending to its end, every open trace's records are
+  // known: entries before `from` are all held, and the rest were read (a
+  // notice lost meanwhile, for a later commit, starts the next rescan).
   std::vector<buffer::Committed> page;
   for (;;) {
     page.clear();
@@ -310,7 +309,6 @@ bool Assembler::rescan(uint64_t now, bool at_start) {
           return true;
         }
         take(c, at_start ? c.recv_ns : now, now, /*notified=*/false);
-        found.push_back(&open_.find(c.trace_id)->first);
       } else {
         Open& o = it->second;
         if (add_record(o, c.seq, c.record_messages)) {
@@ -331,8 +329,12 @@ bool Assembler::rescan(uint64_t now, bool at_start) {
       }
     }
     if (page.size() < 4096) {
-      for (const std::string* id : found)
-        open_.at(*id).records_whole = true;
+      // Read where their records say, not by a walk of their runs: under a
+      // sustained overload notices are lost again and again, and every open
+      // trace was read the slow way (docs/benchmarks.md, "The twelfth
+      // round").
+      for (auto& [id, o] : open_)
+        o.records_whole = true;
       return true;
     }
     from = page.back().seq + 1;
@@ -660,7 +662,11 @@ size_t Assembler::poll() {
     }
     rescan_from_ = std::min(rescan_from_, lost_from);
   }
-  if ((need_rescan_ || spilled_ || rescan_from_ != UINT64_MAX) && now >= next_rescan_ns_) {
+  // After lost notices at once, before the due traces are built: until it
+  // has run, every open trace is read the slow way. It reads pending from the
+  // first lost one only, a round's worth under a sustained overload.
+  if ((need_rescan_ || spilled_ || rescan_from_ != UINT64_MAX) &&
+      (lost_from != UINT64_MAX || now >= next_rescan_ns_)) {
     rescan(now, /*at_start=*/false);
   }
 

@@ -905,14 +905,19 @@ TEST_F(AssemblerTest, BytesPastTheCacheBoundSendTheirTraceToTheStore) {
 }
 
 // Lost notices may have held messages of a cached trace: every cached trace
-// is then read from the store, even before the rescan that finds them.
-TEST_F(AssemblerTest, LostNotificationsSendCachedTracesToTheStore) {
+// is then read from the store. The rescan that finds what they held runs at
+// once, whatever retry_interval, and the trace is read where its records say.
+TEST_F(AssemblerTest, LostNotificationsSendCachedTracesToTheStoreAfterARescan) {
   opts_.queue_bytes = 1;       // a push is refused while one waits
-  opts_.retry_interval = 10s;  // no rescan before the trace is due
+  opts_.retry_interval = 10s;  // not what a rescan after lost notices waits for
   reopen();
+  const uint64_t rescans = assembler_->stats().rescans;
   send({pack("start", "a", "e1")}, "a");
   send({pack("end", "a", "e1")}, "a");  // lost
   ASSERT_EQ(assembler_->stats().notifications_dropped, 1u);
+  advance_and_poll(1s);  // a's notice, then the rescan: the lost record counts as stored now
+  EXPECT_EQ(assembler_->stats().rescans, rescans + 1);
+  EXPECT_TRUE(outbox().empty());
   advance_and_poll(1s);
   auto ob = outbox();
   ASSERT_EQ(ob.size(), 1u);
@@ -921,13 +926,41 @@ TEST_F(AssemblerTest, LostNotificationsSendCachedTracesToTheStore) {
   EXPECT_EQ(doc["events"][0]["unfinished"], false);
   EXPECT_EQ(*ob[0].document, built_from_store(*store_, "a"));
   EXPECT_EQ(assembler_->stats().cache_bytes, 0u);
-  EXPECT_EQ(assembler_->stats().record_reads, 0u);  // its records were not all known
-  advance_and_poll(10s);                            // the rescan finds the lost record ...
-  advance_and_poll(1s);                             // ... and releases it: nothing owed
+  EXPECT_EQ(assembler_->stats().cache_hits, 0u);
+  EXPECT_EQ(assembler_->stats().record_reads, 1u);
   std::vector<buffer::Committed> pending;
   ASSERT_TRUE(store_->scan_pending(0, 100, &pending).ok());
   EXPECT_TRUE(pending.empty());
-  EXPECT_EQ(outbox().size(), 1u);
+}
+
+// A rescan that has read pending to its end makes every open trace's records
+// known again, those it found and those already open: they are read where
+// their records say, not by a walk of their runs.
+TEST_F(AssemblerTest, AfterARescanOpenTracesAreReadWhereTheirRecordsSay) {
+  opts_.queue_bytes = 1;  // a push is refused while one waits
+  opts_.retry_interval = 1ms;
+  reopen();
+  const uint64_t rescans = assembler_->stats().rescans;
+  send({pack("start", "a", "e1")}, "a");
+  send({pack("end", "a", "e1")}, "a");    // lost
+  send({pack("start", "b", "e1")}, "b");  // lost
+  ASSERT_EQ(assembler_->stats().notifications_dropped, 2u);
+  advance_and_poll(1ms);  // a's notice, then the rescan from the first lost one
+  EXPECT_EQ(assembler_->stats().rescans, rescans + 1);
+  send({pack("end", "b", "e1")}, "b");
+  advance_and_poll(2s);
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 2u);
+  for (const auto& e : ob) {
+    EXPECT_EQ(*e.document, built_from_store(*store_, e.trace_id)) << e.trace_id;
+    EXPECT_EQ(json::parse(*e.document)["events"][0]["unfinished"], false) << e.trace_id;
+  }
+  const AssemblerStats st = assembler_->stats();
+  EXPECT_EQ(st.record_reads, 2u);
+  EXPECT_EQ(st.cache_hits, 0u);
+  std::vector<buffer::Committed> pending;
+  ASSERT_TRUE(store_->scan_pending(0, 100, &pending).ok());
+  EXPECT_TRUE(pending.empty());
 }
 
 // A trace spilled from the index may have stored messages it no longer knows
