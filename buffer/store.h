@@ -181,11 +181,12 @@ struct Emission {
   Document document;                   // not null
   // Empty: the outbox entry holds the document. Otherwise, while the
   // document fits StoreOptions::document_cache_bytes, it waits in memory for
-  // read_outbox() (the same text, not a copy) and the entry holds this instead (what the document
-  // builder, set_document_builder(), needs to build the same document again
-  // from the trace's stored messages); the trace's messages are then kept
-  // until the entry is acknowledged (TraceState::undelivered). Past that
-  // bound (delivery is behind) the entry holds the document.
+  // read_outbox() (the same text, not a copy) and the entry holds this
+  // instead (what the document builder, set_document_builder(), needs to
+  // build the same document again from the trace's stored messages); the
+  // trace's messages are then kept until the entry is acknowledged
+  // (TraceState::undelivered). Past that bound (delivery is behind) the
+  // entry holds the document.
   std::string recipe;
   uint64_t emitted_ns = 0;
 };

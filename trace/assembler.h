@@ -120,8 +120,8 @@ struct AssemblerOptions {
   int nice = 5;
   // Called after each successful emission, on the thread that runs poll(),
   // with the emitted revision's document (the text the outbox holds, shared:
-  // the assembler keeps no reference). It must be quick and must not call back into the assembler;
-  // empty: not called.
+  // the assembler keeps no reference). It must be quick and must not call
+  // back into the assembler; empty: not called.
   std::function<void(const std::string& trace_id, uint32_t revision, buffer::Document document)>
       on_emitted;
   // A trace whose build throws is tried again after `retry_interval`, and
