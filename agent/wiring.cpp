@@ -374,6 +374,10 @@ std::string render_metrics(const Components& c, const Clock& clock) {
     w.sample("sidetrace_assembler_spilled_total", as.spilled);
     w.family("sidetrace_assembler_rescans_total", "counter", "Rescans of pending messages.");
     w.sample("sidetrace_assembler_rescans_total", as.rescans);
+    w.family("sidetrace_assembler_rescans_full_total", "counter",
+             "Rescans that stopped with trace.max_open_traces traces open (the rest of "
+             "pending waits for the next).");
+    w.sample("sidetrace_assembler_rescans_full_total", as.rescans_full);
     w.family("sidetrace_assembler_rescanned_records_total", "counter",
              "Pending records read by rescans.");
     w.sample("sidetrace_assembler_rescanned_records_total", as.rescanned_records);

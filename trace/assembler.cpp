@@ -210,6 +210,17 @@ uint64_t Assembler::quiet_deadline(const Open& o) const {
   return std::min(o.last_ns + ns(opts_.quiet_period), o.first_ns + ns(opts_.max_open));
 }
 
+bool Assembler::records_known(const Open& o) const {
+  // Every pending record below rescan_from_ is held by an open trace that
+  // knows it (notices and rescans add them; a lost notice or a spill moves
+  // rescan_from_ down to what it may have held). A trace whose records all
+  // lie below it has none unknown among them: one it does not know of is
+  // later than all of them, and goes out in a later revision like a late
+  // message. Under a sustained overload every trace comes from a rescan
+  // that stops for room, and this lets each be read where its records say.
+  return o.records_whole || (!need_rescan_ && o.max_seq < rescan_from_);
+}
+
 bool Assembler::add_record(Open& o, uint64_t seq, uint32_t messages) {
   for (const buffer::RecordRef& r : o.records) {
     if (r.seq == seq) return false;
@@ -299,14 +310,20 @@ bool Assembler::rescan(uint64_t now, bool at_start) {
       return false;
     }
     rescanned_.fetch_add(page.size());
+    bool full = false;
     for (auto& c : page) {
       auto it = open_.find(c.trace_id);
       if (it == open_.end()) {
+        if (full) continue;
         if (open_.size() >= opts_.max_open_traces) {
-          // No room: the rest waits for the next rescan, oldest first.
+          // No room: the rest waits for the next rescan, oldest first. The
+          // rest of the page still adds to the traces held, so that few of
+          // them are read before their next records (see records_known()).
+          full = true;
           spilled_ = true;
           rescan_from_ = std::min(rescan_from_, c.seq);
-          return true;
+          full_stops_.fetch_add(1);
+          continue;
         }
         take(c, at_start ? c.recv_ns : now, now, /*notified=*/false);
       } else {
@@ -328,6 +345,7 @@ bool Assembler::rescan(uint64_t now, bool at_start) {
         o.max_seq = std::max(o.max_seq, c.seq);
       }
     }
+    if (full) return true;
     if (page.size() < 4096) {
       // Read where their records say, not by a walk of their runs: under a
       // sustained overload notices are lost again and again, and every open
@@ -457,7 +475,7 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
     // trace past a per-trace bound (parts are read by runs), nor one stored
     // a message or two per commit over many (a flood into few traces): one
     // lookup per message costs it more than a walk of its runs.
-    if (o.records_whole && st.revision == 0 && !parts && messages <= range.max_events &&
+    if (records_known(o) && st.revision == 0 && !parts && messages <= range.max_events &&
         o.records.size() <= kMaxRecordsLookedUp) {
       s = store_.read_records(trace_id, o.records, range.max_bytes, &events);
       if (s.ok()) record_reads_.fetch_add(1);
@@ -759,6 +777,7 @@ AssemblerStats Assembler::stats() const {
   s.rescans = rescans_.load();
   s.rescanned_records = rescanned_.load();
   s.spilled = spilled_n_.load();
+  s.rescans_full = full_stops_.load();
   s.open_traces = open_n_.load();
   s.emitted = emitted_.load();
   s.emitted_unfinished = emitted_unfinished_.load();

@@ -43,9 +43,12 @@
 //
 // Reads from the store: a never-emitted trace whose pending records (a few)
 // are all known (every one notified, or found by a rescan that went to the
-// end of pending) is read where its records say its messages were stored
-// (Store::read_records), one point lookup per message; otherwise, or when
-// the log's front has moved them since, through its runs (read_trace).
+// end of pending), or whose known records all lie below the first record a
+// rescan has still to read (one that stopped with the index full), is read
+// where its records say its messages were stored (Store::read_records), one
+// point lookup per message; otherwise, or when the log's front has moved them
+// since, through its runs (read_trace). A record of the latter kind found
+// only later goes out in the next revision, as a late message does.
 //
 // Driving: poll() does one round of work (take notifications, emit due
 // traces, retention) and never sleeps; tests call it with a ManualClock.
@@ -147,6 +150,7 @@ struct AssemblerStats {
   uint64_t rescans = 0;
   uint64_t rescanned_records = 0;   // pending records read by rescans
   uint64_t spilled = 0;             // open traces dropped from memory (index full)
+  uint64_t rescans_full = 0;        // rescans that stopped with the index full
   uint64_t open_traces = 0;         // in the index now
   uint64_t emitted = 0;             // revisions emitted
   uint64_t emitted_unfinished = 0;  // ... of which at max_open with open events
@@ -247,6 +251,9 @@ class Assembler {
   void drop_cache(Open& o);
   // When `o` is next looked at: quiet, or at max_open.
   uint64_t quiet_deadline(const Open& o) const;
+  // Whether `o`'s records are all it has pending below its last known one,
+  // so that it may be read where they say.
+  bool records_known(const Open& o) const;
   // Adds a pending record to `o`; false when it was known.
   static bool add_record(Open& o, uint64_t seq, uint32_t messages);
   // `key` is the trace's key in open_.
@@ -331,7 +338,7 @@ class Assembler {
       spilled_n_{0}, open_n_{0}, emitted_{0}, emitted_unfinished_{0}, emitted_partial_{0},
       emitted_parts_{0}, parts_waited_{0}, late_{0}, store_errors_{0}, cache_hits_{0},
       cache_misses_{0}, record_reads_{0}, cache_refused_{0}, build_failures_n_{0},
-      quarantined_n_{0};
+      quarantined_n_{0}, full_stops_{0};
   // Bytes held by the cache, and in notices on their way to it.
   std::atomic<uint64_t> cache_used_{0};
 };

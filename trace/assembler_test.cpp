@@ -832,10 +832,10 @@ TEST_F(AssemblerTest, TracesFoundByARescanAreReadWhereTheirRecordsSay) {
   EXPECT_EQ(st.record_reads, 2u);
 }
 
-// A rescan that stops for room may not have met every record of the traces
-// it took: those are read through their runs; the one a later, complete
-// rescan brings in is read where its records say.
-TEST_F(AssemblerTest, ARescanThatStopsForRoomLeavesItsTracesToTheRuns) {
+// A rescan that stops for room leaves the rest of pending to the next one.
+// The traces it took have no record unknown below their last known one, and
+// are read where their records say.
+TEST_F(AssemblerTest, ARescanThatStopsForRoomReadsItsTracesWhereTheirRecordsSay) {
   opts_.max_open_traces = 2;
   for (const char* t : {"a", "b", "c"}) {
     send({pack("start", t, "e1")}, t, /*notify=*/false);
@@ -852,7 +852,72 @@ TEST_F(AssemblerTest, ARescanThatStopsForRoomLeavesItsTracesToTheRuns) {
   }
   AssemblerStats st = assembler_->stats();
   EXPECT_EQ(st.cache_misses, 3u);
-  EXPECT_EQ(st.record_reads, 1u);  // c
+  EXPECT_EQ(st.record_reads, 3u);
+  EXPECT_GE(st.rescans_full, 1u);
+}
+
+// Past the stop, the rest of the rescan's page still adds records to the
+// traces it holds: one with a record there is read through its runs, whole,
+// in one revision.
+TEST_F(AssemblerTest, ARecordPastARescansStopStillReachesItsOpenTrace) {
+  opts_.max_open_traces = 2;
+  send({pack("event", "a", "e1")}, "a", /*notify=*/false);
+  send({pack("event", "b", "e1")}, "b", /*notify=*/false);
+  send({pack("event", "c", "e1")}, "c", /*notify=*/false);  // no room for it
+  send({pack("event", "a", "e2")}, "a", /*notify=*/false);
+  reopen();
+  for (int i = 0; i < 5 && outbox().size() < 3; ++i)
+    advance_and_poll(1s);
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 3u);
+  for (const auto& e : ob) {
+    EXPECT_EQ(e.revision, 1u);
+    EXPECT_EQ(*e.document, built_from_store(*store_, e.trace_id));
+  }
+  EXPECT_EQ(json::parse(*ob[0].document)["events"].size(), 2u);  // a, whole
+  AssemblerStats st = assembler_->stats();
+  EXPECT_GE(st.rescans_full, 1u);
+  EXPECT_EQ(st.record_reads, 2u);  // b, then c; a through its runs
+  EXPECT_EQ(st.late_revisions, 0u);
+}
+
+// A record past the rescan's page is not known when its trace is read: it
+// goes out in the next revision, as a late message does, and nothing is
+// lost.
+TEST_F(AssemblerTest, ARecordPastARescansPageGoesOutInTheNextRevision) {
+  opts_.max_open_traces = 2;
+  send({pack("event", "a", "e1")}, "a", /*notify=*/false);
+  send({pack("event", "x", "e1")}, "x", /*notify=*/false);
+  send({pack("event", "b", "e1")}, "b", /*notify=*/false);  // no room for it
+  for (int i = 0; i < 4096; ++i)                            // a record each, filling the page
+    send({pack("event", "x", "f" + std::to_string(i))}, "x", /*notify=*/false);
+  send({pack("event", "a", "e2")}, "a", /*notify=*/false);
+  reopen();
+  for (int i = 0; i < 10 && outbox().size() < 4; ++i)
+    advance_and_poll(1s);
+  std::map<std::string, std::vector<buffer::OutboxEntry>> by_trace;
+  for (auto& e : outbox())
+    by_trace[e.trace_id].push_back(e);
+  ASSERT_EQ(by_trace["a"].size(), 2u);
+  EXPECT_EQ(by_trace["a"][0].revision, 1u);
+  EXPECT_EQ(json::parse(*by_trace["a"][0].document)["events"].size(), 1u);
+  EXPECT_EQ(by_trace["a"][1].revision, 2u);
+  EXPECT_EQ(*by_trace["a"][1].document, [&] {
+    std::vector<buffer::StoredEvent> events;
+    EXPECT_TRUE(store_->read_trace("a", &events).ok());
+    std::vector<StoredMessage> msgs;
+    for (const auto& e : events)
+      msgs.push_back(StoredMessage{e.seq, e.recv_ns, e.raw});
+    BuildOptions bo;
+    bo.revision = 2;
+    bo.changed_after_seq = events.front().seq;
+    return build_trace("a", msgs, bo).document;
+  }());
+  ASSERT_EQ(by_trace["x"].size(), 1u);
+  EXPECT_EQ(*by_trace["x"][0].document, built_from_store(*store_, "x"));
+  ASSERT_EQ(by_trace["b"].size(), 1u);
+  EXPECT_EQ(*by_trace["b"][0].document, built_from_store(*store_, "b"));
+  EXPECT_EQ(assembler_->stats().late_revisions, 1u);
 }
 
 // Messages no longer where their records say (the log's front moved them)
