@@ -28,6 +28,7 @@
 #include <shared_mutex>
 #include <system_error>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "buffer/detail/codec.h"
 #include "buffer/reclaim.h"
@@ -965,7 +966,17 @@ class RocksStore final : public Store {
   Status get_state(std::string_view trace_id, TraceState* out) override {
     StoreLock db_lock(db_mu_);
     if (!db_) return unavailable();
-    return get_state_nolock(trace_id, out);
+    const uint64_t created = states_created_.load();
+    Status s = get_state_nolock(trace_id, out);
+    if (s.IsNotFound()) {
+      // Remembered only when no emission wrote a state while it read.
+      std::lock_guard lock(absent_mu_);
+      if (states_created_.load() == created) {
+        if (absent_.size() >= kMaxAbsent) absent_.clear();
+        absent_.emplace(trace_id);
+      }
+    }
+    return s;
   }
 
   Status get_state_nolock(std::string_view trace_id, TraceState* out) {
@@ -1020,6 +1031,12 @@ class RocksStore final : public Store {
       b.Merge(cfs_[kTraces], kCounterOutboxN, encode_i64(static_cast<int64_t>(written)));
       b.Merge(cfs_[kTraces], kCounterOutboxB, encode_i64(docs_bytes));
       rocksdb::Status rs = write(wo_derived_, &b);
+      {
+        // After the write, whatever its outcome: a read that began before it
+        // may have missed the states it created.
+        std::lock_guard absent_lock(absent_mu_);
+        states_created_.fetch_add(1);
+      }
       // A rare large write (a part of a split trace) does not stay allocated.
       if (b.GetDataSize() > kEmitBatchKeepBytes) b = rocksdb::WriteBatch();
       if (!rs.ok()) {
@@ -1057,7 +1074,15 @@ class RocksStore final : public Store {
     }
     if (!e.document) return Status::InvalidArgument("emit: no document");
     TraceState cur;
-    Status s = get_state_nolock(e.trace_id, &cur);
+    bool known_absent = false;
+    {
+      std::lock_guard absent_lock(absent_mu_);
+      known_absent = absent_.erase(e.trace_id) > 0;
+    }
+    // Most emissions are of a trace the emitter has just found without a
+    // state: no second lookup (each probes the filters of every file of the
+    // traces family).
+    Status s = known_absent ? Status::NotFound() : get_state_nolock(e.trace_id, &cur);
     bool existed = s.ok();
     if (!s.ok() && !s.IsNotFound()) return s;
     if (cur.generation != e.expected_generation) {
@@ -1782,6 +1807,15 @@ class RocksStore final : public Store {
   static constexpr size_t kEmitBatchKeepBytes = 1 << 20;
   rocksdb::WriteBatch emit_batch_;
   std::vector<uint64_t> emit_held_;  // guarded by state_mu_
+  // Traces get_state() found without a state, none created for them since;
+  // guarded by absent_mu_ (taken after state_mu_ where both are). Only an
+  // emission creates a state: it removes its trace here, and counts its
+  // writes in states_created_, after them, so that a read that began before
+  // one is not remembered. Bounded by kMaxAbsent (past it, cleared).
+  std::mutex absent_mu_;
+  std::unordered_set<std::string> absent_;
+  std::atomic<uint64_t> states_created_{0};
+  static constexpr size_t kMaxAbsent = 4096;
   uint64_t next_outbox_ = 1;
   std::mutex outbox_mu_;    // serialises outbox removals (exact counters)
   uint64_t drop_from_ = 0;  // the outbox entries below it were dropped; guarded by outbox_mu_

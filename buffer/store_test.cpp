@@ -747,6 +747,35 @@ TEST(StoreTest, EmitRefusesAStaleGeneration) {
   EXPECT_EQ(s->outbox_entries(), 1u);
 }
 
+// Two emitters find a trace without a state: the first one's revision is
+// written, the second one's is refused (the store does not take the trace for
+// new again once a state was written for it).
+TEST(StoreTest, OfTwoEmittersThatFoundNoStateOnlyTheFirstWrites) {
+  TempDir dir;
+  auto s = open_store(options(dir));
+  std::vector<Committed> out;
+  std::vector<ipc::Message> in = {msg("t", "x")};
+  ASSERT_TRUE(s->append(in, &out).ok());
+  TraceState first, second;
+  ASSERT_TRUE(s->get_state("t", &first).IsNotFound());
+  ASSERT_TRUE(s->get_state("t", &second).IsNotFound());
+  Emission e;
+  e.trace_id = "t";
+  e.expected_generation = 0;
+  e.state.revision = 1;
+  e.state.max_seq = out[0].seq;
+  e.pending_seqs = {out[0].seq};
+  e.document = make_document("{}");
+  uint64_t seq = 0;
+  ASSERT_TRUE(s->emit(e, &seq).ok());
+  EXPECT_EQ(s->emit(e, &seq).code(), Status::Code::kBusy);
+  EXPECT_EQ(s->outbox_entries(), 1u);
+  TraceState now;
+  ASSERT_TRUE(s->get_state("t", &now).ok());
+  EXPECT_EQ(now.revision, 1u);
+  EXPECT_EQ(now.generation, 1u);
+}
+
 // Several revisions in one write: each has its own outcome, the stale one is
 // refused alone, and the others get consecutive outbox entries.
 TEST(StoreTest, EmitManyWritesTogetherAndRefusesOnlyTheStale) {
