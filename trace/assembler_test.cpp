@@ -126,6 +126,15 @@ class AssemblerTest : public ::testing::Test {
     assembler_->poll();
   }
 
+  // Starts the assembler again over the store, then polls a second at a time
+  // until the outbox holds `entries` (at most `rounds` polls); the outbox.
+  std::vector<buffer::OutboxEntry> restart_until(size_t entries, int rounds = 5) {
+    reopen();
+    for (int i = 0; i < rounds && outbox().size() < entries; ++i)
+      advance_and_poll(1s);
+    return outbox();
+  }
+
   ManualClock clock_;
   TempDir dir_;
   AssemblerOptions opts_;
@@ -841,10 +850,7 @@ TEST_F(AssemblerTest, ARescanThatStopsForRoomReadsItsTracesWhereTheirRecordsSay)
     send({pack("start", t, "e1")}, t, /*notify=*/false);
     send({pack("end", t, "e1")}, t, /*notify=*/false);
   }
-  reopen();
-  for (int i = 0; i < 5 && outbox().size() < 3; ++i)
-    advance_and_poll(1s);
-  auto ob = outbox();
+  auto ob = restart_until(3);
   ASSERT_EQ(ob.size(), 3u);
   for (const auto& e : ob) {
     EXPECT_EQ(*e.document, built_from_store(*store_, e.trace_id));
@@ -865,10 +871,7 @@ TEST_F(AssemblerTest, ARecordPastARescansStopStillReachesItsOpenTrace) {
   send({pack("event", "b", "e1")}, "b", /*notify=*/false);
   send({pack("event", "c", "e1")}, "c", /*notify=*/false);  // no room for it
   send({pack("event", "a", "e2")}, "a", /*notify=*/false);
-  reopen();
-  for (int i = 0; i < 5 && outbox().size() < 3; ++i)
-    advance_and_poll(1s);
-  auto ob = outbox();
+  auto ob = restart_until(3);
   ASSERT_EQ(ob.size(), 3u);
   for (const auto& e : ob) {
     EXPECT_EQ(e.revision, 1u);
@@ -892,11 +895,8 @@ TEST_F(AssemblerTest, ARecordPastARescansPageGoesOutInTheNextRevision) {
   for (int i = 0; i < 4096; ++i)                            // a record each, filling the page
     send({pack("event", "x", "f" + std::to_string(i))}, "x", /*notify=*/false);
   send({pack("event", "a", "e2")}, "a", /*notify=*/false);
-  reopen();
-  for (int i = 0; i < 10 && outbox().size() < 4; ++i)
-    advance_and_poll(1s);
   std::map<std::string, std::vector<buffer::OutboxEntry>> by_trace;
-  for (auto& e : outbox())
+  for (auto& e : restart_until(4, 10))
     by_trace[e.trace_id].push_back(e);
   ASSERT_EQ(by_trace["a"].size(), 2u);
   EXPECT_EQ(by_trace["a"][0].revision, 1u);
