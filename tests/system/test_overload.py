@@ -48,6 +48,10 @@ def agent_config(upstream) -> dict:
     return {
         "upstream": {"endpoint": upstream.url, "compression": "gzip", "flush_interval_ms": 50},
         "trace": {"max_open_s": 3600},
+        # Well above what a minute's flood fills (14 million of its messages took the
+        # default 2 GiB), so that everything accepted must be persisted; what the
+        # store does at its quota is the disk tests' subject.
+        "buffer": {"max_bytes": "8GiB"},
     }
 
 
@@ -147,8 +151,15 @@ def test_datagram_flood(transport, flood_bin, make_agent, upstream):
         assert d["queue_full"] + d["kernel"] + sent["refused"] > 0, \
             f"nothing was dropped or refused: the flood was not above capacity ({sent}, {d})"
         assert d["received"] == d["accepted"] + d["queue_full"], d
-        wait_until(lambda: agent.metric("sidetrace_persisted_messages_total") - before["persisted"]
-                   == d["accepted"], 60, "everything accepted persisted")
+        try:
+            wait_until(lambda: agent.metric("sidetrace_persisted_messages_total")
+                       - before["persisted"] == d["accepted"], 60, "everything accepted persisted")
+        except harness.WaitTimeout as e:
+            m = agent.metrics()
+            dropped = {k: v for k, v in m.items() if k.startswith("sidetrace_dropped_messages_total")}
+            pytest.fail(f"{e}: accepted {d['accepted']}, persisted "
+                        f"{m.get('sidetrace_persisted_messages_total', 0.0) - before['persisted']}, "
+                        f"writer drops {dropped}; agent {diag(agent)}")
         m = agent.metrics()
         for cause in ("quota", "no_space", "io_error", "invalid"):
             assert m.get(f'sidetrace_dropped_messages_total{{cause="{cause}"}}', 0) == 0, cause
