@@ -26,6 +26,7 @@
 
 #include "common/host_port.h"
 #include "common/rate_limited_log.h"
+#include "ipc/detail/linger.h"
 #include "ipc/splitter.h"
 
 namespace sidetrace::ipc {
@@ -37,6 +38,16 @@ namespace {
 
 constexpr size_t kRejectCount = static_cast<size_t>(Reject::kCount_);
 
+// What a sender's Unix stream socket may hold unread before its writes block:
+// the sender's send buffer (net.core.wmem_default unless it set SO_SNDBUF),
+// in which each write takes its bytes and a few hundred bytes of bookkeeping.
+size_t unix_stream_send_room() {
+  std::ifstream f("/proc/sys/net/core/wmem_default");
+  long v = 0;
+  if (f >> v && v > 0) return static_cast<size_t>(v);
+  return 212992;  // the kernel's default
+}
+
 class StreamSession;
 
 // State shared by the intake and every handler it starts; handlers keep it
@@ -47,14 +58,17 @@ struct Shared {
         out(q),
         clock(c),
         log(10, std::chrono::seconds(10), c),
-        partial(opt.max_partial_bytes > 0 ? opt.max_partial_bytes : SIZE_MAX) {}
+        partial(opt.max_partial_bytes > 0 ? opt.max_partial_bytes : SIZE_MAX),
+        stream_linger_room(opt.stream_linger_room > 0 ? opt.stream_linger_room
+                                                      : unix_stream_send_room() / 2) {}
 
   const IntakeOptions opt;
   BoundedQueue<MessageBatch>& out;
   const Clock& clock;
   IntakeStats stats;
   RateLimitedLog log;
-  MemoryBudget partial;  // partly received stream messages, beyond read buffers
+  MemoryBudget partial;             // partly received stream messages, beyond read buffers
+  const size_t stream_linger_room;  // IntakeOptions::stream_linger_room, resolved
 
   std::mutex mu;  // guards stopped and sessions
   bool stopped = false;
@@ -355,11 +369,12 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
     stats().bytes.fetch_add(n, std::memory_order_relaxed);
     stats().reads.fetch_add(1, std::memory_order_relaxed);
     if (sh_->opt.idle_timeout.count() > 0) last_data_ = std::chrono::steady_clock::now();
-    short_read_ = n < space_;
+    const bool short_read = n < space_;
     splitter_.commit(n);
     // Typical events are a few hundred bytes.
     BatchBuilder b(*sh_, Transport::kUnixStream, n / 256 + 1);
-    for (;;) {
+    size_t messages = 0;
+    for (;; ++messages) {
       std::string_view msg;
       const auto r = splitter_.next(&msg);
       if (r == StreamSplitter::Result::kNeedMore) break;
@@ -381,6 +396,20 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
     b.publish();
     held_ = std::move(b.batch());
     held_weight_ = b.weight();
+    // What arrived since the socket was last read empty, and over how long:
+    // reads that filled the buffer took what had waited before them.
+    arrived_bytes_ += n;
+    arrived_messages_ += messages;
+    linger_ = {};
+    if (short_read) {
+      const int64_t now = steady_ns();
+      const int64_t elapsed = drained_ns_ == 0 ? INT64_MAX : now - drained_ns_;
+      linger_ =
+          detail::stream_linger(arrived_bytes_, arrived_messages_, elapsed,
+                                sh_->opt.stream_read_delay, sh_->stream_linger_room, &peak_rate_);
+      drained_ns_ = now;
+      arrived_bytes_ = arrived_messages_ = 0;
+    }
     push_then_continue();
   }
 
@@ -404,13 +433,13 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
       close();
       return;
     }
-    if (short_read_ && sh_->opt.stream_read_delay.count() > 0) {
+    if (linger_.count() > 0) {
       // The sender writes a little at a time: let more arrive before the
       // next read. Released from the reactor meanwhile, the socket does not
       // wake this thread for every write.
       error_code ignored;
       sock_.release(ignored);
-      timer_.expires_after(sh_->opt.stream_read_delay);
+      timer_.expires_after(linger_);
       timer_.async_wait(std::bind_front(&StreamSession::on_read_delay, shared_from_this()));
       return;
     }
@@ -449,7 +478,13 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
   MessageBatch held_;
   size_t held_weight_ = 0;
   size_t space_ = 0;  // size of the last read's buffer
-  bool short_read_ = false;
+  // When a read last found the socket drained (0: none yet, and the
+  // connection's first read does not linger: how fast its sender writes is
+  // not known), and what reads took since; the linger after the last read.
+  int64_t drained_ns_ = 0;
+  size_t arrived_bytes_ = 0, arrived_messages_ = 0;
+  std::chrono::nanoseconds linger_{0};
+  double peak_rate_ = 0;  // see detail::stream_linger()
   bool paused_ = false;
   bool close_after_push_ = false;
   bool closed_ = false;

@@ -27,11 +27,17 @@
 //    at the rate just seen only as long as it takes that half to arrive, so
 //    that senders are not made to wait for room. Under a sustained load reads
 //    fill and nothing lingers;
-//  - a stream connection lingers `stream_read_delay` after a read that did
-//    not fill its buffer. A stream has no small queue to overflow (a sender
-//    waits only once the socket buffer, some hundreds of KiB, is full), so it
-//    may linger much longer than a datagram socket, and at an everyday load a
-//    wake-up takes tens of messages instead of a few.
+//  - a stream connection lingers after a read that did not fill its buffer,
+//    at most `stream_read_delay`, and at the fastest rate lately seen only as
+//    long as it takes its sender to fill half of its socket buffer
+//    (`stream_linger_room`): a sender that finds that buffer full waits, or
+//    drops what it writes (emitters write without blocking). The buffer (208
+//    KiB by default) holds about 160 writes of 450 bytes or 48 of 2 KiB, so
+//    at an everyday load a wake-up takes tens of messages instead of one,
+//    while a fast sender is read at once. There is no linger after a
+//    connection's first read, or after a quiet spell of more than two
+//    lingers: a burst after silence is read as it comes
+//    (detail::stream_linger()).
 // Messages are stamped (recv_ns) when read, so one may have waited up to the
 // delay in the kernel's buffer before.
 //
@@ -114,6 +120,10 @@ struct IntakeOptions {
   // connections; 0 reads every arrival at once.
   std::chrono::microseconds read_delay{0};
   std::chrono::microseconds stream_read_delay{0};
+  // What a lingering stream connection lets its sender queue in its socket
+  // buffer, at most (bytes as the kernel counts them). 0: half of
+  // net.core.wmem_default, a sender's buffer unless it set SO_SNDBUF.
+  size_t stream_linger_room = 0;
   // Already-bound sockets to adopt instead of creating one (e.g. from systemd
   // socket activation): a listening AF_UNIX stream socket, a bound AF_UNIX
   // datagram socket, a bound UDP socket. -1: none. The intake takes ownership

@@ -1,6 +1,7 @@
 #include "ipc/intake.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -11,6 +12,7 @@
 
 #include <boost/asio/post.hpp>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -20,6 +22,7 @@
 #include <thread>
 
 #include "common/wait_until.h"
+#include "ipc/detail/linger.h"
 #include "ipc/test_support.h"
 
 namespace sidetrace::ipc {
@@ -92,6 +95,9 @@ class IntakeFixture : public ::testing::Test {
     o.udp = "127.0.0.1:0";
     o.read_delay = read_delay_;
     o.stream_read_delay = read_delay_;
+    // Senders of these tests write a few messages: a connection lingers
+    // `read_delay_` whatever their rate (the rate rule has tests of its own).
+    o.stream_linger_room = size_t{1} << 40;
     return o;
   }
 
@@ -607,15 +613,19 @@ size_t open_sockets() {
 
 class IntakeReadDelayTest : public IntakeFixture {
  protected:
-  // Starts the intake, connects to its stream socket and sends one message,
-  // which is read at once (nothing lingered before it); returns the
-  // connection.
-  int start_with_one_stream_message(const IntakeOptions& o) {
+  // Starts the intake, connects to its stream socket and sends two messages
+  // one after the other, each read at once (a connection's first read does
+  // not linger; the second follows it); returns the connection, which now
+  // lingers.
+  int start_with_a_lingering_stream(const IntakeOptions& o) {
     start(o);
     int fd = connect_unix(opts_.unix_stream);
     EXPECT_GE(fd, 0);
     write_all(fd, msg(0));
     EXPECT_EQ(take(1).size(), 1u);
+    write_all(fd, msg(1000));
+    EXPECT_EQ(take(1).size(), 1u);
+    EXPECT_EQ(st(Transport::kUnixStream).reads.load(), 2u);
     return fd;
   }
 };
@@ -706,10 +716,9 @@ TEST_F(IntakeReadDelayTest, StreamWritesDuringTheDelayAreReadTogether) {
   IntakeOptions o = options();
   o.unix_dgram.clear();
   o.udp.clear();
-  int fd = start_with_one_stream_message(o);
+  int fd = start_with_a_lingering_stream(o);
   ASSERT_GE(fd, 0);
   const auto& s = st(Transport::kUnixStream);
-  EXPECT_EQ(s.reads.load(), 1u);
   for (uint64_t i = 1; i <= 4; ++i)
     write_all(fd, msg(i));
   auto batches = take_batches(4);
@@ -717,7 +726,7 @@ TEST_F(IntakeReadDelayTest, StreamWritesDuringTheDelayAreReadTogether) {
   ASSERT_EQ(batches[0].size(), 4u);
   for (uint64_t i = 1; i <= 4; ++i)
     EXPECT_EQ(batches[0][i - 1].raw, msg(i));
-  EXPECT_EQ(s.reads.load(), 2u);
+  EXPECT_EQ(s.reads.load(), 3u);
   // A close while the connection lingers is seen at its next read.
   ::close(fd);
   EXPECT_TRUE(wait_until([&] { return s.connections_open == 0; }));
@@ -732,7 +741,7 @@ TEST_F(IntakeReadDelayTest, MoreThanABufferWrittenDuringTheDelayIsReadWhole) {
   o.unix_dgram.clear();
   o.udp.clear();
   o.conn_buffer_bytes = 4096;
-  int fd = start_with_one_stream_message(o);
+  int fd = start_with_a_lingering_stream(o);
   ASSERT_GE(fd, 0);
   const auto& s = st(Transport::kUnixStream);
   size_t bytes = 0;
@@ -745,7 +754,7 @@ TEST_F(IntakeReadDelayTest, MoreThanABufferWrittenDuringTheDelayIsReadWhole) {
   ASSERT_EQ(got.size(), kMessages);
   for (uint64_t i = 1; i <= kMessages; ++i)
     EXPECT_EQ(got[i - 1].raw, msg(i)) << i;
-  EXPECT_GE(s.reads.load(), 1 + bytes / o.conn_buffer_bytes);
+  EXPECT_GE(s.reads.load(), 2 + bytes / o.conn_buffer_bytes);
   EXPECT_EQ(s.rejected_total(), 0u);
   ::close(fd);
   EXPECT_TRUE(wait_until([&] { return s.connections_open == 0; }));
@@ -758,7 +767,7 @@ TEST_F(IntakeReadDelayTest, StreamsAndDatagramsLingerEachTheirOwnDelay) {
   IntakeOptions o = options();
   o.stream_read_delay = 1s;
   o.udp.clear();
-  int fd = start_with_one_stream_message(o);
+  int fd = start_with_a_lingering_stream(o);
   ASSERT_GE(fd, 0);
   const auto& stream = st(Transport::kUnixStream);
   const auto& dgram = st(Transport::kUnixDgram);
@@ -770,8 +779,70 @@ TEST_F(IntakeReadDelayTest, StreamsAndDatagramsLingerEachTheirOwnDelay) {
     ASSERT_TRUE(wait_until([&] { return dgram.accepted == i; }, 900ms)) << "datagram " << i;
   }
   EXPECT_EQ(dgram.reads.load(), 3u);
-  ASSERT_TRUE(wait_until([&] { return stream.accepted == 4; }));
-  EXPECT_EQ(stream.reads.load(), 2u);
+  ASSERT_TRUE(wait_until([&] { return stream.accepted == 5; }));
+  EXPECT_EQ(stream.reads.load(), 3u);
+  ::close(fd);
+}
+
+// A connection lingers only as long as its sender can go on writing: a
+// sender that writes without blocking (as emitters do) at 2,000 messages a
+// second finds room for every write, where a linger of the whole delay (1 s)
+// would fill its socket buffer (about 160 such writes) within 0.1 s. Its
+// reads still take many messages each.
+TEST_F(IntakeReadDelayTest, ALingeringConnectionLeavesItsSenderRoom) {
+  read_delay_ = 1s;
+  IntakeOptions o = options();
+  o.unix_dgram.clear();
+  o.udp.clear();
+  o.stream_linger_room = 0;  // half of the system's default send buffer
+  start(o);
+  int fd = connect_unix(opts_.unix_stream);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK), 0);
+  constexpr uint64_t kMessages = 1000;
+  constexpr auto kInterval = 500us;
+  std::vector<std::string> sent;
+  uint64_t refused = 0;
+  const auto begin = std::chrono::steady_clock::now();
+  for (uint64_t i = 0; i < kMessages; ++i) {
+    std::this_thread::sleep_until(begin + i * kInterval);  // the sender's pace
+    const std::string m = msg(i);
+    const ssize_t n = ::send(fd, m.data(), m.size(), MSG_NOSIGNAL);
+    if (n < 0 && errno == EAGAIN) {
+      ++refused;  // dropped, as an emitter drops a write that would block
+      continue;
+    }
+    ASSERT_EQ(n, static_cast<ssize_t>(m.size())) << "a partial write: " << n;
+    sent.push_back(m);
+  }
+  // A stall of the receiving thread on a busy machine may cost a few.
+  EXPECT_LE(refused, kMessages / 20);
+  std::vector<Message> got = take(sent.size());
+  ASSERT_EQ(got.size(), sent.size());
+  for (size_t i = 0; i < sent.size(); ++i)
+    ASSERT_EQ(got[i].raw, sent[i]) << i;
+  const auto& s = st(Transport::kUnixStream);
+  EXPECT_LE(s.reads.load(), kMessages / 4);
+  ::close(fd);
+}
+
+// How fast a new connection's sender writes is not known: its first read
+// does not linger, and what follows at once is read as it comes.
+TEST_F(IntakeReadDelayTest, AConnectionsFirstReadDoesNotLinger) {
+  read_delay_ = 60s;
+  IntakeOptions o = options();
+  o.unix_dgram.clear();
+  o.udp.clear();
+  start(o);
+  int fd = connect_unix(opts_.unix_stream);
+  ASSERT_GE(fd, 0);
+  const auto& s = st(Transport::kUnixStream);
+  write_all(fd, msg(0));
+  ASSERT_TRUE(wait_until([&] { return s.accepted == 1; }));
+  write_all(fd, msg(1));
+  // Far below the delay: no timer stands in between.
+  ASSERT_TRUE(wait_until([&] { return s.accepted == 2; }, 10s));
+  EXPECT_EQ(s.reads.load(), 2u);
   ::close(fd);
 }
 
@@ -785,7 +856,9 @@ TEST_F(IntakeReadDelayTest, StopWhileLingeringClosesEverySocket) {
   write_all(fd, msg(0));
   send_dgram(opts_.unix_dgram, msg(1));
   send_udp(intake_->udp_port(), msg(2));
-  ASSERT_EQ(take(3).size(), 3u);  // every transport now lingers for a minute
+  ASSERT_EQ(take(3).size(), 3u);  // the datagram sockets now linger for a minute
+  write_all(fd, msg(3));
+  ASSERT_EQ(take(1).size(), 1u);  // and so does the connection, after its second read
   const auto start_stop = std::chrono::steady_clock::now();
   stop();
   EXPECT_LT(std::chrono::steady_clock::now() - start_stop, 30s);
@@ -797,6 +870,92 @@ TEST_F(IntakeReadDelayTest, StopWhileLingeringClosesEverySocket) {
   ::close(fd);
   intake_.reset();
   EXPECT_EQ(open_sockets(), before);
+}
+
+// The stream linger rule alone (detail::stream_linger()).
+
+constexpr std::chrono::nanoseconds kMaxLinger = 50ms;
+constexpr size_t kRoom = 100'000;
+
+// How much of the sender's buffer a linger lets it fill at `rate` (buffer
+// bytes per ns).
+double filled(std::chrono::nanoseconds linger, double rate) {
+  return rate * static_cast<double>(linger.count());
+}
+
+TEST(StreamLingerTest, LastsUntilTheSenderCouldFillTheRoom) {
+  // 10 messages of 450 bytes in 5 ms: 2,000 a second.
+  double peak = 0;
+  const int64_t elapsed = 5'000'000;
+  const auto linger = detail::stream_linger(4500, 10, elapsed, kMaxLinger, kRoom, &peak);
+  const double rate = detail::stream_send_weight(4500, 10) / static_cast<double>(elapsed);
+  EXPECT_GT(linger, 1ms);
+  EXPECT_LT(linger, kMaxLinger);
+  EXPECT_NEAR(filled(linger, rate), static_cast<double>(kRoom), 1.0);
+  EXPECT_DOUBLE_EQ(peak, rate);
+  // The same messages twice as fast: half as long.
+  double peak2 = 0;
+  const auto faster = detail::stream_linger(4500, 10, elapsed / 2, kMaxLinger, kRoom, &peak2);
+  EXPECT_NEAR(static_cast<double>(faster.count()), static_cast<double>(linger.count()) / 2, 2.0);
+}
+
+TEST(StreamLingerTest, AWriteWeighsAboutWhatTheKernelCharges) {
+  // A 450-byte write takes 1,280 bytes of its sender's buffer, a 2,000-byte
+  // one 4,352 (measured on Linux 6.x): never counted as less.
+  EXPECT_GE(detail::stream_send_weight(450, 1), 1280);
+  EXPECT_GE(detail::stream_send_weight(2000, 1), 4352);
+  EXPECT_GE(detail::stream_send_weight(100, 1), 766);
+  // Bytes without a whole message still count as one write.
+  EXPECT_EQ(detail::stream_send_weight(300, 0), detail::stream_send_weight(300, 1));
+}
+
+TEST(StreamLingerTest, IsBoundedByTheDelay) {
+  double peak = 0;
+  // One message in 60 ms: the room would last minutes.
+  EXPECT_EQ(detail::stream_linger(450, 1, 60'000'000, kMaxLinger, kRoom, &peak), kMaxLinger);
+  EXPECT_EQ(detail::stream_linger(450, 1, 60'000'000, 0ms, kRoom, &peak),
+            std::chrono::nanoseconds{});
+}
+
+TEST(StreamLingerTest, NoneAfterAQuietSpell) {
+  double peak = 1.0;
+  // Longer than two lingers since the previous read: the rate is unknown.
+  EXPECT_EQ(detail::stream_linger(450, 1, 2 * kMaxLinger.count() + 1, kMaxLinger, kRoom, &peak),
+            std::chrono::nanoseconds{});
+  EXPECT_EQ(peak, 0.0);
+  EXPECT_EQ(detail::stream_linger(450, 1, 2 * kMaxLinger.count(), kMaxLinger, kRoom, &peak),
+            kMaxLinger);
+}
+
+TEST(StreamLingerTest, NoneWhenTheRoomFillsAtOnce) {
+  double peak = 0;
+  // 60 KB in 10 us: the room would fill in about 8 us.
+  EXPECT_EQ(detail::stream_linger(60'000, 130, 10'000, kMaxLinger, kRoom, &peak),
+            std::chrono::nanoseconds{});
+}
+
+// A sender that paused during one linger and catches up in the next: the
+// linger after the slow interval follows the rate seen before it, which
+// fades by half each second (detail::kPeakHalfLifeNs).
+TEST(StreamLingerTest, KeepsTheFastestRecentRate) {
+  double peak = 0;
+  const int64_t interval = 10'000'000;  // 10 ms between reads
+  detail::stream_linger(45'000, 100, interval, kMaxLinger, kRoom, &peak);
+  const double fast_rate = peak;
+  const auto after_pause = detail::stream_linger(4500, 10, interval, kMaxLinger, kRoom, &peak);
+  const double faded =
+      fast_rate * std::exp2(-static_cast<double>(interval) / detail::kPeakHalfLifeNs);
+  EXPECT_NEAR(peak, faded, faded * 1e-9);
+  EXPECT_NEAR(filled(after_pause, peak), static_cast<double>(kRoom), 1.0);
+  double alone = 0;
+  EXPECT_GT(detail::stream_linger(4500, 10, interval, kMaxLinger, kRoom, &alone), after_pause);
+  // Slow reads for five half-lives: the linger grows back to what the slow
+  // rate allows (the fast one, ten times as high, has faded below it).
+  std::chrono::nanoseconds last{};
+  for (int i = 0; i < 500; ++i)
+    last = detail::stream_linger(4500, 10, interval, kMaxLinger, kRoom, &peak);
+  EXPECT_EQ(peak, alone);
+  EXPECT_EQ(last, detail::stream_linger(4500, 10, interval, kMaxLinger, kRoom, &alone));
 }
 
 }  // namespace
