@@ -6,7 +6,8 @@
 For each exporter (a loopback HTTP sink, the file exporter) and each offered load
 (idle, then FOOTPRINT_RATES messages/s of realistic 5-message traces sent by
 compare_loadgen over the Unix stream socket, the SDKs' default, or with
-FOOTPRINT_TRANSPORT=dgram over the Unix datagram socket), the agent starts on a fresh store
+FOOTPRINT_TRANSPORT=dgram over the Unix datagram socket, as emitters send: without
+blocking, a message that finds the socket full dropped and counted), the agent starts on a fresh store
 with the default buffer.sync = "fsync", the load runs for a warm-up, and then for
 FOOTPRINT_SECONDS the agent's CPU is read from /proc/<pid>/stat (per thread name
 from /proc/<pid>/task/*/schedstat) and its messages from its own accepted counter. With the quota
@@ -19,7 +20,7 @@ One JSON line per measurement:
   {"bench":"footprint","exporter":"http","transport":"stream","rate":2000,"at_quota":false,
    "messages":20000,"cpu_us_per_msg":..,"core_pct":..,"threads_us_per_msg":{..},
    "threads_wakes_per_s":{..},
-   "peak_rss_mib":..,"rss_mib":..,"delivered_events":..}
+   "peak_rss_mib":..,"rss_mib":..,"delivered_events":..,"sender_dropped":0}
 Idle lines give core_pct (no messages). Environment: SIDETRACE_BIN,
 FOOTPRINT_RATES (default "200,2000,20000"), FOOTPRINT_SECONDS (default 10),
 FOOTPRINT_WARMUP_S (default 3), FOOTPRINT_IDLE_S (default 30),
@@ -185,14 +186,15 @@ class Agent:
 RUNS = itertools.count(1)
 
 
-def loadgen(agent, rate, seconds):
+def loadgen(agent, rate, seconds, nonblocking=True):
     # Each run sends traces of its own: the same trace ids again would make
     # every trace of the run a late revision of one of an earlier run.
     salt = f"{0x5eed0f00d0000000 + os.getpid() * 4096 + next(RUNS):016x}"
     sock = agent.stream if TRANSPORT == "stream" else agent.sock
     return subprocess.Popen([os.path.join(TOOLS, "compare_loadgen"), "--socket", sock,
                              "--format", "msgpack", "--seconds", str(seconds),
-                             "--rate", str(rate), "--salt", salt, "--transport", TRANSPORT],
+                             "--rate", str(rate), "--salt", salt, "--transport", TRANSPORT]
+                            + (["--nonblocking"] if nonblocking else []),
                             stdout=subprocess.PIPE, text=True)
 
 
@@ -212,8 +214,10 @@ def measure(agent, rate, exporter, at_quota):
     accepted1 = agent.metric("sidetrace_accepted_messages_total")
     delivered1 = agent.metric("sidetrace_events_delivered_total")
     moved1 = agent.metric("sidetrace_buffer_log_moved_total")
+    sent = {}
     if gen:
-        gen.communicate(timeout=WARMUP + SECONDS + 60)
+        out, _ = gen.communicate(timeout=WARMUP + SECONDS + 60)
+        sent = json.loads(out.strip().splitlines()[-1])
     msgs = accepted1 - accepted0
     cpu = cpu1 - cpu0
     line = {"bench": "footprint", "exporter": exporter, "transport": TRANSPORT, "rate": rate,
@@ -225,6 +229,10 @@ def measure(agent, rate, exporter, at_quota):
             "delivered_events": int(delivered1 - delivered0),
             # Messages the store's log moved from its front to its head.
             "log_moved": int(moved1 - moved0)}
+    if gen:
+        # Messages the load generator dropped because its socket was full, as
+        # an emitter does (over its whole run, warm-up included).
+        line["sender_dropped"] = sent.get("dropped", 0)
     if msgs > 0:
         line["cpu_us_per_msg"] = round(1e6 * cpu / msgs, 2)
         before = {k: threads0.get(k, (0.0, 0)) for k in threads1}
@@ -281,7 +289,7 @@ def big_trace(agent, exporter):
 
 def fill_to_quota(agent):
     """Floods the agent until its store holds buffer.max_bytes (it then evicts)."""
-    gen = loadgen(agent, 0, 120)
+    gen = loadgen(agent, 0, 120, nonblocking=False)  # as fast as the agent reads
     try:
         wait_until(lambda: agent.metric("sidetrace_buffer_bytes") >= 0.9 * QUOTA_BYTES and
                    agent.metric("sidetrace_dropped_by_policy_total") > 0,

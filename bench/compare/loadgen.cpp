@@ -4,7 +4,7 @@
 // to back, as the SDKs send them by default.
 //
 //   compare_loadgen --socket PATH --format msgpack|json --seconds S [--rate R]
-//                   [--salt HEX] [--transport dgram|stream]
+//                   [--salt HEX] [--transport dgram|stream] [--nonblocking]
 //
 // A trace is five messages: its context (`trace`: conversation, session, user,
 // metadata), a user MESSAGE, a GENERATION and a TOOL call under it, and a final
@@ -24,10 +24,17 @@
 //
 // The socket is blocking: the sender is paced by the receiver (a full receive
 // queue makes sendto() wait) and the kernel loses nothing. With --rate the
-// sender also never exceeds R messages per second. At the end one JSON line
-// is printed:
-//   {"sent":N,"traces":T,"seconds":S,"events_per_s":R,"eagain":0,"send_errors":0}
+// sender also never exceeds R messages per second. With --nonblocking it sends
+// as protocol-v1 asks of emitters: a non-blocking socket with the system's
+// default send buffer, and a message that would block is dropped and counted
+// (`dropped`; on a stream, the rest of a message the socket took in part is
+// still written, waiting for room, so that the stream stays whole). At the
+// end one JSON line is printed:
+//   {"sent":N,"traces":T,"seconds":S,"events_per_s":R,"eagain":0,"send_errors":0,
+//    "dropped":0}
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -54,12 +61,14 @@ struct Args {
   double rate = 0;  // messages per second; 0: as fast as the receiver takes them
   uint64_t salt = kRunSalt;
   bool stream = false;
+  bool nonblocking = false;
 };
 
 [[noreturn]] void usage(const char* msg) {
   std::fprintf(stderr,
                "compare_loadgen: %s\nusage: compare_loadgen --socket PATH --format msgpack|json "
-               "--seconds S [--rate R] [--salt HEX] [--transport dgram|stream]\n",
+               "--seconds S [--rate R] [--salt HEX] [--transport dgram|stream] "
+               "[--nonblocking]\n",
                msg);
   std::exit(2);
 }
@@ -68,6 +77,10 @@ Args parse(int argc, char** argv) {
   Args a;
   for (int i = 1; i < argc; ++i) {
     std::string_view k = argv[i];
+    if (k == "--nonblocking") {
+      a.nonblocking = true;
+      continue;
+    }
     if (i + 1 >= argc) usage("missing value");
     std::string v = argv[++i];
     if (k == "--socket") {
@@ -332,8 +345,10 @@ int main(int argc, char** argv) {
   addr.sun_family = AF_UNIX;
   if (a.socket.size() >= sizeof(addr.sun_path)) usage("socket path too long");
   std::memcpy(addr.sun_path, a.socket.data(), a.socket.size());
-  int sndbuf = 4 << 20;
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+  if (!a.nonblocking) {
+    int sndbuf = 4 << 20;
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+  }
   if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
     std::fprintf(stderr, "compare_loadgen: connect %s: %s\n", a.socket.c_str(),
                  std::strerror(errno));
@@ -344,12 +359,14 @@ int main(int argc, char** argv) {
   auto t0 = clock::now();
   auto deadline =
       t0 + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(a.seconds));
-  uint64_t sent = 0, traces = 0, eagain = 0, errors = 0;
+  // Non-blocking from here on (the connect above waited).
+  if (a.nonblocking) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+  uint64_t sent = 0, traces = 0, eagain = 0, errors = 0, dropped = 0;
   msgpack::sbuffer buf;
   std::string line;
   while (clock::now() < deadline) {
     if (a.rate > 0) {
-      double due = static_cast<double>(sent) / a.rate;
+      double due = static_cast<double>(sent + dropped) / a.rate;
       double el = std::chrono::duration<double>(clock::now() - t0).count();
       if (el < due) std::this_thread::sleep_for(std::chrono::duration<double>(due - el));
     }
@@ -369,6 +386,7 @@ int main(int argc, char** argv) {
         data = buf.data();
         len = buf.size();
       }
+      bool started = false;  // a stream took part of this message
       for (;;) {
         ssize_t r = ::send(fd, data, len, MSG_NOSIGNAL);
         if (r == static_cast<ssize_t>(len)) {
@@ -378,12 +396,21 @@ int main(int argc, char** argv) {
         if (a.stream && r > 0) {  // a stream may take part of it
           data += r;
           len -= static_cast<size_t>(r);
+          started = true;
           continue;
         }
         if (r < 0 && errno == EINTR) continue;
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-          ++eagain;  // not expected on a blocking socket; counted, then retried
-          continue;
+          ++eagain;
+          if (a.nonblocking && !started) {
+            ++dropped;
+            break;
+          }
+          if (a.nonblocking) {
+            pollfd p{fd, POLLOUT, 0};
+            ::poll(&p, 1, 1000);
+          }
+          continue;  // a blocking socket: not expected; counted, then retried
         }
         ++errors;  // the receiver went away: counted, the message is not sent
         break;
@@ -394,10 +421,10 @@ int main(int argc, char** argv) {
   double secs = std::chrono::duration<double>(clock::now() - t0).count();
   std::printf(
       "{\"sent\":%llu,\"traces\":%llu,\"seconds\":%.3f,\"events_per_s\":%.0f,\"eagain\":%llu,"
-      "\"send_errors\":%llu}\n",
+      "\"send_errors\":%llu,\"dropped\":%llu}\n",
       static_cast<unsigned long long>(sent), static_cast<unsigned long long>(traces), secs,
       static_cast<double>(sent) / secs, static_cast<unsigned long long>(eagain),
-      static_cast<unsigned long long>(errors));
+      static_cast<unsigned long long>(errors), static_cast<unsigned long long>(dropped));
   ::close(fd);
   return errors == 0 ? 0 : 1;
 }
