@@ -680,8 +680,8 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
  private:
   static constexpr size_t kCtrlBytes = CMSG_SPACE(sizeof(uint32_t));
   static constexpr int kRoundsPerWake = 16;
-  // A shorter linger would save no wake-up: the next datagram is as near.
-  static constexpr std::chrono::microseconds kMinLinger{100};
+  static constexpr std::chrono::microseconds kMinLinger = detail::kMinDatagramLinger;
+  static constexpr std::chrono::nanoseconds kBurstMemory = std::chrono::seconds(1);
 
   TransportStats& stats() {
     return sh_->stats.of(t_);
@@ -710,13 +710,15 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
 
   void on_readable(error_code ec) {
     if (ec || stopped_) return;  // aborted by stop()
-    read_all();
+    read_all(/*woken=*/true);
   }
 
   // Reads what the socket holds, then waits: for readiness when it was empty,
   // or for a linger after a read of only a few datagrams, so that those
-  // arriving meanwhile are read together by one wake-up.
-  void read_all() {
+  // arriving meanwhile are read together by one wake-up. `woken`: by the
+  // socket's readiness, so that the first read takes datagrams that came
+  // together (a burst).
+  void read_all(bool woken = false) {
     const size_t slots = hdr_.size();
     for (int round = 0; round < kRoundsPerWake; ++round) {
       const int got = receive();
@@ -727,9 +729,11 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
         pause();
         return;
       }
+      if (woken && round == 0 && got > 0) note_burst(static_cast<size_t>(got), now);
       if (static_cast<size_t>(got) == slots) continue;  // more may be waiting
       if (got > 0) {
-        const auto delay = linger_after(static_cast<size_t>(got), elapsed);
+        const auto delay = detail::datagram_linger(static_cast<size_t>(got), elapsed,
+                                                   sh_->opt.read_delay, linger_target_, burst_);
         if (delay.count() > 0) {
           linger(delay);
           return;
@@ -740,20 +744,13 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
     do_wait();
   }
 
-  // How long to linger after a read of `got` datagrams, `elapsed` ns after
-  // the previous read; 0: wait for readiness instead (the read got half of
-  // what the kernel can queue, or half a read batch: datagrams come fast). At
-  // most read_delay; at the rate just seen, only as long as it takes that
-  // half to arrive, so that lingering does not make senders wait for room.
-  std::chrono::nanoseconds linger_after(size_t got, int64_t elapsed) const {
-    const auto max = std::chrono::nanoseconds(sh_->opt.read_delay);
-    if (max.count() <= 0 || got >= linger_target_) return {};
-    const double fill_ns = static_cast<double>(std::max<int64_t>(elapsed, 0)) *
-                           static_cast<double>(linger_target_) / static_cast<double>(got);
-    const auto delay = fill_ns >= static_cast<double>(max.count())
-                           ? max
-                           : std::chrono::nanoseconds(static_cast<int64_t>(fill_ns));
-    return delay < kMinLinger ? std::chrono::nanoseconds{} : delay;
+  // The largest burst lately seen: the most datagrams a read found on
+  // waking, over the last kBurstMemory.
+  void note_burst(size_t got, int64_t now) {
+    if (got >= burst_ || now - burst_ns_ > kBurstMemory.count()) {
+      burst_ = got;
+      burst_ns_ = now;
+    }
   }
 
   // Reads again after `delay`. Meanwhile the socket is released from the
@@ -882,7 +879,9 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
   bool stopped_ = false;
   size_t linger_target_ = 1;  // datagrams a linger may let accumulate
   int64_t last_read_ns_ = 0;  // steady_ns() of the last recvmmsg() call
-  MessageBatch held_;         // a batch the full queue did not take yet
+  size_t burst_ = 0;          // see note_burst()
+  int64_t burst_ns_ = 0;
+  MessageBatch held_;  // a batch the full queue did not take yet
   size_t held_weight_ = 0;
   size_t held_count_ = 0;
   bool ovfl_ = false;

@@ -24,9 +24,10 @@
 //  - datagrams: the linger follows a recvmmsg() that got fewer than half of
 //    what the kernel can queue (half a batch, or for a Unix datagram socket
 //    half of net.unix.max_dgram_qlen + 1). It lasts at most `read_delay`, and
-//    at the rate just seen only as long as it takes that half to arrive, so
-//    that senders are not made to wait for room. Under a sustained load reads
-//    fill and nothing lingers;
+//    at the rate just seen only as long as it takes that half, less the
+//    largest burst lately found by a read on waking, to arrive, so that
+//    senders are not made to wait for room (detail::datagram_linger()). Under
+//    a sustained load reads fill and nothing lingers;
 //  - a stream connection lingers after a read that did not fill its buffer,
 //    at most `stream_read_delay`, and at the fastest rate lately seen only as
 //    long as it takes its sender to fill half of its socket buffer

@@ -826,6 +826,36 @@ TEST_F(IntakeReadDelayTest, ALingeringConnectionLeavesItsSenderRoom) {
   ::close(fd);
 }
 
+// Datagrams that came together leave the next linger room for as many: a
+// read on waking that found three on a Unix datagram socket (which queues 11
+// by default; a linger waits for at most half) means that a linger could not
+// take a burst like it with what arrives meanwhile, so the next datagram is
+// read as it comes.
+TEST_F(IntakeReadDelayTest, ADatagramBurstLeavesRoomForTheNext) {
+  read_delay_ = 1s;
+  IntakeOptions o = options();
+  o.unix_stream.clear();
+  o.udp.clear();
+  o.unix_dgram.clear();
+  // A bound socket adopted by the intake: the burst waits in it before the
+  // first read.
+  const std::string path = dir_ + "/adopted.dgram.sock";
+  int dfd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  auto a = unix_addr(path);
+  ASSERT_EQ(::bind(dfd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  for (uint64_t i = 0; i < 3; ++i)
+    send_dgram(path, msg(i));
+  o.dgram_fd = dfd;
+  start(o);
+  const auto& s = st(Transport::kUnixDgram);
+  ASSERT_TRUE(wait_until([&] { return s.accepted == 3; }));
+  EXPECT_EQ(s.reads.load(), 1u);
+  send_dgram(path, msg(3));
+  // Far below the delay: no timer stands in between.
+  ASSERT_TRUE(wait_until([&] { return s.accepted == 4; }, 900ms));
+  EXPECT_EQ(s.reads.load(), 2u);
+}
+
 // How fast a new connection's sender writes is not known: its first read
 // does not linger, and what follows at once is read as it comes.
 TEST_F(IntakeReadDelayTest, AConnectionsFirstReadDoesNotLinger) {
@@ -956,6 +986,34 @@ TEST(StreamLingerTest, KeepsTheFastestRecentRate) {
     last = detail::stream_linger(4500, 10, interval, kMaxLinger, kRoom, &peak);
   EXPECT_EQ(peak, alone);
   EXPECT_EQ(last, detail::stream_linger(4500, 10, interval, kMaxLinger, kRoom, &alone));
+}
+
+// The datagram linger rule alone (detail::datagram_linger()).
+
+TEST(DatagramLingerTest, WaitsForTheTargetAtTheRateJustSeen) {
+  // One datagram 2 ms after the previous read; 5 may wait: 10 ms, capped.
+  EXPECT_EQ(detail::datagram_linger(1, 2'000'000, 50ms, 5, 0), 10ms);
+  EXPECT_EQ(detail::datagram_linger(1, 2'000'000, 4ms, 5, 0), 4ms);
+  EXPECT_EQ(detail::datagram_linger(1, 2'000'000, 0ms, 5, 0), std::chrono::nanoseconds{});
+  // A read that got the target: datagrams come fast.
+  EXPECT_EQ(detail::datagram_linger(5, 2'000'000, 50ms, 5, 0), std::chrono::nanoseconds{});
+  // Nothing read: nothing to measure (the socket waits for readiness).
+  EXPECT_EQ(detail::datagram_linger(0, 2'000'000, 50ms, 5, 0), std::chrono::nanoseconds{});
+}
+
+TEST(DatagramLingerTest, LeavesRoomForTheLargestBurst) {
+  // Bursts of 2: only 3 of the 5 may arrive during the linger.
+  EXPECT_EQ(detail::datagram_linger(1, 2'000'000, 50ms, 5, 2), 6ms);
+  // A read of 3 (the target less the burst): none.
+  EXPECT_EQ(detail::datagram_linger(3, 2'000'000, 50ms, 5, 2), std::chrono::nanoseconds{});
+  // Bursts that fill the target leave no linger at all.
+  EXPECT_EQ(detail::datagram_linger(1, 2'000'000, 50ms, 5, 5), std::chrono::nanoseconds{});
+  EXPECT_EQ(detail::datagram_linger(1, 2'000'000, 50ms, 5, 9), std::chrono::nanoseconds{});
+}
+
+TEST(DatagramLingerTest, NoneShorterThanAWakeUpIsWorth) {
+  EXPECT_EQ(detail::datagram_linger(1, 10'000, 50ms, 5, 0), std::chrono::nanoseconds{});
+  EXPECT_EQ(detail::datagram_linger(1, 20'000, 50ms, 5, 0), detail::kMinDatagramLinger);
 }
 
 }  // namespace

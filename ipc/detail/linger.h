@@ -1,6 +1,7 @@
-// How long a Unix stream connection lingers after a read that did not fill
-// its buffer (see ipc/intake.h, "Read delay"). In a header of its own so
-// that the rule can be tested without a socket or a clock.
+// How long the intake lingers after a read that found only a few messages
+// (see ipc/intake.h, "Read delay"): a Unix stream connection, a datagram
+// socket. In a header of its own so that the rules can be tested without a
+// socket or a clock.
 #pragma once
 
 #include <algorithm>
@@ -57,6 +58,30 @@ inline std::chrono::nanoseconds stream_linger(size_t bytes, size_t messages, int
                          ? max
                          : std::chrono::nanoseconds(static_cast<int64_t>(fill_ns));
   return delay < kMinStreamLinger ? std::chrono::nanoseconds{} : delay;
+}
+
+// A shorter linger would save no wake-up: the next datagram is as near.
+inline constexpr std::chrono::microseconds kMinDatagramLinger{100};
+
+// The linger of a datagram socket after a read of `got` datagrams,
+// `elapsed_ns` after the previous read, where `target` datagrams may wait
+// (half of what the kernel queues for the socket, or half a read batch) and
+// `burst` datagrams lately came together: at most `max`, and at the rate
+// just seen only as long as it takes `target` less a burst to arrive, so
+// that a burst that comes last still finds room (a Unix datagram socket
+// queues only net.unix.max_dgram_qlen + 1 = 11 by default, and a trace's
+// events often come several at once). Zero: wait for readiness instead; so
+// when a read got that many (they come fast) or bursts fill the target.
+inline std::chrono::nanoseconds datagram_linger(size_t got, int64_t elapsed_ns,
+                                                std::chrono::nanoseconds max, size_t target,
+                                                size_t burst) {
+  if (max.count() <= 0 || got == 0 || burst >= target || got >= target - burst) return {};
+  const double fill_ns = static_cast<double>(std::max<int64_t>(elapsed_ns, 0)) *
+                         static_cast<double>(target - burst) / static_cast<double>(got);
+  const auto delay = fill_ns >= static_cast<double>(max.count())
+                         ? max
+                         : std::chrono::nanoseconds(static_cast<int64_t>(fill_ns));
+  return delay < kMinDatagramLinger ? std::chrono::nanoseconds{} : delay;
 }
 
 }  // namespace sidetrace::ipc::detail
