@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <optional>
 #include <random>
 #include <set>
 #include <thread>
@@ -98,6 +99,16 @@ class IntakeFixture : public ::testing::Test {
     // Senders of these tests write a few messages: a connection lingers
     // `read_delay_` whatever their rate (the rate rule has tests of its own).
     o.stream_linger_room = size_t{1} << 40;
+    return o;
+  }
+
+  // options() with only `t` listening; with none, none of the three (a test
+  // then gives the intake a socket to adopt).
+  IntakeOptions only(std::optional<Transport> t) {
+    IntakeOptions o = options();
+    if (t != Transport::kUnixStream) o.unix_stream.clear();
+    if (t != Transport::kUnixDgram) o.unix_dgram.clear();
+    if (t != Transport::kUdp) o.udp.clear();
     return o;
   }
 
@@ -439,9 +450,7 @@ TEST_P(IntakeTest, FullQueuePausesDatagramReceiversUntilThereIsRoom) {
 }
 
 TEST_P(IntakeTest, FullQueuePausesAStreamWithoutLosingAnything) {
-  IntakeOptions o = options();
-  o.unix_dgram.clear();
-  o.udp.clear();
+  IntakeOptions o = only(Transport::kUnixStream);
   o.conn_buffer_bytes = 1024;
   start(o, /*queue_bytes=*/4096);
   constexpr int kN = 300;
@@ -670,9 +679,7 @@ TEST_F(IntakeReadDelayTest, DatagramsSentDuringTheDelayAreQueuedAsOneBatch) {
 // With no read delay every datagram is read as soon as it arrives.
 TEST_F(IntakeReadDelayTest, WithoutADelayEachDatagramIsReadAtOnce) {
   read_delay_ = 0us;
-  IntakeOptions o = options();
-  o.unix_stream.clear();
-  o.udp.clear();
+  IntakeOptions o = only(Transport::kUnixDgram);
   start(o);
   const auto& s = st(Transport::kUnixDgram);
   for (uint64_t i = 1; i <= 5; ++i) {
@@ -692,9 +699,7 @@ TEST_F(IntakeReadDelayTest, WithoutADelayEachDatagramIsReadAtOnce) {
 // next one as soon as it arrives.
 TEST_F(IntakeReadDelayTest, AReadOfHalfABatchDoesNotLinger) {
   read_delay_ = 1s;
-  IntakeOptions o = options();
-  o.unix_stream.clear();
-  o.unix_dgram.clear();
+  IntakeOptions o = only(Transport::kUdp);
   o.recv_batch = 8;  // half a batch: 4 datagrams
   start(o);
   const auto& s = st(Transport::kUdp);
@@ -713,9 +718,7 @@ TEST_F(IntakeReadDelayTest, AReadOfHalfABatchDoesNotLinger) {
 // writes made meanwhile are read together.
 TEST_F(IntakeReadDelayTest, StreamWritesDuringTheDelayAreReadTogether) {
   read_delay_ = 1s;
-  IntakeOptions o = options();
-  o.unix_dgram.clear();
-  o.udp.clear();
+  IntakeOptions o = only(Transport::kUnixStream);
   int fd = start_with_a_lingering_stream(o);
   ASSERT_GE(fd, 0);
   const auto& s = st(Transport::kUnixStream);
@@ -737,9 +740,7 @@ TEST_F(IntakeReadDelayTest, StreamWritesDuringTheDelayAreReadTogether) {
 // are read on, buffer after buffer, whole and in order.
 TEST_F(IntakeReadDelayTest, MoreThanABufferWrittenDuringTheDelayIsReadWhole) {
   read_delay_ = 500ms;
-  IntakeOptions o = options();
-  o.unix_dgram.clear();
-  o.udp.clear();
+  IntakeOptions o = only(Transport::kUnixStream);
   o.conn_buffer_bytes = 4096;
   int fd = start_with_a_lingering_stream(o);
   ASSERT_GE(fd, 0);
@@ -791,9 +792,7 @@ TEST_F(IntakeReadDelayTest, StreamsAndDatagramsLingerEachTheirOwnDelay) {
 // reads still take many messages each.
 TEST_F(IntakeReadDelayTest, ALingeringConnectionLeavesItsSenderRoom) {
   read_delay_ = 1s;
-  IntakeOptions o = options();
-  o.unix_dgram.clear();
-  o.udp.clear();
+  IntakeOptions o = only(Transport::kUnixStream);
   o.stream_linger_room = 0;  // half of the system's default send buffer
   start(o);
   int fd = connect_unix(opts_.unix_stream);
@@ -833,10 +832,7 @@ TEST_F(IntakeReadDelayTest, ALingeringConnectionLeavesItsSenderRoom) {
 // read as it comes.
 TEST_F(IntakeReadDelayTest, ADatagramBurstLeavesRoomForTheNext) {
   read_delay_ = 1s;
-  IntakeOptions o = options();
-  o.unix_stream.clear();
-  o.udp.clear();
-  o.unix_dgram.clear();
+  IntakeOptions o = only(std::nullopt);
   // A bound socket adopted by the intake: the burst waits in it before the
   // first read.
   const std::string path = dir_ + "/adopted.dgram.sock";
@@ -860,9 +856,7 @@ TEST_F(IntakeReadDelayTest, ADatagramBurstLeavesRoomForTheNext) {
 // does not linger, and what follows at once is read as it comes.
 TEST_F(IntakeReadDelayTest, AConnectionsFirstReadDoesNotLinger) {
   read_delay_ = 60s;
-  IntakeOptions o = options();
-  o.unix_dgram.clear();
-  o.udp.clear();
+  IntakeOptions o = only(Transport::kUnixStream);
   start(o);
   int fd = connect_unix(opts_.unix_stream);
   ASSERT_GE(fd, 0);
