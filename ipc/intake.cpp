@@ -404,10 +404,12 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
     if (short_read) {
       const int64_t now = steady_ns();
       const int64_t elapsed = drained_ns_ == 0 ? INT64_MAX : now - drained_ns_;
-      linger_ =
+      linger_ = detail::ramp_stream_linger(
           detail::stream_linger(arrived_bytes_, arrived_messages_, elapsed,
-                                sh_->opt.stream_read_delay, sh_->stream_linger_room, &peak_rate_);
+                                sh_->opt.stream_read_delay, sh_->stream_linger_room, &peak_rate_),
+          ramp_);
       drained_ns_ = now;
+      ramp_ = linger_;
       arrived_bytes_ = arrived_messages_ = 0;
     }
     push_then_continue();
@@ -484,7 +486,8 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
   int64_t drained_ns_ = 0;
   size_t arrived_bytes_ = 0, arrived_messages_ = 0;
   std::chrono::nanoseconds linger_{0};
-  double peak_rate_ = 0;  // see detail::stream_linger()
+  double peak_rate_ = 0;              // see detail::stream_linger()
+  std::chrono::nanoseconds ramp_{0};  // the last linger after a drained read
   bool paused_ = false;
   bool close_after_push_ = false;
   bool closed_ = false;

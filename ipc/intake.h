@@ -37,8 +37,10 @@
 //    at an everyday load a wake-up takes tens of messages instead of one,
 //    while a fast sender is read at once. There is no linger after a
 //    connection's first read, or after a quiet spell of more than two
-//    lingers: a burst after silence is read as it comes
-//    (detail::stream_linger()).
+//    lingers: a burst after silence is read as it comes; and the lingers
+//    after it start at 1 ms and at most double from one to the next, so that
+//    a sender that starts slowly and then speeds up finds room
+//    (detail::stream_linger(), detail::ramp_stream_linger()).
 // Messages are stamped (recv_ns) when read, so one may have waited up to the
 // delay in the kernel's buffer before.
 //

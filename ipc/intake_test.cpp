@@ -622,19 +622,24 @@ size_t open_sockets() {
 
 class IntakeReadDelayTest : public IntakeFixture {
  protected:
-  // Starts the intake, connects to its stream socket and sends two messages
-  // one after the other, each read at once (a connection's first read does
-  // not linger; the second follows it); returns the connection, which now
-  // lingers.
+  // Reads a connection makes before its lingers reach a delay of a second:
+  // they start at detail::kFirstStreamLinger and at most double.
+  static constexpr uint64_t kRampReads = 12;
+
+  // Starts the intake, connects to its stream socket and sends messages one
+  // after the other, each read by a read of its own (a connection's first
+  // read does not linger, and each linger after it at most doubles the one
+  // before), until the connection's linger is the whole delay (up to a
+  // second); returns the connection, which now lingers.
   int start_with_a_lingering_stream(const IntakeOptions& o) {
     start(o);
     int fd = connect_unix(opts_.unix_stream);
     EXPECT_GE(fd, 0);
-    write_all(fd, msg(0));
-    EXPECT_EQ(take(1).size(), 1u);
-    write_all(fd, msg(1000));
-    EXPECT_EQ(take(1).size(), 1u);
-    EXPECT_EQ(st(Transport::kUnixStream).reads.load(), 2u);
+    for (uint64_t i = 0; i < kRampReads; ++i) {
+      write_all(fd, msg(1000 + i));
+      EXPECT_EQ(take(1).size(), 1u);
+    }
+    EXPECT_EQ(st(Transport::kUnixStream).reads.load(), kRampReads);
     return fd;
   }
 };
@@ -729,7 +734,7 @@ TEST_F(IntakeReadDelayTest, StreamWritesDuringTheDelayAreReadTogether) {
   ASSERT_EQ(batches[0].size(), 4u);
   for (uint64_t i = 1; i <= 4; ++i)
     EXPECT_EQ(batches[0][i - 1].raw, msg(i));
-  EXPECT_EQ(s.reads.load(), 3u);
+  EXPECT_EQ(s.reads.load(), kRampReads + 1);
   // A close while the connection lingers is seen at its next read.
   ::close(fd);
   EXPECT_TRUE(wait_until([&] { return s.connections_open == 0; }));
@@ -755,7 +760,7 @@ TEST_F(IntakeReadDelayTest, MoreThanABufferWrittenDuringTheDelayIsReadWhole) {
   ASSERT_EQ(got.size(), kMessages);
   for (uint64_t i = 1; i <= kMessages; ++i)
     EXPECT_EQ(got[i - 1].raw, msg(i)) << i;
-  EXPECT_GE(s.reads.load(), 2 + bytes / o.conn_buffer_bytes);
+  EXPECT_GE(s.reads.load(), kRampReads + bytes / o.conn_buffer_bytes);
   EXPECT_EQ(s.rejected_total(), 0u);
   ::close(fd);
   EXPECT_TRUE(wait_until([&] { return s.connections_open == 0; }));
@@ -780,8 +785,8 @@ TEST_F(IntakeReadDelayTest, StreamsAndDatagramsLingerEachTheirOwnDelay) {
     ASSERT_TRUE(wait_until([&] { return dgram.accepted == i; }, 900ms)) << "datagram " << i;
   }
   EXPECT_EQ(dgram.reads.load(), 3u);
-  ASSERT_TRUE(wait_until([&] { return stream.accepted == 5; }));
-  EXPECT_EQ(stream.reads.load(), 3u);
+  ASSERT_TRUE(wait_until([&] { return stream.accepted == kRampReads + 3; }));
+  EXPECT_EQ(stream.reads.load(), kRampReads + 1);
   ::close(fd);
 }
 
@@ -874,15 +879,11 @@ TEST_F(IntakeReadDelayTest, AConnectionsFirstReadDoesNotLinger) {
 TEST_F(IntakeReadDelayTest, StopWhileLingeringClosesEverySocket) {
   read_delay_ = 60s;
   const size_t before = open_sockets();
-  start(options());
-  int fd = connect_unix(opts_.unix_stream);
+  int fd = start_with_a_lingering_stream(options());  // it lingers for seconds now
   ASSERT_GE(fd, 0);
-  write_all(fd, msg(0));
   send_dgram(opts_.unix_dgram, msg(1));
   send_udp(intake_->udp_port(), msg(2));
-  ASSERT_EQ(take(3).size(), 3u);  // the datagram sockets now linger for a minute
-  write_all(fd, msg(3));
-  ASSERT_EQ(take(1).size(), 1u);  // and so does the connection, after its second read
+  ASSERT_EQ(take(2).size(), 2u);  // the datagram sockets now linger for a minute
   const auto start_stop = std::chrono::steady_clock::now();
   stop();
   EXPECT_LT(std::chrono::steady_clock::now() - start_stop, 30s);
@@ -980,6 +981,22 @@ TEST(StreamLingerTest, KeepsTheFastestRecentRate) {
     last = detail::stream_linger(4500, 10, interval, kMaxLinger, kRoom, &peak);
   EXPECT_EQ(peak, alone);
   EXPECT_EQ(last, detail::stream_linger(4500, 10, interval, kMaxLinger, kRoom, &alone));
+}
+
+// A connection's lingers start short and at most double.
+TEST(StreamLingerTest, GrowsFromAShortFirstLinger) {
+  using detail::kFirstStreamLinger;
+  EXPECT_EQ(detail::ramp_stream_linger(kMaxLinger, std::chrono::nanoseconds{}), kFirstStreamLinger);
+  EXPECT_EQ(detail::ramp_stream_linger(kMaxLinger, 3ms), 6ms);
+  EXPECT_EQ(detail::ramp_stream_linger(5ms, 3ms), 5ms);
+  EXPECT_EQ(detail::ramp_stream_linger(std::chrono::nanoseconds{}, 3ms),
+            std::chrono::nanoseconds{});
+  // From none to the bound of 50 ms in seven lingers: 1, 2, 4, ... 32, 50 ms.
+  std::chrono::nanoseconds linger{};
+  int steps = 0;
+  for (; linger < kMaxLinger; ++steps)
+    linger = detail::ramp_stream_linger(kMaxLinger, linger);
+  EXPECT_EQ(steps, 7);
 }
 
 // The datagram linger rule alone (detail::datagram_linger()).

@@ -60,6 +60,19 @@ inline std::chrono::nanoseconds stream_linger(size_t bytes, size_t messages, int
   return delay < kMinStreamLinger ? std::chrono::nanoseconds{} : delay;
 }
 
+// A connection's lingers start short and grow, at most doubling from one to
+// the next: a sender that starts slowly and then speeds up (a process warming
+// up, catching up after a pause) is not left with a full buffer by a linger
+// measured on its slow start. `previous`: the last linger (zero after none).
+inline constexpr std::chrono::microseconds kFirstStreamLinger{1000};
+
+inline std::chrono::nanoseconds ramp_stream_linger(std::chrono::nanoseconds linger,
+                                                   std::chrono::nanoseconds previous) {
+  const std::chrono::nanoseconds limit =
+      previous.count() > 0 ? 2 * previous : std::chrono::nanoseconds(kFirstStreamLinger);
+  return std::min(linger, limit);
+}
+
 // A shorter linger would save no wake-up: the next datagram is as near.
 inline constexpr std::chrono::microseconds kMinDatagramLinger{100};
 
