@@ -683,7 +683,6 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
  private:
   static constexpr size_t kCtrlBytes = CMSG_SPACE(sizeof(uint32_t));
   static constexpr int kRoundsPerWake = 16;
-  static constexpr std::chrono::microseconds kMinLinger = detail::kMinDatagramLinger;
   static constexpr std::chrono::nanoseconds kBurstMemory = std::chrono::seconds(1);
 
   TransportStats& stats() {
@@ -703,7 +702,7 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
         stats().read_errors.fetch_add(1, std::memory_order_relaxed);
         sh_->log.log(spdlog::level::warn, fmt::format("intake {}: cannot wait for datagrams: {}",
                                                       transport_name(t_), ec.message()));
-        linger(std::max<std::chrono::nanoseconds>(sh_->opt.backpressure_retry, kMinLinger));
+        linger(std::max<std::chrono::nanoseconds>(sh_->opt.backpressure_retry, detail::kMinLinger));
         return;
       }
     }

@@ -1024,7 +1024,7 @@ TEST(DatagramLingerTest, LeavesRoomForTheLargestBurst) {
 
 TEST(DatagramLingerTest, NoneShorterThanAWakeUpIsWorth) {
   EXPECT_EQ(detail::datagram_linger(1, 10'000, 50ms, 5, 0), std::chrono::nanoseconds{});
-  EXPECT_EQ(detail::datagram_linger(1, 20'000, 50ms, 5, 0), detail::kMinDatagramLinger);
+  EXPECT_EQ(detail::datagram_linger(1, 20'000, 50ms, 5, 0), detail::kMinLinger);
 }
 
 }  // namespace

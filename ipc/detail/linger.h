@@ -25,8 +25,16 @@ inline double stream_send_weight(size_t bytes, size_t writes) {
 // stream_linger()).
 inline constexpr int64_t kPeakHalfLifeNs = 1'000'000'000;
 
-// A shorter linger would save no wake-up: the next write is as near.
-inline constexpr std::chrono::microseconds kMinStreamLinger{100};
+// A shorter linger would save no wake-up: the next message is as near.
+inline constexpr std::chrono::microseconds kMinLinger{100};
+
+// A linger of `fill_ns` bounded by `max`; zero when shorter than kMinLinger.
+inline std::chrono::nanoseconds bounded_linger(double fill_ns, std::chrono::nanoseconds max) {
+  const auto delay = fill_ns >= static_cast<double>(max.count())
+                         ? max
+                         : std::chrono::nanoseconds(static_cast<int64_t>(fill_ns));
+  return delay < kMinLinger ? std::chrono::nanoseconds{} : delay;
+}
 
 // The linger after a read that drained the socket, `elapsed_ns` after the
 // previous such read, with `bytes` in `messages` messages taken since: at
@@ -54,10 +62,7 @@ inline std::chrono::nanoseconds stream_linger(size_t bytes, size_t messages, int
   *peak_rate = std::max(rate, *peak_rate * std::exp2(-static_cast<double>(elapsed_ns) /
                                                      static_cast<double>(kPeakHalfLifeNs)));
   const double fill_ns = static_cast<double>(room) / *peak_rate;
-  const auto delay = fill_ns >= static_cast<double>(max.count())
-                         ? max
-                         : std::chrono::nanoseconds(static_cast<int64_t>(fill_ns));
-  return delay < kMinStreamLinger ? std::chrono::nanoseconds{} : delay;
+  return bounded_linger(fill_ns, max);
 }
 
 // A connection's lingers start short and grow, at most doubling from one to
@@ -72,9 +77,6 @@ inline std::chrono::nanoseconds ramp_stream_linger(std::chrono::nanoseconds ling
       previous.count() > 0 ? 2 * previous : std::chrono::nanoseconds(kFirstStreamLinger);
   return std::min(linger, limit);
 }
-
-// A shorter linger would save no wake-up: the next datagram is as near.
-inline constexpr std::chrono::microseconds kMinDatagramLinger{100};
 
 // The linger of a datagram socket after a read of `got` datagrams,
 // `elapsed_ns` after the previous read, where `target` datagrams may wait
@@ -91,10 +93,7 @@ inline std::chrono::nanoseconds datagram_linger(size_t got, int64_t elapsed_ns,
   if (max.count() <= 0 || got == 0 || burst >= target || got >= target - burst) return {};
   const double fill_ns = static_cast<double>(std::max<int64_t>(elapsed_ns, 0)) *
                          static_cast<double>(target - burst) / static_cast<double>(got);
-  const auto delay = fill_ns >= static_cast<double>(max.count())
-                         ? max
-                         : std::chrono::nanoseconds(static_cast<int64_t>(fill_ns));
-  return delay < kMinDatagramLinger ? std::chrono::nanoseconds{} : delay;
+  return bounded_linger(fill_ns, max);
 }
 
 }  // namespace sidetrace::ipc::detail
