@@ -242,7 +242,8 @@ class Store {
   virtual uint64_t outbox_bytes() const = 0;
 
   // Calls `fn` (from the emitting thread, so it must be quick and must not
-  // call back into the store) whenever entries are appended to the outbox.
+  // call back into the store, but for outbox_entries() and outbox_bytes())
+  // whenever entries are appended to the outbox.
   // One listener; setting another replaces it.
   virtual void set_outbox_listener(std::function<void()> fn) = 0;
 

@@ -198,6 +198,15 @@ struct Delivery::Impl {
     Impl* impl = nullptr;
     net::io_context* io = nullptr;
     std::atomic<bool> pending{false};
+    // While `gated` (see gate_wakes()), only an emission that brings the
+    // outbox to a fill mark, or comes after `due_ns`, wakes the dispatcher.
+    std::atomic<bool> gated{false};
+    std::atomic<uint64_t> fill_entries{0}, fill_bytes{0}, due_ns{0};
+
+    bool wanted(const buffer::Store& s, const Clock& c) const {
+      return !gated.load() || s.outbox_entries() >= fill_entries.load() ||
+             s.outbox_bytes() >= fill_bytes.load() || c.now_ns() >= due_ns.load();
+    }
   };
   std::shared_ptr<Waker> waker = std::make_shared<Waker>();
 
@@ -522,23 +531,45 @@ struct Delivery::Impl {
     if (!b.record.is_inline()) std::vector<buffer::Document>().swap(b.docs);
   }
 
-  // Whether the outbox may hold enough unread entries to fill the staged
-  // batch. An estimate from the store's counters (entries dropped for room
-  // while staged or in flight, or acknowledged a moment ago, make it low):
-  // reading on a wrong guess costs one read, and not reading delays the batch
-  // at most until its flush deadline.
-  bool may_fill(const Options& o) const {
+  // The outbox totals (entries, document bytes) from which its unread
+  // entries may fill the staged batch: an estimate from the store's counters
+  // (entries dropped for room while staged or in flight, or acknowledged a
+  // moment ago, make it low). Reading on a wrong guess costs one read, and
+  // not reading delays the batch at most until its flush deadline.
+  std::pair<uint64_t, uint64_t> fill_marks(const Options& o) const {
     uint64_t known_entries = staged.size() + inflight_entries;
     uint64_t known_bytes = staged_bytes + inflight_bytes;
     for (const auto& r : pending)
       known_entries += r.seqs.size();
-    // The store's counters are in memory: the one store call the io thread
-    // makes itself.
-    uint64_t entries = store.outbox_entries(), bytes = store.outbox_bytes();
-    uint64_t unread_entries = entries > known_entries ? entries - known_entries : 0;
-    uint64_t unread_bytes = bytes > known_bytes ? bytes - known_bytes : 0;
-    return staged.size() + unread_entries >= o.batch_max_events ||
-           staged_bytes + unread_bytes >= o.batch_max_bytes / 2;
+    const uint64_t half = o.batch_max_bytes / 2;
+    if (staged.size() >= o.batch_max_events || staged_bytes >= half) return {0, 0};
+    return {known_entries + (o.batch_max_events - staged.size()),
+            known_bytes + (half - staged_bytes)};
+  }
+
+  // Whether the outbox may hold enough unread entries to fill the staged
+  // batch. The store's counters are in memory: the one store call the io
+  // thread makes itself.
+  bool may_fill(const Options& o) const {
+    auto [entries, bytes] = fill_marks(o);
+    return store.outbox_entries() >= entries || store.outbox_bytes() >= bytes;
+  }
+
+  // Has emissions wake the dispatcher, while it waits for the staged batch's
+  // flush deadline, only when the outbox may fill the batch or the deadline
+  // has passed. False when it may fill already (nothing is gated).
+  bool gate_wakes(const Options& o) {
+    auto [entries, bytes] = fill_marks(o);
+    Waker& w = *waker;
+    w.fill_entries.store(entries);
+    w.fill_bytes.store(bytes);
+    w.due_ns.store(staged.front().emitted_ns + o.flush_interval_ms * 1'000'000);
+    w.gated.store(true);
+    // An emission that saw the gate open has posted its wake-up; one that
+    // comes after this sees the marks.
+    if (!may_fill(o)) return true;
+    w.gated.store(false);
+    return false;
   }
 
   // Milliseconds until the oldest staged entry is flush_interval_ms old; 0
@@ -662,7 +693,11 @@ struct Delivery::Impl {
     full = full || n >= o.batch_max_events || bytes >= o.batch_max_bytes / 2;
     if (!full) {
       *wait_ms = flush_wait_ms(o);
-      if (*wait_ms > 0) co_return std::nullopt;
+      if (*wait_ms > 0) {
+        // Emissions that cannot fill it leave the dispatcher asleep.
+        if (!gate_wakes(o)) woken = true;
+        co_return std::nullopt;
+      }
     }
     Batch b;
     b.record.id = next_id++;
@@ -748,6 +783,7 @@ struct Delivery::Impl {
   // Starts the next batch, or waits until woken (or its flush deadline).
   net::awaitable<void> dispatch_step() {
     woken = false;
+    waker->gated.store(false);
     uint64_t wait_ms = 0;
     if (!auth_failed && in_flight < config->options.max_in_flight) {
       std::optional<Batch> b = co_await next_batch(&wait_ms);
@@ -1483,9 +1519,9 @@ void Delivery::start() {
     m.waker->io = m.io.get();
   }
   std::weak_ptr<Impl::Waker> weak = m.waker;
-  m.store.set_outbox_listener([weak] {
+  m.store.set_outbox_listener([weak, &store = m.store, &clock = m.clock] {
     auto w = weak.lock();
-    if (!w || w->pending.exchange(true)) return;
+    if (!w || !w->wanted(store, clock) || w->pending.exchange(true)) return;
     std::lock_guard wl(w->mu);
     if (w->io == nullptr) return;
     Impl* impl = w->impl;

@@ -23,6 +23,7 @@
 #include "upstream/testing/http_server.h"
 #include "upstream/testing/observed_store.h"
 #include "upstream/testing/store_helpers.h"
+#include "upstream/testing/thread_wakes.h"
 #include "upstream/testing/tls_files.h"
 #include "upstream/upstream.h"
 
@@ -970,6 +971,33 @@ TEST_F(UpstreamDeliveryTest, AFullBatchGoesBeforeItsFlushDeadline) {
     want.push_back("t" + std::to_string(i) + "#1");
   EXPECT_EQ(delivered, want);
   EXPECT_EQ(counting.entries_read, 15u);
+}
+
+// While a partial batch waits for its flush deadline, emissions that cannot
+// fill it do not wake the delivery; the one that fills it sends it at once.
+TEST_F(UpstreamDeliveryTest, EmissionsThatCannotFillTheBatchLeaveTheDeliveryAsleep) {
+  HttpServer server;
+  CountingStore counting(*store_);
+  Options o = options(server.url());
+  o.flush_interval_ms = 600000;
+  o.batch_max_events = 40;
+  Delivery d(counting, o);
+  d.start();
+  emit_doc(*store_, "t0", make_doc("t0", 1));
+  ASSERT_TRUE(wait_until([&] { return counting.entries_read == 1; }));
+  const int64_t before = testing::thread_wakes("st-delivery");
+  ASSERT_GE(before, 0);
+  for (int i = 1; i < 39; ++i)
+    emit_doc(*store_, "t" + std::to_string(i), make_doc("t" + std::to_string(i), 1));
+  // Each emission woke it before (38 here, fewer where wake-ups merge); now
+  // only its own settling after the first read may count.
+  EXPECT_LE(testing::thread_wakes("st-delivery") - before, 3);
+  EXPECT_EQ(server.request_count(), 0u);
+  emit_doc(*store_, "t39", make_doc("t39", 1));
+  ASSERT_TRUE(wait_until([&] { return drained(); }));
+  auto reqs = server.requests();
+  ASSERT_EQ(reqs.size(), 1u);
+  EXPECT_EQ(traces_in(reqs[0]).size(), 40u);
 }
 
 // Entries read while an earlier revision of their trace is in flight wait,

@@ -42,6 +42,9 @@ struct FileExporter::Impl {
   std::condition_variable cv;
   bool stop_requested = false;
   bool notified = false;
+  // While a small round gathers more, an emission wakes the writer thread
+  // only once the round is full.
+  bool gathering = false;
   Stats stats;
   uint64_t last_success_mono = 0;
 
@@ -236,8 +239,10 @@ struct FileExporter::Impl {
         // acknowledgement whatever it carries. It goes once the last one is
         // flush_interval_ms old, or at half a batch.
         cv.wait(lock, [&] { return stop_requested || notified; });
+        gathering = true;
         cv.wait_until(lock, last_round + std::chrono::milliseconds(o.flush_interval_ms),
                       [&] { return stop_requested || round_is_full(o); });
+        gathering = false;
       } else {
         cv.wait_for(
             lock,
@@ -294,6 +299,7 @@ void FileExporter::start() {
     {
       std::lock_guard l(m.mu);
       m.notified = true;
+      if (m.gathering && !m.round_is_full(m.options)) return;
     }
     m.cv.notify_one();
   });

@@ -5,6 +5,7 @@
 
 #include "upstream/testing/http_server.h"
 #include "upstream/testing/store_helpers.h"
+#include "upstream/testing/thread_wakes.h"
 #include "upstream/upstream.h"
 
 namespace sidetrace::upstream {
@@ -100,6 +101,33 @@ TEST(UpstreamFileExporter, SmallRoundsGatherUntilHalfABatchOrTheFlushInterval) {
   ASSERT_TRUE(testing::wait_until([&] { return store->outbox_entries() == 0; }));
   exporter->stop();
   EXPECT_EQ(lines_of(dir.str() + "/traces.jsonl").size(), 6u);
+}
+
+// While a small round gathers more, emissions that do not fill it leave the
+// writer thread asleep.
+TEST(UpstreamFileExporter, EmissionsThatDoNotFillTheRoundLeaveItAsleep) {
+  buffer::testing::TempDir dir;
+  auto store = testing::open_store(dir.str());
+  Options o;
+  o.data_dir = dir.str();
+  o.batch_max_events = 40;
+  o.flush_interval_ms = 3'600'000;
+  auto exporter = make_exporter(*store, o);
+  exporter->start();
+  testing::emit_doc(*store, "first", testing::make_doc("first", 1));
+  ASSERT_TRUE(testing::wait_until([&] { return store->outbox_entries() == 0; }));
+  const int64_t before = testing::thread_wakes("st-exporter");
+  ASSERT_GE(before, 0);
+  for (int i = 0; i < 19; ++i)
+    testing::emit_doc(*store, "t" + std::to_string(i), testing::make_doc("t", 1));
+  // The first of them wakes it to start the round (and it may still be
+  // settling after the first round); the others do not.
+  EXPECT_LE(testing::thread_wakes("st-exporter") - before, 3);
+  EXPECT_EQ(exporter->stats().batches_sent, 1u);
+  testing::emit_doc(*store, "t19", testing::make_doc("t", 1));
+  ASSERT_TRUE(testing::wait_until([&] { return store->outbox_entries() == 0; }));
+  EXPECT_EQ(exporter->stats().batches_sent, 2u);
+  exporter->stop();
 }
 
 TEST(UpstreamFileExporter, UnwritableDirectoryThrowsAtStart) {
