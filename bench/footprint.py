@@ -19,7 +19,7 @@ its peak RSS, and the agent's CPU once it is delivered and after a restart.
 One JSON line per measurement:
   {"bench":"footprint","exporter":"http","transport":"stream","rate":2000,"at_quota":false,
    "messages":20000,"cpu_us_per_msg":..,"core_pct":..,"threads_us_per_msg":{..},
-   "threads_wakes_per_s":{..},
+   "threads_wakes_per_s":{..},"page_faults_per_msg":..,
    "peak_rss_mib":..,"rss_mib":..,"delivered_events":..,"sender_dropped":0}
 Idle lines give core_pct (no messages). Environment: SIDETRACE_BIN,
 FOOTPRINT_RATES (default "200,2000,20000"), FOOTPRINT_SECONDS (default 10),
@@ -116,9 +116,12 @@ def thread_cpu(pid):
 
 
 def process_cpu(pid):
+    """Seconds of CPU the process has used, and its page faults (minor ones:
+    fresh or returned memory touched again; each one a trip into the kernel,
+    whose cost bench/kernel_bench measures)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK, int(fields[7])
 
 
 def status_mib(pid, key):
@@ -207,10 +210,10 @@ def measure(agent, rate, exporter, at_quota):
     accepted0 = agent.metric("sidetrace_accepted_messages_total")
     delivered0 = agent.metric("sidetrace_events_delivered_total")
     moved0 = agent.metric("sidetrace_buffer_log_moved_total")
-    threads0, cpu0, t0 = thread_cpu(pid), process_cpu(pid), time.monotonic()
+    threads0, (cpu0, faults0), t0 = thread_cpu(pid), process_cpu(pid), time.monotonic()
     # The measured window; idle CPU is read in 10 ms ticks, so it gets longer.
     time.sleep(SECONDS if rate > 0 else IDLE_SECONDS)
-    threads1, cpu1, t1 = thread_cpu(pid), process_cpu(pid), time.monotonic()
+    threads1, (cpu1, faults1), t1 = thread_cpu(pid), process_cpu(pid), time.monotonic()
     accepted1 = agent.metric("sidetrace_accepted_messages_total")
     delivered1 = agent.metric("sidetrace_events_delivered_total")
     moved1 = agent.metric("sidetrace_buffer_log_moved_total")
@@ -235,6 +238,7 @@ def measure(agent, rate, exporter, at_quota):
         line["sender_dropped"] = sent.get("dropped", 0)
     if msgs > 0:
         line["cpu_us_per_msg"] = round(1e6 * cpu / msgs, 2)
+        line["page_faults_per_msg"] = round((faults1 - faults0) / msgs, 3)
         before = {k: threads0.get(k, (0.0, 0)) for k in threads1}
         line["threads_us_per_msg"] = {
             k: round(1e6 * (threads1[k][0] - before[k][0]) / msgs, 2)
@@ -271,16 +275,16 @@ def big_trace(agent, exporter):
     peak = status_mib(pid, "VmHWM")
     # Back to idle within 5 s of the delivery, and after a restart.
     time.sleep(5)
-    c0, w0 = process_cpu(pid), time.monotonic()
+    (c0, _), w0 = process_cpu(pid), time.monotonic()
     time.sleep(10)
-    idle_after = 100 * (process_cpu(pid) - c0) / (time.monotonic() - w0)
+    idle_after = 100 * (process_cpu(pid)[0] - c0) / (time.monotonic() - w0)
     agent.stop()
     agent.start()
     pid = agent.proc.pid
     time.sleep(5)
-    c0, w0 = process_cpu(pid), time.monotonic()
+    (c0, _), w0 = process_cpu(pid), time.monotonic()
     time.sleep(10)
-    idle_restart = 100 * (process_cpu(pid) - c0) / (time.monotonic() - w0)
+    idle_restart = 100 * (process_cpu(pid)[0] - c0) / (time.monotonic() - w0)
     print(json.dumps({"bench": "footprint_big_trace", "exporter": exporter, "events": BIG_EVENTS,
                       "mib": round(sent_mib, 1), "seconds": round(seconds, 1), "parts": int(parts),
                       "peak_rss_mib": round(peak, 1), "core_pct_after": round(idle_after, 3),
