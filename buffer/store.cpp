@@ -32,6 +32,7 @@
 
 #include "buffer/detail/codec.h"
 #include "buffer/reclaim.h"
+#include "common/memory.h"
 
 namespace sidetrace::buffer {
 
@@ -253,6 +254,8 @@ Status open_db(const StoreOptions& o, std::unique_ptr<rocksdb::DB>* out,
     cf.level_compaction_dynamic_level_bytes = true;
     cf.write_buffer_size = i == kEvents ? (o.memtable_budget_bytes / 3) : (4 << 20);
     cf.max_write_buffer_number = 3;
+    // In blocks whose freed pages the allocator keeps for the next memtable.
+    cf.arena_block_size = kKeptBlockBytes;
     // Trace ids are random, so every flushed file of the trace states (and
     // runs) overlaps the whole of the level below, and a compaction rewrites
     // it. Compacting 8 files at a time (RocksDB's default is 4) rewrites it

@@ -31,6 +31,12 @@ extern "C" int mallctl(const char* name, void* oldp, size_t* oldlenp, void* newp
 
 namespace sidetrace {
 
+// Blocks of exactly this size, allocated with new[], come from an allocator
+// arena that keeps their freed pages for reuse longer than the rest
+// (common/allocator.cpp): the store's memtables take their memory in such
+// blocks (buffer/store.cpp).
+inline constexpr size_t kKeptBlockBytes = 512 << 10;
+
 class MemoryTrim {
  public:
   // limit_bytes 0: never trims.

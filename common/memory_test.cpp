@@ -4,6 +4,8 @@
 
 #include "common/wait_until.h"
 
+#include <sys/resource.h>
+
 #include <cstring>
 #include <memory>
 #include <string>
@@ -14,26 +16,39 @@ namespace {
 
 constexpr uint64_t kMiB = 1 << 20;
 
+// Sets every arena's dirty_decay_ms but `except`'s (0: none); returns what
+// each changed one had.
+std::vector<std::pair<std::string, ssize_t>> set_decay(ssize_t decay_ms, unsigned except = 0) {
+  std::vector<std::pair<std::string, ssize_t>> saved;
+  unsigned narenas = 0;
+  size_t len = sizeof narenas;
+  if (mallctl("arenas.narenas", &narenas, &len, nullptr, 0) != 0) return saved;
+  for (unsigned i = 0; i < narenas; ++i) {
+    if (i == except && except != 0) continue;
+    std::string name = "arena." + std::to_string(i) + ".dirty_decay_ms";
+    ssize_t prev = 0;
+    size_t plen = sizeof prev;
+    if (mallctl(name.c_str(), &prev, &plen, &decay_ms, sizeof decay_ms) == 0) {
+      saved.emplace_back(name, prev);
+    }
+  }
+  return saved;
+}
+
+void restore_decay(std::vector<std::pair<std::string, ssize_t>>& saved) {
+  for (auto& [name, decay_ms] : saved)
+    mallctl(name.c_str(), nullptr, nullptr, &decay_ms, sizeof decay_ms);
+}
+
 // Stops jemalloc's own thread from returning freed pages while it lives, so
 // that what a test frees stays held until the test trims it.
 class HoldFreedPages {
  public:
-  HoldFreedPages() { set(-1, &saved_); }
-  ~HoldFreedPages() { set(saved_, nullptr); }
+  HoldFreedPages() : saved_(set_decay(-1)) {}
+  ~HoldFreedPages() { restore_decay(saved_); }
 
  private:
-  static void set(ssize_t decay_ms, ssize_t* old) {
-    unsigned narenas = 0;
-    size_t len = sizeof narenas;
-    if (mallctl("arenas.narenas", &narenas, &len, nullptr, 0) != 0) return;
-    for (unsigned i = 0; i < narenas; ++i) {
-      std::string name = "arena." + std::to_string(i) + ".dirty_decay_ms";
-      ssize_t prev = 0;
-      size_t plen = sizeof prev;
-      if (mallctl(name.c_str(), &prev, &plen, &decay_ms, sizeof decay_ms) == 0 && old) *old = prev;
-    }
-  }
-  ssize_t saved_ = 1000;
+  std::vector<std::pair<std::string, ssize_t>> saved_;
 };
 
 // Allocates `mib` MiB in 1 MiB blocks, touches every page, and frees them:
@@ -124,6 +139,46 @@ TEST(MemoryTrimThread, SleepsAfterALookThatFindsLittle) {
   wait_until([&] { return (later = t.looks()) > looks; }, std::chrono::milliseconds(50));
   EXPECT_EQ(later, looks);
   EXPECT_EQ(t.trims(), 0u);
+}
+
+// The calling thread's minor page faults so far.
+long page_faults() {
+  rusage r{};
+  getrusage(RUSAGE_THREAD, &r);
+  return r.ru_minflt;
+}
+
+// Page faults in allocating 8 blocks of `bytes` with new[], writing every page
+// of them, and freeing them.
+long faults_of_blocks(size_t bytes) {
+  const long before = page_faults();
+  std::vector<std::unique_ptr<char[]>> blocks;
+  for (int i = 0; i < 8; ++i) {
+    blocks.emplace_back(new char[bytes]);
+    std::memset(blocks.back().get(), 1, bytes);
+  }
+  return page_faults() - before;
+}
+
+// Blocks of kKeptBlockBytes (the store's memtable blocks) come back with their
+// pages, where other freed memory has gone back to the kernel.
+TEST(KeptBlocks, ComeBackWithoutPageFaults) {
+  if (mallctl == nullptr) GTEST_SKIP() << "built without jemalloc";
+  // The kept blocks' arena, looked up from one of them.
+  std::unique_ptr<char[]> probe(new char[kKeptBlockBytes]);
+  unsigned kept = 0;
+  size_t len = sizeof kept;
+  void* p = probe.get();
+  ASSERT_EQ(mallctl("arenas.lookup", &kept, &len, &p, sizeof p), 0);
+  probe.reset();
+  // Every other arena returns freed pages at once.
+  auto saved = set_decay(0, kept);
+  faults_of_blocks(kKeptBlockBytes);
+  faults_of_blocks(kKeptBlockBytes - 4096);
+  const long pages = 8 * static_cast<long>(kKeptBlockBytes / 4096);
+  EXPECT_LT(faults_of_blocks(kKeptBlockBytes), pages / 8);
+  EXPECT_GT(faults_of_blocks(kKeptBlockBytes - 4096), pages / 2);
+  restore_decay(saved);
 }
 
 TEST(MemoryTrim, NoBoundNeverTrims) {
