@@ -27,9 +27,10 @@
 // lives seconds, so with the 0.3 s above the pages of the one flushed went
 // back to the kernel and the next one faulted all of its pages in again: 62%
 // of the agent's page faults at 2,000 msg/s. Kept, they are the next
-// memtable's; held beyond the bound on freed memory (common/memory.h), they go
-// back with the rest. Past a few MiB of memtables, this costs next to no RSS:
-// the pages freed are those the next memtable takes.
+// memtable's (a third fewer page faults at 2,000 msg/s, half at 20,000, for
+// 1-1.5 MiB more peak RSS: docs/benchmarks.md, the fifteenth round); held
+// beyond the bound on freed memory (common/memory.h), they go back with the
+// rest.
 #include <jemalloc/jemalloc.h>
 
 #include <cstdio>
