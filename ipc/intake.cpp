@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -404,12 +405,16 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
     if (short_read) {
       const int64_t now = steady_ns();
       const int64_t elapsed = drained_ns_ == 0 ? INT64_MAX : now - drained_ns_;
-      linger_ = detail::ramp_stream_linger(
-          detail::stream_linger(arrived_bytes_, arrived_messages_, elapsed,
-                                sh_->opt.stream_read_delay, sh_->stream_linger_room, &peak_rate_),
-          ramp_);
+      const auto linger = detail::stream_linger(arrived_bytes_, arrived_messages_, elapsed,
+                                                sh_->opt.stream_read_delay, sh_->stream_linger_room,
+                                                &peak_rate_, fruitless_);
+      // A linger skipped for bursts (see stream_linger()) leaves the ramp
+      // where it was.
+      if (linger.count() > 0 || !fruitless_) {
+        linger_ = detail::ramp_stream_linger(linger, ramp_);
+        ramp_ = linger_;
+      }
       drained_ns_ = now;
-      ramp_ = linger_;
       arrived_bytes_ = arrived_messages_ = 0;
     }
     push_then_continue();
@@ -450,6 +455,9 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
 
   void on_read_delay(error_code ec) {
     if (ec || closed_) return;  // aborted by close()
+    // Whether the linger let anything arrive (see detail::stream_linger()).
+    int waiting = 0;
+    fruitless_ = ::ioctl(fd_, FIONREAD, &waiting) == 0 && waiting == 0;
     do_read();
   }
 
@@ -488,6 +496,7 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
   std::chrono::nanoseconds linger_{0};
   double peak_rate_ = 0;              // see detail::stream_linger()
   std::chrono::nanoseconds ramp_{0};  // the last linger after a drained read
+  bool fruitless_ = false;            // the last linger found nothing waiting
   bool paused_ = false;
   bool close_after_push_ = false;
   bool closed_ = false;

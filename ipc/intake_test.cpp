@@ -830,6 +830,31 @@ TEST_F(IntakeReadDelayTest, ALingeringConnectionLeavesItsSenderRoom) {
   ::close(fd);
 }
 
+// A sender that writes bursts further apart than the delay: once a linger
+// has found nothing, a burst is not followed by a linger (which would only
+// add a wake-up), so what the sender writes soon after it is read at once.
+TEST_F(IntakeReadDelayTest, BurstsFurtherApartThanTheDelayAreReadAsTheyCome) {
+  read_delay_ = 1s;
+  IntakeOptions o = only(Transport::kUnixStream);
+  int fd = start_with_a_lingering_stream(o);  // its last read lingers a second, in vain
+  ASSERT_GE(fd, 0);
+  const auto ramped = std::chrono::steady_clock::now();
+  std::this_thread::sleep_until(ramped + 1500ms);  // the sender's next burst
+  std::string burst;
+  for (uint64_t i = 0; i < 5; ++i)
+    burst += msg(i);
+  write_all(fd, burst);
+  ASSERT_EQ(take(5).size(), 5u);
+  std::this_thread::sleep_until(std::chrono::steady_clock::now() +
+                                100ms);  // and a message after it
+  const auto written = std::chrono::steady_clock::now();
+  write_all(fd, msg(5));
+  ASSERT_EQ(take(1).size(), 1u);
+  // A linger after the burst would have held it until a second after the burst.
+  EXPECT_LT(std::chrono::steady_clock::now() - written, 500ms);
+  ::close(fd);
+}
+
 // Datagrams that came together leave the next linger room for as many: a
 // read on waking that found three on a Unix datagram socket (which queues 11
 // by default; a linger waits for at most half) means that a linger could not
@@ -949,6 +974,20 @@ TEST(StreamLingerTest, NoneAfterAQuietSpell) {
             std::chrono::nanoseconds{});
   EXPECT_EQ(peak, 0.0);
   EXPECT_EQ(detail::stream_linger(450, 1, 2 * kMaxLinger.count(), kMaxLinger, kRoom, &peak),
+            kMaxLinger);
+}
+
+// After a linger that found nothing, a read that came more than a linger
+// after the one before does not linger: the sender writes in bursts further
+// apart than a linger can wait. Closer reads still do.
+TEST(StreamLingerTest, NoneAfterALingerThatFoundNothingForBurstsFurtherApart) {
+  double peak = 0;
+  const int64_t apart = kMaxLinger.count() + 1;
+  EXPECT_EQ(detail::stream_linger(2000, 5, apart, kMaxLinger, kRoom, &peak, true),
+            std::chrono::nanoseconds{});
+  EXPECT_GT(peak, 0.0);  // the rate is known, and kept
+  EXPECT_EQ(detail::stream_linger(2000, 5, apart, kMaxLinger, kRoom, &peak, false), kMaxLinger);
+  EXPECT_EQ(detail::stream_linger(2000, 5, kMaxLinger.count(), kMaxLinger, kRoom, &peak, true),
             kMaxLinger);
 }
 

@@ -46,14 +46,17 @@ inline std::chrono::nanoseconds bounded_linger(double fill_ns, std::chrono::nano
 // second: a sender that paused for part of one linger and catches up in the
 // next does not find its buffer full. No linger after a quiet spell (longer
 // than two lingers, or none yet): the rate is not known then, and a burst
-// after silence is read as it comes. Zero: wait for readiness instead.
+// after silence is read as it comes. Nor after a linger that found nothing
+// when this read came more than `max` after the one before (`fruitless`):
+// the sender writes in bursts further apart than a linger can wait, so a
+// linger would only add a wake-up to each. Zero: wait for readiness instead.
 //
 // A sender that speeds up more than twofold within one linger can still find
 // its buffer full: `max` bounds that (a buffer of 208 KiB holds 20 ms of
 // 8,000 writes a second of 450 bytes).
 inline std::chrono::nanoseconds stream_linger(size_t bytes, size_t messages, int64_t elapsed_ns,
                                               std::chrono::nanoseconds max, size_t room,
-                                              double* peak_rate) {
+                                              double* peak_rate, bool fruitless = false) {
   if (max.count() <= 0 || elapsed_ns <= 0 || elapsed_ns > 2 * max.count()) {
     *peak_rate = 0;
     return {};
@@ -61,6 +64,7 @@ inline std::chrono::nanoseconds stream_linger(size_t bytes, size_t messages, int
   const double rate = stream_send_weight(bytes, messages) / static_cast<double>(elapsed_ns);
   *peak_rate = std::max(rate, *peak_rate * std::exp2(-static_cast<double>(elapsed_ns) /
                                                      static_cast<double>(kPeakHalfLifeNs)));
+  if (fruitless && elapsed_ns > max.count()) return {};
   const double fill_ns = static_cast<double>(room) / *peak_rate;
   return bounded_linger(fill_ns, max);
 }
