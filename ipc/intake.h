@@ -40,7 +40,10 @@
 //    lingers: a burst after silence is read as it comes; and the lingers
 //    after it start at 1 ms and at most double from one to the next, so that
 //    a sender that starts slowly and then speeds up finds room
-//    (detail::stream_linger(), detail::ramp_stream_linger()).
+//    (detail::stream_linger(), detail::ramp_stream_linger()). Nor, once a
+//    linger has found nothing, after a read that came more than the delay
+//    after the one before: the sender writes bursts further apart than a
+//    linger can wait, and a linger would only add a wake-up to each.
 // Messages are stamped (recv_ns) when read, so one may have waited up to the
 // delay in the kernel's buffer before.
 //
