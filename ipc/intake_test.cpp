@@ -845,8 +845,8 @@ TEST_F(IntakeReadDelayTest, BurstsFurtherApartThanTheDelayAreReadAsTheyCome) {
     burst += msg(i);
   write_all(fd, burst);
   ASSERT_EQ(take(5).size(), 5u);
-  std::this_thread::sleep_until(std::chrono::steady_clock::now() +
-                                100ms);  // and a message after it
+  // And a message soon after it.
+  std::this_thread::sleep_until(std::chrono::steady_clock::now() + 100ms);
   const auto written = std::chrono::steady_clock::now();
   write_all(fd, msg(5));
   ASSERT_EQ(take(1).size(), 1u);
