@@ -428,8 +428,9 @@ class RocksStore final : public Store {
         bytes += v.document_bytes;
         OutboxEntry& e = out->emplace_back();
         e.seq = get_be64(it->key().ToStringView());
-        seen.emplace_back(e.seq, ReadEntry{std::string(v.by_recipe ? v.trace_id : ""),
-                                           it->value().size(), v.document_bytes, v.by_recipe});
+        seen.emplace_back(e.seq,
+                          ReadEntry{std::string(v.by_recipe ? v.trace_id : ""), it->value().size(),
+                                    v.document_bytes, v.emitted_ns, v.by_recipe, v.counted});
         e.trace_id.assign(v.trace_id);
         e.revision = v.revision;
         e.emitted_ns = v.emitted_ns;
@@ -543,9 +544,10 @@ class RocksStore final : public Store {
 
   // What an entry read by read_outbox() is, for its removal.
   struct ReadEntry {
-    std::string trace_id;  // for a recipe entry (its trace's undelivered count)
+    std::string trace_id;  // for a recipe entry (its trace's retention)
     size_t value_bytes = 0, document_bytes = 0;
-    bool by_recipe = false;
+    uint64_t emitted_ns = 0;
+    bool by_recipe = false, counted = false;  // OutboxValue's
   };
 
   // Keeps what read_outbox() saw of `seen`, unless an entry was removed
@@ -731,11 +733,12 @@ class RocksStore final : public Store {
       if (live_.load() < live) continue;
       uint64_t traces = 0;
       uint64_t events = 0;
-      s = drop_retained(UINT64_MAX, kDropRound, target, &traces, &events);
+      size_t keys = 0;
+      s = drop_retained(UINT64_MAX, kDropRound, target, &traces, &events, &keys);
       if (!s.ok()) return s;
       counters_.dropped_retained_traces.fetch_add(traces);
       counters_.dropped_retained_events.fetch_add(events);
-      if (traces > 0) continue;
+      if (keys > 0) continue;
       if (!drop_undelivered) break;
       uint64_t dropped = 0;
       s = drop_oldest_outbox(kDropRound, live_.load() - target, &dropped);
@@ -990,6 +993,47 @@ class RocksStore final : public Store {
     return Status::Ok();
   }
 
+  // The seq of the first entry of `trace_id` the outbox still holds between
+  // the state's pin_first and pin_last (0: none). One lookup for a trace
+  // with one recipe entry; the entries between them otherwise.
+  Status first_waiting(std::string_view trace_id, const TraceState& st, uint64_t* seq) {
+    *seq = 0;
+    if (st.pin_last == 0) return Status::Ok();
+    if (st.pin_first == st.pin_last) {
+      rocksdb::PinnableSlice v;
+      rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), cfs_[kOutbox], be64(st.pin_last), &v);
+      if (s.IsNotFound()) return Status::Ok();
+      if (!s.ok()) return from_rocks(s, "reading an outbox entry");
+      *seq = st.pin_last;
+      return Status::Ok();
+    }
+    const std::string upper = be64(st.pin_last + 1);
+    rocksdb::Slice ub(upper);
+    rocksdb::ReadOptions ro;
+    ro.iterate_upper_bound = &ub;
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, cfs_[kOutbox]));
+    for (it->Seek(be64(st.pin_first)); it->Valid(); it->Next()) {
+      OutboxValue v;
+      if (it->key().size() == 8 && parse_outbox(it->value().ToStringView(), &v) &&
+          v.trace_id == trace_id) {
+        *seq = get_be64(it->key().ToStringView());
+        break;
+      }
+    }
+    return from_rocks(it->status(), "reading the outbox");
+  }
+
+  // Whether an outbox entry still refers to the events of `trace_id`, whose
+  // state is `st`.
+  Status pinned(std::string_view trace_id, const TraceState& st, bool* pinned) {
+    *pinned = st.undelivered != 0;
+    if (*pinned) return Status::Ok();
+    uint64_t seq = 0;
+    Status s = first_waiting(trace_id, st, &seq);
+    *pinned = seq != 0;
+    return s;
+  }
+
   Status emit(const Emission& e, uint64_t* outbox_seq) override {
     Status result;
     Status s = emit_many({&e, 1}, {&result, 1}, {outbox_seq, 1});
@@ -1091,10 +1135,20 @@ class RocksStore final : public Store {
     if (cur.generation != e.expected_generation) {
       return Status::Busy("trace state changed while its revision was built");
     }
+    // Only a revision of a trace emitted before reads the outbox here: for
+    // the first of its recipe entries still waiting.
+    uint64_t waiting = 0;
+    if (existed) {
+      s = first_waiting(e.trace_id, cur, &waiting);
+      if (!s.ok()) return s;
+    }
+    const bool pinned = waiting != 0 || cur.undelivered != 0;
     TraceState next = e.state;
     next.generation = cur.generation + 1;
     next.deleted_ns = cur.deleted_ns;
     next.undelivered = cur.undelivered;
+    next.pin_first = waiting != 0 ? waiting : (by_recipe ? outbox_seq : 0);
+    next.pin_last = by_recipe ? outbox_seq : (waiting != 0 ? cur.pin_last : 0);
     if (cur.events_deleted) next.events_deleted = true;
     std::string obk = be64(outbox_seq);
     std::string head = outbox_head(next.revision, e.emitted_ns, e.trace_id);
@@ -1110,11 +1164,11 @@ class RocksStore final : public Store {
                                        rocksdb::Slice(e.recipe)};
       b->Put(cfs_[kOutbox], rocksdb::SliceParts(&key_part, 1), rocksdb::SliceParts(value_parts, 3));
       *live += static_cast<int64_t>(obk.size() + head.size() + mark.size() + e.recipe.size());
-      ++next.undelivered;
     }
     // The retention index holds the traces whose events nothing refers to
-    // any more: retention and the quota take only those.
-    if (existed && cur.undelivered == 0) {
+    // any more: retention and the quota take only those. A pinned trace gets
+    // its key when the entry that pins it goes (commit_outbox_removal()).
+    if (existed && !pinned) {
       std::string k = index_key(kRetainedPrefix, cur.last_emit_ns, e.trace_id);
       b->Delete(cfs_[kTraces], k);
       if (!retained_behind_.empty()) retained_behind_.erase(k);
@@ -1123,7 +1177,9 @@ class RocksStore final : public Store {
       b->Delete(cfs_[kTraces], index_key(kDeletedPrefix, cur.deleted_ns, e.trace_id));
     }
     b->Put(cfs_[kTraces], state_key(e.trace_id), encode_state(next));
-    if (next.undelivered == 0) put_index_key(b, kRetainedPrefix, next.last_emit_ns, e.trace_id);
+    if (next.undelivered == 0 && next.pin_last == 0) {
+      put_index_key(b, kRetainedPrefix, next.last_emit_ns, e.trace_id);
+    }
     if (!existed) *live += static_cast<int64_t>(1 + e.trace_id.size() + kStateQuotaBytes);
     for (uint64_t seq : e.pending_seqs) {
       b->Delete(cfs_[kPending], be64(seq));
@@ -1300,9 +1356,10 @@ class RocksStore final : public Store {
   // Deletes the retained events of the oldest traces in the retention index
   // (emitted before `before_ns`), in one write: at most `limit` traces,
   // stopping once the store's live bytes are down to `target` (0: no such
-  // stop). Each trace keeps its state, with events_deleted set.
+  // stop). Each trace keeps its state, with events_deleted set. `*keys`
+  // (optional) counts the index keys taken, those that dropped nothing too.
   Status drop_retained(uint64_t before_ns, size_t limit, uint64_t target, uint64_t* traces,
-                       uint64_t* events) {
+                       uint64_t* events, size_t* keys = nullptr) {
     std::lock_guard lock(state_mu_);
     // First the keys behind retained_from_, then from it on.
     std::vector<std::string> idx;
@@ -1353,8 +1410,9 @@ class RocksStore final : public Store {
     if (!rs.ok()) return from_rocks(rs, "dropping retained events");
     live_.fetch_add(static_cast<uint64_t>(tally.live));
     garbage_.fetch_add(tally.garbage);
-    *traces += taken;
+    *traces += tally.traces;
     *events += tally.events;
+    if (keys) *keys += taken;
     // The scans go on from the last key taken.
     if (!retained_behind_.empty()) {
       retained_behind_.erase(retained_behind_.begin(),
@@ -1372,7 +1430,7 @@ class RocksStore final : public Store {
   // dropped, and the bytes of those that stay in the log as garbage.
   struct DropTally {
     int64_t live = 0;
-    uint64_t events = 0, garbage = 0;
+    uint64_t traces = 0, events = 0, garbage = 0;
   };
 
   struct Iterators {
@@ -1405,10 +1463,24 @@ class RocksStore final : public Store {
     Status s = get_state_nolock(trace_id, &st);
     if (!s.ok() && !s.IsNotFound()) return s;
     b->Delete(cfs_[kTraces], rkey);
-    // An index key that outlived its emission, or a trace that outbox
-    // entries refer to again, only loses the key. (Two keys of one trace in
-    // a round: only the one of its last emission matches.)
-    if (!s.ok() || st.last_emit_ns != emit_ns || st.undelivered != 0) return Status::Ok();
+    if (!s.ok()) return Status::Ok();
+    // A trace that outbox entries refer to again only loses the key: the
+    // entry's removal puts it back.
+    bool refers = false;
+    s = pinned(trace_id, st, &refers);
+    if (!s.ok() || refers) return s;
+    // A key that outlived its emission (two keys of one trace in a round:
+    // only the one of its last emission matches) is replaced by the key of
+    // the last emission when that one is missing (the entry that pinned the
+    // trace went after a later revision).
+    if (st.last_emit_ns != emit_ns) {
+      if (st.events_deleted) return Status::Ok();
+      const std::string last = index_key(kRetainedPrefix, st.last_emit_ns, trace_id);
+      std::string unused;
+      rocksdb::Status rs = db_->Get(rocksdb::ReadOptions(), cfs_[kTraces], last, &unused);
+      if (rs.IsNotFound()) put_index_key(b, kRetainedPrefix, st.last_emit_ns, trace_id);
+      return rs.ok() || rs.IsNotFound() ? Status::Ok() : from_rocks(rs, "reading the index");
+    }
     if (its.legacy) {
       rocksdb::Iterator* it = its.legacy.get();
       const std::string prefix = event_prefix(trace_id);
@@ -1428,6 +1500,7 @@ class RocksStore final : public Store {
     ++st.generation;
     b->Put(cfs_[kTraces], state_key(trace_id), encode_state(st));
     put_index_key(b, kDeletedPrefix, st.deleted_ns, trace_id);
+    ++tally->traces;
     return Status::Ok();
   }
 
@@ -1648,7 +1721,10 @@ class RocksStore final : public Store {
     Status s = get_state_nolock(trace_id, &st);
     if (s.IsNotFound()) return Status::Ok();
     if (!s.ok()) return s;
-    if (st.revision == 0 || st.undelivered != 0 || seq > st.max_seq) return Status::Ok();
+    if (st.revision == 0 || seq > st.max_seq) return Status::Ok();
+    bool refers = false;
+    s = pinned(trace_id, st, &refers);
+    if (!s.ok() || refers) return s;
     for (const Run& r : runs) {
       if (r.seq <= st.max_seq && r.seq + r.n - 1 > st.max_seq) return Status::Ok();
     }
@@ -1712,7 +1788,7 @@ class RocksStore final : public Store {
       r.add(get_be64(it->key().ToStringView()), it->key().size(), it->value().ToStringView());
       // A recipe entry frees little by itself: the events it referred to go
       // next, as retained events, before anything more is dropped.
-      if (!r.pins.empty()) break;
+      if (r.has_recipes()) break;
     }
     if (!it->status().ok()) return from_rocks(it->status(), "dropping outbox entries");
     it.reset();  // released before the write (see move_front())
@@ -1728,8 +1804,12 @@ class RocksStore final : public Store {
   struct Removal {
     uint64_t n = 0, doc_bytes = 0, live = 0;
     std::vector<uint64_t> seqs;
-    // Recipe entries per trace: the traces' undelivered counts fall by these.
-    std::unordered_map<std::string, uint32_t> pins;
+    // Recipe entries of a trace's pinned range (TraceState::pin_first): (emitted_ns,
+    // trace_id), the trace's retention index key once they go.
+    std::vector<std::pair<uint64_t, std::string>> unpinned;
+    // Recipe entries of earlier versions per trace: the traces' undelivered
+    // counts fall by these.
+    std::unordered_map<std::string, uint32_t> counted;
     void add(uint64_t seq, size_t key_bytes, std::string_view value) {
       ++n;
       live += key_bytes + value.size();
@@ -1737,31 +1817,51 @@ class RocksStore final : public Store {
       OutboxValue v;
       if (!parse_outbox(value, &v)) return;
       doc_bytes += v.document_bytes;
-      if (v.by_recipe) ++pins[std::string(v.trace_id)];
+      add_recipe(v.by_recipe, v.counted, v.emitted_ns, v.trace_id);
     }
     void add(uint64_t seq, size_t key_bytes, const ReadEntry& e) {
       ++n;
       live += key_bytes + e.value_bytes;
       seqs.push_back(seq);
       doc_bytes += e.document_bytes;
-      if (e.by_recipe) ++pins[e.trace_id];
+      add_recipe(e.by_recipe, e.counted, e.emitted_ns, e.trace_id);
     }
+    void add_recipe(bool by_recipe, bool counted_entry, uint64_t emitted_ns,
+                    std::string_view trace_id) {
+      if (!by_recipe) return;
+      if (counted_entry) {
+        ++counted[std::string(trace_id)];
+      } else {
+        unpinned.emplace_back(emitted_ns, trace_id);
+      }
+    }
+    bool has_recipes() const { return !unpinned.empty() || !counted.empty(); }
   };
 
   // Requires outbox_mu_. Writes the removal `b` (deletes of outbox entries)
-  // with the counters and the traces' undelivered counts: a trace that no
-  // entry refers to any more goes (back) into the retention index.
+  // with the counters: a trace that no entry refers to any more goes (back)
+  // into the retention index. An entry that pinned its trace puts the key of
+  // its own emission without reading the state: when a later revision moved
+  // the trace's last emission, retention finds the key stale and puts the
+  // right one (add_events_drop()).
   Status commit_outbox_removal(rocksdb::WriteBatch& b, const Removal& r, std::string_view what) {
     std::unique_lock<std::mutex> state_lock;
-    if (!r.pins.empty()) state_lock = std::unique_lock(state_mu_);
-    for (const auto& [trace_id, n] : r.pins) {
+    if (r.has_recipes()) state_lock = std::unique_lock(state_mu_);
+    for (const auto& [emitted_ns, trace_id] : r.unpinned)
+      put_index_key(&b, kRetainedPrefix, emitted_ns, trace_id);
+    for (const auto& [trace_id, n] : r.counted) {
       TraceState st;
       Status s = get_state_nolock(trace_id, &st);
       if (s.IsNotFound()) continue;
       if (!s.ok()) return s;
       st.undelivered = st.undelivered > n ? st.undelivered - n : 0;
       b.Put(cfs_[kTraces], state_key(trace_id), encode_state(st));
-      if (st.undelivered == 0) put_index_key(&b, kRetainedPrefix, st.last_emit_ns, trace_id);
+      bool refers = false;
+      s = pinned(trace_id, st, &refers);
+      if (!s.ok()) return s;
+      if (!refers) {
+        put_index_key(&b, kRetainedPrefix, st.last_emit_ns, trace_id);
+      }
     }
     b.Merge(cfs_[kTraces], kCounterLive, encode_i64(-static_cast<int64_t>(r.live)));
     b.Merge(cfs_[kTraces], kCounterOutboxN, encode_i64(-static_cast<int64_t>(r.n)));

@@ -143,9 +143,16 @@ struct TraceState {
   uint64_t last_emit_ns = 0;    // wall clock of the last revision
   uint64_t max_seq = 0;         // highest event seq folded into a revision
   bool events_deleted = false;  // events up to max_seq were deleted (retention/quota)
-  // Outbox entries of the trace written with a recipe and not yet
-  // acknowledged (store-maintained): while there are any, its events are
-  // kept whatever retention says, and quota takes them only with the entries.
+  // The outbox seqs of the trace's first and last entries written with a
+  // recipe that may not be acknowledged yet (0: none; store-maintained).
+  // While the outbox holds an entry of the trace between them, the trace's
+  // events are kept whatever retention says, and quota takes them only with
+  // the entries. An acknowledgement writes nothing to the state (only the
+  // retention index), so the state is not read back to deliver a trace.
+  uint64_t pin_first = 0, pin_last = 0;
+  // Entries written with a recipe by earlier versions, counted in the state
+  // and not yet acknowledged (store-maintained); they keep the events as
+  // those between pin_first and pin_last do.
   uint32_t undelivered = 0;
   uint64_t deleted_ns = 0;  // when they were deleted (store-maintained)
   uint64_t generation = 0;  // bumped by every change; guards read-modify-write
@@ -185,8 +192,8 @@ struct Emission {
   // instead (what the document builder, set_document_builder(), needs to
   // build the same document again from the trace's stored messages); the
   // trace's messages are then kept until the entry is acknowledged
-  // (TraceState::undelivered). Past that bound (delivery is behind) the
-  // entry holds the document.
+  // (TraceState::pin_first, pin_last). Past that bound (delivery is
+  // behind) the entry holds the document.
   std::string recipe;
   uint64_t emitted_ns = 0;
 };

@@ -203,9 +203,11 @@ inline std::string index_key(char prefix, uint64_t ns, std::string_view trace_id
   return k;
 }
 
-constexpr size_t kStateBytes = 4 + 8 * 6 + 1 + 4;
-// States written before TraceState::undelivered existed lack its 4 bytes.
-constexpr size_t kStateBytesV1 = kStateBytes - 4;
+constexpr size_t kStateBytes = 4 + 8 * 6 + 1 + 4 + 16;
+// States written before TraceState::pin_first and pin_last existed lack their
+// 16 bytes; those written before TraceState::undelivered, its 4 too.
+constexpr size_t kStateBytesV2 = kStateBytes - 16;
+constexpr size_t kStateBytesV1 = kStateBytesV2 - 4;
 // What a state record counts towards the quota, whichever its form.
 constexpr size_t kStateQuotaBytes = kStateBytesV1;
 
@@ -221,11 +223,15 @@ inline std::string encode_state(const TraceState& s) {
   put_be64(&v, s.parts);
   v.push_back(s.events_deleted ? 1 : 0);
   put_be32(&v, s.undelivered);
+  put_be64(&v, s.pin_first);
+  put_be64(&v, s.pin_last);
   return v;
 }
 
 inline bool decode_state(std::string_view v, TraceState* s) {
-  if (v.size() != kStateBytes && v.size() != kStateBytesV1) return false;
+  if (v.size() != kStateBytes && v.size() != kStateBytesV2 && v.size() != kStateBytesV1) {
+    return false;
+  }
   s->revision = get_be32(v);
   s->first_emit_ns = get_be64(v.substr(4));
   s->last_emit_ns = get_be64(v.substr(12));
@@ -234,7 +240,9 @@ inline bool decode_state(std::string_view v, TraceState* s) {
   s->generation = get_be64(v.substr(36));
   s->parts = static_cast<uint32_t>(get_be64(v.substr(44)));
   s->events_deleted = v[52] != 0;
-  s->undelivered = v.size() == kStateBytes ? get_be32(v.substr(53)) : 0;
+  s->undelivered = v.size() >= kStateBytesV2 ? get_be32(v.substr(53)) : 0;
+  s->pin_first = v.size() == kStateBytes ? get_be64(v.substr(57)) : 0;
+  s->pin_last = v.size() == kStateBytes ? get_be64(v.substr(65)) : 0;
   return true;
 }
 
@@ -261,10 +269,14 @@ inline int64_t decode_i64(std::string_view s) {
 // ---- outbox: [be64 seq] -> [be32 revision][be64 emitted_ns][u8 len][trace_id][body]
 // The body is the document itself (it begins with '{'), or, for an entry
 // written with a recipe (Emission::recipe):
-//   [u8 0][be32 document bytes][recipe]
-// from which the document is built again when it is not in memory.
+//   [u8 mark][be32 document bytes][recipe]
+// from which the document is built again when it is not in memory. The mark
+// tells what keeps the trace's messages for it: kPinMark, its trace's state
+// bounds it (TraceState::pin_first, pin_last); kRecipeMark (written by
+// earlier versions), its trace's state counts it (TraceState::undelivered).
 
 constexpr char kRecipeMark = '\0';
+constexpr char kPinMark = '\1';
 
 // The value's head: everything before the body, which follows it in the
 // same value.
@@ -280,7 +292,7 @@ inline std::string outbox_head(uint32_t revision, uint64_t emitted_ns, std::stri
 
 // What goes before the recipe in a recipe entry's body.
 inline std::string outbox_recipe_head(size_t document_bytes) {
-  std::string v(1, kRecipeMark);
+  std::string v(1, kPinMark);
   put_be32(&v, static_cast<uint32_t>(std::min<size_t>(document_bytes, UINT32_MAX)));
   return v;
 }
@@ -292,6 +304,7 @@ struct OutboxValue {
   std::string_view trace_id;
   std::string_view document;  // empty for a recipe entry
   bool by_recipe = false;
+  bool counted = false;  // a recipe entry its state counts (kRecipeMark)
   std::string_view recipe;
   size_t document_bytes = 0;  // the document's size, in either form
 };
@@ -304,7 +317,8 @@ inline bool parse_outbox(std::string_view v, OutboxValue* out) {
   out->emitted_ns = get_be64(v.substr(4));
   out->trace_id = v.substr(13, len);
   std::string_view body = v.substr(13 + len);
-  out->by_recipe = !body.empty() && body[0] == kRecipeMark;
+  out->counted = !body.empty() && body[0] == kRecipeMark;
+  out->by_recipe = out->counted || (!body.empty() && body[0] == kPinMark);
   if (out->by_recipe) {
     if (body.size() < 5) return false;
     out->document = {};
