@@ -998,7 +998,7 @@ class RocksStore final : public Store {
   // with one recipe entry; the entries between them otherwise.
   Status first_waiting(std::string_view trace_id, const TraceState& st, uint64_t* seq) {
     *seq = 0;
-    if (st.pin_last == 0) return Status::Ok();
+    if (st.pin_last == 0 || st.pin_last < outbox_low_) return Status::Ok();
     if (st.pin_first == st.pin_last) {
       rocksdb::PinnableSlice v;
       rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), cfs_[kOutbox], be64(st.pin_last), &v);
@@ -1021,6 +1021,19 @@ class RocksStore final : public Store {
       }
     }
     return from_rocks(it->status(), "reading the outbox");
+  }
+
+  // Requires state_mu_. Moves outbox_low_ up to the outbox's first entry:
+  // once for a round of drops, whose traces were mostly delivered long ago,
+  // so that each needs no lookup of its entries (first_waiting()). Steps over
+  // the entries removed since the last time, once.
+  Status refresh_outbox_low() {
+    const uint64_t next = next_outbox_;  // no emission meanwhile (state_mu_)
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cfs_[kOutbox]));
+    it->Seek(be64(outbox_low_));
+    if (!it->status().ok()) return from_rocks(it->status(), "reading the outbox");
+    outbox_low_ = it->Valid() && it->key().size() == 8 ? get_be64(it->key().ToStringView()) : next;
+    return Status::Ok();
   }
 
   // Whether an outbox entry still refers to the events of `trace_id`, whose
@@ -1361,6 +1374,7 @@ class RocksStore final : public Store {
   Status drop_retained(uint64_t before_ns, size_t limit, uint64_t target, uint64_t* traces,
                        uint64_t* events, size_t* keys = nullptr) {
     std::lock_guard lock(state_mu_);
+    if (Status front = refresh_outbox_low(); !front.ok()) return front;
     // First the keys behind retained_from_, then from it on.
     std::vector<std::string> idx;
     Status s;
@@ -1603,6 +1617,7 @@ class RocksStore final : public Store {
   // than moved when the quota asks for room, as the quota would drop it soon.
   Status move_front(Front how, uint64_t live_target, bool* moved) {
     std::lock_guard state_lock(state_mu_);
+    if (Status front = refresh_outbox_low(); !front.ok()) return front;
     const uint64_t head = next_seq_;
     const std::string from = log_key(floor_), until = log_key(head);
     rocksdb::Slice ub(until);
@@ -1920,6 +1935,9 @@ class RocksStore final : public Store {
   std::atomic<uint64_t> states_created_{0};
   static constexpr size_t kMaxAbsent = 4096;
   uint64_t next_outbox_ = 1;
+  // Guarded by state_mu_. The outbox holds no entry below it (entries are
+  // written at next_outbox_ and up, and only removed after).
+  uint64_t outbox_low_ = 0;
   std::mutex outbox_mu_;    // serialises outbox removals (exact counters)
   uint64_t drop_from_ = 0;  // the outbox entries below it were dropped; guarded by outbox_mu_
   // Entries read and not removed since, by seq; guarded by outbox_mu_. Only
