@@ -1819,8 +1819,8 @@ class RocksStore final : public Store {
   struct Removal {
     uint64_t n = 0, doc_bytes = 0, live = 0;
     std::vector<uint64_t> seqs;
-    // Recipe entries of a trace's pinned range (TraceState::pin_first): (emitted_ns,
-    // trace_id), the trace's retention index key once they go.
+    // Recipe entries within their traces' ranges (TraceState::pin_first,
+    // pin_last), as (emitted_ns, trace_id): the retention index key each puts.
     std::vector<std::pair<uint64_t, std::string>> unpinned;
     // Recipe entries of earlier versions per trace: the traces' undelivered
     // counts fall by these.
