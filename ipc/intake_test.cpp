@@ -807,9 +807,13 @@ TEST_F(IntakeReadDelayTest, ALingeringConnectionLeavesItsSenderRoom) {
   constexpr auto kInterval = 500us;
   std::vector<std::string> sent;
   uint64_t refused = 0;
-  const auto begin = std::chrono::steady_clock::now();
+  // The sender's pace, never faster: after a stall of its own (a busy
+  // machine) it goes on from where it is rather than catching up in a burst,
+  // whose rate the connection would rightly linger less for.
+  auto next = std::chrono::steady_clock::now();
   for (uint64_t i = 0; i < kMessages; ++i) {
-    std::this_thread::sleep_until(begin + i * kInterval);  // the sender's pace
+    std::this_thread::sleep_until(next);
+    next = std::max(next, std::chrono::steady_clock::now()) + kInterval;
     const std::string m = msg(i);
     const ssize_t n = ::send(fd, m.data(), m.size(), MSG_NOSIGNAL);
     if (n < 0 && errno == EAGAIN) {
