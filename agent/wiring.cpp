@@ -171,6 +171,10 @@ void intake_metrics(MetricsWriter& w, const ipc::Intake& intake) {
       "sidetrace_intake_reads_total", "counter",
       "Socket reads that returned data: a recvmmsg() batch of datagrams, or a stream read.",
       [](const TS& s) { return s.reads.load(); });
+  per_transport("sidetrace_intake_linger_reads_total", "counter",
+                "Of those, reads made when a linger ended: the senders' writes meanwhile woke "
+                "nothing.",
+                [](const TS& s) { return s.linger_reads.load(); });
   per_transport("sidetrace_read_errors_total", "counter",
                 "Socket read errors other than a normal close.",
                 [](const TS& s) { return s.read_errors.load(); });

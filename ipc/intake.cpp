@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -444,8 +443,10 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
       // The sender writes a little at a time: let more arrive before the
       // next read. Released from the reactor meanwhile, the socket does not
       // wake this thread for every write.
-      error_code ignored;
-      sock_.release(ignored);
+      if (sock_.is_open()) {
+        error_code ignored;
+        sock_.release(ignored);
+      }
       timer_.expires_after(linger_);
       timer_.async_wait(std::bind_front(&StreamSession::on_read_delay, shared_from_this()));
       return;
@@ -453,12 +454,30 @@ class StreamSession : public std::enable_shared_from_this<StreamSession> {
     do_read();
   }
 
+  // Reads what arrived during the linger straight from the socket, which
+  // stays released from the reactor while its sender keeps writing: a steady
+  // sender costs one timer and one read per linger. The socket is watched
+  // again (do_read()) only once a linger found nothing.
   void on_read_delay(error_code ec) {
     if (ec || closed_) return;  // aborted by close()
+    std::span<char> space = splitter_.prepare();
+    space_ = space.size();
+    ssize_t n;
+    do {
+      n = ::recv(fd_, space.data(), space.size(), MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    const int e = n < 0 ? errno : 0;
     // Whether the linger let anything arrive (see detail::stream_linger()).
-    int waiting = 0;
-    fruitless_ = ::ioctl(fd_, FIONREAD, &waiting) == 0 && waiting == 0;
-    do_read();
+    fruitless_ = e == EAGAIN || e == EWOULDBLOCK;
+    if (fruitless_) {
+      do_read();
+      return;
+    }
+    if (n > 0) stats().linger_reads.fetch_add(1, std::memory_order_relaxed);
+    on_read(e != 0   ? error_code(e, boost::system::system_category())
+            : n == 0 ? error_code(asio::error::eof)
+                     : error_code(),
+            n > 0 ? static_cast<size_t>(n) : 0);
   }
 
   void on_retry(error_code ec) {
@@ -731,8 +750,12 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
   // together (a burst).
   void read_all(bool woken = false) {
     const size_t slots = hdr_.size();
+    const bool lingered = std::exchange(lingered_, false);
     for (int round = 0; round < kRoundsPerWake; ++round) {
       const int got = receive();
+      if (lingered && round == 0 && got > 0) {
+        stats().linger_reads.fetch_add(1, std::memory_order_relaxed);
+      }
       const int64_t now = steady_ns();
       const int64_t elapsed = now - last_read_ns_;
       last_read_ns_ = now;
@@ -775,6 +798,7 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
     timer_.expires_after(delay);
     timer_.async_wait([self = this->shared_from_this()](error_code ec) {
       if (ec || self->stopped_) return;
+      self->lingered_ = true;
       self->read_all();
     });
   }
@@ -888,6 +912,7 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
   int fd_ = -1;  // the socket; registered with the reactor only while sock_ is open
   asio::steady_timer timer_;
   bool stopped_ = false;
+  bool lingered_ = false;     // the next read_all() ends a linger
   size_t linger_target_ = 1;  // datagrams a linger may let accumulate
   int64_t last_read_ns_ = 0;  // steady_ns() of the last recvmmsg() call
   size_t burst_ = 0;          // see note_burst()

@@ -658,6 +658,7 @@ TEST_F(IntakeReadDelayTest, DatagramsSentDuringTheDelayAreQueuedAsOneBatch) {
   const auto& udp = st(Transport::kUdp);
   EXPECT_EQ(dgram.reads.load(), 1u);
   EXPECT_EQ(udp.reads.load(), 1u);
+  EXPECT_EQ(dgram.linger_reads.load(), 0u);
   // Four each, fewer than half of what the kernel queues for a Unix
   // datagram socket (11 by default), one sendto() each.
   for (uint64_t i = 1; i <= 4; ++i) {
@@ -677,6 +678,8 @@ TEST_F(IntakeReadDelayTest, DatagramsSentDuringTheDelayAreQueuedAsOneBatch) {
   EXPECT_EQ(from_udp, 4u);
   EXPECT_EQ(dgram.reads.load(), 2u);
   EXPECT_EQ(udp.reads.load(), 2u);
+  EXPECT_EQ(dgram.linger_reads.load(), 1u);
+  EXPECT_EQ(udp.linger_reads.load(), 1u);
   EXPECT_EQ(dgram.datagrams.load(), 5u);
   EXPECT_EQ(udp.datagrams.load(), 5u);
 }
@@ -693,6 +696,7 @@ TEST_F(IntakeReadDelayTest, WithoutADelayEachDatagramIsReadAtOnce) {
     ASSERT_TRUE(wait_until([&] { return s.accepted == i; }, 900ms)) << "datagram " << i;
   }
   EXPECT_EQ(s.reads.load(), 5u);
+  EXPECT_EQ(s.linger_reads.load(), 0u);
   auto batches = take_batches(5);
   ASSERT_EQ(batches.size(), 5u);
   for (const auto& b : batches)
@@ -727,6 +731,7 @@ TEST_F(IntakeReadDelayTest, StreamWritesDuringTheDelayAreReadTogether) {
   int fd = start_with_a_lingering_stream(o);
   ASSERT_GE(fd, 0);
   const auto& s = st(Transport::kUnixStream);
+  const uint64_t linger_reads = s.linger_reads.load();
   for (uint64_t i = 1; i <= 4; ++i)
     write_all(fd, msg(i));
   auto batches = take_batches(4);
@@ -735,6 +740,8 @@ TEST_F(IntakeReadDelayTest, StreamWritesDuringTheDelayAreReadTogether) {
   for (uint64_t i = 1; i <= 4; ++i)
     EXPECT_EQ(batches[0][i - 1].raw, msg(i));
   EXPECT_EQ(s.reads.load(), kRampReads + 1);
+  // Read when the linger ended: the writes woke nothing.
+  EXPECT_EQ(s.linger_reads.load(), linger_reads + 1);
   // A close while the connection lingers is seen at its next read.
   ::close(fd);
   EXPECT_TRUE(wait_until([&] { return s.connections_open == 0; }));
@@ -831,6 +838,10 @@ TEST_F(IntakeReadDelayTest, ALingeringConnectionLeavesItsSenderRoom) {
     ASSERT_EQ(got[i].raw, sent[i]) << i;
   const auto& s = st(Transport::kUnixStream);
   EXPECT_LE(s.reads.load(), kMessages / 4);
+  // The sender's writes came while the connection lingered: read when each
+  // linger ended, not by a wake-up of the socket (some, after a stall of the
+  // sender, may be).
+  EXPECT_GE(s.linger_reads.load() * 2, s.reads.load());
   ::close(fd);
 }
 
@@ -842,6 +853,7 @@ TEST_F(IntakeReadDelayTest, BurstsFurtherApartThanTheDelayAreReadAsTheyCome) {
   IntakeOptions o = only(Transport::kUnixStream);
   int fd = start_with_a_lingering_stream(o);  // its last read lingers a second, in vain
   ASSERT_GE(fd, 0);
+  const auto& s = st(Transport::kUnixStream);
   const auto ramped = std::chrono::steady_clock::now();
   std::this_thread::sleep_until(ramped + 1500ms);  // the sender's next burst
   std::string burst;
@@ -856,6 +868,9 @@ TEST_F(IntakeReadDelayTest, BurstsFurtherApartThanTheDelayAreReadAsTheyCome) {
   ASSERT_EQ(take(1).size(), 1u);
   // A linger after the burst would have held it until a second after the burst.
   EXPECT_LT(std::chrono::steady_clock::now() - written, 500ms);
+  // After the linger that found nothing the socket was watched: both were
+  // read when they came, the second by a read with no linger before it.
+  EXPECT_EQ(s.reads.load(), kRampReads + 2);
   ::close(fd);
 }
 
