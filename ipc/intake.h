@@ -148,9 +148,7 @@ struct TransportStats {
   std::atomic<uint64_t> datagrams{0};         // datagrams read (datagram transports)
   std::atomic<uint64_t> reads{0};             // reads that returned data (recvmmsg() calls
                                               // with datagrams, stream reads)
-  // Of those, reads made when a linger ended (the socket was not watched
-  // meanwhile, so its sender's writes woke nobody).
-  std::atomic<uint64_t> linger_reads{0};
+  std::atomic<uint64_t> linger_reads{0};      // of those, made when a linger ended
   std::atomic<uint64_t> connections_open{0};  // gauge (stream)
   std::atomic<uint64_t> connections_total{0};
   std::atomic<uint64_t> connections_refused{0};  // over max_connections
