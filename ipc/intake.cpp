@@ -752,10 +752,7 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
     const size_t slots = hdr_.size();
     const bool lingered = std::exchange(lingered_, false);
     for (int round = 0; round < kRoundsPerWake; ++round) {
-      const int got = receive();
-      if (lingered && round == 0 && got > 0) {
-        stats().linger_reads.fetch_add(1, std::memory_order_relaxed);
-      }
+      const int got = receive(/*after_linger=*/lingered && round == 0);
       const int64_t now = steady_ns();
       const int64_t elapsed = now - last_read_ns_;
       last_read_ns_ = now;
@@ -823,7 +820,9 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
   }
 
   // One recvmmsg() call; returns the number of datagrams (0 when none).
-  int receive() {
+  // `after_linger`: the call ends a linger (counted as such when it finds
+  // datagrams).
+  int receive(bool after_linger = false) {
     const size_t slots = hdr_.size();
     for (size_t i = 0; i < slots; ++i) {
       iov_[i].iov_base = data_.get() + i * slot_bytes_;
@@ -871,6 +870,7 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
       if (rest > 0) b.reject(Reject::kMalformed, "datagram holds bytes that are not msgpack");
     }
     if (n > 0) stats().reads.fetch_add(1, std::memory_order_relaxed);
+    if (n > 0 && after_linger) stats().linger_reads.fetch_add(1, std::memory_order_relaxed);
     stats().datagrams.fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
     stats().bytes.fetch_add(bytes, std::memory_order_relaxed);
     b.publish();
