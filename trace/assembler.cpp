@@ -198,10 +198,13 @@ void Assembler::drop_cache(Open& o) {
 
 void Assembler::forget(const std::string& trace_id) {
   auto it = open_.find(trace_id);
-  if (it == open_.end()) return;
+  if (it != open_.end()) forget(it);
+}
+
+void Assembler::forget(OpenMap::iterator it) {
   drop_cache(it->second);
-  timers_.erase({it->second.timer_ns, &trace_id});
-  age_.erase({it->second.first_ns, &trace_id});
+  timers_.erase({it->second.timer_ns, &it->first});
+  age_.erase({it->second.first_ns, &it->first});
   open_.erase(it);
   open_n_.store(open_.size());
 }
@@ -361,7 +364,7 @@ bool Assembler::rescan(uint64_t now, bool at_start) {
 
 void Assembler::process_guarded(const std::string& trace_id, uint64_t now,
                                 std::vector<Prepared>* out) {
-  if (quarantined_.count(trace_id)) {
+  if (!quarantined_.empty() && quarantined_.count(trace_id)) {
     forget(trace_id);  // its messages stay in the store
     return;
   }
@@ -557,7 +560,7 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
   }
   if (!fresh) {
     // Everything notified was already folded into an emitted revision.
-    forget(trace_id);
+    forget(it);
     return;
   }
   bool emitted_before = st.revision > 0;
@@ -653,7 +656,7 @@ size_t Assembler::emit(std::vector<Prepared>* batch, uint64_t now) {
       schedule(it->first, o, now);
       continue;
     }
-    forget(e.trace_id);
+    forget(it);
   }
   batch->clear();
   return emitted;

@@ -240,6 +240,7 @@ class Assembler {
     uint64_t cached_bytes = 0;  // their weight against cache_bytes
     bool cache_whole = false;
   };
+  using OpenMap = std::unordered_map<std::string, Open>;
 
   // `stored_ns`: when the message was stored (or found, see rescan()).
   // `notified`: from a notice (its bytes, if any, are moved to the cache);
@@ -259,6 +260,7 @@ class Assembler {
   // `key` is the trace's key in open_.
   void schedule(const std::string& key, Open& o, uint64_t deadline);
   void forget(const std::string& trace_id);
+  void forget(OpenMap::iterator it);
   bool rescan(uint64_t now, bool at_start);
   // A revision built and waiting to be written with others.
   struct Prepared {
@@ -304,14 +306,32 @@ class Assembler {
   std::atomic<bool> release_pending_{false};  // released_ is not empty
 
   // Owned by the polling thread.
-  std::unordered_map<std::string, Open> open_;
+  OpenMap open_;
   // (time, trace id) in time order, then id order. The id points at the key of
   // its open_ entry (stable while the entry exists): an open trace costs one
-  // copy of its id, not three.
-  using Entry = std::pair<uint64_t, const std::string*>;
+  // copy of its id, not three. Ids are ordered by their first eight bytes
+  // (held in the entry) before their text is read: the traces a rescan finds
+  // share one deadline, and each comparison of two ids' text was a walk to
+  // both strings' bytes.
+  struct Entry {
+    Entry(uint64_t time, const std::string* id) : first(time), prefix(id_prefix(*id)), second(id) {}
+    uint64_t first;
+    uint64_t prefix;
+    const std::string* second;
+  };
+  // The id's first eight bytes (zeros after a shorter one), in the order of
+  // the ids' text.
+  static uint64_t id_prefix(const std::string& id) {
+    uint64_t p = 0;
+    for (size_t i = 0; i < 8; ++i)
+      p = (p << 8) | (i < id.size() ? static_cast<unsigned char>(id[i]) : 0u);
+    return p;
+  }
   struct EntryLess {
     bool operator()(const Entry& a, const Entry& b) const {
-      return a.first != b.first ? a.first < b.first : *a.second < *b.second;
+      if (a.first != b.first) return a.first < b.first;
+      if (a.prefix != b.prefix) return a.prefix < b.prefix;
+      return *a.second < *b.second;
     }
   };
   // (time, trace_id): one entry per open trace, at or before its deadline. A
