@@ -822,7 +822,7 @@ class DgramReceiver : public std::enable_shared_from_this<DgramReceiver<Protocol
   // One recvmmsg() call; returns the number of datagrams (0 when none).
   // `after_linger`: the call ends a linger (counted as such when it finds
   // datagrams).
-  int receive(bool after_linger = false) {
+  int receive(bool after_linger) {
     const size_t slots = hdr_.size();
     for (size_t i = 0; i < slots; ++i) {
       iov_[i].iov_base = data_.get() + i * slot_bytes_;
