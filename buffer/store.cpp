@@ -30,6 +30,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "buffer/crc32c.h"
 #include "buffer/detail/codec.h"
 #include "buffer/reclaim.h"
 #include "common/memory.h"
@@ -1996,7 +1997,8 @@ Status Store::open(const StoreOptions& options, std::unique_ptr<Store>* out) {
                                             std::move(handles));
   s = store->load_counters();
   if (!s.ok()) return s;
-  spdlog::debug("buffer: store opened at {}", o.data_dir);
+  spdlog::debug("buffer: store opened at {} (log checksums: CRC32C by {})", o.data_dir,
+                crc32c_implementation());
   *out = std::move(store);
   return Status::Ok();
 }
