@@ -362,35 +362,44 @@ bool Assembler::rescan(uint64_t now, bool at_start) {
   }
 }
 
-void Assembler::process_guarded(const std::string& trace_id, uint64_t now,
-                                std::vector<Prepared>* out) {
+void Assembler::process_guarded(OpenMap::iterator it, uint64_t now, std::vector<Prepared>* out) {
+  const std::string& trace_id = it->first;  // valid while the trace is open
   if (!quarantined_.empty() && quarantined_.count(trace_id)) {
-    forget(trace_id);  // its messages stay in the store
+    forget(it);  // its messages stay in the store
     return;
+  }
+  // The failures of a trace tried before are taken out while it is tried
+  // again: process() may forget it.
+  uint32_t failures = 0;
+  if (!build_failures_.empty()) {
+    if (auto f = build_failures_.find(trace_id); f != build_failures_.end()) {
+      failures = f->second;
+      build_failures_.erase(f);
+    }
   }
   const size_t before = out->size();
   std::string what;
   try {
     if (opts_.before_build) opts_.before_build(trace_id);
-    process(trace_id, now, out);
-    if (!build_failures_.empty()) build_failures_.erase(trace_id);
+    process(it, now, out);
     return;
   } catch (const std::exception& e) {
     what = e.what();
   } catch (...) {
     what = "an exception that is not a std::exception";
   }
+  // Still open: process() forgets a trace only on its way out.
   out->resize(before);
   build_failures_n_.fetch_add(1);
-  const uint32_t n = ++build_failures_[trace_id];
+  const uint32_t n = failures + 1;
   if (n >= opts_.max_build_failures) {
-    quarantine(trace_id, fmt::format("building failed {} times: {}", n, what));
+    quarantine(std::string(trace_id), fmt::format("building failed {} times: {}", n, what));
     return;
   }
+  build_failures_[trace_id] = n;
   log_.log(spdlog::level::err, fmt::format("trace {}: building failed (try {} of {}): {}", trace_id,
                                            n, opts_.max_build_failures, what));
-  auto it = open_.find(trace_id);
-  if (it != open_.end()) schedule(it->first, it->second, now + ns(opts_.retry_interval));
+  schedule(it->first, it->second, now + ns(opts_.retry_interval));
 }
 
 void Assembler::quarantine(const std::string& trace_id, const std::string& reason) {
@@ -429,9 +438,8 @@ void Assembler::take_released() {
   if (any) resync_from_.store(0);
 }
 
-void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<Prepared>* out) {
-  auto it = open_.find(trace_id);
-  if (it == open_.end()) return;
+void Assembler::process(OpenMap::iterator it, uint64_t now, std::vector<Prepared>* out) {
+  const std::string& trace_id = it->first;
   Open& o = it->second;
 
   buffer::TraceState st;
@@ -605,7 +613,7 @@ void Assembler::process(const std::string& trace_id, uint64_t now, std::vector<P
   e.document = buffer::make_document(std::move(r.document));
   // The messages it was built from: those read, below the cut of a part.
   e.recipe = encode_recipe(range.from_seq, cut != UINT64_MAX ? cut : max_seq + 1, bo);
-  out->push_back(Prepared{std::move(e), bo.mark_unfinished, more});
+  out->push_back(Prepared{std::move(e), bo.mark_unfinished, more, it});
 }
 
 size_t Assembler::emit(std::vector<Prepared>* batch, uint64_t now) {
@@ -625,8 +633,7 @@ size_t Assembler::emit(std::vector<Prepared>* batch, uint64_t now) {
   size_t emitted = 0;
   for (size_t i = 0; i < es.size(); ++i) {
     buffer::Emission& e = es[i];
-    auto it = open_.find(e.trace_id);
-    if (it == open_.end()) continue;
+    const auto it = (*batch)[i].open;
     buffer::Status s = written.ok() ? results[i] : written;
     if (s.code() == buffer::Status::Code::kBusy) {
       // The state changed under us (retention or quota): build again next round.
@@ -696,28 +703,27 @@ size_t Assembler::poll() {
   // by trace id) are looked up in key order, and neighbours share the blocks
   // read. Taking them in the log's order instead slowed a backlog's drain by a
   // third (docs/benchmarks.md, "The eighth round").
-  std::vector<std::string> due;
-  std::vector<const std::string*> later;  // entries whose deadline moved on
-  for (auto it = timers_.begin(); it != timers_.end() && it->first <= due_by; ++it) {
-    if (open_.at(*it->second).deadline_ns > due_by) {
-      later.push_back(it->second);
-    } else {
-      due.push_back(*it->second);
-    }
+  // They are held by their place in open_, which nothing below adds to: a
+  // trace is forgotten only once it was looked at (process(), emit()).
+  std::vector<OpenMap::iterator> due;
+  std::vector<OpenMap::iterator> later;  // entries whose deadline moved on
+  for (auto t = timers_.begin(); t != timers_.end() && t->first <= due_by; ++t) {
+    const auto it = open_.find(*t->second);
+    (it->second.deadline_ns > due_by ? later : due).push_back(it);
   }
-  for (const std::string* key : later) {
-    Open& o = open_.at(*key);
-    timers_.erase({o.timer_ns, key});
+  for (const auto it : later) {
+    Open& o = it->second;
+    timers_.erase({o.timer_ns, &it->first});
     o.timer_ns = o.deadline_ns;
-    timers_.emplace(o.timer_ns, key);
+    timers_.emplace(o.timer_ns, &it->first);
   }
   // Revisions are written in groups: one store write for many traces.
   size_t emitted = 0;
   std::vector<Prepared> batch;
   size_t batch_bytes = 0;  // a write holds about one part's bound of documents
-  for (const auto& id : due) {
+  for (const auto it : due) {
     const size_t before = batch.size();
-    process_guarded(id, now, &batch);
+    process_guarded(it, now, &batch);
     if (batch.size() > before) batch_bytes += batch.back().emission.document->size();
     if (batch.size() >= opts_.emit_batch || batch_bytes >= opts_.max_trace_bytes) {
       emitted += emit(&batch, now);

@@ -266,14 +266,18 @@ class Assembler {
   struct Prepared {
     buffer::Emission emission;
     bool unfinished = false;
-    bool more = false;  // a part, with more of the trace stored after it
+    bool more = false;       // a part, with more of the trace stored after it
+    OpenMap::iterator open;  // the trace in open_, until emit() settles it
   };
-  // Looks at a due trace; appends its next revision to `out` when there is
-  // one to emit.
-  void process(const std::string& trace_id, uint64_t now, std::vector<Prepared>* out);
+  // Looks at a due trace (`it`, in open_); appends its next revision to
+  // `out` when there is one to emit. It may forget the trace, but never
+  // before it throws.
+  void process(OpenMap::iterator it, uint64_t now, std::vector<Prepared>* out);
   // process(), with what it throws caught: the trace is retried, and set
   // aside after max_build_failures.
-  void process_guarded(const std::string& trace_id, uint64_t now, std::vector<Prepared>* out);
+  void process_guarded(OpenMap::iterator it, uint64_t now, std::vector<Prepared>* out);
+  // Sets the trace aside (it is forgotten: `trace_id` must not be its key in
+  // open_).
   void quarantine(const std::string& trace_id, const std::string& reason);
   // Applies release(): deletes the records, and rescans pending.
   void take_released();
