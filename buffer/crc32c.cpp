@@ -25,8 +25,7 @@ constexpr std::array<uint32_t, 256> make_table() {
 
 constexpr std::array<uint32_t, 256> kTable = make_table();
 
-// A CPU without SSE 4.2 (none that runs a current Debian in practice), and
-// other architectures.
+// A CPU without SSE 4.2, and other architectures.
 uint32_t by_table(uint32_t crc, const unsigned char* p, size_t n) {
   for (size_t i = 0; i < n; ++i)
     crc = kTable[(crc ^ p[i]) & 0xffu] ^ (crc >> 8);
