@@ -19,7 +19,7 @@ its peak RSS, and the agent's CPU once it is delivered and after a restart.
 One JSON line per measurement:
   {"bench":"footprint","exporter":"http","transport":"stream","rate":2000,"at_quota":false,
    "messages":20000,"cpu_us_per_msg":..,"core_pct":..,"threads_us_per_msg":{..},
-   "threads_wakes_per_s":{..},"page_faults_per_msg":..,
+   "threads_wakes_per_s":{..},"page_faults_per_msg":..,"cache_builds_pct":..,
    "peak_rss_mib":..,"rss_mib":..,"delivered_events":..,"sender_dropped":0}
 Idle lines give core_pct (no messages). Environment: SIDETRACE_BIN,
 FOOTPRINT_RATES (default "200,2000,20000"), FOOTPRINT_SECONDS (default 10),
@@ -169,12 +169,23 @@ class Agent:
         except OSError:
             return False
 
-    def metric(self, name):
+    def metric(self, name, labels=None):
+        # The sum of the samples of `name`; with `labels` (text such as
+        # 'source="cache"'), of those whose labels begin with it.
         total = 0.0
         for line in self.get("/metrics").splitlines():
-            if line.startswith(name + "{") or line.startswith(name + " "):
+            if labels is not None:
+                match = line.startswith(name + "{" + labels)
+            else:
+                match = line.startswith(name + "{") or line.startswith(name + " ")
+            if match:
                 total += float(line.rsplit(" ", 1)[1])
         return total
+
+    def builds(self):
+        # Traces built, and of them built from the event cache.
+        name = "sidetrace_assembler_builds_total"
+        return self.metric(name), self.metric(name, 'source="cache"')
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -210,6 +221,7 @@ def measure(agent, rate, exporter, at_quota):
     accepted0 = agent.metric("sidetrace_accepted_messages_total")
     delivered0 = agent.metric("sidetrace_events_delivered_total")
     moved0 = agent.metric("sidetrace_buffer_log_moved_total")
+    builds0 = agent.builds()
     threads0, (cpu0, faults0), t0 = thread_cpu(pid), process_cpu(pid), time.monotonic()
     # The measured window; idle CPU is read in 10 ms ticks, so it gets longer.
     time.sleep(SECONDS if rate > 0 else IDLE_SECONDS)
@@ -217,6 +229,7 @@ def measure(agent, rate, exporter, at_quota):
     accepted1 = agent.metric("sidetrace_accepted_messages_total")
     delivered1 = agent.metric("sidetrace_events_delivered_total")
     moved1 = agent.metric("sidetrace_buffer_log_moved_total")
+    builds1 = agent.builds()
     sent = {}
     if gen:
         out, _ = gen.communicate(timeout=WARMUP + SECONDS + 60)
@@ -236,6 +249,11 @@ def measure(agent, rate, exporter, at_quota):
         # Messages the load generator dropped because its socket was full, as
         # an emitter does (over its whole run, warm-up included).
         line["sender_dropped"] = sent.get("dropped", 0)
+    built = builds1[0] - builds0[0]
+    if built > 0:
+        # The traces built from the messages the writer handed over, not read
+        # back from the store (the event cache's bound, trace/assembler.h).
+        line["cache_builds_pct"] = round(100 * (builds1[1] - builds0[1]) / built, 1)
     if msgs > 0:
         line["cpu_us_per_msg"] = round(1e6 * cpu / msgs, 2)
         line["page_faults_per_msg"] = round((faults1 - faults0) / msgs, 3)
