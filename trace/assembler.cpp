@@ -393,7 +393,7 @@ void Assembler::process_guarded(OpenMap::iterator it, uint64_t now, std::vector<
   build_failures_n_.fetch_add(1);
   const uint32_t n = failures + 1;
   if (n >= opts_.max_build_failures) {
-    quarantine(std::string(trace_id), fmt::format("building failed {} times: {}", n, what));
+    quarantine(it, fmt::format("building failed {} times: {}", n, what));
     return;
   }
   build_failures_[trace_id] = n;
@@ -402,14 +402,13 @@ void Assembler::process_guarded(OpenMap::iterator it, uint64_t now, std::vector<
   schedule(it->first, it->second, now + ns(opts_.retry_interval));
 }
 
-void Assembler::quarantine(const std::string& trace_id, const std::string& reason) {
-  build_failures_.erase(trace_id);
-  quarantined_.insert(trace_id);
+void Assembler::quarantine(OpenMap::iterator it, const std::string& reason) {
+  const std::string& trace_id = *quarantined_.insert(it->first).first;
   quarantined_n_.fetch_add(1);
   buffer::Status s = store_.meta_put(std::string(kQuarantinePrefix) + trace_id, reason);
   if (!s.ok()) store_error(s, "recording a trace set aside");  // set aside until a restart
   spdlog::error("trace {}: set aside, its messages kept in the store: {}", trace_id, reason);
-  forget(trace_id);
+  forget(it);
 }
 
 void Assembler::take_released() {

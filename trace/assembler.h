@@ -276,9 +276,8 @@ class Assembler {
   // process(), with what it throws caught: the trace is retried, and set
   // aside after max_build_failures.
   void process_guarded(OpenMap::iterator it, uint64_t now, std::vector<Prepared>* out);
-  // Sets the trace aside (it is forgotten: `trace_id` must not be its key in
-  // open_).
-  void quarantine(const std::string& trace_id, const std::string& reason);
+  // Sets the trace aside and forgets it (its failure count is process_guarded()'s).
+  void quarantine(OpenMap::iterator it, const std::string& reason);
   // Applies release(): deletes the records, and rescans pending.
   void take_released();
   // The owned thread's rounds, until stop().
