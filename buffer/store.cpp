@@ -675,9 +675,10 @@ class RocksStore final : public Store {
       b.Put(cfs_[kEvents], rocksdb::SliceParts(&key_part, 1), rocksdb::SliceParts(value_parts, 2));
       r.bytes += key.size() + head.size() + m.raw.size();
     }
+    const uint64_t stored_ns = clock_.now_ns();
     for (const auto& [trace_id, r] : runs) {
       const ipc::Message& m = msgs[r.first];
-      b.Put(cfs_[kPending], be64(r.seq), pending_value(m.recv_ns, r.n, trace_id));
+      b.Put(cfs_[kPending], be64(r.seq), pending_value(m.recv_ns, r.n, stored_ns, trace_id));
       std::string rk = run_key(trace_id, r.seq);
       std::string rv = run_value(Run{r.seq, r.seq, r.n, clamp32(r.bytes)});
       b.Put(cfs_[kTraces], rk, rv);
@@ -935,14 +936,16 @@ class RocksStore final : public Store {
     size_t n = 0;
     for (it->Seek(be64(from_seq)); it->Valid() && n < limit; it->Next(), ++n) {
       rocksdb::Slice k = it->key(), v = it->value();
-      uint64_t recv_ns = 0;
+      uint64_t recv_ns = 0, stored_ns = 0;
       uint32_t messages = 0;
       std::string_view trace_id;
-      if (k.size() != 8 || !decode_pending(v.ToStringView(), &recv_ns, &messages, &trace_id)) {
+      if (k.size() != 8 ||
+          !decode_pending(v.ToStringView(), &recv_ns, &messages, &stored_ns, &trace_id)) {
         return Status::Corruption("malformed pending entry");
       }
-      out->push_back(
+      Committed& c = out->emplace_back(
           Committed{std::string(trace_id), get_be64(k.ToStringView()), recv_ns, messages, 0});
+      c.stored_ns = stored_ns;
     }
     return from_rocks(it->status(), "scanning pending");
   }

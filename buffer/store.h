@@ -9,10 +9,11 @@
 //            the log until its front passes them, and whole table files go:
 //            nothing is deleted message by message, so its files never
 //            overlap and are never rewritten.
-//   pending  seq -> recv_ns, message count, trace_id. One record per trace and
-//            group commit (keyed by the seq of the trace's first message in
-//            it) for messages not yet folded into an emitted revision; the
-//            source of truth for what the assembler still owes.
+//   pending  seq -> recv_ns, message count, commit time, trace_id. One
+//            record per trace and group commit (keyed by the seq of the
+//            trace's first message in it) for messages not yet folded into
+//            an emitted revision; the source of truth for what the assembler
+//            still owes.
 //   traces   trace_id -> per-trace state (last emitted revision, times, ...),
 //            the trace's runs (where its messages of each group commit are
 //            in the log), the retention index and the store's own counters.
@@ -127,6 +128,10 @@ struct Committed {
   // (moved out of the committed message; see Writer::Sink). Empty from
   // append() and scan_pending().
   std::string raw;
+  // From scan_pending(): when the record's commit was written (the store's
+  // clock; 0 for records stored by versions that did not keep it). 0 from
+  // append().
+  uint64_t stored_ns = 0;
 };
 
 // One stored message of a trace.

@@ -521,7 +521,7 @@ TEST(StoreTest, MessagesStoredBeforeTheLogAreReadAndDropped) {
       std::string v = detail::be64(100 + seq) + "old" + std::to_string(seq);
       ASSERT_TRUE(b.Put(h[1], k, v).ok());
       ASSERT_TRUE(
-          b.Put(h[2], detail::be64(seq), detail::pending_value(100 + seq, 1, trace_id)).ok());
+          b.Put(h[2], detail::be64(seq), detail::pending_value(100 + seq, 1, 0, trace_id)).ok());
       live += static_cast<int64_t>(k.size() + v.size() + detail::pending_bytes(trace_id));
       ++seq;
     }
@@ -587,26 +587,68 @@ TEST(StoreTest, ReleasePendingDeletesOnlyExistingRecordsOnce) {
   EXPECT_EQ(ev.size(), 1u);  // the events themselves stay
 }
 
-// Pending records from before the message count (one per message) still read.
-TEST(StoreCodecTest, PendingRecordsOfBothFormsDecode) {
-  uint64_t recv = 0;
+// Pending records from before the commit time, and from before the message
+// count (one per message), still read.
+TEST(StoreCodecTest, PendingRecordsOfEveryFormDecode) {
+  uint64_t recv = 0, stored = 0;
   uint32_t n = 0;
   std::string_view id;
-  std::string v = detail::pending_value(123, 7, "trace-x");
-  ASSERT_TRUE(detail::decode_pending(v, &recv, &n, &id));
+  std::string v = detail::pending_value(123, 7, 1'765'000'000'000'000'000, "trace-x");
+  ASSERT_TRUE(detail::decode_pending(v, &recv, &n, &stored, &id));
   EXPECT_EQ(recv, 123u);
   EXPECT_EQ(n, 7u);
+  EXPECT_EQ(stored, 1'765'000'000'000'000'000u);
   EXPECT_EQ(id, "trace-x");
+  std::string counted;
+  detail::put_be64(&counted, 789 | detail::kPendingCounted);
+  counted += std::string("\0\0\0\3", 4) + "cnt";
+  ASSERT_TRUE(detail::decode_pending(counted, &recv, &n, &stored, &id));
+  EXPECT_EQ(recv, 789u);
+  EXPECT_EQ(n, 3u);
+  EXPECT_EQ(stored, 0u);
+  EXPECT_EQ(id, "cnt");
   std::string legacy;
   detail::put_be64(&legacy, 456);
   legacy += "old";
-  ASSERT_TRUE(detail::decode_pending(legacy, &recv, &n, &id));
+  stored = 99;
+  ASSERT_TRUE(detail::decode_pending(legacy, &recv, &n, &stored, &id));
   EXPECT_EQ(recv, 456u);
   EXPECT_EQ(n, 1u);
+  EXPECT_EQ(stored, 0u);
   EXPECT_EQ(id, "old");
-  EXPECT_FALSE(detail::decode_pending("short", &recv, &n, &id));
-  std::string zero = detail::pending_value(1, 0, "z");
-  EXPECT_FALSE(detail::decode_pending(zero, &recv, &n, &id));
+  EXPECT_FALSE(detail::decode_pending("short", &recv, &n, &stored, &id));
+  std::string zero = detail::pending_value(1, 0, 5, "z");
+  EXPECT_FALSE(detail::decode_pending(zero, &recv, &n, &stored, &id));
+  // A record with the time but no trace id.
+  std::string no_id = detail::pending_value(1, 1, 5, "");
+  EXPECT_FALSE(detail::decode_pending(no_id, &recv, &n, &stored, &id));
+}
+
+// A pending record keeps when its commit was written (the store's clock), so
+// that a trace found again by a rescan is quiet from then, and keeps it across
+// a reopen.
+TEST(StoreTest, PendingRecordsKeepTheirCommitTime) {
+  TempDir dir;
+  ManualClock clock;
+  StoreOptions o = options(dir);
+  o.clock = &clock;
+  std::vector<Committed> out;
+  {
+    auto s = open_store(o);
+    std::vector<ipc::Message> first = {msg("a", "a1"), msg("a", "a2")};
+    ASSERT_TRUE(s->append(first, &out).ok());
+    clock.advance(std::chrono::seconds(3));
+    std::vector<ipc::Message> second = {msg("b", "b1")};
+    ASSERT_TRUE(s->append(second, &out).ok());
+  }
+  auto s = open_store(o);
+  std::vector<Committed> pending;
+  ASSERT_TRUE(s->scan_pending(0, 100, &pending).ok());
+  ASSERT_EQ(pending.size(), 2u);
+  EXPECT_EQ(pending[0].trace_id, "a");
+  EXPECT_EQ(pending[0].stored_ns, clock.now_ns() - 3'000'000'000u);
+  EXPECT_EQ(pending[1].trace_id, "b");
+  EXPECT_EQ(pending[1].stored_ns, clock.now_ns());
 }
 
 TEST(StoreTest, EmitIsAtomicAndSurvivesReopen) {

@@ -288,8 +288,12 @@ void Assembler::take(buffer::Committed& c, uint64_t stored_ns, uint64_t now, boo
 
 bool Assembler::rescan(uint64_t now, bool at_start) {
   // At start nothing is on its way to the store: a record counts from its
-  // receive time. Later, messages found only now count as stored now (see
-  // take()): others received with them may still be on their way.
+  // receive time. Later, from when its commit was written, as a notice counts
+  // from when it came (see take()): others received with its messages may
+  // still be on their way, and the store's watermark holds the trace until
+  // they are stored. So a backlog that a rescan brings back is due at once,
+  // not a quiet period after the rescan. A record stored by a version that
+  // did not keep the time counts from now.
   rescans_.fetch_add(1);
   // A full rescan at a restart or after a failed one; after a spill or lost
   // notifications, only from the first entry that may not be held, so that a
@@ -315,6 +319,7 @@ bool Assembler::rescan(uint64_t now, bool at_start) {
     rescanned_.fetch_add(page.size());
     bool full = false;
     for (auto& c : page) {
+      const uint64_t stored_ns = at_start ? c.recv_ns : (c.stored_ns != 0 ? c.stored_ns : now);
       auto it = open_.find(c.trace_id);
       if (it == open_.end()) {
         if (full) continue;
@@ -328,14 +333,14 @@ bool Assembler::rescan(uint64_t now, bool at_start) {
           full_stops_.fetch_add(1);
           continue;
         }
-        take(c, at_start ? c.recv_ns : now, now, /*notified=*/false);
+        take(c, stored_ns, now, /*notified=*/false);
       } else {
         Open& o = it->second;
         if (add_record(o, c.seq, c.record_messages)) {
           // Messages it did not know of (their notices were lost): not in
           // its cache either.
           drop_cache(o);
-          o.last_ns = std::max(o.last_ns, at_start ? std::min(c.recv_ns, now) : now);
+          o.last_ns = std::max(o.last_ns, std::min(stored_ns, now));
           schedule(it->first, o, quiet_deadline(o));
         }
         o.min_seq = std::min(o.min_seq, c.seq);

@@ -242,7 +242,7 @@ class Assembler {
   };
   using OpenMap = std::unordered_map<std::string, Open>;
 
-  // `stored_ns`: when the message was stored (or found, see rescan()).
+  // `stored_ns`: when the message was stored (see rescan() for one it found).
   // `notified`: from a notice (its bytes, if any, are moved to the cache);
   // false from a rescan.
   void take(buffer::Committed& c, uint64_t stored_ns, uint64_t now, bool notified);

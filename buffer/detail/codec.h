@@ -92,46 +92,55 @@ inline uint64_t event_key_seq(std::string_view key) {
   return get_be64(key.substr(key.size() - 8));
 }
 
-// ---- pending: [be64 seq] -> [be64 recv_ns | kPendingCounted][be32 n][trace_id]
+// ---- pending: [be64 seq] -> [be64 recv_ns | flags][be32 n][be64 stored_ns][trace_id]
 // One record per trace and group commit, keyed by the seq of the trace's first
 // message in the commit; `n` is how many of the commit's messages it stands
-// for. Records written before the count existed lack the flag and stand for
-// one message: [be64 recv_ns][trace_id].
+// for, `stored_ns` when the commit was written (wall clock). Older records
+// lack the time ([be64 recv_ns | kPendingCounted][be32 n][trace_id]) or the
+// count as well: [be64 recv_ns][trace_id], one message.
 
 constexpr uint64_t kPendingCounted = 1ull << 63;
+constexpr uint64_t kPendingStored = 1ull << 62;
 
-inline std::string pending_value(uint64_t recv_ns, uint32_t messages, std::string_view trace_id) {
+inline std::string pending_value(uint64_t recv_ns, uint32_t messages, uint64_t stored_ns,
+                                 std::string_view trace_id) {
   std::string v;
-  v.reserve(12 + trace_id.size());
-  put_be64(&v, (recv_ns & ~kPendingCounted) | kPendingCounted);
+  v.reserve(20 + trace_id.size());
+  put_be64(&v, (recv_ns & ~(kPendingCounted | kPendingStored)) | kPendingCounted | kPendingStored);
   for (int shift = 24; shift >= 0; shift -= 8)
     v.push_back(static_cast<char>((messages >> shift) & 0xff));
+  put_be64(&v, stored_ns);
   v.append(trace_id);
   return v;
 }
 
-// Decodes either form; false when `v` is malformed.
+// Decodes every form (`*stored_ns` is 0 for those without the time); false
+// when `v` is malformed.
 inline bool decode_pending(std::string_view v, uint64_t* recv_ns, uint32_t* messages,
-                           std::string_view* trace_id) {
+                           uint64_t* stored_ns, std::string_view* trace_id) {
   if (v.size() < 9) return false;
   uint64_t head = get_be64(v);
+  *stored_ns = 0;
   if ((head & kPendingCounted) == 0) {
     *recv_ns = head;
     *messages = 1;
     *trace_id = v.substr(8);
     return true;
   }
-  if (v.size() < 13) return false;
-  *recv_ns = head & ~kPendingCounted;
+  const bool stored = (head & kPendingStored) != 0;
+  const size_t id_at = stored ? 20 : 12;
+  if (v.size() <= id_at) return false;
+  *recv_ns = head & ~(kPendingCounted | kPendingStored);
   uint32_t n = 0;
   for (size_t i = 8; i < 12; ++i)
     n = (n << 8) | static_cast<unsigned char>(v[i]);
   *messages = n;
-  *trace_id = v.substr(12);
+  if (stored) *stored_ns = get_be64(v.substr(12));
+  *trace_id = v.substr(id_at);
   return n > 0;
 }
 
-// What a record counts towards the quota (the same for both forms).
+// What a record counts towards the quota (the same for every form).
 inline size_t pending_bytes(std::string_view trace_id) {
   return 8 + 8 + trace_id.size();
 }
