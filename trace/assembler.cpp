@@ -702,11 +702,13 @@ size_t Assembler::poll() {
     rescan(now, /*at_start=*/false);
   }
 
-  // Due traces are taken in deadline order, then trace id order: the traces
-  // a rescan brings back share one deadline, so their states and runs (keyed
-  // by trace id) are looked up in key order, and neighbours share the blocks
-  // read. Taking them in the log's order instead slowed a backlog's drain by a
-  // third (docs/benchmarks.md, "The eighth round").
+  // Due traces are taken in deadline order, then trace id order. A backlog
+  // that a rescan brings back is due from when each commit was written, so
+  // it goes in the log's order, and reading its messages back goes forward
+  // through the log's blocks (docs/benchmarks.md, "The nineteenth round").
+  // The traces of one commit, and those of records written without the time
+  // (all due from the rescan), go in trace id order: their states are looked
+  // up in key order.
   // They are held by their place in open_, which nothing below adds to: a
   // trace is forgotten only once it was looked at (process(), emit()).
   std::vector<OpenMap::iterator> due;
