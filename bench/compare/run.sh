@@ -103,6 +103,22 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 clk_tck=$(getconf CLK_TCK)
 cpu_seconds() { awk -v t="$clk_tck" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
 peak_rss_mib() { awk '/^VmHWM:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+# CPU seconds of the process's threads named `name` (RocksDB names its compaction threads
+# rocksdb:low, its flush threads rocksdb:high); 0 when it has none.
+thread_cpu_seconds() {  # pid name
+  local t sum=0 c
+  for t in /proc/"$1"/task/*; do
+    [ "$(cat "$t/comm" 2>/dev/null)" = "$2" ] || continue
+    c=$(awk '{print $14 + $15}' "$t/stat" 2>/dev/null) || continue
+    sum=$((sum + c))
+  done
+  awk -v s="$sum" -v t="$clk_tck" 'BEGIN {print s / t}'
+}
+# Bytes the process had written to storage (the kernel's I/O accounting, less what it
+# deleted before writeback): its own writes, flushes and compactions or disk buffer.
+disk_written_bytes() {
+  awk '/^write_bytes:/ {w = $2} /^cancelled_write_bytes:/ {c = $2} END {print w - c}' "/proc/$1/io"
+}
 is_count() { [[ $1 =~ ^[0-9]+$ ]]; }
 running() {  # pid: true while the process exists and has not exited (a child not yet reaped)
   local state
@@ -245,11 +261,13 @@ run_one() {  # agent sync
   # Late duplicates (a retried batch) still count: give in-flight requests a moment.
   sleep 1
   s_end=$(stats)
-  local cpu rss dropped
+  local cpu rss written compaction dropped
   running "$agent_pid" ||
     die "$agent ($sync) exited during the run; its log ends: $(tail -n 20 "$dir/agent.log" || true)"
   cpu=$(cpu_seconds "$agent_pid")
   rss=$(peak_rss_mib "$agent_pid")
+  written=$(disk_written_bytes "$agent_pid")
+  compaction=$(thread_cpu_seconds "$agent_pid" rocksdb:low)
   dropped=$(agent_counters "$agent" "$dir")
   kill -TERM "$agent_pid" 2>/dev/null || true
   wait "$agent_pid" 2>/dev/null || true
@@ -262,7 +280,7 @@ run_one() {  # agent sync
     -v up_ns="$(jget "$s_up" now_ns)" \
     -v unique="$(jget "$s_end" unique)" -v dups="$(jget "$s_end" duplicates)" \
     -v last_ns="$(jget "$s_end" last_unique_ns)" -v requests="$(jget "$s_end" requests)" \
-    -v cpu="$cpu" -v rss="$rss" -v dropped="$dropped" -v disk="$disk" 'BEGIN {
+    -v cpu="$cpu" -v rss="$rss" -v written="$written" -v compaction="$compaction" -v dropped="$dropped" -v disk="$disk" 'BEGIN {
       lost = sent - unique; if (lost < 0) lost = 0
       drain_s = (last_ns - up_ns) / 1e9; if (drain_s < 0) drain_s = 0
       ingest = sent / gen_s
@@ -277,6 +295,8 @@ run_one() {  # agent sync
       printf "\"lost\":%d,\"duplicates\":%d,\"agent_dropped\":%d,\"undelivered\":%d,", lost, dups, dropped, pending
       printf "\"sender_eagain\":%d,", eagain
       printf "\"peak_rss_mib\":%s,\"cpu_us_per_event\":%.2f,\"outage_disk_mib\":%d,", rss, cpu * 1e6 / sent, disk
+      printf "\"disk_written_bytes_per_event\":%.0f,", written / sent
+      if (agent == "sidetrace") printf "\"compaction_cpu_us_per_event\":%.2f,", compaction * 1e6 / sent
       printf "\"requests\":%d,", requests
       printf "\"steady_s\":%s,\"outage_s\":%s}\n", steady, outage
     }')
@@ -312,14 +332,15 @@ if [[ " $agents " == *" sidetrace "* && " $agents " == *" syslog-ng "* ]]; then
 fi
 
 {
-  printf '\n%-10s %-11s %10s %12s %12s %9s %6s %6s %9s %9s\n' agent sync events "durable/s" \
-    "delivered/s" "drain/s" lost dups "rss MiB" "cpu us/ev"
+  printf '\n%-10s %-11s %10s %12s %12s %9s %6s %6s %9s %9s %9s\n' agent sync events "durable/s" \
+    "delivered/s" "drain/s" lost dups "rss MiB" "cpu us/ev" "disk B/ev"
   for line in "${results[@]}"; do
     [[ "$line" == *'"agent"'* ]] || continue
-    printf '%-10s %-11s %10s %12s %12s %9s %6s %6s %9s %9s\n' "$(jget "$line" agent | tr -d '"')" \
+    printf '%-10s %-11s %10s %12s %12s %9s %6s %6s %9s %9s %9s\n' "$(jget "$line" agent | tr -d '"')" \
       "$(jget "$line" sync | tr -d '"')" "$(jget "$line" events)" \
       "$(jget "$line" durable_events_per_s)" "$(jget "$line" delivered_events_per_s)" \
       "$(jget "$line" drain_events_per_s)" "$(jget "$line" lost)" "$(jget "$line" duplicates)" \
-      "$(jget "$line" peak_rss_mib)" "$(jget "$line" cpu_us_per_event)"
+      "$(jget "$line" peak_rss_mib)" "$(jget "$line" cpu_us_per_event)" \
+      "$(jget "$line" disk_written_bytes_per_event)"
   done
 } >&2
