@@ -682,7 +682,7 @@ class RocksStore final : public Store {
       std::string rk = run_key(trace_id, r.seq);
       std::string rv = run_value(Run{r.seq, r.seq, r.n, clamp32(r.bytes)});
       b.Put(cfs_[kTraces], rk, rv);
-      live += static_cast<int64_t>(r.bytes + pending_bytes(trace_id) + rk.size() + rv.size());
+      live += static_cast<int64_t>(r.bytes + pending_bytes(trace_id) + rk.size() + kRunValueBytes);
     }
     b.Put(cfs_[kTraces], kCounterEventNext, be64(next));
     b.Merge(cfs_[kTraces], kCounterLive, encode_i64(live));
@@ -1547,7 +1547,7 @@ class RocksStore final : public Store {
         Run kept{r.seq + n, r.pos + n, r.n - n, clamp32(rest)};
         std::string k = run_key(trace_id, kept.seq), v = run_value(kept);
         b->Put(cfs_[kTraces], k, v);
-        tally->live += static_cast<int64_t>(k.size() + v.size());
+        tally->live += static_cast<int64_t>(k.size() + kRunValueBytes);
       }
       std::string k = run_key(trace_id, r.seq);
       b->Delete(cfs_[kTraces], k);

@@ -624,6 +624,114 @@ TEST(StoreCodecTest, PendingRecordsOfEveryFormDecode) {
   EXPECT_FALSE(detail::decode_pending(no_id, &recv, &n, &stored, &id));
 }
 
+// Trace states are written compact and read back whole, at the edges of every
+// field; the fixed forms of earlier versions still read.
+TEST(StoreCodecTest, TraceStatesOfEveryFormDecode) {
+  TraceState typical;
+  typical.revision = 1;
+  typical.first_emit_ns = typical.last_emit_ns = 1'765'000'000'123'456'789;
+  typical.max_seq = 48'213'377;
+  typical.generation = 1;
+  typical.pin_first = typical.pin_last = 9'120'331;
+  TraceState deleted = typical;
+  deleted.revision = 7;
+  deleted.last_emit_ns += 86'400'000'000'000;
+  deleted.deleted_ns = typical.first_emit_ns - 5;  // the clock stepped back
+  deleted.events_deleted = true;
+  deleted.parts = 3;
+  deleted.undelivered = 2;
+  deleted.pin_last = deleted.pin_first + 40;
+  TraceState highest;
+  highest.revision = UINT32_MAX;
+  highest.first_emit_ns = highest.max_seq = highest.generation = UINT64_MAX;
+  highest.last_emit_ns = 0;
+  highest.deleted_ns = UINT64_MAX;
+  highest.parts = highest.undelivered = UINT32_MAX;
+  highest.pin_first = UINT64_MAX;
+  highest.pin_last = 0;
+  TraceState flagged_only;
+  flagged_only.events_deleted = true;
+  for (const TraceState& st : {typical, deleted, highest, flagged_only, TraceState{}}) {
+    const std::string v = detail::encode_state(st);
+    TraceState back;
+    back.revision = 99;  // every field is set by the decoding
+    back.deleted_ns = back.pin_last = 99;
+    ASSERT_TRUE(detail::decode_state(v, &back)) << st.revision;
+    EXPECT_EQ(detail::encode_state_fixed(back), detail::encode_state_fixed(st)) << st.revision;
+    // Cut short, or with a byte too many, it is malformed.
+    for (size_t len = 0; len < v.size(); ++len)
+      EXPECT_FALSE(detail::decode_state(v.substr(0, len), &back)) << st.revision << " " << len;
+    EXPECT_FALSE(detail::decode_state(v + '\0', &back)) << st.revision;
+    // So is a flag it does not know.
+    std::string unknown = v;
+    unknown[1] = static_cast<char>(unknown[1] | 0x40);
+    EXPECT_FALSE(detail::decode_state(unknown, &back)) << st.revision;
+    // The fixed forms read the same (those of earlier versions never held a
+    // revision that high: its top byte would be the compact form's tag).
+    if (st.revision >= 0xff000000u) continue;
+    TraceState fixed;
+    ASSERT_TRUE(detail::decode_state(detail::encode_state_fixed(st), &fixed));
+    EXPECT_EQ(detail::encode_state(fixed), v);
+  }
+  EXPECT_LE(detail::encode_state(typical).size(), 26u);
+  EXPECT_EQ(detail::encode_state_fixed(typical).size(), detail::kStateBytes);
+  // The forms from before the pins and before the count of undelivered entries.
+  TraceState older;
+  const std::string fixed = detail::encode_state_fixed(deleted);
+  ASSERT_TRUE(detail::decode_state(fixed.substr(0, detail::kStateBytesV2), &older));
+  EXPECT_EQ(older.undelivered, 2u);
+  EXPECT_EQ(older.pin_first, 0u);
+  ASSERT_TRUE(detail::decode_state(fixed.substr(0, detail::kStateBytesV1), &older));
+  EXPECT_EQ(older.undelivered, 0u);
+  EXPECT_EQ(older.max_seq, deleted.max_seq);
+  EXPECT_TRUE(older.events_deleted);
+  EXPECT_FALSE(detail::decode_state(fixed.substr(0, detail::kStateBytesV1 - 1), &older));
+}
+
+// Runs are written compact and read back whole; the fixed form of earlier
+// versions still reads.
+TEST(StoreCodecTest, RunsOfEveryFormDecode) {
+  const std::string prefix = detail::run_prefix("trace-r");
+  auto parse = [&](const detail::Run& written, const std::string& value, detail::Run* r) {
+    return detail::parse_run(detail::run_key("trace-r", written.seq), prefix.size(), value, r);
+  };
+  const detail::Run runs[] = {
+      {48'213'377, 48'213'377, 5, 2'140},  // where it was stored
+      {1'000, 7'000'000, 3, 900},          // moved to the head of the log
+      {7'000'000, 1'000, 1, 1},            // a position below its seq
+      {UINT64_MAX, 0, UINT32_MAX, UINT32_MAX},
+  };
+  for (const detail::Run& w : runs) {
+    const std::string v = detail::run_value(w);
+    detail::Run r;
+    ASSERT_TRUE(parse(w, v, &r)) << w.seq;
+    EXPECT_EQ(r.seq, w.seq);
+    EXPECT_EQ(r.pos, w.pos);
+    EXPECT_EQ(r.n, w.n);
+    EXPECT_EQ(r.bytes, w.bytes);
+    for (size_t len = 0; len < v.size(); ++len)
+      EXPECT_FALSE(parse(w, v.substr(0, len), &r)) << w.seq << " " << len;
+    EXPECT_FALSE(parse(w, v + '\0', &r)) << w.seq;
+  }
+  EXPECT_LE(detail::run_value(runs[0]).size(), 5u);
+  // A run of no messages is malformed, in either form.
+  detail::Run r;
+  EXPECT_FALSE(parse(runs[0], detail::run_value({1, 1, 0, 10}), &r));
+  std::string fixed;
+  detail::put_be64(&fixed, 7'000'000);
+  detail::put_be32(&fixed, 3);
+  detail::put_be32(&fixed, 900);
+  ASSERT_TRUE(parse(runs[1], fixed, &r));
+  EXPECT_EQ(r.seq, 1'000u);
+  EXPECT_EQ(r.pos, 7'000'000u);
+  EXPECT_EQ(r.n, 3u);
+  EXPECT_EQ(r.bytes, 900u);
+  EXPECT_FALSE(parse(runs[1], fixed.substr(0, 15), &r));
+  std::string none = fixed;
+  none[11] = 0;  // n = 0
+  EXPECT_FALSE(parse(runs[1], none, &r));
+}
+
 // A pending record keeps when its commit was written (the store's clock), so
 // that a trace found again by a rescan is quiet from then, and keeps it across
 // a reopen.
@@ -1242,7 +1350,7 @@ TEST(StoreTest, ARecipeEntryOfAnEarlierVersionIsCountedOff) {
     ASSERT_TRUE(detail::decode_state(state, &st));
     st.pin_first = st.pin_last = 0;
     st.undelivered = 1;
-    state = detail::encode_state(st).substr(0, detail::kStateBytesV2);
+    state = detail::encode_state_fixed(st).substr(0, detail::kStateBytesV2);
     rocksdb::WriteBatch b;
     ASSERT_TRUE(b.Put(h[4], detail::be64(seq), entry).ok());
     ASSERT_TRUE(b.Put(h[3], detail::state_key("t"), state).ok());

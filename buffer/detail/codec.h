@@ -151,7 +151,7 @@ inline size_t pending_bytes(std::string_view trace_id) {
 // 'X' be64 deleted_ns trace_id   -> ""   events deleted, state kept a while
 // 'C' name                      -> counters
 
-// 'L' u8 len trace_id be64 seq -> [be64 pos][be32 n][be32 bytes]
+// 'L' u8 len trace_id be64 seq -> pos, n, bytes (run_value())
 //                                       a run: messages seq .. seq+n-1 of the
 //                                       trace are in the log at pos .. pos+n-1,
 //                                       `bytes` their keys and values
@@ -175,24 +175,82 @@ struct Run {
   uint32_t n = 0, bytes = 0;
 };
 
+// ---- compact integers in values: LEB128 varints, and signed differences
+// zigzagged into them (wrapping, so that every pair of values round-trips).
+
+inline void put_varint(std::string* out, uint64_t v) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>((v & 0x7f) | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+// Reads a varint at `*at` of `s`, moving `*at` past it; false when it is cut
+// short or longer than ten bytes.
+inline bool get_varint(std::string_view s, size_t* at, uint64_t* v) {
+  *v = 0;
+  for (unsigned shift = 0; shift < 64; shift += 7) {
+    if (*at >= s.size()) return false;
+    const auto b = static_cast<uint8_t>(s[(*at)++]);
+    *v |= static_cast<uint64_t>(b & 0x7f) << shift;
+    if ((b & 0x80) == 0) return true;
+  }
+  return false;
+}
+
+inline void put_delta(std::string* out, uint64_t base, uint64_t v) {
+  const auto d = static_cast<int64_t>(v - base);
+  put_varint(out, (static_cast<uint64_t>(d) << 1) ^ static_cast<uint64_t>(d >> 63));
+}
+
+inline bool get_delta(std::string_view s, size_t* at, uint64_t base, uint64_t* v) {
+  uint64_t z = 0;
+  if (!get_varint(s, at, &z)) return false;
+  *v = base + ((z >> 1) ^ (~(z & 1) + 1));
+  return true;
+}
+
+// Values in the compact forms begin with this byte. The fixed forms written
+// before them begin with the top byte of a big-endian count (a run's log
+// position, a state's revision), which never reaches it.
+constexpr char kCompactTag = '\xff';
+
+// A run's value: [tag][zigzag pos - seq][varint n][varint bytes], or, as
+// written before, [be64 pos][be32 n][be32 bytes]. Either counts
+// kRunValueBytes towards the quota.
 constexpr size_t kRunValueBytes = 16;
 
 inline std::string run_value(const Run& r) {
   std::string v;
-  v.reserve(kRunValueBytes);
-  put_be64(&v, r.pos);
-  put_be32(&v, r.n);
-  put_be32(&v, r.bytes);
+  v.reserve(8);
+  v.push_back(kCompactTag);
+  put_delta(&v, r.seq, r.pos);
+  put_varint(&v, r.n);
+  put_varint(&v, r.bytes);
   return v;
 }
 
 // `key` is a run key of a trace whose prefix has `prefix_bytes`.
 inline bool parse_run(std::string_view key, size_t prefix_bytes, std::string_view value, Run* r) {
-  if (key.size() != prefix_bytes + 8 || value.size() != kRunValueBytes) return false;
+  if (key.size() != prefix_bytes + 8 || value.empty()) return false;
   r->seq = get_be64(key.substr(prefix_bytes));
-  r->pos = get_be64(value);
-  r->n = get_be32(value.substr(8));
-  r->bytes = get_be32(value.substr(12));
+  if (value[0] != kCompactTag) {
+    if (value.size() != kRunValueBytes) return false;
+    r->pos = get_be64(value);
+    r->n = get_be32(value.substr(8));
+    r->bytes = get_be32(value.substr(12));
+    return r->n > 0;
+  }
+  size_t at = 1;
+  uint64_t n = 0, bytes = 0;
+  if (!get_delta(value, &at, r->seq, &r->pos) || !get_varint(value, &at, &n) ||
+      !get_varint(value, &at, &bytes) || at != value.size() || n > UINT32_MAX ||
+      bytes > UINT32_MAX) {
+    return false;
+  }
+  r->n = static_cast<uint32_t>(n);
+  r->bytes = static_cast<uint32_t>(bytes);
   return r->n > 0;
 }
 
@@ -212,15 +270,49 @@ inline std::string index_key(char prefix, uint64_t ns, std::string_view trace_id
   return k;
 }
 
+// A state's value, compact: [tag][u8 flags][varint revision][be64 first_emit_ns]
+// [zigzag last_emit_ns - first_emit_ns][varint max_seq]
+// [zigzag deleted_ns - first_emit_ns, when flags has kStateDeletedAt]
+// [varint generation][varint parts][varint undelivered][varint pin_first]
+// [zigzag pin_last - pin_first]. About 25 bytes for a trace emitted once:
+// states are keyed by trace id, so every compaction of the traces family
+// rewrites them.
+constexpr uint8_t kStateEventsDeleted = 1;
+constexpr uint8_t kStateDeletedAt = 2;
+
+// The fixed forms written before it: [be32 revision][be64 first_emit_ns]
+// [be64 last_emit_ns][be64 max_seq][be64 deleted_ns][be64 generation]
+// [be64 parts][u8 events_deleted][be32 undelivered][be64 pin_first]
+// [be64 pin_last]; those written before TraceState::pin_first and pin_last
+// existed lack their 16 bytes, and those before TraceState::undelivered its
+// 4 too.
 constexpr size_t kStateBytes = 4 + 8 * 6 + 1 + 4 + 16;
-// States written before TraceState::pin_first and pin_last existed lack their
-// 16 bytes; those written before TraceState::undelivered, its 4 too.
 constexpr size_t kStateBytesV2 = kStateBytes - 16;
 constexpr size_t kStateBytesV1 = kStateBytesV2 - 4;
 // What a state record counts towards the quota, whichever its form.
 constexpr size_t kStateQuotaBytes = kStateBytesV1;
 
 inline std::string encode_state(const TraceState& s) {
+  std::string v;
+  v.reserve(32);
+  v.push_back(kCompactTag);
+  v.push_back(static_cast<char>((s.events_deleted ? kStateEventsDeleted : 0) |
+                                (s.deleted_ns != 0 ? kStateDeletedAt : 0)));
+  put_varint(&v, s.revision);
+  put_be64(&v, s.first_emit_ns);
+  put_delta(&v, s.first_emit_ns, s.last_emit_ns);
+  put_varint(&v, s.max_seq);
+  if (s.deleted_ns != 0) put_delta(&v, s.first_emit_ns, s.deleted_ns);
+  put_varint(&v, s.generation);
+  put_varint(&v, s.parts);
+  put_varint(&v, s.undelivered);
+  put_varint(&v, s.pin_first);
+  put_delta(&v, s.pin_first, s.pin_last);
+  return v;
+}
+
+// The fixed form (tests write it to stand for a store of an earlier version).
+inline std::string encode_state_fixed(const TraceState& s) {
   std::string v;
   v.reserve(kStateBytes);
   put_be32(&v, s.revision);
@@ -237,7 +329,37 @@ inline std::string encode_state(const TraceState& s) {
   return v;
 }
 
+inline bool decode_compact_state(std::string_view v, TraceState* s) {
+  if (v.size() < 2) return false;
+  const auto flags = static_cast<uint8_t>(v[1]);
+  if ((flags & ~(kStateEventsDeleted | kStateDeletedAt)) != 0) return false;
+  size_t at = 2;
+  uint64_t revision = 0, parts = 0, undelivered = 0;
+  if (!get_varint(v, &at, &revision) || revision > UINT32_MAX || v.size() < at + 8) return false;
+  s->revision = static_cast<uint32_t>(revision);
+  s->first_emit_ns = get_be64(v.substr(at));
+  at += 8;
+  if (!get_delta(v, &at, s->first_emit_ns, &s->last_emit_ns) || !get_varint(v, &at, &s->max_seq)) {
+    return false;
+  }
+  s->deleted_ns = 0;
+  if ((flags & kStateDeletedAt) != 0 && !get_delta(v, &at, s->first_emit_ns, &s->deleted_ns)) {
+    return false;
+  }
+  if (!get_varint(v, &at, &s->generation) || !get_varint(v, &at, &parts) || parts > UINT32_MAX ||
+      !get_varint(v, &at, &undelivered) || undelivered > UINT32_MAX ||
+      !get_varint(v, &at, &s->pin_first) || !get_delta(v, &at, s->pin_first, &s->pin_last)) {
+    return false;
+  }
+  s->parts = static_cast<uint32_t>(parts);
+  s->undelivered = static_cast<uint32_t>(undelivered);
+  s->events_deleted = (flags & kStateEventsDeleted) != 0;
+  return at == v.size();
+}
+
+// Decodes every form; false when `v` is malformed.
 inline bool decode_state(std::string_view v, TraceState* s) {
+  if (!v.empty() && v[0] == kCompactTag) return decode_compact_state(v, s);
   if (v.size() != kStateBytes && v.size() != kStateBytesV2 && v.size() != kStateBytesV1) {
     return false;
   }
