@@ -219,7 +219,7 @@ void Agent::Impl::start() {
   assembler_opts.store_watermark = [this](uint64_t now) {
     return writer ? writer->watermark_ns(now) : now;
   };
-  assembler = std::make_unique<trace::Assembler>(*store, clock, assembler_opts);
+  assembler = std::make_unique<trace::Assembler>(*store, *store, clock, assembler_opts);
   s = assembler->recover();
   if (!s.ok()) {
     throw std::runtime_error("cannot read the store's pending messages: " + s.ToString());
@@ -228,7 +228,7 @@ void Agent::Impl::start() {
   writer = std::make_unique<buffer::Writer>(
       *store, *queue, [a = assembler.get()](std::span<buffer::Committed> c) { a->on_committed(c); },
       clock, writer_opts);
-  exporter = upstream::make_exporter(*store, upstream_options(cfg), clock);
+  exporter = upstream::make_exporter(*store, *store, upstream_options(cfg), clock);
 
   assembler->start();
   writer->start();

@@ -12,6 +12,7 @@
 
 #include "agent/admin.h"
 #include "agent/wiring.h"
+#include "buffer/store.h"
 #include "trace/assembler.h"
 #include "upstream/upstream.h"
 

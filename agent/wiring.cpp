@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "agent/metrics.h"
+#include "buffer/store.h"
 #include "buffer/writer.h"
 #include "common/thread.h"
 

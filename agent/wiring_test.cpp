@@ -1,5 +1,6 @@
 #include "agent/wiring.h"
 
+#include "buffer/store.h"
 #include "common/thread.h"
 
 #include <gtest/gtest.h>
@@ -69,7 +70,7 @@ TEST(WiringTest, NeuralTrustWithoutAnEndpointSendsToItsDefaultBase) {
   so.data_dir = dir.str();
   std::unique_ptr<buffer::Store> store;
   ASSERT_TRUE(buffer::Store::open(so, &store).ok());
-  auto exporter = upstream::make_exporter(*store, o);
+  auto exporter = upstream::make_exporter(*store, *store, o);
   EXPECT_NE(dynamic_cast<upstream::Delivery*>(exporter.get()), nullptr);
 }
 

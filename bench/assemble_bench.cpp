@@ -130,7 +130,7 @@ int main() {
 
   // Rebuilt and emitted: rounds until every trace went out, the clock
   // stepping past each wait (quiet period, rescan interval).
-  trace::Assembler assembler(*store, clock);
+  trace::Assembler assembler(*store, *store, clock);
   const auto t0 = std::chrono::steady_clock::now();
   const double cpu0 = thread_cpu_s();
   s = assembler.recover();

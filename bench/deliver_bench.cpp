@@ -75,7 +75,7 @@ Result drain(uint64_t traces) {
   upstream::Options o;
   o.endpoint = server.url();
   o.flush_interval_ms = 0;
-  upstream::Delivery d(*store, o);
+  upstream::Delivery d(*store, *store, o);
   std::atomic<bool> done{false};
   double peak = rss_mib();
   std::thread sampler([&] {

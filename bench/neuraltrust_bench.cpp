@@ -106,7 +106,7 @@ void run(uint64_t traces, uint32_t delay_ms, uint32_t max_in_flight) {
   o.endpoint = server.url();
   o.format = upstream::Format::kNeuralTrust;
   o.max_in_flight = max_in_flight;
-  upstream::Delivery d(*store, o);
+  upstream::Delivery d(*store, *store, o);
   const uint64_t want = traces * kRequestsPerTrace;
   auto t0 = std::chrono::steady_clock::now();
   d.start();

@@ -11,6 +11,7 @@
 #include <string>
 #include <thread>
 
+#include "buffer/store.h"
 #include "buffer/writer.h"
 
 using namespace sidetrace;

@@ -30,8 +30,8 @@ void settle(std::span<ipc::Message> group, ipc::Receipt::Outcome outcome) {
 
 }  // namespace
 
-Writer::Writer(Store& store, BoundedQueue<ipc::MessageBatch>& queue, Sink sink, const Clock& clock,
-               WriterOptions options)
+Writer::Writer(EventLog& store, BoundedQueue<ipc::MessageBatch>& queue, Sink sink,
+               const Clock& clock, WriterOptions options)
     : store_(store),
       queue_(queue),
       sink_(std::move(sink)),

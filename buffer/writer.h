@@ -11,14 +11,14 @@
 // (the trace assembler).
 //
 // Refusals, each counted and logged (rate limited):
-//   - the quota is reached (Store::ensure_room() says Full): the group is
+//   - the quota is reached (EventLog::ensure_room() says Full): the group is
 //     dropped (drop_newest, or drop_oldest with nothing left to drop);
 //   - the disk is full or failing (append(), or making room in ensure_room(),
 //     returns NoSpace/IOError): the group
-//     is dropped, and the writer calls Store::resume() before each later group
+//     is dropped, and the writer calls EventLog::resume() before each later group
 //     (with a growing back-off), dropping groups until it succeeds.
 //     Writing resumes by itself once space returns. A write of another part
-//     of the agent that failed (Store::needs_resume()) is resumed the same
+//     of the agent that failed (EventLog::needs_resume()) is resumed the same
 //     way, also while no messages arrive.
 //
 // Receipts: a message that carries an ipc::Receipt (Message::receipt) is
@@ -44,8 +44,8 @@
 #include <span>
 #include <thread>
 
+#include "buffer/event_log.h"
 #include "buffer/histogram.h"
-#include "buffer/store.h"
 #include "common/bounded_queue.h"
 #include "common/clock.h"
 #include "common/rate_limited_log.h"
@@ -66,7 +66,7 @@ struct WriterOptions {
   // config::defaults::kBufferCommitDelayMs).
   std::chrono::milliseconds commit_delay{0};
   size_t commit_bytes = config::defaults::kBufferCommitBytes;
-  // After a write failure, Store::resume() is tried after `resume_interval`,
+  // After a write failure, EventLog::resume() is tried after `resume_interval`,
   // then at doubling intervals up to `max_resume_interval`.
   std::chrono::milliseconds resume_interval{100};
   std::chrono::milliseconds max_resume_interval{5000};
@@ -103,7 +103,7 @@ class Writer {
   using Sink = std::function<void(std::span<Committed>)>;
 
   // Borrows `store`, `queue` and `clock`; they must outlive the writer.
-  Writer(Store& store, BoundedQueue<ipc::MessageBatch>& queue, Sink sink,
+  Writer(EventLog& store, BoundedQueue<ipc::MessageBatch>& queue, Sink sink,
          const Clock& clock = system_clock(), WriterOptions options = {});
   ~Writer();  // stops
 
@@ -136,7 +136,7 @@ class Writer {
   // due (growing back-off).
   bool usable();
 
-  Store& store_;
+  EventLog& store_;
   BoundedQueue<ipc::MessageBatch>& queue_;
   Sink sink_;
   const Clock& clock_;

@@ -9,6 +9,7 @@
 #include <set>
 #include <thread>
 
+#include "buffer/store.h"
 #include "buffer/testing/fault_env.h"
 #include "buffer/testing/held_transform.h"
 #include "buffer/testing/temp_dir.h"

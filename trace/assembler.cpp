@@ -40,8 +40,9 @@ std::string encode_recipe(uint64_t from_seq, uint64_t until_seq, const BuildOpti
 
 // The document builder the assembler gives its store: the same revision,
 // built again from the same stored messages.
-buffer::Status build_from_recipe(buffer::Store& store, std::string_view trace_id, uint32_t revision,
-                                 std::string_view recipe, std::string* document) {
+buffer::Status build_from_recipe(buffer::TraceStore& store, std::string_view trace_id,
+                                 uint32_t revision, std::string_view recipe,
+                                 std::string* document) {
   if (recipe.size() != kRecipeBytes || recipe[0] != kRecipeVersion) {
     // Delivery sets an entry whose document is not JSON aside, with the reason.
     spdlog::error("trace {}: revision {} has an outbox recipe that cannot be read", trace_id,
@@ -72,8 +73,10 @@ buffer::Status build_from_recipe(buffer::Store& store, std::string_view trace_id
 
 }  // namespace
 
-Assembler::Assembler(buffer::Store& store, const Clock& clock, AssemblerOptions options)
+Assembler::Assembler(buffer::TraceStore& store, buffer::MetaStore& meta, const Clock& clock,
+                     AssemblerOptions options)
     : store_(store),
+      meta_(meta),
       clock_(clock),
       opts_(options),
       log_(10, std::chrono::seconds(10), clock),
@@ -133,7 +136,7 @@ constexpr size_t kMaxQuarantined = 100000;  // read at start; far more than shou
 constexpr size_t kMaxRecordsLookedUp = 16;
 }  // namespace
 
-buffer::Status quarantine_list(buffer::Store& store,
+buffer::Status quarantine_list(buffer::MetaStore& store,
                                std::vector<std::pair<std::string, std::string>>* out, size_t limit,
                                std::string_view after) {
   std::vector<std::pair<std::string, std::string>> rows;
@@ -145,7 +148,7 @@ buffer::Status quarantine_list(buffer::Store& store,
   return s;
 }
 
-buffer::Status quarantine_release(buffer::Store& store, std::string_view trace_id) {
+buffer::Status quarantine_release(buffer::MetaStore& store, std::string_view trace_id) {
   std::string key = std::string(kQuarantinePrefix) + std::string(trace_id);
   std::string reason;
   buffer::Status s = store.meta_get(key, &reason);
@@ -164,7 +167,7 @@ void Assembler::release(const std::string& trace_id) {
 
 buffer::Status Assembler::recover() {
   std::vector<std::pair<std::string, std::string>> rows;
-  buffer::Status qs = store_.meta_scan(kQuarantinePrefix, kMaxQuarantined, &rows);
+  buffer::Status qs = meta_.meta_scan(kQuarantinePrefix, kMaxQuarantined, &rows);
   if (!qs.ok()) return qs;
   for (auto& [key, reason] : rows)
     quarantined_.insert(key.substr(kQuarantinePrefix.size()));
@@ -410,7 +413,7 @@ void Assembler::process_guarded(OpenMap::iterator it, uint64_t now, std::vector<
 void Assembler::quarantine(OpenMap::iterator it, const std::string& reason) {
   const std::string& trace_id = *quarantined_.insert(it->first).first;
   quarantined_n_.fetch_add(1);
-  buffer::Status s = store_.meta_put(std::string(kQuarantinePrefix) + trace_id, reason);
+  buffer::Status s = meta_.meta_put(std::string(kQuarantinePrefix) + trace_id, reason);
   if (!s.ok()) store_error(s, "recording a trace set aside");  // set aside until a restart
   spdlog::error("trace {}: set aside, its messages kept in the store: {}", trace_id, reason);
   forget(it);
@@ -426,7 +429,7 @@ void Assembler::take_released() {
   }
   bool any = false;
   for (const auto& id : ids) {
-    buffer::Status s = store_.meta_delete(std::string(kQuarantinePrefix) + id);
+    buffer::Status s = meta_.meta_delete(std::string(kQuarantinePrefix) + id);
     if (!s.ok()) {
       store_error(s, "deleting a trace's quarantine record");
       continue;
@@ -460,7 +463,7 @@ void Assembler::process(OpenMap::iterator it, uint64_t now, std::vector<Prepared
   // traces made traces sent after it wait minutes).
   const bool in_parts =
       st.parts > 0 || o.events > opts_.max_trace_events || o.bytes > opts_.max_trace_bytes;
-  if (in_parts && store_.outbox_bytes() > kPartsAhead * opts_.max_trace_bytes) {
+  if (in_parts && store_.undelivered_bytes() > kPartsAhead * opts_.max_trace_bytes) {
     parts_waited_.fetch_add(1);
     schedule(it->first, o, now + ns(opts_.retry_interval));
     return;

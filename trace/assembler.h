@@ -19,7 +19,7 @@
 //     after the revision before, i.e. above its TraceState::max_seq);
 //   - otherwise it waits for more messages, or until `max_open` after its
 //     first message, then is emitted with unfinished events marked;
-//   - emitting = one atomic store write (buffer::Store::emit): outbox entry,
+//   - emitting = one atomic store write (buffer::TraceStore::emit): outbox entry,
 //     trace state, retention index, deletion of the folded pending records
 //     (a record learnt of after its messages were emitted is released on its
 //     own). The outbox entry holds a recipe (the seq range of the messages
@@ -75,7 +75,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "buffer/store.h"
+#include "buffer/meta_store.h"
+#include "buffer/trace_store.h"
 #include "common/bounded_queue.h"
 #include "common/clock.h"
 #include "common/rate_limited_log.h"
@@ -175,12 +176,12 @@ inline constexpr std::string_view kQuarantinePrefix = "assembler/quarantine/";
 // The traces set aside by an assembler (meta "assembler/quarantine/<id>"),
 // for the CLI and the admin endpoint. `list` gives up to `limit` (trace id,
 // reason) pairs in trace id order, from the one after `after`.
-buffer::Status quarantine_list(buffer::Store& store,
+buffer::Status quarantine_list(buffer::MetaStore& store,
                                std::vector<std::pair<std::string, std::string>>* out, size_t limit,
                                std::string_view after = {});
 // Deletes a trace's quarantine record in a store that no assembler runs on:
 // the next start builds the trace again. NotFound when it is not set aside.
-buffer::Status quarantine_release(buffer::Store& store, std::string_view trace_id);
+buffer::Status quarantine_release(buffer::MetaStore& store, std::string_view trace_id);
 
 class Assembler {
  public:
@@ -189,8 +190,10 @@ class Assembler {
   // order, and other traces' revisions are not to queue behind all of them.
   static constexpr uint64_t kPartsAhead = 4;
 
-  // Borrows `store` and `clock`; they must outlive the assembler.
-  Assembler(buffer::Store& store, const Clock& clock, AssemblerOptions options = {});
+  // Borrows `store`, `meta` (where traces set aside are recorded) and
+  // `clock`; they must outlive the assembler.
+  Assembler(buffer::TraceStore& store, buffer::MetaStore& meta, const Clock& clock,
+            AssemblerOptions options = {});
   ~Assembler();  // stops
 
   Assembler(const Assembler&) = delete;
@@ -289,7 +292,8 @@ class Assembler {
   bool idle() const;
   void store_error(const buffer::Status& s, const char* what);
 
-  buffer::Store& store_;
+  buffer::TraceStore& store_;
+  buffer::MetaStore& meta_;
   const Clock& clock_;
   const AssemblerOptions opts_;
   RateLimitedLog log_;

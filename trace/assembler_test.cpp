@@ -8,6 +8,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "buffer/store.h"
 #include "buffer/testing/temp_dir.h"
 #include "common/clock.h"
 #include "trace/reconstruct.h"
@@ -68,7 +69,7 @@ class AssemblerTest : public ::testing::Test {
     so.clock = &clock_;
     ASSERT_TRUE(buffer::Store::open(so, &store_).ok());
     store_->set_outbox_listener([this] { ++listener_calls_; });
-    assembler_ = std::make_unique<Assembler>(*store_, clock_, opts_);
+    assembler_ = std::make_unique<Assembler>(*store_, *store_, clock_, opts_);
     ASSERT_TRUE(assembler_->recover().ok());
   }
 
@@ -979,7 +980,7 @@ TEST_F(AssemblerTest, ARecordPastARescansPageGoesOutInTheNextRevision) {
 TEST_F(AssemblerTest, RecordsTheLogsFrontMovedAreReadThroughTheRuns) {
   upstream::testing::CountingStore moved(*store_);
   moved.records_moved = true;
-  assembler_ = std::make_unique<Assembler>(moved, clock_, opts_);
+  assembler_ = std::make_unique<Assembler>(moved, moved, clock_, opts_);
   ASSERT_TRUE(assembler_->recover().ok());
   carry_bytes_ = false;
   send({pack("start", "t1", "e1")}, "t1");

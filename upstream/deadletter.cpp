@@ -9,7 +9,7 @@
 
 namespace sidetrace::upstream {
 
-buffer::Status deadletter_list(buffer::Store& store, std::vector<DeadLetter>* out, size_t limit,
+buffer::Status deadletter_list(buffer::MetaStore& store, std::vector<DeadLetter>* out, size_t limit,
                                std::string_view after) {
   std::string from =
       after.empty() ? std::string() : std::string(detail::kDeadLetterPrefix) + std::string(after);
@@ -43,7 +43,7 @@ buffer::Status deadletter_list(buffer::Store& store, std::vector<DeadLetter>* ou
   return buffer::Status::Ok();
 }
 
-buffer::Status deadletter_stats(buffer::Store& store, uint64_t* count, uint64_t* bytes) {
+buffer::Status deadletter_stats(buffer::MetaStore& store, uint64_t* count, uint64_t* bytes) {
   detail::DeadLetterTotals t;
   buffer::Status s = detail::deadletter_totals(store, &t);
   *count = t.count;
@@ -51,7 +51,7 @@ buffer::Status deadletter_stats(buffer::Store& store, uint64_t* count, uint64_t*
   return s;
 }
 
-buffer::Status deadletter_replay(buffer::Store& store, size_t* replayed,
+buffer::Status deadletter_replay(buffer::MetaStore& store, size_t* replayed,
                                  const DeadLetterProgress& progress) {
   uint64_t next = 0;
   buffer::Status s = detail::max_batch_id(store, &next);
@@ -60,7 +60,7 @@ buffer::Status deadletter_replay(buffer::Store& store, size_t* replayed,
   return detail::replay_deadletters(store, &next, nullptr, replayed, SIZE_MAX, progress);
 }
 
-buffer::Status deadletter_purge(buffer::Store& store, size_t* purged,
+buffer::Status deadletter_purge(buffer::MetaStore& store, size_t* purged,
                                 const DeadLetterProgress& progress) {
   return detail::purge_deadletters(store, purged, progress);
 }

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "buffer/store.h"
 #include "buffer/testing/temp_dir.h"
 #include "upstream/detail/records.h"
 #include "upstream/testing/counting_store.h"

@@ -176,13 +176,20 @@ struct Batch {
   uint64_t requests_bytes = 0;  // body bytes of the accepted ones
 };
 
+// What delivery reaches of the store: the outbox it delivers from, and its
+// records (batches, dead letters) in meta.
+struct DeliveryStore {
+  buffer::Outbox& outbox;
+  buffer::MetaStore& meta;
+};
+
 }  // namespace
 
 struct Delivery::Impl {
-  Impl(buffer::Store& s, Options o, const Clock& c)
-      : store(s), pending_options(std::move(o)), clock(c) {}
+  Impl(buffer::Outbox& outbox, buffer::MetaStore& meta, Options o, const Clock& c)
+      : store{outbox, meta}, pending_options(std::move(o)), clock(c) {}
 
-  buffer::Store& store;
+  DeliveryStore store;
   Options pending_options;  // used by start()
   const Clock& clock;
   RateLimitedLog log{10, std::chrono::seconds(10)};
@@ -203,7 +210,7 @@ struct Delivery::Impl {
     std::atomic<bool> gated{false};
     std::atomic<uint64_t> fill_entries{0}, fill_bytes{0}, due_ns{0};
 
-    bool wanted(const buffer::Store& s, const Clock& c) const {
+    bool wanted(const buffer::Outbox& s, const Clock& c) const {
       return !gated.load() || s.outbox_entries() >= fill_entries.load() ||
              s.outbox_bytes() >= fill_bytes.load() || c.now_ns() >= due_ns.load();
     }
@@ -291,8 +298,8 @@ struct Delivery::Impl {
   // progress and queued; their results are discarded with the suspended
   // coroutines.
   template <typename Op>
-  auto on_store(const Op& op) -> net::awaitable<std::invoke_result_t<Op&, buffer::Store&>> {
-    using R = std::invoke_result_t<Op&, buffer::Store&>;
+  auto on_store(const Op& op) -> net::awaitable<std::invoke_result_t<Op&, DeliveryStore&>> {
+    using R = std::invoke_result_t<Op&, DeliveryStore&>;
     static_assert(std::is_default_constructible_v<R> && std::is_move_constructible_v<R>);
     return net::async_initiate<const net::use_awaitable_t<>&, void(std::exception_ptr, R)>(
         [pool = store_io.get(), st = &store](auto handler, Op op) {
@@ -329,17 +336,17 @@ struct Delivery::Impl {
   };
 
   // Runs on the store thread.
-  static Recovered recover(buffer::Store& st) {
+  static Recovered recover(DeliveryStore& st) {
     Recovered out;
     std::vector<std::pair<std::string, std::string>> rows;
-    out.status = st.meta_scan(detail::kBatchPrefix, SIZE_MAX, &rows);
+    out.status = st.meta.meta_scan(detail::kBatchPrefix, SIZE_MAX, &rows);
     if (!out.status.ok()) return out;
     std::vector<BatchRecord> records;
     for (auto& [k, v] : rows) {
       BatchRecord r;
       if (!detail::decode_batch(k, v, &r)) {
         out.malformed.push_back(k);
-        st.meta_delete(k);  // best effort: a record left is dropped again at the next start
+        st.meta.meta_delete(k);  // best effort: a record left is dropped again at the next start
         continue;
       }
       out.next_id = std::max(out.next_id, r.id + 1);
@@ -357,7 +364,7 @@ struct Delivery::Impl {
       for (uint64_t seq : r.seqs)
         superseded = superseded && owner[seq] != r.id;
       if (superseded) {
-        st.meta_delete(detail::batch_meta_key(r.id));  // best effort, as above
+        st.meta.meta_delete(detail::batch_meta_key(r.id));  // best effort, as above
         ++out.superseded;
         continue;
       }
@@ -369,7 +376,7 @@ struct Delivery::Impl {
   }
 
   net::awaitable<void> load_persisted() {
-    const auto op = [](buffer::Store& st) { return recover(st); };
+    const auto op = [](DeliveryStore& st) { return recover(st); };
     Recovered r = co_await on_store(op);
     if (!r.status.ok()) {
       log_line(spdlog::level::err,
@@ -432,13 +439,13 @@ struct Delivery::Impl {
   // `rec` from the outbox. Entries no longer there (acknowledged, or dropped
   // for room by the quota) leave the record, which is written back (or
   // deleted when none is left).
-  static DocsRead read_docs_op(buffer::Store& st, const BatchRecord& rec) {
+  static DocsRead read_docs_op(DeliveryStore& st, const BatchRecord& rec) {
     DocsRead out;
     out.record.id = rec.id;
     out.record.key = rec.key;
     for (size_t i = 0; i < rec.seqs.size(); ++i) {
       std::vector<buffer::OutboxEntry> got;
-      out.status = st.read_outbox(rec.seqs[i], 1, SIZE_MAX, &got);
+      out.status = st.outbox.read_outbox(rec.seqs[i], 1, SIZE_MAX, &got);
       if (!out.status.ok()) return out;
       if (got.empty() || got[0].seq != rec.seqs[i]) {
         out.removed.push_back(rec.trace_ids[i]);
@@ -453,9 +460,9 @@ struct Delivery::Impl {
     // read drops again.
     if (!out.removed.empty()) {
       if (out.record.seqs.empty()) {
-        st.meta_delete(detail::batch_meta_key(rec.id));
+        st.meta.meta_delete(detail::batch_meta_key(rec.id));
       } else {
-        st.meta_put(detail::batch_meta_key(rec.id), detail::encode_batch(out.record));
+        st.meta.meta_put(detail::batch_meta_key(rec.id), detail::encode_batch(out.record));
       }
     }
     out.events = events_in(out.docs);
@@ -467,7 +474,7 @@ struct Delivery::Impl {
   // record; `removed` receives their trace ids. False when the read failed
   // (logged; the batch is unchanged).
   net::awaitable<bool> read_docs(Batch* b, std::vector<std::string>* removed) {
-    const auto op = [rec = b->record](buffer::Store& st) { return read_docs_op(st, rec); };
+    const auto op = [rec = b->record](DeliveryStore& st) { return read_docs_op(st, rec); };
     DocsRead r = co_await on_store(op);
     if (!r.status.ok()) {
       log_line(spdlog::level::err, "upstream: outbox read failed: " + r.status.message());
@@ -552,7 +559,7 @@ struct Delivery::Impl {
   // thread makes itself.
   bool may_fill(const Options& o) const {
     auto [entries, bytes] = fill_marks(o);
-    return store.outbox_entries() >= entries || store.outbox_bytes() >= bytes;
+    return store.outbox.outbox_entries() >= entries || store.outbox.outbox_bytes() >= bytes;
   }
 
   // Has emissions wake the dispatcher, while it waits for the staged batch's
@@ -592,9 +599,9 @@ struct Delivery::Impl {
       std::vector<buffer::OutboxEntry> got;
     };
     const auto op = [from = cursor, max_entries = o.batch_max_events - staged.size(),
-                     max_bytes = o.batch_max_bytes - staged_bytes](buffer::Store& st) {
+                     max_bytes = o.batch_max_bytes - staged_bytes](DeliveryStore& st) {
       Read out;
-      out.status = st.read_outbox(from, max_entries, max_bytes, &out.got);
+      out.status = st.outbox.read_outbox(from, max_entries, max_bytes, &out.got);
       return out;
     };
     Read r = co_await on_store(op);
@@ -710,8 +717,8 @@ struct Delivery::Impl {
     // staged entries stay (only the dispatcher takes them), and their traces
     // stay free: only the dispatcher makes traces busy.
     const auto persist = [key = detail::batch_meta_key(b.record.id),
-                          value = detail::encode_batch(b.record)](buffer::Store& st) {
-      return st.meta_put(key, value);
+                          value = detail::encode_batch(b.record)](DeliveryStore& st) {
+      return st.meta.meta_put(key, value);
     };
     buffer::Status s = co_await on_store(persist);
     if (!s.ok()) {
@@ -902,7 +909,7 @@ struct Delivery::Impl {
   template <typename Op>
   net::awaitable<bool> store_retry(const Op& op, const char* what) {
     for (uint32_t attempt = 0; !stopping; ++attempt) {
-      const auto call = [&op](buffer::Store& st) { return op(st); };
+      const auto call = [&op](DeliveryStore& st) { return op(st); };
       buffer::Status s = co_await on_store(call);
       if (s.ok()) co_return true;
       log_line(spdlog::level::err, fmt::format("upstream: {} failed: {}", what, s.message()));
@@ -961,13 +968,13 @@ struct Delivery::Impl {
   // then its record.
   net::awaitable<void> ack(const Batch& b) {
     if (!b.record.is_inline()) {
-      const auto ack_entries = [seqs = b.record.seqs](buffer::Store& st) {
-        return st.ack_outbox(seqs);
+      const auto ack_entries = [seqs = b.record.seqs](DeliveryStore& st) {
+        return st.outbox.ack_outbox(seqs);
       };
       if (!co_await store_retry(ack_entries, "outbox ack")) co_return;
     }
-    const auto delete_record = [key = detail::batch_meta_key(b.record.id)](buffer::Store& st) {
-      return st.meta_delete(key);
+    const auto delete_record = [key = detail::batch_meta_key(b.record.id)](DeliveryStore& st) {
+      return st.meta.meta_delete(key);
     };
     co_await store_retry(delete_record, "batch record delete");
   }
@@ -987,8 +994,8 @@ struct Delivery::Impl {
     // while the store thread uses them; the bounds are copied.
     uint64_t evicted = 0, evicted_docs = 0;
     const auto add = [&d, &evicted, &evicted_docs, max_bytes = config->options.deadletter_max_bytes,
-                      max_count = config->options.deadletter_max_count](buffer::Store& st) {
-      return detail::deadletter_add(st, d, max_bytes, max_count, &evicted, &evicted_docs);
+                      max_count = config->options.deadletter_max_count](DeliveryStore& st) {
+      return detail::deadletter_add(st.meta, d, max_bytes, max_count, &evicted, &evicted_docs);
     };
     if (!co_await store_retry(add, "dead-letter write")) co_return;
     co_await ack(b);
@@ -1015,11 +1022,11 @@ struct Delivery::Impl {
   net::awaitable<bool> replace_record(uint64_t parent_id, std::span<const BatchRecord> parts) {
     for (const BatchRecord& r : parts) {
       const auto write = [key = detail::batch_meta_key(r.id), value = detail::encode_batch(r)](
-                             buffer::Store& st) { return st.meta_put(key, value); };
+                             DeliveryStore& st) { return st.meta.meta_put(key, value); };
       if (!co_await store_retry(write, "batch record write")) co_return false;
     }
-    const auto delete_parent = [key = detail::batch_meta_key(parent_id)](buffer::Store& st) {
-      return st.meta_delete(key);
+    const auto delete_parent = [key = detail::batch_meta_key(parent_id)](DeliveryStore& st) {
+      return st.meta.meta_delete(key);
     };
     co_await store_retry(delete_parent, "batch record delete");
     co_return true;
@@ -1432,10 +1439,10 @@ struct Delivery::Impl {
       while (!stopping) {
         const uint64_t first = next_id;
         next_id += detail::kDeadLetterPage;
-        const auto op = [first](buffer::Store& st) {
+        const auto op = [first](DeliveryStore& st) {
           Page out;
           uint64_t id = first;
-          out.status = detail::replay_deadletters(st, &id, &out.created, &out.replayed,
+          out.status = detail::replay_deadletters(st.meta, &id, &out.created, &out.replayed,
                                                   detail::kDeadLetterPage);
           return out;
         };
@@ -1480,8 +1487,9 @@ struct Delivery::Impl {
   }
 };
 
-Delivery::Delivery(buffer::Store& store, Options options, const Clock& clock)
-    : impl_(std::make_shared<Impl>(store, std::move(options), clock)) {}
+Delivery::Delivery(buffer::Outbox& outbox, buffer::MetaStore& meta, Options options,
+                   const Clock& clock)
+    : impl_(std::make_shared<Impl>(outbox, meta, std::move(options), clock)) {}
 
 Delivery::~Delivery() {
   stop();
@@ -1519,9 +1527,9 @@ void Delivery::start() {
     m.waker->io = m.io.get();
   }
   std::weak_ptr<Impl::Waker> weak = m.waker;
-  m.store.set_outbox_listener([weak, &store = m.store, &clock = m.clock] {
+  m.store.outbox.set_outbox_listener([weak, &outbox = m.store.outbox, &clock = m.clock] {
     auto w = weak.lock();
-    if (!w || !w->wanted(store, clock) || w->pending.exchange(true)) return;
+    if (!w || !w->wanted(outbox, clock) || w->pending.exchange(true)) return;
     std::lock_guard wl(w->mu);
     if (w->io == nullptr) return;
     Impl* impl = w->impl;
@@ -1555,7 +1563,7 @@ void Delivery::stop() {
     std::lock_guard wl(m.waker->mu);
     m.waker->io = nullptr;
   }
-  m.store.set_outbox_listener({});
+  m.store.outbox.set_outbox_listener({});
   net::post(*m.io, [&m] { m.shutdown(); });
   m.thread.join();
   // Store calls in progress and queued finish (an acknowledgement is not cut
@@ -1612,7 +1620,7 @@ size_t Delivery::replay_deadletters(const DeadLetterProgress& progress, std::str
   Impl* m = impl_.get();
   if (!m->running) {
     size_t n = 0;
-    buffer::Status s = deadletter_replay(m->store, &n, progress);
+    buffer::Status s = deadletter_replay(m->store.meta, &n, progress);
     if (!s.ok() && error) *error = s.ToString();
     return n;
   }
@@ -1643,10 +1651,10 @@ size_t Delivery::replay_deadletters(const DeadLetterProgress& progress, std::str
   }
 }
 
-std::unique_ptr<Exporter> make_exporter(buffer::Store& store, const Options& options,
-                                        const Clock& clock) {
-  if (options.endpoint.empty()) return std::make_unique<FileExporter>(store, options, clock);
-  return std::make_unique<Delivery>(store, options, clock);
+std::unique_ptr<Exporter> make_exporter(buffer::Outbox& outbox, buffer::MetaStore& meta,
+                                        const Options& options, const Clock& clock) {
+  if (options.endpoint.empty()) return std::make_unique<FileExporter>(outbox, options, clock);
+  return std::make_unique<Delivery>(outbox, meta, options, clock);
 }
 
 }  // namespace sidetrace::upstream

@@ -14,6 +14,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "buffer/store.h"
 #include "common/clock.h"
 #include "otlp/proto/status.pb.h"
 #include "otlp/proto/trace_service.pb.h"
@@ -81,7 +82,7 @@ TEST_F(UpstreamDeliveryTest, GzipBodyIsTheNativeBodyAndHeadersAreSet) {
   o.headers = {{"X-Tenant", "acme"}};
   ::setenv("SIDETRACE_TEST_KEY", "sekrit\n", 1);
   o.api_key_env = "SIDETRACE_TEST_KEY";
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained(); }));
   d.stop();
@@ -120,7 +121,7 @@ TEST_F(UpstreamDeliveryTest, ZstdAndApiKeyHeaderFromFile) {
   std::ofstream(key_file) << "k-123\n";
   o.api_key_file = key_file;
   o.api_key_header = "X-Api-Key";
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained(); }));
   auto r = server.requests().at(0);
@@ -137,7 +138,7 @@ TEST_F(UpstreamDeliveryTest, UpstreamDownAtStartThenUp) {
     port = probe.port();
   }
   emit_doc(*store_, "t1", make_doc("t1", 1));
-  Delivery d(*store_, options("http://127.0.0.1:" + std::to_string(port)));
+  Delivery d(*store_, *store_, options("http://127.0.0.1:" + std::to_string(port)));
   d.start();
   ASSERT_TRUE(wait_until([&] { return d.stats().failed_retryable >= 3; }));
   EXPECT_FALSE(drained());
@@ -158,7 +159,7 @@ TEST_F(UpstreamDeliveryTest, Honours503RetryAfterWithTheSameKey) {
     return r;
   });
   emit_doc(*store_, "t1", make_doc("t1", 1));
-  Delivery d(*store_, options(server.url()));
+  Delivery d(*store_, *store_, options(server.url()));
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained(); }));
   auto reqs = server.requests();
@@ -177,7 +178,7 @@ TEST_F(UpstreamDeliveryTest, Retries429) {
     return r;
   });
   emit_doc(*store_, "t1", make_doc("t1", 1));
-  Delivery d(*store_, options(server.url()));
+  Delivery d(*store_, *store_, options(server.url()));
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained(); }));
   EXPECT_EQ(server.request_count(), 4u);
@@ -195,7 +196,7 @@ TEST_F(UpstreamDeliveryTest, SlowUpstreamHitsTheDeadlineThenRecovers) {
   emit_doc(*store_, "t1", make_doc("t1", 1));
   Options o = options(server.url());
   o.request_timeout_ms = 50;
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained(); }));
   EXPECT_GE(d.stats().failed_retryable, 1u);
@@ -216,7 +217,7 @@ TEST_F(UpstreamDeliveryTest, ConnectionResetMidBodyIsRetried) {
     return r;
   });
   emit_doc(*store_, "t1", make_doc("t1", 1));
-  Delivery d(*store_, options(server.url()));
+  Delivery d(*store_, *store_, options(server.url()));
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained(); }));
   EXPECT_GE(d.stats().failed_retryable, 2u);
@@ -234,7 +235,7 @@ TEST_F(UpstreamDeliveryTest, TooLargeSplitsInHalvesWithNewKeys) {
     emit_doc(*store_, "t" + std::to_string(i), make_doc("t" + std::to_string(i), 1));
   Options o = options(server.url());
   o.max_in_flight = 1;
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained(); }));
   auto reqs = server.requests();
@@ -260,7 +261,7 @@ TEST_F(UpstreamDeliveryTest, SingleTooLargeDocumentIsTruncated) {
     return r;
   });
   emit_doc(*store_, "t1", make_doc("t1", 1, 1, std::string(10000, 'p')));
-  Delivery d(*store_, options(server.url()));
+  Delivery d(*store_, *store_, options(server.url()));
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained(); }));
   auto reqs = server.requests();
@@ -280,7 +281,7 @@ TEST_F(UpstreamDeliveryTest, BadRequestGoesToDeadLetterAndReplays) {
   });
   std::string doc = make_doc("t1", 1);
   emit_doc(*store_, "t1", doc);
-  Delivery d(*store_, options(server.url()));
+  Delivery d(*store_, *store_, options(server.url()));
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained() && d.stats().deadlettered == 1; }));
   std::vector<DeadLetter> dl;
@@ -319,7 +320,7 @@ TEST_F(UpstreamDeliveryTest, AnEncoderThatThrowsOnOneTraceDeadLettersOnlyThatTra
     if (ids.size() == 1) ++bad_alone;
     throw std::runtime_error("injected encoder fault");
   };
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   ASSERT_TRUE(wait_until([&] {
     Stats s = d.stats();
@@ -369,7 +370,7 @@ TEST_F(UpstreamDeliveryTest, AnEncoderExceptionThatPassesIsRetried) {
   o.encode_hook = [&](const std::vector<std::string>&) {
     if (calls++ == 0) throw std::runtime_error("injected once");
   };
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained() && d.stats().in_flight == 0; }));
   Stats s = d.stats();
@@ -395,7 +396,7 @@ TEST_F(UpstreamDeliveryTest, ADocumentDroppedForRoomWhileInFlightLeavesTheBatch)
     return r;
   });
   emit_doc(*store_, "t1", make_doc("t1", 1));
-  Delivery d(*store_, options(server.url()));
+  Delivery d(*store_, *store_, options(server.url()));
   d.start();
   ASSERT_TRUE(wait_until([&] { return server.requests().size() >= 2; }));  // retrying
   EXPECT_FALSE(store_->ensure_room(uint64_t{1} << 62).ok());  // makes room: drops the outbox
@@ -428,7 +429,7 @@ TEST_F(UpstreamDeliveryTest, BadRequestIsolatesTheRefusedDocument) {
     emit_doc(*store_, "t" + std::to_string(i), make_doc("t" + std::to_string(i), 1));
   Options o = options(server.url());
   o.max_in_flight = 1;
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   // The counters are updated after the outbox is acknowledged: wait for both.
   ASSERT_TRUE(wait_until([&] {
@@ -452,7 +453,7 @@ TEST_F(UpstreamDeliveryTest, DeadLetterStoreIsBoundedAndPurgeable) {
   o.batch_max_events = 1;
   o.max_in_flight = 1;
   o.deadletter_max_count = 3;
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained() && d.stats().deadlettered == 5; }));
   d.stop();
@@ -477,7 +478,7 @@ TEST_F(UpstreamDeliveryTest, OfflineReplayIsSentAtNextStart) {
   });
   emit_doc(*store_, "t1", make_doc("t1", 1));
   {
-    Delivery d(*store_, options(server.url()));
+    Delivery d(*store_, *store_, options(server.url()));
     d.start();
     ASSERT_TRUE(wait_until([&] { return d.stats().deadlettered == 1; }));
   }
@@ -485,7 +486,7 @@ TEST_F(UpstreamDeliveryTest, OfflineReplayIsSentAtNextStart) {
   ASSERT_TRUE(deadletter_replay(*store_, &n).ok());
   EXPECT_EQ(n, 1u);
   reject = false;
-  Delivery d(*store_, options(server.url()));
+  Delivery d(*store_, *store_, options(server.url()));
   d.start();
   ASSERT_TRUE(wait_until([&] { return d.stats().traces_delivered == 1; }));
 }
@@ -499,7 +500,7 @@ TEST_F(UpstreamDeliveryTest, AuthFailurePausesUntilReset) {
     return r;
   });
   emit_doc(*store_, "t1", make_doc("t1", 1));
-  Delivery d(*store_, options(server.url()));
+  Delivery d(*store_, *store_, options(server.url()));
   d.start();
   ASSERT_TRUE(wait_until([&] { return d.stats().auth_failed; }));
   emit_doc(*store_, "t2", make_doc("t2", 1));  // keeps buffering
@@ -526,14 +527,14 @@ TEST_F(UpstreamDeliveryTest, IdempotencyKeySurvivesARestart) {
   o.retry_initial_ms = 20;
   o.retry_max_ms = 20;
   {
-    Delivery d(*store_, o);
+    Delivery d(*store_, *store_, o);
     d.start();
     ASSERT_TRUE(wait_until([&] { return server.request_count() >= 1; }));
   }
   emit_doc(*store_, "t9", make_doc("t9", 1));
   fail = false;
   size_t before = server.request_count();
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained(); }));
   auto reqs = server.requests();
@@ -575,7 +576,7 @@ TEST_F(UpstreamDeliveryTest, RevisionsOfOneTraceArriveInOrder) {
   Options o = options(server.url());
   o.max_in_flight = 4;
   o.batch_max_events = 2;
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   for (int rev = 1; rev <= 10; ++rev) {
     for (const char* t : {"a", "b", "c"})
@@ -625,7 +626,7 @@ TEST_F(UpstreamDeliveryTest, OtlpFormatAndPartialSuccess) {
   o.format = Format::kOtlp;
   o.otlp_encoding = OtlpEncoding::kJson;
   o.compression = Compression::kNone;
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained(); }));
   auto r = server.requests().at(0);
@@ -690,7 +691,7 @@ TEST_F(UpstreamDeliveryTest, OtlpSendsProtobufCompressedAsConfigured) {
     Options o = options(server.url() + "/otlp");
     o.format = Format::kOtlp;
     o.compression = c;
-    Delivery d(*store_, o);
+    Delivery d(*store_, *store_, o);
     d.start();
     ASSERT_TRUE(wait_until([&] { return drained(); }));
     d.stop();
@@ -706,7 +707,7 @@ TEST_F(UpstreamDeliveryTest, OtlpSendsProtobufCompressedAsConfigured) {
   Options o = options(server.url());
   o.format = Format::kOtlp;
   o.otlp_encoding = OtlpEncoding::kJson;
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained(); }));
   RecordedRequest r = server.requests().back();
@@ -740,7 +741,7 @@ TEST_F(UpstreamDeliveryTest, OtlpPartialSuccessInProtobufIsLoggedAndCounted) {
   o.format = Format::kOtlp;
   o.max_in_flight = 1;
   emit_doc(*store_, "t1", make_doc("t1", 1));
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained(); }));
   emit_doc(*store_, "t2", make_doc("t2", 1));
@@ -783,7 +784,7 @@ TEST_F(UpstreamDeliveryTest, OtlpRefusalStatusIsDecodedIntoTheLogAndTheDeadLette
   o.format = Format::kOtlp;
   o.max_in_flight = 1;
   emit_doc(*store_, "t-bin", make_doc("t-bin", 1));
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained() && d.stats().deadlettered == 1; }));
   emit_doc(*store_, "t-json", make_doc("t-json", 1));
@@ -832,7 +833,7 @@ TEST_F(UpstreamDeliveryTest, OtlpRetriesThrottlingAndUnavailabilityOnly) {
   Options o = options(server.url());
   o.format = Format::kOtlp;
   o.max_in_flight = 1;
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   std::set<std::string> retried = {"s429", "s502", "s503", "s504", "reset"};
   for (auto& [id, status] : status_of) {
@@ -851,7 +852,7 @@ TEST_F(UpstreamDeliveryTest, OtlpRetriesThrottlingAndUnavailabilityOnly) {
   EXPECT_EQ(d.stats().traces_delivered, 5u);
   // The native format retries what it always has.
   Options native = options(server.url());
-  Delivery n(*store_, native);
+  Delivery n(*store_, *store_, native);
   n.start();
   for (std::string id : {"s408#native", "s500#native"}) {
     emit_doc(*store_, id, make_doc(id, 1));
@@ -879,7 +880,7 @@ TEST_F(UpstreamDeliveryTest, ARequestNeverCarriesTwoRevisionsOfATrace) {
     Options o = options(server.url());
     o.format = f;
     o.max_in_flight = 4;
-    Delivery d(*store_, o);
+    Delivery d(*store_, *store_, o);
     d.start();
     ASSERT_TRUE(wait_until([&] { return drained(); }));
     d.stop();
@@ -916,7 +917,7 @@ TEST_F(UpstreamDeliveryTest, TheOutboxIsReadOncePerEntry) {
   ManualClock clock;
   Options o = options(server.url());
   o.flush_interval_ms = 60000;
-  Delivery d(counting, o, clock);
+  Delivery d(counting, counting, o, clock);
   d.start();
   const uint64_t t0 = clock.now_ns();
   emit_doc(*store_, "t0", make_doc("t0", 1), t0);
@@ -953,7 +954,7 @@ TEST_F(UpstreamDeliveryTest, AFullBatchGoesBeforeItsFlushDeadline) {
   o.flush_interval_ms = 600000;
   o.batch_max_events = 5;
   o.max_in_flight = 1;
-  Delivery d(counting, o);
+  Delivery d(counting, counting, o);
   d.start();
   for (int i = 0; i < 15; ++i)
     emit_doc(*store_, "t" + std::to_string(i), make_doc("t" + std::to_string(i), 1));
@@ -981,7 +982,7 @@ TEST_F(UpstreamDeliveryTest, EmissionsThatCannotFillTheBatchLeaveTheDeliveryAsle
   Options o = options(server.url());
   o.flush_interval_ms = 600000;
   o.batch_max_events = 40;
-  Delivery d(counting, o);
+  Delivery d(counting, counting, o);
   d.start();
   emit_doc(*store_, "t0", make_doc("t0", 1));
   ASSERT_TRUE(wait_until([&] { return counting.entries_read == 1; }));
@@ -1013,7 +1014,7 @@ TEST_F(UpstreamDeliveryTest, AStagedRevisionWaitsForItsTraceInFlight) {
   CountingStore counting(*store_);
   Options o = options(server.url());
   o.max_in_flight = 4;
-  Delivery d(counting, o);
+  Delivery d(counting, counting, o);
   d.start();
   emit_doc(*store_, "a", make_doc("a", 1));
   ASSERT_TRUE(wait_until([&] { return server.request_count() >= 1; }));
@@ -1077,7 +1078,7 @@ TEST_F(UpstreamDeliveryTest, TheNetworkThreadMakesNoStoreCall) {
   emit_doc(*store_, "t1", make_doc("t1", 1));
   {
     // Retried, then stopped: its batch record is resumed by the next start.
-    Delivery d(observed, o);
+    Delivery d(observed, observed, o);
     d.start();
     ASSERT_TRUE(wait_until([&] { return server.request_count() >= 3; }));
     EXPECT_GE(d.stats().batches_retried, 2u);
@@ -1085,7 +1086,7 @@ TEST_F(UpstreamDeliveryTest, TheNetworkThreadMakesNoStoreCall) {
   up = true;
   for (const char* id : {"good1", "bad", "good2"})
     emit_doc(*store_, id, make_doc(id, 1));
-  Delivery d(observed, o);
+  Delivery d(observed, observed, o);
   d.start();
   ASSERT_TRUE(wait_until([&] {
     Stats s = d.stats();
@@ -1127,7 +1128,7 @@ TEST_F(UpstreamDeliveryTest, ASlowStoreDoesNotHoldUpTheBatchesInFlight) {
   ObservedStore observed(*store_);
   Options o = options(server.url());
   emit_doc(*store_, "t1", make_doc("t1", 1));
-  Delivery d(observed, o);
+  Delivery d(observed, observed, o);
   OpenGateAtExit open_at_exit{observed};
   d.start();
   ASSERT_TRUE(wait_until([&] { return server.request_count() >= 2; }));  // t1 retrying
@@ -1163,7 +1164,7 @@ TEST_F(UpstreamDeliveryTest, StopFinishesTheStoreCallsInProgress) {
   emit_doc(*store_, "t1", make_doc("t1", 1));
   Options o = options(server.url());
   {
-    Delivery d(observed, o);
+    Delivery d(observed, observed, o);
     OpenGateAtExit open_at_exit{observed};
     d.start();
     ASSERT_TRUE(wait_until([&] { return d.stats().traces_delivered == 1; }));
@@ -1179,7 +1180,7 @@ TEST_F(UpstreamDeliveryTest, StopFinishesTheStoreCallsInProgress) {
   }
   EXPECT_EQ(store_->outbox_entries(), 0u);  // acknowledged
   ASSERT_EQ(server.request_count(), 1u);
-  Delivery d(observed, o);
+  Delivery d(observed, observed, o);
   d.start();
   ASSERT_TRUE(wait_until([&] {
     std::vector<std::pair<std::string, std::string>> rows;
@@ -1205,7 +1206,7 @@ TEST_F(UpstreamDeliveryTlsTest, VerifiedMutualTls) {
   o.ca_file = pki_.ca_cert;
   o.client_cert = pki_.client_cert;
   o.client_key = pki_.client_key;
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained(); }));
   EXPECT_EQ(server.tls_failures(), 0u);
@@ -1216,7 +1217,7 @@ TEST_F(UpstreamDeliveryTlsTest, WrongCaIsRejected) {
   emit_doc(*store_, "t1", make_doc("t1", 1));
   Options o = options(server.url());
   o.ca_file = pki_.other_ca_cert;
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   ASSERT_TRUE(wait_until([&] { return d.stats().failed_retryable >= 2; }));
   EXPECT_EQ(server.request_count(), 0u);
@@ -1232,7 +1233,7 @@ TEST_F(UpstreamDeliveryTlsTest, WrongHostNameIsRejected) {
   emit_doc(*store_, "t1", make_doc("t1", 1));
   Options o = options(server.url());
   o.ca_file = pki_.ca_cert;
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   ASSERT_TRUE(wait_until([&] { return d.stats().failed_retryable >= 2; }));
   EXPECT_EQ(server.request_count(), 0u);
@@ -1241,15 +1242,15 @@ TEST_F(UpstreamDeliveryTlsTest, WrongHostNameIsRejected) {
 
 TEST_F(UpstreamDeliveryTest, BadConfigurationThrowsAtStart) {
   Options o = options("ftp://x");
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   EXPECT_THROW(d.start(), std::invalid_argument);
   o = options("https://127.0.0.1:1");
   o.ca_file = "/nonexistent/ca.pem";
-  Delivery d2(*store_, o);
+  Delivery d2(*store_, *store_, o);
   EXPECT_THROW(d2.start(), std::runtime_error);
   o = options("http://127.0.0.1:1");
   o.api_key_env = "SIDETRACE_TEST_UNSET_VARIABLE";
-  Delivery d3(*store_, o);
+  Delivery d3(*store_, *store_, o);
   EXPECT_THROW(d3.start(), std::runtime_error);
 }
 

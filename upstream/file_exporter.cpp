@@ -31,9 +31,9 @@ namespace sidetrace::upstream {
 namespace fs = std::filesystem;
 
 struct FileExporter::Impl {
-  Impl(buffer::Store& s, Options o, const Clock& c) : store(s), options(std::move(o)), clock(c) {}
+  Impl(buffer::Outbox& s, Options o, const Clock& c) : store(s), options(std::move(o)), clock(c) {}
 
-  buffer::Store& store;
+  buffer::Outbox& store;
   Options options;  // guarded by mu
   const Clock& clock;
   RateLimitedLog log{10, std::chrono::seconds(10)};
@@ -279,7 +279,7 @@ struct FileExporter::Impl {
   }
 };
 
-FileExporter::FileExporter(buffer::Store& store, Options options, const Clock& clock)
+FileExporter::FileExporter(buffer::Outbox& store, Options options, const Clock& clock)
     : impl_(std::make_unique<Impl>(store, std::move(options), clock)) {}
 
 FileExporter::~FileExporter() {

@@ -31,7 +31,7 @@ TEST(UpstreamFileExporter, WritesLinesRotatesAndAcks) {
   o.data_dir = dir.str();
   o.file_max_bytes = docs[0].size() * 2 + 10;  // two lines per file
   o.file_keep = 2;
-  auto exporter = make_exporter(*store, o);
+  auto exporter = make_exporter(*store, *store, o);
   exporter->start();
   ASSERT_TRUE(testing::wait_until([&] { return store->outbox_entries() == 0; }));
   // Entries appended while running are picked up through the listener.
@@ -62,7 +62,7 @@ TEST(UpstreamFileExporter, APartialLastLineFromACrashIsRemovedAndWrittenAgain) {
   Options o;
   o.data_dir = dir.str();
   o.file_path = path;
-  auto exporter = make_exporter(*store, o);
+  auto exporter = make_exporter(*store, *store, o);
   exporter->start();
   ASSERT_TRUE(testing::wait_until([&] { return store->outbox_entries() == 0; }));
   exporter->stop();
@@ -79,7 +79,7 @@ TEST(UpstreamFileExporter, SmallRoundsGatherUntilHalfABatchOrTheFlushInterval) {
   o.data_dir = dir.str();
   o.batch_max_events = 8;
   o.flush_interval_ms = 3'600'000;
-  auto exporter = make_exporter(*store, o);
+  auto exporter = make_exporter(*store, *store, o);
   exporter->start();
   testing::emit_doc(*store, "first", testing::make_doc("first", 1));
   // Counted once a round is acknowledged, after its entries left the outbox.
@@ -96,7 +96,7 @@ TEST(UpstreamFileExporter, SmallRoundsGatherUntilHalfABatchOrTheFlushInterval) {
   exporter->stop();
   // A short interval lets a single trace go on its own.
   o.flush_interval_ms = 50;
-  exporter = make_exporter(*store, o);
+  exporter = make_exporter(*store, *store, o);
   exporter->start();
   testing::emit_doc(*store, "late", testing::make_doc("late", 1));
   ASSERT_TRUE(testing::wait_until([&] { return store->outbox_entries() == 0; }));
@@ -113,7 +113,7 @@ TEST(UpstreamFileExporter, EmissionsThatDoNotFillTheRoundLeaveItAsleep) {
   o.data_dir = dir.str();
   o.batch_max_events = 40;
   o.flush_interval_ms = 3'600'000;
-  auto exporter = make_exporter(*store, o);
+  auto exporter = make_exporter(*store, *store, o);
   exporter->start();
   testing::emit_doc(*store, "first", testing::make_doc("first", 1));
   // Counted once the round is acknowledged, after its entries left the outbox.

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
+#include "buffer/store.h"
 #include "upstream/detail/neuraltrust.h"
 #include "upstream/detail/records.h"
 #include "upstream/testing/http_server.h"
@@ -354,7 +355,7 @@ TEST_F(NeuralTrustDeliveryTest, OneRequestPerEventAndFeedbackItemWithTheSdksHead
   o.headers = {{"X-Tenant", "acme"}};
   ::setenv("SIDETRACE_NT_TEST_KEY", "nt-key\n", 1);
   o.api_key_env = "SIDETRACE_NT_TEST_KEY";
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained(); }));
   d.stop();
@@ -393,7 +394,7 @@ TEST_F(NeuralTrustDeliveryTest, AnApiKeyHeaderOverridesToken) {
   { std::ofstream(key_file) << "k-9\n"; }
   o.api_key_file = key_file;
   o.api_key_header = "X-Api-Key";
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained(); }));
   auto r = server.requests().at(0);
@@ -413,7 +414,7 @@ TEST_F(NeuralTrustDeliveryTest, ARetryResumesAtTheRequestThatFailed) {
     return r;
   });
   emit_doc(*store_, "t1", make_doc("t1", 1, 3));
-  Delivery d(*store_, options(server.url()));
+  Delivery d(*store_, *store_, options(server.url()));
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained(); }));
   EXPECT_EQ(ids_of(server.requests()),
@@ -436,7 +437,7 @@ TEST_F(NeuralTrustDeliveryTest, ARefusedRequestDeadLettersItsDocumentOnly) {
   });
   for (const char* id : {"good1", "bad", "good2"})
     emit_doc(*store_, id, make_doc(id, 1, 3));
-  Delivery d(*store_, options(server.url()));
+  Delivery d(*store_, *store_, options(server.url()));
   d.start();
   ASSERT_TRUE(wait_until([&] {
     Stats s = d.stats();
@@ -470,7 +471,7 @@ TEST_F(NeuralTrustDeliveryTest, TooLargeTruncatesTheRequest) {
     return r;
   });
   emit_doc(*store_, "t1", make_doc("t1", 1, 1, std::string(10000, 'p')));
-  Delivery d(*store_, options(server.url()));
+  Delivery d(*store_, *store_, options(server.url()));
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained(); }));
   auto reqs = server.requests();
@@ -493,7 +494,7 @@ TEST_F(NeuralTrustDeliveryTest, AuthFailurePausesAndResumesAtTheSameRequest) {
   emit_doc(*store_, "t1", make_doc("t1", 1, 2));
   Options o = options(server.url());
   o.max_in_flight = 2;
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   ASSERT_TRUE(wait_until([&] { return d.stats().auth_failed; }));
   emit_doc(*store_, "t2", make_doc("t2", 1, 1));
@@ -522,7 +523,7 @@ TEST_F(NeuralTrustDeliveryTest, TracesGoSideBySideUpToMaxInFlightEachInOrder) {
     emit_doc(*store_, "t" + std::to_string(t), make_doc("t" + std::to_string(t), 1, 3));
   Options o = options(server.url());
   o.max_in_flight = 3;
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained(); }, std::chrono::seconds(30)));
   auto reqs = server.requests();
@@ -572,7 +573,7 @@ TEST_F(NeuralTrustDeliveryTest, ABatchOfSeveralDocumentsIsSplitIntoOnePerDocumen
   HttpServer server;
   Options o = options(server.url());
   o.max_in_flight = 1;
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   // Counted before the batch record is deleted: wait for both.
   ASSERT_TRUE(wait_until([&] {
@@ -599,7 +600,7 @@ TEST_F(NeuralTrustDeliveryTest, ALaterRevisionSendsOnlyItsChanges) {
                                        "changed":true}])");
   emit_doc(*store_, "t1", rev1.dump());
   emit_doc(*store_, "t1", rev2.dump());
-  Delivery d(*store_, options(server.url()));
+  Delivery d(*store_, *store_, options(server.url()));
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained(); }));
   auto reqs = server.requests();
@@ -630,12 +631,12 @@ TEST_F(NeuralTrustDeliveryTest, AfterARestartADocumentIsSentAgainFromItsFirstReq
   o.retry_initial_ms = 20;
   o.retry_max_ms = 20;
   {
-    Delivery d(*store_, o);
+    Delivery d(*store_, *store_, o);
     d.start();
     ASSERT_TRUE(wait_until([&] { return server.request_count() >= 3; }));
   }
   fail = false;
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   ASSERT_TRUE(wait_until([&] { return drained(); }));
   std::map<std::string, int> seen;
@@ -655,7 +656,7 @@ TEST_F(NeuralTrustDeliveryTest, AnEncoderThatThrowsDeadLettersTheDocument) {
   o.encode_hook = [](const std::vector<std::string>& ids) {
     if (ids.at(0) == "bad") throw std::runtime_error("injected encoder fault");
   };
-  Delivery d(*store_, o);
+  Delivery d(*store_, *store_, o);
   d.start();
   ASSERT_TRUE(wait_until([&] {
     Stats s = d.stats();

@@ -49,8 +49,9 @@
 #include <utility>
 #include <vector>
 
+#include "buffer/meta_store.h"
+#include "buffer/outbox.h"
 #include "buffer/status.h"
-#include "buffer/store.h"
 #include "common/clock.h"
 #include "config/defaults.h"
 
@@ -220,7 +221,10 @@ class Exporter {
 
 class Delivery final : public Exporter {
  public:
-  Delivery(buffer::Store& store, Options options, const Clock& clock = system_clock());
+  // Borrows `outbox` (what it delivers), `meta` (its batch records and dead
+  // letters) and `clock`; they must outlive it.
+  Delivery(buffer::Outbox& outbox, buffer::MetaStore& meta, Options options,
+           const Clock& clock = system_clock());
   ~Delivery() override;  // stops
   Delivery(const Delivery&) = delete;
   Delivery& operator=(const Delivery&) = delete;
@@ -244,7 +248,7 @@ class Delivery final : public Exporter {
 
 class FileExporter final : public Exporter {
  public:
-  FileExporter(buffer::Store& store, Options options, const Clock& clock = system_clock());
+  FileExporter(buffer::Outbox& store, Options options, const Clock& clock = system_clock());
   ~FileExporter() override;
   FileExporter(const FileExporter&) = delete;
   FileExporter& operator=(const FileExporter&) = delete;
@@ -262,7 +266,8 @@ class FileExporter final : public Exporter {
 };
 
 // Delivery when options.endpoint is set, FileExporter otherwise.
-std::unique_ptr<Exporter> make_exporter(buffer::Store& store, const Options& options,
+std::unique_ptr<Exporter> make_exporter(buffer::Outbox& outbox, buffer::MetaStore& meta,
+                                        const Options& options,
                                         const Clock& clock = system_clock());
 
 // ---- dead-letter store (meta keys "upstream/deadletter/<id>") -------------
@@ -280,18 +285,18 @@ struct DeadLetter {
 // Lists up to `limit` records, oldest first, from the one after the record
 // id `after` (from the oldest when empty). The store is read a few records at
 // a time: what this holds is the summaries, never the documents.
-buffer::Status deadletter_list(buffer::Store& store, std::vector<DeadLetter>* out,
+buffer::Status deadletter_list(buffer::MetaStore& store, std::vector<DeadLetter>* out,
                                size_t limit = SIZE_MAX, std::string_view after = {});
 // How many records the dead-letter store holds, and their bytes (kept beside
 // the records, not counted at each call).
-buffer::Status deadletter_stats(buffer::Store& store, uint64_t* count, uint64_t* bytes);
+buffer::Status deadletter_stats(buffer::MetaStore& store, uint64_t* count, uint64_t* bytes);
 // Turns every record into a pending delivery batch (meta "upstream/batch/")
 // with a new idempotency key and deletes it; a running Delivery picks these up
 // at its next start (use Delivery::replay_deadletters() while it runs).
-buffer::Status deadletter_replay(buffer::Store& store, size_t* replayed,
+buffer::Status deadletter_replay(buffer::MetaStore& store, size_t* replayed,
                                  const DeadLetterProgress& progress = {});
 // Deletes every record.
-buffer::Status deadletter_purge(buffer::Store& store, size_t* purged,
+buffer::Status deadletter_purge(buffer::MetaStore& store, size_t* purged,
                                 const DeadLetterProgress& progress = {});
 
 }  // namespace sidetrace::upstream

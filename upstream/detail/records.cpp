@@ -88,7 +88,7 @@ std::string new_idempotency_key() {
   return fmt::format("{:016x}{:016x}", a, b);
 }
 
-buffer::Status max_batch_id(buffer::Store& store, uint64_t* id) {
+buffer::Status max_batch_id(buffer::MetaStore& store, uint64_t* id) {
   *id = 0;
   std::vector<std::pair<std::string, std::string>> rows;
   buffer::Status s = store.meta_scan(kBatchPrefix, SIZE_MAX, &rows);
@@ -117,7 +117,7 @@ std::string encode_totals(const DeadLetterTotals& t) {
 
 // The totals by counting every record, a page at a time (a store written
 // before the totals were kept, or totals that no longer match).
-buffer::Status count_deadletters(buffer::Store& store, DeadLetterTotals* t) {
+buffer::Status count_deadletters(buffer::MetaStore& store, DeadLetterTotals* t) {
   *t = {};
   std::string after;
   for (;;) {
@@ -134,7 +134,7 @@ buffer::Status count_deadletters(buffer::Store& store, DeadLetterTotals* t) {
   return store.meta_put(kDeadLetterTotalsKey, encode_totals(*t));
 }
 
-buffer::Status load_totals(buffer::Store& store, DeadLetterTotals* t) {
+buffer::Status load_totals(buffer::MetaStore& store, DeadLetterTotals* t) {
   std::string v;
   buffer::Status s = store.meta_get(kDeadLetterTotalsKey, &v);
   if (s.IsNotFound()) return count_deadletters(store, t);
@@ -156,13 +156,13 @@ void take(DeadLetterTotals* t, size_t bytes) {
 
 }  // namespace
 
-buffer::Status deadletter_totals(buffer::Store& store, DeadLetterTotals* t) {
+buffer::Status deadletter_totals(buffer::MetaStore& store, DeadLetterTotals* t) {
   std::lock_guard lock(deadletter_mu());
   return load_totals(store, t);
 }
 
-buffer::Status deadletter_add(buffer::Store& store, const DeadLetterRecord& r, uint64_t max_bytes,
-                              uint32_t max_count, uint64_t* evicted_records,
+buffer::Status deadletter_add(buffer::MetaStore& store, const DeadLetterRecord& r,
+                              uint64_t max_bytes, uint32_t max_count, uint64_t* evicted_records,
                               uint64_t* evicted_docs) {
   static std::atomic<uint32_t> counter{0};
   std::lock_guard lock(deadletter_mu());
@@ -174,7 +174,7 @@ buffer::Status deadletter_add(buffer::Store& store, const DeadLetterRecord& r, u
   std::string value = encode_deadletter(r);
   ++t.count;
   t.bytes += value.size();
-  buffer::Store::MetaWrite w;
+  buffer::MetaStore::MetaWrite w;
   w.put = {{key, std::move(value)}, {std::string(kDeadLetterTotalsKey), encode_totals(t)}};
   s = store.meta_write(w);
   if (!s.ok()) return s;
@@ -195,7 +195,7 @@ buffer::Status deadletter_add(buffer::Store& store, const DeadLetterRecord& r, u
       recounted = true;
       continue;
     }
-    buffer::Store::MetaWrite evict;
+    buffer::MetaStore::MetaWrite evict;
     DeadLetterTotals after = t;
     uint64_t docs = 0;
     for (auto& [k, v] : rows) {
@@ -215,7 +215,7 @@ buffer::Status deadletter_add(buffer::Store& store, const DeadLetterRecord& r, u
   return buffer::Status::Ok();
 }
 
-buffer::Status replay_deadletters(buffer::Store& store, uint64_t* next_id,
+buffer::Status replay_deadletters(buffer::MetaStore& store, uint64_t* next_id,
                                   std::vector<BatchRecord>* created, size_t* replayed,
                                   size_t max_records, const std::function<void(size_t)>& progress) {
   *replayed = 0;
@@ -231,7 +231,7 @@ buffer::Status replay_deadletters(buffer::Store& store, uint64_t* next_id,
                               std::min(kDeadLetterPage, max_records - *replayed), &rows);
     if (!s.ok()) return s;
     if (rows.empty()) break;
-    buffer::Store::MetaWrite w;
+    buffer::MetaStore::MetaWrite w;
     std::vector<BatchRecord> page;
     for (auto& [k, v] : rows) {
       DeadLetterRecord d;
@@ -260,7 +260,7 @@ buffer::Status replay_deadletters(buffer::Store& store, uint64_t* next_id,
   return buffer::Status::Ok();
 }
 
-buffer::Status purge_deadletters(buffer::Store& store, size_t* purged,
+buffer::Status purge_deadletters(buffer::MetaStore& store, size_t* purged,
                                  const std::function<void(size_t)>& progress) {
   *purged = 0;
   std::lock_guard lock(deadletter_mu());
@@ -268,7 +268,7 @@ buffer::Status purge_deadletters(buffer::Store& store, size_t* purged,
     Rows rows;
     buffer::Status s = store.meta_scan_after(kDeadLetterPrefix, {}, kDeadLetterPage, &rows);
     if (!s.ok()) return s;
-    buffer::Store::MetaWrite w;
+    buffer::MetaStore::MetaWrite w;
     for (auto& row : rows)
       w.del.push_back(row.first);
     // The totals go with the last page: zero.

@@ -15,7 +15,7 @@
 #include <string_view>
 #include <vector>
 
-#include "buffer/store.h"
+#include "buffer/meta_store.h"
 
 namespace sidetrace::upstream::detail {
 
@@ -52,7 +52,7 @@ bool decode_deadletter(std::string_view value, DeadLetterRecord* r);
 std::string new_idempotency_key();
 
 // The largest batch id stored, 0 when none.
-buffer::Status max_batch_id(buffer::Store& store, uint64_t* id);
+buffer::Status max_batch_id(buffer::MetaStore& store, uint64_t* id);
 
 // The dead-letter store is read and changed a page of records at a time, and
 // its totals are kept beside it (updated in the same atomic write as the
@@ -65,14 +65,14 @@ struct DeadLetterTotals {
   uint64_t bytes = 0;  // their value bytes
 };
 // The kept totals (counted, a page at a time, the first time).
-buffer::Status deadletter_totals(buffer::Store& store, DeadLetterTotals* t);
+buffer::Status deadletter_totals(buffer::MetaStore& store, DeadLetterTotals* t);
 
 // Stores `r`, then evicts the oldest records until at most `max_count`
 // records and `max_bytes` value bytes remain (the new one is kept even when it
 // alone exceeds the bound). Adds the evicted records and their documents to
 // the counters.
-buffer::Status deadletter_add(buffer::Store& store, const DeadLetterRecord& r, uint64_t max_bytes,
-                              uint32_t max_count, uint64_t* evicted_records,
+buffer::Status deadletter_add(buffer::MetaStore& store, const DeadLetterRecord& r,
+                              uint64_t max_bytes, uint32_t max_count, uint64_t* evicted_records,
                               uint64_t* evicted_docs);
 
 // Turns every dead-letter record (at most `max_records` of them, oldest
@@ -81,13 +81,13 @@ buffer::Status deadletter_add(buffer::Store& store, const DeadLetterRecord& r, u
 // `created` when it is not null. `*replayed` counts the records taken,
 // including malformed ones (deleted without a batch). `progress` (if set)
 // hears that count after each page.
-buffer::Status replay_deadletters(buffer::Store& store, uint64_t* next_id,
+buffer::Status replay_deadletters(buffer::MetaStore& store, uint64_t* next_id,
                                   std::vector<BatchRecord>* created, size_t* replayed,
                                   size_t max_records = SIZE_MAX,
                                   const std::function<void(size_t)>& progress = {});
 
 // Deletes every dead-letter record; `progress` as above.
-buffer::Status purge_deadletters(buffer::Store& store, size_t* purged,
+buffer::Status purge_deadletters(buffer::MetaStore& store, size_t* purged,
                                  const std::function<void(size_t)>& progress = {});
 
 }  // namespace sidetrace::upstream::detail

@@ -66,6 +66,7 @@ class ObservedStore final : public buffer::Store {
   }
   uint64_t outbox_entries() const override { return s_.outbox_entries(); }
   uint64_t outbox_bytes() const override { return s_.outbox_bytes(); }
+  uint64_t undelivered_bytes() const override { return s_.undelivered_bytes(); }
   void set_outbox_listener(std::function<void()> fn) override {
     s_.set_outbox_listener(std::move(fn));
   }
