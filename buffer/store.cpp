@@ -382,6 +382,12 @@ Status RocksStore::load_counters() {
   s = get_u64(kCounterOutboxB, &v, false);
   if (!s.ok()) return s;
   outbox_b_.store(v);
+  // The outbox's first entry, found once; removals move it on from there.
+  outbox_front_.store(0);
+  removed_ahead_.clear();
+  max_removed_ = 0;
+  s = seek_outbox_front(next_outbox_);
+  if (!s.ok()) return s;
   // Messages stored before the log are read and dropped as they were
   // until the last of them goes.
   rocksdb::ReadOptions ro;

@@ -153,7 +153,6 @@ Status RocksStore::reclaim_log(Front how) {
 
 Status RocksStore::move_front(Front how, uint64_t live_target, bool* moved) {
   std::lock_guard state_lock(state_mu_);
-  if (Status front = refresh_outbox_low(); !front.ok()) return front;
   const uint64_t head = next_seq_;
   const std::string from = log_key(floor_), until = log_key(head);
   rocksdb::Slice ub(until);

@@ -165,7 +165,7 @@ void RocksStore::set_document_builder(DocumentBuilder fn) {
 
 Status RocksStore::first_waiting(std::string_view trace_id, const TraceState& st, uint64_t* seq) {
   *seq = 0;
-  if (st.pin_last == 0 || st.pin_last < outbox_low_) return Status::Ok();
+  if (st.pin_last == 0 || st.pin_last < outbox_front_.load()) return Status::Ok();
   if (st.pin_first == st.pin_last) {
     rocksdb::PinnableSlice v;
     rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), cfs_[kOutbox], be64(st.pin_last), &v);
@@ -190,13 +190,45 @@ Status RocksStore::first_waiting(std::string_view trace_id, const TraceState& st
   return from_rocks(it->status(), "reading the outbox");
 }
 
-Status RocksStore::refresh_outbox_low() {
-  const uint64_t next = next_outbox_;  // no emission meanwhile (state_mu_)
+Status RocksStore::seek_outbox_front(uint64_t if_empty) {
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cfs_[kOutbox]));
-  it->Seek(be64(outbox_low_));
+  it->Seek(be64(outbox_front_.load()));
   if (!it->status().ok()) return from_rocks(it->status(), "reading the outbox");
-  outbox_low_ = it->Valid() && it->key().size() == 8 ? get_be64(it->key().ToStringView()) : next;
+  const uint64_t front =
+      it->Valid() && it->key().size() == 8 ? get_be64(it->key().ToStringView()) : if_empty;
+  outbox_front_.store(std::max(front, outbox_front_.load()));
+  removed_ahead_.erase(removed_ahead_.begin(), removed_ahead_.lower_bound(outbox_front_.load()));
+  front_lost_ = false;
   return Status::Ok();
+}
+
+void RocksStore::note_removed(std::span<const uint64_t> seqs) {
+  uint64_t front = outbox_front_.load();
+  bool front_removed = false;
+  for (uint64_t seq : seqs) {
+    if (seq < front) continue;
+    front_removed = front_removed || seq == front;
+    removed_ahead_.insert(seq);
+    max_removed_ = std::max(max_removed_, seq);
+  }
+  while (!removed_ahead_.empty() && *removed_ahead_.begin() == front) {
+    removed_ahead_.erase(removed_ahead_.begin());
+    ++front;
+  }
+  outbox_front_.store(front);
+  // An entry that stays while the ones after it go (a batch retried) keeps
+  // the front: past a bound of removals ahead of it, or once it goes after
+  // they were forgotten, the front is found by a seek, which steps over the
+  // entries removed since, once. When the outbox is found empty, no entry is
+  // below the next one after the last removed.
+  if (removed_ahead_.size() > kMaxRemovedAhead || (front_lost_ && front_removed)) {
+    Status s = seek_outbox_front(max_removed_ + 1);
+    if (!s.ok()) spdlog::warn("buffer: finding the outbox's first entry: {}", s.ToString());
+    if (removed_ahead_.size() > kMaxRemovedAhead) {
+      removed_ahead_.clear();
+      front_lost_ = true;
+    }
+  }
 }
 
 Status RocksStore::pinned(std::string_view trace_id, const TraceState& st, bool* pinned) {
@@ -266,6 +298,7 @@ Status RocksStore::commit_outbox_removal(rocksdb::WriteBatch& b, const Removal& 
   rocksdb::Status s = write(wo_derived_, &b);
   if (!s.ok()) return from_rocks(s, what);
   removals_.fetch_add(1);
+  note_removed(r.seqs);
   live_.fetch_sub(r.live);
   outbox_n_.fetch_sub(r.n);
   outbox_b_.fetch_sub(r.doc_bytes);

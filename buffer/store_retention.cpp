@@ -86,7 +86,6 @@ bool RocksStore::scan_index(char prefix, const std::string& from, const std::str
 Status RocksStore::drop_retained(uint64_t before_ns, size_t limit, uint64_t target,
                                  uint64_t* traces, uint64_t* events, size_t* keys) {
   std::lock_guard lock(state_mu_);
-  if (Status front = refresh_outbox_low(); !front.ok()) return front;
   // First the keys behind retained_from_, then from it on.
   std::vector<std::string> idx;
   Status s;

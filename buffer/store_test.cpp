@@ -1303,6 +1303,38 @@ TEST(StoreTest, RevisionsAcknowledgedOutOfOrderStillExpire) {
   EXPECT_TRUE(ev.empty());
 }
 
+// Retention keeps the events of a trace whose recipe entry waits, whatever
+// is acknowledged around it: out of order, and more entries after it than
+// the store follows one by one ahead of the outbox's first entry.
+TEST(StoreTest, AWaitingEntryKeepsItsEventsWhateverIsAcknowledgedAroundIt) {
+  TempDir dir;
+  auto s = open_store(options(dir));
+  constexpr int kTraces = 5000;
+  std::vector<uint64_t> seqs;
+  uint64_t waiting = 0;
+  for (int i = 0; i < kTraces; ++i) {
+    const std::string id = "t" + std::to_string(i);
+    seqs.push_back(append_and_emit(*s, id, {msg(id, "m")}, 1000, "{}", "r:"));
+    // Halfway, a second revision of t1, which stays undelivered.
+    if (i == kTraces / 2)
+      waiting = append_and_emit(*s, "t1", {msg("t1", "late")}, 1000, "{}", "r:");
+  }
+  // The last first, so that the first entries go after all the others.
+  for (int i = kTraces - 1; i >= 0; --i)
+    ASSERT_TRUE(s->ack_outbox({&seqs[i], 1}).ok());
+  ASSERT_TRUE(s->expire(2000, 0, kTraces).ok());
+  EXPECT_EQ(s->counters().expired_traces, static_cast<uint64_t>(kTraces - 1));
+  std::vector<StoredEvent> ev;
+  ASSERT_TRUE(s->read_trace("t1", &ev).ok());
+  EXPECT_EQ(ev.size(), 2u);
+  ASSERT_TRUE(s->ack_outbox({&waiting, 1}).ok());
+  ASSERT_TRUE(s->expire(2000, 0, kTraces).ok());
+  EXPECT_EQ(s->counters().expired_traces, static_cast<uint64_t>(kTraces));
+  ev.clear();
+  ASSERT_TRUE(s->read_trace("t1", &ev).ok());
+  EXPECT_TRUE(ev.empty());
+}
+
 // The store's counters' merge operator (int64 addition), for a test that
 // opens the store's database itself.
 class CounterAdd final : public rocksdb::AssociativeMergeOperator {

@@ -165,11 +165,13 @@ class RocksStore final : public Store {
   // with one recipe entry; the entries between them otherwise.
   Status first_waiting(std::string_view trace_id, const TraceState& st, uint64_t* seq);
 
-  // Requires state_mu_. Moves outbox_low_ up to the outbox's first entry:
-  // once for a round of drops, whose traces were mostly delivered long ago,
-  // so that each needs no lookup of its entries (first_waiting()). Steps over
-  // the entries removed since the last time, once.
-  Status refresh_outbox_low();
+  // Requires outbox_mu_ (or no other user of the store). Moves
+  // outbox_front_ up to the outbox's first entry, or to `if_empty` when it
+  // holds none at or above the front.
+  Status seek_outbox_front(uint64_t if_empty);
+
+  // Requires outbox_mu_. Moves outbox_front_ past the removed entries `seqs`.
+  void note_removed(std::span<const uint64_t> seqs);
 
   // Whether an outbox entry still refers to the events of `trace_id`, whose
   // state is `st`.
@@ -407,9 +409,18 @@ class RocksStore final : public Store {
   std::atomic<uint64_t> states_created_{0};
   static constexpr size_t kMaxAbsent = 4096;
   uint64_t next_outbox_ = 1;
-  // Guarded by state_mu_. The outbox holds no entry below it (entries are
-  // written at next_outbox_ and up, and only removed after).
-  uint64_t outbox_low_ = 0;
+  // The outbox holds no entry below it (entries are written at next_outbox_
+  // and up, and only removed after): an entry of a trace's state below it is
+  // gone without a lookup (first_waiting()). Moved up by each removal
+  // (note_removed()), under outbox_mu_, with the entries removed ahead of it
+  // (acknowledged out of order) until it reaches them; bounded by
+  // kMaxRemovedAhead, past which they are forgotten (front_lost_) and the
+  // front found by a seek.
+  std::atomic<uint64_t> outbox_front_{0};
+  std::set<uint64_t> removed_ahead_;
+  uint64_t max_removed_ = 0;
+  bool front_lost_ = false;
+  static constexpr size_t kMaxRemovedAhead = 4096;
   std::mutex outbox_mu_;    // serialises outbox removals (exact counters)
   uint64_t drop_from_ = 0;  // the outbox entries below it were dropped; guarded by outbox_mu_
   // Entries read and not removed since, by seq; guarded by outbox_mu_. Only
