@@ -207,13 +207,17 @@ void RocksStore::note_removed(std::span<const uint64_t> seqs) {
   bool front_removed = false;
   for (uint64_t seq : seqs) {
     if (seq < front) continue;
-    front_removed = front_removed || seq == front;
-    removed_ahead_.insert(seq);
     max_removed_ = std::max(max_removed_, seq);
-  }
-  while (!removed_ahead_.empty() && *removed_ahead_.begin() == front) {
-    removed_ahead_.erase(removed_ahead_.begin());
+    if (seq != front) {
+      removed_ahead_.insert(seq);
+      continue;
+    }
+    front_removed = true;
     ++front;
+    while (!removed_ahead_.empty() && *removed_ahead_.begin() == front) {
+      removed_ahead_.erase(removed_ahead_.begin());
+      ++front;
+    }
   }
   outbox_front_.store(front);
   // An entry that stays while the ones after it go (a batch retried) keeps
