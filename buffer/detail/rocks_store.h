@@ -136,6 +136,7 @@ class RocksStore final : public Store {
   void close_db();
 
   Status get_u64(const std::string& key, uint64_t* v, bool big_endian);
+
   Status resume_db();
 
   // ---- store_outbox.cpp ----
@@ -145,6 +146,7 @@ class RocksStore final : public Store {
   bool take_document(uint64_t seq, Document* document);
 
   void forget_document(uint64_t seq);
+
   // What an entry read by read_outbox() is, for its removal.
   struct ReadEntry {
     std::string trace_id;  // for a recipe entry (its trace's retention)
@@ -156,10 +158,12 @@ class RocksStore final : public Store {
   // Keeps what read_outbox() saw of `seen`, unless an entry was removed
   // since `removals` was read (its view may hold entries no longer there).
   void remember_read(uint64_t removals, std::vector<std::pair<uint64_t, ReadEntry>>& seen);
+
   // Keeps `document` in memory as outbox entry `seq`'s (shared with the
   // emitter, not copied); false when it does not fit
   // opts_.document_cache_bytes.
   bool hold_document(uint64_t seq, const Document& document);
+
   // The seq of the first entry of `trace_id` the outbox still holds between
   // the state's pin_first and pin_last (0: none). One lookup for a trace
   // with one recipe entry; the entries between them otherwise.
@@ -176,6 +180,7 @@ class RocksStore final : public Store {
   // Whether an outbox entry still refers to the events of `trace_id`, whose
   // state is `st`.
   Status pinned(std::string_view trace_id, const TraceState& st, bool* pinned);
+
   // Drops up to `limit` of the oldest entries, stopping once `enough` bytes went.
   Status drop_oldest_outbox(size_t limit, uint64_t enough, uint64_t* dropped);
 
@@ -224,6 +229,7 @@ class RocksStore final : public Store {
   // the trace's last emission, retention finds the key stale and puts the
   // right one (add_events_drop()).
   Status commit_outbox_removal(rocksdb::WriteBatch& b, const Removal& r, std::string_view what);
+
   // ---- store_retention.cpp ----
 
   // Where scans of the retention (R) and deletion (D) indexes start, so that
@@ -302,18 +308,21 @@ class RocksStore final : public Store {
   // The runs of `trace_id`, read with `runs` (an iterator over the traces
   // family).
   Status load_runs(const std::string& trace_id, rocksdb::Iterator* runs, std::vector<Run>* out);
+
   // ---- store_traces.cpp ----
 
   // Requires db_mu_. Reads the messages of `trace_id` in `range` stored
   // before the log into `take`, until it refuses one.
   template <typename Take>
   Status read_legacy(std::string_view trace_id, const TraceRange& range, Take& take);
+
   Status get_state_nolock(std::string_view trace_id, TraceState* out);
 
   // Adds one revision's writes to `b` as outbox entry `outbox_seq`. Busy when
   // the trace's state changed since the revision was built.
   Status add_emission_locked(const Emission& e, uint64_t outbox_seq, bool by_recipe,
                              rocksdb::WriteBatch* b, int64_t* live);
+
   // ---- store_log.cpp ----
 
   // A trace's messages in one group commit.
@@ -327,6 +336,7 @@ class RocksStore final : public Store {
   static uint32_t clamp32(size_t v) {
     return static_cast<uint32_t>(std::min<size_t>(v, UINT32_MAX));
   }
+
   // ---- the log's front ----
   // Dropped messages stay in the log as garbage, and whole table files are
   // deleted once the front has passed them: nothing is deleted message by
