@@ -304,9 +304,15 @@ bool Assembler::rescan(uint64_t now, bool at_start) {
   uint64_t from = need_rescan_ ? 0 : rescan_from_;
   need_rescan_ = false;
   spilled_ = false;
+  window_stop_ = false;
   rescan_from_ = UINT64_MAX;
   next_rescan_ns_ = now + ns(opts_.retry_interval);
   if (from == UINT64_MAX) return true;
+  // Traces taken that are due already (quiet since their commit): a window
+  // of them at most. Those still in their quiet period count only against
+  // the index's bound, as they wait in it either way.
+  size_t window = 0;
+  const size_t window_bound = std::max<size_t>(opts_.rescan_traces, 1);
   // Once it has read pending to its end, every open trace's records are
   // known: entries before `from` are all held, and the rest were read (a
   // notice lost meanwhile, for a later commit, starts the next rescan).
@@ -326,16 +332,20 @@ bool Assembler::rescan(uint64_t now, bool at_start) {
       auto it = open_.find(c.trace_id);
       if (it == open_.end()) {
         if (full) continue;
-        if (open_.size() >= opts_.max_open_traces) {
+        if (open_.size() >= opts_.max_open_traces || window >= window_bound) {
           // No room: the rest waits for the next rescan, oldest first. The
           // rest of the page still adds to the traces held, so that few of
           // them are read before their next records (see records_known()).
           full = true;
           spilled_ = true;
+          window_stop_ = open_.size() < opts_.max_open_traces;
           rescan_from_ = std::min(rescan_from_, c.seq);
-          full_stops_.fetch_add(1);
+          if (!window_stop_) full_stops_.fetch_add(1);
           continue;
         }
+        const bool due = std::min(stored_ns, now) + ns(opts_.quiet_period) <= now ||
+                         c.recv_ns + ns(opts_.max_open) <= now;
+        window += due ? 1 : 0;
         take(c, stored_ns, now, /*notified=*/false);
       } else {
         Open& o = it->second;
@@ -701,7 +711,7 @@ size_t Assembler::poll() {
   // has run, every open trace is read the slow way. It reads pending from the
   // first lost one only, a round's worth under a sustained overload.
   if ((need_rescan_ || spilled_ || rescan_from_ != UINT64_MAX) &&
-      (lost_from != UINT64_MAX || now >= next_rescan_ns_)) {
+      (lost_from != UINT64_MAX || now >= next_rescan_ns_ || next_window_due())) {
     rescan(now, /*at_start=*/false);
   }
 
@@ -766,7 +776,9 @@ void Assembler::loop() {
     // with none, nothing is due before the next notice or the next retention
     // pass.
     const uint64_t now = clock_.now_ns();
-    if (idle()) {
+    if (next_window_due()) {
+      // The next window of a backlog is waiting in pending: no pause.
+    } else if (idle()) {
       const uint64_t until_retention = next_retention_ns_ > now ? next_retention_ns_ - now : 0;
       queue_.wait_for_weight(0, std::chrono::nanoseconds(std::min<uint64_t>(
                                     until_retention, ns(opts_.retention_interval))));

@@ -93,6 +93,12 @@ struct AssemblerOptions {
   std::chrono::seconds forget_after{7 * 86400};
   // Bound of the in-memory index (trace.max_open_traces).
   size_t max_open_traces = config::defaults::kTraceMaxOpenTraces;
+  // Traces due at once that a rescan takes into the index at most (about 330
+  // bytes each): a backlog found in pending goes through the index a window
+  // at a time, not max_open_traces of it at once. A round emits the due
+  // traces it holds; the next window is read without a pause once the index
+  // holds fewer than this.
+  size_t rescan_traces = 16384;
   // A trace whose unemitted messages pass either bound goes out in parts
   // (trace.max_events, trace.max_bytes): each part a revision of at most
   // about that much, built from only its own messages, so that neither the
@@ -290,6 +296,9 @@ class Assembler {
   size_t emit(std::vector<Prepared>* batch, uint64_t now);
   // Nothing open and nothing to rescan: the thread may sleep until a notice.
   bool idle() const;
+  // The last rescan stopped at its window, and the index has gone below it
+  // since (the round after emits a window): the next rescan is due now.
+  bool next_window_due() const { return window_stop_ && open_.size() < opts_.rescan_traces; }
   void store_error(const buffer::Status& s, const char* what);
 
   buffer::TraceStore& store_;
@@ -352,6 +361,9 @@ class Assembler {
   // before it are all held.
   uint64_t rescan_from_ = UINT64_MAX;
   bool need_rescan_ = false;
+  // The last rescan stopped at its window (rescan_traces), not at the
+  // index's bound (see next_window_due()).
+  bool window_stop_ = false;
   uint64_t next_rescan_ns_ = 0;
   uint64_t next_retention_ns_ = 0;
   std::vector<Notice> inbox_;

@@ -917,6 +917,48 @@ TEST_F(AssemblerTest, ARescanThatStopsForRoomReadsItsTracesWhereTheirRecordsSay)
   EXPECT_GE(st.rescans_full, 1u);
 }
 
+// A backlog found in pending goes through the index a window of due traces
+// at a time, each read where its records say, and all of it goes out.
+TEST_F(AssemblerTest, ABacklogGoesThroughTheIndexAWindowAtATime) {
+  opts_.rescan_traces = 2;
+  for (const char* t : {"a", "b", "c", "d", "e"}) {
+    send({pack("start", t, "e1")}, t, /*notify=*/false);
+    send({pack("end", t, "e1")}, t, /*notify=*/false);
+  }
+  clock_.advance(2s);  // all quiet: due as soon as they are found
+  reopen();
+  EXPECT_EQ(assembler_->stats().open_traces, 2u);
+  // A round emits a window; the next is taken in the round after, not a
+  // retry interval later.
+  for (int i = 0; i < 3; ++i) {
+    advance_and_poll(1ms);
+    EXPECT_LE(assembler_->stats().open_traces, 2u);
+  }
+  auto ob = outbox();
+  ASSERT_EQ(ob.size(), 5u);
+  for (const auto& e : ob) {
+    EXPECT_EQ(e.revision, 1u);
+    EXPECT_EQ(*e.document, built_from_store(*store_, e.trace_id));
+  }
+  AssemblerStats st = assembler_->stats();
+  EXPECT_EQ(st.record_reads, 5u);
+  EXPECT_GE(st.rescans, 3u);
+  EXPECT_EQ(st.rescans_full, 0u);  // the index itself never filled
+}
+
+// Traces still in their quiet period do not count against the window: a
+// rescan takes them all, and reads pending to its end.
+TEST_F(AssemblerTest, ARescanTakesTracesNotYetDueBeyondTheWindow) {
+  opts_.rescan_traces = 1;
+  for (const char* t : {"a", "b", "c"})
+    send({pack("event", t, "e1")}, t, /*notify=*/false);
+  reopen();  // no time has passed: none is due
+  EXPECT_EQ(assembler_->stats().open_traces, 3u);
+  advance_and_poll(2s);
+  EXPECT_EQ(outbox().size(), 3u);
+  EXPECT_EQ(assembler_->stats().record_reads, 3u);
+}
+
 // Past the stop, the rest of the rescan's page still adds records to the
 // traces it holds: one with a record there is read through its runs, whole,
 // in one revision.
