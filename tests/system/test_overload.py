@@ -102,8 +102,19 @@ def test_datagram_flood(transport, flood_bin, make_agent, upstream):
         if transport == "udp":
             wait_until(lambda: udp_rx_queue(agent.udp_addr[1]) == 0, 30, "UDP receive queue empty")
         else:
-            wait_until(lambda: totals(agent.metrics(), t)["received"] - before["received"]
-                       == sent["sent"], 30, "every flood datagram read")
+            try:
+                wait_until(lambda: totals(agent.metrics(), t)["received"] - before["received"]
+                           == sent["sent"], 30, "every flood datagram read")
+            except harness.WaitTimeout as e:
+                # Where the intake stands: paused behind a full queue, or behind the writer.
+                m = agent.metrics()
+                c = totals(m, t)
+                pauses = agent.metric("sidetrace_intake_backpressure_pauses_total", -1, transport=t)
+                pytest.fail(f"{e}: sent {sent['sent']}, read {c['received'] - before['received']}, "
+                            f"accepted {c['accepted'] - before['accepted']}, persisted "
+                            f"{c['persisted'] - before['persisted']}, intake queue "
+                            f"{m.get('sidetrace_intake_queue_bytes')} bytes, backpressure pauses "
+                            f"{pauses}")
         # A batch the full queue did not take yet is counted received but not accepted:
         # the flood's figures are taken once every message read is accepted or dropped.
         def drained():
