@@ -212,8 +212,8 @@ void Assembler::forget(OpenMap::iterator it) {
   open_n_.store(open_.size());
 }
 
-uint64_t Assembler::quiet_deadline(const Open& o) const {
-  return std::min(o.last_ns + ns(opts_.quiet_period), o.first_ns + ns(opts_.max_open));
+uint64_t Assembler::quiet_deadline(uint64_t first_ns, uint64_t last_ns) const {
+  return std::min(last_ns + ns(opts_.quiet_period), first_ns + ns(opts_.max_open));
 }
 
 bool Assembler::records_known(const Open& o) const {
@@ -343,9 +343,8 @@ bool Assembler::rescan(uint64_t now, bool at_start) {
           if (!window_stop_) full_stops_.fetch_add(1);
           continue;
         }
-        const bool due = std::min(stored_ns, now) + ns(opts_.quiet_period) <= now ||
-                         c.recv_ns + ns(opts_.max_open) <= now;
-        window += due ? 1 : 0;
+        // As take() schedules a new trace (one past a per-trace bound aside).
+        window += quiet_deadline(c.recv_ns, std::min(stored_ns, now)) <= now ? 1 : 0;
         take(c, stored_ns, now, /*notified=*/false);
       } else {
         Open& o = it->second;

@@ -260,7 +260,9 @@ class Assembler {
   // Empties `o`'s cache; from here on it is read from the store.
   void drop_cache(Open& o);
   // When `o` is next looked at: quiet, or at max_open.
-  uint64_t quiet_deadline(const Open& o) const;
+  uint64_t quiet_deadline(const Open& o) const { return quiet_deadline(o.first_ns, o.last_ns); }
+  // ... of a trace first received at `first_ns` and last stored at `last_ns`.
+  uint64_t quiet_deadline(uint64_t first_ns, uint64_t last_ns) const;
   // Whether `o`'s records are all it has pending below its last known one,
   // so that it may be read where they say.
   bool records_known(const Open& o) const;
